@@ -1,0 +1,18 @@
+//! Capstan's resource model and the Compose dialect it accepts. Pure: no I/O.
+//!
+//! # Layout
+//! - [`spec`]: the desired state of a stack and its services, as stored in etcd.
+//! - [`compose`]: a Compose file (YAML or JSON) into a [`spec::StackSpec`], every error with
+//!   its field path; unknown keys are errors, never silently dropped.
+//! - [`object`]: the stored objects (spec plus `generation`/`resourceVersion`), the status
+//!   written by the controller, and the views the HTTP API returns.
+//! - [`names`]: deterministic names and the ownership labels of what capstan creates.
+//! - [`duration`]: Compose durations (`1m30s`, `500ms`).
+
+pub mod compose;
+pub mod duration;
+pub mod names;
+pub mod object;
+pub mod spec;
+
+pub use compose::{parse_stack, FieldError, InvalidStack};

@@ -1,0 +1,280 @@
+//! The desired state: what a user declares with `apply`, normalised from Compose.
+//!
+//! Maps are `BTreeMap` so that two equal specs serialise to the same bytes: equality decides
+//! whether `generation` grows, and the bytes feed the spec hash on every container.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+use crate::names;
+
+/// One Compose project.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StackSpec {
+    pub name: String,
+    pub services: BTreeMap<String, ServiceSpec>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkSpec>,
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeSpec>,
+}
+
+/// One Compose service, replicated `replicas` times.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    pub replicas: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Stack network name → how this service joins it. Never empty after parsing: a service
+    /// that names no network joins `default`.
+    pub networks: BTreeMap<String, ServiceNetwork>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<MountSpec>,
+    /// `None` means capstan's default, [`RestartPolicy::Always`] (like Swarm), since a
+    /// controller that does not restart is no controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceNetwork {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+}
+
+/// `[host_ip:][host_port[-end]:]container_port[/protocol]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// Inclusive host port range; `None` lets the engine pick an ephemeral port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ports: Option<(u16, u16)>,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+impl PortSpec {
+    /// The host port replica `ordinal` publishes on: a single port for everyone, or its own
+    /// port out of a range.
+    pub fn host_port_for(&self, ordinal: u32) -> Option<u16> {
+        let (start, end) = self.host_ports?;
+        if start == end {
+            Some(start)
+        } else {
+            Some(start + (ordinal as u16).saturating_sub(1)).filter(|p| *p <= end)
+        }
+    }
+
+    /// How many host ports this mapping offers (`None`: unlimited ephemeral ports).
+    pub fn host_port_count(&self) -> Option<u32> {
+        self.host_ports.map(|(s, e)| (e - s) as u32 + 1)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MountKind {
+    /// A named volume the stack declares.
+    Volume,
+    /// A host path.
+    Bind,
+    /// A volume of the container's own, removed with it.
+    Anonymous,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountSpec {
+    pub kind: MountKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Compose's `restart`, enforced by capstan (containers get no engine restart policy, so
+/// that restarts, back-off and startup order have one owner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum RestartPolicy {
+    No,
+    Always,
+    UnlessStopped,
+    OnFailure {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_retries: Option<u32>,
+    },
+}
+
+impl RestartPolicy {
+    /// Whether a replica that exited with `exit_code` after `restarts` restarts is started again.
+    pub fn restarts(&self, exit_code: i64, restarts: u32) -> bool {
+        match self {
+            RestartPolicy::No => false,
+            RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+            RestartPolicy::OnFailure { max_retries } => {
+                exit_code != 0 && max_retries.is_none_or(|max| restarts < max)
+            }
+        }
+    }
+}
+
+/// The engine's health config, in its own units (nanoseconds) so it passes through as is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Healthcheck {
+    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    pub test: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval_ns: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Made elsewhere: capstan joins it but never creates or removes it.
+    #[serde(default)]
+    pub external: bool,
+    /// The engine-side name, when it is not `<stack>_<key>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub internal: bool,
+    #[serde(default)]
+    pub attachable: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    #[serde(default)]
+    pub external: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NetworkSpec {
+    /// The network's name on the engine.
+    pub fn engine_name(&self, stack: &str, key: &str) -> String {
+        match (&self.name, self.external) {
+            (Some(name), _) => name.clone(),
+            (None, true) => key.to_string(),
+            (None, false) => names::scoped(stack, key),
+        }
+    }
+}
+
+impl VolumeSpec {
+    /// The volume's name on the engine.
+    pub fn engine_name(&self, stack: &str, key: &str) -> String {
+        match (&self.name, self.external) {
+            (Some(name), _) => name.clone(),
+            (None, true) => key.to_string(),
+            (None, false) => names::scoped(stack, key),
+        }
+    }
+}
+
+impl ServiceSpec {
+    /// The effective restart policy.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        self.restart.unwrap_or(RestartPolicy::Always)
+    }
+
+    /// A short hash of everything that shapes a container (all but `replicas`). A replica
+    /// whose label differs is outdated and gets recreated.
+    pub fn container_hash(&self) -> String {
+        let mut shape = self.clone();
+        shape.replicas = 0;
+        let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
+        let digest = Sha256::digest(&bytes);
+        digest[..6].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_container_hash_ignores_replicas_but_not_the_image() {
+        let a = ServiceSpec {
+            image: "web:1".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        let b = ServiceSpec {
+            replicas: 5,
+            ..a.clone()
+        };
+        let c = ServiceSpec {
+            image: "web:2".into(),
+            ..a.clone()
+        };
+        assert_eq!(a.container_hash(), b.container_hash());
+        assert_ne!(a.container_hash(), c.container_hash());
+        assert_eq!(a.container_hash().len(), 12);
+    }
+
+    #[test]
+    fn a_port_range_gives_each_replica_its_own_port() {
+        let p = PortSpec {
+            host_ip: None,
+            host_ports: Some((8080, 8082)),
+            container_port: 80,
+            protocol: "tcp".into(),
+        };
+        assert_eq!(p.host_port_for(1), Some(8080));
+        assert_eq!(p.host_port_for(3), Some(8082));
+        assert_eq!(p.host_port_for(4), None);
+        assert_eq!(p.host_port_count(), Some(3));
+    }
+
+    #[test]
+    fn on_failure_restarts_only_failures_up_to_its_limit() {
+        let p = RestartPolicy::OnFailure {
+            max_retries: Some(2),
+        };
+        assert!(p.restarts(1, 1));
+        assert!(!p.restarts(1, 2));
+        assert!(!p.restarts(0, 0));
+        assert!(!RestartPolicy::No.restarts(1, 0));
+        assert!(RestartPolicy::Always.restarts(0, 100));
+    }
+}
