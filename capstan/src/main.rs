@@ -1,1 +1,236 @@
-fn main() {}
+//! `capstan`: the daemon (`serve`) and the client commands, in one binary. Thin: the work
+//! is in `capstan-controller`; this file parses arguments and reports errors.
+
+mod client;
+mod output;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "capstan",
+    version,
+    about = "Keeps a Docker host converged on declared Compose stacks"
+)]
+struct Cli {
+    /// The capstan API to talk to (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "CAPSTAN_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    server: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Kind {
+    Stacks,
+    Services,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: store in etcd, reconcile against the local Docker engine, serve the API.
+    Serve {
+        /// etcd endpoints, comma-separated.
+        #[arg(
+            long,
+            env = "CAPSTAN_ETCD",
+            default_value = "http://127.0.0.1:2379",
+            value_delimiter = ','
+        )]
+        etcd: Vec<String>,
+        #[arg(long, env = "CAPSTAN_LISTEN", default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Key prefix in etcd; installations with different prefixes share an etcd safely.
+        #[arg(long, env = "CAPSTAN_PREFIX", default_value = "/capstan")]
+        prefix: String,
+        /// How often every service is reconciled without a trigger.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        resync: Duration,
+        /// Services reconciled at once.
+        #[arg(long, default_value_t = 8)]
+        workers: usize,
+        /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Declare a stack from a Compose file: what the file no longer names is removed.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Stack name; defaults to the file's `name:`, else its folder's name.
+        #[arg(long)]
+        stack: Option<String>,
+        /// Wait until every service is converged, showing progress.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// List stacks or services.
+    Get {
+        #[arg(value_enum)]
+        kind: Kind,
+        #[arg(long)]
+        stack: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one service: spec, conditions and replicas.
+    Describe {
+        /// STACK/SERVICE
+        target: String,
+    },
+    /// Set a service's replica count: STACK/SERVICE=N.
+    Scale { target: String },
+    /// Delete a stack: its containers and networks (and named volumes with --volumes).
+    Delete {
+        stack: String,
+        #[arg(long)]
+        volumes: bool,
+        /// Return once the deletion is recorded, without waiting for the teardown.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let api = client::Client::new(&cli.server);
+    match cli.command {
+        Command::Serve {
+            etcd,
+            listen,
+            prefix,
+            resync,
+            workers,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("signal received");
+                let _ = tx.send(true);
+            });
+            let config = capstan_controller::daemon::Config {
+                etcd_endpoints: etcd,
+                listen,
+                prefix,
+                resync,
+                workers,
+            };
+            capstan_controller::daemon::serve(config, rx)
+                .await
+                .context("capstan serve")?;
+            Ok(0)
+        }
+        Command::Apply {
+            file,
+            stack,
+            wait,
+            timeout,
+        } => client::apply(&api, &file, stack, wait, timeout).await,
+        Command::Get {
+            kind: Kind::Stacks,
+            output,
+            ..
+        } => {
+            let stacks = api.stacks().await?;
+            output::stacks(&stacks, output)?;
+            Ok(0)
+        }
+        Command::Get {
+            kind: Kind::Services,
+            stack,
+            output,
+        } => {
+            let services = api.services(stack.as_deref()).await?;
+            output::services(&services, output)?;
+            Ok(0)
+        }
+        Command::Describe { target } => {
+            let (stack, service) = client::split_target(&target)?;
+            let view = api.service(stack, service).await?;
+            output::describe(&view);
+            Ok(0)
+        }
+        Command::Scale { target } => {
+            let (target, n) = target
+                .split_once('=')
+                .context("expected STACK/SERVICE=N, e.g. shop/web=5")?;
+            let replicas: u32 = n
+                .parse()
+                .with_context(|| format!("replica count {n:?} is not a whole number"))?;
+            let (stack, service) = client::split_target(target)?;
+            let view = api.scale(stack, service, replicas).await?;
+            println!(
+                "{}/{} scaled to {} (generation {})",
+                view.stack, view.name, view.replicas, view.generation
+            );
+            Ok(0)
+        }
+        Command::Delete {
+            stack,
+            volumes,
+            no_wait,
+            timeout,
+        } => client::delete(&api, &stack, volumes, !no_wait, timeout).await,
+    }
+}

@@ -1,0 +1,163 @@
+//! Tables, JSON and YAML for the CLI.
+
+use capstan_api::object::{ServiceView, StackView};
+
+use crate::Format;
+
+fn age(created_at: &str) -> String {
+    match humantime::parse_rfc3339(created_at) {
+        Ok(t) => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(t)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            capstan_api::duration::format(std::time::Duration::from_secs(secs))
+        }
+        Err(_) => "-".into(),
+    }
+}
+
+fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.iter().map(|s| s.to_string()).collect());
+    for row in rows {
+        line(row);
+    }
+}
+
+fn structured<T: serde::Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Format::Table => unreachable!(),
+    }
+    Ok(())
+}
+
+pub fn services(services: &[ServiceView], format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        return structured(&services, format);
+    }
+    let rows = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.stack.clone(),
+                s.name.clone(),
+                format!("{}/{}", s.ready, s.replicas),
+                s.updated.to_string(),
+                s.restarts.to_string(),
+                age(&s.created_at),
+                s.image.clone(),
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Ready")
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_else(|| "Pending".into()),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STACK",
+            "SERVICE",
+            "READY",
+            "UP-TO-DATE",
+            "RESTARTS",
+            "AGE",
+            "IMAGE",
+            "STATUS",
+        ],
+        rows,
+    );
+    Ok(())
+}
+
+pub fn stacks(stacks: &[StackView], format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        return structured(&stacks, format);
+    }
+    let rows = stacks
+        .iter()
+        .map(|s| {
+            let ready = s.services.iter().filter(|v| v.converged()).count();
+            vec![
+                s.name.clone(),
+                format!("{ready}/{}", s.services.len()),
+                s.phase.clone(),
+                age(&s.created_at),
+            ]
+        })
+        .collect();
+    table(&["STACK", "SERVICES READY", "PHASE", "AGE"], rows);
+    Ok(())
+}
+
+pub fn describe(s: &ServiceView) {
+    println!("Service:      {}/{}", s.stack, s.name);
+    println!("Image:        {}", s.image);
+    println!(
+        "Replicas:     {} desired | {} running | {} ready | {} updated",
+        s.replicas, s.running, s.ready, s.updated
+    );
+    println!("Restarts:     {}", s.restarts);
+    println!(
+        "Generation:   {} (observed {})",
+        s.generation, s.observed_generation
+    );
+    println!(
+        "Created:      {} ({} ago)",
+        s.created_at,
+        age(&s.created_at)
+    );
+    println!("Conditions:");
+    table(
+        &["  TYPE", "STATUS", "REASON", "SINCE", "MESSAGE"],
+        s.conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    format!("  {}", c.type_),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    age(&c.last_transition_time),
+                    c.message.clone(),
+                ]
+            })
+            .collect(),
+    );
+    println!("Replicas:");
+    table(
+        &["  NAME", "ID", "STATE", "HEALTH", "UPDATED", "RESTARTS"],
+        s.replica_states
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("  {}", r.name),
+                    r.id.clone(),
+                    r.state.clone(),
+                    if r.health.is_empty() {
+                        "-".into()
+                    } else {
+                        r.health.clone()
+                    },
+                    r.updated.to_string(),
+                    r.restarts.to_string(),
+                ]
+            })
+            .collect(),
+    );
+}

@@ -1,0 +1,206 @@
+//! The reflector: an in-memory copy of everything under the prefix, fed by the watcher.
+//! Reconcilers read desired state only from here, and only once it has synced; objects are
+//! shared `Arc`s and never mutated in place.
+
+use capstan_api::object::{Service, ServiceStatus, Stack};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use crate::store::{KeyKind, Snapshot, Store, WatchEvent};
+
+/// What the scheduler queues: the name of something to reconcile, never the object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    Stack(String),
+    Service(String, String),
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectKey::Stack(s) => write!(f, "stack/{s}"),
+            ObjectKey::Service(s, v) => write!(f, "{s}/{v}"),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Cache {
+    state: RwLock<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// An initial list succeeded and the watch has not failed since. While false, the
+    /// reconciler acts on nothing: desired state is never inferred from a failed read.
+    synced: bool,
+    stacks: HashMap<String, Arc<Stack>>,
+    services: HashMap<(String, String), Arc<Service>>,
+    statuses: HashMap<(String, String), Arc<ServiceStatus>>,
+}
+
+impl Cache {
+    pub fn is_synced(&self) -> bool {
+        self.state.read().unwrap().synced
+    }
+
+    /// The watch failed: freeze until the next successful list.
+    pub fn mark_unsynced(&self) {
+        self.state.write().unwrap().synced = false;
+    }
+
+    pub fn stack(&self, name: &str) -> Option<Arc<Stack>> {
+        self.state.read().unwrap().stacks.get(name).cloned()
+    }
+
+    pub fn service(&self, stack: &str, name: &str) -> Option<Arc<Service>> {
+        self.state
+            .read()
+            .unwrap()
+            .services
+            .get(&(stack.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    pub fn status(&self, stack: &str, name: &str) -> Option<Arc<ServiceStatus>> {
+        self.state
+            .read()
+            .unwrap()
+            .statuses
+            .get(&(stack.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Records a status this process just wrote, so the next reconcile compares against it.
+    pub fn set_status(&self, stack: &str, name: &str, status: Option<ServiceStatus>) {
+        let key = (stack.to_string(), name.to_string());
+        let mut st = self.state.write().unwrap();
+        match status {
+            Some(s) => st.statuses.insert(key, Arc::new(s)),
+            None => st.statuses.remove(&key),
+        };
+    }
+
+    /// Every key the cache knows of: stacks and services.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        let st = self.state.read().unwrap();
+        let mut keys: Vec<ObjectKey> = st
+            .stacks
+            .keys()
+            .map(|s| ObjectKey::Stack(s.clone()))
+            .collect();
+        keys.extend(
+            st.services
+                .keys()
+                .map(|(s, v)| ObjectKey::Service(s.clone(), v.clone())),
+        );
+        keys
+    }
+
+    /// Replaces the contents with a fresh list; returns the keys whose objects changed
+    /// (appeared, changed or vanished) so they get reconciled.
+    pub fn replace(&self, snap: Snapshot) -> Vec<ObjectKey> {
+        let stacks: HashMap<String, Arc<Stack>> = snap
+            .stacks
+            .into_iter()
+            .map(|s| (s.name.clone(), Arc::new(s)))
+            .collect();
+        let services: HashMap<(String, String), Arc<Service>> = snap
+            .services
+            .into_iter()
+            .map(|s| ((s.stack.clone(), s.name.clone()), Arc::new(s)))
+            .collect();
+        let statuses = snap
+            .statuses
+            .into_iter()
+            .map(|(s, v, st)| ((s, v), Arc::new(st)))
+            .collect();
+        let mut st = self.state.write().unwrap();
+        let mut changed = BTreeSet::new();
+        for (name, s) in stacks.iter().chain(st.stacks.iter()) {
+            if stacks.get(name).map(|a| a.resource_version)
+                != st.stacks.get(name).map(|b| b.resource_version)
+                || !st.synced
+            {
+                changed.insert(ObjectKey::Stack(name.clone()));
+                for svc in &s.services {
+                    changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
+                }
+            }
+        }
+        for (key, _) in services.iter().chain(st.services.iter()) {
+            if services.get(key).map(|a| a.resource_version)
+                != st.services.get(key).map(|b| b.resource_version)
+                || !st.synced
+            {
+                changed.insert(ObjectKey::Service(key.0.clone(), key.1.clone()));
+            }
+        }
+        *st = State {
+            synced: true,
+            stacks,
+            services,
+            statuses,
+        };
+        changed.into_iter().collect()
+    }
+
+    /// Applies a batch of watch events; returns the keys to reconcile. Status changes
+    /// reconcile nothing (they are the controller's own output).
+    pub fn apply(&self, store: &Store, batch: &[WatchEvent]) -> Vec<ObjectKey> {
+        let mut st = self.state.write().unwrap();
+        let mut changed = BTreeSet::new();
+        for ev in batch {
+            let (key, kv) = match ev {
+                WatchEvent::Put(kv) => (kv.key.as_str(), Some(kv)),
+                WatchEvent::Delete { key, .. } => (key.as_str(), None),
+            };
+            match store.classify(key) {
+                Some(KeyKind::Stack(name)) => {
+                    match kv.map(Store::decode_stack) {
+                        Some(Ok(s)) => {
+                            for svc in &s.services {
+                                changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
+                            }
+                            st.stacks.insert(name.clone(), Arc::new(s));
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(%key, error = %e, "ignoring a stack record that does not decode")
+                        }
+                        None => {
+                            st.stacks.remove(&name);
+                        }
+                    }
+                    changed.insert(ObjectKey::Stack(name));
+                }
+                Some(KeyKind::Service(s, v)) => {
+                    match kv.map(Store::decode_service) {
+                        Some(Ok(svc)) => {
+                            st.services.insert((s.clone(), v.clone()), Arc::new(svc));
+                        }
+                        Some(Err(e)) => {
+                            tracing::error!(%key, error = %e, "ignoring a service record that does not decode")
+                        }
+                        None => {
+                            st.services.remove(&(s.clone(), v.clone()));
+                        }
+                    }
+                    changed.insert(ObjectKey::Service(s, v));
+                }
+                Some(KeyKind::Status(s, v)) => match kv.map(Store::decode_status) {
+                    Some(Ok(status)) => {
+                        st.statuses.insert((s, v), Arc::new(status));
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(%key, error = %e, "ignoring a status that does not decode")
+                    }
+                    None => {
+                        st.statuses.remove(&(s, v));
+                    }
+                },
+                None => {}
+            }
+        }
+        changed.into_iter().collect()
+    }
+}

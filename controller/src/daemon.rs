@@ -1,0 +1,124 @@
+//! `capstan serve`: wires the store, the runtime, the triggers, the workers and the HTTP
+//! server together, and shuts them all down on one signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::reconcile::{self, backoff::RestartBook, Context};
+use crate::runtime::docker::DockerRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::scheduler::Scheduler;
+use crate::server::{self, ApiState};
+use crate::store::etcd::EtcdKv;
+use crate::store::Store;
+use crate::{triggers, watcher};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub etcd_endpoints: Vec<String>,
+    pub listen: SocketAddr,
+    /// Key prefix, so installations can share an etcd.
+    pub prefix: String,
+    /// How often everything is reconciled without a trigger (the safety net).
+    pub resync: Duration,
+    /// Keys reconciled at once.
+    pub workers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot reach the Docker engine at /var/run/docker.sock: {0}")]
+    Docker(#[source] RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let runtime = DockerRuntime::connect()
+        .await
+        .map_err(DaemonError::Docker)?;
+    tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, "API listening");
+
+    let kv = loop {
+        match EtcdKv::connect(&config.etcd_endpoints).await {
+            Ok(kv) => break kv,
+            Err(e) => {
+                tracing::warn!(error = %e, endpoints = ?config.etcd_endpoints, "etcd not reachable yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    };
+    let store = Store::new(Arc::new(kv), &config.prefix);
+    let cache = Arc::new(Cache::default());
+    let scheduler = Arc::new(Scheduler::default());
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        runtime: runtime.clone(),
+        cache: cache.clone(),
+        scheduler: scheduler.clone(),
+        restarts: RestartBook::default(),
+        engine_parallelism: 4,
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(triggers::docker_events(
+        runtime.clone(),
+        cache.clone(),
+        scheduler.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(watcher::run(
+        store.clone(),
+        cache.clone(),
+        scheduler.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(triggers::periodic_resync(
+        runtime.clone(),
+        cache.clone(),
+        scheduler.clone(),
+        config.resync,
+        shutdown.clone(),
+    ));
+    for _ in 0..config.workers.max(1) {
+        tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
+    }
+
+    let app = server::router(ApiState { store, cache });
+    let mut http_shutdown = shutdown.clone();
+    let http = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = http_shutdown.wait_for(|s| *s).await;
+    });
+    let result = http.await.map_err(DaemonError::Http);
+
+    tracing::info!("shutting down: waiting for workers to finish their current reconcile");
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 30 s");
+    }
+    result
+}

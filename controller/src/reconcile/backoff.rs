@@ -1,0 +1,132 @@
+//! Per-replica crash-loop bookkeeping: how often capstan restarted a replica and when it may
+//! do so again. Exponential: 1 s after the first restart, doubling, capped at 60 s; forgotten
+//! once a replica has gone 60 s without needing a restart.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::plan::RestartHistory;
+
+pub const BACKOFF_START: Duration = Duration::from_secs(1);
+pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
+/// A replica that needed no restart for this long starts its count afresh.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    restarts: u32,
+    last: Instant,
+}
+
+/// Replica key: (stack, service, ordinal).
+type Key = (String, String, u32);
+
+#[derive(Default)]
+pub struct RestartBook {
+    entries: Mutex<HashMap<Key, Entry>>,
+}
+
+/// The book's view of one service, for the planner.
+pub struct ServiceHistory<'a> {
+    book: &'a RestartBook,
+    stack: &'a str,
+    service: &'a str,
+    now: Instant,
+}
+
+impl RestartBook {
+    pub fn for_service<'a>(&'a self, stack: &'a str, service: &'a str) -> ServiceHistory<'a> {
+        ServiceHistory {
+            book: self,
+            stack,
+            service,
+            now: Instant::now(),
+        }
+    }
+
+    fn entry(&self, stack: &str, service: &str, ordinal: u32, now: Instant) -> Option<Entry> {
+        let e = *self.entries.lock().unwrap().get(&(
+            stack.to_string(),
+            service.to_string(),
+            ordinal,
+        ))?;
+        (now.duration_since(e.last) < BACKOFF_RESET + delay_after(e.restarts)).then_some(e)
+    }
+
+    /// Records a restart made now.
+    pub fn record(&self, stack: &str, service: &str, ordinal: u32) {
+        let now = Instant::now();
+        let prev = self
+            .entry(stack, service, ordinal, now)
+            .map_or(0, |e| e.restarts);
+        self.entries.lock().unwrap().insert(
+            (stack.into(), service.into(), ordinal),
+            Entry {
+                restarts: prev + 1,
+                last: now,
+            },
+        );
+    }
+
+    /// Forgets the replicas of a service (it was removed).
+    pub fn forget_service(&self, stack: &str, service: &str) {
+        self.entries
+            .lock()
+            .unwrap()
+            .retain(|(s, v, _), _| !(s == stack && v == service));
+    }
+}
+
+/// The wait required after `restarts` restarts.
+pub fn delay_after(restarts: u32) -> Duration {
+    if restarts == 0 {
+        return Duration::ZERO;
+    }
+    BACKOFF_START
+        .saturating_mul(2u32.saturating_pow(restarts - 1))
+        .min(BACKOFF_CAP)
+}
+
+impl RestartHistory for ServiceHistory<'_> {
+    fn restarts(&self, ordinal: u32) -> u32 {
+        self.book
+            .entry(self.stack, self.service, ordinal, self.now)
+            .map_or(0, |e| e.restarts)
+    }
+
+    fn backoff_left(&self, ordinal: u32) -> Option<Duration> {
+        let e = self
+            .book
+            .entry(self.stack, self.service, ordinal, self.now)?;
+        let due = e.last + delay_after(e.restarts);
+        (due > self.now).then(|| due - self.now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_delay_doubles_from_one_second_up_to_the_cap() {
+        let d: Vec<u64> = (0..9).map(|n| delay_after(n).as_secs()).collect();
+        assert_eq!(d, vec![0, 1, 2, 4, 8, 16, 32, 60, 60]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn restarts_back_off_and_are_forgotten_after_a_quiet_minute() {
+        let book = RestartBook::default();
+        book.record("s", "web", 1);
+        book.record("s", "web", 1);
+        let h = book.for_service("s", "web");
+        assert_eq!(h.restarts(1), 2);
+        assert_eq!(h.backoff_left(1), Some(Duration::from_secs(2)));
+        assert_eq!(h.restarts(2), 0);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(book.for_service("s", "web").backoff_left(1), None);
+        tokio::time::advance(BACKOFF_RESET).await;
+        assert_eq!(book.for_service("s", "web").restarts(1), 0);
+    }
+}

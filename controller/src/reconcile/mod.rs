@@ -1,0 +1,486 @@
+//! `reconcile(key, ctx) -> Result<Action>`: level-triggered and idempotent. It never learns
+//! why it was called; it reads the desired state from the cache and the actual state from
+//! the engine, closes the gap, and writes status last.
+//!
+//! - [`plan`]: what to do, decided purely from spec and observed containers.
+//! - [`shape`]: the containers, networks and volumes a spec turns into.
+//! - [`status`]: the status, computed purely from what was observed.
+//! - [`backoff`]: per-replica crash-loop back-off.
+
+pub mod backoff;
+pub mod plan;
+pub mod shape;
+pub mod status;
+
+use capstan_api::object::{Service, Stack};
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::cache::{Cache, ObjectKey};
+use crate::runtime::{Observed, Runtime, RuntimeError};
+use crate::scheduler::Scheduler;
+use crate::store::{now_rfc3339, Store, StoreError};
+use backoff::RestartBook;
+use plan::{HealReason, Plan};
+use status::Problem;
+
+/// What the reconciler needs, shared by every worker.
+pub struct Context {
+    pub store: Store,
+    pub runtime: Arc<dyn Runtime>,
+    pub cache: Arc<Cache>,
+    pub scheduler: Arc<Scheduler<ObjectKey>>,
+    pub restarts: RestartBook,
+    /// How many engine calls one reconcile makes at once (the engine saturates near 4).
+    pub engine_parallelism: usize,
+}
+
+/// When to look at a key again, besides events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing more to wait for; events and the periodic resync will call again.
+    AwaitChange,
+    Requeue(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("listing containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error("preparing {kind} {name}: {source}")]
+    Resource {
+        kind: &'static str,
+        name: String,
+        source: RuntimeError,
+    },
+    #[error("removing container {name}: {source}")]
+    Remove { name: String, source: RuntimeError },
+    #[error("writing status: {0}")]
+    Status(#[source] StoreError),
+    #[error("finalizing the deletion of stack {stack}: {source}")]
+    Finalize { stack: String, source: StoreError },
+}
+
+/// How long to wait before retrying a key whose reconcile failed.
+pub fn error_policy(err: &ReconcileError) -> Duration {
+    match err {
+        ReconcileError::Resource {
+            source: RuntimeError::ExternalMissing { .. },
+            ..
+        } => Duration::from_secs(15),
+        _ => Duration::from_secs(2),
+    }
+}
+
+/// How long an unconverged service waits before it is looked at again without an event.
+const UNCONVERGED_RECHECK: Duration = Duration::from_secs(10);
+
+pub async fn reconcile(key: &ObjectKey, ctx: &Context) -> Result<Action, ReconcileError> {
+    if !ctx.cache.is_synced() {
+        // Frozen: never act on desired state we could not read.
+        return Ok(Action::Requeue(Duration::from_secs(1)));
+    }
+    match key {
+        ObjectKey::Service(stack, service) => reconcile_service(stack, service, ctx).await,
+        ObjectKey::Stack(stack) => reconcile_stack(stack, ctx).await,
+    }
+}
+
+async fn reconcile_service(
+    stack_name: &str,
+    name: &str,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let stack = ctx.cache.stack(stack_name);
+    let service = ctx.cache.service(stack_name, name);
+    let observed = ctx
+        .runtime
+        .list(Some(stack_name), Some(name))
+        .await
+        .map_err(ReconcileError::List)?;
+
+    let Some(stack) = stack else {
+        if !observed.is_empty() {
+            // Not ours to judge: etcd has no record of this stack (another installation, or a
+            // lost etcd). Desired state is never inferred from an absence.
+            tracing::debug!(
+                stack = stack_name,
+                service = name,
+                containers = observed.len(),
+                "containers of an unknown stack left alone"
+            );
+        }
+        return Ok(Action::AwaitChange);
+    };
+    let removed = stack.deletion.is_some() || !stack.services.iter().any(|s| s == name);
+    let service = match (removed, service) {
+        (false, Some(svc)) => svc,
+        (false, None) => return Ok(Action::Requeue(Duration::from_secs(1))),
+        (true, svc) => {
+            let grace = svc.as_deref().map_or(shape::DEFAULT_GRACE, shape::grace);
+            remove_all(ctx, &observed, grace).await?;
+            if ctx.cache.status(stack_name, name).is_some() && stack.deletion.is_none() {
+                ctx.store
+                    .delete_status(stack_name, name)
+                    .await
+                    .map_err(ReconcileError::Status)?;
+                ctx.cache.set_status(stack_name, name, None);
+            }
+            ctx.restarts.forget_service(stack_name, name);
+            if stack.deletion.is_some() {
+                ctx.scheduler
+                    .enqueue(ObjectKey::Stack(stack_name.to_string()));
+            }
+            return Ok(Action::AwaitChange);
+        }
+    };
+
+    let plan = plan::plan(
+        stack_name,
+        name,
+        &service.spec,
+        &observed,
+        &ctx.restarts.for_service(stack_name, name),
+    );
+    let problems = if plan.is_empty() {
+        vec![]
+    } else {
+        execute(ctx, &stack, &service, &plan).await?
+    };
+    let observed = if plan.is_empty() {
+        observed
+    } else {
+        ctx.runtime
+            .list(Some(stack_name), Some(name))
+            .await
+            .map_err(ReconcileError::List)?
+    };
+
+    let previous = ctx.cache.status(stack_name, name);
+    let now = now_rfc3339();
+    let history = ctx.restarts.for_service(stack_name, name);
+    let status = status::compute(status::Inputs {
+        service: &service,
+        observed: &observed,
+        plan: &plan,
+        problems: &problems,
+        history: &history,
+        previous: previous.as_deref(),
+        now: &now,
+    });
+    if previous.as_deref() != Some(&status) {
+        // Guarded by the spec's resourceVersion: a status for a superseded spec is dropped.
+        if ctx
+            .store
+            .write_status(&service, &status)
+            .await
+            .map_err(ReconcileError::Status)?
+        {
+            ctx.cache.set_status(stack_name, name, Some(status.clone()));
+        }
+    }
+
+    Ok(match plan.backing_off.values().min() {
+        Some(left) => Action::Requeue(*left),
+        None if status.is_ready() => Action::AwaitChange,
+        None => Action::Requeue(UNCONVERGED_RECHECK),
+    })
+}
+
+/// Carries out a plan: removals first (highest ordinal first), then starts, heals,
+/// replacements and creations, a few at a time. Failures to create are problems reported
+/// in status; failures to remove are errors (retried).
+async fn execute(
+    ctx: &Context,
+    stack: &Stack,
+    service: &Service,
+    plan: &Plan,
+) -> Result<Vec<Problem>, ReconcileError> {
+    let grace = shape::grace(service);
+    let removals: Vec<Observed> = plan.remove.iter().map(|(c, _)| c.clone()).collect();
+    for (c, reason) in &plan.remove {
+        tracing::info!(stack = %stack.name, service = %service.name, replica = %c.name, reason = ?reason, "removing replica");
+    }
+    remove_all(ctx, &removals, grace).await?;
+
+    let mut problems = vec![];
+    let needs_create = !plan.create.is_empty() || !plan.recreate.is_empty();
+    if needs_create {
+        for net in shape::networks(stack, &[service]) {
+            ctx.runtime
+                .ensure_network(&net)
+                .await
+                .map_err(|source| ReconcileError::Resource {
+                    kind: "network",
+                    name: net.name.clone(),
+                    source,
+                })?;
+        }
+        for vol in shape::volumes(stack, &[service]) {
+            ctx.runtime
+                .ensure_volume(&vol)
+                .await
+                .map_err(|source| ReconcileError::Resource {
+                    kind: "volume",
+                    name: vol.name.clone(),
+                    source,
+                })?;
+        }
+    }
+
+    let mut jobs: Vec<BoxFuture<'_, Option<Problem>>> = vec![];
+    for c in &plan.start {
+        jobs.push(Box::pin(async move {
+            ctx.runtime
+                .start(&c.id)
+                .await
+                .err()
+                .map(|e| problem(c.ordinal.unwrap_or(0), e))
+        }));
+    }
+    for (c, reason) in &plan.heal {
+        jobs.push(Box::pin(async move {
+            let n = c.ordinal.unwrap_or(0);
+            ctx.restarts.record(&stack.name, &service.name, n);
+            tracing::info!(stack = %stack.name, service = %service.name, replica = %c.name, reason = reason.as_str(), "restarting replica");
+            let r = match reason {
+                HealReason::Exited => ctx.runtime.start(&c.id).await,
+                HealReason::Unhealthy => ctx.runtime.restart(&c.id, grace).await,
+            };
+            r.err().map(|e| problem(n, e))
+        }));
+    }
+    for c in &plan.recreate {
+        jobs.push(Box::pin(async move {
+            let n = c.ordinal.unwrap_or(0);
+            tracing::info!(stack = %stack.name, service = %service.name, replica = %c.name, "replacing outdated replica");
+            let r = match ctx.runtime.remove(&c.id, grace).await {
+                Ok(()) => create_and_start(ctx, stack, service, n).await,
+                Err(e) => Err(e),
+            };
+            r.err().map(|e| problem(n, e))
+        }));
+    }
+    for n in &plan.create {
+        jobs.push(Box::pin(async move {
+            create_and_start(ctx, stack, service, *n)
+                .await
+                .err()
+                .map(|e| problem(*n, e))
+        }));
+    }
+    let results: Vec<Option<Problem>> = stream::iter(jobs)
+        .buffer_unordered(ctx.engine_parallelism.max(1))
+        .collect()
+        .await;
+    problems.extend(results.into_iter().flatten());
+    problems.sort_by_key(|p| p.ordinal);
+    for p in &problems {
+        tracing::warn!(stack = %stack.name, service = %service.name, ordinal = p.ordinal, reason = p.reason, "{}", p.message);
+    }
+    Ok(problems)
+}
+
+async fn create_and_start(
+    ctx: &Context,
+    stack: &Stack,
+    service: &Service,
+    ordinal: u32,
+) -> Result<(), RuntimeError> {
+    let plan = shape::container(stack, service, ordinal);
+    let id = ctx.runtime.create(&plan).await?;
+    if let Err(e) = ctx.runtime.start(&id).await {
+        // A replica that cannot start is removed rather than left half-made.
+        let _ = ctx.runtime.remove(&id, Duration::ZERO).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+fn problem(ordinal: u32, e: RuntimeError) -> Problem {
+    let reason = match &e {
+        RuntimeError::NameConflict { .. } => "NameConflict",
+        RuntimeError::ImageNotFound(_) => "ImageNotFound",
+        RuntimeError::ExternalMissing { .. } => "ExternalMissing",
+        RuntimeError::Engine { .. } => "EngineError",
+    };
+    Problem {
+        ordinal,
+        reason,
+        message: e.to_string(),
+    }
+}
+
+async fn remove_all(
+    ctx: &Context,
+    containers: &[Observed],
+    grace: Duration,
+) -> Result<(), ReconcileError> {
+    let mut jobs: Vec<BoxFuture<'_, Result<(), ReconcileError>>> = vec![];
+    for c in containers {
+        jobs.push(Box::pin(async move {
+            ctx.runtime
+                .remove(&c.id, grace)
+                .await
+                .map_err(|source| ReconcileError::Remove {
+                    name: c.name.clone(),
+                    source,
+                })
+        }));
+    }
+    let results: Vec<Result<(), ReconcileError>> = stream::iter(jobs)
+        .buffered(ctx.engine_parallelism.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
+    let Some(stack) = ctx.cache.stack(name) else {
+        return Ok(Action::AwaitChange);
+    };
+    let Some(deletion) = &stack.deletion else {
+        return ensure_stack_resources(&stack, ctx).await;
+    };
+    let left = ctx
+        .runtime
+        .list(Some(name), None)
+        .await
+        .map_err(ReconcileError::List)?;
+    if !left.is_empty() {
+        let services: BTreeSet<String> = left.into_iter().map(|c| c.service).collect();
+        for svc in services {
+            ctx.scheduler
+                .enqueue(ObjectKey::Service(name.to_string(), svc));
+        }
+        return Ok(Action::Requeue(Duration::from_secs(1)));
+    }
+    for net in
+        ctx.runtime
+            .stack_networks(name)
+            .await
+            .map_err(|source| ReconcileError::Resource {
+                kind: "network",
+                name: name.into(),
+                source,
+            })?
+    {
+        ctx.runtime
+            .remove_network(&net)
+            .await
+            .map_err(|source| ReconcileError::Resource {
+                kind: "network",
+                name: net.clone(),
+                source,
+            })?;
+    }
+    if deletion.volumes {
+        for vol in
+            ctx.runtime
+                .stack_volumes(name)
+                .await
+                .map_err(|source| ReconcileError::Resource {
+                    kind: "volume",
+                    name: name.into(),
+                    source,
+                })?
+        {
+            ctx.runtime
+                .remove_volume(&vol)
+                .await
+                .map_err(|source| ReconcileError::Resource {
+                    kind: "volume",
+                    name: vol.clone(),
+                    source,
+                })?;
+        }
+    }
+    ctx.store
+        .finalize_deletion(&stack)
+        .await
+        .map_err(|source| ReconcileError::Finalize {
+            stack: name.into(),
+            source,
+        })?;
+    tracing::info!(stack = name, volumes = deletion.volumes, "stack deleted");
+    Ok(Action::AwaitChange)
+}
+
+/// Creates the networks and volumes the stack's services use, and removes capstan-made
+/// networks the stack no longer uses.
+async fn ensure_stack_resources(stack: &Stack, ctx: &Context) -> Result<Action, ReconcileError> {
+    let services: Vec<Arc<Service>> = stack
+        .services
+        .iter()
+        .filter_map(|s| ctx.cache.service(&stack.name, s))
+        .collect();
+    let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
+    let wanted = shape::networks(stack, &refs);
+    for net in &wanted {
+        ctx.runtime
+            .ensure_network(net)
+            .await
+            .map_err(|source| ReconcileError::Resource {
+                kind: "network",
+                name: net.name.clone(),
+                source,
+            })?;
+    }
+    for vol in shape::volumes(stack, &refs) {
+        ctx.runtime
+            .ensure_volume(&vol)
+            .await
+            .map_err(|source| ReconcileError::Resource {
+                kind: "volume",
+                name: vol.name.clone(),
+                source,
+            })?;
+    }
+    let mut action = Action::AwaitChange;
+    for net in ctx
+        .runtime
+        .stack_networks(&stack.name)
+        .await
+        .map_err(|source| ReconcileError::Resource {
+            kind: "network",
+            name: stack.name.clone(),
+            source,
+        })?
+    {
+        if !wanted.iter().any(|w| w.name == net) {
+            if let Err(e) = ctx.runtime.remove_network(&net).await {
+                // Still attached to a replica being removed: try again shortly.
+                tracing::debug!(network = %net, error = %e, "unused network not removed yet");
+                action = Action::Requeue(Duration::from_secs(2));
+            }
+        }
+    }
+    Ok(action)
+}
+
+/// A worker: takes keys from the scheduler until shutdown, one at a time.
+pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let key = tokio::select! {
+            k = ctx.scheduler.next() => k,
+            _ = shutdown.changed() => return,
+        };
+        let result = reconcile(&key, &ctx).await;
+        match result {
+            Ok(Action::AwaitChange) => {}
+            Ok(Action::Requeue(after)) => ctx.scheduler.enqueue_after(key.clone(), after),
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "reconcile failed; will retry");
+                ctx.scheduler.enqueue_after(key.clone(), error_policy(&e));
+            }
+        }
+        ctx.scheduler.done(&key);
+        if *shutdown.borrow() {
+            return;
+        }
+    }
+}

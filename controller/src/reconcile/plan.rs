@@ -1,0 +1,328 @@
+//! What to do to one service, decided from its spec and the containers observed. Pure: the
+//! same inputs always give the same plan, and nothing here touches the engine.
+
+use capstan_api::names;
+use capstan_api::spec::ServiceSpec;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::runtime::{Health, Observed, State};
+
+/// Why a replica is stopped and removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoveReason {
+    /// Its ordinal is above the replica count.
+    Surplus,
+    /// Not a proper replica: no or duplicate ordinal.
+    Stray,
+}
+
+/// Why a replica is restarted (or started again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealReason {
+    Exited,
+    Unhealthy,
+}
+
+impl HealReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealReason::Exited => "exited",
+            HealReason::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Highest ordinal first.
+    pub remove: Vec<(Observed, RemoveReason)>,
+    /// Ordinals to create and start.
+    pub create: Vec<u32>,
+    /// Created but never started (e.g. an interrupted reconcile): start.
+    pub start: Vec<Observed>,
+    /// Exited or unhealthy, and the restart policy says go.
+    pub heal: Vec<(Observed, HealReason)>,
+    /// Outdated (spec hash differs) or dead: remove, then create anew.
+    pub recreate: Vec<Observed>,
+    /// Replicas waiting out their crash-loop back-off: ordinal → time left.
+    pub backing_off: BTreeMap<u32, Duration>,
+    /// Exited replicas the restart policy leaves alone: ordinal → exit code.
+    pub held: BTreeMap<u32, i64>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.create.is_empty()
+            && self.start.is_empty()
+            && self.heal.is_empty()
+            && self.recreate.is_empty()
+    }
+}
+
+/// What the planner needs to know of a replica's restart history.
+pub trait RestartHistory {
+    /// Restarts capstan made of this replica in its current crash-loop window.
+    fn restarts(&self, ordinal: u32) -> u32;
+    /// Time left before the replica may be restarted again.
+    fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
+}
+
+pub fn plan(
+    stack: &str,
+    service: &str,
+    spec: &ServiceSpec,
+    observed: &[Observed],
+    history: &dyn RestartHistory,
+) -> Plan {
+    let mut plan = Plan::default();
+    let hash = spec.container_hash();
+    let policy = spec.restart_policy();
+
+    // One container per ordinal: the one with the deterministic name; any other is a stray.
+    let mut by_ordinal: BTreeMap<u32, &Observed> = BTreeMap::new();
+    for c in observed {
+        match c.ordinal {
+            Some(n)
+                if c.name == names::container(stack, service, n)
+                    && !by_ordinal.contains_key(&n) =>
+            {
+                by_ordinal.insert(n, c);
+            }
+            _ => plan.remove.push((c.clone(), RemoveReason::Stray)),
+        }
+    }
+    let mut surplus: Vec<&Observed> = by_ordinal
+        .range(spec.replicas + 1..)
+        .map(|(_, c)| *c)
+        .collect();
+    surplus.reverse();
+    plan.remove.extend(
+        surplus
+            .into_iter()
+            .map(|c| (c.clone(), RemoveReason::Surplus)),
+    );
+
+    // Rolling update, one replica at a time: an outdated replica that still serves is only
+    // replaced once every updated replica is ready.
+    let updated_settling = by_ordinal
+        .range(1..=spec.replicas)
+        .any(|(_, c)| c.spec_hash == hash && !c.is_ready());
+    let mut rolling_one = false;
+
+    for n in 1..=spec.replicas {
+        let Some(c) = by_ordinal.get(&n) else {
+            plan.create.push(n);
+            continue;
+        };
+        if c.spec_hash != hash || c.state == State::Dead {
+            if !c.is_ready() || c.state == State::Dead {
+                plan.recreate.push((*c).clone());
+            } else if !updated_settling && !rolling_one {
+                rolling_one = true;
+                plan.recreate.push((*c).clone());
+            }
+            continue;
+        }
+        match (c.state, c.health) {
+            (State::Created, _) => plan.start.push((*c).clone()),
+            (State::Exited { code }, _) => {
+                if !policy.restarts(code, history.restarts(n)) {
+                    plan.held.insert(n, code);
+                } else if let Some(left) = history.backoff_left(n) {
+                    plan.backing_off.insert(n, left);
+                } else {
+                    plan.heal.push(((*c).clone(), HealReason::Exited));
+                }
+            }
+            (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
+                Some(left) => {
+                    plan.backing_off.insert(n, left);
+                }
+                None => plan.heal.push(((*c).clone(), HealReason::Unhealthy)),
+            },
+            _ => {}
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstan_api::spec::RestartPolicy;
+
+    struct NoHistory;
+    impl RestartHistory for NoHistory {
+        fn restarts(&self, _: u32) -> u32 {
+            0
+        }
+        fn backoff_left(&self, _: u32) -> Option<Duration> {
+            None
+        }
+    }
+
+    struct BackingOff;
+    impl RestartHistory for BackingOff {
+        fn restarts(&self, _: u32) -> u32 {
+            3
+        }
+        fn backoff_left(&self, _: u32) -> Option<Duration> {
+            Some(Duration::from_secs(4))
+        }
+    }
+
+    fn spec(replicas: u32) -> ServiceSpec {
+        ServiceSpec {
+            image: "web:1".into(),
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    fn replica(n: u32, spec: &ServiceSpec, state: State, health: Health) -> Observed {
+        Observed {
+            id: format!("id{n}"),
+            name: names::container("s", "web", n),
+            stack: "s".into(),
+            service: "web".into(),
+            ordinal: Some(n),
+            spec_hash: spec.container_hash(),
+            state,
+            health,
+            created: 0,
+            addresses: Default::default(),
+        }
+    }
+
+    fn running(n: u32, spec: &ServiceSpec) -> Observed {
+        replica(n, spec, State::Running, Health::None)
+    }
+
+    #[test]
+    fn missing_replicas_are_created_and_a_converged_service_needs_nothing() {
+        let s = spec(3);
+        let p = plan("s", "web", &s, &[running(2, &s)], &NoHistory);
+        assert_eq!(p.create, vec![1, 3]);
+        let p = plan(
+            "s",
+            "web",
+            &s,
+            &[running(1, &s), running(2, &s), running(3, &s)],
+            &NoHistory,
+        );
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn scale_down_removes_the_highest_ordinals_first() {
+        let s = spec(1);
+        let all: Vec<Observed> = (1..=4).map(|n| running(n, &s)).collect();
+        let p = plan("s", "web", &s, &all, &NoHistory);
+        let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
+        assert_eq!(removed, vec![4, 3, 2]);
+        assert!(p.remove.iter().all(|(_, r)| *r == RemoveReason::Surplus));
+    }
+
+    #[test]
+    fn a_container_with_a_wrong_name_or_duplicate_ordinal_is_a_stray() {
+        let s = spec(1);
+        let mut dup = running(1, &s);
+        dup.name = "s-web-1-copy".into();
+        let p = plan("s", "web", &s, &[running(1, &s), dup.clone()], &NoHistory);
+        assert_eq!(p.remove, vec![(dup, RemoveReason::Stray)]);
+    }
+
+    #[test]
+    fn outdated_replicas_roll_one_at_a_time_while_they_still_serve() {
+        let old = spec(3);
+        let new = ServiceSpec {
+            image: "web:2".into(),
+            ..spec(3)
+        };
+        let all: Vec<Observed> = (1..=3).map(|n| running(n, &old)).collect();
+        let p = plan("s", "web", &new, &all, &NoHistory);
+        assert_eq!(
+            p.recreate
+                .iter()
+                .map(|c| c.ordinal.unwrap())
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
+        // While the new replica 1 is not ready yet, nothing else is replaced.
+        let mut settling = vec![replica(1, &new, State::Running, Health::Starting)];
+        settling.extend((2..=3).map(|n| running(n, &old)));
+        assert!(plan("s", "web", &new, &settling, &NoHistory)
+            .recreate
+            .is_empty());
+    }
+
+    #[test]
+    fn outdated_replicas_that_do_not_serve_are_replaced_at_once() {
+        let old = spec(2);
+        let new = ServiceSpec {
+            image: "web:2".into(),
+            ..spec(2)
+        };
+        let all: Vec<Observed> = (1..=2)
+            .map(|n| replica(n, &old, State::Exited { code: 1 }, Health::None))
+            .collect();
+        assert_eq!(plan("s", "web", &new, &all, &NoHistory).recreate.len(), 2);
+    }
+
+    #[test]
+    fn exited_replicas_follow_the_restart_policy() {
+        let s = spec(1);
+        let exited = replica(1, &s, State::Exited { code: 0 }, Health::None);
+        assert_eq!(
+            plan("s", "web", &s, std::slice::from_ref(&exited), &NoHistory)
+                .heal
+                .len(),
+            1,
+            "default policy restarts"
+        );
+        let no = ServiceSpec {
+            restart: Some(RestartPolicy::No),
+            ..spec(1)
+        };
+        let exited_no = replica(1, &no, State::Exited { code: 3 }, Health::None);
+        let p = plan("s", "web", &no, &[exited_no], &NoHistory);
+        assert!(p.heal.is_empty());
+        assert_eq!(p.held.get(&1), Some(&3));
+        let on_failure = ServiceSpec {
+            restart: Some(RestartPolicy::OnFailure { max_retries: None }),
+            ..spec(1)
+        };
+        let clean_exit = replica(1, &on_failure, State::Exited { code: 0 }, Health::None);
+        assert!(plan("s", "web", &on_failure, &[clean_exit], &NoHistory)
+            .heal
+            .is_empty());
+    }
+
+    #[test]
+    fn a_crash_looping_replica_waits_out_its_back_off() {
+        let s = spec(1);
+        let exited = replica(1, &s, State::Exited { code: 1 }, Health::None);
+        let p = plan("s", "web", &s, &[exited], &BackingOff);
+        assert!(p.heal.is_empty());
+        assert_eq!(p.backing_off.get(&1), Some(&Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn an_unhealthy_replica_is_healed_and_a_created_one_started() {
+        let s = spec(2);
+        let p = plan(
+            "s",
+            "web",
+            &s,
+            &[
+                replica(1, &s, State::Running, Health::Unhealthy),
+                replica(2, &s, State::Created, Health::None),
+            ],
+            &NoHistory,
+        );
+        assert_eq!(p.heal[0].1, HealReason::Unhealthy);
+        assert_eq!(p.start[0].ordinal, Some(2));
+    }
+}

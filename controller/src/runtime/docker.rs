@@ -1,0 +1,511 @@
+//! [`Runtime`] on the Docker Engine API (bollard).
+
+use async_trait::async_trait;
+use bollard::errors::Error as BollardError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
+    HealthConfig, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
+    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use capstan_api::names;
+use futures::stream::{BoxStream, StreamExt};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+pub struct DockerRuntime {
+    docker: Docker,
+    /// Health `start_interval` needs API 1.44; older engines get it dropped (documented).
+    supports_start_interval: bool,
+    /// Serialises network and volume creation: the engine does not refuse a second network
+    /// with the same name, so two reconciles racing would make an ambiguous pair.
+    resource_lock: tokio::sync::Mutex<()>,
+}
+
+fn status_of(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn engine(op: &'static str) -> impl Fn(BollardError) -> RuntimeError {
+    move |e| RuntimeError::Engine {
+        op,
+        message: e.to_string(),
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine and negotiates the API version (an API-1.41 engine
+    /// refuses bollard's newer default).
+    pub async fn connect() -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_socket_defaults().map_err(engine("connect"))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(engine("version negotiation"))?;
+        docker.ping().await.map_err(engine("ping"))?;
+        let v = docker.client_version();
+        let supports_start_interval = (v.major_version, v.minor_version) >= (1, 44);
+        Ok(DockerRuntime {
+            docker,
+            supports_start_interval,
+            resource_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn api_version(&self) -> String {
+        let v = self.docker.client_version();
+        format!("{}.{}", v.major_version, v.minor_version)
+    }
+
+    fn body(&self, plan: &ContainerPlan) -> ContainerCreateBody {
+        let mut exposed = vec![];
+        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
+        for p in &plan.ports {
+            let key = format!("{}/{}", p.container_port, p.protocol);
+            exposed.push(key.clone());
+            bindings
+                .entry(key)
+                .or_insert_with(|| Some(vec![]))
+                .as_mut()
+                .unwrap()
+                .push(DockerPortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: Some(p.host_port.map(|p| p.to_string()).unwrap_or_default()),
+                });
+        }
+        let mut binds = vec![];
+        let mut anonymous = vec![];
+        for m in &plan.mounts {
+            match m {
+                Mount::Volume {
+                    name: source,
+                    target,
+                    read_only,
+                }
+                | Mount::Bind {
+                    source,
+                    target,
+                    read_only,
+                } => binds.push(format!(
+                    "{source}:{target}{}",
+                    if *read_only { ":ro" } else { "" }
+                )),
+                Mount::Anonymous { target } => anonymous.push(target.clone()),
+            }
+        }
+        let healthcheck = plan.healthcheck.as_ref().map(|h| HealthConfig {
+            test: Some(h.test.clone()),
+            interval: h.interval_ns,
+            timeout: h.timeout_ns,
+            retries: h.retries,
+            start_period: h.start_period_ns,
+            start_interval: h.start_interval_ns.filter(|_| self.supports_start_interval),
+        });
+        let endpoints = plan.networks.first().map(|(net, aliases)| {
+            HashMap::from([(
+                net.clone(),
+                EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                },
+            )])
+        });
+        ContainerCreateBody {
+            image: Some(plan.image.clone()),
+            hostname: Some(plan.hostname.clone()),
+            cmd: plan.command.clone(),
+            entrypoint: plan.entrypoint.clone(),
+            env: Some(plan.env.clone()),
+            labels: Some(plan.labels.clone().into_iter().collect()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            volumes: (!anonymous.is_empty()).then_some(anonymous),
+            healthcheck,
+            stop_timeout: Some(plan.stop_grace.as_secs().max(1) as i64),
+            host_config: Some(HostConfig {
+                binds: (!binds.is_empty()).then_some(binds),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                network_mode: plan.networks.first().map(|(n, _)| n.clone()),
+                // Capstan owns restarts (policy, back-off, startup order); the engine must not race it.
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                ..Default::default()
+            }),
+            networking_config: endpoints.map(|e| NetworkingConfig {
+                endpoints_config: Some(e),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// After a 409 on create: the name's holder is ours (a replica created by an earlier,
+    /// interrupted reconcile) or foreign.
+    async fn holder_of(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(&plan.name, None)
+            .await
+            .map_err(engine("inspect"))?;
+        let id = info.id.unwrap_or_default();
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let same = |k: &str| labels.get(k) == plan.labels.get(k);
+        if same(names::STACK)
+            && same(names::SERVICE)
+            && same(names::REPLICA)
+            && labels.contains_key(names::STACK)
+        {
+            Ok(id)
+        } else {
+            Err(RuntimeError::NameConflict {
+                name: plan.name.clone(),
+                id: id.chars().take(12).collect(),
+            })
+        }
+    }
+}
+
+/// `Up 3 minutes (healthy)`, `Up 2 seconds (health: starting)`, `Exited (137) 5 seconds ago`.
+fn parse_status(state: Option<ContainerSummaryStateEnum>, status: &str) -> (State, Health) {
+    let health = if status.contains("(healthy)") {
+        Health::Healthy
+    } else if status.contains("(unhealthy)") {
+        Health::Unhealthy
+    } else if status.contains("(health: starting)") {
+        Health::Starting
+    } else {
+        Health::None
+    };
+    let state = match state {
+        Some(ContainerSummaryStateEnum::RUNNING) => State::Running,
+        Some(ContainerSummaryStateEnum::PAUSED) => State::Paused,
+        Some(ContainerSummaryStateEnum::RESTARTING) => State::Restarting,
+        Some(ContainerSummaryStateEnum::REMOVING) => State::Removing,
+        Some(ContainerSummaryStateEnum::DEAD) => State::Dead,
+        Some(ContainerSummaryStateEnum::EXITED) => {
+            let code = status
+                .split_once('(')
+                .and_then(|(_, r)| r.split_once(')'))
+                .and_then(|(c, _)| c.parse().ok())
+                .unwrap_or(-1);
+            State::Exited { code }
+        }
+        _ => State::Created,
+    };
+    (state, health)
+}
+
+fn observed(c: ContainerSummary) -> Option<Observed> {
+    let labels = c.labels.unwrap_or_default();
+    let (state, health) = parse_status(c.state, c.status.as_deref().unwrap_or(""));
+    Some(Observed {
+        id: c.id?,
+        name: c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        stack: labels.get(names::STACK)?.clone(),
+        service: labels.get(names::SERVICE).cloned().unwrap_or_default(),
+        ordinal: labels
+            .get(names::REPLICA)
+            .and_then(|r| r.parse().ok())
+            .filter(|n| *n > 0),
+        spec_hash: labels.get(names::SPEC_HASH).cloned().unwrap_or_default(),
+        state,
+        health: if state == State::Running {
+            health
+        } else {
+            Health::None
+        },
+        created: c.created.unwrap_or_default(),
+        addresses: c
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(net, ep)| Some((net, ep.ip_address.filter(|ip| !ip.is_empty())?)))
+            .collect(),
+    })
+}
+
+fn label_filter(stack: Option<&str>, service: Option<&str>) -> HashMap<String, Vec<String>> {
+    let mut labels = vec![match stack {
+        Some(s) => format!("{}={s}", names::STACK),
+        None => names::STACK.to_string(),
+    }];
+    if let Some(svc) = service {
+        labels.push(format!("{}={svc}", names::SERVICE));
+    }
+    HashMap::from([("label".to_string(), labels)])
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    async fn list(
+        &self,
+        stack: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Observed>, RuntimeError> {
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&label_filter(stack, service))
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(engine("list containers"))?;
+        Ok(list.into_iter().filter_map(observed).collect())
+    }
+
+    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+        let opts = CreateContainerOptionsBuilder::new()
+            .name(&plan.name)
+            .build();
+        let id = match self
+            .docker
+            .create_container(Some(opts), self.body(plan))
+            .await
+        {
+            Ok(resp) => resp.id,
+            Err(e) if status_of(&e) == Some(409) => return self.holder_of(plan).await,
+            Err(e) if status_of(&e) == Some(404) => {
+                return Err(RuntimeError::ImageNotFound(plan.image.clone()))
+            }
+            Err(e) => return Err(engine("create")(e)),
+        };
+        for (net, aliases) in plan.networks.iter().skip(1) {
+            let req = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: Some(EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                }),
+            };
+            if let Err(e) = self.docker.connect_network(net, req).await {
+                // Do not leave a half-wired container behind.
+                let _ = self.remove(&id, Duration::ZERO).await;
+                return Err(engine("network connect")(e));
+            }
+        }
+        Ok(id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.docker.start_container(id, None).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(304) => Ok(()),
+            Err(e) => Err(engine("start")(e)),
+        }
+    }
+
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let opts = RestartContainerOptionsBuilder::new()
+            .t(grace.as_secs() as i32)
+            .build();
+        self.docker
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(engine("restart"))
+    }
+
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if !grace.is_zero() {
+            let opts = StopContainerOptionsBuilder::new()
+                .t(grace.as_secs().max(1) as i32)
+                .build();
+            match self.docker.stop_container(id, Some(opts)).await {
+                Ok(()) => {}
+                Err(e) if matches!(status_of(&e), Some(304) | Some(404)) => {}
+                Err(e) => return Err(engine("stop")(e)),
+            }
+        }
+        let opts = RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .v(true)
+            .build();
+        match self.docker.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            // 404: already gone; 409: removal already in progress.
+            Err(e) if matches!(status_of(&e), Some(404) | Some(409)) => Ok(()),
+            Err(e) => Err(engine("remove")(e)),
+        }
+    }
+
+    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        let _guard = self.resource_lock.lock().await;
+        match self.docker.inspect_network(&plan.name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(engine("inspect network")(e)),
+        }
+        if plan.external {
+            return Err(RuntimeError::ExternalMissing {
+                kind: "network",
+                name: plan.name.clone(),
+            });
+        }
+        let req = NetworkCreateRequest {
+            name: plan.name.clone(),
+            driver: plan.driver.clone(),
+            internal: Some(plan.internal),
+            attachable: Some(plan.attachable),
+            labels: Some(plan.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_network(req)
+            .await
+            .map(|_| ())
+            .map_err(engine("create network"))
+    }
+
+    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        let _guard = self.resource_lock.lock().await;
+        match self.docker.inspect_volume(&plan.name).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(engine("inspect volume")(e)),
+        }
+        if plan.external {
+            return Err(RuntimeError::ExternalMissing {
+                kind: "volume",
+                name: plan.name.clone(),
+            });
+        }
+        let req = VolumeCreateRequest {
+            name: Some(plan.name.clone()),
+            driver: plan.driver.clone(),
+            labels: Some(plan.labels.clone().into_iter().collect()),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(engine("create volume"))
+    }
+
+    async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        let opts = ListNetworksOptionsBuilder::new()
+            .filters(&label_filter(Some(stack), None))
+            .build();
+        let nets = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(engine("list networks"))?;
+        Ok(nets.into_iter().filter_map(|n| n.name).collect())
+    }
+
+    async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        let opts = ListVolumesOptionsBuilder::new()
+            .filters(&label_filter(Some(stack), None))
+            .build();
+        let vols = self
+            .docker
+            .list_volumes(Some(opts))
+            .await
+            .map_err(engine("list volumes"))?;
+        Ok(vols
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.name)
+            .collect())
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(engine("remove network")(e)),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker
+            .remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(404) => Ok(()),
+            Err(e) => Err(engine("remove volume")(e)),
+        }
+    }
+
+    fn events(
+        &self,
+        since_nano: Option<i64>,
+    ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
+        let mut filters = label_filter(None, None);
+        filters.insert("type".into(), vec!["container".into()]);
+        let mut opts = EventsOptionsBuilder::new().filters(&filters);
+        let since =
+            since_nano.map(|ns| format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000));
+        if let Some(since) = &since {
+            opts = opts.since(since);
+        }
+        self.docker
+            .events(Some(opts.build()))
+            .filter_map(|ev| async move {
+                match ev {
+                    Err(e) => Some(Err(engine("events")(e))),
+                    Ok(msg) => {
+                        let attrs = msg.actor.and_then(|a| a.attributes).unwrap_or_default();
+                        Some(Ok(ContainerEvent {
+                            stack: attrs.get(names::STACK)?.clone(),
+                            service: attrs.get(names::SERVICE).cloned().unwrap_or_default(),
+                            action: msg.action.unwrap_or_default(),
+                            time_nano: msg.time_nano.unwrap_or_default(),
+                        }))
+                    }
+                }
+            })
+            .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_and_exit_codes_are_read_from_the_status_line() {
+        use ContainerSummaryStateEnum as S;
+        assert_eq!(
+            parse_status(Some(S::RUNNING), "Up 3 minutes (healthy)"),
+            (State::Running, Health::Healthy)
+        );
+        assert_eq!(
+            parse_status(Some(S::RUNNING), "Up 2 seconds (health: starting)"),
+            (State::Running, Health::Starting)
+        );
+        assert_eq!(
+            parse_status(Some(S::RUNNING), "Up 1 hour (unhealthy)"),
+            (State::Running, Health::Unhealthy)
+        );
+        assert_eq!(
+            parse_status(Some(S::RUNNING), "Up 1 hour"),
+            (State::Running, Health::None)
+        );
+        assert_eq!(
+            parse_status(Some(S::EXITED), "Exited (137) 5 seconds ago").0,
+            State::Exited { code: 137 }
+        );
+        assert_eq!(parse_status(Some(S::CREATED), "Created").0, State::Created);
+    }
+}

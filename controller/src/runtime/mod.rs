@@ -1,0 +1,190 @@
+//! The container engine, as the reconciler sees it: a few verbs over labelled containers,
+//! networks and volumes. [`docker::DockerRuntime`] is the real one; tests use fakes.
+
+pub mod docker;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A container capstan owns, as last listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub stack: String,
+    pub service: String,
+    /// From the `capstan.replica` label; `None` if missing or malformed.
+    pub ordinal: Option<u32>,
+    pub spec_hash: String,
+    pub state: State,
+    pub health: Health,
+    /// Unix seconds.
+    pub created: i64,
+    /// Network name → IPv4 address.
+    pub addresses: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited { code: i64 },
+    Dead,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Removing => "removing",
+            State::Exited { .. } => "exited",
+            State::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// No healthcheck.
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Health::None => "",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl Observed {
+    /// Running and healthy, or running without a healthcheck.
+    pub fn is_ready(&self) -> bool {
+        self.state == State::Running && matches!(self.health, Health::None | Health::Healthy)
+    }
+}
+
+/// Everything needed to create one replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPlan {
+    pub name: String,
+    pub hostname: String,
+    pub image: String,
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    /// `KEY=VALUE`.
+    pub env: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Engine network name → aliases. The first is joined at create, the rest before start.
+    pub networks: Vec<(String, Vec<String>)>,
+    pub ports: Vec<PortBinding>,
+    pub mounts: Vec<Mount>,
+    pub healthcheck: Option<capstan_api::spec::Healthcheck>,
+    pub stop_grace: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortBinding {
+    pub container_port: u16,
+    pub protocol: String,
+    pub host_ip: Option<String>,
+    /// `None`: an ephemeral port.
+    pub host_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mount {
+    Volume {
+        name: String,
+        target: String,
+        read_only: bool,
+    },
+    Bind {
+        source: String,
+        target: String,
+        read_only: bool,
+    },
+    Anonymous {
+        target: String,
+    },
+}
+
+/// A network or volume capstan creates for a stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourcePlan {
+    /// The engine-side name.
+    pub name: String,
+    pub driver: Option<String>,
+    pub internal: bool,
+    pub attachable: bool,
+    pub labels: BTreeMap<String, String>,
+    /// Declared `external`: must exist, never created or removed.
+    pub external: bool,
+}
+
+/// A container event that may mean drift.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub stack: String,
+    pub service: String,
+    /// `die`, `destroy`, `health_status: unhealthy`, `oom`, `start`, ...
+    pub action: String,
+    /// Unix nanoseconds, to resume the stream after a reconnect.
+    pub time_nano: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The name is held by a container capstan does not own.
+    #[error("container name {name} is taken by a container capstan does not own ({id})")]
+    NameConflict { name: String, id: String },
+    #[error("image {0} is not present on this host (capstan never pulls: build or load it first)")]
+    ImageNotFound(String),
+    #[error("external {kind} {name} does not exist; create it first")]
+    ExternalMissing { kind: &'static str, name: String },
+    /// Any other engine failure; retryable.
+    #[error("docker {op} failed: {message}")]
+    Engine { op: &'static str, message: String },
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Containers carrying capstan's labels, filtered by stack and service when given.
+    async fn list(
+        &self,
+        stack: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Observed>, RuntimeError>;
+    /// Creates (does not start) a container; returns its ID.
+    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError>;
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Stops gracefully within `grace`, then removes (with anonymous volumes). Gone is fine.
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
+    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
+    /// Engine names of the networks labelled with `stack`.
+    async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;
+    async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Container events of capstan-owned containers from `since_nano` (or now).
+    fn events(
+        &self,
+        since_nano: Option<i64>,
+    ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
+}

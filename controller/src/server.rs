@@ -1,0 +1,226 @@
+//! The HTTP API. Reads go to etcd (linearizable: an apply is visible to the next get);
+//! every error is JSON with a message, and validation errors list each field and reason.
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use capstan_api::object::{ErrorBody, ScaleRequest, ServiceView};
+use serde::Deserialize;
+use std::sync::Arc;
+
+use crate::cache::Cache;
+use crate::store::{Store, StoreError};
+
+/// The largest Compose file the API accepts.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    /// For `/readyz`: ready once the controller has synced with etcd.
+    pub cache: Arc<Cache>,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/v1/stacks", get(list_stacks))
+        .route(
+            "/v1/stacks/{stack}",
+            put(apply).get(get_stack).delete(delete_stack),
+        )
+        .route("/v1/stacks/{stack}/services/{service}", get(get_service))
+        .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
+        .route("/v1/services", get(list_services))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+pub struct ApiError(StatusCode, ErrorBody);
+
+impl ApiError {
+    fn not_found(what: String) -> Self {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            ErrorBody {
+                error: what,
+                details: vec![],
+            },
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Kv(_) => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let details = match &e {
+            StoreError::Invalid(inv) => inv.errors.clone(),
+            _ => vec![],
+        };
+        let error = match &e {
+            StoreError::Invalid(inv) => format!(
+                "invalid stack: {} problem(s); nothing was applied",
+                inv.errors.len()
+            ),
+            other => other.to_string(),
+        };
+        ApiError(status, ErrorBody { error, details })
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+async fn readyz(State(st): State<ApiState>) -> Response {
+    if st.cache.is_synced() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: desired state not synced from etcd\n",
+        )
+            .into_response()
+    }
+}
+
+#[derive(Deserialize)]
+struct ApplyQuery {
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<i64>,
+}
+
+async fn apply(
+    State(st): State<ApiState>,
+    Path(stack): Path<String>,
+    Query(q): Query<ApplyQuery>,
+    body: String,
+) -> ApiResult<capstan_api::object::ApplyResult> {
+    let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    let result = st.store.apply(&spec, q.resource_version).await?;
+    let changed: Vec<String> = result
+        .services
+        .iter()
+        .filter(|(_, o)| *o != "unchanged")
+        .map(|(s, o)| format!("{s}={o}"))
+        .collect();
+    if changed.is_empty() {
+        tracing::info!(stack = %stack, "apply: unchanged");
+    } else {
+        tracing::info!(stack = %stack, changes = %changed.join(","), "apply");
+    }
+    Ok(Json(result))
+}
+
+async fn list_stacks(State(st): State<ApiState>) -> ApiResult<Vec<capstan_api::object::StackView>> {
+    Ok(Json(st.store.stack_views().await?))
+}
+
+async fn get_stack(
+    State(st): State<ApiState>,
+    Path(stack): Path<String>,
+) -> ApiResult<capstan_api::object::StackView> {
+    st.store
+        .stack_view(&stack)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))
+}
+
+#[derive(Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    volumes: bool,
+}
+
+async fn delete_stack(
+    State(st): State<ApiState>,
+    Path(stack): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    st.store.request_deletion(&stack, q.volumes).await?;
+    tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "stack": stack, "phase": "Deleting", "volumes": q.volumes })),
+    ))
+}
+
+async fn get_service(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<ServiceView> {
+    let view = st
+        .store
+        .stack_view(&stack)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))?;
+    view.services
+        .into_iter()
+        .find(|s| s.name == service)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("service {service} not found in stack {stack}")))
+}
+
+async fn scale(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+    Json(req): Json<ScaleRequest>,
+) -> ApiResult<ServiceView> {
+    if req.replicas > capstan_api::compose::MAX_REPLICAS {
+        return Err(StoreError::Invalid(capstan_api::InvalidStack {
+            errors: vec![capstan_api::FieldError {
+                field: "replicas".into(),
+                reason: format!(
+                    "{} is more than the {} replicas a service may have",
+                    req.replicas,
+                    capstan_api::compose::MAX_REPLICAS
+                ),
+            }],
+        })
+        .into());
+    }
+    st.store.scale(&stack, &service, req.replicas).await?;
+    tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
+    get_service(State(st), Path((stack, service))).await
+}
+
+#[derive(Deserialize)]
+struct ServicesQuery {
+    stack: Option<String>,
+}
+
+async fn list_services(
+    State(st): State<ApiState>,
+    Query(q): Query<ServicesQuery>,
+) -> ApiResult<Vec<ServiceView>> {
+    let views = match &q.stack {
+        Some(stack) => st
+            .store
+            .stack_view(stack)
+            .await?
+            .map(|v| v.services)
+            .unwrap_or_default(),
+        None => st
+            .store
+            .stack_views()
+            .await?
+            .into_iter()
+            .flat_map(|v| v.services)
+            .collect(),
+    };
+    Ok(Json(views))
+}

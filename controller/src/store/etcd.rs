@@ -1,0 +1,169 @@
+//! [`Kv`] on etcd v3.
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare as EC, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use futures::stream::{BoxStream, StreamExt};
+use std::time::Duration;
+
+use super::kv::*;
+
+/// An etcd client. Cloning is cheap (one shared channel that reconnects by itself).
+#[derive(Clone)]
+pub struct EtcdKv {
+    client: Client,
+}
+
+fn unavailable(e: etcd_client::Error) -> KvError {
+    KvError::Unavailable(e.to_string())
+}
+
+impl EtcdKv {
+    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`). Every request times out after
+    /// 5 s so an unreachable etcd is reported rather than waited on forever.
+    pub async fn connect(endpoints: &[String]) -> Result<Self, KvError> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        let client = Client::connect(endpoints, Some(opts))
+            .await
+            .map_err(unavailable)?;
+        Ok(EtcdKv { client })
+    }
+
+    /// Whether etcd answers now.
+    pub async fn ping(&self) -> Result<(), KvError> {
+        self.client
+            .clone()
+            .status()
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
+    KeyValue {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        value: kv.value().to_vec(),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+#[async_trait]
+impl Kv for EtcdKv {
+    async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
+        let resp = self
+            .client
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(unavailable)?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(Listing {
+            items: resp.kvs().iter().map(to_kv).collect(),
+            revision,
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        let resp = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.kvs().first().map(to_kv))
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        let when: Vec<EC> = compares
+            .into_iter()
+            .map(|Compare::ModRevision(key, rev)| EC::mod_revision(key, CompareOp::Equal, rev))
+            .collect();
+        let then: Vec<TxnOp> = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => TxnOp::put(k, v, None),
+                Op::Delete(k) => TxnOp::delete(k, None),
+                Op::DeletePrefix(p) => {
+                    TxnOp::delete(p, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                }
+            })
+            .collect();
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().when(when).and_then(then))
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.succeeded())
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from_revision)
+            .with_progress_notify();
+        let stream = self
+            .client
+            .clone()
+            .watch(prefix, Some(opts))
+            .await
+            .map_err(unavailable)?;
+        let stream = futures::stream::unfold(Some(stream), move |state| async move {
+            let mut stream = state?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.compact_revision() > 0 {
+                            let err = KvError::Compacted {
+                                requested: from_revision,
+                                compacted: resp.compact_revision(),
+                            };
+                            return Some((Err(err), None));
+                        }
+                        if resp.canceled() {
+                            let err = KvError::Unavailable(format!(
+                                "watch canceled: {}",
+                                resp.cancel_reason()
+                            ));
+                            return Some((Err(err), None));
+                        }
+                        let batch: Vec<WatchEvent> = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| {
+                                let kv = e.kv()?;
+                                Some(match e.event_type() {
+                                    EventType::Put => WatchEvent::Put(to_kv(kv)),
+                                    EventType::Delete => WatchEvent::Delete {
+                                        key: String::from_utf8_lossy(kv.key()).into_owned(),
+                                        mod_revision: kv.mod_revision(),
+                                    },
+                                })
+                            })
+                            .collect();
+                        if batch.is_empty() {
+                            continue;
+                        }
+                        return Some((Ok(batch), Some(stream)));
+                    }
+                    Ok(None) => {
+                        return Some((Err(KvError::Unavailable("watch stream ended".into())), None))
+                    }
+                    Err(e) => return Some((Err(unavailable(e)), None)),
+                }
+            }
+        });
+        Ok(stream.boxed())
+    }
+}

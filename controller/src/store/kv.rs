@@ -1,0 +1,72 @@
+//! The few key-value operations capstan needs from etcd, behind a trait so the typed store,
+//! the watcher and the reconciler also run against [`super::memory::MemKv`].
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// etcd's revision of the last write to this key.
+    pub mod_revision: i64,
+}
+
+/// A transaction guard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's `mod_revision` equals this; 0 means the key must not exist.
+    ModRevision(String, i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+    DeletePrefix(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, mod_revision: i64 },
+}
+
+impl WatchEvent {
+    pub fn revision(&self) -> i64 {
+        match self {
+            WatchEvent::Put(kv) => kv.mod_revision,
+            WatchEvent::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    /// etcd could not be reached or timed out. Retryable.
+    #[error("etcd is unavailable: {0}")]
+    Unavailable(String),
+    /// A watch asked for history etcd has compacted away. The watcher relists.
+    #[error("etcd compacted revision {requested}; oldest kept is {compacted}")]
+    Compacted { requested: i64, compacted: i64 },
+}
+
+/// A snapshot of everything under a prefix, at one revision.
+pub struct Listing {
+    pub items: Vec<KeyValue>,
+    pub revision: i64,
+}
+
+#[async_trait]
+pub trait Kv: Send + Sync + 'static {
+    async fn range(&self, prefix: &str) -> Result<Listing, KvError>;
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError>;
+    /// Applies `ops` if every compare holds. Ok(false) when one did not.
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError>;
+    /// Batches of events under `prefix` from `from_revision` on (inclusive).
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError>;
+}

@@ -1,0 +1,184 @@
+//! An in-memory [`Kv`] with etcd's revision semantics, for unit tests and simulations.
+
+use async_trait::async_trait;
+use futures::stream::{BoxStream, StreamExt};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+
+use super::kv::*;
+
+pub struct MemKv {
+    state: Mutex<State>,
+    events: broadcast::Sender<Vec<WatchEvent>>,
+}
+
+#[derive(Default)]
+struct State {
+    revision: i64,
+    data: BTreeMap<String, KeyValue>,
+    /// Every event, so a watch can start from an old revision.
+    history: Vec<WatchEvent>,
+    /// Counts writes, for tests that assert "no write".
+    txns_committed: u64,
+    down: bool,
+}
+
+impl Default for MemKv {
+    fn default() -> Self {
+        MemKv {
+            state: Mutex::new(State {
+                revision: 1,
+                ..Default::default()
+            }),
+            events: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl MemKv {
+    /// How many transactions changed something.
+    pub fn writes(&self) -> u64 {
+        self.state.lock().unwrap().txns_committed
+    }
+
+    /// Makes every call fail as if etcd were unreachable.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap().down = down;
+    }
+
+    fn check(&self) -> Result<(), KvError> {
+        if self.state.lock().unwrap().down {
+            return Err(KvError::Unavailable("memory kv is down".into()));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Kv for MemKv {
+    async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
+        self.check()?;
+        let st = self.state.lock().unwrap();
+        let items = st
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Ok(Listing {
+            items,
+            revision: st.revision,
+        })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        self.check()?;
+        Ok(self.state.lock().unwrap().data.get(key).cloned())
+    }
+
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        self.check()?;
+        let mut st = self.state.lock().unwrap();
+        for Compare::ModRevision(key, rev) in &compares {
+            if st.data.get(key).map_or(0, |kv| kv.mod_revision) != *rev {
+                return Ok(false);
+            }
+        }
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        st.revision += 1;
+        let rev = st.revision;
+        let mut batch = vec![];
+        for op in ops {
+            match op {
+                Op::Put(key, value) => {
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        mod_revision: rev,
+                    };
+                    st.data.insert(key, kv.clone());
+                    batch.push(WatchEvent::Put(kv));
+                }
+                Op::Delete(key) => {
+                    if st.data.remove(&key).is_some() {
+                        batch.push(WatchEvent::Delete {
+                            key,
+                            mod_revision: rev,
+                        });
+                    }
+                }
+                Op::DeletePrefix(prefix) => {
+                    let keys: Vec<String> = st
+                        .data
+                        .keys()
+                        .filter(|k| k.starts_with(&prefix))
+                        .cloned()
+                        .collect();
+                    for key in keys {
+                        st.data.remove(&key);
+                        batch.push(WatchEvent::Delete {
+                            key,
+                            mod_revision: rev,
+                        });
+                    }
+                }
+            }
+        }
+        st.txns_committed += 1;
+        st.history.extend(batch.iter().cloned());
+        let _ = self.events.send(batch);
+        Ok(true)
+    }
+
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
+        self.check()?;
+        let (past, live) = {
+            let st = self.state.lock().unwrap();
+            let past: Vec<WatchEvent> = st
+                .history
+                .iter()
+                .filter(|e| e.revision() >= from_revision)
+                .cloned()
+                .collect();
+            (past, self.events.subscribe())
+        };
+        let prefix = prefix.to_string();
+        let keep = move |batch: Vec<WatchEvent>| {
+            let batch: Vec<WatchEvent> = batch
+                .into_iter()
+                .filter(|e| match e {
+                    WatchEvent::Put(kv) => kv.key.starts_with(&prefix),
+                    WatchEvent::Delete { key, .. } => key.starts_with(&prefix),
+                })
+                .collect();
+            (!batch.is_empty()).then_some(Ok(batch))
+        };
+        let keep2 = keep.clone();
+        let past = futures::stream::iter(if past.is_empty() { vec![] } else { vec![past] })
+            .filter_map(move |b| futures::future::ready(keep(b)));
+        let live = tokio_stream_from(live).filter_map(move |b| futures::future::ready(keep2(b)));
+        Ok(past.chain(live).boxed())
+    }
+}
+
+fn tokio_stream_from(
+    rx: broadcast::Receiver<Vec<WatchEvent>>,
+) -> BoxStream<'static, Vec<WatchEvent>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(batch) => return Some((batch, rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .boxed()
+}

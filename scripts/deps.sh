@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what capstan needs from Debian, if it is missing: etcd, static busybox (for the
+# local images), protoc and the well-known protos (etcd-client compiles etcd's protos).
+set -euo pipefail
+missing=()
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v curl >/dev/null || missing+=(curl)
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "error: the Docker engine is not reachable at /var/run/docker.sock; start it first" >&2
+  exit 1
+fi
