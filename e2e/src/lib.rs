@@ -1,1 +1,501 @@
+//! Harness for the end-to-end tests: a private etcd and a private `capstan serve` per test,
+//! the real binary, the real Docker engine, and a [`StackGuard`] that removes everything a
+//! test's stack made (containers, networks, volumes), also when the test fails.
+//!
+//! Missing prerequisites are a loud failure naming the fix, never a silent skip.
 
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The demo image every test uses (`make images`).
+pub const IMAGE: &str = "capstan-demo/web:1";
+pub const IMAGE_V2: &str = "capstan-demo/web:2";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Panics with a clear message unless Docker, etcd, the capstan binary and the images exist.
+pub fn preflight() {
+    let docker = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match docker {
+        Ok(o) if o.status.success() => {}
+        _ => panic!("e2e tests need the Docker engine at /var/run/docker.sock; start it (these tests never skip)"),
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        panic!("e2e tests need etcd: run `make deps` (Debian's etcd-server)");
+    }
+    let bin = capstan_bin();
+    if !bin.exists() {
+        panic!(
+            "capstan binary not found at {}: run `cargo build -p capstan` or `make test`",
+            bin.display()
+        );
+    }
+    for image in [IMAGE, IMAGE_V2] {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", image])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            panic!("image {image} is missing: run `make images`");
+        }
+    }
+}
+
+pub fn capstan_bin() -> PathBuf {
+    match std::env::var_os("CAPSTAN_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/capstan"),
+    }
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "capstan-e2e-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `check` every 200 ms until it is true; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A single-node etcd on loopback, with its data in a temp dir.
+pub struct Etcd {
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        preflight();
+        let mut etcd = Etcd {
+            dir: scratch_dir("etcd"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        etcd.spawn();
+        etcd
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .unwrap();
+        let child = Command::new("etcd")
+            .args(["--name", "e2e", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("e2e={peer}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let health = format!("{client}/health");
+        wait_until(Duration::from_secs(20), "etcd to become healthy", || {
+            reqwest::blocking::get(&health)
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Kills etcd (its data stays): the outage tests.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Keys under `prefix`, read with etcdctl (not through capstan).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.url(),
+                "get",
+                "--prefix",
+                "--keys-only",
+                prefix,
+            ])
+            .output()
+            .expect("run etcdctl (make deps)");
+        assert!(
+            out.status.success(),
+            "etcdctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `capstan serve` of the test's own.
+pub struct Daemon {
+    dir: PathBuf,
+    port: u16,
+    etcd_url: String,
+    pub prefix: String,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(etcd: &Etcd) -> Daemon {
+        let prefix = format!("/capstan-e2e-{}", free_port());
+        let mut d = Daemon {
+            dir: scratch_dir("daemon"),
+            port: free_port(),
+            etcd_url: etcd.url(),
+            prefix,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("capstan.log"))
+            .unwrap();
+        let child = Command::new(capstan_bin())
+            .args([
+                "serve",
+                "--etcd",
+                &self.etcd_url,
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--prefix",
+                &self.prefix,
+                "--resync",
+                "5s",
+            ])
+            .env("RUST_LOG", "info,capstan_controller=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start capstan serve");
+        self.child = Some(child);
+        let ready = format!("{}/readyz", self.url());
+        wait_until(Duration::from_secs(30), "capstan to become ready", || {
+            reqwest::blocking::get(&ready)
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the daemon gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let start = Instant::now();
+            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(35)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Runs a client command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(capstan_bin())
+            .args(args)
+            .env("CAPSTAN_SERVER", self.url())
+            .output()
+            .expect("run capstan")
+    }
+
+    /// Runs a client command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "capstan {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `capstan get services --stack S -o json`.
+    pub fn services(&self, stack: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.cli_ok(&["get", "services", "--stack", stack, "-o", "json"]))
+            .unwrap()
+    }
+
+    pub fn service(&self, stack: &str, name: &str) -> serde_json::Value {
+        self.services(stack)
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("service {stack}/{name} not listed"))
+    }
+
+    /// Whether `capstan get` reports the service converged at `replicas`.
+    pub fn converged(&self, stack: &str, name: &str, replicas: u64) -> bool {
+        let s = self.service(stack, name);
+        s["replicas"] == replicas
+            && s["ready"] == replicas
+            && s["running"] == replicas
+            && s["observedGeneration"] == s["generation"]
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("---- capstan log (last 80 lines) ----");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A unique stack name, and the removal of everything it made when dropped.
+pub struct StackGuard {
+    pub name: String,
+    dir: PathBuf,
+}
+
+impl StackGuard {
+    pub fn new(tag: &str) -> StackGuard {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 100_000;
+        let name = format!(
+            "e2e-{tag}-{}{}{}",
+            std::process::id() % 1000,
+            N.fetch_add(1, Ordering::SeqCst),
+            nanos
+        );
+        StackGuard {
+            name,
+            dir: scratch_dir("stack"),
+        }
+    }
+
+    /// Writes `yaml` to a file in a folder of its own and returns its path.
+    pub fn file(&self, yaml: &str) -> String {
+        let path = self.dir.join("compose.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    /// `<stack>-<service>-<n>`
+    pub fn replica(&self, service: &str, n: u32) -> String {
+        format!("{}-{service}-{n}", self.name)
+    }
+
+    /// Containers capstan made for this stack: (name, id, state), sorted by name.
+    pub fn containers(&self) -> Vec<(String, String, String)> {
+        let out = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=capstan.stack={}", self.name),
+            "--format",
+            "{{.Names}}\t{{.ID}}\t{{.State}}",
+        ]);
+        let mut rows: Vec<(String, String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut p = l.split('\t');
+                Some((
+                    p.next()?.to_string(),
+                    p.next()?.to_string(),
+                    p.next()?.to_string(),
+                ))
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    pub fn running(&self) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|(_, _, s)| s == "running")
+            .map(|(n, _, _)| n)
+            .collect()
+    }
+
+    pub fn networks(&self) -> Vec<String> {
+        lines(&docker(&[
+            "network",
+            "ls",
+            "--filter",
+            &format!("label=capstan.stack={}", self.name),
+            "--format",
+            "{{.Name}}",
+        ]))
+    }
+
+    pub fn volumes(&self) -> Vec<String> {
+        lines(&docker(&[
+            "volume",
+            "ls",
+            "--filter",
+            &format!("label=capstan.stack={}", self.name),
+            "--format",
+            "{{.Name}}",
+        ]))
+    }
+}
+
+fn lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+impl Drop for StackGuard {
+    fn drop(&mut self) {
+        // Everything labelled with the stack, and anything the test made under its name.
+        let by_label = format!("label=capstan.stack={}", self.name);
+        let by_name = format!("name=^{}", self.name);
+        let mut ids = lines(&docker(&["ps", "-aq", "--filter", &by_label]));
+        ids.extend(lines(&docker(&["ps", "-aq", "--filter", &by_name])));
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        for net in lines(&docker(&["network", "ls", "-q", "--filter", &by_label])) {
+            docker(&["network", "rm", &net]);
+        }
+        for vol in lines(&docker(&["volume", "ls", "-q", "--filter", &by_label])) {
+            docker(&["volume", "rm", "-f", &vol]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a docker CLI command; returns stdout (failures return what was printed).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker inspect -f FORMAT TARGET`, trimmed.
+pub fn inspect(target: &str, format: &str) -> String {
+    docker(&["inspect", "-f", format, target])
+        .trim()
+        .to_string()
+}
+
+/// One test's world. Fields drop in declaration order: the daemon stops first, so it cannot
+/// heal what the [`StackGuard`] then removes.
+pub struct Harness {
+    pub d: Daemon,
+    pub etcd: Etcd,
+    pub s: StackGuard,
+}
+
+impl Harness {
+    pub fn start(tag: &str) -> Harness {
+        let s = StackGuard::new(tag);
+        let etcd = Etcd::start();
+        let d = Daemon::start(&etcd);
+        Harness { d, etcd, s }
+    }
+}

@@ -1,0 +1,47 @@
+# The commands the README names. `make up` runs capstan with the demo stack;
+# `make test` runs every test (CI runs exactly this through .ci/run).
+SHELL := /bin/bash
+CARGO ?= cargo
+RELEASE_BIN := target/release/capstan
+export CAPSTAN_SERVER ?= http://127.0.0.1:7878
+
+.PHONY: up down test unit e2e images deps build lint
+
+## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
+up: build images
+	@bash scripts/etcd.sh start
+	@bash scripts/capstan.sh start
+	$(RELEASE_BIN) apply -f examples/web.yaml --wait --timeout 2m
+	$(RELEASE_BIN) get services
+
+## down: delete the demo stack, stop capstan and etcd
+down:
+	@if curl -fsS $(CAPSTAN_SERVER)/healthz >/dev/null 2>&1; then $(RELEASE_BIN) delete web --volumes || true; fi
+	@bash scripts/capstan.sh stop
+	@bash scripts/etcd.sh stop
+
+## test: format and lint checks, unit tests, then end-to-end tests against the real
+## Docker engine and etcd (each e2e test starts its own etcd and daemon)
+test: deps images lint
+	$(CARGO) build -p capstan
+	$(CARGO) test --workspace
+
+unit:
+	$(CARGO) test --workspace --exclude capstan-e2e
+
+e2e: deps images
+	$(CARGO) build -p capstan
+	$(CARGO) test -p capstan-e2e
+
+deps:
+	@bash scripts/deps.sh
+
+images: deps
+	@bash scripts/images.sh
+
+build: deps
+	$(CARGO) build --release -p capstan
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings

@@ -1,0 +1,363 @@
+//! Issue 2, end to end: the real binary, the real Docker engine, a real etcd.
+
+use capstan_e2e::*;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn web(replicas: u32) -> String {
+    format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {replicas}\n")
+}
+
+fn apply(d: &Daemon, s: &StackGuard, yaml: &str) -> String {
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(yaml),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "90s",
+    ])
+}
+
+#[test]
+fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
+    let h = Harness::start("dns");
+    let (d, s) = (&h.d, &h.s);
+    apply(&d, &s, &web(3));
+
+    assert_eq!(
+        s.running(),
+        vec![
+            s.replica("web", 1),
+            s.replica("web", 2),
+            s.replica("web", 3)
+        ]
+    );
+    for n in 1..=3 {
+        let name = s.replica("web", n);
+        assert_eq!(
+            inspect(&name, "{{index .Config.Labels \"capstan.stack\"}}"),
+            s.name
+        );
+        assert_eq!(
+            inspect(&name, "{{index .Config.Labels \"capstan.service\"}}"),
+            "web"
+        );
+        assert_eq!(
+            inspect(&name, "{{index .Config.Labels \"capstan.replica\"}}"),
+            n.to_string()
+        );
+        assert_eq!(
+            inspect(&name, "{{.HostConfig.RestartPolicy.Name}}"),
+            "no",
+            "capstan, not the engine, owns restarts"
+        );
+    }
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network",
+        &format!("{}_default", s.name),
+        IMAGE,
+        "nslookup",
+        "web",
+    ]);
+    let answers: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("Address") && !l.contains(":53"))
+        .collect();
+    assert_eq!(
+        answers.len(),
+        3,
+        "nslookup web should answer 3 addresses:\n{out}"
+    );
+
+    let svc = d.service(&s.name, "web");
+    for field in [
+        "stack",
+        "name",
+        "replicas",
+        "running",
+        "ready",
+        "observedGeneration",
+        "generation",
+    ] {
+        assert!(
+            !svc[field].is_null(),
+            "get services -o json lacks {field}: {svc}"
+        );
+    }
+    assert_eq!(
+        (
+            svc["replicas"].as_u64(),
+            svc["ready"].as_u64(),
+            svc["generation"].as_i64()
+        ),
+        (Some(3), Some(3), Some(1))
+    );
+}
+
+#[test]
+fn scaling_to_five_then_one_keeps_the_lowest_ordinal() {
+    let h = Harness::start("scale");
+    let (d, s) = (&h.d, &h.s);
+    apply(&d, &s, &web(3));
+    let first = s.containers()[0].clone();
+
+    d.cli_ok(&["scale", &format!("{}/web=5", s.name)]);
+    wait_until(CONVERGE, "5 ready replicas", || {
+        d.converged(&s.name, "web", 5)
+    });
+    assert_eq!(s.running().len(), 5);
+
+    d.cli_ok(&["scale", &format!("{}/web=1", s.name)]);
+    wait_until(CONVERGE, "1 ready replica", || {
+        d.converged(&s.name, "web", 1) && s.containers().len() == 1
+    });
+    assert_eq!(
+        s.containers()[0],
+        first,
+        "scale-down removes the highest ordinals and keeps replica 1 as it was"
+    );
+}
+
+#[test]
+fn a_replica_removed_behind_capstans_back_is_replaced() {
+    let h = Harness::start("heal");
+    let (d, s) = (&h.d, &h.s);
+    apply(&d, &s, &web(3));
+    let before = s.containers();
+
+    docker(&["rm", "-f", &s.replica("web", 2)]);
+    wait_until(CONVERGE, "replica 2 to be replaced", || {
+        let now = s.containers();
+        now.len() == 3
+            && now[1].0 == s.replica("web", 2)
+            && now[1].1 != before[1].1
+            && now[1].2 == "running"
+    });
+    let after = s.containers();
+    assert_eq!(
+        (&after[0], &after[2]),
+        (&before[0], &before[2]),
+        "the other replicas are untouched"
+    );
+}
+
+#[test]
+fn a_foreign_container_named_like_a_replica_is_left_untouched() {
+    let h = Harness::start("foreign");
+    let (d, s) = (&h.d, &h.s);
+    let foreign = s.replica("web", 2);
+    docker(&["run", "-d", "--name", &foreign, IMAGE]);
+    let foreign_id = inspect(&foreign, "{{.Id}}");
+
+    d.cli_ok(&["apply", "-f", &s.file(&web(3)), "--stack", &s.name]);
+    wait_until(CONVERGE, "replicas 1 and 3 to run", || {
+        s.running() == vec![s.replica("web", 1), s.replica("web", 3)]
+    });
+    wait_until(CONVERGE, "a NameConflict condition", || {
+        let svc = d.service(&s.name, "web");
+        svc["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Degraded" && c["reason"] == "NameConflict")
+        })
+    });
+    std::thread::sleep(Duration::from_secs(6)); // past a resync
+    assert_eq!(
+        inspect(&foreign, "{{.Id}}"),
+        foreign_id,
+        "the foreign container was not replaced"
+    );
+    assert_eq!(
+        inspect(&foreign, "{{.State.Running}}"),
+        "true",
+        "the foreign container was not stopped"
+    );
+    assert_eq!(
+        inspect(&foreign, "{{index .Config.Labels \"capstan.stack\"}}"),
+        "",
+        "and it is still not capstan's"
+    );
+}
+
+#[test]
+fn a_restarted_daemon_adopts_running_replicas_without_restarting_them() {
+    let mut h = Harness::start("adopt");
+    let s = &h.s;
+    apply(&h.d, s, &web(3));
+    let started = |name: &str| inspect(name, "{{.State.StartedAt}}");
+    let before: Vec<(String, String, String)> = s.containers();
+    let started_before: Vec<String> = before.iter().map(|c| started(&c.0)).collect();
+
+    h.d.restart();
+    let (d, s) = (&h.d, &h.s);
+    wait_until(
+        CONVERGE,
+        "the new daemon to report the service converged",
+        || d.converged(&s.name, "web", 3),
+    );
+    std::thread::sleep(Duration::from_secs(6)); // past a resync
+    assert_eq!(s.containers(), before, "same container IDs, no duplicates");
+    let started_after: Vec<String> = before.iter().map(|c| started(&c.0)).collect();
+    assert_eq!(started_after, started_before, "no replica was restarted");
+}
+
+#[test]
+fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
+    let h = Harness::start("invalid");
+    let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
+    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    privileged: true\n");
+    let resp = reqwest::blocking::Client::new()
+        .put(format!("{}/v1/stacks/{}", d.url(), s.name))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: serde_json::Value = resp.json().unwrap();
+    let fields: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["services.web.privileged", "services.web.deploy.replicas"],
+        "{err}"
+    );
+    assert!(err["details"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("\"three\""));
+
+    let out = d.cli(&["apply", "-f", &s.file(&body), "--stack", &s.name]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services.web.deploy.replicas"));
+    assert!(
+        etcd.keys(&d.prefix).is_empty(),
+        "etcd is untouched: {:?}",
+        etcd.keys(&d.prefix)
+    );
+    assert!(s.containers().is_empty());
+}
+
+#[test]
+fn an_etcd_outage_removes_nothing_and_the_host_converges_after() {
+    let mut h = Harness::start("outage");
+    let s = &h.s;
+    apply(&h.d, s, &web(2));
+    let before = s.containers();
+
+    h.etcd.stop();
+    let (d, s) = (&h.d, &h.s);
+    let ready = format!("{}/readyz", d.url());
+    wait_until(
+        Duration::from_secs(15),
+        "readyz to report the lost etcd",
+        || {
+            reqwest::blocking::get(&ready)
+                .map(|r| r.status().as_u16() == 503)
+                .unwrap_or(false)
+        },
+    );
+    docker(&["rm", "-f", &s.replica("web", 2)]);
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = s.containers();
+        assert!(
+            now.contains(&before[0]),
+            "replica 1 must survive the etcd outage: {now:?}"
+        );
+    }
+    assert!(
+        reqwest::blocking::get(format!("{}/healthz", d.url()))
+            .unwrap()
+            .status()
+            .is_success(),
+        "the daemon stays up"
+    );
+
+    h.etcd.restart();
+    let (d, s) = (&h.d, &h.s);
+    wait_until(
+        CONVERGE,
+        "the removed replica to be replaced once etcd is back",
+        || s.running().len() == 2 && d.converged(&s.name, "web", 2),
+    );
+    assert_eq!(s.containers()[0], before[0]);
+}
+
+#[test]
+fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
+    let h = Harness::start("delete");
+    let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
+    let yaml = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\n  db:\n    image: {IMAGE}\n    networks: [front, back]\nnetworks:\n  front: {{}}\n  back: {{}}\nvolumes:\n  data: {{}}\n"
+    );
+    apply(&d, &s, &yaml);
+    assert_eq!(s.containers().len(), 3);
+    assert_eq!(
+        s.networks(),
+        vec![format!("{}_back", s.name), format!("{}_front", s.name)]
+    );
+    assert_eq!(s.volumes(), vec![format!("{}_data", s.name)]);
+
+    d.cli_ok(&["delete", &s.name]);
+    assert!(s.containers().is_empty() && s.networks().is_empty());
+    assert_eq!(
+        s.volumes(),
+        vec![format!("{}_data", s.name)],
+        "named volumes stay without --volumes"
+    );
+    assert!(
+        etcd.keys(&d.prefix).is_empty(),
+        "every key of the stack is gone"
+    );
+
+    apply(&d, &s, &yaml);
+    d.cli_ok(&["delete", &s.name, "--volumes"]);
+    assert!(s.containers().is_empty() && s.networks().is_empty() && s.volumes().is_empty());
+}
+
+#[test]
+fn applying_the_same_file_twice_changes_nothing() {
+    let h = Harness::start("idem");
+    let (d, s) = (&h.d, &h.s);
+    apply(&d, &s, &web(2));
+    let before = s.containers();
+    let keys_rev = d.service(&s.name, "web")["resourceVersion"].clone();
+
+    let out = apply(&d, &s, &web(2));
+    assert!(out.contains("unchanged"), "{out}");
+    let svc = d.service(&s.name, "web");
+    assert_eq!(
+        (svc["generation"].as_i64(), &svc["resourceVersion"]),
+        (Some(1), &keys_rev),
+        "no write to the spec"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.containers(), before, "no restart");
+}
+
+#[test]
+fn a_changed_image_rolls_every_replica_to_the_new_spec() {
+    let h = Harness::start("roll");
+    let (d, s) = (&h.d, &h.s);
+    apply(&d, &s, &web(2));
+    let before = s.containers();
+
+    let out = apply(&d, &s, &web(2).replace(IMAGE, IMAGE_V2));
+    assert!(out.contains("configured"), "{out}");
+    let after = s.containers();
+    assert_eq!(after.len(), 2);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.0, b.0, "replicas keep their names");
+        assert_ne!(a.1, b.1, "and are new containers");
+        assert_eq!(inspect(&a.0, "{{.Config.Image}}"), IMAGE_V2);
+    }
+    assert_eq!(d.service(&s.name, "web")["generation"].as_i64(), Some(2));
+}
