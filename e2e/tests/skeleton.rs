@@ -26,7 +26,7 @@ fn apply(d: &Daemon, s: &StackGuard, yaml: &str) -> String {
 fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
     let h = Harness::start("dns");
     let (d, s) = (&h.d, &h.s);
-    apply(&d, &s, &web(3));
+    apply(d, s, &web(3));
 
     assert_eq!(
         s.running(),
@@ -104,7 +104,7 @@ fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
 fn scaling_to_five_then_one_keeps_the_lowest_ordinal() {
     let h = Harness::start("scale");
     let (d, s) = (&h.d, &h.s);
-    apply(&d, &s, &web(3));
+    apply(d, s, &web(3));
     let first = s.containers()[0].clone();
 
     d.cli_ok(&["scale", &format!("{}/web=5", s.name)]);
@@ -128,7 +128,7 @@ fn scaling_to_five_then_one_keeps_the_lowest_ordinal() {
 fn a_replica_removed_behind_capstans_back_is_replaced() {
     let h = Harness::start("heal");
     let (d, s) = (&h.d, &h.s);
-    apply(&d, &s, &web(3));
+    apply(d, s, &web(3));
     let before = s.containers();
 
     docker(&["rm", "-f", &s.replica("web", 2)]);
@@ -298,7 +298,7 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
     let yaml = format!(
         "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\n  db:\n    image: {IMAGE}\n    networks: [front, back]\nnetworks:\n  front: {{}}\n  back: {{}}\nvolumes:\n  data: {{}}\n"
     );
-    apply(&d, &s, &yaml);
+    apply(d, s, &yaml);
     assert_eq!(s.containers().len(), 3);
     assert_eq!(
         s.networks(),
@@ -318,7 +318,7 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
         "every key of the stack is gone"
     );
 
-    apply(&d, &s, &yaml);
+    apply(d, s, &yaml);
     d.cli_ok(&["delete", &s.name, "--volumes"]);
     assert!(s.containers().is_empty() && s.networks().is_empty() && s.volumes().is_empty());
 }
@@ -327,11 +327,11 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
 fn applying_the_same_file_twice_changes_nothing() {
     let h = Harness::start("idem");
     let (d, s) = (&h.d, &h.s);
-    apply(&d, &s, &web(2));
+    apply(d, s, &web(2));
     let before = s.containers();
     let keys_rev = d.service(&s.name, "web")["resourceVersion"].clone();
 
-    let out = apply(&d, &s, &web(2));
+    let out = apply(d, s, &web(2));
     assert!(out.contains("unchanged"), "{out}");
     let svc = d.service(&s.name, "web");
     assert_eq!(
@@ -347,10 +347,10 @@ fn applying_the_same_file_twice_changes_nothing() {
 fn a_changed_image_rolls_every_replica_to_the_new_spec() {
     let h = Harness::start("roll");
     let (d, s) = (&h.d, &h.s);
-    apply(&d, &s, &web(2));
+    apply(d, s, &web(2));
     let before = s.containers();
 
-    let out = apply(&d, &s, &web(2).replace(IMAGE, IMAGE_V2));
+    let out = apply(d, s, &web(2).replace(IMAGE, IMAGE_V2));
     assert!(out.contains("configured"), "{out}");
     let after = s.containers();
     assert_eq!(after.len(), 2);
