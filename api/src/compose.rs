@@ -345,6 +345,7 @@ impl Parser {
         "restart",
         "stop_grace_period",
         "healthcheck",
+        "depends_on",
     ];
 
     fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -390,6 +391,7 @@ impl Parser {
                         .map(|ns| (ns / 1_000_000) as u64)
                 }
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
+                "depends_on" => s.depends_on = self.depends_on(&field, val),
                 _ => unreachable!(),
             }
         }
@@ -411,6 +413,57 @@ impl Parser {
             );
         }
         Some(s)
+    }
+
+    /// Short form (a list of names: `service_started`) or long form (a map with `condition`,
+    /// `required`, `restart`).
+    fn depends_on(&mut self, path: &str, v: &Value) -> BTreeMap<String, Dependency> {
+        let started = Dependency {
+            condition: DependencyCondition::ServiceStarted,
+            required: true,
+            restart: false,
+        };
+        let mut out = BTreeMap::new();
+        match v {
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(name) = self.string(&format!("{path}[{i}]"), item) {
+                        out.insert(name, started.clone());
+                    }
+                }
+            }
+            Value::Mapping(_) => {
+                for (name, dv) in self.map(path, v, &[]) {
+                    let field = join(path, &name);
+                    let mut dep = started.clone();
+                    if !dv.is_null() {
+                        for (key, val) in
+                            self.map(&field, dv, &["condition", "required", "restart"])
+                        {
+                            let kfield = join(&field, &key);
+                            match key.as_str() {
+                                "condition" => match self.string(&kfield, val).as_deref() {
+                                    Some("service_started") => dep.condition = DependencyCondition::ServiceStarted,
+                                    Some("service_healthy") => dep.condition = DependencyCondition::ServiceHealthy,
+                                    Some("service_completed_successfully") => dep.condition = DependencyCondition::ServiceCompletedSuccessfully,
+                                    Some(other) => self.err(&kfield, format!("{other:?} is not a condition: use service_started, service_healthy or service_completed_successfully")),
+                                    None => {}
+                                },
+                                "required" => dep.required = self.bool(&kfield, val),
+                                "restart" => dep.restart = self.bool(&kfield, val),
+                                _ => unreachable!(),
+                            }
+                        }
+                    }
+                    out.insert(name, dep);
+                }
+            }
+            other => self.err(
+                path,
+                format!("must be a list or a map, got {}", kind(other)),
+            ),
+        }
+        out
     }
 
     fn one_replica_count(
@@ -624,11 +677,27 @@ impl Parser {
         Some(h)
     }
 
-    /// Checks that need the whole stack: references and host-port clashes.
+    /// Checks that need the whole stack: references, dependency cycles and host-port clashes.
     fn cross_check(&mut self, spec: &StackSpec) {
         let mut host_ports: BTreeMap<(String, u16), String> = BTreeMap::new();
+        if let Some(cycle) = dependency_cycle(spec) {
+            self.err(
+                format!("services.{}.depends_on", cycle[0]),
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+            );
+        }
         for (name, svc) in &spec.services {
             let path = join("services", name);
+            for (dep, d) in &svc.depends_on {
+                if dep == name {
+                    self.err(
+                        format!("{path}.depends_on.{dep}"),
+                        "a service cannot depend on itself",
+                    );
+                } else if d.required && !spec.services.contains_key(dep) {
+                    self.err(format!("{path}.depends_on.{dep}"), format!("service {dep:?} is not in this stack (mark it `required: false` if that is fine)"));
+                }
+            }
             for net in svc.networks.keys() {
                 if net != names::DEFAULT_NETWORK && !spec.networks.contains_key(net) {
                     self.err(
@@ -678,6 +747,45 @@ impl Parser {
             }
         }
     }
+}
+
+/// A dependency cycle, as the list of services around it (first repeated at the end).
+fn dependency_cycle(spec: &StackSpec) -> Option<Vec<String>> {
+    fn visit<'a>(
+        spec: &'a StackSpec,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = path.iter().position(|p| *p == name) {
+            let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
+            cycle.push(name.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(name) {
+            return None;
+        }
+        path.push(name);
+        for dep in spec
+            .services
+            .get(name)
+            .map(|s| s.depends_on.keys())
+            .into_iter()
+            .flatten()
+        {
+            if dep != name && spec.services.contains_key(dep) {
+                if let Some(c) = visit(spec, dep, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    spec.services
+        .keys()
+        .find_map(|name| visit(spec, name, &mut vec![], &mut done))
 }
 
 fn describe(v: &Value) -> String {
@@ -1099,6 +1207,64 @@ services:
             fields("services: {a: {image: x, healthcheck: {test: [\"true\"]}}}"),
             vec!["services.a.healthcheck.test"]
         );
+    }
+
+    #[test]
+    fn depends_on_takes_the_short_and_the_long_form() {
+        let spec = parse_stack(
+            "s",
+            r#"
+services:
+  db: {image: x}
+  migrate: {image: x, restart: "no"}
+  app:
+    image: x
+    depends_on:
+      db: {condition: service_healthy, restart: true}
+      migrate: {condition: service_completed_successfully}
+      cache: {condition: service_started, required: false}
+  worker: {image: x, depends_on: [db]}
+"#,
+        )
+        .unwrap();
+        let app = &spec.services["app"].depends_on;
+        assert_eq!(
+            app["db"],
+            Dependency {
+                condition: DependencyCondition::ServiceHealthy,
+                required: true,
+                restart: true
+            }
+        );
+        assert_eq!(
+            app["migrate"].condition,
+            DependencyCondition::ServiceCompletedSuccessfully
+        );
+        assert!(!app["cache"].required);
+        assert_eq!(
+            spec.services["worker"].depends_on["db"].condition,
+            DependencyCondition::ServiceStarted
+        );
+    }
+
+    #[test]
+    fn dependencies_must_exist_and_must_not_form_a_cycle() {
+        assert_eq!(
+            fields("services: {app: {image: x, depends_on: [db]}}"),
+            vec!["services.app.depends_on.db"]
+        );
+        assert_eq!(
+            fields("services: {app: {image: x, depends_on: [app]}}"),
+            vec!["services.app.depends_on.app"]
+        );
+        let errs = errors("services: {a: {image: x, depends_on: [b]}, b: {image: x, depends_on: [c]}, c: {image: x, depends_on: [a]}}");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].reason.contains("a -> b -> c -> a"),
+            "{}",
+            errs[0].reason
+        );
+        assert_eq!(fields("services: {a: {image: x, depends_on: {b: {condition: service_ready}}}, b: {image: x}}"), vec!["services.a.depends_on.b.condition"]);
     }
 
     #[test]

@@ -71,10 +71,32 @@ pub struct ServiceStatus {
     pub updated: u32,
     /// Restarts capstan made, summed over the current replicas.
     pub restarts: u32,
+    /// One-shot replicas that exited 0 under the current spec (`restart: "no"` jobs).
+    #[serde(default)]
+    pub completed: u32,
     #[serde(default)]
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub replica_states: Vec<ReplicaState>,
+    /// The latest heal actions, newest last (at most [`RECENT_EVENTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<HealEvent>,
+}
+
+/// How many heal actions a status remembers.
+pub const RECENT_EVENTS: usize = 10;
+
+/// One thing capstan did to heal a replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealEvent {
+    pub time: String,
+    pub replica: String,
+    /// `start`, `restart`, `replace`.
+    pub action: String,
+    /// `exited`, `unhealthy`, `oom`, `removed`, `dependency-restarted`.
+    pub reason: String,
+    pub message: String,
 }
 
 /// One condition, Kubernetes-style.
@@ -133,12 +155,14 @@ pub struct ServiceView {
     pub ready: u32,
     pub updated: u32,
     pub restarts: u32,
+    pub completed: u32,
     pub generation: i64,
     pub observed_generation: i64,
     pub resource_version: i64,
     pub created_at: String,
     pub conditions: Vec<Condition>,
     pub replica_states: Vec<ReplicaState>,
+    pub recent_events: Vec<HealEvent>,
     pub spec: ServiceSpec,
 }
 
@@ -154,22 +178,23 @@ impl ServiceView {
             ready: st.ready,
             updated: st.updated,
             restarts: st.restarts,
+            completed: st.completed,
             generation: svc.generation,
             observed_generation: st.observed_generation,
             resource_version: svc.resource_version,
             created_at: svc.created_at.clone(),
             conditions: st.conditions,
             replica_states: st.replica_states,
+            recent_events: st.recent_events,
             spec: svc.spec.clone(),
         }
     }
 
-    /// Converged: the current generation observed, every replica updated and ready.
+    /// Converged: the current generation observed and `Ready` (every replica updated, and
+    /// ready or, for a one-shot job, completed; no surplus left).
     pub fn converged(&self) -> bool {
         self.observed_generation == self.generation
-            && self.ready == self.replicas
             && self.updated == self.replicas
-            && self.running == self.replicas
             && self
                 .conditions
                 .iter()

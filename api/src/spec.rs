@@ -50,6 +50,42 @@ pub struct ServiceSpec {
     pub stop_grace_period_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<Healthcheck>,
+    /// Services of the same stack that must meet a condition before this one's replicas
+    /// are created or started, on every reconcile.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Dependency>,
+}
+
+/// One `depends_on` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    pub condition: DependencyCondition,
+    /// `false`: a dependency missing from the stack is ignored.
+    pub required: bool,
+    /// Restart this service when capstan restarts or replaces the dependency.
+    pub restart: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyCondition {
+    /// Every replica of the dependency is running (or, for a one-shot, has completed).
+    ServiceStarted,
+    /// Every replica of the dependency is ready: healthy, or running without a healthcheck.
+    ServiceHealthy,
+    /// Every replica of the dependency exited 0 with the current spec.
+    ServiceCompletedSuccessfully,
+}
+
+impl DependencyCondition {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DependencyCondition::ServiceStarted => "service_started",
+            DependencyCondition::ServiceHealthy => "service_healthy",
+            DependencyCondition::ServiceCompletedSuccessfully => "service_completed_successfully",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,11 +253,14 @@ impl ServiceSpec {
         self.restart.unwrap_or(RestartPolicy::Always)
     }
 
-    /// A short hash of everything that shapes a container (all but `replicas`). A replica
-    /// whose label differs is outdated and gets recreated.
+    /// A short hash of everything that shapes a container: all but `replicas` and what capstan
+    /// itself enforces (`restart`, `depends_on`). A replica whose label differs is outdated
+    /// and gets recreated.
     pub fn container_hash(&self) -> String {
         let mut shape = self.clone();
         shape.replicas = 0;
+        shape.restart = None;
+        shape.depends_on.clear();
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -250,6 +289,28 @@ mod tests {
         assert_eq!(a.container_hash(), b.container_hash());
         assert_ne!(a.container_hash(), c.container_hash());
         assert_eq!(a.container_hash().len(), 12);
+    }
+
+    #[test]
+    fn restart_policy_and_dependencies_do_not_outdate_containers() {
+        let a = ServiceSpec {
+            image: "web:1".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        let mut b = ServiceSpec {
+            restart: Some(RestartPolicy::No),
+            ..a.clone()
+        };
+        b.depends_on.insert(
+            "db".into(),
+            Dependency {
+                condition: DependencyCondition::ServiceHealthy,
+                required: true,
+                restart: false,
+            },
+        );
+        assert_eq!(a.container_hash(), b.container_hash());
     }
 
     #[test]

@@ -160,4 +160,22 @@ pub fn describe(s: &ServiceView) {
             })
             .collect(),
     );
+    if !s.recent_events.is_empty() {
+        println!("Recent heal actions:");
+        table(
+            &["  TIME", "REPLICA", "ACTION", "REASON", "MESSAGE"],
+            s.recent_events
+                .iter()
+                .map(|e| {
+                    vec![
+                        format!("  {}", e.time),
+                        e.replica.clone(),
+                        e.action.clone(),
+                        e.reason.clone(),
+                        e.message.clone(),
+                    ]
+                })
+                .collect(),
+        );
+    }
 }

@@ -78,6 +78,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         cache: cache.clone(),
         scheduler: scheduler.clone(),
         restarts: RestartBook::default(),
+        dependent_restarts: Default::default(),
         engine_parallelism: 4,
     });
 

@@ -6,26 +6,29 @@
 //! - [`shape`]: the containers, networks and volumes a spec turns into.
 //! - [`status`]: the status, computed purely from what was observed.
 //! - [`backoff`]: per-replica crash-loop back-off.
+//! - [`deps`]: whether `depends_on` conditions hold, asked on every reconcile.
 
 pub mod backoff;
+pub mod deps;
 pub mod plan;
 pub mod shape;
 pub mod status;
 
-use capstan_api::object::{Service, Stack};
+use capstan_api::object::{HealEvent, Service, Stack};
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cache::{Cache, ObjectKey};
-use crate::runtime::{Observed, Runtime, RuntimeError};
+use crate::runtime::{Detail, Health, Observed, Runtime, RuntimeError, State};
 use crate::scheduler::Scheduler;
 use crate::store::{now_rfc3339, Store, StoreError};
 use backoff::RestartBook;
-use plan::{HealReason, Plan};
+use deps::Gate;
+use plan::{HealAction, Plan};
 use status::Problem;
 
 /// What the reconciler needs, shared by every worker.
@@ -35,6 +38,9 @@ pub struct Context {
     pub cache: Arc<Cache>,
     pub scheduler: Arc<Scheduler<ObjectKey>>,
     pub restarts: RestartBook,
+    /// Dependents to restart because capstan restarted a dependency they declared
+    /// `restart: true` on: (stack, service) → those dependencies.
+    pub dependent_restarts: Mutex<HashMap<(String, String), BTreeSet<String>>>,
     /// How many engine calls one reconcile makes at once (the engine saturates near 4).
     pub engine_parallelism: usize,
 }
@@ -97,11 +103,7 @@ async fn reconcile_service(
 ) -> Result<Action, ReconcileError> {
     let stack = ctx.cache.stack(stack_name);
     let service = ctx.cache.service(stack_name, name);
-    let observed = ctx
-        .runtime
-        .list(Some(stack_name), Some(name))
-        .await
-        .map_err(ReconcileError::List)?;
+    let observed = list(ctx, stack_name, name).await?;
 
     let Some(stack) = stack else {
         if !observed.is_empty() {
@@ -139,36 +141,83 @@ async fn reconcile_service(
         }
     };
 
+    let gate = dependency_gate(ctx, &stack, &service).await?;
     let plan = plan::plan(
         stack_name,
         name,
         &service.spec,
         &observed,
         &ctx.restarts.for_service(stack_name, name),
+        gate.is_open(),
     );
+    let previous = ctx.cache.status(stack_name, name);
+    let now = now_rfc3339();
+
+    // What only an inspect tells (OOM kill, last health output), for the replicas about to be
+    // healed or held back: never for healthy ones.
+    let mut details = BTreeMap::new();
+    let looked_at = plan
+        .heal
+        .iter()
+        .map(|(c, _, _)| c)
+        .chain(observed.iter().filter(|c| c.health == Health::Unhealthy));
+    for c in looked_at {
+        if let (Some(n), Ok(d)) = (c.ordinal, ctx.runtime.inspect(&c.id).await) {
+            details.insert(n, d);
+        }
+    }
+    // Replicas the last status listed that are gone now were removed behind capstan's back.
+    let vanished: BTreeSet<u32> = previous
+        .iter()
+        .flat_map(|p| p.replica_states.iter().map(|r| r.ordinal))
+        .filter(|n| plan.create.contains(n))
+        .collect();
+
+    let mut events = vec![];
     let problems = if plan.is_empty() {
         vec![]
     } else {
-        execute(ctx, &stack, &service, &plan).await?
+        execute(ctx, &stack, &service, &plan, &details, &mut events).await?
     };
-    let observed = if plan.is_empty() {
-        observed
-    } else {
-        ctx.runtime
-            .list(Some(stack_name), Some(name))
-            .await
-            .map_err(ReconcileError::List)?
-    };
+    let failed: BTreeSet<u32> = problems.iter().map(|p| p.ordinal).collect();
+    for n in vanished.iter().filter(|n| !failed.contains(n)) {
+        let replica = capstan_api::names::container(stack_name, name, *n);
+        tracing::info!(stack = stack_name, service = name, replica = %replica, reason = "removed", "replaced a removed replica");
+        events.push(heal_event(
+            &now,
+            replica,
+            "replace",
+            "removed",
+            "the container was removed; a new one was created".into(),
+        ));
+    }
+    if !events.is_empty() {
+        request_dependent_restarts(ctx, &stack, name);
+    }
+    if gate.is_open() {
+        restart_for_dependencies(ctx, &service, &observed, &now, &mut events).await;
+    }
 
-    let previous = ctx.cache.status(stack_name, name);
-    let now = now_rfc3339();
+    let acted = !plan.is_empty() || !events.is_empty();
+    let observed = if acted {
+        list(ctx, stack_name, name).await?
+    } else {
+        observed
+    };
+    let health_output: BTreeMap<u32, String> = details
+        .iter()
+        .filter_map(|(n, d)| Some((*n, d.health_output.clone()?)))
+        .collect();
     let history = ctx.restarts.for_service(stack_name, name);
     let status = status::compute(status::Inputs {
         service: &service,
         observed: &observed,
         plan: &plan,
+        gate: &gate,
         problems: &problems,
         history: &history,
+        health_output: &health_output,
+        new_events: events,
         previous: previous.as_deref(),
         now: &now,
     });
@@ -182,6 +231,11 @@ async fn reconcile_service(
         {
             ctx.cache.set_status(stack_name, name, Some(status.clone()));
         }
+        // Dependents decide on this service's state: let them look again.
+        for dependent in dependents(ctx, &stack, name) {
+            ctx.scheduler
+                .enqueue(ObjectKey::Service(stack_name.to_string(), dependent));
+        }
     }
 
     Ok(match plan.backing_off.values().min() {
@@ -191,14 +245,134 @@ async fn reconcile_service(
     })
 }
 
+async fn list(ctx: &Context, stack: &str, service: &str) -> Result<Vec<Observed>, ReconcileError> {
+    ctx.runtime
+        .list(Some(stack), Some(service))
+        .await
+        .map_err(ReconcileError::List)
+}
+
+/// Whether the service's dependencies meet their conditions, judged from their containers
+/// as the engine reports them now (not from their possibly stale status).
+async fn dependency_gate(
+    ctx: &Context,
+    stack: &Stack,
+    service: &Service,
+) -> Result<Gate, ReconcileError> {
+    if service.spec.depends_on.is_empty() {
+        return Ok(Gate::Open);
+    }
+    let mut states = vec![];
+    for dep in service.spec.depends_on.keys() {
+        let record = ctx
+            .cache
+            .service(&stack.name, dep)
+            .filter(|_| stack.services.contains(dep));
+        let observed = list(ctx, &stack.name, dep).await?;
+        states.push((dep.clone(), record, observed));
+    }
+    let views: Vec<deps::DependencyState> = states
+        .iter()
+        .map(|(name, record, observed)| deps::DependencyState {
+            name,
+            service: record.as_deref(),
+            observed,
+        })
+        .collect();
+    Ok(deps::gate(&service.spec, &views))
+}
+
+/// The services of `stack` that depend on `name`.
+fn dependents(ctx: &Context, stack: &Stack, name: &str) -> Vec<String> {
+    stack
+        .services
+        .iter()
+        .filter(|s| {
+            ctx.cache
+                .service(&stack.name, s)
+                .is_some_and(|svc| svc.spec.depends_on.contains_key(name))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `depends_on: {name: {restart: true}}`: capstan just restarted or replaced a replica of
+/// `name`, so those dependents restart once the dependency meets its condition again.
+fn request_dependent_restarts(ctx: &Context, stack: &Stack, name: &str) {
+    for dependent in dependents(ctx, stack, name) {
+        let wants = ctx
+            .cache
+            .service(&stack.name, &dependent)
+            .is_some_and(|svc| svc.spec.depends_on.get(name).is_some_and(|d| d.restart));
+        if wants {
+            ctx.dependent_restarts
+                .lock()
+                .unwrap()
+                .entry((stack.name.clone(), dependent.clone()))
+                .or_default()
+                .insert(name.to_string());
+            ctx.scheduler
+                .enqueue(ObjectKey::Service(stack.name.clone(), dependent));
+        }
+    }
+}
+
+/// Carries out a pending dependent restart: every running replica is restarted.
+async fn restart_for_dependencies(
+    ctx: &Context,
+    service: &Service,
+    observed: &[Observed],
+    now: &str,
+    events: &mut Vec<HealEvent>,
+) {
+    let key = (service.stack.clone(), service.name.clone());
+    let Some(deps) = ctx.dependent_restarts.lock().unwrap().remove(&key) else {
+        return;
+    };
+    let deps: Vec<String> = deps.into_iter().collect();
+    for c in observed.iter().filter(|c| c.state == State::Running) {
+        tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, dependencies = %deps.join(","), reason = "dependency-restarted", "restarting replica");
+        match ctx.runtime.restart(&c.id, shape::grace(service)).await {
+            Ok(()) => events.push(heal_event(
+                now,
+                c.name.clone(),
+                "restart",
+                "dependency-restarted",
+                format!("capstan restarted its dependency {}", deps.join(", ")),
+            )),
+            Err(e) => {
+                tracing::warn!(replica = %c.name, error = %e, "restart for a restarted dependency failed")
+            }
+        }
+    }
+}
+
+fn heal_event(
+    now: &str,
+    replica: String,
+    action: &str,
+    reason: &str,
+    message: String,
+) -> HealEvent {
+    HealEvent {
+        time: now.to_string(),
+        replica,
+        action: action.into(),
+        reason: reason.into(),
+        message,
+    }
+}
+
 /// Carries out a plan: removals first (highest ordinal first), then starts, heals,
 /// replacements and creations, a few at a time. Failures to create are problems reported
-/// in status; failures to remove are errors (retried).
+/// in status; failures to remove are errors (retried). Heals are recorded in `events`.
 async fn execute(
     ctx: &Context,
     stack: &Stack,
     service: &Service,
     plan: &Plan,
+    details: &BTreeMap<u32, Detail>,
+    events: &mut Vec<HealEvent>,
 ) -> Result<Vec<Problem>, ReconcileError> {
     let grace = shape::grace(service);
     let removals: Vec<Observed> = plan.remove.iter().map(|(c, _)| c.clone()).collect();
@@ -207,8 +381,9 @@ async fn execute(
     }
     remove_all(ctx, &removals, grace).await?;
 
-    let mut problems = vec![];
-    let needs_create = !plan.create.is_empty() || !plan.recreate.is_empty();
+    let needs_create = !plan.create.is_empty()
+        || !plan.recreate.is_empty()
+        || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
     if needs_create {
         for net in shape::networks(stack, &[service]) {
             ctx.runtime
@@ -232,26 +407,46 @@ async fn execute(
         }
     }
 
-    let mut jobs: Vec<BoxFuture<'_, Option<Problem>>> = vec![];
+    let now = now_rfc3339();
+    type Outcome = (Option<Problem>, Option<HealEvent>);
+    let mut jobs: Vec<BoxFuture<'_, Outcome>> = vec![];
     for c in &plan.start {
         jobs.push(Box::pin(async move {
-            ctx.runtime
-                .start(&c.id)
-                .await
-                .err()
-                .map(|e| problem(c.ordinal.unwrap_or(0), e))
+            (
+                ctx.runtime
+                    .start(&c.id)
+                    .await
+                    .err()
+                    .map(|e| problem(c.ordinal.unwrap_or(0), e)),
+                None,
+            )
         }));
     }
-    for (c, reason) in &plan.heal {
+    for (c, reason, action) in &plan.heal {
+        let now = now.clone();
         jobs.push(Box::pin(async move {
             let n = c.ordinal.unwrap_or(0);
-            ctx.restarts.record(&stack.name, &service.name, n);
-            tracing::info!(stack = %stack.name, service = %service.name, replica = %c.name, reason = reason.as_str(), "restarting replica");
-            let r = match reason {
-                HealReason::Exited => ctx.runtime.start(&c.id).await,
-                HealReason::Unhealthy => ctx.runtime.restart(&c.id, grace).await,
+            let detail = details.get(&n).cloned().unwrap_or_default();
+            let reason = if detail.oom_killed { "oom" } else { reason.as_str() };
+            let message = match (c.state, &detail.health_output) {
+                (State::Exited { code }, _) => format!("exited with code {code}"),
+                (_, Some(out)) => format!("health check failed: {out}"),
+                _ => "health check failed".to_string(),
             };
-            r.err().map(|e| problem(n, e))
+            ctx.restarts.record(&stack.name, &service.name, n);
+            tracing::info!(stack = %stack.name, service = %service.name, replica = %c.name, reason, action = action.as_str(), "{message}");
+            let result = match action {
+                HealAction::Start => ctx.runtime.start(&c.id).await,
+                HealAction::Restart => ctx.runtime.restart(&c.id, grace).await,
+                HealAction::Replace => match ctx.runtime.remove(&c.id, grace).await {
+                    Ok(()) => create_and_start(ctx, stack, service, n).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(()) => (None, Some(heal_event(&now, c.name.clone(), action.as_str(), reason, message))),
+                Err(e) => (Some(problem(n, e)), None),
+            }
         }));
     }
     for c in &plan.recreate {
@@ -262,23 +457,31 @@ async fn execute(
                 Ok(()) => create_and_start(ctx, stack, service, n).await,
                 Err(e) => Err(e),
             };
-            r.err().map(|e| problem(n, e))
+            (r.err().map(|e| problem(n, e)), None)
         }));
     }
     for n in &plan.create {
         jobs.push(Box::pin(async move {
-            create_and_start(ctx, stack, service, *n)
-                .await
-                .err()
-                .map(|e| problem(*n, e))
+            (
+                create_and_start(ctx, stack, service, *n)
+                    .await
+                    .err()
+                    .map(|e| problem(*n, e)),
+                None,
+            )
         }));
     }
-    let results: Vec<Option<Problem>> = stream::iter(jobs)
+    let results: Vec<Outcome> = stream::iter(jobs)
         .buffer_unordered(ctx.engine_parallelism.max(1))
         .collect()
         .await;
-    problems.extend(results.into_iter().flatten());
+    let mut problems = vec![];
+    for (p, e) in results {
+        problems.extend(p);
+        events.extend(e);
+    }
     problems.sort_by_key(|p| p.ordinal);
+    events.sort_by(|a, b| a.replica.cmp(&b.replica));
     for p in &problems {
         tracing::warn!(stack = %stack.name, service = %service.name, ordinal = p.ordinal, reason = p.reason, "{}", p.message);
     }

@@ -17,7 +17,7 @@ pub enum RemoveReason {
     Stray,
 }
 
-/// Why a replica is restarted (or started again).
+/// Why a replica is healed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HealReason {
     Exited,
@@ -33,6 +33,30 @@ impl HealReason {
     }
 }
 
+/// How a replica is healed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HealAction {
+    /// `docker start` the exited container again.
+    Start,
+    /// `docker restart` a running, unhealthy one.
+    Restart,
+    /// Restarting did not help: a fresh container under the same name.
+    Replace,
+}
+
+impl HealAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealAction::Start => "start",
+            HealAction::Restart => "restart",
+            HealAction::Replace => "replace",
+        }
+    }
+}
+
+/// An unhealthy replica restarted this many times in its back-off window is replaced instead.
+pub const REPLACE_UNHEALTHY_AFTER: u32 = 2;
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {
     /// Highest ordinal first.
@@ -41,14 +65,16 @@ pub struct Plan {
     pub create: Vec<u32>,
     /// Created but never started (e.g. an interrupted reconcile): start.
     pub start: Vec<Observed>,
-    /// Exited or unhealthy, and the restart policy says go.
-    pub heal: Vec<(Observed, HealReason)>,
+    /// Exited (and the restart policy says go) or unhealthy.
+    pub heal: Vec<(Observed, HealReason, HealAction)>,
     /// Outdated (spec hash differs) or dead: remove, then create anew.
     pub recreate: Vec<Observed>,
     /// Replicas waiting out their crash-loop back-off: ordinal → time left.
     pub backing_off: BTreeMap<u32, Duration>,
     /// Exited replicas the restart policy leaves alone: ordinal → exit code.
     pub held: BTreeMap<u32, i64>,
+    /// Dependencies are not met: nothing is created or started.
+    pub gated: bool,
 }
 
 impl Plan {
@@ -69,14 +95,20 @@ pub trait RestartHistory {
     fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
 }
 
+/// `gate_open`: the service's dependencies meet their conditions. While they do not, no
+/// replica is created or (re)started; running ones are left running.
 pub fn plan(
     stack: &str,
     service: &str,
     spec: &ServiceSpec,
     observed: &[Observed],
     history: &dyn RestartHistory,
+    gate_open: bool,
 ) -> Plan {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        gated: !gate_open,
+        ..Default::default()
+    };
     let hash = spec.container_hash();
     let policy = spec.restart_policy();
 
@@ -113,9 +145,20 @@ pub fn plan(
 
     for n in 1..=spec.replicas {
         let Some(c) = by_ordinal.get(&n) else {
-            plan.create.push(n);
+            if gate_open {
+                plan.create.push(n);
+            }
             continue;
         };
+        let unhealthy = c.state == State::Running && c.health == Health::Unhealthy;
+        if !gate_open && !unhealthy {
+            if let State::Exited { code } = c.state {
+                if !policy.restarts(code, history.restarts(n)) {
+                    plan.held.insert(n, code);
+                }
+            }
+            continue;
+        }
         if c.spec_hash != hash || c.state == State::Dead {
             if !c.is_ready() || c.state == State::Dead {
                 plan.recreate.push((*c).clone());
@@ -133,14 +176,21 @@ pub fn plan(
                 } else if let Some(left) = history.backoff_left(n) {
                     plan.backing_off.insert(n, left);
                 } else {
-                    plan.heal.push(((*c).clone(), HealReason::Exited));
+                    plan.heal
+                        .push(((*c).clone(), HealReason::Exited, HealAction::Start));
                 }
             }
             (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
                 Some(left) => {
                     plan.backing_off.insert(n, left);
                 }
-                None => plan.heal.push(((*c).clone(), HealReason::Unhealthy)),
+                None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
+                    plan.heal
+                        .push(((*c).clone(), HealReason::Unhealthy, HealAction::Replace))
+                }
+                None => plan
+                    .heal
+                    .push(((*c).clone(), HealReason::Unhealthy, HealAction::Restart)),
             },
             _ => {}
         }
@@ -203,7 +253,7 @@ mod tests {
     #[test]
     fn missing_replicas_are_created_and_a_converged_service_needs_nothing() {
         let s = spec(3);
-        let p = plan("s", "web", &s, &[running(2, &s)], &NoHistory);
+        let p = plan("s", "web", &s, &[running(2, &s)], &NoHistory, true);
         assert_eq!(p.create, vec![1, 3]);
         let p = plan(
             "s",
@@ -211,6 +261,7 @@ mod tests {
             &s,
             &[running(1, &s), running(2, &s), running(3, &s)],
             &NoHistory,
+            true,
         );
         assert!(p.is_empty());
     }
@@ -219,7 +270,7 @@ mod tests {
     fn scale_down_removes_the_highest_ordinals_first() {
         let s = spec(1);
         let all: Vec<Observed> = (1..=4).map(|n| running(n, &s)).collect();
-        let p = plan("s", "web", &s, &all, &NoHistory);
+        let p = plan("s", "web", &s, &all, &NoHistory, true);
         let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
         assert_eq!(removed, vec![4, 3, 2]);
         assert!(p.remove.iter().all(|(_, r)| *r == RemoveReason::Surplus));
@@ -230,7 +281,14 @@ mod tests {
         let s = spec(1);
         let mut dup = running(1, &s);
         dup.name = "s-web-1-copy".into();
-        let p = plan("s", "web", &s, &[running(1, &s), dup.clone()], &NoHistory);
+        let p = plan(
+            "s",
+            "web",
+            &s,
+            &[running(1, &s), dup.clone()],
+            &NoHistory,
+            true,
+        );
         assert_eq!(p.remove, vec![(dup, RemoveReason::Stray)]);
     }
 
@@ -242,7 +300,7 @@ mod tests {
             ..spec(3)
         };
         let all: Vec<Observed> = (1..=3).map(|n| running(n, &old)).collect();
-        let p = plan("s", "web", &new, &all, &NoHistory);
+        let p = plan("s", "web", &new, &all, &NoHistory, true);
         assert_eq!(
             p.recreate
                 .iter()
@@ -253,7 +311,7 @@ mod tests {
         // While the new replica 1 is not ready yet, nothing else is replaced.
         let mut settling = vec![replica(1, &new, State::Running, Health::Starting)];
         settling.extend((2..=3).map(|n| running(n, &old)));
-        assert!(plan("s", "web", &new, &settling, &NoHistory)
+        assert!(plan("s", "web", &new, &settling, &NoHistory, true)
             .recreate
             .is_empty());
     }
@@ -268,7 +326,12 @@ mod tests {
         let all: Vec<Observed> = (1..=2)
             .map(|n| replica(n, &old, State::Exited { code: 1 }, Health::None))
             .collect();
-        assert_eq!(plan("s", "web", &new, &all, &NoHistory).recreate.len(), 2);
+        assert_eq!(
+            plan("s", "web", &new, &all, &NoHistory, true)
+                .recreate
+                .len(),
+            2
+        );
     }
 
     #[test]
@@ -276,9 +339,16 @@ mod tests {
         let s = spec(1);
         let exited = replica(1, &s, State::Exited { code: 0 }, Health::None);
         assert_eq!(
-            plan("s", "web", &s, std::slice::from_ref(&exited), &NoHistory)
-                .heal
-                .len(),
+            plan(
+                "s",
+                "web",
+                &s,
+                std::slice::from_ref(&exited),
+                &NoHistory,
+                true
+            )
+            .heal
+            .len(),
             1,
             "default policy restarts"
         );
@@ -287,7 +357,7 @@ mod tests {
             ..spec(1)
         };
         let exited_no = replica(1, &no, State::Exited { code: 3 }, Health::None);
-        let p = plan("s", "web", &no, &[exited_no], &NoHistory);
+        let p = plan("s", "web", &no, &[exited_no], &NoHistory, true);
         assert!(p.heal.is_empty());
         assert_eq!(p.held.get(&1), Some(&3));
         let on_failure = ServiceSpec {
@@ -295,18 +365,66 @@ mod tests {
             ..spec(1)
         };
         let clean_exit = replica(1, &on_failure, State::Exited { code: 0 }, Health::None);
-        assert!(plan("s", "web", &on_failure, &[clean_exit], &NoHistory)
-            .heal
-            .is_empty());
+        assert!(
+            plan("s", "web", &on_failure, &[clean_exit], &NoHistory, true)
+                .heal
+                .is_empty()
+        );
     }
 
     #[test]
     fn a_crash_looping_replica_waits_out_its_back_off() {
         let s = spec(1);
         let exited = replica(1, &s, State::Exited { code: 1 }, Health::None);
-        let p = plan("s", "web", &s, &[exited], &BackingOff);
+        let p = plan("s", "web", &s, &[exited], &BackingOff, true);
         assert!(p.heal.is_empty());
         assert_eq!(p.backing_off.get(&1), Some(&Duration::from_secs(4)));
+    }
+
+    struct RestartedTwice;
+    impl RestartHistory for RestartedTwice {
+        fn restarts(&self, _: u32) -> u32 {
+            REPLACE_UNHEALTHY_AFTER
+        }
+        fn backoff_left(&self, _: u32) -> Option<Duration> {
+            None
+        }
+    }
+
+    #[test]
+    fn an_unhealthy_replica_that_restarts_did_not_help_is_replaced() {
+        let s = spec(1);
+        let p = plan(
+            "s",
+            "web",
+            &s,
+            &[replica(1, &s, State::Running, Health::Unhealthy)],
+            &RestartedTwice,
+            true,
+        );
+        assert_eq!(p.heal[0].2, HealAction::Replace);
+    }
+
+    #[test]
+    fn while_dependencies_wait_nothing_is_created_or_started_but_running_replicas_stay() {
+        let s = spec(3);
+        let observed = [
+            running(1, &s),
+            replica(2, &s, State::Exited { code: 1 }, Health::None),
+        ];
+        let p = plan("s", "web", &s, &observed, &NoHistory, false);
+        assert!(
+            p.create.is_empty() && p.heal.is_empty() && p.start.is_empty() && p.remove.is_empty()
+        );
+        assert!(p.gated);
+        let unhealthy = [replica(1, &s, State::Running, Health::Unhealthy)];
+        assert_eq!(
+            plan("s", "web", &s, &unhealthy, &NoHistory, false)
+                .heal
+                .len(),
+            1,
+            "an unhealthy replica is still healed"
+        );
     }
 
     #[test]
@@ -321,8 +439,12 @@ mod tests {
                 replica(2, &s, State::Created, Health::None),
             ],
             &NoHistory,
+            true,
         );
-        assert_eq!(p.heal[0].1, HealReason::Unhealthy);
+        assert_eq!(
+            (p.heal[0].1, p.heal[0].2),
+            (HealReason::Unhealthy, HealAction::Restart)
+        );
         assert_eq!(p.start[0].ordinal, Some(2));
     }
 }

@@ -321,6 +321,28 @@ impl Runtime for DockerRuntime {
             .map_err(engine("restart"))
     }
 
+    async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine("inspect"))?;
+        let state = info.state.unwrap_or_default();
+        let health_output = state
+            .health
+            .and_then(|h| h.log)
+            .and_then(|log| log.into_iter().last())
+            .and_then(|entry| entry.output)
+            .map(|o| {
+                let o = o.trim();
+                o.chars().take(300).collect::<String>()
+            });
+        Ok(Detail {
+            oom_killed: state.oom_killed.unwrap_or(false),
+            health_output,
+        })
+    }
+
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         if !grace.is_zero() {
             let opts = StopContainerOptionsBuilder::new()

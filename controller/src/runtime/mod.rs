@@ -136,6 +136,15 @@ pub struct ResourcePlan {
     pub external: bool,
 }
 
+/// What only an inspect tells: looked up for replicas about to be healed, never polled.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Detail {
+    /// The kernel killed it for memory.
+    pub oom_killed: bool,
+    /// The last healthcheck's output, trimmed.
+    pub health_output: Option<String>,
+}
+
 /// A container event that may mean drift.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
@@ -173,6 +182,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError>;
     /// Stops gracefully within `grace`, then removes (with anonymous volumes). Gone is fine.
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;

@@ -1,0 +1,334 @@
+//! Issue 3, end to end: health, healing with back-off, and startup order that holds on every
+//! reconcile.
+
+use capstan_e2e::*;
+use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// `2026-11-28T14:05:03`, the host's UTC clock (containers share it).
+fn utc_now_seconds() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%S"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn condition(d: &Daemon, stack: &str, service: &str, type_: &str) -> (String, String) {
+    let svc = d.service(stack, service);
+    let c = svc["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default();
+    (
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// A `db` that only turns healthy once the test touches /tmp/ready (start_period keeps its
+/// failures from counting), and an `app` that waits for it.
+fn db_and_app(app_extra: &str) -> String {
+    format!(
+        r#"services:
+  db:
+    image: {IMAGE}
+    healthcheck:
+      test: ["CMD", "/bin/busybox", "test", "-f", "/tmp/ready"]
+      interval: 1s
+      retries: 1
+      start_period: 120s
+  app:
+    image: {IMAGE}
+    depends_on:
+      db: {{condition: service_healthy{app_extra}}}
+"#
+    )
+}
+
+#[test]
+fn an_unhealthy_replica_is_restarted_and_healthy_again_while_the_others_are_untouched() {
+    let h = Harness::start("unhealthy");
+    let (d, s) = (&h.d, &h.s);
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&format!(
+            "services:\n  web:\n    image: {IMAGE}\n    scale: 3\n"
+        )),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let started = |n: u32| inspect(&s.replica("web", n), "{{.State.StartedAt}}");
+    let before: Vec<String> = (1..=3).map(started).collect();
+
+    // The healthcheck fetches the page: without it, replica 2 turns unhealthy.
+    docker(&["exec", &s.replica("web", 2), "rm", "/www/index.html"]);
+    wait_until(CONVERGE, "replica 2 to be restarted", || {
+        started(2) != before[1]
+    });
+    wait_until(CONVERGE, "the service to be ready again", || {
+        d.converged(&s.name, "web", 3)
+    });
+    assert_eq!(
+        inspect(&s.replica("web", 2), "{{.State.Health.Status}}"),
+        "healthy"
+    );
+    assert_eq!(
+        (started(1), started(3)),
+        (before[0].clone(), before[2].clone()),
+        "the healthy replicas were not touched"
+    );
+
+    let svc = d.service(&s.name, "web");
+    assert!(svc["restarts"].as_u64().unwrap() >= 1, "{svc}");
+    let events = svc["recentEvents"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["replica"] == s.replica("web", 2) && e["reason"] == "unhealthy"),
+        "{events:?}"
+    );
+    let describe = d.cli_ok(&["describe", &format!("{}/web", s.name)]);
+    assert!(
+        describe.contains("Recent heal actions") && describe.contains("unhealthy"),
+        "{describe}"
+    );
+}
+
+#[test]
+fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
+    let h = Harness::start("crashloop");
+    let (d, s) = (&h.d, &h.s);
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&format!(
+            "services:\n  crash:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 1\"]\n"
+        )),
+        "--stack",
+        &s.name,
+    ]);
+    std::thread::sleep(Duration::from_secs(20));
+    let t1 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let starts: Vec<f64> = docker(&[
+        "events",
+        "--since",
+        &t0.to_string(),
+        "--until",
+        &t1.to_string(),
+        "--filter",
+        &format!("container={}", s.replica("crash", 1)),
+        "--filter",
+        "event=start",
+        "--format",
+        "{{.TimeNano}}",
+    ])
+    .lines()
+    .filter_map(|l| l.trim().parse::<f64>().ok())
+    .map(|ns| ns / 1e9)
+    .collect();
+    assert!(
+        starts.len() >= 4 && starts.len() <= 8,
+        "expected a handful of starts in 20 s, got {}: {starts:?}",
+        starts.len()
+    );
+    let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+    // No wait before the first restart, then 1 s, 2 s, 4 s, 8 s: each gap at least the
+    // documented delay, and growing.
+    for (i, gap) in gaps.iter().enumerate().skip(1) {
+        let expected = 2f64.powi(i as i32 - 1);
+        assert!(
+            *gap >= expected - 0.3,
+            "restart {i} came after {gap:.2}s, before its {expected}s back-off: {gaps:?}"
+        );
+    }
+    assert!(
+        gaps.windows(2).skip(1).all(|w| w[1] > w[0]),
+        "the back-off grows: {gaps:?}"
+    );
+    let (reason, message) = condition(d, &s.name, "crash", "Degraded");
+    assert_eq!(reason, "CrashLoopBackOff", "{message}");
+    assert!(message.contains(&s.replica("crash", 1)), "{message}");
+}
+
+#[test]
+fn app_is_not_created_until_db_is_healthy() {
+    let h = Harness::start("order");
+    let (d, s) = (&h.d, &h.s);
+    d.cli_ok(&["apply", "-f", &s.file(&db_and_app("")), "--stack", &s.name]);
+    wait_until(CONVERGE, "db to run", || {
+        s.running().contains(&s.replica("db", 1))
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !s.containers().iter().any(|c| c.0.contains("-app-")),
+        "app must wait for db: {:?}",
+        s.containers()
+    );
+    let (reason, message) = condition(d, &s.name, "app", "Ready");
+    assert_eq!(reason, "WaitingForDependencies");
+    assert!(message.contains("db to be healthy"), "{message}");
+
+    let made_healthy_at = utc_now_seconds();
+    docker(&["exec", &s.replica("db", 1), "touch", "/tmp/ready"]);
+    wait_until(CONVERGE, "app to be ready once db is healthy", || {
+        d.converged(&s.name, "app", 1)
+    });
+    let app_created = inspect(&s.replica("app", 1), "{{.Created}}");
+    assert!(
+        app_created[..19] >= made_healthy_at[..],
+        "app was created at {app_created}, before db could be healthy ({made_healthy_at})"
+    );
+}
+
+#[test]
+fn a_migration_job_completes_before_app_starts() {
+    let h = Harness::start("migrate");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = format!(
+        "services:\n  migrate:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"sleep 2\"]\n    restart: \"no\"\n  app:\n    image: {IMAGE}\n    depends_on:\n      migrate: {{condition: service_completed_successfully}}\n"
+    );
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&yaml),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let finished = inspect(&s.replica("migrate", 1), "{{.State.FinishedAt}}");
+    let app_started = inspect(&s.replica("app", 1), "{{.State.StartedAt}}");
+    assert_eq!(
+        inspect(&s.replica("migrate", 1), "{{.State.ExitCode}}"),
+        "0"
+    );
+    assert!(
+        app_started > finished,
+        "app started at {app_started}, before migrate finished at {finished}"
+    );
+    let (reason, _) = condition(d, &s.name, "migrate", "Ready");
+    assert_eq!(reason, "Completed");
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        inspect(&s.replica("migrate", 1), "{{.State.FinishedAt}}"),
+        finished,
+        "the job runs once per generation"
+    );
+}
+
+#[test]
+fn a_failing_migration_holds_app_with_a_condition_naming_it() {
+    let h = Harness::start("migfail");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = format!(
+        "services:\n  migrate:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 3\"]\n    restart: \"no\"\n  app:\n    image: {IMAGE}\n    depends_on:\n      migrate: {{condition: service_completed_successfully}}\n"
+    );
+    d.cli_ok(&["apply", "-f", &s.file(&yaml), "--stack", &s.name]);
+    wait_until(CONVERGE, "app to report the failed migration", || {
+        condition(d, &s.name, "app", "Ready").0 == "DependencyFailed"
+    });
+    let (_, message) = condition(d, &s.name, "app", "Ready");
+    assert!(
+        message.contains("migrate") && message.contains("code 3"),
+        "{message}"
+    );
+    assert!(
+        !s.containers().iter().any(|c| c.0.contains("-app-")),
+        "app must not start"
+    );
+    let out = d.cli(&[
+        "apply",
+        "-f",
+        &s.file(&yaml),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "5s",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("DependencyFailed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_daemon_restarted_while_db_is_unhealthy_does_not_start_app() {
+    let mut h = Harness::start("restartorder");
+    let s = &h.s;
+    h.d.cli_ok(&["apply", "-f", &s.file(&db_and_app("")), "--stack", &s.name]);
+    wait_until(CONVERGE, "db to run", || {
+        s.running().contains(&s.replica("db", 1))
+    });
+
+    h.d.restart();
+    let (d, s) = (&h.d, &h.s);
+    std::thread::sleep(Duration::from_secs(6)); // past a resync
+    assert!(
+        !s.containers().iter().any(|c| c.0.contains("-app-")),
+        "app must still wait: {:?}",
+        s.containers()
+    );
+    assert_eq!(
+        condition(d, &s.name, "app", "Ready").0,
+        "WaitingForDependencies"
+    );
+
+    docker(&["exec", &s.replica("db", 1), "touch", "/tmp/ready"]);
+    wait_until(CONVERGE, "app to start once db is healthy", || {
+        d.converged(&s.name, "app", 1)
+    });
+}
+
+#[test]
+fn a_dependent_with_restart_true_is_restarted_when_its_dependency_is_replaced() {
+    let h = Harness::start("deprestart");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = format!("services:\n  db:\n    image: {IMAGE}\n  app:\n    image: {IMAGE}\n    depends_on:\n      db: {{condition: service_healthy, restart: true}}\n");
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&yaml),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let app_started = inspect(&s.replica("app", 1), "{{.State.StartedAt}}");
+
+    docker(&["rm", "-f", &s.replica("db", 1)]);
+    wait_until(
+        CONVERGE,
+        "app to be restarted after db was replaced",
+        || inspect(&s.replica("app", 1), "{{.State.StartedAt}}") != app_started,
+    );
+    wait_until(CONVERGE, "both to be ready", || {
+        d.converged(&s.name, "db", 1) && d.converged(&s.name, "app", 1)
+    });
+    let events = d.service(&s.name, "app")["recentEvents"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["reason"] == "dependency-restarted"),
+        "{events}"
+    );
+}
