@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release/capstan
 export CAPSTAN_SERVER ?= http://127.0.0.1:7878
 
-.PHONY: up down test unit e2e images deps build lint
+.PHONY: up down test unit e2e bench images deps build lint
 
 ## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
 up: build images
@@ -32,6 +32,11 @@ unit:
 e2e: deps images
 	$(CARGO) build -p capstan
 	$(CARGO) test -p capstan-e2e
+
+## bench: benchmarks against the real engine, release build; never part of `make test`
+bench: deps images
+	$(CARGO) build --release -p capstan
+	CAPSTAN_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p capstan-e2e
 
 deps:
 	@bash scripts/deps.sh
