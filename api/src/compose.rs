@@ -517,7 +517,9 @@ impl Parser {
         for (i, item) in items.iter().enumerate() {
             let field = format!("{path}[{i}]");
             if item.is_mapping() {
-                self.err(field, "the long port syntax is not supported yet; write \"[HOST:]CONTAINER[/PROTOCOL]\"");
+                if let Some(p) = self.long_port(&field, item) {
+                    out.push(p);
+                }
                 continue;
             }
             let Some(text) = self.string(&field, item) else {
@@ -529,6 +531,56 @@ impl Parser {
             }
         }
         out
+    }
+
+    /// `{target, published, host_ip, protocol, mode}`.
+    fn long_port(&mut self, path: &str, v: &Value) -> Option<PortSpec> {
+        let mut target = None;
+        let mut published = None;
+        let mut host_ip = None;
+        let mut protocol = "tcp".to_string();
+        let mut mode = PortMode::Ingress;
+        for (key, val) in self.map(
+            path,
+            v,
+            &["target", "published", "host_ip", "protocol", "mode"],
+        ) {
+            let field = join(path, &key);
+            match key.as_str() {
+                "target" => target = self.string(&field, val),
+                "published" => published = self.string(&field, val),
+                "host_ip" => host_ip = self.string(&field, val),
+                "protocol" => protocol = self.string(&field, val).unwrap_or_default(),
+                "mode" => match self.string(&field, val).as_deref() {
+                    Some("ingress") => mode = PortMode::Ingress,
+                    Some("host") => mode = PortMode::Host,
+                    Some(other) => self.err(
+                        &field,
+                        format!("{other:?} is not a port mode: use ingress or host"),
+                    ),
+                    None => {}
+                },
+                _ => unreachable!(),
+            }
+        }
+        let Some(target) = target else {
+            self.err(join(path, "target"), "is required");
+            return None;
+        };
+        let mut short = match (&host_ip, &published) {
+            (Some(ip), Some(p)) => format!("{ip}:{p}:{target}"),
+            (None, Some(p)) => format!("{p}:{target}"),
+            _ => target,
+        };
+        short.push('/');
+        short.push_str(&protocol);
+        match parse_port(&short) {
+            Ok(p) => Some(PortSpec { mode, ..p }),
+            Err(reason) => {
+                self.err(path, reason);
+                None
+            }
+        }
     }
 
     fn service_networks(&mut self, path: &str, v: &Value) -> BTreeMap<String, ServiceNetwork> {
@@ -721,8 +773,8 @@ impl Parser {
             for (i, p) in svc.ports.iter().enumerate() {
                 let field = format!("{path}.ports[{i}]");
                 match p.host_port_count() {
-                    Some(1) if svc.replicas > 1 => self.err(&field, format!(
-                        "host port {} can be published by one replica only, and {name} has {} replicas; use a range with one port per replica (\"{}-{}:{}\") or let the engine pick (\"{}\")",
+                    Some(1) if svc.replicas > 1 && !p.proxied() => self.err(&field, format!(
+                        "host port {} can be published by one replica only, and {name} has {} replicas; use ingress mode (capstan's proxy balances it), a range with one port per replica (\"{}-{}:{}\"), or let the engine pick (\"{}\")",
                         p.host_ports.unwrap().0, svc.replicas, p.host_ports.unwrap().0, p.host_ports.unwrap().0 as u32 + svc.replicas - 1, p.container_port, p.container_port)),
                     Some(n) if n > 1 && n < svc.replicas => self.err(&field, format!(
                         "the range has {n} host ports but service {name} has {} replicas: each replica needs its own port", svc.replicas)),
@@ -845,6 +897,7 @@ fn parse_port(text: &str) -> Result<PortSpec, String> {
         host_ports,
         container_port,
         protocol,
+        mode: PortMode::Ingress,
     })
 }
 
@@ -1095,9 +1148,14 @@ volumes: {db_data: {}}
     }
 
     #[test]
-    fn a_fixed_host_port_on_several_replicas_is_refused_with_a_way_out() {
-        let errs =
-            errors("services: {web: {image: x, ports: [\"8080:80\"], deploy: {replicas: 3}}}");
+    fn a_fixed_host_port_on_several_replicas_is_proxied_unless_published_in_host_mode() {
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, ports: [\"8080:80\"], deploy: {replicas: 3}}}",
+        )
+        .unwrap();
+        assert!(spec.services["web"].ports[0].proxied());
+        let errs = errors("services: {web: {image: x, ports: [{target: 80, published: 8080, mode: host}], deploy: {replicas: 3}}}");
         assert_eq!(errs[0].field, "services.web.ports[0]");
         assert!(
             errs[0].reason.contains("8080-8082:80"),
@@ -1110,6 +1168,26 @@ volumes: {db_data: {}}
             errs[0].reason.contains("2 host ports"),
             "{}",
             errs[0].reason
+        );
+        let errs =
+            errors("services: {web: {image: x, ports: [\"8080:80/udp\"], deploy: {replicas: 2}}}");
+        assert_eq!(
+            errs[0].field, "services.web.ports[0]",
+            "UDP is never proxied"
+        );
+    }
+
+    #[test]
+    fn the_long_port_syntax_is_read() {
+        let spec = parse_stack("s", "services: {web: {image: x, ports: [{target: 80, published: \"8080\", host_ip: 127.0.0.1, protocol: tcp, mode: host}]}}").unwrap();
+        let p = &spec.services["web"].ports[0];
+        assert_eq!(
+            (p.host_ip.as_deref(), p.host_ports, p.container_port, p.mode),
+            (Some("127.0.0.1"), Some((8080, 8080)), 80, PortMode::Host)
+        );
+        assert_eq!(
+            fields("services: {web: {image: x, ports: [{published: 8080}]}}"),
+            vec!["services.web.ports[0].target"]
         );
     }
 

@@ -228,6 +228,37 @@ pub struct ApplyResult {
     pub services: BTreeMap<String, String>,
 }
 
+/// The ready replicas of a service, as traffic should see them (like an EndpointSlice).
+/// Stored at `<prefix>/v1/endpoints/<stack>/<service>`, written only when it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoints {
+    pub stack: String,
+    pub service: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One ready replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub replica: String,
+    pub ordinal: u32,
+    /// Engine network name → IPv4 address.
+    pub addresses: BTreeMap<String, String>,
+    pub ports: Vec<EndpointPort>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    pub container_port: u16,
+    pub protocol: String,
+    /// The host port the engine publishes for this replica (ranges, host mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+}
+
 /// The body of every error the API returns.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

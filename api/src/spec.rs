@@ -106,9 +106,34 @@ pub struct PortSpec {
     pub host_ports: Option<(u16, u16)>,
     pub container_port: u16,
     pub protocol: String,
+    /// `ingress` (the default): a single TCP host port is served by capstan's proxy,
+    /// balanced over the ready replicas. `host`: the engine publishes it directly.
+    #[serde(default, skip_serializing_if = "PortMode::is_ingress")]
+    pub mode: PortMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    #[default]
+    Ingress,
+    Host,
+}
+
+impl PortMode {
+    pub fn is_ingress(&self) -> bool {
+        *self == PortMode::Ingress
+    }
 }
 
 impl PortSpec {
+    /// Served by capstan's proxy: one TCP host port for all replicas, in ingress mode.
+    pub fn proxied(&self) -> bool {
+        self.mode == PortMode::Ingress
+            && self.protocol == "tcp"
+            && self.host_port_count() == Some(1)
+    }
+
     /// The host port replica `ordinal` publishes on: a single port for everyone, or its own
     /// port out of a range.
     pub fn host_port_for(&self, ordinal: u32) -> Option<u16> {
@@ -320,6 +345,7 @@ mod tests {
             host_ports: Some((8080, 8082)),
             container_port: 80,
             protocol: "tcp".into(),
+            mode: PortMode::Ingress,
         };
         assert_eq!(p.host_port_for(1), Some(8080));
         assert_eq!(p.host_port_for(3), Some(8082));

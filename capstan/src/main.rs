@@ -71,6 +71,9 @@ enum Command {
         /// Services reconciled at once.
         #[arg(long, default_value_t = 8)]
         workers: usize,
+        /// Also write Traefik's etcd KV layout under this root (e.g. `traefik`).
+        #[arg(long)]
+        traefik_etcd_root: Option<String>,
         /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -160,6 +163,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             prefix,
             resync,
             workers,
+            traefik_etcd_root,
             log_format,
         } => {
             init_logging(log_format);
@@ -175,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 prefix,
                 resync,
                 workers,
+                traefik_root: traefik_etcd_root,
             };
             capstan_controller::daemon::serve(config, rx)
                 .await

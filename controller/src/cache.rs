@@ -2,9 +2,10 @@
 //! Reconcilers read desired state only from here, and only once it has synced; objects are
 //! shared `Arc`s and never mutated in place.
 
-use capstan_api::object::{Service, ServiceStatus, Stack};
+use capstan_api::object::{Endpoints, Service, ServiceStatus, Stack};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use tokio::sync::broadcast;
 
 use crate::store::{KeyKind, Snapshot, Store, WatchEvent};
 
@@ -24,9 +25,19 @@ impl std::fmt::Display for ObjectKey {
     }
 }
 
-#[derive(Default)]
 pub struct Cache {
     state: RwLock<State>,
+    /// Tells watchers of `/endpoints` (and the Traefik view) that a service's endpoints moved.
+    endpoints_changed: broadcast::Sender<(String, String)>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            state: RwLock::default(),
+            endpoints_changed: broadcast::channel(1024).0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -37,6 +48,7 @@ struct State {
     stacks: HashMap<String, Arc<Stack>>,
     services: HashMap<(String, String), Arc<Service>>,
     statuses: HashMap<(String, String), Arc<ServiceStatus>>,
+    endpoints: HashMap<(String, String), Arc<Endpoints>>,
 }
 
 impl Cache {
@@ -81,6 +93,49 @@ impl Cache {
         };
     }
 
+    pub fn endpoints(&self, stack: &str, name: &str) -> Option<Arc<Endpoints>> {
+        self.state
+            .read()
+            .unwrap()
+            .endpoints
+            .get(&(stack.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every service with its endpoints, for the Traefik view.
+    pub fn services_with_endpoints(&self) -> Vec<(Arc<Service>, Option<Arc<Endpoints>>)> {
+        let st = self.state.read().unwrap();
+        let mut out: Vec<_> = st
+            .services
+            .iter()
+            .map(|(k, s)| (s.clone(), st.endpoints.get(k).cloned()))
+            .collect();
+        out.sort_by(|a, b| (&a.0.stack, &a.0.name).cmp(&(&b.0.stack, &b.0.name)));
+        out
+    }
+
+    /// Records endpoints this process just wrote, and tells watchers.
+    pub fn set_endpoints(&self, endpoints: Endpoints) {
+        let key = (endpoints.stack.clone(), endpoints.service.clone());
+        self.state
+            .write()
+            .unwrap()
+            .endpoints
+            .insert(key.clone(), Arc::new(endpoints));
+        let _ = self.endpoints_changed.send(key);
+    }
+
+    pub fn forget_endpoints(&self, stack: &str, name: &str) {
+        let key = (stack.to_string(), name.to_string());
+        self.state.write().unwrap().endpoints.remove(&key);
+        let _ = self.endpoints_changed.send(key);
+    }
+
+    /// (stack, service) of every endpoints change from now on.
+    pub fn watch_endpoints(&self) -> broadcast::Receiver<(String, String)> {
+        self.endpoints_changed.subscribe()
+    }
+
     /// Every key the cache knows of: stacks and services.
     pub fn keys(&self) -> Vec<ObjectKey> {
         let st = self.state.read().unwrap();
@@ -115,6 +170,14 @@ impl Cache {
             .into_iter()
             .map(|(s, v, st)| ((s, v), Arc::new(st)))
             .collect();
+        let endpoints: HashMap<(String, String), Arc<Endpoints>> = snap
+            .endpoints
+            .into_iter()
+            .map(|e| ((e.stack.clone(), e.service.clone()), Arc::new(e)))
+            .collect();
+        for key in endpoints.keys() {
+            let _ = self.endpoints_changed.send(key.clone());
+        }
         let mut st = self.state.write().unwrap();
         let mut changed = BTreeSet::new();
         for (name, s) in stacks.iter().chain(st.stacks.iter()) {
@@ -141,6 +204,7 @@ impl Cache {
             stacks,
             services,
             statuses,
+            endpoints,
         };
         changed.into_iter().collect()
     }
@@ -186,6 +250,20 @@ impl Cache {
                         }
                     }
                     changed.insert(ObjectKey::Service(s, v));
+                }
+                Some(KeyKind::Endpoints(s, v)) => {
+                    match kv.map(Store::decode_endpoints) {
+                        Some(Ok(e)) => {
+                            st.endpoints.insert((s.clone(), v.clone()), Arc::new(e));
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(%key, error = %e, "ignoring endpoints that do not decode")
+                        }
+                        None => {
+                            st.endpoints.remove(&(s.clone(), v.clone()));
+                        }
+                    }
+                    let _ = self.endpoints_changed.send((s, v));
                 }
                 Some(KeyKind::Status(s, v)) => match kv.map(Store::decode_status) {
                     Some(Ok(status)) => {

@@ -26,6 +26,8 @@ pub struct Config {
     pub resync: Duration,
     /// Keys reconciled at once.
     pub workers: usize,
+    /// Also write Traefik's etcd KV layout under this root (`--traefik-etcd-root`).
+    pub traefik_root: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         scheduler: scheduler.clone(),
         restarts: RestartBook::default(),
         dependent_restarts: Default::default(),
+        proxies: Default::default(),
+        traefik_root: config.traefik_root.clone(),
         engine_parallelism: 4,
     });
 
@@ -106,12 +110,17 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
     }
 
-    let app = server::router(ApiState { store, cache });
+    let app = server::router(ApiState {
+        store,
+        cache,
+        stop: shutdown.clone(),
+    });
     let mut http_shutdown = shutdown.clone();
     let http = axum::serve(listener, app).with_graceful_shutdown(async move {
         let _ = http_shutdown.wait_for(|s| *s).await;
     });
     let result = http.await.map_err(DaemonError::Http);
+    ctx.proxies.close_all();
 
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");
     let drain = async { while tasks.join_next().await.is_some() {} };

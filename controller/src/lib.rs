@@ -22,5 +22,6 @@ pub mod runtime;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod traffic;
 pub mod triggers;
 pub mod watcher;

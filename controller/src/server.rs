@@ -3,10 +3,12 @@
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use capstan_api::object::{ErrorBody, ScaleRequest, ServiceView};
+use capstan_api::object::{Endpoints, ErrorBody, ScaleRequest, ServiceView};
+use futures::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -19,8 +21,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
-    /// For `/readyz`: ready once the controller has synced with etcd.
+    /// For `/readyz` (synced with etcd), and the endpoints and Traefik views.
     pub cache: Arc<Cache>,
+    /// Ends long-lived streams on shutdown.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -34,7 +38,12 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/stacks/{stack}/services/{service}", get(get_service))
         .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
+        .route(
+            "/v1/stacks/{stack}/services/{service}/endpoints",
+            get(endpoints),
+        )
         .route("/v1/services", get(list_services))
+        .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -223,4 +232,91 @@ async fn list_services(
             .collect(),
     };
     Ok(Json(views))
+}
+
+#[derive(Deserialize)]
+struct EndpointsQuery {
+    #[serde(default)]
+    watch: bool,
+}
+
+/// The ready endpoints of a service. With `?watch=true`, a server-sent-events stream: the
+/// current endpoints first, then one `endpoints` event each time they change.
+async fn endpoints(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<EndpointsQuery>,
+) -> Result<Response, ApiError> {
+    let current = || {
+        st.cache
+            .endpoints(&stack, &service)
+            .map(|e| (*e).clone())
+            .unwrap_or(Endpoints {
+                stack: stack.clone(),
+                service: service.clone(),
+                endpoints: vec![],
+            })
+    };
+    if st.cache.service(&stack, &service).is_none() {
+        return Err(ApiError::not_found(format!(
+            "service {service} not found in stack {stack}"
+        )));
+    }
+    if !q.watch {
+        return Ok(Json(current()).into_response());
+    }
+    let event = |e: &Endpoints| {
+        Ok::<_, std::convert::Infallible>(
+            Event::default()
+                .event("endpoints")
+                .json_data(e)
+                .expect("endpoints serialise"),
+        )
+    };
+    let head = futures::stream::once(futures::future::ready(event(&current())));
+    let state = (
+        st.cache.watch_endpoints(),
+        st.stop.clone(),
+        st.cache.clone(),
+        stack.clone(),
+        service.clone(),
+    );
+    let tail = futures::stream::unfold(
+        state,
+        move |(mut changes, mut stop, cache, stack, service)| async move {
+            loop {
+                tokio::select! {
+                    changed = changes.recv() => match changed {
+                        Ok((s, v)) if s == stack && v == service => {}
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return None,
+                    },
+                    _ = stop.wait_for(|s| *s) => return None,
+                }
+                let e = cache
+                    .endpoints(&stack, &service)
+                    .map(|e| (*e).clone())
+                    .unwrap_or(Endpoints {
+                        stack: stack.clone(),
+                        service: service.clone(),
+                        endpoints: vec![],
+                    });
+                return Some((event(&e), (changes, stop, cache, stack, service)));
+            }
+        },
+    );
+    Ok(Sse::new(head.chain(tail))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Traefik's HTTP provider: point `providers.http.endpoint` here.
+async fn traefik_config(State(st): State<ApiState>) -> Json<serde_json::Value> {
+    let all = st.cache.services_with_endpoints();
+    let refs: Vec<(&capstan_api::object::Service, Option<&Endpoints>)> = all
+        .iter()
+        .map(|(s, e)| (s.as_ref(), e.as_deref()))
+        .collect();
+    Json(crate::traffic::traefik::dynamic_config(&refs))
 }

@@ -25,7 +25,13 @@ struct Events {
 impl Events {
     fn follow(container: &str) -> Events {
         let mut child = Command::new("docker")
-            .args(["events", "--filter", &format!("container={container}"), "--format", "{{.TimeNano}} {{.Action}}"])
+            .args([
+                "events",
+                "--filter",
+                &format!("container={container}"),
+                "--format",
+                "{{.TimeNano}} {{.Action}}",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("docker events");
@@ -75,7 +81,18 @@ fn main() {
     let h = Harness::start("bench-heal");
     let (d, s) = (&h.d, &h.s);
     let n = RUNS * 2;
-    d.cli_ok(&["apply", "-f", &s.file(&format!("services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n")), "--stack", &s.name, "--wait", "--timeout", "3m"]);
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&format!(
+            "services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n"
+        )),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "3m",
+    ]);
 
     let mut unhealthy_ms = vec![];
     for i in 1..=RUNS {
@@ -108,14 +125,35 @@ fn main() {
         docker(&["kill", &probe]);
     }
     docker(&["rm", "-f", &probe]);
-    wait_until(Duration::from_secs(60), "the service to converge again", || d.converged(&s.name, "web", n as u64));
+    wait_until(
+        Duration::from_secs(60),
+        "the service to converge again",
+        || d.converged(&s.name, "web", n as u64),
+    );
 
-    let (u, k, e) = (median(unhealthy_ms.clone()), median(killed_ms.clone()), median(engine_start_ms.clone()));
+    let (u, k, e) = (
+        median(unhealthy_ms.clone()),
+        median(killed_ms.clone()),
+        median(engine_start_ms.clone()),
+    );
     println!("heal latency, medians of {RUNS} runs (engine clock)");
-    println!("  {:<52} {:>9.1} ms   (target < 200 ms)", "unhealthy event -> restart (kill) issued", u);
-    println!("  {:<52} {:>9.1} ms", "docker kill: die -> replica started again", k);
-    println!("  {:<52} {:>9.1} ms", "engine alone: docker start of a stopped container", e);
-    println!("  {:<52} {:>9.1} ms   (target < 1000 ms)", "capstan's share: (die -> started) - engine start", k - e);
+    println!(
+        "  {:<52} {:>9.1} ms   (target < 200 ms)",
+        "unhealthy event -> restart (kill) issued", u
+    );
+    println!(
+        "  {:<52} {:>9.1} ms",
+        "docker kill: die -> replica started again", k
+    );
+    println!(
+        "  {:<52} {:>9.1} ms",
+        "engine alone: docker start of a stopped container", e
+    );
+    println!(
+        "  {:<52} {:>9.1} ms   (target < 1000 ms)",
+        "capstan's share: (die -> started) - engine start",
+        k - e
+    );
     let json = serde_json::json!({
         "runs": RUNS,
         "unhealthy_to_restart_ms": {"median": u, "samples": unhealthy_ms},
@@ -124,5 +162,9 @@ fn main() {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("heal.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("heal.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
 }

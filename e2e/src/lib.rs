@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "capstan-demo/web:1";
 pub const IMAGE_V2: &str = "capstan-demo/web:2";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -200,17 +200,24 @@ pub struct Daemon {
     port: u16,
     etcd_url: String,
     pub prefix: String,
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Daemon {
     pub fn start(etcd: &Etcd) -> Daemon {
+        Daemon::start_with(etcd, &[])
+    }
+
+    /// With extra `serve` flags.
+    pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Daemon {
         let prefix = format!("/capstan-e2e-{}", free_port());
         let mut d = Daemon {
             dir: scratch_dir("daemon"),
             port: free_port(),
             etcd_url: etcd.url(),
             prefix,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         d.spawn();
@@ -235,6 +242,7 @@ impl Daemon {
                 "--resync",
                 "5s",
             ])
+            .args(&self.extra)
             .env("RUST_LOG", "info,capstan_controller=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -493,9 +501,79 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(tag: &str) -> Harness {
+        Harness::start_with(tag, &[])
+    }
+
+    pub fn start_with(tag: &str, serve_flags: &[&str]) -> Harness {
         let s = StackGuard::new(tag);
         let etcd = Etcd::start();
-        let d = Daemon::start(&etcd);
+        let d = Daemon::start_with(&etcd, serve_flags);
         Harness { d, etcd, s }
     }
+}
+
+/// A steady HTTP request loop against `url`, one new connection per request, until stopped.
+pub struct LoadLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<Sample>>>,
+}
+
+/// One request: when the answer came (host clock, ns), its status (0: no answer), its body.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    pub at_ns: i64,
+    pub status: u16,
+    pub body: String,
+}
+
+impl LoadLoop {
+    pub fn start(url: &str) -> LoadLoop {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let url = url.to_string();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(3))
+                .build()
+                .unwrap();
+            let mut samples = vec![];
+            while !flag.load(Ordering::SeqCst) {
+                let (status, body) = match client.get(&url).send() {
+                    Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
+                    Err(e) => (0, e.to_string()),
+                };
+                samples.push(Sample {
+                    at_ns: now_ns(),
+                    status,
+                    body: body.trim().to_string(),
+                });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        });
+        LoadLoop {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for LoadLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The host clock in ns (the engine's events use the same clock).
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }

@@ -134,6 +134,7 @@ mod tests {
             health,
             created: 0,
             addresses: Default::default(),
+            published: Default::default(),
         }
     }
 

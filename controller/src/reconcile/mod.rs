@@ -26,10 +26,13 @@ use crate::cache::{Cache, ObjectKey};
 use crate::runtime::{Detail, Health, Observed, Runtime, RuntimeError, State};
 use crate::scheduler::Scheduler;
 use crate::store::{now_rfc3339, Store, StoreError};
+use crate::traffic::proxy::Proxies;
+use crate::traffic::{endpoints, traefik};
 use backoff::RestartBook;
 use deps::Gate;
 use plan::{HealAction, Plan};
 use status::Problem;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// What the reconciler needs, shared by every worker.
 pub struct Context {
@@ -41,6 +44,10 @@ pub struct Context {
     /// Dependents to restart because capstan restarted a dependency they declared
     /// `restart: true` on: (stack, service) → those dependencies.
     pub dependent_restarts: Mutex<HashMap<(String, String), BTreeSet<String>>>,
+    /// The built-in proxy's listeners.
+    pub proxies: Proxies,
+    /// `serve --traefik-etcd-root`: also write Traefik's etcd KV layout under this root.
+    pub traefik_root: Option<String>,
     /// How many engine calls one reconcile makes at once (the engine saturates near 4).
     pub engine_parallelism: usize,
 }
@@ -69,6 +76,8 @@ pub enum ReconcileError {
     Status(#[source] StoreError),
     #[error("finalizing the deletion of stack {stack}: {source}")]
     Finalize { stack: String, source: StoreError },
+    #[error("writing endpoints: {0}")]
+    Endpoints(#[source] StoreError),
 }
 
 /// How long to wait before retrying a key whose reconcile failed.
@@ -123,6 +132,7 @@ async fn reconcile_service(
         (false, Some(svc)) => svc,
         (false, None) => return Ok(Action::Requeue(Duration::from_secs(1))),
         (true, svc) => {
+            unpublish(ctx, stack_name, name).await?;
             let grace = svc.as_deref().map_or(shape::DEFAULT_GRACE, shape::grace);
             remove_all(ctx, &observed, grace).await?;
             if ctx.cache.status(stack_name, name).is_some() && stack.deletion.is_none() {
@@ -173,12 +183,41 @@ async fn reconcile_service(
         .filter(|n| plan.create.contains(n))
         .collect();
 
+    // Traffic leaves first: replicas about to be stopped, restarted or replaced are taken out
+    // of the endpoints and the proxy, their open connections drain, and only then are they
+    // touched.
+    let leaving: BTreeSet<String> = plan
+        .remove
+        .iter()
+        .map(|(c, _)| c)
+        .chain(plan.recreate.iter())
+        .chain(plan.heal.iter().map(|(c, _, _)| c))
+        .map(|c| c.id.clone())
+        .collect();
+    let mut problems = publish(ctx, &service, &observed, &leaving).await?;
+    if !leaving.is_empty() {
+        let draining: Vec<SocketAddr> = observed
+            .iter()
+            .filter(|c| leaving.contains(&c.id))
+            .flat_map(|c| {
+                let ip = c.addresses.values().next().and_then(|ip| ip.parse().ok());
+                service
+                    .spec
+                    .ports
+                    .iter()
+                    .filter(|p| p.proxied())
+                    .filter_map(move |p| Some(SocketAddr::new(ip?, p.container_port)))
+            })
+            .collect();
+        if !draining.is_empty() {
+            ctx.proxies.drain(&draining, shape::grace(&service)).await;
+        }
+    }
+
     let mut events = vec![];
-    let problems = if plan.is_empty() {
-        vec![]
-    } else {
-        execute(ctx, &stack, &service, &plan, &details, &mut events).await?
-    };
+    if !plan.is_empty() {
+        problems.extend(execute(ctx, &stack, &service, &plan, &details, &mut events).await?);
+    }
     let failed: BTreeSet<u32> = problems.iter().map(|p| p.ordinal).collect();
     for n in vanished.iter().filter(|n| !failed.contains(n)) {
         let replica = capstan_api::names::container(stack_name, name, *n);
@@ -204,6 +243,9 @@ async fn reconcile_service(
     } else {
         observed
     };
+    if acted {
+        problems.extend(publish(ctx, &service, &observed, &BTreeSet::new()).await?);
+    }
     let health_output: BTreeMap<u32, String> = details
         .iter()
         .filter_map(|(n, d)| Some((*n, d.health_output.clone()?)))
@@ -243,6 +285,92 @@ async fn reconcile_service(
         None if status.is_ready() => Action::AwaitChange,
         None => Action::Requeue(UNCONVERGED_RECHECK),
     })
+}
+
+/// Points the service's proxied host ports at its endpoints, and writes the endpoints (and
+/// Traefik's KV layout) when they changed. A host port that cannot be bound is a problem
+/// reported in status.
+async fn publish(
+    ctx: &Context,
+    service: &Service,
+    observed: &[Observed],
+    leaving: &BTreeSet<String>,
+) -> Result<Vec<Problem>, ReconcileError> {
+    let eps = endpoints::compute(service, observed, leaving);
+    let mut problems = vec![];
+    let mut keep = vec![];
+    for p in service.spec.ports.iter().filter(|p| p.proxied()) {
+        let (host_port, _) = p.host_ports.unwrap_or_default();
+        let ip: IpAddr = p
+            .host_ip
+            .as_deref()
+            .unwrap_or("0.0.0.0")
+            .parse()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        keep.push(host_port);
+        let bind = SocketAddr::new(ip, host_port);
+        if let Err(e) = ctx
+            .proxies
+            .serve(
+                &service.stack,
+                &service.name,
+                bind,
+                endpoints::backends(&eps, p.container_port),
+            )
+            .await
+        {
+            problems.push(Problem {
+                ordinal: 0,
+                reason: "PortInUse",
+                message: format!("cannot listen on {bind} for the proxy: {e}"),
+            });
+        }
+    }
+    ctx.proxies.retain(&service.stack, &service.name, &keep);
+    if ctx
+        .cache
+        .endpoints(&service.stack, &service.name)
+        .as_deref()
+        != Some(&eps)
+    {
+        ctx.store
+            .write_endpoints(&eps)
+            .await
+            .map_err(ReconcileError::Endpoints)?;
+        if let Some(root) = &ctx.traefik_root {
+            let (prefix, pairs) = traefik::kv_pairs(root, service, Some(&eps));
+            ctx.store
+                .replace_subtree(&prefix, pairs)
+                .await
+                .map_err(ReconcileError::Endpoints)?;
+        }
+        tracing::debug!(stack = %service.stack, service = %service.name, endpoints = eps.endpoints.len(), "endpoints updated");
+        ctx.cache.set_endpoints(eps);
+    }
+    Ok(problems)
+}
+
+/// Takes a removed service out of traffic: proxy, endpoints, Traefik.
+async fn unpublish(ctx: &Context, stack: &str, name: &str) -> Result<(), ReconcileError> {
+    ctx.proxies.retain(stack, name, &[]);
+    if ctx.cache.endpoints(stack, name).is_some() {
+        ctx.store
+            .delete_endpoints(stack, name)
+            .await
+            .map_err(ReconcileError::Endpoints)?;
+        if let Some(root) = &ctx.traefik_root {
+            let prefix = format!(
+                "{}/http/services/{stack}-{name}/",
+                root.trim_end_matches('/')
+            );
+            ctx.store
+                .replace_subtree(&prefix, vec![])
+                .await
+                .map_err(ReconcileError::Endpoints)?;
+        }
+        ctx.cache.forget_endpoints(stack, name);
+    }
+    Ok(())
 }
 
 async fn list(ctx: &Context, stack: &str, service: &str) -> Result<Vec<Observed>, ReconcileError> {

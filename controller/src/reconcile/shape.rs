@@ -45,9 +45,11 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
             )
         })
         .collect();
+    // A proxied port is the proxy's to publish: the replicas only listen on their own address.
     let ports = spec
         .ports
         .iter()
+        .filter(|p| !p.proxied())
         .map(|p| PortBinding {
             container_port: p.container_port,
             protocol: p.protocol.clone(),

@@ -237,6 +237,18 @@ fn observed(c: ContainerSummary) -> Option<Observed> {
             .into_iter()
             .filter_map(|(net, ep)| Some((net, ep.ip_address.filter(|ip| !ip.is_empty())?)))
             .collect(),
+        published: c
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| {
+                let proto = match p.typ {
+                    Some(bollard::models::PortSummaryTypeEnum::UDP) => "udp",
+                    _ => "tcp",
+                };
+                Some(((p.private_port, proto.to_string()), p.public_port?))
+            })
+            .collect(),
     })
 }
 

@@ -24,6 +24,8 @@ pub struct Observed {
     pub created: i64,
     /// Network name → IPv4 address.
     pub addresses: BTreeMap<String, String>,
+    /// (container port, protocol) → the host port the engine publishes it on.
+    pub published: BTreeMap<(u16, String), u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,22 @@ pub struct EtcdKv {
     client: Client,
 }
 
+/// Sorts etcd's errors: a refused request (invalid argument, failed precondition, too
+/// large, not allowed) is the caller's fault; anything else is taken as an outage.
 fn unavailable(e: etcd_client::Error) -> KvError {
+    if let etcd_client::Error::GRpcStatus(status) = &e {
+        use tonic::Code;
+        if matches!(
+            status.code(),
+            Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+        ) {
+            return KvError::Rejected(status.message().to_string());
+        }
+    }
     KvError::Unavailable(e.to_string())
 }
 

@@ -46,6 +46,9 @@ pub enum KvError {
     /// etcd could not be reached or timed out. Retryable.
     #[error("etcd is unavailable: {0}")]
     Unavailable(String),
+    /// etcd refused the request itself (a bug, not an outage). Not retryable as is.
+    #[error("etcd rejected the request: {0}")]
+    Rejected(String),
     /// A watch asked for history etcd has compacted away. The watcher relists.
     #[error("etcd compacted revision {requested}; oldest kept is {compacted}")]
     Compacted { requested: i64, compacted: i64 },

@@ -85,6 +85,27 @@ impl Kv for MemKv {
                 return Ok(false);
             }
         }
+        // Like etcd: one transaction may not touch a key twice (a put and a delete of it, or
+        // two puts).
+        let mut touched = std::collections::BTreeSet::new();
+        for op in &ops {
+            let overlaps = match op {
+                Op::Put(k, _) | Op::Delete(k) => !touched.insert(k.clone()),
+                Op::DeletePrefix(p) => {
+                    let hit = touched.iter().any(|k: &String| k.starts_with(p.as_str()))
+                        || ops
+                            .iter()
+                            .any(|o| matches!(o, Op::Put(k, _) if k.starts_with(p.as_str())));
+                    touched.insert(p.clone());
+                    hit
+                }
+            };
+            if overlaps {
+                return Err(KvError::Rejected(
+                    "duplicate key given in txn request".into(),
+                ));
+            }
+        }
         if ops.is_empty() {
             return Ok(true);
         }

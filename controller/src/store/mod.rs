@@ -45,6 +45,7 @@ pub enum KeyKind {
     Stack(String),
     Service(String, String),
     Status(String, String),
+    Endpoints(String, String),
 }
 
 /// Typed access to capstan's keys.
@@ -62,6 +63,7 @@ pub struct Snapshot {
     pub stacks: Vec<Stack>,
     pub services: Vec<Service>,
     pub statuses: Vec<(String, String, ServiceStatus)>,
+    pub endpoints: Vec<Endpoints>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -114,6 +116,12 @@ impl Store {
     fn status_key(&self, stack: &str, svc: &str) -> String {
         format!("{}status/{stack}/{svc}", self.root)
     }
+    fn endpoints_prefix(&self, stack: &str) -> String {
+        format!("{}endpoints/{stack}/", self.root)
+    }
+    pub fn endpoints_key(&self, stack: &str, svc: &str) -> String {
+        format!("{}endpoints/{stack}/{svc}", self.root)
+    }
 
     /// What `key` names, if it is one of ours.
     pub fn classify(&self, key: &str) -> Option<KeyKind> {
@@ -123,6 +131,7 @@ impl Store {
             ["stacks", s] => Some(KeyKind::Stack(s.to_string())),
             ["services", s, v] => Some(KeyKind::Service(s.to_string(), v.to_string())),
             ["status", s, v] => Some(KeyKind::Status(s.to_string(), v.to_string())),
+            ["endpoints", s, v] => Some(KeyKind::Endpoints(s.to_string(), v.to_string())),
             _ => None,
         }
     }
@@ -155,6 +164,7 @@ impl Store {
                 Some(KeyKind::Stack(_)) => snap.stacks.push(Self::decode_stack(kv)?),
                 Some(KeyKind::Service(..)) => snap.services.push(Self::decode_service(kv)?),
                 Some(KeyKind::Status(s, v)) => snap.statuses.push((s, v, Self::decode_status(kv)?)),
+                Some(KeyKind::Endpoints(..)) => snap.endpoints.push(decode(kv)?),
                 None => {}
             }
         }
@@ -257,6 +267,7 @@ impl Store {
                     ));
                     ops.push(Op::Delete(self.service_key(&spec.name, &prev.name)));
                     ops.push(Op::Delete(self.status_key(&spec.name, &prev.name)));
+                    ops.push(Op::Delete(self.endpoints_key(&spec.name, &prev.name)));
                     result.services.insert(prev.name.clone(), "removed".into());
                 }
             }
@@ -394,6 +405,7 @@ impl Store {
             Op::Delete(self.stack_key(&stack.name)),
             Op::DeletePrefix(self.services_prefix(&stack.name)),
             Op::DeletePrefix(self.status_prefix(&stack.name)),
+            Op::DeletePrefix(self.endpoints_prefix(&stack.name)),
         ];
         Ok(self
             .kv
@@ -428,6 +440,48 @@ impl Store {
                 )],
             )
             .await?)
+    }
+
+    pub fn decode_endpoints(kv: &KeyValue) -> Result<Endpoints, StoreError> {
+        decode(kv)
+    }
+
+    /// Writes a service's endpoints (the caller writes only when they changed).
+    pub async fn write_endpoints(&self, endpoints: &Endpoints) -> Result<(), StoreError> {
+        let key = self.endpoints_key(&endpoints.stack, &endpoints.service);
+        self.kv
+            .txn(vec![], vec![Op::Put(key, encode(endpoints))])
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the endpoints of a service that no longer exists.
+    pub async fn delete_endpoints(&self, stack: &str, service: &str) -> Result<(), StoreError> {
+        self.kv
+            .txn(vec![], vec![Op::Delete(self.endpoints_key(stack, service))])
+            .await?;
+        Ok(())
+    }
+
+    /// The keys under `prefix` (outside capstan's own, e.g. Traefik's KV layout) become
+    /// exactly `puts`, in one transaction: stale keys are deleted and the rest written
+    /// together, so a reader never sees a gap or a stale entry. (etcd refuses a delete-range
+    /// and a put of the same key in one transaction.)
+    pub async fn replace_subtree(
+        &self,
+        prefix: &str,
+        puts: Vec<(String, String)>,
+    ) -> Result<(), StoreError> {
+        let existing = self.kv.range(prefix).await?;
+        let mut ops: Vec<Op> = existing
+            .items
+            .into_iter()
+            .filter(|kv| !puts.iter().any(|(k, _)| *k == kv.key))
+            .map(|kv| Op::Delete(kv.key))
+            .collect();
+        ops.extend(puts.into_iter().map(|(k, v)| Op::Put(k, v.into_bytes())));
+        self.kv.txn(vec![], ops).await?;
+        Ok(())
     }
 
     /// Removes the status of a service that no longer exists.
@@ -524,7 +578,7 @@ fn check_ports(
 ) -> Result<(), StoreError> {
     for (i, p) in spec.ports.iter().enumerate() {
         if let Some(n) = p.host_port_count() {
-            if n < spec.replicas && !(n == 1 && spec.replicas <= 1) {
+            if n < spec.replicas && !(n == 1 && spec.replicas <= 1) && !p.proxied() {
                 return Err(StoreError::Invalid(InvalidStack {
                     errors: vec![capstan_api::FieldError {
                         field: format!("services.{service}.ports[{i}]"),
@@ -706,6 +760,33 @@ mod tests {
             .write_status(&old, &ServiceStatus::default())
             .await
             .unwrap());
+    }
+
+    #[tokio::test]
+    async fn replacing_a_subtree_leaves_exactly_the_new_keys() {
+        let (store, _) = store();
+        let p = "traefik/http/services/shop-web/";
+        let url = |i: usize| {
+            (
+                format!("{p}loadbalancer/servers/{i}/url"),
+                format!("http://10.0.0.{i}:80"),
+            )
+        };
+        store
+            .replace_subtree(p, vec![url(0), url(1), url(2)])
+            .await
+            .unwrap();
+        store.replace_subtree(p, vec![url(0)]).await.unwrap();
+        let keys: Vec<String> = store
+            .kv()
+            .range(p)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
+        assert_eq!(keys, vec![url(0).0]);
     }
 
     #[tokio::test]
