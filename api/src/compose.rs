@@ -1369,3 +1369,25 @@ services:
         );
     }
 }
+
+#[cfg(test)]
+mod examples {
+    /// Every example in `examples/` parses: they are documentation that must not rot.
+    #[test]
+    fn every_example_stack_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = super::declared_name(&text).expect("examples name their stack");
+                if let Err(e) = super::parse_stack(&name, &text) {
+                    panic!("{}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 4, "found {seen} examples");
+    }
+}
