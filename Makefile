@@ -34,7 +34,8 @@ e2e: deps images
 	$(CARGO) test -p capstan-e2e
 
 ## bench: benchmarks against the real engine, release build; never part of `make test`
-bench: deps images
+bench: images
+	@bash scripts/deps.sh bench
 	$(CARGO) build --release -p capstan
 	CAPSTAN_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p capstan-e2e
 

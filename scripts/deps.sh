@@ -7,6 +7,10 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
+if [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v haproxy >/dev/null || missing+=(haproxy)
+fi
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 if [ ${#missing[@]} -gt 0 ]; then

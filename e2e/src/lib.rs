@@ -261,6 +261,11 @@ impl Daemon {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The daemon's process ID (benchmarks read its CPU time and memory from /proc).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops the daemon gracefully (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,173 @@
+//! The built-in proxy under load (issue 4): `wrk` against the same three replicas through
+//! capstan's proxy, through HAProxy (TCP mode, round-robin, Debian's haproxy), and directly
+//! against one replica, in one run. Prints throughput, p99 latency and the ratios
+//! capstan/HAProxy, plus the daemon's CPU and memory under that load. Writes
+//! `bench/results/proxy.json`.
+
+use capstan_e2e::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const DURATION: &str = "10s";
+const CONNECTIONS: &str = "32";
+
+struct Load {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str) -> Load {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c", CONNECTIONS, "-d", DURATION, "--latency", url])
+        .output()
+        .expect("wrk (make bench installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk printed no throughput:\n{text}"));
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| parse_latency(v.trim()))
+        .unwrap_or_else(|| panic!("wrk printed no p99:\n{text}"));
+    let errors = text
+        .lines()
+        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"));
+    if let Some(e) = errors {
+        eprintln!("  note for {url}: {}", e.trim());
+    }
+    Load { rps, p99_ms: p99 }
+}
+
+fn parse_latency(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+/// (utime + stime in seconds, RSS in MiB) of a process.
+fn cpu_and_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    (ticks / 100.0, rss_kb / 1024.0)
+}
+
+fn main() {
+    let h = Harness::start("bench-proxy");
+    let (d, s) = (&h.d, &h.s);
+    let port = free_port();
+    let yaml = format!("services:\n  web:\n    image: {IMAGE}\n    scale: 3\n    ports: [\"127.0.0.1:{port}:80\"]\n");
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&yaml),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let ips: Vec<String> = (1..=3)
+        .map(|n| {
+            inspect(
+                &s.replica("web", n),
+                &format!(
+                    "{{{{(index .NetworkSettings.Networks \"{}_default\").IPAddress}}}}",
+                    s.name
+                ),
+            )
+        })
+        .collect();
+
+    let haproxy_port = free_port();
+    let cfg =
+        std::env::temp_dir().join(format!("capstan-bench-haproxy-{}.cfg", std::process::id()));
+    let servers: String = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("    server r{i} {ip}:80\n"))
+        .collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 1s\n    timeout client 30s\n    timeout server 30s\nfrontend f\n    bind 127.0.0.1:{haproxy_port}\n    default_backend b\nbackend b\n    balance roundrobin\n{servers}"
+        ),
+    )
+    .unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("haproxy (make bench installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = d.pid().unwrap();
+    let (cpu0, _) = cpu_and_rss(pid);
+    let capstan = wrk(&format!("http://127.0.0.1:{port}/"));
+    let (cpu1, rss) = cpu_and_rss(pid);
+    let secs: f64 = DURATION.trim_end_matches('s').parse().unwrap();
+    let proxy_cpu = (cpu1 - cpu0) / secs;
+    let haproxy_load = wrk(&format!("http://127.0.0.1:{haproxy_port}/"));
+    let direct = wrk(&format!("http://{}:80/", ips[0]));
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    let _ = std::fs::remove_file(&cfg);
+
+    println!("proxy under load: wrk -t2 -c{CONNECTIONS} -d{DURATION}, a new connection per request (busybox httpd closes)");
+    println!("  {:<34} {:>12} {:>10}", "", "requests/s", "p99 ms");
+    for (name, l) in [
+        ("capstan proxy (3 replicas)", &capstan),
+        ("HAProxy tcp (3 replicas)", &haproxy_load),
+        ("direct (1 replica)", &direct),
+    ] {
+        println!("  {:<34} {:>12.0} {:>10.2}", name, l.rps, l.p99_ms);
+    }
+    println!(
+        "  capstan/HAProxy throughput      {:>8.2}   (target >= 0.9)",
+        capstan.rps / haproxy_load.rps
+    );
+    println!(
+        "  capstan - HAProxy p99           {:>8.2} ms (target <= 1 ms)",
+        capstan.p99_ms - haproxy_load.p99_ms
+    );
+    println!(
+        "  capstan daemon at that load     {:>8.2} cores, {:.1} MiB RSS",
+        proxy_cpu, rss
+    );
+    let json = serde_json::json!({
+        "wrk": {"threads": 2, "connections": CONNECTIONS, "duration": DURATION},
+        "capstan": {"rps": capstan.rps, "p99_ms": capstan.p99_ms, "cpu_cores": proxy_cpu, "rss_mib": rss},
+        "haproxy": {"rps": haproxy_load.rps, "p99_ms": haproxy_load.p99_ms},
+        "direct": {"rps": direct.rps, "p99_ms": direct.p99_ms},
+        "ratio_throughput": capstan.rps / haproxy_load.rps,
+        "p99_delta_ms": capstan.p99_ms - haproxy_load.p99_ms,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("proxy.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
