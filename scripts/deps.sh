@@ -7,6 +7,7 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
+command -v prometheus >/dev/null || missing+=(prometheus)
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || missing+=(wrk)
   command -v haproxy >/dev/null || missing+=(haproxy)

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cache::Cache;
+use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::reconcile::{self, backoff::RestartBook, Context};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
@@ -49,7 +50,11 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         .await
         .map_err(DaemonError::Docker)?;
     tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
-    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    let metrics = Arc::new(Metrics::default());
+    let runtime: Arc<dyn Runtime> = Arc::new(MeasuredRuntime {
+        inner: Arc::new(runtime),
+        metrics: metrics.clone(),
+    });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -71,7 +76,13 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
             }
         }
     };
-    let store = Store::new(Arc::new(kv), &config.prefix);
+    let store = Store::new(
+        Arc::new(MeasuredKv {
+            inner: Arc::new(kv),
+            metrics: metrics.clone(),
+        }),
+        &config.prefix,
+    );
     let cache = Arc::new(Cache::default());
     let scheduler = Arc::new(Scheduler::default());
     let ctx = Arc::new(Context {
@@ -84,6 +95,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         proxies: Default::default(),
         traefik_root: config.traefik_root.clone(),
         engine_parallelism: 4,
+        metrics: metrics.clone(),
     });
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -114,6 +126,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         store,
         cache,
         stop: shutdown.clone(),
+        metrics,
     });
     let mut http_shutdown = shutdown.clone();
     let http = axum::serve(listener, app).with_graceful_shutdown(async move {

@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod daemon;
+pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
 pub mod scheduler;

@@ -25,12 +25,14 @@ pub struct ApiState {
     pub cache: Arc<Cache>,
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/stacks", get(list_stacks))
         .route(
             "/v1/stacks/{stack}",
@@ -93,6 +95,19 @@ impl From<StoreError> for ApiError {
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Prometheus text exposition (OpenMetrics).
+async fn metrics(State(st): State<ApiState>) -> Response {
+    st.metrics.set_etcd_connected(st.cache.is_synced());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
+}
 
 async fn readyz(State(st): State<ApiState>) -> Response {
     if st.cache.is_synced() {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::cache::{Cache, ObjectKey};
+use crate::metrics::{Drift, Metrics};
 use crate::runtime::{Detail, Health, Observed, Runtime, RuntimeError, State};
 use crate::scheduler::Scheduler;
 use crate::store::{now_rfc3339, Store, StoreError};
@@ -33,6 +34,7 @@ use deps::Gate;
 use plan::{HealAction, Plan};
 use status::Problem;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Instant;
 
 /// What the reconciler needs, shared by every worker.
 pub struct Context {
@@ -48,6 +50,7 @@ pub struct Context {
     pub proxies: Proxies,
     /// `serve --traefik-etcd-root`: also write Traefik's etcd KV layout under this root.
     pub traefik_root: Option<String>,
+    pub metrics: Arc<Metrics>,
     /// How many engine calls one reconcile makes at once (the engine saturates near 4).
     pub engine_parallelism: usize,
 }
@@ -80,6 +83,20 @@ pub enum ReconcileError {
     Endpoints(#[source] StoreError),
 }
 
+impl ReconcileError {
+    /// The `kind` label of `capstan_reconcile_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::List(_) => "list",
+            ReconcileError::Resource { .. } => "resource",
+            ReconcileError::Remove { .. } => "remove",
+            ReconcileError::Status(_) => "status",
+            ReconcileError::Finalize { .. } => "finalize",
+            ReconcileError::Endpoints(_) => "endpoints",
+        }
+    }
+}
+
 /// How long to wait before retrying a key whose reconcile failed.
 pub fn error_policy(err: &ReconcileError) -> Duration {
     match err {
@@ -110,6 +127,7 @@ async fn reconcile_service(
     name: &str,
     ctx: &Context,
 ) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
     let stack = ctx.cache.stack(stack_name);
     let service = ctx.cache.service(stack_name, name);
     let observed = list(ctx, stack_name, name).await?;
@@ -133,6 +151,7 @@ async fn reconcile_service(
         (false, None) => return Ok(Action::Requeue(Duration::from_secs(1))),
         (true, svc) => {
             unpublish(ctx, stack_name, name).await?;
+            ctx.metrics.forget_service(stack_name, name);
             let grace = svc.as_deref().map_or(shape::DEFAULT_GRACE, shape::grace);
             remove_all(ctx, &observed, grace).await?;
             if ctx.cache.status(stack_name, name).is_some() && stack.deletion.is_none() {
@@ -161,6 +180,12 @@ async fn reconcile_service(
         gate.is_open(),
     );
     let previous = ctx.cache.status(stack_name, name);
+    if previous
+        .as_ref()
+        .is_some_and(|p| p.observed_generation != service.generation)
+    {
+        ctx.metrics.generation_changed(stack_name, name);
+    }
     let now = now_rfc3339();
 
     // What only an inspect tells (OOM kill, last health output), for the replicas about to be
@@ -194,7 +219,7 @@ async fn reconcile_service(
         .chain(plan.heal.iter().map(|(c, _, _)| c))
         .map(|c| c.id.clone())
         .collect();
-    let mut problems = publish(ctx, &service, &observed, &leaving).await?;
+    let mut problems = publish(ctx, &service, &observed, &leaving, started).await?;
     if !leaving.is_empty() {
         let draining: Vec<SocketAddr> = observed
             .iter()
@@ -244,12 +269,21 @@ async fn reconcile_service(
         observed
     };
     if acted {
-        problems.extend(publish(ctx, &service, &observed, &BTreeSet::new()).await?);
+        problems.extend(publish(ctx, &service, &observed, &BTreeSet::new(), started).await?);
     }
     let health_output: BTreeMap<u32, String> = details
         .iter()
         .filter_map(|(n, d)| Some((*n, d.health_output.clone()?)))
         .collect();
+    for e in &events {
+        ctx.metrics.heal(stack_name, name, &e.reason);
+    }
+    let strays = plan
+        .remove
+        .iter()
+        .filter(|(_, r)| *r == plan::RemoveReason::Stray)
+        .count();
+    let drift = Drift::of(&service, &observed, (vanished.len() + strays) as u32);
     let history = ctx.restarts.for_service(stack_name, name);
     let status = status::compute(status::Inputs {
         service: &service,
@@ -263,6 +297,7 @@ async fn reconcile_service(
         previous: previous.as_deref(),
         now: &now,
     });
+    ctx.metrics.observe_service(&service, &status, drift);
     if previous.as_deref() != Some(&status) {
         // Guarded by the spec's resourceVersion: a status for a superseded spec is dropped.
         if ctx
@@ -295,6 +330,7 @@ async fn publish(
     service: &Service,
     observed: &[Observed],
     leaving: &BTreeSet<String>,
+    reconcile_started: Instant,
 ) -> Result<Vec<Problem>, ReconcileError> {
     let eps = endpoints::compute(service, observed, leaving);
     let mut problems = vec![];
@@ -327,6 +363,7 @@ async fn publish(
         }
     }
     ctx.proxies.retain(&service.stack, &service.name, &keep);
+    let mut written_after = None;
     if ctx
         .cache
         .endpoints(&service.stack, &service.name)
@@ -345,8 +382,15 @@ async fn publish(
                 .map_err(ReconcileError::Endpoints)?;
         }
         tracing::debug!(stack = %service.stack, service = %service.name, endpoints = eps.endpoints.len(), "endpoints updated");
-        ctx.cache.set_endpoints(eps);
+        written_after = Some(reconcile_started.elapsed());
+        ctx.cache.set_endpoints(eps.clone());
     }
+    ctx.metrics.endpoints(
+        &service.stack,
+        &service.name,
+        eps.endpoints.len(),
+        written_after,
+    );
     Ok(problems)
 }
 
@@ -800,16 +844,31 @@ pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             k = ctx.scheduler.next() => k,
             _ = shutdown.changed() => return,
         };
+        let started = Instant::now();
         let result = reconcile(&key, &ctx).await;
+        let kind = match key {
+            ObjectKey::Service(..) => "service",
+            ObjectKey::Stack(_) => "stack",
+        };
         match result {
-            Ok(Action::AwaitChange) => {}
-            Ok(Action::Requeue(after)) => ctx.scheduler.enqueue_after(key.clone(), after),
+            Ok(Action::AwaitChange) => {
+                ctx.metrics
+                    .reconciled(kind, "success", started.elapsed(), None)
+            }
+            Ok(Action::Requeue(after)) => {
+                ctx.metrics
+                    .reconciled(kind, "requeue", started.elapsed(), None);
+                ctx.scheduler.enqueue_after(key.clone(), after)
+            }
             Err(e) => {
                 tracing::warn!(key = %key, error = %e, "reconcile failed; will retry");
+                ctx.metrics
+                    .reconciled(kind, "error", started.elapsed(), Some(e.kind()));
                 ctx.scheduler.enqueue_after(key.clone(), error_policy(&e));
             }
         }
         ctx.scheduler.done(&key);
+        ctx.metrics.set_queue_depth(ctx.scheduler.depth());
         if *shutdown.borrow() {
             return;
         }
