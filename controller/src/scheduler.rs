@@ -60,13 +60,11 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         }
     }
 
-    /// Runs `key` after `delay`, unless it is already due sooner.
+    /// Runs `key` again after `delay` at the latest: a run before then (the key is queued
+    /// now, say) does not cancel it. The earliest delayed request wins.
     pub fn enqueue_after(&self, key: K, delay: Duration) {
         let at = Instant::now() + delay;
         let mut st = self.state.lock().unwrap();
-        if st.queued.contains(&key) {
-            return;
-        }
         let due = st.delayed.entry(key).or_insert(at);
         if at < *due {
             *due = at;
@@ -167,6 +165,18 @@ mod tests {
         let start = Instant::now();
         assert_eq!(s.next().await, "a");
         assert_eq!(start.elapsed().as_secs(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follow_up_check_still_runs_after_an_immediate_run() {
+        let s = Scheduler::default();
+        s.enqueue("a");
+        s.enqueue_after("a", Duration::from_millis(250));
+        let start = Instant::now();
+        let first = s.next().await;
+        s.done(&first);
+        assert_eq!(s.next().await, "a", "the follow-up runs too");
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
     }
 
     #[tokio::test(start_paused = true)]

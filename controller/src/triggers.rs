@@ -30,12 +30,26 @@ pub async fn docker_events(
             };
             match next {
                 Some(Ok(ev)) => {
+                    if !means_drift(&ev.action) {
+                        continue;
+                    }
                     since = Some(ev.time_nano);
+                    // A stack etcd has no record of is another installation's, or an orphan
+                    // that reconcile would leave alone anyway: no work for it.
+                    let Some(stack) = cache.stack(&ev.stack) else {
+                        continue;
+                    };
                     tracing::debug!(stack = %ev.stack, service = %ev.service, action = %ev.action, "container event");
                     if !ev.service.is_empty() {
-                        scheduler.enqueue(ObjectKey::Service(ev.stack.clone(), ev.service.clone()));
+                        let key = ObjectKey::Service(ev.stack.clone(), ev.service.clone());
+                        scheduler.enqueue(key.clone());
+                        // The engine announces a death before its container list shows it:
+                        // look once more shortly after, so the heal does not wait for a resync.
+                        if ends_a_container(&ev.action) {
+                            scheduler.enqueue_after(key, FOLLOW_UP);
+                        }
                     }
-                    if cache.stack(&ev.stack).is_some_and(|s| s.deletion.is_some()) {
+                    if stack.deletion.is_some() {
                         scheduler.enqueue(ObjectKey::Stack(ev.stack));
                     }
                 }
@@ -56,6 +70,35 @@ pub async fn docker_events(
     }
 }
 
+/// How long after a `die` the follow-up reconcile runs.
+const FOLLOW_UP: Duration = Duration::from_millis(250);
+
+fn ends_a_container(action: &str) -> bool {
+    matches!(action, "die" | "oom" | "kill" | "destroy" | "stop")
+}
+
+/// Whether a container event can change what reconcile sees. Healthcheck execs alone emit
+/// three events per check per replica (`exec_create`, `exec_start`, `exec_die`); reacting to
+/// them would be per-container polling in disguise.
+pub fn means_drift(action: &str) -> bool {
+    let verb = action.split(':').next().unwrap_or_default().trim();
+    matches!(
+        verb,
+        "start"
+            | "restart"
+            | "die"
+            | "kill"
+            | "stop"
+            | "oom"
+            | "destroy"
+            | "health_status"
+            | "pause"
+            | "unpause"
+            | "rename"
+            | "update"
+    )
+}
+
 /// Enqueues every key the cache knows plus every service that owns a container, so
 /// orphans of removed services are found too. One container list, no per-container calls.
 pub async fn resync_once(
@@ -65,7 +108,9 @@ pub async fn resync_once(
 ) -> Result<(), crate::runtime::RuntimeError> {
     let mut keys: BTreeSet<ObjectKey> = cache.keys().into_iter().collect();
     for c in runtime.list(None, None).await? {
-        if !c.service.is_empty() {
+        // Containers of known stacks only: those of services the stack no longer names are
+        // orphans to remove; those of unknown stacks are never ours to judge.
+        if !c.service.is_empty() && cache.stack(&c.stack).is_some() {
             keys.insert(ObjectKey::Service(c.stack, c.service));
         }
     }
@@ -98,6 +143,37 @@ pub async fn periodic_resync(
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::means_drift;
+
+    #[test]
+    fn healthcheck_execs_are_not_drift_but_deaths_and_health_changes_are() {
+        for action in [
+            "exec_create: /bin/busybox wget",
+            "exec_start: /bin/busybox wget",
+            "exec_die",
+            "attach",
+            "resize",
+            "top",
+            "create",
+        ] {
+            assert!(!means_drift(action), "{action}");
+        }
+        for action in [
+            "die",
+            "destroy",
+            "health_status: unhealthy",
+            "health_status: healthy",
+            "oom",
+            "start",
+            "kill",
+        ] {
+            assert!(means_drift(action), "{action}");
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Per-replica crash-loop bookkeeping: how often capstan restarted a replica and when it may
 //! do so again. Exponential: 1 s after the first restart, doubling, capped at 60 s; forgotten
-//! once a replica has gone 60 s without needing a restart.
+//! once a replica has gone 60 s without needing a restart. The cumulative count (what
+//! `capstan get` shows as RESTARTS) is kept apart and never resets while the daemon runs.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,7 +17,10 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// Restarts in the current crash-loop window.
     restarts: u32,
+    /// Restarts since the daemon started.
+    total: u32,
     last: Instant,
 }
 
@@ -46,12 +50,17 @@ impl RestartBook {
         }
     }
 
+    fn raw(&self, stack: &str, service: &str, ordinal: u32) -> Option<Entry> {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(&(stack.to_string(), service.to_string(), ordinal))
+            .copied()
+    }
+
+    /// The entry if its crash-loop window is still open.
     fn entry(&self, stack: &str, service: &str, ordinal: u32, now: Instant) -> Option<Entry> {
-        let e = *self.entries.lock().unwrap().get(&(
-            stack.to_string(),
-            service.to_string(),
-            ordinal,
-        ))?;
+        let e = self.raw(stack, service, ordinal)?;
         (now.duration_since(e.last) < BACKOFF_RESET + delay_after(e.restarts)).then_some(e)
     }
 
@@ -61,10 +70,12 @@ impl RestartBook {
         let prev = self
             .entry(stack, service, ordinal, now)
             .map_or(0, |e| e.restarts);
+        let total = self.raw(stack, service, ordinal).map_or(0, |e| e.total);
         self.entries.lock().unwrap().insert(
             (stack.into(), service.into(), ordinal),
             Entry {
                 restarts: prev + 1,
+                total: total + 1,
                 last: now,
             },
         );
@@ -90,6 +101,12 @@ pub fn delay_after(restarts: u32) -> Duration {
 }
 
 impl RestartHistory for ServiceHistory<'_> {
+    fn total_restarts(&self, ordinal: u32) -> u32 {
+        self.book
+            .raw(self.stack, self.service, ordinal)
+            .map_or(0, |e| e.total)
+    }
+
     fn restarts(&self, ordinal: u32) -> u32 {
         self.book
             .entry(self.stack, self.service, ordinal, self.now)
@@ -128,5 +145,10 @@ mod tests {
         assert_eq!(book.for_service("s", "web").backoff_left(1), None);
         tokio::time::advance(BACKOFF_RESET).await;
         assert_eq!(book.for_service("s", "web").restarts(1), 0);
+        assert_eq!(
+            book.for_service("s", "web").total_restarts(1),
+            2,
+            "the cumulative count stays"
+        );
     }
 }

@@ -846,6 +846,7 @@ pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         };
         let started = Instant::now();
         let result = reconcile(&key, &ctx).await;
+        tracing::debug!(key = %key, result = ?result.as_ref().map_err(|e| e.to_string()), took_ms = started.elapsed().as_millis() as u64, "reconciled");
         let kind = match key {
             ObjectKey::Service(..) => "service",
             ObjectKey::Stack(_) => "stack",

@@ -93,6 +93,10 @@ pub trait RestartHistory {
     fn restarts(&self, ordinal: u32) -> u32;
     /// Time left before the replica may be restarted again.
     fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
+    /// Restarts since the daemon started, for status (RESTARTS).
+    fn total_restarts(&self, ordinal: u32) -> u32 {
+        self.restarts(ordinal)
+    }
 }
 
 /// `gate_open`: the service's dependencies meet their conditions. While they do not, no

@@ -56,7 +56,7 @@ pub fn compute(i: Inputs) -> ServiceStatus {
                 state: c.state.name().to_string(),
                 health: c.health.name().to_string(),
                 updated: c.spec_hash == hash,
-                restarts: i.history.restarts(ordinal),
+                restarts: i.history.total_restarts(ordinal),
             }
         })
         .collect();

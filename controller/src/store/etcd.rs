@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use super::kv::*;
 
+/// Above etcd's default --grpc-keepalive-min-time of 5 s.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// An etcd client. Cloning is cheap (one shared channel that reconnects by itself).
 #[derive(Clone)]
 pub struct EtcdKv {
@@ -42,7 +45,11 @@ impl EtcdKv {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // etcd hangs up on clients that ping more often than its
+            // --grpc-keepalive-min-time (5 s by default): every few seconds the watch would
+            // break and everything would be relisted and reconciled. A killed etcd is seen at
+            // once anyway (the connection resets); the pings only catch silent partitions.
+            .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         let client = Client::connect(endpoints, Some(opts))
             .await
