@@ -9,68 +9,9 @@
 //! and writes `bench/results/heal.json`.
 
 use capstan_e2e::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const RUNS: u32 = 7;
-
-/// Streams `docker events` for one container: (engine time in ns, action).
-struct Events {
-    child: std::process::Child,
-    rx: mpsc::Receiver<(i64, String)>,
-}
-
-impl Events {
-    fn follow(container: &str) -> Events {
-        let mut child = Command::new("docker")
-            .args([
-                "events",
-                "--filter",
-                &format!("container={container}"),
-                "--format",
-                "{{.TimeNano}} {{.Action}}",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker events");
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some((t, action)) = line.split_once(' ') {
-                    if let Ok(t) = t.parse() {
-                        let _ = tx.send((t, action.to_string()));
-                    }
-                }
-            }
-        });
-        // `docker events` subscribes asynchronously; give it a moment before acting.
-        std::thread::sleep(Duration::from_millis(300));
-        Events { child, rx }
-    }
-
-    /// The engine time of the next event whose action starts with `prefix`.
-    fn next(&self, prefix: &str, timeout: Duration) -> i64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(left) {
-                Ok((t, action)) if action.starts_with(prefix) => return t,
-                Ok(_) => {}
-                Err(_) => panic!("no {prefix:?} event within {timeout:?}"),
-            }
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());

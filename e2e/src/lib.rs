@@ -4,10 +4,12 @@
 //!
 //! Missing prerequisites are a loud failure naming the fix, never a silent skip.
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The demo image every test uses (`make images`).
@@ -340,8 +342,8 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(80).collect();
-            eprintln!("---- capstan log (last 80 lines) ----");
+            let tail: Vec<&str> = log.lines().rev().take(200).collect();
+            eprintln!("---- capstan log (last 200 lines) ----");
             for l in tail.iter().rev() {
                 eprintln!("{l}");
             }
@@ -581,4 +583,71 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64
+}
+
+/// Follows `docker events` for one container live, from before the test acts: the engine only
+/// replays its last 256 events, which parallel tests' healthchecks overflow in seconds.
+/// Yields (engine time in ns, action).
+pub struct Events {
+    child: std::process::Child,
+    rx: mpsc::Receiver<(i64, String)>,
+}
+
+impl Events {
+    pub fn follow(container: &str) -> Events {
+        let mut child = Command::new("docker")
+            .args([
+                "events",
+                "--filter",
+                &format!("container={container}"),
+                "--format",
+                "{{.TimeNano}} {{.Action}}",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker events");
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some((t, action)) = line.split_once(' ') {
+                    if let Ok(t) = t.parse() {
+                        let _ = tx.send((t, action.to_string()));
+                    }
+                }
+            }
+        });
+        // `docker events` subscribes asynchronously; give it a moment before acting.
+        std::thread::sleep(Duration::from_millis(300));
+        Events { child, rx }
+    }
+
+    /// The engine time of the next event whose action starts with `prefix`.
+    /// The engine times of every event so far whose action starts with `prefix`.
+    pub fn drain(&self, prefix: &str) -> Vec<i64> {
+        self.rx
+            .try_iter()
+            .filter(|(_, a)| a.starts_with(prefix))
+            .map(|(t, _)| t)
+            .collect()
+    }
+
+    pub fn next(&self, prefix: &str, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, action)) if action.starts_with(prefix) => return t,
+                Ok(_) => {}
+                Err(_) => panic!("no {prefix:?} event within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -104,10 +104,7 @@ fn an_unhealthy_replica_is_restarted_and_healthy_again_while_the_others_are_unto
 fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
     let h = Harness::start("crashloop");
     let (d, s) = (&h.d, &h.s);
-    let t0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let events = Events::follow(&s.replica("crash", 1));
     d.cli_ok(&[
         "apply",
         "-f",
@@ -118,27 +115,11 @@ fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
         &s.name,
     ]);
     std::thread::sleep(Duration::from_secs(20));
-    let t1 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let starts: Vec<f64> = docker(&[
-        "events",
-        "--since",
-        &t0.to_string(),
-        "--until",
-        &t1.to_string(),
-        "--filter",
-        &format!("container={}", s.replica("crash", 1)),
-        "--filter",
-        "event=start",
-        "--format",
-        "{{.TimeNano}}",
-    ])
-    .lines()
-    .filter_map(|l| l.trim().parse::<f64>().ok())
-    .map(|ns| ns / 1e9)
-    .collect();
+    let starts: Vec<f64> = events
+        .drain("start")
+        .into_iter()
+        .map(|ns| ns as f64 / 1e9)
+        .collect();
     assert!(
         starts.len() >= 4 && starts.len() <= 8,
         "expected a handful of starts in 20 s, got {}: {starts:?}",

@@ -211,6 +211,34 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus() {
         failures.join("\n")
     );
 
+    // Idle, the loop costs only its resync: healthcheck execs are not drift, and the etcd
+    // watch holds (it used to break every few seconds and relist everything).
+    let reconciles = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("capstan_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let scrape = || {
+        reqwest::blocking::get(format!("{}/metrics", d.url()))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
+    let before = reconciles(&scrape());
+    std::thread::sleep(Duration::from_secs(12));
+    let after = reconciles(&scrape());
+    // The harness resyncs every 5 s: two or three resyncs of two keys (the stack, the service).
+    assert!(
+        after - before <= 8.0,
+        "{} reconciles in 12 idle seconds",
+        after - before
+    );
+    assert!(
+        !d.log().contains("watch broke"),
+        "the etcd watch broke while idle"
+    );
+
     for args in [
         vec!["check", "rules", "capstan-rules.yaml"],
         vec!["test", "rules", "capstan-rules.test.yaml"],

@@ -131,50 +131,18 @@ fn an_unhealthy_replica_stops_receiving_requests_before_it_is_restarted() {
         "60s",
     ]);
     let sick = s.replica("web", 2);
-    let events_from = now_ns();
+    let events = Events::follow(&sick);
 
     let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
     // Without its page, replica 2 answers 404 until its healthcheck reports it unhealthy.
     docker(&["exec", &sick, "rm", "/www/index.html"]);
-    wait_until(CONVERGE, "replica 2 to be restarted", || {
-        docker(&[
-            "events",
-            "--since",
-            &(events_from / 1_000_000_000).to_string(),
-            "--until",
-            &(now_ns() / 1_000_000_000).to_string(),
-            "--filter",
-            &format!("container={sick}"),
-            "--filter",
-            "event=kill",
-            "--format",
-            "x",
-        ])
-        .contains('x')
-    });
+    let unhealthy_at = events.next("health_status: unhealthy", CONVERGE);
+    let kill_at = events.next("kill", CONVERGE);
     wait_until(CONVERGE, "the service to be ready again", || {
         d.converged(&s.name, "web", 3)
     });
     let samples = load.finish();
 
-    let time_of = |event: &str| -> i64 {
-        docker(&[
-            "events",
-            "--since",
-            &(events_from / 1_000_000_000).to_string(),
-            "--until",
-            &(now_ns() / 1_000_000_000 + 1).to_string(),
-            "--filter",
-            &format!("container={sick}"),
-            "--format",
-            "{{.TimeNano}} {{.Action}}",
-        ])
-        .lines()
-        .find(|l| l.contains(event))
-        .and_then(|l| l.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {event} event for {sick}"))
-    };
-    let (unhealthy_at, kill_at) = (time_of("health_status: unhealthy"), time_of("kill"));
     assert!(unhealthy_at < kill_at);
     let to_sick: Vec<&Sample> = samples.iter().filter(|r| r.status == 404).collect();
     assert!(
