@@ -33,11 +33,18 @@ e2e: deps images
 	$(CARGO) build -p capstan
 	$(CARGO) test -p capstan-e2e
 
-## bench: benchmarks against the real engine, release build; never part of `make test`
+## bench: every benchmark (scale without Docker; convergence, heal, idle cost and proxy
+## against the real engine), release build; prints tables and writes
+## bench/results/latest.json. Never part of `make test`. Takes about 10 minutes.
 bench: images
 	@bash scripts/deps.sh bench
 	$(CARGO) build --release -p capstan
+	$(CARGO) bench -p capstan-controller --bench scale
 	CAPSTAN_BIN=$(CURDIR)/$(RELEASE_BIN) $(CARGO) bench -p capstan-e2e
+	@python3 -c 'import glob, json, os, time; \
+	  r = {os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob("bench/results/*.json")) if not f.endswith("latest.json")}; \
+	  r["machine"] = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}; \
+	  json.dump(r, open("bench/results/latest.json", "w"), indent=2)' && echo "wrote bench/results/latest.json"
 
 deps:
 	@bash scripts/deps.sh

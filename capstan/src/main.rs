@@ -14,6 +14,7 @@ use std::time::Duration;
 #[command(
     name = "capstan",
     version,
+    args_override_self = true,
     about = "Keeps a Docker host converged on declared Compose stacks"
 )]
 struct Cli {

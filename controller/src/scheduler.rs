@@ -122,6 +122,12 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
         }
     }
 
+    /// Nothing due and nothing running (delayed keys may wait).
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.ready.is_empty() && st.running.is_empty()
+    }
+
     /// Keys waiting to run now (not delayed ones), for the queue-depth metric.
     pub fn depth(&self) -> usize {
         self.state.lock().unwrap().ready.len()

@@ -2,6 +2,7 @@
 //! networks and volumes. [`docker::DockerRuntime`] is the real one; tests use fakes.
 
 pub mod docker;
+pub mod fake;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

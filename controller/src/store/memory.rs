@@ -184,21 +184,33 @@ impl Kv for MemKv {
         let keep2 = keep.clone();
         let past = futures::stream::iter(if past.is_empty() { vec![] } else { vec![past] })
             .filter_map(move |b| futures::future::ready(keep(b)));
-        let live = tokio_stream_from(live).filter_map(move |b| futures::future::ready(keep2(b)));
+        let live = tokio_stream_from(live).filter_map(move |b| {
+            futures::future::ready(match b {
+                Ok(batch) => keep2(batch),
+                Err(e) => Some(Err(e)),
+            })
+        });
         Ok(past.chain(live).boxed())
     }
 }
 
+/// Like etcd, a watcher that falls too far behind is cancelled (as compacted), never fed a
+/// stream with holes: the watcher then relists.
 fn tokio_stream_from(
     rx: broadcast::Receiver<Vec<WatchEvent>>,
-) -> BoxStream<'static, Vec<WatchEvent>> {
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(batch) => return Some((batch, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
+) -> BoxStream<'static, Result<Vec<WatchEvent>, KvError>> {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        match rx.recv().await {
+            Ok(batch) => Some((Ok(batch), Some(rx))),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((
+                Err(KvError::Compacted {
+                    requested: 0,
+                    compacted: 0,
+                }),
+                None,
+            )),
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     })
     .boxed()

@@ -1,0 +1,101 @@
+//! Idle cost (issue 6): 100 real replicas (20 services x 5) managed for 2 minutes with no
+//! change: the daemon's CPU seconds and RSS, etcd writes, and Docker API calls per minute
+//! (read from the daemon's own metrics). Default resync (30 s). Writes `bench/results/idle.json`.
+
+use capstan_e2e::*;
+use std::time::Duration;
+
+const IDLE: Duration = Duration::from_secs(120);
+
+/// (utime + stime seconds, RSS MiB) of a process.
+fn cpu_and_rss(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let cpu = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    (cpu, rss / 1024.0)
+}
+
+/// Sum of the samples of `family` whose labels contain `filter`.
+fn metric(d: &Daemon, family: &str, filter: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("{}/metrics", d.url()))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn main() {
+    let h = Harness::start_with("bench-idle", &["--resync", "30s"]);
+    let (d, s) = (&h.d, &h.s);
+    let body: String = (0..20)
+        .map(|i| format!("  web{i}:\n    image: {IMAGE}\n    scale: 5\n"))
+        .collect();
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&format!("services:\n{body}")),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    std::thread::sleep(Duration::from_secs(10));
+
+    let pid = d.pid().unwrap();
+    let writes = || {
+        metric(
+            d,
+            "capstan_etcd_request_duration_seconds_count",
+            "op=\"txn\"",
+        )
+    };
+    let docker_calls = || metric(d, "capstan_docker_request_duration_seconds_count", "");
+    let reconciles = || metric(d, "capstan_reconciles_total", "");
+    let (cpu0, _) = cpu_and_rss(pid);
+    let (w0, c0, r0) = (writes(), docker_calls(), reconciles());
+    std::thread::sleep(IDLE);
+    let (cpu1, rss) = cpu_and_rss(pid);
+    let (w1, c1, r1) = (writes(), docker_calls(), reconciles());
+    let minutes = IDLE.as_secs_f64() / 60.0;
+
+    println!(
+        "idle cost: 100 managed replicas (20 services x 5), {}s with no change, resync 30 s",
+        IDLE.as_secs()
+    );
+    println!(
+        "  daemon CPU                 {:>8.2} s ({:.2}% of one core)",
+        cpu1 - cpu0,
+        (cpu1 - cpu0) / IDLE.as_secs_f64() * 100.0
+    );
+    println!("  daemon RSS                 {:>8.1} MiB", rss);
+    println!("  etcd writes                {:>8.0}   (target 0)", w1 - w0);
+    println!("  Docker API calls / minute  {:>8.1}   (one list per service per resync; no per-container polling)", (c1 - c0) / minutes);
+    println!("  reconciles / minute        {:>8.1}", (r1 - r0) / minutes);
+    let json = serde_json::json!({
+        "replicas": 100, "seconds": IDLE.as_secs(),
+        "cpu_s": cpu1 - cpu0, "rss_mib": rss, "etcd_writes": w1 - w0,
+        "docker_calls_per_min": (c1 - c0) / minutes, "reconciles_per_min": (r1 - r0) / minutes,
+    });
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("idle.json"),
+        serde_json::to_string_pretty(&json).unwrap(),
+    )
+    .unwrap();
+}
