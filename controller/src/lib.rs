@@ -5,7 +5,8 @@
 //!   transaction, status guarded by the spec it describes. Behind the small [`store::Kv`]
 //!   trait, with an in-memory twin for tests.
 //! - [`runtime`]: the container engine as a few verbs over labelled objects
-//!   ([`runtime::Runtime`]); [`runtime::docker`] is the real one.
+//!   ([`runtime::Runtime`]); [`runtime::docker`] is the real one, [`runtime::fake`] an
+//!   in-memory one for tests and scale simulations.
 //! - [`cache`]: the reflector, an in-memory copy of desired state; [`watcher`] keeps it in
 //!   step with etcd (list, watch, relist on compaction, freeze while etcd is away).
 //! - [`triggers`]: Docker events and the periodic resync; like the watcher, they only
@@ -13,6 +14,8 @@
 //! - [`scheduler`]: the key queue: deduplicates, delays, never runs one key twice at once.
 //! - [`reconcile`]: `reconcile(key, ctx) -> Result<Action>`, level-triggered and idempotent,
 //!   with its pure planner and status computation.
+//! - [`traffic`]: endpoints of ready replicas, the built-in proxy, Traefik's views.
+//! - [`metrics`]: Prometheus metrics, and the decorators that measure etcd and Docker calls.
 //! - [`server`]: the HTTP API; [`daemon`] wires everything for `capstan serve`.
 
 pub mod cache;

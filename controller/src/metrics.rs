@@ -75,13 +75,14 @@ pub const DRIFT_KINDS: [&str; 5] = [
     "changed_outside",
 ];
 /// The reconcile error kinds, pre-created at 0 so rates exist before the first error.
-pub const ERROR_KINDS: [&str; 6] = [
+pub const ERROR_KINDS: [&str; 7] = [
     "list",
     "resource",
     "remove",
     "status",
     "finalize",
     "endpoints",
+    "panic",
 ];
 
 /// How far a service is from its spec, counted in replicas.

@@ -101,7 +101,7 @@ fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
 }
 
 #[test]
-fn scaling_to_five_then_one_keeps_the_lowest_ordinal() {
+fn scaling_to_five_then_one_keeps_the_lowest_ordinal_and_zero_works_too() {
     let h = Harness::start("scale");
     let (d, s) = (&h.d, &h.s);
     apply(d, s, &web(3));
@@ -122,6 +122,15 @@ fn scaling_to_five_then_one_keeps_the_lowest_ordinal() {
         first,
         "scale-down removes the highest ordinals and keeps replica 1 as it was"
     );
+
+    d.cli_ok(&["scale", &format!("{}/web=0", s.name)]);
+    wait_until(CONVERGE, "no replica", || {
+        d.converged(&s.name, "web", 0) && s.containers().is_empty()
+    });
+    d.cli_ok(&["scale", &format!("{}/web=2", s.name)]);
+    wait_until(CONVERGE, "2 replicas again", || {
+        d.converged(&s.name, "web", 2)
+    });
 }
 
 #[test]

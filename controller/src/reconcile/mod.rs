@@ -15,7 +15,7 @@ pub mod shape;
 pub mod status;
 
 use capstan_api::object::{HealEvent, Service, Stack};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::cache::{Cache, ObjectKey};
 use crate::metrics::{Drift, Metrics};
-use crate::runtime::{Detail, Health, Observed, Runtime, RuntimeError, State};
+use crate::runtime::{Detail, Health, Observed, ResourcePlan, Runtime, RuntimeError, State};
 use crate::scheduler::Scheduler;
 use crate::store::{now_rfc3339, Store, StoreError};
 use crate::traffic::proxy::Proxies;
@@ -81,6 +81,9 @@ pub enum ReconcileError {
     Finalize { stack: String, source: StoreError },
     #[error("writing endpoints: {0}")]
     Endpoints(#[source] StoreError),
+    /// A bug: reconcile panicked. Retried slowly.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl ReconcileError {
@@ -93,13 +96,42 @@ impl ReconcileError {
             ReconcileError::Status(_) => "status",
             ReconcileError::Finalize { .. } => "finalize",
             ReconcileError::Endpoints(_) => "endpoints",
+            ReconcileError::Panicked(_) => "panic",
         }
     }
+}
+
+/// Creates the networks and named volumes `services` use (idempotent); returns the networks.
+async fn ensure_resources(
+    ctx: &Context,
+    stack: &Stack,
+    services: &[&Service],
+) -> Result<Vec<ResourcePlan>, ReconcileError> {
+    let networks = shape::networks(stack, services);
+    for net in &networks {
+        ctx.runtime
+            .ensure_network(net)
+            .await
+            .map_err(resource("network", net.name.clone()))?;
+    }
+    for vol in shape::volumes(stack, services) {
+        ctx.runtime
+            .ensure_volume(&vol)
+            .await
+            .map_err(resource("volume", vol.name.clone()))?;
+    }
+    Ok(networks)
+}
+
+/// `map_err` for a failed network or volume operation.
+fn resource(kind: &'static str, name: String) -> impl FnOnce(RuntimeError) -> ReconcileError {
+    move |source| ReconcileError::Resource { kind, name, source }
 }
 
 /// How long to wait before retrying a key whose reconcile failed.
 pub fn error_policy(err: &ReconcileError) -> Duration {
     match err {
+        ReconcileError::Panicked(_) => Duration::from_secs(30),
         ReconcileError::Resource {
             source: RuntimeError::ExternalMissing { .. },
             ..
@@ -557,26 +589,7 @@ async fn execute(
         || !plan.recreate.is_empty()
         || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
     if needs_create {
-        for net in shape::networks(stack, &[service]) {
-            ctx.runtime
-                .ensure_network(&net)
-                .await
-                .map_err(|source| ReconcileError::Resource {
-                    kind: "network",
-                    name: net.name.clone(),
-                    source,
-                })?;
-        }
-        for vol in shape::volumes(stack, &[service]) {
-            ctx.runtime
-                .ensure_volume(&vol)
-                .await
-                .map_err(|source| ReconcileError::Resource {
-                    kind: "volume",
-                    name: vol.name.clone(),
-                    source,
-                })?;
-        }
+        ensure_resources(ctx, stack, &[service]).await?;
     }
 
     let now = now_rfc3339();
@@ -734,44 +747,28 @@ async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileE
         }
         return Ok(Action::Requeue(Duration::from_secs(1)));
     }
-    for net in
-        ctx.runtime
-            .stack_networks(name)
-            .await
-            .map_err(|source| ReconcileError::Resource {
-                kind: "network",
-                name: name.into(),
-                source,
-            })?
+    for net in ctx
+        .runtime
+        .stack_networks(name)
+        .await
+        .map_err(resource("network", name.into()))?
     {
         ctx.runtime
             .remove_network(&net)
             .await
-            .map_err(|source| ReconcileError::Resource {
-                kind: "network",
-                name: net.clone(),
-                source,
-            })?;
+            .map_err(resource("network", net.clone()))?;
     }
     if deletion.volumes {
-        for vol in
-            ctx.runtime
-                .stack_volumes(name)
-                .await
-                .map_err(|source| ReconcileError::Resource {
-                    kind: "volume",
-                    name: name.into(),
-                    source,
-                })?
+        for vol in ctx
+            .runtime
+            .stack_volumes(name)
+            .await
+            .map_err(resource("volume", name.into()))?
         {
             ctx.runtime
                 .remove_volume(&vol)
                 .await
-                .map_err(|source| ReconcileError::Resource {
-                    kind: "volume",
-                    name: vol.clone(),
-                    source,
-                })?;
+                .map_err(resource("volume", vol.clone()))?;
         }
     }
     ctx.store
@@ -794,37 +791,13 @@ async fn ensure_stack_resources(stack: &Stack, ctx: &Context) -> Result<Action, 
         .filter_map(|s| ctx.cache.service(&stack.name, s))
         .collect();
     let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
-    let wanted = shape::networks(stack, &refs);
-    for net in &wanted {
-        ctx.runtime
-            .ensure_network(net)
-            .await
-            .map_err(|source| ReconcileError::Resource {
-                kind: "network",
-                name: net.name.clone(),
-                source,
-            })?;
-    }
-    for vol in shape::volumes(stack, &refs) {
-        ctx.runtime
-            .ensure_volume(&vol)
-            .await
-            .map_err(|source| ReconcileError::Resource {
-                kind: "volume",
-                name: vol.name.clone(),
-                source,
-            })?;
-    }
+    let wanted = ensure_resources(ctx, stack, &refs).await?;
     let mut action = Action::AwaitChange;
     for net in ctx
         .runtime
         .stack_networks(&stack.name)
         .await
-        .map_err(|source| ReconcileError::Resource {
-            kind: "network",
-            name: stack.name.clone(),
-            source,
-        })?
+        .map_err(resource("network", stack.name.clone()))?
     {
         if !wanted.iter().any(|w| w.name == net) {
             if let Err(e) = ctx.runtime.remove_network(&net).await {
@@ -845,7 +818,23 @@ pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         };
         let started = Instant::now();
-        let result = reconcile(&key, &ctx).await;
+        // A bug in one reconcile must not take its worker down with the key still marked as
+        // running: that service would never be reconciled again.
+        let result = match std::panic::AssertUnwindSafe(reconcile(&key, &ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                tracing::error!(key = %key, panic = %msg, "reconcile panicked; this is a bug");
+                Err(ReconcileError::Panicked(msg))
+            }
+        };
         tracing::debug!(key = %key, result = ?result.as_ref().map_err(|e| e.to_string()), took_ms = started.elapsed().as_millis() as u64, "reconciled");
         let kind = match key {
             ObjectKey::Service(..) => "service",

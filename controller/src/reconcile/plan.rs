@@ -143,7 +143,9 @@ pub fn plan(
     // Rolling update, one replica at a time: an outdated replica that still serves is only
     // replaced once every updated replica is ready.
     let updated_settling = by_ordinal
-        .range(1..=spec.replicas)
+        // Not `range(1..=replicas)`: BTreeMap::range panics on 1..=0.
+        .iter()
+        .filter(|(n, _)| **n >= 1 && **n <= spec.replicas)
         .any(|(_, c)| c.spec_hash == hash && !c.is_ready());
     let mut rolling_one = false;
 
@@ -279,6 +281,16 @@ mod tests {
         let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
         assert_eq!(removed, vec![4, 3, 2]);
         assert!(p.remove.iter().all(|(_, r)| *r == RemoveReason::Surplus));
+    }
+
+    #[test]
+    fn scaling_to_zero_removes_every_replica() {
+        let s = spec(0);
+        let all: Vec<Observed> = (1..=3).map(|n| running(n, &spec(3))).collect();
+        let p = plan("s", "web", &s, &all, &NoHistory, true);
+        let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
+        assert_eq!(removed, vec![3, 2, 1]);
+        assert!(p.create.is_empty());
     }
 
     #[test]
