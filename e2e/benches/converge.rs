@@ -4,6 +4,7 @@
 //! - the engine's own limit: N containers created and started through the Docker API with
 //!   full concurrency by this benchmark, until the engine reports all N healthy;
 //! - Compose: `docker-compose up -d --scale web=N` (Debian's 1.29) until all N are healthy.
+//!
 //! Scale-down: capstan to 0 replicas; the engine removing all N at once; Compose `--scale web=0`.
 //! Writes `bench/results/converge.json`.
 
