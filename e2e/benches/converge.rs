@@ -19,11 +19,6 @@ use std::time::{Duration, Instant};
 const RUNS: usize = 3;
 const POLL: Duration = Duration::from_millis(50);
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn healthy_count(filter: &str) -> usize {
     docker(&["ps", "-q", "--filter", filter, "--filter", "health=healthy"])
         .lines()

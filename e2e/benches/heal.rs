@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 
 const RUNS: u32 = 7;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let h = Harness::start("bench-heal");
     let (d, s) = (&h.d, &h.s);

@@ -7,25 +7,6 @@ use std::time::Duration;
 
 const IDLE: Duration = Duration::from_secs(120);
 
-/// (utime + stime seconds, RSS MiB) of a process.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let f: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let cpu = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    (cpu, rss / 1024.0)
-}
-
 /// Sum of the samples of `family` whose labels contain `filter`.
 fn metric(d: &Daemon, family: &str, filter: &str) -> f64 {
     let text = reqwest::blocking::get(format!("{}/metrics", d.url()))

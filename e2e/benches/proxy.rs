@@ -52,25 +52,6 @@ fn parse_latency(v: &str) -> f64 {
     }
 }
 
-/// (utime + stime in seconds, RSS in MiB) of a process.
-fn cpu_and_rss(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    (ticks / 100.0, rss_kb / 1024.0)
-}
-
 fn main() {
     let h = Harness::start("bench-proxy");
     let (d, s) = (&h.d, &h.s);
