@@ -102,6 +102,17 @@ impl Cache {
             .cloned()
     }
 
+    /// A service's endpoints, or none yet.
+    pub fn endpoints_or_empty(&self, stack: &str, name: &str) -> Endpoints {
+        self.endpoints(stack, name)
+            .map(|e| (*e).clone())
+            .unwrap_or_else(|| Endpoints {
+                stack: stack.to_string(),
+                service: name.to_string(),
+                endpoints: vec![],
+            })
+    }
+
     /// Every service with its endpoints, for the Traefik view.
     pub fn services_with_endpoints(&self) -> Vec<(Arc<Service>, Option<Arc<Endpoints>>)> {
         let st = self.state.read().unwrap();

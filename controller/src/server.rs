@@ -262,16 +262,7 @@ async fn endpoints(
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<EndpointsQuery>,
 ) -> Result<Response, ApiError> {
-    let current = || {
-        st.cache
-            .endpoints(&stack, &service)
-            .map(|e| (*e).clone())
-            .unwrap_or(Endpoints {
-                stack: stack.clone(),
-                service: service.clone(),
-                endpoints: vec![],
-            })
-    };
+    let current = || st.cache.endpoints_or_empty(&stack, &service);
     if st.cache.service(&stack, &service).is_none() {
         return Err(ApiError::not_found(format!(
             "service {service} not found in stack {stack}"
@@ -309,14 +300,7 @@ async fn endpoints(
                     },
                     _ = stop.wait_for(|s| *s) => return None,
                 }
-                let e = cache
-                    .endpoints(&stack, &service)
-                    .map(|e| (*e).clone())
-                    .unwrap_or(Endpoints {
-                        stack: stack.clone(),
-                        service: service.clone(),
-                        endpoints: vec![],
-                    });
+                let e = cache.endpoints_or_empty(&stack, &service);
                 return Some((event(&e), (changes, stop, cache, stack, service)));
             }
         },

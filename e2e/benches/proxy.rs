@@ -67,17 +67,7 @@ fn main() {
         "--timeout",
         "60s",
     ]);
-    let ips: Vec<String> = (1..=3)
-        .map(|n| {
-            inspect(
-                &s.replica("web", n),
-                &format!(
-                    "{{{{(index .NetworkSettings.Networks \"{}_default\").IPAddress}}}}",
-                    s.name
-                ),
-            )
-        })
-        .collect();
+    let ips: Vec<String> = (1..=3).map(|n| s.ip("web", n)).collect();
 
     let haproxy_port = free_port();
     let cfg =

@@ -419,6 +419,15 @@ impl StackGuard {
         rows
     }
 
+    /// Replica `n` of `service`'s address on the stack's default network.
+    pub fn ip(&self, service: &str, n: u32) -> String {
+        let network = format!("{}_default", self.name);
+        inspect(
+            &self.replica(service, n),
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        )
+    }
+
     pub fn running(&self) -> Vec<String> {
         self.containers()
             .into_iter()

@@ -185,14 +185,7 @@ fn the_endpoints_in_etcd_and_the_api_agree_with_the_containers() {
     ]);
     let network = format!("{}_default", s.name);
     let truth: BTreeSet<(String, String)> = (1..=3)
-        .map(|n| {
-            let name = s.replica("web", n);
-            let ip = inspect(
-                &name,
-                &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
-            );
-            (name, ip)
-        })
+        .map(|n| (s.replica("web", n), s.ip("web", n)))
         .collect();
     let of = |v: &serde_json::Value| -> BTreeSet<(String, String)> {
         v["endpoints"]
@@ -274,15 +267,7 @@ fn traefik_gets_routers_and_ready_servers_for_two_services() {
         "--timeout",
         "60s",
     ]);
-    let ip = |svc: &str, n: u32| {
-        inspect(
-            &s.replica(svc, n),
-            &format!(
-                "{{{{(index .NetworkSettings.Networks \"{}_default\").IPAddress}}}}",
-                s.name
-            ),
-        )
-    };
+    let ip = |svc: &str, n: u32| s.ip(svc, n);
     let cfg: serde_json::Value = reqwest::blocking::get(format!("{}/v1/traefik", d.url()))
         .unwrap()
         .json()
