@@ -713,10 +713,6 @@ impl Parser {
                 ..Default::default()
             });
         }
-        if h.test.is_empty() {
-            self.err(join(path, "test"), "is required unless `disable: true`");
-            return None;
-        }
         for (name, ns) in [
             ("interval", h.interval_ns),
             ("timeout", h.timeout_ns),
@@ -1268,6 +1264,7 @@ services:
   a: {image: x, healthcheck: {test: "wget -q -O- http://localhost/", interval: 2s, timeout: 1s, retries: 3, start_period: 5s}}
   b: {image: x, healthcheck: {test: ["CMD", "true"]}}
   c: {image: x, healthcheck: {disable: true}}
+  d: {image: x, healthcheck: {interval: 30s}}
 "#).unwrap();
         let a = spec.services["a"].healthcheck.clone().unwrap();
         assert_eq!(a.test, vec!["CMD-SHELL", "wget -q -O- http://localhost/"]);
@@ -1281,6 +1278,9 @@ services:
             spec.services["c"].healthcheck.as_ref().unwrap().test,
             vec!["NONE"]
         );
+        let d = spec.services["d"].healthcheck.clone().unwrap();
+        assert!(d.test.is_empty(), "no test keeps the image's");
+        assert_eq!(d.interval_ns, Some(30_000_000_000));
         assert_eq!(
             fields("services: {a: {image: x, healthcheck: {test: [\"true\"]}}}"),
             vec!["services.a.healthcheck.test"]

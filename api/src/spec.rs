@@ -204,7 +204,9 @@ impl RestartPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Healthcheck {
-    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`.
+    /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`; empty keeps the image's test
+    /// (Compose lets a file change only the timing, and the engine merges field by field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_ns: Option<i64>,

@@ -101,6 +101,38 @@ fn an_unhealthy_replica_is_restarted_and_healthy_again_while_the_others_are_unto
 }
 
 #[test]
+fn a_healthcheck_that_changes_only_the_timing_keeps_the_images_test() {
+    let h = Harness::start("hc-timing");
+    let (d, s) = (&h.d, &h.s);
+    d.cli_ok(&[
+        "apply",
+        "-f",
+        &s.file(&format!(
+            "services:\n  web:\n    image: {IMAGE}\n    healthcheck: {{interval: 1s}}\n"
+        )),
+        "--stack",
+        &s.name,
+        "--wait",
+        "--timeout",
+        "60s",
+    ]);
+    let hc: serde_json::Value = serde_json::from_str(&inspect(
+        &s.replica("web", 1),
+        "{{json .Config.Healthcheck}}",
+    ))
+    .unwrap();
+    assert_eq!(hc["Interval"], 1_000_000_000u64, "{hc}");
+    assert!(
+        hc["Test"].to_string().contains("wget"),
+        "the image's test: {hc}"
+    );
+    assert_eq!(
+        inspect(&s.replica("web", 1), "{{.State.Health.Status}}"),
+        "healthy"
+    );
+}
+
+#[test]
 fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
     let h = Harness::start("crashloop");
     let (d, s) = (&h.d, &h.s);

@@ -104,7 +104,7 @@ impl DockerRuntime {
             }
         }
         let healthcheck = plan.healthcheck.as_ref().map(|h| HealthConfig {
-            test: Some(h.test.clone()),
+            test: (!h.test.is_empty()).then(|| h.test.clone()),
             interval: h.interval_ns,
             timeout: h.timeout_ns,
             retries: h.retries,
