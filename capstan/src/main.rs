@@ -72,6 +72,10 @@ enum Command {
         /// Services reconciled at once.
         #[arg(long, default_value_t = 8)]
         workers: usize,
+        /// Replica operations (create+start, stop+remove, restart) in flight on the engine
+        /// (Compose's default limit is 64 too).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
+        engine_parallelism: u16,
         /// Also write Traefik's etcd KV layout under this root (e.g. `traefik`).
         #[arg(long)]
         traefik_etcd_root: Option<String>,
@@ -164,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             prefix,
             resync,
             workers,
+            engine_parallelism,
             traefik_etcd_root,
             log_format,
         } => {
@@ -180,6 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 prefix,
                 resync,
                 workers,
+                engine_parallelism: engine_parallelism.into(),
                 traefik_root: traefik_etcd_root,
             };
             capstan_controller::daemon::serve(config, rx)

@@ -63,7 +63,7 @@ async fn run(services: usize) -> serde_json::Value {
         proxies: Default::default(),
         traefik_root: None,
         metrics: Arc::new(Metrics::default()),
-        engine_parallelism: 4,
+        engine_slots: tokio::sync::Semaphore::new(32),
     });
     let (_tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(watcher::run(

@@ -27,6 +27,8 @@ pub struct Config {
     pub resync: Duration,
     /// Keys reconciled at once.
     pub workers: usize,
+    /// Replica operations in flight on the engine across all reconciles.
+    pub engine_parallelism: usize,
     /// Also write Traefik's etcd KV layout under this root (`--traefik-etcd-root`).
     pub traefik_root: Option<String>,
 }
@@ -94,7 +96,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         dependent_restarts: Default::default(),
         proxies: Default::default(),
         traefik_root: config.traefik_root.clone(),
-        engine_parallelism: 4,
+        engine_slots: tokio::sync::Semaphore::new(config.engine_parallelism.max(1)),
         metrics: metrics.clone(),
     });
 

@@ -16,7 +16,6 @@ pub mod status;
 
 use capstan_api::object::{HealEvent, Service, Stack};
 use futures::future::{BoxFuture, FutureExt};
-use futures::stream::{self, StreamExt};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -51,8 +50,11 @@ pub struct Context {
     /// `serve --traefik-etcd-root`: also write Traefik's etcd KV layout under this root.
     pub traefik_root: Option<String>,
     pub metrics: Arc<Metrics>,
-    /// How many engine calls one reconcile makes at once (the engine saturates near 4).
-    pub engine_parallelism: usize,
+    /// Replica operations (create+start, stop+remove, restart) in flight across all
+    /// reconciles. One service's replicas go to the engine at once up to this bound, so a
+    /// big scale-up is as fast as the engine allows, and many services together cannot
+    /// swamp it (`serve --engine-parallelism`).
+    pub engine_slots: tokio::sync::Semaphore,
 }
 
 /// When to look at a key again, besides events.
@@ -656,10 +658,7 @@ async fn execute(
             )
         }));
     }
-    let results: Vec<Outcome> = stream::iter(jobs)
-        .buffer_unordered(ctx.engine_parallelism.max(1))
-        .collect()
-        .await;
+    let results: Vec<Outcome> = with_slots(&ctx.engine_slots, jobs).await;
     let mut problems = vec![];
     for (p, e) in results {
         problems.extend(p);
@@ -671,6 +670,17 @@ async fn execute(
         tracing::warn!(stack = %stack.name, service = %service.name, ordinal = p.ordinal, reason = p.reason, "{}", p.message);
     }
     Ok(problems)
+}
+
+/// Runs replica operations concurrently, each holding one of the daemon's engine slots;
+/// results in the order of `jobs`.
+async fn with_slots<T>(slots: &tokio::sync::Semaphore, jobs: Vec<BoxFuture<'_, T>>) -> Vec<T> {
+    futures::future::join_all(jobs.into_iter().map(|job| async {
+        // The semaphore is never closed, so acquiring only waits.
+        let _slot = slots.acquire().await;
+        job.await
+    }))
+    .await
 }
 
 async fn create_and_start(
@@ -720,11 +730,10 @@ async fn remove_all(
                 })
         }));
     }
-    let results: Vec<Result<(), ReconcileError>> = stream::iter(jobs)
-        .buffered(ctx.engine_parallelism.max(1))
+    with_slots(&ctx.engine_slots, jobs)
+        .await
+        .into_iter()
         .collect()
-        .await;
-    results.into_iter().collect()
 }
 
 async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -862,5 +871,37 @@ pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn replica_operations_never_exceed_the_engine_slots_and_all_of_them_run() {
+        let slots = tokio::sync::Semaphore::new(3);
+        let (in_flight, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let jobs: Vec<BoxFuture<'_, usize>> = (0..20)
+            .map(|i| {
+                let (in_flight, peak) = (&in_flight, &peak);
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    i
+                }
+                .boxed()
+            })
+            .collect();
+        let done = with_slots(&slots, jobs).await;
+        assert_eq!(done, (0..20).collect::<Vec<_>>());
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            3,
+            "bounded, and the bound is used"
+        );
     }
 }
