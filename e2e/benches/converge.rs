@@ -1,8 +1,10 @@
 //! Convergence (issue 6): N replicas of capstan-demo/web:1 from nothing to all ready, and
 //! from N back to 0, medians of 3 runs, side by side:
 //! - capstan: `capstan apply` until the API reports N ready with N endpoints registered;
-//! - the engine's own limit: N containers created and started through the Docker API with
-//!   full concurrency by this benchmark, until the engine reports all N healthy;
+//! - the engine's own limit: the same N containers (same image, on a network of their own with
+//!   the service's DNS alias, as capstan and Compose make them) created and started through
+//!   the Docker API with full concurrency by this benchmark, until the engine reports all N
+//!   healthy;
 //! - Compose: `docker-compose up -d --scale web=N` (Debian's 1.29) until all N are healthy.
 //!
 //! Scale-down: capstan to 0 replicas; the engine removing all N at once; Compose `--scale web=0`.
@@ -78,14 +80,32 @@ fn engine_run(rt: &tokio::runtime::Runtime, n: usize, tag: &str) -> (f64, f64) {
             .await
             .unwrap();
         let label = format!("capstan-bench={tag}");
+        let labels = HashMap::from([("capstan-bench".to_string(), tag.to_string())]);
+        let network = format!("{tag}_default");
         let t = Instant::now();
+        docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: network.clone(),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         let jobs = (0..n).map(|i| {
             let docker = docker.clone();
             let tag = tag.to_string();
+            let (labels, network) = (labels.clone(), network.clone());
             async move {
+                let endpoint = bollard::models::EndpointSettings {
+                    aliases: Some(vec!["web".into()]),
+                    ..Default::default()
+                };
                 let body = bollard::models::ContainerCreateBody {
                     image: Some(IMAGE.into()),
-                    labels: Some(HashMap::from([("capstan-bench".to_string(), tag.clone())])),
+                    labels: Some(labels),
+                    networking_config: Some(bollard::models::NetworkingConfig {
+                        endpoints_config: Some(HashMap::from([(network, endpoint)])),
+                    }),
                     ..Default::default()
                 };
                 let name = format!("{tag}-{i}");
@@ -126,6 +146,7 @@ fn engine_run(rt: &tokio::runtime::Runtime, n: usize, tag: &str) -> (f64, f64) {
             )
         });
         futures::future::join_all(removals).await;
+        docker.remove_network(&network).await.unwrap();
         (up, t.elapsed().as_secs_f64())
     })
 }
@@ -163,22 +184,50 @@ fn compose_run(dir: &std::path::Path, project: &str, n: usize) -> (f64, f64) {
     (up, down)
 }
 
+/// The Compose project's directory; `docker-compose down` and removal when dropped.
+struct ComposeProject {
+    dir: std::path::PathBuf,
+    name: String,
+}
+
+impl Drop for ComposeProject {
+    fn drop(&mut self) {
+        let _ = Command::new("docker-compose")
+            .args(["-p", &self.name, "down", "-v"])
+            .current_dir(&self.dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 fn main() {
+    bench_preflight();
     let h = Harness::start_with("bench-conv", &["--resync", "30s"]);
     let (d, s) = (&h.d, &h.s);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("capstan-bench-compose-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let compose = ComposeProject {
+        dir: std::env::temp_dir().join(format!("capstan-bench-compose-{}", std::process::id())),
+        name: format!("{}c", s.name.replace('-', "")),
+    };
+    std::fs::create_dir_all(&compose.dir).unwrap();
     std::fs::write(
-        dir.join("docker-compose.yml"),
+        compose.dir.join("docker-compose.yml"),
         format!("version: \"2.4\"\nservices:\n  web:\n    image: {IMAGE}\n"),
     )
     .unwrap();
-    let project = format!("{}c", s.name.replace('-', ""));
     let engine_tag = format!("{}-engine", s.name);
+    // Dropped before the Compose project (declared later), which then removes its network.
+    let _leftovers = [
+        LeftoverGuard {
+            filter: format!("label=capstan-bench={engine_tag}"),
+        },
+        LeftoverGuard {
+            filter: format!("label=com.docker.compose.project={}", compose.name),
+        },
+    ];
 
     let mut results = serde_json::Map::new();
     println!("convergence, medians of {RUNS} runs (all ready, healthcheck every 2 s; capstan also with endpoints registered)");
@@ -196,7 +245,7 @@ fn main() {
             let (u, dn) = capstan_run(d, s, n);
             cu.push(u);
             cd.push(dn);
-            let (u, dn) = compose_run(&dir, &project, n);
+            let (u, dn) = compose_run(&compose.dir, &compose.name, n);
             ku.push(u);
             kd.push(dn);
         }
@@ -231,21 +280,6 @@ fn main() {
             serde_json::json!({"up": {"capstan": cu, "engine": eu, "compose": ku}, "down": {"capstan": cd, "engine": ed, "compose": kd}}),
         );
     }
-    // Whatever a failed run left behind.
-    let leftovers = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=capstan-bench={engine_tag}"),
-    ]);
-    for id in leftovers.lines() {
-        docker(&["rm", "-f", id]);
-    }
-    let _ = Command::new("docker-compose")
-        .args(["-p", &project, "down"])
-        .current_dir(&dir)
-        .output();
-    let _ = std::fs::remove_dir_all(&dir);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 const RUNS: u32 = 7;
 
 fn main() {
+    bench_preflight();
     let h = Harness::start("bench-heal");
     let (d, s) = (&h.d, &h.s);
     let n = RUNS * 2;

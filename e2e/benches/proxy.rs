@@ -53,6 +53,7 @@ fn parse_latency(v: &str) -> f64 {
 }
 
 fn main() {
+    bench_preflight();
     let h = Harness::start("bench-proxy");
     let (d, s) = (&h.d, &h.s);
     let port = free_port();

@@ -685,3 +685,38 @@ pub fn cpu_and_rss(pid: u32) -> (f64, f64) {
         .unwrap_or(0.0);
     (cpu, rss / 1024.0)
 }
+
+/// Benchmarks need a quiet engine: their figures are meaningless beside other containers, and
+/// a busy 2-core engine with a hundred healthchecks can wedge. Panics, listing what runs,
+/// unless no container exists (`CAPSTAN_BENCH_ALLOW_BUSY=1` overrides).
+pub fn bench_preflight() {
+    preflight();
+    let others = docker(&["ps", "-a", "--format", "{{.Names}} ({{.Status}})"]);
+    if !others.trim().is_empty() && std::env::var_os("CAPSTAN_BENCH_ALLOW_BUSY").is_none() {
+        panic!(
+            "benchmarks need a quiet engine, but these containers exist:\n{others}\
+             remove them (or set CAPSTAN_BENCH_ALLOW_BUSY=1 to measure anyway)"
+        );
+    }
+}
+
+/// Removes every container, then every network, matching a filter (`label=...`) when
+/// dropped: what a benchmark made outside capstan (the engine baseline, Compose) is gone also
+/// when it panics.
+pub struct LeftoverGuard {
+    pub filter: String,
+}
+
+impl Drop for LeftoverGuard {
+    fn drop(&mut self) {
+        let ids = lines(&docker(&["ps", "-aq", "--filter", &self.filter]));
+        if !ids.is_empty() {
+            let mut args = vec!["rm", "-f", "-v"];
+            args.extend(ids.iter().map(String::as_str));
+            docker(&args);
+        }
+        for net in lines(&docker(&["network", "ls", "-q", "--filter", &self.filter])) {
+            docker(&["network", "rm", &net]);
+        }
+    }
+}
