@@ -43,10 +43,8 @@ pub async fn docker_events(
                     if !ev.service.is_empty() {
                         let key = ObjectKey::Service(ev.stack.clone(), ev.service.clone());
                         scheduler.enqueue(key.clone());
-                        // The engine announces a death before its container list shows it:
-                        // look once more shortly after, so the heal does not wait for a resync.
                         if ends_a_container(&ev.action) {
-                            scheduler.enqueue_after(key, FOLLOW_UP);
+                            follow_up(&scheduler, key);
                         }
                     }
                     if stack.deletion.is_some() {
@@ -70,11 +68,28 @@ pub async fn docker_events(
     }
 }
 
-/// How long after a `die` the follow-up reconcile runs.
-const FOLLOW_UP: Duration = Duration::from_millis(250);
+/// When to look again after a container ended. The engine announces a death before its
+/// container list shows it (Docker 20.10 lists the container as running for another 50-65 ms),
+/// so the reconcile the event itself triggers may find nothing to heal: look again soon, and
+/// once more later for a busy engine, so the heal never waits for a resync.
+const FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
+fn follow_up(scheduler: &Arc<Scheduler<ObjectKey>>, key: ObjectKey) {
+    let [first, second] = FOLLOW_UPS;
+    scheduler.enqueue_after(key.clone(), first);
+    // The scheduler keeps one delayed request per key (the earliest): ask for the second
+    // after the first has fired.
+    let scheduler = scheduler.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(first).await;
+        scheduler.enqueue_after(key, second - first);
+    });
+}
+
+/// `die` and `destroy` only: `kill`, `oom` and `stop` come before the `die`, and their
+/// follow-ups, being earlier, would take the `die`'s place and look too soon.
 fn ends_a_container(action: &str) -> bool {
-    matches!(action, "die" | "oom" | "kill" | "destroy" | "stop")
+    matches!(action, "die" | "destroy")
 }
 
 /// Whether a container event can change what reconcile sees. Healthcheck execs alone emit
@@ -149,7 +164,31 @@ pub async fn periodic_resync(
 
 #[cfg(test)]
 mod tests {
-    use super::means_drift;
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_death_is_looked_at_again_after_100_ms_and_again_after_500_ms() {
+        let scheduler = Arc::new(Scheduler::default());
+        let key = ObjectKey::Service("s".into(), "web".into());
+        let start = tokio::time::Instant::now();
+        follow_up(&scheduler, key.clone());
+        let mut runs = vec![];
+        for _ in 0..2 {
+            assert_eq!(scheduler.next().await, key);
+            runs.push(start.elapsed());
+            scheduler.done(&key);
+        }
+        assert!(runs[0] >= FOLLOW_UPS[0], "{runs:?}");
+        assert!(runs[1] >= FOLLOW_UPS[1], "{runs:?}");
+    }
+
+    #[test]
+    fn only_die_and_destroy_are_followed_up_since_kill_oom_and_stop_precede_a_die() {
+        assert!(ends_a_container("die") && ends_a_container("destroy"));
+        for action in ["kill", "oom", "stop", "start", "health_status: unhealthy"] {
+            assert!(!ends_a_container(action), "{action}");
+        }
+    }
 
     #[test]
     fn healthcheck_execs_are_not_drift_but_deaths_and_health_changes_are() {
