@@ -311,6 +311,27 @@ impl Daemon {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `capstan apply` of `yaml` as the test's stack, waiting until it converged (90 s at most).
+    pub fn apply(&self, s: &StackGuard, yaml: &str) -> String {
+        let file = s.file(yaml);
+        self.cli_ok(&[
+            "apply",
+            "-f",
+            &file,
+            "--stack",
+            &s.name,
+            "--wait",
+            "--timeout",
+            "90s",
+        ])
+    }
+
+    /// `capstan apply` of `yaml` as the test's stack, without waiting.
+    pub fn apply_nowait(&self, s: &StackGuard, yaml: &str) -> String {
+        let file = s.file(yaml);
+        self.cli_ok(&["apply", "-f", &file, "--stack", &s.name])
+    }
+
     /// `capstan get services --stack S -o json`.
     pub fn services(&self, stack: &str) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.cli_ok(&["get", "services", "--stack", stack, "-o", "json"]))

@@ -51,18 +51,10 @@ fn db_and_app(app_extra: &str) -> String {
 fn an_unhealthy_replica_is_restarted_and_healthy_again_while_the_others_are_untouched() {
     let h = Harness::start("unhealthy");
     let (d, s) = (&h.d, &h.s);
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
-            "services:\n  web:\n    image: {IMAGE}\n    scale: 3\n"
-        )),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(
+        s,
+        &format!("services:\n  web:\n    image: {IMAGE}\n    scale: 3\n"),
+    );
     let started = |n: u32| inspect(&s.replica("web", n), "{{.State.StartedAt}}");
     let before: Vec<String> = (1..=3).map(started).collect();
 
@@ -104,18 +96,10 @@ fn an_unhealthy_replica_is_restarted_and_healthy_again_while_the_others_are_unto
 fn a_healthcheck_that_changes_only_the_timing_keeps_the_images_test() {
     let h = Harness::start("hc-timing");
     let (d, s) = (&h.d, &h.s);
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
-            "services:\n  web:\n    image: {IMAGE}\n    healthcheck: {{interval: 1s}}\n"
-        )),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(
+        s,
+        &format!("services:\n  web:\n    image: {IMAGE}\n    healthcheck: {{interval: 1s}}\n"),
+    );
     let hc: serde_json::Value = serde_json::from_str(&inspect(
         &s.replica("web", 1),
         "{{json .Config.Healthcheck}}",
@@ -137,15 +121,12 @@ fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
     let h = Harness::start("crashloop");
     let (d, s) = (&h.d, &h.s);
     let events = Events::follow(&s.replica("crash", 1));
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
+    d.apply_nowait(
+        s,
+        &format!(
             "services:\n  crash:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 1\"]\n"
-        )),
-        "--stack",
-        &s.name,
-    ]);
+        ),
+    );
     std::thread::sleep(Duration::from_secs(20));
     let starts: Vec<f64> = events
         .drain("start")
@@ -180,7 +161,7 @@ fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
 fn app_is_not_created_until_db_is_healthy() {
     let h = Harness::start("order");
     let (d, s) = (&h.d, &h.s);
-    d.cli_ok(&["apply", "-f", &s.file(&db_and_app("")), "--stack", &s.name]);
+    d.apply_nowait(s, &db_and_app(""));
     wait_until(CONVERGE, "db to run", || {
         s.running().contains(&s.replica("db", 1))
     });
@@ -213,16 +194,7 @@ fn a_migration_job_completes_before_app_starts() {
     let yaml = format!(
         "services:\n  migrate:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"sleep 2\"]\n    restart: \"no\"\n  app:\n    image: {IMAGE}\n    depends_on:\n      migrate: {{condition: service_completed_successfully}}\n"
     );
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&yaml),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &yaml);
     let finished = inspect(&s.replica("migrate", 1), "{{.State.FinishedAt}}");
     let app_started = inspect(&s.replica("app", 1), "{{.State.StartedAt}}");
     assert_eq!(
@@ -250,7 +222,7 @@ fn a_failing_migration_holds_app_with_a_condition_naming_it() {
     let yaml = format!(
         "services:\n  migrate:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 3\"]\n    restart: \"no\"\n  app:\n    image: {IMAGE}\n    depends_on:\n      migrate: {{condition: service_completed_successfully}}\n"
     );
-    d.cli_ok(&["apply", "-f", &s.file(&yaml), "--stack", &s.name]);
+    d.apply_nowait(s, &yaml);
     wait_until(CONVERGE, "app to report the failed migration", || {
         condition(d, &s.name, "app", "Ready").0 == "DependencyFailed"
     });
@@ -285,7 +257,7 @@ fn a_failing_migration_holds_app_with_a_condition_naming_it() {
 fn a_daemon_restarted_while_db_is_unhealthy_does_not_start_app() {
     let mut h = Harness::start("restartorder");
     let s = &h.s;
-    h.d.cli_ok(&["apply", "-f", &s.file(&db_and_app("")), "--stack", &s.name]);
+    h.d.apply_nowait(s, &db_and_app(""));
     wait_until(CONVERGE, "db to run", || {
         s.running().contains(&s.replica("db", 1))
     });
@@ -314,16 +286,7 @@ fn a_dependent_with_restart_true_is_restarted_when_its_dependency_is_replaced() 
     let h = Harness::start("deprestart");
     let (d, s) = (&h.d, &h.s);
     let yaml = format!("services:\n  db:\n    image: {IMAGE}\n  app:\n    image: {IMAGE}\n    depends_on:\n      db: {{condition: service_healthy, restart: true}}\n");
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&yaml),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &yaml);
     let app_started = inspect(&s.replica("app", 1), "{{.State.StartedAt}}");
 
     docker(&["rm", "-f", &s.replica("db", 1)]);

@@ -130,16 +130,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus() {
     let yaml = |n: u32| {
         format!("services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n    ports: [\"127.0.0.1:{port}:80\"]\n")
     };
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&yaml(2)),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &yaml(2));
     d.cli_ok(&["scale", &format!("{}/web=3", s.name)]);
     wait_until(Duration::from_secs(60), "3 replicas", || {
         d.converged(&s.name, "web", 3)

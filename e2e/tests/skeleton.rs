@@ -9,24 +9,11 @@ fn web(replicas: u32) -> String {
     format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {replicas}\n")
 }
 
-fn apply(d: &Daemon, s: &StackGuard, yaml: &str) -> String {
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(yaml),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "90s",
-    ])
-}
-
 #[test]
 fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
     let h = Harness::start("dns");
     let (d, s) = (&h.d, &h.s);
-    apply(d, s, &web(3));
+    d.apply(s, &web(3));
 
     assert_eq!(
         s.running(),
@@ -104,7 +91,7 @@ fn three_replicas_run_and_the_service_name_resolves_to_all_three() {
 fn scaling_to_five_then_one_keeps_the_lowest_ordinal_and_zero_works_too() {
     let h = Harness::start("scale");
     let (d, s) = (&h.d, &h.s);
-    apply(d, s, &web(3));
+    d.apply(s, &web(3));
     let first = s.containers()[0].clone();
 
     d.cli_ok(&["scale", &format!("{}/web=5", s.name)]);
@@ -137,7 +124,7 @@ fn scaling_to_five_then_one_keeps_the_lowest_ordinal_and_zero_works_too() {
 fn a_replica_removed_behind_capstans_back_is_replaced() {
     let h = Harness::start("heal");
     let (d, s) = (&h.d, &h.s);
-    apply(d, s, &web(3));
+    d.apply(s, &web(3));
     let before = s.containers();
 
     docker(&["rm", "-f", &s.replica("web", 2)]);
@@ -164,7 +151,7 @@ fn a_foreign_container_named_like_a_replica_is_left_untouched() {
     docker(&["run", "-d", "--name", &foreign, IMAGE]);
     let foreign_id = inspect(&foreign, "{{.Id}}");
 
-    d.cli_ok(&["apply", "-f", &s.file(&web(3)), "--stack", &s.name]);
+    d.apply_nowait(s, &web(3));
     wait_until(CONVERGE, "replicas 1 and 3 to run", || {
         s.running() == vec![s.replica("web", 1), s.replica("web", 3)]
     });
@@ -197,7 +184,7 @@ fn a_foreign_container_named_like_a_replica_is_left_untouched() {
 fn a_restarted_daemon_adopts_running_replicas_without_restarting_them() {
     let mut h = Harness::start("adopt");
     let s = &h.s;
-    apply(&h.d, s, &web(3));
+    h.d.apply(s, &web(3));
     let started = |name: &str| inspect(name, "{{.State.StartedAt}}");
     let before: Vec<(String, String, String)> = s.containers();
     let started_before: Vec<String> = before.iter().map(|c| started(&c.0)).collect();
@@ -258,7 +245,7 @@ fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
 fn an_etcd_outage_removes_nothing_and_the_host_converges_after() {
     let mut h = Harness::start("outage");
     let s = &h.s;
-    apply(&h.d, s, &web(2));
+    h.d.apply(s, &web(2));
     let before = s.containers();
 
     h.etcd.stop();
@@ -307,7 +294,7 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
     let yaml = format!(
         "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\n  db:\n    image: {IMAGE}\n    networks: [front, back]\nnetworks:\n  front: {{}}\n  back: {{}}\nvolumes:\n  data: {{}}\n"
     );
-    apply(d, s, &yaml);
+    d.apply(s, &yaml);
     assert_eq!(s.containers().len(), 3);
     assert_eq!(
         s.networks(),
@@ -327,7 +314,7 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
         "every key of the stack is gone"
     );
 
-    apply(d, s, &yaml);
+    d.apply(s, &yaml);
     d.cli_ok(&["delete", &s.name, "--volumes"]);
     assert!(s.containers().is_empty() && s.networks().is_empty() && s.volumes().is_empty());
 }
@@ -336,11 +323,11 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
 fn applying_the_same_file_twice_changes_nothing() {
     let h = Harness::start("idem");
     let (d, s) = (&h.d, &h.s);
-    apply(d, s, &web(2));
+    d.apply(s, &web(2));
     let before = s.containers();
     let keys_rev = d.service(&s.name, "web")["resourceVersion"].clone();
 
-    let out = apply(d, s, &web(2));
+    let out = d.apply(s, &web(2));
     assert!(out.contains("unchanged"), "{out}");
     let svc = d.service(&s.name, "web");
     assert_eq!(
@@ -356,10 +343,10 @@ fn applying_the_same_file_twice_changes_nothing() {
 fn a_changed_image_rolls_every_replica_to_the_new_spec() {
     let h = Harness::start("roll");
     let (d, s) = (&h.d, &h.s);
-    apply(d, s, &web(2));
+    d.apply(s, &web(2));
     let before = s.containers();
 
-    let out = apply(d, s, &web(2).replace(IMAGE, IMAGE_V2));
+    let out = d.apply(s, &web(2).replace(IMAGE, IMAGE_V2));
     assert!(out.contains("configured"), "{out}");
     let after = s.containers();
     assert_eq!(after.len(), 2);

@@ -35,16 +35,7 @@ fn requests_through_the_proxy_reach_all_three_replicas() {
     let h = Harness::start("proxy");
     let (d, s) = (&h.d, &h.s);
     let port = free_port();
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&proxied_web(port, 3, IMAGE)),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &proxied_web(port, 3, IMAGE));
     let seen: BTreeSet<String> = bodies(&format!("http://127.0.0.1:{port}/"), 30)
         .into_iter()
         .collect();
@@ -120,16 +111,7 @@ fn an_unhealthy_replica_stops_receiving_requests_before_it_is_restarted() {
     let h = Harness::start("drain");
     let (d, s) = (&h.d, &h.s);
     let port = free_port();
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&proxied_web(port, 3, IMAGE)),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &proxied_web(port, 3, IMAGE));
     let sick = s.replica("web", 2);
     let events = Events::follow(&sick);
 
@@ -171,18 +153,10 @@ fn an_unhealthy_replica_stops_receiving_requests_before_it_is_restarted() {
 fn the_endpoints_in_etcd_and_the_api_agree_with_the_containers() {
     let h = Harness::start("endpoints");
     let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
-            "services:\n  web:\n    image: {IMAGE}\n    scale: 3\n    ports: [\"80\"]\n"
-        )),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(
+        s,
+        &format!("services:\n  web:\n    image: {IMAGE}\n    scale: 3\n    ports: [\"80\"]\n"),
+    );
     let network = format!("{}_default", s.name);
     let truth: BTreeSet<(String, String)> = (1..=3)
         .map(|n| (s.replica("web", n), s.ip("web", n)))
@@ -257,16 +231,7 @@ fn traefik_gets_routers_and_ready_servers_for_two_services() {
     let yaml = format!(
         "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    labels:\n      traefik.http.routers.web.rule: \"Host(`web.localhost`)\"\n  api:\n    image: {IMAGE}\n    labels:\n      traefik.http.services.api.loadbalancer.server.port: \"80\"\n"
     );
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&yaml),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &yaml);
     let ip = |svc: &str, n: u32| s.ip(svc, n);
     let cfg: serde_json::Value = reqwest::blocking::get(format!("{}/v1/traefik", d.url()))
         .unwrap()
@@ -316,16 +281,7 @@ fn a_port_range_gives_each_replica_its_own_host_port() {
     let (d, s) = (&h.d, &h.s);
     let base = free_port().clamp(20000, 60000);
     let yaml = format!("services:\n  web:\n    image: {IMAGE}\n    scale: 3\n    ports: [\"127.0.0.1:{base}-{}:80\"]\n", base + 2);
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&yaml),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &yaml);
     for n in 1..=3u16 {
         let port = base + n - 1;
         assert_eq!(
