@@ -31,6 +31,12 @@ fn count(filter: &str) -> usize {
     docker(&["ps", "-aq", "--filter", filter]).lines().count()
 }
 
+/// The engine goes on cleaning up after removals (unmounts, network teardown) for a moment
+/// after it answered: give it that moment, so no contender pays for the one before.
+fn settle() {
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 /// capstan: (up, down) seconds.
 fn capstan_run(d: &Daemon, s: &StackGuard, n: usize) -> (f64, f64) {
     let svc = || d.service(&s.name, "web");
@@ -239,16 +245,23 @@ fn main() {
         let (mut cu, mut cd, mut eu, mut ed, mut ku, mut kd) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..RUNS {
+            settle();
             let (u, dn) = engine_run(&rt, n, &engine_tag);
             eu.push(u);
             ed.push(dn);
+            settle();
             let (u, dn) = capstan_run(d, s, n);
             cu.push(u);
             cd.push(dn);
+            settle();
             let (u, dn) = compose_run(&compose.dir, &compose.name, n);
             ku.push(u);
             kd.push(dn);
         }
+        let samples = serde_json::json!({
+            "up": {"capstan": &cu, "engine": &eu, "compose": &ku},
+            "down": {"capstan": &cd, "engine": &ed, "compose": &kd},
+        });
         let (cu, cd, eu, ed, ku, kd) = (
             median(cu),
             median(cd),
@@ -277,7 +290,7 @@ fn main() {
         );
         results.insert(
             n.to_string(),
-            serde_json::json!({"up": {"capstan": cu, "engine": eu, "compose": ku}, "down": {"capstan": cd, "engine": ed, "compose": kd}}),
+            serde_json::json!({"up": {"capstan": cu, "engine": eu, "compose": ku}, "down": {"capstan": cd, "engine": ed, "compose": kd}, "samples": samples}),
         );
     }
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
