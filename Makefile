@@ -35,7 +35,7 @@ e2e: deps images
 
 ## bench: every benchmark (scale without Docker; convergence, heal, idle cost and proxy
 ## against the real engine), release build; prints tables and writes
-## bench/results/latest.json. Never part of `make test`. Takes about 10 minutes.
+## bench/results/latest.json. Never part of `make test`. Takes about 20 minutes.
 bench: images
 	@bash scripts/deps.sh bench
 	$(CARGO) build --release -p capstan
