@@ -55,17 +55,7 @@ fn a_steady_request_loop_sees_no_failure_while_scaling_and_rolling_out() {
     let h = Harness::start("nofail");
     let (d, s) = (&h.d, &h.s);
     let port = free_port();
-    let file = s.file(&proxied_web(port, 3, IMAGE));
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &file,
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "60s",
-    ]);
+    d.apply(s, &proxied_web(port, 3, IMAGE));
 
     let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
     d.cli_ok(&["scale", &format!("{}/web=1", s.name)]);
@@ -74,17 +64,7 @@ fn a_steady_request_loop_sees_no_failure_while_scaling_and_rolling_out() {
     });
     d.cli_ok(&["scale", &format!("{}/web=4", s.name)]);
     wait_until(CONVERGE, "4 replicas", || d.converged(&s.name, "web", 4));
-    let file = s.file(&proxied_web(port, 4, IMAGE_V2));
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &file,
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "90s",
-    ]);
+    d.apply(s, &proxied_web(port, 4, IMAGE_V2));
     std::thread::sleep(Duration::from_millis(500));
     let samples = load.finish();
 
