@@ -212,6 +212,11 @@ pub struct StackView {
     pub created_at: String,
     /// `Active` or `Deleting`.
     pub phase: String,
+    /// While `Deleting`: why the teardown cannot finish yet (the controller's last error, such
+    /// as a network another container is still attached to). Not stored: the daemon that
+    /// serves the API fills it in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_blocked_by: Option<String>,
     pub services: Vec<ServiceView>,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub volumes: BTreeMap<String, VolumeSpec>,

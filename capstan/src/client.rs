@@ -305,10 +305,23 @@ pub async fn delete(
         return Ok(0);
     }
     let start = Instant::now();
-    while api.stack(stack).await?.is_some() {
-        if start.elapsed() >= timeout {
+    let mut said = None;
+    while let Some(view) = api.stack(stack).await? {
+        // Say what the teardown waits for, once each time it changes.
+        if view.deletion_blocked_by.is_some() && view.deletion_blocked_by != said {
             eprintln!(
-                "stack {stack} is still being torn down after {}",
+                "  waiting: {}",
+                view.deletion_blocked_by.as_deref().unwrap_or("")
+            );
+            said = view.deletion_blocked_by.clone();
+        }
+        if start.elapsed() >= timeout {
+            let why = view
+                .deletion_blocked_by
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default();
+            eprintln!(
+                "stack {stack} is still being torn down after {}{why}",
                 humantime::format_duration(timeout)
             );
             return Ok(2);

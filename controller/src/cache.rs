@@ -29,6 +29,9 @@ pub struct Cache {
     state: RwLock<State>,
     /// Tells watchers of `/endpoints` (and the Traefik view) that a service's endpoints moved.
     endpoints_changed: broadcast::Sender<(String, String)>,
+    /// Stack → why its deletion cannot finish yet (the last teardown error), for the API and
+    /// `capstan delete`: a teardown that retries forever must say what it waits for.
+    deletion_blocked: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Default for Cache {
@@ -36,6 +39,7 @@ impl Default for Cache {
         Cache {
             state: RwLock::default(),
             endpoints_changed: broadcast::channel(1024).0,
+            deletion_blocked: Default::default(),
         }
     }
 }
@@ -59,6 +63,19 @@ impl Cache {
     /// The watch failed: freeze until the next successful list.
     pub fn mark_unsynced(&self) {
         self.state.write().unwrap().synced = false;
+    }
+
+    /// Records (or, with `None`, clears) why a stack's deletion cannot finish yet.
+    pub fn set_deletion_blocked(&self, stack: &str, why: Option<String>) {
+        let mut blocked = self.deletion_blocked.lock().unwrap();
+        match why {
+            Some(why) => blocked.insert(stack.to_string(), why),
+            None => blocked.remove(stack),
+        };
+    }
+
+    pub fn deletion_blocked(&self, stack: &str) -> Option<String> {
+        self.deletion_blocked.lock().unwrap().get(stack).cloned()
     }
 
     pub fn stack(&self, name: &str) -> Option<Arc<Stack>> {

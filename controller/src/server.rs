@@ -150,18 +150,24 @@ async fn apply(
 }
 
 async fn list_stacks(State(st): State<ApiState>) -> ApiResult<Vec<capstan_api::object::StackView>> {
-    Ok(Json(st.store.stack_views().await?))
+    let mut views = st.store.stack_views().await?;
+    for v in &mut views {
+        v.deletion_blocked_by = st.cache.deletion_blocked(&v.name);
+    }
+    Ok(Json(views))
 }
 
 async fn get_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
 ) -> ApiResult<capstan_api::object::StackView> {
-    st.store
+    let mut view = st
+        .store
         .stack_view(&stack)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))
+        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))?;
+    view.deletion_blocked_by = st.cache.deletion_blocked(&stack);
+    Ok(Json(view))
 }
 
 #[derive(Deserialize)]

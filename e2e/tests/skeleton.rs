@@ -320,6 +320,43 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
 }
 
 #[test]
+fn a_deletion_held_by_a_foreign_container_says_why_and_finishes_once_it_leaves() {
+    let h = Harness::start("delheld");
+    let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
+    d.apply(s, &web(1));
+    let network = format!("{}_default", s.name);
+    // Somebody attached a debugging container of their own to the stack's network.
+    let debug = format!("{}-debug", s.name);
+    docker(&["run", "-d", "--name", &debug, "--network", &network, IMAGE]);
+
+    let out = d.cli(&["delete", &s.name, "--timeout", "6s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("removing network {network}"))
+            && stderr.contains("active endpoints"),
+        "the wait names the network and the reason: {stderr}"
+    );
+    assert!(s.containers().is_empty(), "the replicas are gone");
+    assert_eq!(
+        inspect(&debug, "{{.State.Running}}"),
+        "true",
+        "the foreign container is never touched"
+    );
+    let view: serde_json::Value =
+        serde_json::from_str(&d.cli_ok(&["get", "stacks", "-o", "json"])).unwrap();
+    assert!(
+        view.to_string().contains("active endpoints"),
+        "the API says why too: {view}"
+    );
+
+    docker(&["rm", "-f", &debug]);
+    wait_until(CONVERGE, "the deletion to finish", || {
+        s.networks().is_empty() && etcd.keys(&d.prefix).is_empty()
+    });
+}
+
+#[test]
 fn applying_the_same_file_twice_changes_nothing() {
     let h = Harness::start("idem");
     let (d, s) = (&h.d, &h.s);

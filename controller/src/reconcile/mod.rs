@@ -77,6 +77,12 @@ pub enum ReconcileError {
     },
     #[error("removing container {name}: {source}")]
     Remove { name: String, source: RuntimeError },
+    #[error("removing {kind} {name}: {source}")]
+    RemoveResource {
+        kind: &'static str,
+        name: String,
+        source: RuntimeError,
+    },
     #[error("writing status: {0}")]
     Status(#[source] StoreError),
     #[error("finalizing the deletion of stack {stack}: {source}")]
@@ -94,7 +100,7 @@ impl ReconcileError {
         match self {
             ReconcileError::List(_) => "list",
             ReconcileError::Resource { .. } => "resource",
-            ReconcileError::Remove { .. } => "remove",
+            ReconcileError::Remove { .. } | ReconcileError::RemoveResource { .. } => "remove",
             ReconcileError::Status(_) => "status",
             ReconcileError::Finalize { .. } => "finalize",
             ReconcileError::Endpoints(_) => "endpoints",
@@ -743,6 +749,20 @@ async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileE
     let Some(deletion) = &stack.deletion else {
         return ensure_stack_resources(&stack, ctx).await;
     };
+    let result = tear_down(&stack, deletion, ctx).await;
+    ctx.cache
+        .set_deletion_blocked(name, result.as_ref().err().map(|e| e.to_string()));
+    result
+}
+
+/// Removes a deleted stack's containers, then its networks (and volumes, if asked), then its
+/// keys.
+async fn tear_down(
+    stack: &Stack,
+    deletion: &capstan_api::object::Deletion,
+    ctx: &Context,
+) -> Result<Action, ReconcileError> {
+    let name = stack.name.as_str();
     let left = ctx
         .runtime
         .list(Some(name), None)
@@ -762,10 +782,13 @@ async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileE
         .await
         .map_err(resource("network", name.into()))?
     {
-        ctx.runtime
-            .remove_network(&net)
-            .await
-            .map_err(resource("network", net.clone()))?;
+        ctx.runtime.remove_network(&net).await.map_err(|source| {
+            ReconcileError::RemoveResource {
+                kind: "network",
+                name: net.clone(),
+                source,
+            }
+        })?;
     }
     if deletion.volumes {
         for vol in ctx
@@ -774,14 +797,17 @@ async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileE
             .await
             .map_err(resource("volume", name.into()))?
         {
-            ctx.runtime
-                .remove_volume(&vol)
-                .await
-                .map_err(resource("volume", vol.clone()))?;
+            ctx.runtime.remove_volume(&vol).await.map_err(|source| {
+                ReconcileError::RemoveResource {
+                    kind: "volume",
+                    name: vol.clone(),
+                    source,
+                }
+            })?;
         }
     }
     ctx.store
-        .finalize_deletion(&stack)
+        .finalize_deletion(stack)
         .await
         .map_err(|source| ReconcileError::Finalize {
             stack: name.into(),

@@ -565,6 +565,7 @@ fn view_of(
             "Active".into()
         },
         services: views,
+        deletion_blocked_by: None,
         networks: st.networks,
         volumes: st.volumes,
     }
