@@ -52,15 +52,10 @@ fn capstan_run(d: &Daemon, s: &StackGuard, n: usize) -> (f64, f64) {
         v["endpoints"].as_array().map_or(0, |a| a.len())
     };
     let t = Instant::now();
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
-            "services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n"
-        )),
-        "--stack",
-        &s.name,
-    ]);
+    d.apply_nowait(
+        s,
+        &format!("services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n"),
+    );
     loop {
         let v = svc();
         if v["ready"] == n && v["observedGeneration"] == v["generation"] && endpoints() == n {

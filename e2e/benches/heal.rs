@@ -18,18 +18,11 @@ fn main() {
     let h = Harness::start("bench-heal");
     let (d, s) = (&h.d, &h.s);
     let n = RUNS * 2;
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!(
-            "services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n"
-        )),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
+    d.apply_within(
+        s,
+        &format!("services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n"),
         "3m",
-    ]);
+    );
 
     let mut unhealthy_ms = vec![];
     for i in 1..=RUNS {

@@ -34,16 +34,7 @@ fn main() {
             )
         })
         .collect();
-    d.cli_ok(&[
-        "apply",
-        "-f",
-        &s.file(&format!("services:\n{body}")),
-        "--stack",
-        &s.name,
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
+    d.apply_within(s, &format!("services:\n{body}"), "5m");
     std::thread::sleep(Duration::from_secs(10));
 
     let pid = d.pid().unwrap();

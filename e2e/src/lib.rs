@@ -313,6 +313,11 @@ impl Daemon {
 
     /// `capstan apply` of `yaml` as the test's stack, waiting until it converged (90 s at most).
     pub fn apply(&self, s: &StackGuard, yaml: &str) -> String {
+        self.apply_within(s, yaml, "90s")
+    }
+
+    /// [`Self::apply`] with another `--timeout` (benchmarks with many replicas).
+    pub fn apply_within(&self, s: &StackGuard, yaml: &str, timeout: &str) -> String {
         let file = s.file(yaml);
         self.cli_ok(&[
             "apply",
@@ -322,7 +327,7 @@ impl Daemon {
             &s.name,
             "--wait",
             "--timeout",
-            "90s",
+            timeout,
         ])
     }
 
