@@ -768,13 +768,8 @@ impl Parser {
             }
             for (i, p) in svc.ports.iter().enumerate() {
                 let field = format!("{path}.ports[{i}]");
-                match p.host_port_count() {
-                    Some(1) if svc.replicas > 1 && !p.proxied() => self.err(&field, format!(
-                        "host port {} can be published by one replica only, and {name} has {} replicas; use ingress mode (capstan's proxy balances it), a range with one port per replica (\"{}-{}:{}\"), or let the engine pick (\"{}\")",
-                        p.host_ports.unwrap().0, svc.replicas, p.host_ports.unwrap().0, p.host_ports.unwrap().0 as u32 + svc.replicas - 1, p.container_port, p.container_port)),
-                    Some(n) if n > 1 && n < svc.replicas => self.err(&field, format!(
-                        "the range has {n} host ports but service {name} has {} replicas: each replica needs its own port", svc.replicas)),
-                    _ => {}
+                if let Some(reason) = p.replicas_problem(name, svc.replicas) {
+                    self.err(&field, reason);
                 }
                 if let Some((start, end)) = p.host_ports {
                     for port in start..=end {

@@ -87,16 +87,140 @@ pub struct ServiceStatus {
 pub const RECENT_EVENTS: usize = 10;
 
 /// One thing capstan did to heal a replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealEvent {
     pub time: String,
     pub replica: String,
-    /// `start`, `restart`, `replace`.
-    pub action: String,
-    /// `exited`, `unhealthy`, `oom`, `removed`, `dependency-restarted`.
-    pub reason: String,
+    pub action: HealAction,
+    pub reason: HealCause,
     pub message: String,
+}
+
+/// How capstan healed a replica; the wire form is the lowercase word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealAction {
+    /// `docker start` of an exited container.
+    Start,
+    /// `docker restart` of a running, unhealthy one.
+    Restart,
+    /// A fresh container under the same name.
+    Replace,
+}
+
+/// Why capstan healed a replica; also the `reason` label of `capstan_heal_actions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealCause {
+    Exited,
+    Unhealthy,
+    /// Exited because the kernel killed it for memory.
+    Oom,
+    /// Removed behind capstan's back.
+    Removed,
+    /// A `depends_on` dependency declared with `restart: true` was restarted.
+    DependencyRestarted,
+}
+
+impl HealAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealAction::Start => "start",
+            HealAction::Restart => "restart",
+            HealAction::Replace => "replace",
+        }
+    }
+}
+
+impl HealCause {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealCause::Exited => "exited",
+            HealCause::Unhealthy => "unhealthy",
+            HealCause::Oom => "oom",
+            HealCause::Removed => "removed",
+            HealCause::DependencyRestarted => "dependency-restarted",
+        }
+    }
+}
+
+/// The condition types a service status carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionType {
+    Ready,
+    Progressing,
+    Degraded,
+}
+
+impl ConditionType {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConditionType::Ready => "Ready",
+            ConditionType::Progressing => "Progressing",
+            ConditionType::Degraded => "Degraded",
+        }
+    }
+}
+
+/// Every reason a condition can carry. Inside capstan reasons are this enum; on the wire
+/// (status in etcd, the API, the CLI) they are the CamelCase word of [`Reason::as_str`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    // Ready
+    AllReplicasReady,
+    Completed,
+    ReplicasNotReady,
+    // Progressing
+    Converged,
+    ScalingUp,
+    ScalingDown,
+    RollingUpdate,
+    WaitingForReady,
+    WaitingForDependencies,
+    // Degraded
+    AsExpected,
+    DependencyFailed,
+    CrashLoopBackOff,
+    ReplicaExited,
+    Unhealthy,
+    NameConflict,
+    ImageNotFound,
+    ExternalMissing,
+    EngineError,
+    PortInUse,
+}
+
+impl Reason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reason::AllReplicasReady => "AllReplicasReady",
+            Reason::Completed => "Completed",
+            Reason::ReplicasNotReady => "ReplicasNotReady",
+            Reason::Converged => "Converged",
+            Reason::ScalingUp => "ScalingUp",
+            Reason::ScalingDown => "ScalingDown",
+            Reason::RollingUpdate => "RollingUpdate",
+            Reason::WaitingForReady => "WaitingForReady",
+            Reason::WaitingForDependencies => "WaitingForDependencies",
+            Reason::AsExpected => "AsExpected",
+            Reason::DependencyFailed => "DependencyFailed",
+            Reason::CrashLoopBackOff => "CrashLoopBackOff",
+            Reason::ReplicaExited => "ReplicaExited",
+            Reason::Unhealthy => "Unhealthy",
+            Reason::NameConflict => "NameConflict",
+            Reason::ImageNotFound => "ImageNotFound",
+            Reason::ExternalMissing => "ExternalMissing",
+            Reason::EngineError => "EngineError",
+            Reason::PortInUse => "PortInUse",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One condition, Kubernetes-style.
@@ -132,13 +256,69 @@ pub struct ReplicaState {
     pub restarts: u32,
 }
 
+impl Condition {
+    pub fn new(type_: ConditionType, status: bool, reason: Reason, message: String) -> Self {
+        Condition {
+            type_: type_.as_str().into(),
+            status: if status { "True" } else { "False" }.into(),
+            reason: reason.as_str().into(),
+            message,
+            last_transition_time: String::new(),
+        }
+    }
+
+    pub fn is_true(&self) -> bool {
+        self.status == "True"
+    }
+}
+
+/// The conditions of a status, as the API serves them.
+fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
+
+/// Converged, the one rule for it (the CLI's `--wait`, `capstan_service_converged`, the
+/// STACKS table): the status describes the current generation, every desired replica runs
+/// the current spec, and the service is `Ready`.
+fn converged(
+    observed_generation: i64,
+    generation: i64,
+    updated: u32,
+    desired: u32,
+    conditions: &[Condition],
+) -> bool {
+    observed_generation == generation
+        && updated == desired
+        && find(conditions, ConditionType::Ready).is_some_and(Condition::is_true)
+}
+
+/// The condition that sums a service up (the STATUS column, `apply --wait`): what is wrong,
+/// if anything is (`Degraded`), else how far it is from ready (`Ready`).
+fn summary(conditions: &[Condition]) -> Option<&Condition> {
+    find(conditions, ConditionType::Degraded)
+        .filter(|c| c.is_true())
+        .or_else(|| find(conditions, ConditionType::Ready))
+}
+
 impl ServiceStatus {
-    pub fn condition(&self, type_: &str) -> Option<&Condition> {
-        self.conditions.iter().find(|c| c.type_ == type_)
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        find(&self.conditions, type_)
     }
 
     pub fn is_ready(&self) -> bool {
-        self.condition("Ready").is_some_and(|c| c.status == "True")
+        self.condition(ConditionType::Ready)
+            .is_some_and(Condition::is_true)
+    }
+
+    /// See [`converged`].
+    pub fn is_converged(&self, generation: i64, desired: u32) -> bool {
+        converged(
+            self.observed_generation,
+            generation,
+            self.updated,
+            desired,
+            &self.conditions,
+        )
     }
 }
 
@@ -193,12 +373,25 @@ impl ServiceView {
     /// Converged: the current generation observed and `Ready` (every replica updated, and
     /// ready or, for a one-shot job, completed; no surplus left).
     pub fn converged(&self) -> bool {
-        self.observed_generation == self.generation
-            && self.updated == self.replicas
-            && self
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+        converged(
+            self.observed_generation,
+            self.generation,
+            self.updated,
+            self.replicas,
+            &self.conditions,
+        )
+    }
+
+    /// The condition that sums the service up: `Degraded` while degraded, else `Ready`.
+    pub fn summary_condition(&self) -> Option<&Condition> {
+        summary(&self.conditions)
+    }
+
+    /// The STATUS column: the reason of [`Self::summary_condition`], `Pending` before the
+    /// controller first observed the service.
+    pub fn summary(&self) -> String {
+        self.summary_condition()
+            .map_or_else(|| "Pending".into(), |c| c.reason.clone())
     }
 }
 
@@ -229,8 +422,34 @@ pub struct ApplyResult {
     pub stack: String,
     /// Stack `resourceVersion` after the apply (unchanged when nothing changed).
     pub resource_version: i64,
-    /// Service → `created`, `configured`, `unchanged` or `removed`.
-    pub services: BTreeMap<String, String>,
+    pub services: BTreeMap<String, ApplyOutcome>,
+}
+
+/// What an apply did to one service; the wire form is the lowercase word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyOutcome {
+    Created,
+    Configured,
+    Unchanged,
+    Removed,
+}
+
+impl ApplyOutcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
+            ApplyOutcome::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for ApplyOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The ready replicas of a service, as traffic should see them (like an EndpointSlice).

@@ -149,6 +149,27 @@ impl PortSpec {
     pub fn host_port_count(&self) -> Option<u32> {
         self.host_ports.map(|(s, e)| (e - s) as u32 + 1)
     }
+
+    /// The port rule, in one place for apply and scale: every replica needs a host port of
+    /// its own unless the proxy serves the port. `None` when `replicas` replicas of `service`
+    /// can publish this mapping; otherwise why not, for the field error.
+    pub fn replicas_problem(&self, service: &str, replicas: u32) -> Option<String> {
+        match self.host_port_count() {
+            Some(1) if replicas > 1 && !self.proxied() => {
+                let port = self.host_ports.map_or(0, |(start, _)| start);
+                Some(format!(
+                    "host port {port} can be published by one replica only, and {service} has {replicas} replicas; use ingress mode (capstan's proxy balances it), a range with one port per replica (\"{port}-{}:{}\"), or let the engine pick (\"{}\")",
+                    port as u32 + replicas - 1,
+                    self.container_port,
+                    self.container_port
+                ))
+            }
+            Some(n) if n > 1 && n < replicas => Some(format!(
+                "the range has {n} host ports but service {service} has {replicas} replicas: each replica needs its own port"
+            )),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,7 +295,22 @@ impl VolumeSpec {
     }
 }
 
+/// How long a replica gets to stop when the service names no `stop_grace_period` (Compose's).
+pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl ServiceSpec {
+    /// `stop_grace_period`, or Compose's default.
+    pub fn stop_grace(&self) -> std::time::Duration {
+        self.stop_grace_period_ms
+            .map_or(DEFAULT_STOP_GRACE, std::time::Duration::from_millis)
+    }
+
+    /// Replica currency, the one rule for it: replica `ordinal` belongs to the spec (its
+    /// ordinal is within `1..=replicas`); any other is surplus.
+    pub fn is_current(&self, ordinal: Option<u32>) -> bool {
+        ordinal.is_some_and(|n| n >= 1 && n <= self.replicas)
+    }
+
     /// The effective restart policy.
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(RestartPolicy::Always)

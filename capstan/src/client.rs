@@ -242,11 +242,7 @@ async fn wait_converged(api: &Client, stack: &str, timeout: Duration) -> anyhow:
                 let state = if s.converged() {
                     "ready".to_string()
                 } else {
-                    s.conditions
-                        .iter()
-                        .find(|c| c.type_ == "Ready")
-                        .map(|c| c.reason.clone())
-                        .unwrap_or_else(|| "Pending".into())
+                    s.summary()
                 };
                 format!(
                     "  {:<20} {:>4}/{:<4} {}",
@@ -277,11 +273,7 @@ async fn wait_converged(api: &Client, stack: &str, timeout: Duration) -> anyhow:
             );
             for s in view.services.iter().filter(|s| !s.converged()) {
                 let why = s
-                    .conditions
-                    .iter()
-                    .find(|c| c.type_ == "Degraded" && c.status == "True")
-                    .or_else(|| s.conditions.iter().find(|c| c.type_ == "Ready"));
-                let why = why
+                    .summary_condition()
                     .map(|c| format!("{}: {}", c.reason, c.message))
                     .unwrap_or_else(|| "not yet observed by the controller".into());
                 eprintln!("  {}: {}/{} ready; {why}", s.name, s.ready, s.replicas);

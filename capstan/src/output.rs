@@ -62,11 +62,7 @@ pub fn services(services: &[ServiceView], format: Format) -> anyhow::Result<()> 
                 s.restarts.to_string(),
                 age(&s.created_at),
                 s.image.clone(),
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready")
-                    .map(|c| c.reason.clone())
-                    .unwrap_or_else(|| "Pending".into()),
+                s.summary(),
             ]
         })
         .collect();
@@ -170,8 +166,8 @@ pub fn describe(s: &ServiceView) {
                     vec![
                         format!("  {}", e.time),
                         e.replica.clone(),
-                        e.action.clone(),
-                        e.reason.clone(),
+                        e.action.as_str().to_string(),
+                        e.reason.as_str().to_string(),
                         e.message.clone(),
                     ]
                 })

@@ -4,14 +4,14 @@
 //! with no drift (and that it writes nothing), and peak RSS. Each size runs in a process of
 //! its own, so peak RSS is its own. Prints one JSON line per size.
 
-use capstan_controller::cache::Cache;
+use capstan_controller::controller::{Controller, Options};
+use capstan_controller::key::ObjectKey;
 use capstan_controller::metrics::Metrics;
-use capstan_controller::reconcile::{self, Context};
 use capstan_controller::runtime::fake::FakeRuntime;
 use capstan_controller::scheduler::Scheduler;
 use capstan_controller::store::memory::MemKv;
 use capstan_controller::store::Store;
-use capstan_controller::{triggers, watcher};
+use capstan_controller::triggers;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ fn cpu_and_peak_rss() -> (f64, f64) {
     (cpu as f64 / 1e9, hwm / 1024.0)
 }
 
-async fn wait_idle(s: &Scheduler<capstan_controller::cache::ObjectKey>) {
+async fn wait_idle(s: &Scheduler<ObjectKey>) {
     // Idle twice in a row, a few ms apart: a worker may be between keys.
     let mut calm = 0;
     while calm < 3 {
@@ -49,31 +49,23 @@ async fn wait_idle(s: &Scheduler<capstan_controller::cache::ObjectKey>) {
 async fn run(services: usize) -> serde_json::Value {
     let kv = Arc::new(MemKv::default());
     let store = Store::new(kv.clone(), "/capstan");
-    let cache = Arc::new(Cache::default());
-    let scheduler = Arc::new(Scheduler::default());
     let runtime = Arc::new(FakeRuntime::default());
-    let ctx = Arc::new(Context {
-        store: store.clone(),
-        runtime: runtime.clone(),
-        cache: cache.clone(),
-        scheduler: scheduler.clone(),
-        restarts: Default::default(),
-        dependent_restarts: Default::default(),
-        proxies: Default::default(),
-        traefik_root: None,
-        metrics: Arc::new(Metrics::default()),
-        engine_slots: tokio::sync::Semaphore::new(32),
-    });
     let (_tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(watcher::run(
+    let options = Options {
+        // Resyncs are made by hand below.
+        resync: Duration::from_secs(3600),
+        workers: WORKERS,
+        engine_parallelism: 32,
+        traefik_root: None,
+    };
+    let controller = Controller::start(
         store.clone(),
-        cache.clone(),
-        scheduler.clone(),
-        rx.clone(),
-    ));
-    for _ in 0..WORKERS {
-        tokio::spawn(reconcile::worker(ctx.clone(), rx.clone()));
-    }
+        runtime.clone(),
+        Arc::new(Metrics::default()),
+        options,
+        rx,
+    );
+    let (desired, scheduler) = (&controller.ctx.desired, &controller.ctx.scheduler);
 
     let stacks = services / SERVICES_PER_STACK;
     let specs: Vec<_> = (0..stacks)
@@ -92,7 +84,7 @@ async fn run(services: usize) -> serde_json::Value {
     let all_ready = || {
         (0..stacks).all(|i| {
             (0..SERVICES_PER_STACK).all(|j| {
-                cache
+                desired
                     .status(&format!("s{i}"), &format!("svc{j}"))
                     .is_some_and(|s| s.is_ready())
             })
@@ -102,7 +94,7 @@ async fn run(services: usize) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let converge = t0.elapsed().as_secs_f64();
-    wait_idle(&scheduler).await;
+    wait_idle(scheduler).await;
     let (cpu1, _) = cpu_and_peak_rss();
     assert_eq!(runtime.len(), services * REPLICAS as usize);
 
@@ -110,10 +102,8 @@ async fn run(services: usize) -> serde_json::Value {
     let writes = kv.writes();
     let calls = runtime.calls.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();
-    triggers::resync_once(&*runtime, &cache, &scheduler)
-        .await
-        .unwrap();
-    wait_idle(&scheduler).await;
+    triggers::resync_once(&controller.triggers).await.unwrap();
+    wait_idle(scheduler).await;
     let resync = t1.elapsed().as_secs_f64();
     let (cpu2, rss) = cpu_and_peak_rss();
     let resync_calls = runtime.calls.load(std::sync::atomic::Ordering::Relaxed) - calls;

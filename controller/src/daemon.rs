@@ -6,16 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::cache::Cache;
+use crate::controller::Controller;
 use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
-use crate::reconcile::{self, backoff::RestartBook, Context};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::scheduler::Scheduler;
 use crate::server::{self, ApiState};
 use crate::store::etcd::EtcdKv;
 use crate::store::Store;
-use crate::{triggers, watcher};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -85,48 +82,22 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         }),
         &config.prefix,
     );
-    let cache = Arc::new(Cache::default());
-    let scheduler = Arc::new(Scheduler::default());
-    let ctx = Arc::new(Context {
-        store: store.clone(),
-        runtime: runtime.clone(),
-        cache: cache.clone(),
-        scheduler: scheduler.clone(),
-        restarts: RestartBook::default(),
-        dependent_restarts: Default::default(),
-        proxies: Default::default(),
-        traefik_root: config.traefik_root.clone(),
-        engine_slots: tokio::sync::Semaphore::new(config.engine_parallelism.max(1)),
-        metrics: metrics.clone(),
-    });
-
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(triggers::docker_events(
-        runtime.clone(),
-        cache.clone(),
-        scheduler.clone(),
-        shutdown.clone(),
-    ));
-    tasks.spawn(watcher::run(
+    let controller = Controller::start(
         store.clone(),
-        cache.clone(),
-        scheduler.clone(),
+        runtime,
+        metrics.clone(),
+        crate::controller::Options {
+            resync: config.resync,
+            workers: config.workers,
+            engine_parallelism: config.engine_parallelism,
+            traefik_root: config.traefik_root.clone(),
+        },
         shutdown.clone(),
-    ));
-    tasks.spawn(triggers::periodic_resync(
-        runtime.clone(),
-        cache.clone(),
-        scheduler.clone(),
-        config.resync,
-        shutdown.clone(),
-    ));
-    for _ in 0..config.workers.max(1) {
-        tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
-    }
-
+    );
     let app = server::router(ApiState {
         store,
-        cache,
+        desired: controller.ctx.desired.clone(),
+        blocked: controller.ctx.scratch.blocked.clone(),
         stop: shutdown.clone(),
         metrics,
     });
@@ -135,14 +106,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         let _ = http_shutdown.wait_for(|s| *s).await;
     });
     let result = http.await.map_err(DaemonError::Http);
-    ctx.proxies.close_all();
-
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");
-    let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(Duration::from_secs(30), drain)
-        .await
-        .is_err()
-    {
+    if !controller.stopped(Duration::from_secs(30)).await {
         tracing::warn!("some tasks did not stop within 30 s");
     }
     result

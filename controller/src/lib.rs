@@ -1,25 +1,31 @@
 //! The capstan daemon: keeps a Docker host converged on the stacks declared in etcd.
 //!
 //! # Layout
+//! Following one service key: [`watch`] → [`scheduler`] → [`reconcile`]'s pipeline
+//! (`observe` → `plan` → `act` → `report`) → [`runtime`] and [`traffic`].
+//!
 //! - [`store`]: desired state in etcd: typed keys, apply as one compare-and-swap
 //!   transaction, status guarded by the spec it describes. Behind the small [`store::Kv`]
 //!   trait, with an in-memory twin for tests.
+//! - [`watch`]: the watcher (list, watch, relist on compaction; decodes keys into typed
+//!   events) and the reflector it alone writes, read through a cheap [`watch::Desired`].
 //! - [`runtime`]: the container engine as a few verbs over labelled objects
-//!   ([`runtime::Runtime`]); [`runtime::docker`] is the real one, [`runtime::fake`] an
-//!   in-memory one for tests and scale simulations.
-//! - [`cache`]: the reflector, an in-memory copy of desired state; [`watcher`] keeps it in
-//!   step with etcd (list, watch, relist on compaction, freeze while etcd is away).
-//! - [`triggers`]: Docker events and the periodic resync; like the watcher, they only
-//!   enqueue keys.
-//! - [`scheduler`]: the key queue: deduplicates, delays, never runs one key twice at once.
-//! - [`reconcile`]: `reconcile(key, ctx) -> Result<Action>`, level-triggered and idempotent,
-//!   with its pure planner and status computation.
-//! - [`traffic`]: endpoints of ready replicas, the built-in proxy, Traefik's views.
-//! - [`metrics`]: Prometheus metrics, and the decorators that measure etcd and Docker calls.
-//! - [`server`]: the HTTP API; [`daemon`] wires everything for `capstan serve`.
+//!   ([`runtime::Runtime`]), the container reflector (one list, then events), the real
+//!   engine ([`runtime::docker`]) and an in-memory one ([`runtime::fake`]).
+//! - [`triggers`]: engine events and the periodic resync; like the watcher, they only
+//!   enqueue [`key::ObjectKey`]s.
+//! - [`scheduler`]: the key queue (deduplicates, delays, never runs one key twice at once)
+//!   and the per-key exponential back-off of failing keys.
+//! - [`reconcile`]: `reconcile(key, ctx) -> Result<Action>`, level-triggered and idempotent:
+//!   the pipeline stages, the pure planner, status and drift, the stack's own part.
+//! - [`traffic`]: publishing endpoints (proxy, etcd, Traefik) behind one call.
+//! - [`metrics`]: the Prometheus registry, and the decorators that measure etcd and Docker.
+//! - [`controller`]: the loop's tasks wired around one context; [`server`]: the HTTP API;
+//!   [`daemon`]: `capstan serve`.
 
-pub mod cache;
+pub mod controller;
 pub mod daemon;
+pub mod key;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
@@ -28,4 +34,4 @@ pub mod server;
 pub mod store;
 pub mod traffic;
 pub mod triggers;
-pub mod watcher;
+pub mod watch;

@@ -1,7 +1,8 @@
 //! A work queue of keys, in the shape of kube-runtime's scheduler and client-go's workqueue:
 //! a key queued many times runs once; a key is never run by two workers at once (queued
 //! again while it runs, it runs once more afterwards); a key can be scheduled for later,
-//! and the earliest request wins.
+//! and the earliest request wins. [`FailureBackoff`] is the per-key exponential back-off for
+//! keys whose work failed, like controller-runtime's item rate limiter.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -134,9 +135,75 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
     }
 }
 
+/// Per-key exponential back-off for failed work: the n-th consecutive failure of a key
+/// waits `base × 2ⁿ⁻¹`, at most `cap`; a success forgets the key's failures.
+pub struct FailureBackoff<K> {
+    failures: Mutex<HashMap<K, u32>>,
+}
+
+impl<K: Clone + Eq + Hash> Default for FailureBackoff<K> {
+    fn default() -> Self {
+        FailureBackoff {
+            failures: Mutex::default(),
+        }
+    }
+}
+
+/// The delays of one class of failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Backoff {
+    /// The wait after the `failures`-th failure in a row (1-based).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.base.saturating_mul(1u32 << doublings).min(self.cap)
+    }
+}
+
+impl<K: Clone + Eq + Hash> FailureBackoff<K> {
+    /// Records a failure of `key`; returns how long to wait before retrying it, and how many
+    /// times in a row it has failed.
+    pub fn failed(&self, key: &K, backoff: Backoff) -> (Duration, u32) {
+        let mut failures = self.failures.lock().unwrap();
+        let n = failures.entry(key.clone()).or_default();
+        *n = n.saturating_add(1);
+        (backoff.delay(*n), *n)
+    }
+
+    /// `key` succeeded: its next failure starts from `base` again. True if it had failed.
+    pub fn succeeded(&self, key: &K) -> bool {
+        self.failures.lock().unwrap().remove(key).is_some()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_back_off_exponentially_per_key_up_to_the_cap_and_reset_on_success() {
+        let b = Backoff {
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(4),
+        };
+        let f = FailureBackoff::default();
+        let delays: Vec<u64> = (0..6)
+            .map(|_| f.failed(&"a", b).0.as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(
+            f.failed(&"b", b),
+            (Duration::from_millis(500), 1),
+            "per key"
+        );
+        assert!(f.succeeded(&"a"));
+        assert_eq!(f.failed(&"a", b).0, Duration::from_millis(500));
+        assert_eq!(b.delay(u32::MAX), b.cap, "never overflows");
+    }
 
     #[tokio::test]
     async fn a_key_queued_many_times_runs_once() {

@@ -12,8 +12,9 @@ use futures::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
 
-use crate::cache::Cache;
+use crate::reconcile::scratch::BlockedDeletions;
 use crate::store::{Store, StoreError};
+use crate::watch::Desired;
 
 /// The largest Compose file the API accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -22,7 +23,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct ApiState {
     pub store: Store,
     /// For `/readyz` (synced with etcd), and the endpoints and Traefik views.
-    pub cache: Arc<Cache>,
+    pub desired: Desired,
+    /// Why a deleting stack's teardown cannot finish yet.
+    pub blocked: Arc<BlockedDeletions>,
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -98,7 +101,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Prometheus text exposition (OpenMetrics).
 async fn metrics(State(st): State<ApiState>) -> Response {
-    st.metrics.set_etcd_connected(st.cache.is_synced());
+    st.metrics.set_etcd_connected(st.desired.is_synced());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -110,7 +113,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
-    if st.cache.is_synced() {
+    if st.desired.is_synced() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -138,7 +141,7 @@ async fn apply(
     let changed: Vec<String> = result
         .services
         .iter()
-        .filter(|(_, o)| *o != "unchanged")
+        .filter(|(_, o)| **o != capstan_api::object::ApplyOutcome::Unchanged)
         .map(|(s, o)| format!("{s}={o}"))
         .collect();
     if changed.is_empty() {
@@ -152,7 +155,7 @@ async fn apply(
 async fn list_stacks(State(st): State<ApiState>) -> ApiResult<Vec<capstan_api::object::StackView>> {
     let mut views = st.store.stack_views().await?;
     for v in &mut views {
-        v.deletion_blocked_by = st.cache.deletion_blocked(&v.name);
+        v.deletion_blocked_by = st.blocked.get(&v.name);
     }
     Ok(Json(views))
 }
@@ -166,7 +169,7 @@ async fn get_stack(
         .stack_view(&stack)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))?;
-    view.deletion_blocked_by = st.cache.deletion_blocked(&stack);
+    view.deletion_blocked_by = st.blocked.get(&stack);
     Ok(Json(view))
 }
 
@@ -268,8 +271,8 @@ async fn endpoints(
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<EndpointsQuery>,
 ) -> Result<Response, ApiError> {
-    let current = || st.cache.endpoints_or_empty(&stack, &service);
-    if st.cache.service(&stack, &service).is_none() {
+    let current = || st.desired.endpoints_or_empty(&stack, &service);
+    if st.desired.service(&stack, &service).is_none() {
         return Err(ApiError::not_found(format!(
             "service {service} not found in stack {stack}"
         )));
@@ -287,9 +290,9 @@ async fn endpoints(
     };
     let head = futures::stream::once(futures::future::ready(event(&current())));
     let state = (
-        st.cache.watch_endpoints(),
+        st.desired.watch_endpoints(),
         st.stop.clone(),
-        st.cache.clone(),
+        st.desired.clone(),
         stack.clone(),
         service.clone(),
     );
@@ -318,7 +321,7 @@ async fn endpoints(
 
 /// Traefik's HTTP provider: point `providers.http.endpoint` here.
 async fn traefik_config(State(st): State<ApiState>) -> Json<serde_json::Value> {
-    let all = st.cache.services_with_endpoints();
+    let all = st.desired.services_with_endpoints();
     let refs: Vec<(&capstan_api::object::Service, Option<&Endpoints>)> = all
         .iter()
         .map(|(s, e)| (s.as_ref(), e.as_deref()))

@@ -7,17 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::cache::{Cache, ObjectKey};
+use crate::key::ObjectKey;
+use crate::runtime::reflector::Containers;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
+use crate::watch::Desired;
+
+/// What the triggers feed: the container reflector (marked stale by events, relisted by a
+/// resync) and the key queue.
+#[derive(Clone)]
+pub struct Triggers {
+    pub desired: Desired,
+    pub containers: Arc<Containers>,
+    pub scheduler: Arc<Scheduler<ObjectKey>>,
+}
 
 /// Follows the engine's container events for capstan-owned containers. After a broken
 /// stream it resumes from the last event seen and resyncs everything, since the engine
 /// only replays a bounded history.
 pub async fn docker_events(
     runtime: Arc<dyn Runtime>,
-    cache: Arc<Cache>,
-    scheduler: Arc<Scheduler<ObjectKey>>,
+    t: Triggers,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut since = None;
@@ -34,21 +44,23 @@ pub async fn docker_events(
                         continue;
                     }
                     since = Some(ev.time_nano);
+                    t.containers.touch(&ev.stack, &ev.service);
                     // A stack etcd has no record of is another installation's, or an orphan
                     // that reconcile would leave alone anyway: no work for it.
-                    let Some(stack) = cache.stack(&ev.stack) else {
+                    let Some(stack) = t.desired.stack(&ev.stack) else {
                         continue;
                     };
                     tracing::debug!(stack = %ev.stack, service = %ev.service, action = %ev.action, "container event");
                     if !ev.service.is_empty() {
-                        let key = ObjectKey::Service(ev.stack.clone(), ev.service.clone());
-                        scheduler.enqueue(key.clone());
+                        let key = (ev.stack.clone(), ev.service.clone());
+                        t.scheduler
+                            .enqueue(ObjectKey::Service(key.0.clone(), key.1.clone()));
                         if ends_a_container(&ev.action) {
-                            follow_up(&scheduler, key);
+                            follow_up(&t, key);
                         }
                     }
                     if stack.deletion.is_some() {
-                        scheduler.enqueue(ObjectKey::Stack(ev.stack));
+                        t.scheduler.enqueue(ObjectKey::Stack(ev.stack));
                     }
                 }
                 Some(Err(e)) => {
@@ -62,7 +74,7 @@ pub async fn docker_events(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = resync_once(&*runtime, &cache, &scheduler).await {
+        if let Err(e) = resync_once(&t).await {
             tracing::warn!(error = %e, "resync after event stream loss failed");
         }
     }
@@ -71,18 +83,21 @@ pub async fn docker_events(
 /// When to look again after a container ended. The engine announces a death before its
 /// container list shows it (Docker 20.10 lists the container as running for another 50-65 ms),
 /// so the reconcile the event itself triggers may find nothing to heal: look again soon, and
-/// once more later for a busy engine, so the heal never waits for a resync.
+/// once more later for a busy engine, so the heal never waits for a resync. Each follow-up
+/// marks the service's containers stale, so it reads the engine afresh.
 const FOLLOW_UPS: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
 
-fn follow_up(scheduler: &Arc<Scheduler<ObjectKey>>, key: ObjectKey) {
-    let [first, second] = FOLLOW_UPS;
-    scheduler.enqueue_after(key.clone(), first);
-    // The scheduler keeps one delayed request per key (the earliest): ask for the second
-    // after the first has fired.
-    let scheduler = scheduler.clone();
+fn follow_up(t: &Triggers, (stack, service): (String, String)) {
+    let t = t.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(first).await;
-        scheduler.enqueue_after(key, second - first);
+        let mut waited = Duration::ZERO;
+        for at in FOLLOW_UPS {
+            tokio::time::sleep(at - waited).await;
+            waited = at;
+            t.containers.touch(&stack, &service);
+            t.scheduler
+                .enqueue(ObjectKey::Service(stack.clone(), service.clone()));
+        }
     });
 }
 
@@ -114,44 +129,36 @@ pub fn means_drift(action: &str) -> bool {
     )
 }
 
-/// Enqueues every key the cache knows plus every service that owns a container, so
-/// orphans of removed services are found too. One container list, no per-container calls.
-pub async fn resync_once(
-    runtime: &dyn Runtime,
-    cache: &Cache,
-    scheduler: &Scheduler<ObjectKey>,
-) -> Result<(), crate::runtime::RuntimeError> {
-    let mut keys: BTreeSet<ObjectKey> = cache.keys().into_iter().collect();
-    for c in runtime.list(None, None).await? {
+/// Relists every container in one engine call (the container reflector) and enqueues every
+/// key the reflector knows plus every service that owns a container, so orphans of removed
+/// services are found too. The reconciles that follow read the relisted copy: an idle
+/// resync costs one engine list in all.
+pub async fn resync_once(t: &Triggers) -> Result<(), crate::runtime::RuntimeError> {
+    let mut keys: BTreeSet<ObjectKey> = t.desired.keys().into_iter().collect();
+    for (stack, service) in t.containers.relist().await? {
         // Containers of known stacks only: those of services the stack no longer names are
         // orphans to remove; those of unknown stacks are never ours to judge.
-        if !c.service.is_empty() && cache.stack(&c.stack).is_some() {
-            keys.insert(ObjectKey::Service(c.stack, c.service));
+        if !service.is_empty() && t.desired.stack(&stack).is_some() {
+            keys.insert(ObjectKey::Service(stack, service));
         }
     }
     for key in keys {
-        scheduler.enqueue(key);
+        t.scheduler.enqueue(key);
     }
     Ok(())
 }
 
-/// Resyncs once the cache has first synced, then every `period`.
-pub async fn periodic_resync(
-    runtime: Arc<dyn Runtime>,
-    cache: Arc<Cache>,
-    scheduler: Arc<Scheduler<ObjectKey>>,
-    period: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    while !cache.is_synced() {
+/// Resyncs once desired state has first synced, then every `period`.
+pub async fn periodic_resync(t: Triggers, period: Duration, mut shutdown: watch::Receiver<bool>) {
+    while !t.desired.is_synced() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = shutdown.changed() => return,
         }
     }
     loop {
-        if cache.is_synced() {
-            if let Err(e) = resync_once(&*runtime, &cache, &scheduler).await {
+        if t.desired.is_synced() {
+            if let Err(e) = resync_once(&t).await {
                 tracing::warn!(error = %e, "resync failed");
             }
         }
@@ -169,9 +176,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_death_is_looked_at_again_after_100_ms_and_again_after_500_ms() {
         let scheduler = Arc::new(Scheduler::default());
+        let runtime = Arc::new(crate::runtime::fake::FakeRuntime::default());
+        let t = Triggers {
+            desired: crate::watch::Writer::default().reader(),
+            containers: Arc::new(Containers::new(runtime)),
+            scheduler: scheduler.clone(),
+        };
         let key = ObjectKey::Service("s".into(), "web".into());
         let start = tokio::time::Instant::now();
-        follow_up(&scheduler, key.clone());
+        follow_up(&t, ("s".into(), "web".into()));
         let mut runs = vec![];
         for _ in 0..2 {
             assert_eq!(scheduler.next().await, key);

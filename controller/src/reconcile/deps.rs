@@ -1,7 +1,7 @@
 //! `depends_on`: whether a service's dependencies meet their conditions now. Pure; asked on
 //! every reconcile, so startup order holds after a daemon restart or a host reboot too.
 
-use capstan_api::object::Service;
+use capstan_api::object::{Reason, Service};
 use capstan_api::spec::{DependencyCondition, RestartPolicy, ServiceSpec};
 
 use crate::runtime::{Observed, State};
@@ -10,12 +10,9 @@ use crate::runtime::{Observed, State};
 pub enum Gate {
     /// Every dependency meets its condition: replicas may be created and started.
     Open,
-    /// Not yet: `reason` is `WaitingForDependencies`, or `DependencyFailed` when a one-shot
-    /// dependency failed for good.
-    Closed {
-        reason: &'static str,
-        message: String,
-    },
+    /// Not yet: `reason` is [`Reason::WaitingForDependencies`], or
+    /// [`Reason::DependencyFailed`] when a one-shot dependency failed for good.
+    Closed { reason: Reason, message: String },
 }
 
 impl Gate {
@@ -48,7 +45,7 @@ pub fn gate(spec: &ServiceSpec, deps: &[DependencyState]) -> Gate {
         let current: Vec<&Observed> = dep
             .observed
             .iter()
-            .filter(|c| c.ordinal.is_some_and(|n| n >= 1 && n <= desired))
+            .filter(|c| svc.spec.is_current(c.ordinal))
             .collect();
         let succeeded = current
             .iter()
@@ -80,7 +77,7 @@ pub fn gate(spec: &ServiceSpec, deps: &[DependencyState]) -> Gate {
                 });
                 if let Some((replica, code)) = failed {
                     return Gate::Closed {
-                        reason: "DependencyFailed",
+                        reason: Reason::DependencyFailed,
                         message: format!("{} did not complete successfully: {replica} exited with code {code}; fix it and apply again", dep.name),
                     };
                 }
@@ -96,7 +93,7 @@ pub fn gate(spec: &ServiceSpec, deps: &[DependencyState]) -> Gate {
         Gate::Open
     } else {
         Gate::Closed {
-            reason: "WaitingForDependencies",
+            reason: Reason::WaitingForDependencies,
             message: format!("waiting for {}", waiting.join(", ")),
         }
     }
@@ -174,7 +171,7 @@ mod tests {
         assert_eq!(
             g,
             Gate::Closed {
-                reason: "WaitingForDependencies",
+                reason: Reason::WaitingForDependencies,
                 message: "waiting for db to be healthy (1/2 ready)".into()
             }
         );
@@ -252,7 +249,7 @@ mod tests {
             }],
         ) {
             Gate::Closed { reason, message } => {
-                assert_eq!(reason, "DependencyFailed");
+                assert_eq!(reason, Reason::DependencyFailed);
                 assert!(
                     message.contains("s-migrate-1 exited with code 3"),
                     "{message}"

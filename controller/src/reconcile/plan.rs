@@ -2,6 +2,7 @@
 //! same inputs always give the same plan, and nothing here touches the engine.
 
 use capstan_api::names;
+pub use capstan_api::object::{HealAction, HealCause};
 use capstan_api::spec::ServiceSpec;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,43 +18,6 @@ pub enum RemoveReason {
     Stray,
 }
 
-/// Why a replica is healed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HealReason {
-    Exited,
-    Unhealthy,
-}
-
-impl HealReason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            HealReason::Exited => "exited",
-            HealReason::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// How a replica is healed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HealAction {
-    /// `docker start` the exited container again.
-    Start,
-    /// `docker restart` a running, unhealthy one.
-    Restart,
-    /// Restarting did not help: a fresh container under the same name.
-    Replace,
-}
-
-impl HealAction {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            HealAction::Start => "start",
-            HealAction::Restart => "restart",
-            HealAction::Replace => "replace",
-        }
-    }
-}
-
 /// An unhealthy replica restarted this many times in its back-off window is replaced instead.
 pub const REPLACE_UNHEALTHY_AFTER: u32 = 2;
 
@@ -66,7 +30,7 @@ pub struct Plan {
     /// Created but never started (e.g. an interrupted reconcile): start.
     pub start: Vec<Observed>,
     /// Exited (and the restart policy says go) or unhealthy.
-    pub heal: Vec<(Observed, HealReason, HealAction)>,
+    pub heal: Vec<(Observed, HealCause, HealAction)>,
     /// Outdated (spec hash differs) or dead: remove, then create anew.
     pub recreate: Vec<Observed>,
     /// Replicas waiting out their crash-loop back-off: ordinal → time left.
@@ -143,9 +107,8 @@ pub fn plan(
     // Rolling update, one replica at a time: an outdated replica that still serves is only
     // replaced once every updated replica is ready.
     let updated_settling = by_ordinal
-        // Not `range(1..=replicas)`: BTreeMap::range panics on 1..=0.
         .iter()
-        .filter(|(n, _)| **n >= 1 && **n <= spec.replicas)
+        .filter(|(n, _)| spec.is_current(Some(**n)))
         .any(|(_, c)| c.spec_hash == hash && !c.is_ready());
     let mut rolling_one = false;
 
@@ -183,7 +146,7 @@ pub fn plan(
                     plan.backing_off.insert(n, left);
                 } else {
                     plan.heal
-                        .push(((*c).clone(), HealReason::Exited, HealAction::Start));
+                        .push(((*c).clone(), HealCause::Exited, HealAction::Start));
                 }
             }
             (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
@@ -192,11 +155,11 @@ pub fn plan(
                 }
                 None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
                     plan.heal
-                        .push(((*c).clone(), HealReason::Unhealthy, HealAction::Replace))
+                        .push(((*c).clone(), HealCause::Unhealthy, HealAction::Replace))
                 }
                 None => plan
                     .heal
-                    .push(((*c).clone(), HealReason::Unhealthy, HealAction::Restart)),
+                    .push(((*c).clone(), HealCause::Unhealthy, HealAction::Restart)),
             },
             _ => {}
         }
@@ -460,7 +423,7 @@ mod tests {
         );
         assert_eq!(
             (p.heal[0].1, p.heal[0].2),
-            (HealReason::Unhealthy, HealAction::Restart)
+            (HealCause::Unhealthy, HealAction::Restart)
         );
         assert_eq!(p.start[0].ordinal, Some(2));
     }

@@ -8,13 +8,8 @@ use std::time::Duration;
 
 use crate::runtime::{ContainerPlan, Mount, PortBinding, ResourcePlan};
 
-/// How long a replica gets to stop when the service names no `stop_grace_period` (Compose's).
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-
 pub fn grace(svc: &Service) -> Duration {
-    svc.spec
-        .stop_grace_period_ms
-        .map_or(DEFAULT_GRACE, Duration::from_millis)
+    svc.spec.stop_grace()
 }
 
 fn network_spec<'a>(stack: &'a Stack, key: &str) -> std::borrow::Cow<'a, NetworkSpec> {

@@ -1,7 +1,8 @@
 //! A service's status, computed from what was observed after acting. Pure.
 
 use capstan_api::object::{
-    Condition, HealEvent, ReplicaState, Service, ServiceStatus, RECENT_EVENTS,
+    Condition, ConditionType, HealEvent, Reason, ReplicaState, Service, ServiceStatus,
+    RECENT_EVENTS,
 };
 use std::collections::BTreeMap;
 
@@ -14,8 +15,8 @@ use super::plan::{Plan, RestartHistory};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     pub ordinal: u32,
-    /// CamelCase: `NameConflict`, `ImageNotFound`, `ExternalMissing`, `EngineError`.
-    pub reason: &'static str,
+    /// `NameConflict`, `ImageNotFound`, `ExternalMissing`, `EngineError`, `PortInUse`.
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -39,12 +40,107 @@ pub struct Inputs<'a> {
     pub now: &'a str,
 }
 
+/// Replica counts, as the status reports them.
+struct Counts {
+    desired: u32,
+    /// Containers that exist, in any state.
+    existing: u32,
+    running: u32,
+    /// Current replicas that are ready.
+    ready: u32,
+    /// Current replicas with the current spec.
+    updated: u32,
+    /// One-shot current replicas that exited 0 under the current spec.
+    completed: u32,
+}
+
+impl Counts {
+    fn of(i: &Inputs) -> Counts {
+        let spec = &i.service.spec;
+        let hash = spec.container_hash();
+        let policy = spec.restart_policy();
+        let current: Vec<&Observed> = i
+            .observed
+            .iter()
+            .filter(|c| spec.is_current(c.ordinal))
+            .collect();
+        let count = |f: &dyn Fn(&Observed) -> bool| current.iter().filter(|c| f(c)).count() as u32;
+        Counts {
+            desired: spec.replicas,
+            existing: i.observed.len() as u32,
+            running: i
+                .observed
+                .iter()
+                .filter(|c| c.state == State::Running)
+                .count() as u32,
+            ready: count(&|c| c.is_ready()),
+            updated: count(&|c| c.spec_hash == hash),
+            // A one-shot replica that exited 0 under the current spec is done, not down.
+            completed: count(&|c| {
+                c.state == State::Exited { code: 0 }
+                    && c.spec_hash == hash
+                    && !policy.restarts(0, 0)
+            }),
+        }
+    }
+
+    /// Every desired replica exists, runs the current spec, and is ready or completed.
+    fn all_ready(&self) -> bool {
+        self.ready + self.completed == self.desired
+            && self.updated == self.desired
+            && self.existing == self.desired
+    }
+}
+
 pub fn compute(i: Inputs) -> ServiceStatus {
-    let spec = &i.service.spec;
-    let hash = spec.container_hash();
-    let desired = spec.replicas;
-    let policy = spec.restart_policy();
-    let mut replica_states: Vec<ReplicaState> = i
+    let counts = Counts::of(&i);
+    let degraded = degraded(&i);
+    let mut conditions = vec![
+        ready_condition(&counts, degraded.as_ref(), i.gate),
+        progressing_condition(&counts, i.gate),
+        match &degraded {
+            None => Condition::new(
+                ConditionType::Degraded,
+                false,
+                Reason::AsExpected,
+                String::new(),
+            ),
+            Some((reason, message)) => {
+                Condition::new(ConditionType::Degraded, true, *reason, message.clone())
+            }
+        },
+    ];
+    keep_transition_times(&mut conditions, i.previous, i.now);
+    let replica_states = replica_states(&i);
+    let restarts = replica_states
+        .iter()
+        .filter(|r| i.service.spec.is_current(Some(r.ordinal)))
+        .map(|r| r.restarts)
+        .sum();
+    let mut recent_events = i
+        .previous
+        .map(|p| p.recent_events.clone())
+        .unwrap_or_default();
+    recent_events.extend(i.new_events);
+    let overflow = recent_events.len().saturating_sub(RECENT_EVENTS);
+    recent_events.drain(..overflow);
+    ServiceStatus {
+        observed_generation: i.service.generation,
+        replicas: counts.existing,
+        running: counts.running,
+        ready: counts.ready,
+        updated: counts.updated,
+        restarts,
+        completed: counts.completed,
+        conditions,
+        replica_states,
+        recent_events,
+    }
+}
+
+fn replica_states(i: &Inputs) -> Vec<ReplicaState> {
+    let hash = i.service.spec.container_hash();
+    let mut states: Vec<ReplicaState> = i
         .observed
         .iter()
         .map(|c| {
@@ -60,74 +156,25 @@ pub fn compute(i: Inputs) -> ServiceStatus {
             }
         })
         .collect();
-    replica_states.sort_by_key(|r| (r.ordinal, r.name.clone()));
-    let current = |c: &&Observed| c.ordinal.is_some_and(|n| n >= 1 && n <= desired);
-    let running = i
-        .observed
-        .iter()
-        .filter(|c| c.state == State::Running)
-        .count() as u32;
-    let ready = i
-        .observed
-        .iter()
-        .filter(current)
-        .filter(|c| c.is_ready())
-        .count() as u32;
-    let updated = i
-        .observed
-        .iter()
-        .filter(current)
-        .filter(|c| c.spec_hash == hash)
-        .count() as u32;
-    // A one-shot replica that exited 0 under the current spec is done, not down.
-    let completed = i
-        .observed
-        .iter()
-        .filter(current)
-        .filter(|c| {
-            c.state == State::Exited { code: 0 } && c.spec_hash == hash && !policy.restarts(0, 0)
-        })
-        .count() as u32;
-    let restarts = replica_states
-        .iter()
-        .filter(|r| r.ordinal >= 1 && r.ordinal <= desired)
-        .map(|r| r.restarts)
-        .sum();
-    let unhealthy: Vec<&Observed> = i
-        .observed
-        .iter()
-        .filter(current)
-        .filter(|c| c.health == Health::Unhealthy)
-        .collect();
-    let existing = i.observed.len() as u32;
+    states.sort_by_key(|r| (r.ordinal, r.name.clone()));
+    states
+}
 
-    let failed_exit = i.plan.held.iter().find(|(_, code)| **code != 0);
-    // A crash loop lasts from the second restart until the replica stays up: also in the
-    // moments between a restart and the next failure, so the condition does not flap.
-    let crash_loop = i
-        .plan
-        .backing_off
-        .iter()
-        .next()
-        .map(|(n, left)| (*n, Some(*left)))
-        .or_else(|| {
-            i.observed
-                .iter()
-                .filter(current)
-                .filter(|c| !c.is_ready())
-                .filter_map(|c| c.ordinal)
-                .find(|n| i.history.restarts(*n) >= CRASH_LOOP_RESTARTS)
-                .map(|n| (n, None))
-        });
-    let (degraded_reason, degraded_message) = if let Some(p) = i.problems.first() {
-        (p.reason, p.message.clone())
-    } else if let Gate::Closed {
-        reason: "DependencyFailed",
+/// What is wrong, if anything, most pressing first: a replica that could not be made, a
+/// failed one-shot dependency, a crash loop, a replica left exited, an unhealthy one.
+fn degraded(i: &Inputs) -> Option<(Reason, String)> {
+    let spec = &i.service.spec;
+    if let Some(p) = i.problems.first() {
+        return Some((p.reason, p.message.clone()));
+    }
+    if let Gate::Closed {
+        reason: Reason::DependencyFailed,
         message,
     } = i.gate
     {
-        ("DependencyFailed", message.clone())
-    } else if let Some((n, left)) = crash_loop {
+        return Some((Reason::DependencyFailed, message.clone()));
+    }
+    if let Some((n, left)) = crash_loop(i) {
         let mut msg = format!(
             "replica {} keeps failing after {} restarts",
             replica_name(i.service, n),
@@ -139,151 +186,132 @@ pub fn compute(i: Inputs) -> ServiceStatus {
         if let Some(out) = i.health_output.get(&n) {
             msg.push_str(&format!("; last health check: {out}"));
         }
-        ("CrashLoopBackOff", msg)
-    } else if let Some((n, code)) = failed_exit {
-        (
-            "ReplicaExited",
-            format!(
-                "replica {} exited with code {code} and restart policy {:?} leaves it stopped",
-                replica_name(i.service, *n),
-                policy
-            ),
-        )
-    } else if let Some(c) = unhealthy.first() {
-        let mut msg = format!("replica {} is unhealthy", c.name);
-        if let Some(out) = c.ordinal.and_then(|n| i.health_output.get(&n)) {
-            msg.push_str(&format!("; last health check: {out}"));
-        }
-        ("Unhealthy", msg)
-    } else {
-        ("", String::new())
-    };
+        return Some((Reason::CrashLoopBackOff, msg));
+    }
+    if let Some((n, code)) = i.plan.held.iter().find(|(_, code)| **code != 0) {
+        let message = format!(
+            "replica {} exited with code {code} and restart policy {:?} leaves it stopped",
+            replica_name(i.service, *n),
+            spec.restart_policy()
+        );
+        return Some((Reason::ReplicaExited, message));
+    }
+    let unhealthy = i
+        .observed
+        .iter()
+        .filter(|c| spec.is_current(c.ordinal))
+        .find(|c| c.health == Health::Unhealthy)?;
+    let mut msg = format!("replica {} is unhealthy", unhealthy.name);
+    if let Some(out) = unhealthy.ordinal.and_then(|n| i.health_output.get(&n)) {
+        msg.push_str(&format!("; last health check: {out}"));
+    }
+    Some((Reason::Unhealthy, msg))
+}
 
-    let all_ready = ready + completed == desired && updated == desired && existing == desired;
-    let mut conditions = vec![];
-    let ready_cond = if all_ready && completed == desired && desired > 0 {
-        cond(
-            "Ready",
+/// The replica in a crash loop, with the back-off left if it is waiting. A crash loop lasts
+/// from the second restart until the replica stays up: also in the moments between a
+/// restart and the next failure, so the condition does not flap.
+fn crash_loop(i: &Inputs) -> Option<(u32, Option<std::time::Duration>)> {
+    if let Some((n, left)) = i.plan.backing_off.iter().next() {
+        return Some((*n, Some(*left)));
+    }
+    i.observed
+        .iter()
+        .filter(|c| i.service.spec.is_current(c.ordinal) && !c.is_ready())
+        .filter_map(|c| c.ordinal)
+        .find(|n| i.history.restarts(*n) >= CRASH_LOOP_RESTARTS)
+        .map(|n| (n, None))
+}
+
+fn ready_condition(c: &Counts, degraded: Option<&(Reason, String)>, gate: &Gate) -> Condition {
+    let (desired, ready, completed) = (c.desired, c.ready, c.completed);
+    let (status, reason, message) = if c.all_ready() && completed == desired && desired > 0 {
+        (
             true,
-            "Completed",
+            Reason::Completed,
             format!("{completed}/{desired} replicas completed successfully"),
         )
-    } else if all_ready {
-        cond(
-            "Ready",
+    } else if c.all_ready() {
+        (
             true,
-            "AllReplicasReady",
+            Reason::AllReplicasReady,
             format!("{ready}/{desired} replicas ready"),
         )
-    } else if !degraded_reason.is_empty() {
-        cond(
-            "Ready",
+    } else if let Some((reason, message)) = degraded {
+        (
             false,
-            degraded_reason,
-            format!("{ready}/{desired} replicas ready: {degraded_message}"),
+            *reason,
+            format!("{ready}/{desired} replicas ready: {message}"),
         )
-    } else if let Gate::Closed { reason, message } = i.gate {
-        cond("Ready", false, reason, message.clone())
+    } else if let Gate::Closed { reason, message } = gate {
+        (false, *reason, message.clone())
     } else {
-        cond(
-            "Ready",
+        (
             false,
-            "ReplicasNotReady",
+            Reason::ReplicasNotReady,
             format!("{ready}/{desired} replicas ready"),
         )
     };
-    conditions.push(ready_cond);
-    let progressing = if all_ready {
-        cond(
-            "Progressing",
+    Condition::new(ConditionType::Ready, status, reason, message)
+}
+
+fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
+    let (desired, existing, updated) = (c.desired, c.existing, c.updated);
+    let (status, reason, message) = if c.all_ready() {
+        (
             false,
-            "Converged",
-            "every replica is ready and up to date".into(),
+            Reason::Converged,
+            "every replica is ready and up to date".to_string(),
         )
-    } else if let Gate::Closed { reason, message } = i.gate {
-        cond("Progressing", true, reason, message.clone())
+    } else if let Gate::Closed { reason, message } = gate {
+        (true, *reason, message.clone())
     } else if existing > desired {
-        cond(
-            "Progressing",
+        (
             true,
-            "ScalingDown",
+            Reason::ScalingDown,
             format!("removing {} surplus replica(s)", existing - desired),
         )
     } else if updated < existing.min(desired) {
-        cond(
-            "Progressing",
+        (
             true,
-            "RollingUpdate",
+            Reason::RollingUpdate,
             format!("{updated}/{desired} replicas updated"),
         )
     } else if existing < desired {
-        cond(
-            "Progressing",
+        (
             true,
-            "ScalingUp",
+            Reason::ScalingUp,
             format!("{existing}/{desired} replicas exist"),
         )
     } else {
-        cond(
-            "Progressing",
+        (
             true,
-            "WaitingForReady",
-            format!("{ready}/{desired} replicas ready"),
+            Reason::WaitingForReady,
+            format!("{}/{desired} replicas ready", c.ready),
         )
     };
-    conditions.push(progressing);
-    conditions.push(if degraded_reason.is_empty() {
-        cond("Degraded", false, "AsExpected", String::new())
-    } else {
-        cond("Degraded", true, degraded_reason, degraded_message)
-    });
+    Condition::new(ConditionType::Progressing, status, reason, message)
+}
 
-    // Keep the transition time of a condition whose status did not flip.
-    let prev: BTreeMap<&str, &Condition> = i
-        .previous
+/// Keeps the transition time of a condition whose status did not flip.
+fn keep_transition_times(
+    conditions: &mut [Condition],
+    previous: Option<&ServiceStatus>,
+    now: &str,
+) {
+    let prev: BTreeMap<&str, &Condition> = previous
         .map(|p| p.conditions.iter().map(|c| (c.type_.as_str(), c)).collect())
         .unwrap_or_default();
-    for c in &mut conditions {
+    for c in conditions {
         c.last_transition_time = match prev.get(c.type_.as_str()) {
             Some(p) if p.status == c.status => p.last_transition_time.clone(),
-            _ => i.now.to_string(),
+            _ => now.to_string(),
         };
-    }
-
-    let mut recent_events = i
-        .previous
-        .map(|p| p.recent_events.clone())
-        .unwrap_or_default();
-    recent_events.extend(i.new_events);
-    let overflow = recent_events.len().saturating_sub(RECENT_EVENTS);
-    recent_events.drain(..overflow);
-
-    ServiceStatus {
-        observed_generation: i.service.generation,
-        replicas: existing,
-        running,
-        ready,
-        updated,
-        restarts,
-        completed,
-        conditions,
-        replica_states,
-        recent_events,
     }
 }
 
 fn replica_name(svc: &Service, n: u32) -> String {
     capstan_api::names::container(&svc.stack, &svc.name, n)
-}
-
-fn cond(type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-    }
 }
 
 #[cfg(test)]
@@ -376,7 +404,7 @@ mod tests {
         done.state = State::Exited { code: 0 };
         let st = status(&s, &[done], &Plan::default(), None, "t");
         assert_eq!(st.completed, 1);
-        let ready = st.condition("Ready").unwrap();
+        let ready = st.condition(ConditionType::Ready).unwrap();
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
             ("True", "Completed")
@@ -404,7 +432,10 @@ mod tests {
             (4, 2, 2, 2, 4)
         );
         assert!(st.is_ready());
-        assert_eq!(st.condition("Degraded").unwrap().status, "False");
+        assert_eq!(
+            st.condition(ConditionType::Degraded).unwrap().status,
+            "False"
+        );
     }
 
     #[test]
@@ -419,7 +450,7 @@ mod tests {
             0,
         );
         assert!(!st.is_ready());
-        let d = st.condition("Degraded").unwrap();
+        let d = st.condition(ConditionType::Degraded).unwrap();
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "Unhealthy")
@@ -454,8 +485,16 @@ mod tests {
             "an unchanged world gives a byte-identical status, so nothing is written"
         );
         let lost = status(&s, &[], &Plan::default(), Some(&ready), "t3");
-        assert_eq!(lost.condition("Ready").unwrap().last_transition_time, "t3");
-        assert_eq!(lost.condition("Progressing").unwrap().reason, "ScalingUp");
+        assert_eq!(
+            lost.condition(ConditionType::Ready)
+                .unwrap()
+                .last_transition_time,
+            "t3"
+        );
+        assert_eq!(
+            lost.condition(ConditionType::Progressing).unwrap().reason,
+            "ScalingUp"
+        );
     }
 
     #[test]
@@ -471,10 +510,13 @@ mod tests {
             "t",
             CRASH_LOOP_RESTARTS,
         );
-        assert_eq!(st.condition("Degraded").unwrap().reason, "CrashLoopBackOff");
+        assert_eq!(
+            st.condition(ConditionType::Degraded).unwrap().reason,
+            "CrashLoopBackOff"
+        );
         let st = status_with(&s, &[starting], &Plan::default(), None, "t", 1);
         assert_eq!(
-            st.condition("Degraded").unwrap().status,
+            st.condition(ConditionType::Degraded).unwrap().status,
             "False",
             "one restart is no loop yet"
         );
@@ -486,7 +528,7 @@ mod tests {
         let mut plan = Plan::default();
         plan.backing_off.insert(1, Duration::from_secs(8));
         let st = status(&s, &[], &plan, None, "t");
-        let d = st.condition("Degraded").unwrap();
+        let d = st.condition(ConditionType::Degraded).unwrap();
         assert_eq!(d.reason, "CrashLoopBackOff");
         assert!(
             d.message.contains("s-web-1") && d.message.contains("8s"),

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod reflector;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

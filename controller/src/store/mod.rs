@@ -11,6 +11,7 @@ pub mod memory;
 use capstan_api::object::*;
 use capstan_api::spec::StackSpec;
 use capstan_api::InvalidStack;
+use futures::stream::BoxStream;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -57,7 +58,7 @@ pub struct Store {
 }
 
 /// Everything under the prefix at one revision, decoded.
-#[derive(Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
     pub revision: i64,
     pub stacks: Vec<Stack>,
@@ -90,10 +91,6 @@ impl Store {
             kv,
             root: format!("{}/v1/", prefix.trim_end_matches('/')),
         }
-    }
-
-    pub fn kv(&self) -> &Arc<dyn Kv> {
-        &self.kv
     }
 
     /// The prefix every capstan key starts with.
@@ -150,6 +147,15 @@ impl Store {
 
     pub fn decode_status(kv: &KeyValue) -> Result<ServiceStatus, StoreError> {
         decode(kv)
+    }
+
+    /// Every change under the prefix from `from_revision` on, in batches, as etcd reports
+    /// them; the watcher decodes each key with [`Store::classify`] and the `decode_*`s.
+    pub async fn watch(
+        &self,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, StoreError> {
+        Ok(self.kv.watch(&self.root, from_revision).await?)
     }
 
     /// Everything, at one revision: the reflector's initial list.
@@ -229,7 +235,7 @@ impl Store {
 
             for (name, svc_spec) in &spec.services {
                 let outcome = match old.get(name.as_str()) {
-                    Some(prev) if prev.spec == *svc_spec => "unchanged",
+                    Some(prev) if prev.spec == *svc_spec => ApplyOutcome::Unchanged,
                     Some(prev) => {
                         compares.push(Compare::ModRevision(
                             self.service_key(&spec.name, name),
@@ -241,7 +247,7 @@ impl Store {
                             ..(*prev).clone()
                         };
                         ops.push(Op::Put(self.service_key(&spec.name, name), encode(&next)));
-                        "configured"
+                        ApplyOutcome::Configured
                     }
                     None => {
                         compares.push(Compare::ModRevision(self.service_key(&spec.name, name), 0));
@@ -254,10 +260,10 @@ impl Store {
                             spec: svc_spec.clone(),
                         };
                         ops.push(Op::Put(self.service_key(&spec.name, name), encode(&next)));
-                        "created"
+                        ApplyOutcome::Created
                     }
                 };
-                result.services.insert(name.clone(), outcome.to_string());
+                result.services.insert(name.clone(), outcome);
             }
             for prev in &old_services {
                 if !spec.services.contains_key(&prev.name) {
@@ -268,7 +274,9 @@ impl Store {
                     ops.push(Op::Delete(self.service_key(&spec.name, &prev.name)));
                     ops.push(Op::Delete(self.status_key(&spec.name, &prev.name)));
                     ops.push(Op::Delete(self.endpoints_key(&spec.name, &prev.name)));
-                    result.services.insert(prev.name.clone(), "removed".into());
+                    result
+                        .services
+                        .insert(prev.name.clone(), ApplyOutcome::Removed);
                 }
             }
             let services: Vec<String> = spec.services.keys().cloned().collect();
@@ -578,15 +586,13 @@ fn check_ports(
     spec: &capstan_api::spec::ServiceSpec,
 ) -> Result<(), StoreError> {
     for (i, p) in spec.ports.iter().enumerate() {
-        if let Some(n) = p.host_port_count() {
-            if n < spec.replicas && !(n == 1 && spec.replicas <= 1) && !p.proxied() {
-                return Err(StoreError::Invalid(InvalidStack {
-                    errors: vec![capstan_api::FieldError {
-                        field: format!("services.{service}.ports[{i}]"),
-                        reason: format!("{stack}/{service} publishes {n} host port(s) but would have {} replicas: each replica needs its own host port", spec.replicas),
-                    }],
-                }));
-            }
+        if let Some(reason) = p.replicas_problem(&format!("{stack}/{service}"), spec.replicas) {
+            return Err(StoreError::Invalid(InvalidStack {
+                errors: vec![capstan_api::FieldError {
+                    field: format!("services.{service}.ports[{i}]"),
+                    reason,
+                }],
+            }));
         }
     }
     Ok(())
@@ -612,7 +618,7 @@ mod tests {
             .apply(&parse_stack("shop", WEB).unwrap(), None)
             .await
             .unwrap();
-        assert_eq!(res.services["web"], "created");
+        assert_eq!(res.services["web"], ApplyOutcome::Created);
         let view = store.stack_view("shop").await.unwrap().unwrap();
         assert_eq!(view.services.len(), 2);
         assert!(view.services.iter().all(|s| s.generation == 1));
@@ -631,7 +637,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(kv.writes(), writes);
-        assert!(res.services.values().all(|o| o == "unchanged"));
+        assert!(res.services.values().all(|o| *o == ApplyOutcome::Unchanged));
     }
 
     #[tokio::test]
@@ -652,8 +658,8 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(res.services["web"], "configured");
-        assert_eq!(res.services["db"], "removed");
+        assert_eq!(res.services["web"], ApplyOutcome::Configured);
+        assert_eq!(res.services["db"], ApplyOutcome::Removed);
         let view = store.stack_view("shop").await.unwrap().unwrap();
         assert_eq!(view.services.len(), 1);
         assert_eq!(view.services[0].generation, 2);
@@ -779,7 +785,7 @@ mod tests {
             .unwrap();
         store.replace_subtree(p, vec![url(0)]).await.unwrap();
         let keys: Vec<String> = store
-            .kv()
+            .kv
             .range(p)
             .await
             .unwrap()

@@ -9,12 +9,11 @@ use crate::runtime::Observed;
 /// The endpoints of `service` among `observed`, leaving out the container IDs in `leaving`
 /// (replicas about to be stopped: they are deregistered first).
 pub fn compute(service: &Service, observed: &[Observed], leaving: &BTreeSet<String>) -> Endpoints {
-    let desired = service.spec.replicas;
     let mut endpoints: Vec<Endpoint> = observed
         .iter()
         .filter(|c| c.is_ready() && !leaving.contains(&c.id))
         .filter_map(|c| {
-            let ordinal = c.ordinal.filter(|n| *n >= 1 && *n <= desired)?;
+            let ordinal = c.ordinal.filter(|_| service.spec.is_current(c.ordinal))?;
             Some(Endpoint {
                 replica: c.name.clone(),
                 ordinal,

@@ -104,6 +104,14 @@ pub fn dynamic_config(services: &[(&Service, Option<&Endpoints>)]) -> Value {
     json!({ "http": { "routers": routers_json, "services": services_json } })
 }
 
+/// Where one service's keys live under `root`: `<root>/http/services/<stack>-<service>/`.
+pub fn service_prefix(root: &str, stack: &str, service: &str) -> String {
+    format!(
+        "{}/http/services/{stack}-{service}/",
+        root.trim_end_matches('/')
+    )
+}
+
 /// The KV pairs of one service under `root`, to replace `<root>/http/services/<svc>/` (and its
 /// routers) in one transaction.
 pub fn kv_pairs(
@@ -111,9 +119,7 @@ pub fn kv_pairs(
     svc: &Service,
     endpoints: Option<&Endpoints>,
 ) -> (String, Vec<(String, String)>) {
-    let root = root.trim_end_matches('/');
-    let name = service_name(svc);
-    let prefix = format!("{root}/http/services/{name}/");
+    let prefix = service_prefix(root, &svc.stack, &svc.name);
     let mut pairs: Vec<(String, String)> = server_urls(svc, endpoints)
         .into_iter()
         .enumerate()

@@ -1,11 +1,14 @@
 //! Prometheus metrics, named by Prometheus conventions (`capstan_` prefix, base units,
 //! `_total` counters, `_seconds` histograms), with stack and service as labels where they
-//! apply. The engine and etcd are measured by decorators around [`Runtime`] and [`Kv`], so
-//! no call site has to remember to.
+//! apply. This module only records what others computed (drift is
+//! [`crate::reconcile::drift`]'s); [`measured`] holds the decorators that measure every
+//! etcd and Docker call.
 
-use async_trait::async_trait;
-use capstan_api::object::{Service, ServiceStatus};
-use futures::stream::BoxStream;
+pub mod measured;
+
+pub use measured::{MeasuredKv, MeasuredRuntime};
+
+use capstan_api::object::{HealCause, Service, ServiceStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,13 +16,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::runtime::{
-    ContainerEvent, ContainerPlan, Detail, Health, Observed, ResourcePlan, Runtime, RuntimeError,
-};
-use crate::store::kv::{Compare, KeyValue, Kv, KvError, Listing, Op, WatchEvent};
+use crate::reconcile::drift::{Drift, DriftKind};
+use crate::reconcile::error::ErrorKind;
+use crate::runtime::RuntimeError;
+use crate::store::kv::KvError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -52,6 +55,12 @@ pub struct ReconcileLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    /// A reconcile key: `stack/<stack>` or `<stack>/<service>`.
+    pub key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -66,70 +75,6 @@ struct BuildLabels {
     version: String,
 }
 
-/// The kinds of drift, in the order the dashboard shows them.
-pub const DRIFT_KINDS: [&str; 5] = [
-    "missing",
-    "surplus",
-    "unhealthy",
-    "outdated",
-    "changed_outside",
-];
-/// The reconcile error kinds, pre-created at 0 so rates exist before the first error.
-pub const ERROR_KINDS: [&str; 7] = [
-    "list",
-    "resource",
-    "remove",
-    "status",
-    "finalize",
-    "endpoints",
-    "panic",
-];
-
-/// How far a service is from its spec, counted in replicas.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Drift {
-    pub missing: u32,
-    pub surplus: u32,
-    pub unhealthy: u32,
-    pub outdated: u32,
-    /// Replicas found removed or altered behind capstan's back in the last reconcile.
-    pub changed_outside: u32,
-}
-
-impl Drift {
-    /// The drift of `service` as `observed`; `changed_outside` is what the caller found.
-    pub fn of(service: &Service, observed: &[Observed], changed_outside: u32) -> Drift {
-        let desired = service.spec.replicas;
-        let hash = service.spec.container_hash();
-        let current: Vec<&Observed> = observed
-            .iter()
-            .filter(|c| c.ordinal.is_some_and(|n| n >= 1 && n <= desired))
-            .collect();
-        let present: std::collections::BTreeSet<u32> =
-            current.iter().filter_map(|c| c.ordinal).collect();
-        Drift {
-            missing: desired - present.len() as u32,
-            surplus: (observed.len() - current.len()) as u32,
-            unhealthy: current
-                .iter()
-                .filter(|c| c.health == Health::Unhealthy)
-                .count() as u32,
-            outdated: current.iter().filter(|c| c.spec_hash != hash).count() as u32,
-            changed_outside,
-        }
-    }
-
-    fn by_kind(&self) -> [(&'static str, u32); 5] {
-        [
-            ("missing", self.missing),
-            ("surplus", self.surplus),
-            ("unhealthy", self.unhealthy),
-            ("outdated", self.outdated),
-            ("changed_outside", self.changed_outside),
-        ]
-    }
-}
-
 pub struct Metrics {
     registry: Registry,
     desired: Family<ServiceLabels, Gauge>,
@@ -142,6 +87,8 @@ pub struct Metrics {
     reconcile_errors: Family<KindLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram>,
     queue_depth: Gauge,
+    /// The retry delay of each key whose reconcile is failing; no series once it succeeds.
+    reconcile_backoff: Family<KeyLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     heals: Family<HealLabels, Counter>,
     endpoints: Family<ServiceLabels, Gauge>,
     endpoint_update: Histogram,
@@ -178,6 +125,7 @@ impl Default for Metrics {
             reconcile_errors: Family::default(),
             reconcile_duration: Family::new_with_constructor(latency_histogram),
             queue_depth: Gauge::default(),
+            reconcile_backoff: Family::default(),
             heals: Family::default(),
             endpoints: Family::default(),
             endpoint_update: latency_histogram(),
@@ -240,6 +188,11 @@ impl Default for Metrics {
             m.queue_depth.clone(),
         );
         r.register(
+            "capstan_reconcile_backoff_seconds",
+            "How long a failing key waits before its next reconcile (exponential per key)",
+            m.reconcile_backoff.clone(),
+        );
+        r.register(
             "capstan_heal_actions",
             "Replicas capstan restarted or replaced, by reason",
             m.heals.clone(),
@@ -292,10 +245,10 @@ impl Default for Metrics {
         for op in ["list", "create", "start", "restart", "inspect", "remove"] {
             let _ = m.docker_errors.get_or_create(&OpLabels { op: op.into() });
         }
-        for kind in ERROR_KINDS {
-            let _ = m
-                .reconcile_errors
-                .get_or_create(&KindLabels { kind: kind.into() });
+        for kind in ErrorKind::ALL {
+            let _ = m.reconcile_errors.get_or_create(&KindLabels {
+                kind: kind.as_str().into(),
+            });
         }
         for kind in ["service", "stack"] {
             for result in ["success", "requeue", "error"] {
@@ -326,18 +279,17 @@ impl Metrics {
             .set(service.spec.replicas as i64);
         self.running.get_or_create(&l).set(status.running as i64);
         self.ready.get_or_create(&l).set(status.ready as i64);
-        let converged = status.is_ready()
-            && status.observed_generation == service.generation
-            && drift == Drift::default();
+        let converged =
+            status.is_converged(service.generation, service.spec.replicas) && drift.is_none();
         self.converged.get_or_create(&l).set(converged as i64);
-        for (kind, n) in drift.by_kind() {
+        for kind in DriftKind::ALL {
             self.drift
                 .get_or_create(&DriftLabels {
                     stack: service.stack.clone(),
                     service: service.name.clone(),
-                    kind: kind.into(),
+                    kind: kind.as_str().into(),
                 })
-                .set(n as i64);
+                .set(drift.get(kind) as i64);
         }
         let key = (service.stack.clone(), service.name.clone());
         let mut since = self.unconverged_since.lock().unwrap();
@@ -373,11 +325,11 @@ impl Metrics {
         ] {
             f.remove(&l);
         }
-        for kind in DRIFT_KINDS {
+        for kind in DriftKind::ALL {
             self.drift.remove(&DriftLabels {
                 stack: stack.into(),
                 service: service.into(),
-                kind: kind.into(),
+                kind: kind.as_str().into(),
             });
         }
         self.unconverged_since
@@ -386,17 +338,38 @@ impl Metrics {
             .remove(&(stack.into(), service.into()));
     }
 
-    pub fn heal(&self, stack: &str, service: &str, reason: &str) {
+    pub fn heal(&self, stack: &str, service: &str, reason: HealCause) {
         self.heals
             .get_or_create(&HealLabels {
                 stack: stack.into(),
                 service: service.into(),
-                reason: reason.into(),
+                reason: reason.as_str().into(),
             })
             .inc();
     }
 
-    pub fn reconciled(&self, kind: &str, result: &str, took: Duration, error_kind: Option<&str>) {
+    /// A key failed and waits `delay` before its next try; `None`: it succeeded again.
+    pub fn backing_off(&self, key: &str, delay: Option<Duration>) {
+        let l = KeyLabels { key: key.into() };
+        match delay {
+            Some(d) => {
+                self.reconcile_backoff
+                    .get_or_create(&l)
+                    .set(d.as_secs_f64());
+            }
+            None => {
+                self.reconcile_backoff.remove(&l);
+            }
+        }
+    }
+
+    pub fn reconciled(
+        &self,
+        kind: &str,
+        result: &str,
+        took: Duration,
+        error_kind: Option<ErrorKind>,
+    ) {
         self.reconciles
             .get_or_create(&ReconcileLabels {
                 kind: kind.into(),
@@ -408,7 +381,9 @@ impl Metrics {
             .observe(took.as_secs_f64());
         if let Some(k) = error_kind {
             self.reconcile_errors
-                .get_or_create(&KindLabels { kind: k.into() })
+                .get_or_create(&KindLabels {
+                    kind: k.as_str().into(),
+                })
                 .inc();
         }
     }
@@ -467,113 +442,10 @@ impl Metrics {
     }
 }
 
-/// [`Kv`] that measures every request.
-pub struct MeasuredKv {
-    pub inner: Arc<dyn Kv>,
-    pub metrics: Arc<Metrics>,
-}
-
-#[async_trait]
-impl Kv for MeasuredKv {
-    async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
-        let t = Instant::now();
-        let r = self.inner.range(prefix).await;
-        self.metrics.etcd("range", t, &r);
-        r
-    }
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
-        let t = Instant::now();
-        let r = self.inner.get(key).await;
-        self.metrics.etcd("get", t, &r);
-        r
-    }
-    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
-        let t = Instant::now();
-        let r = self.inner.txn(compares, ops).await;
-        self.metrics.etcd("txn", t, &r);
-        r
-    }
-    async fn watch(
-        &self,
-        prefix: &str,
-        from_revision: i64,
-    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
-        let t = Instant::now();
-        let r = self.inner.watch(prefix, from_revision).await;
-        self.metrics.etcd("watch", t, &r);
-        r
-    }
-}
-
-/// [`Runtime`] that measures every Docker call.
-pub struct MeasuredRuntime {
-    pub inner: Arc<dyn Runtime>,
-    pub metrics: Arc<Metrics>,
-}
-
-macro_rules! measured {
-    ($self:ident, $op:literal, $call:expr) => {{
-        let t = Instant::now();
-        let r = $call.await;
-        $self.metrics.docker($op, t, &r);
-        r
-    }};
-}
-
-#[async_trait]
-impl Runtime for MeasuredRuntime {
-    async fn list(
-        &self,
-        stack: Option<&str>,
-        service: Option<&str>,
-    ) -> Result<Vec<Observed>, RuntimeError> {
-        measured!(self, "list", self.inner.list(stack, service))
-    }
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
-        measured!(self, "create", self.inner.create(plan))
-    }
-    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        measured!(self, "start", self.inner.start(id))
-    }
-    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        measured!(self, "restart", self.inner.restart(id, grace))
-    }
-    async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError> {
-        measured!(self, "inspect", self.inner.inspect(id))
-    }
-    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        measured!(self, "remove", self.inner.remove(id, grace))
-    }
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
-        measured!(self, "ensure_network", self.inner.ensure_network(plan))
-    }
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
-        measured!(self, "ensure_volume", self.inner.ensure_volume(plan))
-    }
-    async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
-        measured!(self, "list_networks", self.inner.stack_networks(stack))
-    }
-    async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
-        measured!(self, "list_volumes", self.inner.stack_volumes(stack))
-    }
-    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        measured!(self, "remove_network", self.inner.remove_network(name))
-    }
-    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
-        measured!(self, "remove_volume", self.inner.remove_volume(name))
-    }
-    fn events(
-        &self,
-        since_nano: Option<i64>,
-    ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
-        self.inner.events(since_nano)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::State;
+    use crate::runtime::{Health, Observed, State};
     use capstan_api::object::Condition;
     use capstan_api::spec::ServiceSpec;
 
@@ -612,6 +484,7 @@ mod tests {
             observed_generation: 1,
             running: ready,
             ready,
+            updated: ready,
             conditions: vec![Condition {
                 type_: "Ready".into(),
                 status: if is_ready { "True" } else { "False" }.into(),
@@ -633,7 +506,7 @@ mod tests {
         let s = svc(3);
         let all: Vec<Observed> = (1..=3).map(|n| replica(&s, n)).collect();
         m.observe_service(&s, &status(3, true), Drift::of(&s, &all, 0));
-        m.heal("shop", "web", "unhealthy");
+        m.heal("shop", "web", HealCause::Unhealthy);
         m.reconciled("service", "success", Duration::from_millis(3), None);
         m.endpoints("shop", "web", 3, Some(Duration::from_millis(2)));
         let text = m.encode();

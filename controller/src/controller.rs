@@ -1,0 +1,119 @@
+//! The control loop, wired: the watcher feeding the reflector, the triggers (engine events,
+//! periodic resync), and the reconcile workers, around one shared [`Context`]. `capstan
+//! serve`, the scale benchmark and the in-process tests all start the loop through here.
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context};
+use crate::runtime::reflector::Containers;
+use crate::runtime::Runtime;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+use crate::traffic::Traffic;
+use crate::triggers::{self, Triggers};
+use crate::watch::watcher::Watcher;
+use crate::watch::Writer;
+
+/// How the loop runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How often everything is reconciled without a trigger (the safety net).
+    pub resync: Duration,
+    /// Keys reconciled at once.
+    pub workers: usize,
+    /// Replica operations in flight on the engine across all reconciles.
+    pub engine_parallelism: usize,
+    /// Also write Traefik's etcd KV layout under this root (`--traefik-etcd-root`).
+    pub traefik_root: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            resync: Duration::from_secs(30),
+            workers: 8,
+            engine_parallelism: 64,
+            traefik_root: None,
+        }
+    }
+}
+
+/// A running control loop.
+pub struct Controller {
+    pub ctx: Arc<Context>,
+    /// What the triggers feed, to resync by hand (benchmarks, tests).
+    pub triggers: Triggers,
+    tasks: JoinSet<()>,
+}
+
+impl Controller {
+    /// Starts every task of the loop; they stop when `shutdown` turns true.
+    pub fn start(
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        metrics: Arc<Metrics>,
+        options: Options,
+        shutdown: watch::Receiver<bool>,
+    ) -> Controller {
+        let writer = Writer::default();
+        let desired = writer.reader();
+        let scheduler = Arc::new(Scheduler::default());
+        let containers = Arc::new(Containers::new(runtime.clone()));
+        let ctx = Arc::new(Context {
+            store: store.clone(),
+            desired: desired.clone(),
+            containers: containers.clone(),
+            runtime: runtime.clone(),
+            scheduler: scheduler.clone(),
+            failures: Default::default(),
+            restarts: Default::default(),
+            scratch: Default::default(),
+            traffic: Traffic::new(
+                store.clone(),
+                desired.clone(),
+                options.traefik_root,
+                metrics.clone(),
+            ),
+            metrics,
+            engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
+        });
+        let triggers = Triggers {
+            desired,
+            containers,
+            scheduler: scheduler.clone(),
+        };
+        let mut tasks = JoinSet::new();
+        // The event stream first: an event before its first poll would be missed.
+        tasks.spawn(triggers::docker_events(
+            runtime,
+            triggers.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(Watcher::new(store, writer, scheduler).run(shutdown.clone()));
+        tasks.spawn(triggers::periodic_resync(
+            triggers.clone(),
+            options.resync,
+            shutdown.clone(),
+        ));
+        for _ in 0..options.workers.max(1) {
+            tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
+        }
+        Controller {
+            ctx,
+            triggers,
+            tasks,
+        }
+    }
+
+    /// After `shutdown` turned true: closes the proxy's listeners and waits for the workers
+    /// to finish their current reconcile, at most `timeout`. False if some did not.
+    pub async fn stopped(mut self, timeout: Duration) -> bool {
+        self.ctx.traffic.close();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        tokio::time::timeout(timeout, drain).await.is_ok()
+    }
+}

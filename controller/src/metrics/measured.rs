@@ -1,0 +1,116 @@
+//! The decorators that measure every etcd and Docker call, so no call site has to
+//! remember to.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Metrics;
+use crate::runtime::{
+    ContainerEvent, ContainerPlan, Detail, Observed, ResourcePlan, Runtime, RuntimeError,
+};
+use crate::store::kv::{Compare, KeyValue, Kv, KvError, Listing, Op, WatchEvent};
+
+/// [`Kv`] that measures every request.
+pub struct MeasuredKv {
+    pub inner: Arc<dyn Kv>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Kv for MeasuredKv {
+    async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
+        let t = Instant::now();
+        let r = self.inner.range(prefix).await;
+        self.metrics.etcd("range", t, &r);
+        r
+    }
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        let t = Instant::now();
+        let r = self.inner.get(key).await;
+        self.metrics.etcd("get", t, &r);
+        r
+    }
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        let t = Instant::now();
+        let r = self.inner.txn(compares, ops).await;
+        self.metrics.etcd("txn", t, &r);
+        r
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: i64,
+    ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
+        let t = Instant::now();
+        let r = self.inner.watch(prefix, from_revision).await;
+        self.metrics.etcd("watch", t, &r);
+        r
+    }
+}
+
+/// [`Runtime`] that measures every Docker call.
+pub struct MeasuredRuntime {
+    pub inner: Arc<dyn Runtime>,
+    pub metrics: Arc<Metrics>,
+}
+
+macro_rules! measured {
+    ($self:ident, $op:literal, $call:expr) => {{
+        let t = Instant::now();
+        let r = $call.await;
+        $self.metrics.docker($op, t, &r);
+        r
+    }};
+}
+
+#[async_trait]
+impl Runtime for MeasuredRuntime {
+    async fn list(
+        &self,
+        stack: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Observed>, RuntimeError> {
+        measured!(self, "list", self.inner.list(stack, service))
+    }
+    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+        measured!(self, "create", self.inner.create(plan))
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        measured!(self, "start", self.inner.start(id))
+    }
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        measured!(self, "restart", self.inner.restart(id, grace))
+    }
+    async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError> {
+        measured!(self, "inspect", self.inner.inspect(id))
+    }
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        measured!(self, "remove", self.inner.remove(id, grace))
+    }
+    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        measured!(self, "ensure_network", self.inner.ensure_network(plan))
+    }
+    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        measured!(self, "ensure_volume", self.inner.ensure_volume(plan))
+    }
+    async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        measured!(self, "list_networks", self.inner.stack_networks(stack))
+    }
+    async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        measured!(self, "list_volumes", self.inner.stack_volumes(stack))
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        measured!(self, "remove_network", self.inner.remove_network(name))
+    }
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        measured!(self, "remove_volume", self.inner.remove_volume(name))
+    }
+    fn events(
+        &self,
+        since_nano: Option<i64>,
+    ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
+        self.inner.events(since_nano)
+    }
+}

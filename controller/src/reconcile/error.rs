@@ -1,0 +1,155 @@
+//! What can go wrong in a reconcile, one variant per failure site, and how long a failing
+//! key waits before its next try (`error_policy`, with per-key exponential back-off).
+
+use std::time::Duration;
+
+use crate::runtime::RuntimeError;
+use crate::scheduler::Backoff;
+use crate::store::StoreError;
+use crate::traffic::TrafficError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("listing containers: {0}")]
+    List(#[source] RuntimeError),
+    #[error("preparing {kind} {name}: {source}")]
+    Resource {
+        kind: &'static str,
+        name: String,
+        source: RuntimeError,
+    },
+    #[error("removing container {name}: {source}")]
+    Remove { name: String, source: RuntimeError },
+    #[error("removing {kind} {name}: {source}")]
+    RemoveResource {
+        kind: &'static str,
+        name: String,
+        source: RuntimeError,
+    },
+    #[error("writing status: {0}")]
+    Status(#[source] StoreError),
+    #[error("finalizing the deletion of stack {stack}: {source}")]
+    Finalize { stack: String, source: StoreError },
+    #[error(transparent)]
+    Endpoints(#[from] TrafficError),
+    /// A bug: reconcile panicked.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
+}
+
+/// The `kind` label of `capstan_reconcile_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    List,
+    Resource,
+    Remove,
+    Status,
+    Finalize,
+    Endpoints,
+    Panic,
+}
+
+impl ErrorKind {
+    /// Every kind, pre-created at 0 so rates exist before the first error.
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::List,
+        ErrorKind::Resource,
+        ErrorKind::Remove,
+        ErrorKind::Status,
+        ErrorKind::Finalize,
+        ErrorKind::Endpoints,
+        ErrorKind::Panic,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::List => "list",
+            ErrorKind::Resource => "resource",
+            ErrorKind::Remove => "remove",
+            ErrorKind::Status => "status",
+            ErrorKind::Finalize => "finalize",
+            ErrorKind::Endpoints => "endpoints",
+            ErrorKind::Panic => "panic",
+        }
+    }
+}
+
+/// Transient failures (the engine or etcd busy or away) retry soon and back off to a minute.
+pub const RETRYABLE: Backoff = Backoff {
+    base: Duration::from_millis(500),
+    cap: Duration::from_secs(60),
+};
+
+/// Failures that wait on a person (an external network to be created) or are a bug (a
+/// panic): retrying soon cannot help, so they start slow and back off to five minutes.
+pub const TERMINAL: Backoff = Backoff {
+    base: Duration::from_secs(15),
+    cap: Duration::from_secs(300),
+};
+
+impl ReconcileError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReconcileError::List(_) => ErrorKind::List,
+            ReconcileError::Resource { .. } => ErrorKind::Resource,
+            ReconcileError::Remove { .. } | ReconcileError::RemoveResource { .. } => {
+                ErrorKind::Remove
+            }
+            ReconcileError::Status(_) => ErrorKind::Status,
+            ReconcileError::Finalize { .. } => ErrorKind::Finalize,
+            ReconcileError::Endpoints(_) => ErrorKind::Endpoints,
+            ReconcileError::Panicked(_) => ErrorKind::Panic,
+        }
+    }
+
+    /// Whether retrying soon can help.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(
+            self,
+            ReconcileError::Panicked(_)
+                | ReconcileError::Resource {
+                    source: RuntimeError::ExternalMissing { .. },
+                    ..
+                }
+        )
+    }
+}
+
+/// The back-off a failed key follows: [`RETRYABLE`] or [`TERMINAL`].
+pub fn error_policy(err: &ReconcileError) -> Backoff {
+    if err.is_retryable() {
+        RETRYABLE
+    } else {
+        TERMINAL
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_external_network_or_a_panic_backs_off_slower_than_a_busy_engine() {
+        let busy = ReconcileError::List(RuntimeError::Engine {
+            op: "list",
+            message: "timeout".into(),
+        });
+        let external = ReconcileError::Resource {
+            kind: "network",
+            name: "edge".into(),
+            source: RuntimeError::ExternalMissing {
+                kind: "network",
+                name: "edge".into(),
+            },
+        };
+        assert_eq!(error_policy(&busy), RETRYABLE);
+        assert_eq!(error_policy(&external), TERMINAL);
+        assert_eq!(
+            error_policy(&ReconcileError::Panicked("x".into())),
+            TERMINAL
+        );
+        assert_eq!(RETRYABLE.delay(1), Duration::from_millis(500));
+        assert_eq!(RETRYABLE.delay(4), Duration::from_secs(4));
+        assert_eq!(RETRYABLE.delay(30), RETRYABLE.cap);
+    }
+}

@@ -1,0 +1,81 @@
+//! The reconciler's own memory, kept apart from the reflector (which only the watcher
+//! writes): what this process wrote last, and what it still owes.
+
+use capstan_api::object::ServiceStatus;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+
+type ServiceKey = (String, String);
+
+#[derive(Default)]
+pub struct Scratch {
+    /// The status this process last wrote per service. The next reconcile compares against
+    /// it (before the reflector's copy, which lags by a watch round trip), so an unchanged
+    /// world never writes a status twice.
+    written: Mutex<HashMap<ServiceKey, Arc<ServiceStatus>>>,
+    /// Dependents to restart because capstan restarted a dependency they declared
+    /// `restart: true` on: (stack, service) → those dependencies.
+    dependent_restarts: Mutex<HashMap<ServiceKey, BTreeSet<String>>>,
+    /// Why each stack's deletion cannot finish yet; shared with the API.
+    pub blocked: Arc<BlockedDeletions>,
+}
+
+/// Stack → why its deletion cannot finish yet (the last teardown error), for the API and
+/// `capstan delete`: a teardown that retries forever must say what it waits for.
+#[derive(Default)]
+pub struct BlockedDeletions(Mutex<HashMap<String, String>>);
+
+impl BlockedDeletions {
+    /// Records (or, with `None`, clears) why a stack's deletion cannot finish yet.
+    pub fn set(&self, stack: &str, why: Option<String>) {
+        let mut blocked = self.0.lock().unwrap();
+        match why {
+            Some(why) => blocked.insert(stack.to_string(), why),
+            None => blocked.remove(stack),
+        };
+    }
+
+    pub fn get(&self, stack: &str) -> Option<String> {
+        self.0.lock().unwrap().get(stack).cloned()
+    }
+}
+
+fn key(stack: &str, service: &str) -> ServiceKey {
+    (stack.to_string(), service.to_string())
+}
+
+impl Scratch {
+    pub fn written_status(&self, stack: &str, service: &str) -> Option<Arc<ServiceStatus>> {
+        self.written
+            .lock()
+            .unwrap()
+            .get(&key(stack, service))
+            .cloned()
+    }
+
+    pub fn wrote_status(&self, stack: &str, service: &str, status: ServiceStatus) {
+        let mut written = self.written.lock().unwrap();
+        written.insert(key(stack, service), Arc::new(status));
+    }
+
+    /// Asks `dependent` to restart its replicas because `dependency` was restarted.
+    pub fn request_restart(&self, stack: &str, dependent: &str, dependency: &str) {
+        let mut pending = self.dependent_restarts.lock().unwrap();
+        let deps = pending.entry(key(stack, dependent)).or_default();
+        deps.insert(dependency.to_string());
+    }
+
+    /// Takes the service's pending dependent restart, if any: the dependencies restarted.
+    pub fn take_restart(&self, stack: &str, service: &str) -> Option<Vec<String>> {
+        let mut pending = self.dependent_restarts.lock().unwrap();
+        let deps = pending.remove(&key(stack, service))?;
+        Some(deps.into_iter().collect())
+    }
+
+    /// Forgets a removed service.
+    pub fn forget(&self, stack: &str, service: &str) {
+        self.written.lock().unwrap().remove(&key(stack, service));
+        let mut pending = self.dependent_restarts.lock().unwrap();
+        pending.remove(&key(stack, service));
+    }
+}

@@ -1,0 +1,334 @@
+//! The reflector: an in-memory copy of everything under the prefix. One [`Writer`], fed typed
+//! [`Event`]s by the watcher; any number of [`Desired`] views, cheap to clone, read-only.
+//! Reconcilers read desired state only from here, and only once it has synced; objects are
+//! shared `Arc`s and never mutated in place.
+
+use capstan_api::object::{Endpoints, Service, ServiceStatus, Stack};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use tokio::sync::broadcast;
+
+use crate::key::ObjectKey;
+use crate::store::Snapshot;
+
+/// One change to desired state, decoded by the watcher. `None` is a deletion.
+// Each event is built once and moved into the writer: boxing its payload would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A fresh list at one revision: replaces everything and marks the copy synced.
+    Relisted(Snapshot),
+    /// The watch or the list failed: the copy may be stale, so nothing acts on it until the
+    /// next [`Event::Relisted`].
+    Lost,
+    Stack(String, Option<Stack>),
+    Service(String, String, Option<Service>),
+    Status(String, String, Option<ServiceStatus>),
+    Endpoints(String, String, Option<Endpoints>),
+}
+
+type ServiceKey = (String, String);
+
+#[derive(Default)]
+struct State {
+    /// An initial list succeeded and the watch has not failed since. While false, the
+    /// reconciler acts on nothing: desired state is never inferred from a failed read.
+    synced: bool,
+    stacks: HashMap<String, Arc<Stack>>,
+    services: HashMap<ServiceKey, Arc<Service>>,
+    statuses: HashMap<ServiceKey, Arc<ServiceStatus>>,
+    endpoints: HashMap<ServiceKey, Arc<Endpoints>>,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    /// Tells watchers of `/endpoints` (and the Traefik view) that a service's endpoints moved.
+    endpoints_changed: broadcast::Sender<ServiceKey>,
+}
+
+/// The only way to change the copy. Not `Clone`: the watcher owns it.
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+/// A read-only view of the copy.
+#[derive(Clone)]
+pub struct Desired {
+    shared: Arc<Shared>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Writer {
+            shared: Arc::new(Shared {
+                state: RwLock::default(),
+                endpoints_changed: broadcast::channel(1024).0,
+            }),
+        }
+    }
+}
+
+impl Writer {
+    pub fn reader(&self) -> Desired {
+        Desired {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Applies one event; returns the keys whose desired state changed, to reconcile. Status
+    /// and endpoints changes reconcile nothing: they are the controller's own output.
+    pub fn apply(&mut self, event: Event) -> Vec<ObjectKey> {
+        let mut changed = BTreeSet::new();
+        let mut moved_endpoints = vec![];
+        {
+            let mut st = self.shared.state.write().unwrap();
+            match event {
+                Event::Relisted(snap) => {
+                    moved_endpoints = snap
+                        .endpoints
+                        .iter()
+                        .map(|e| (e.stack.clone(), e.service.clone()))
+                        .collect();
+                    changed = replace(&mut st, snap);
+                }
+                Event::Lost => st.synced = false,
+                Event::Stack(name, stack) => {
+                    let old = match stack {
+                        Some(s) => st.stacks.insert(name.clone(), Arc::new(s)),
+                        None => st.stacks.remove(&name),
+                    };
+                    let services = st.stacks.get(&name).into_iter().chain(old.as_ref());
+                    for svc in services.flat_map(|s| s.services.iter()) {
+                        changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
+                    }
+                    changed.insert(ObjectKey::Stack(name));
+                }
+                Event::Service(stack, name, svc) => {
+                    put(&mut st.services, (stack.clone(), name.clone()), svc);
+                    changed.insert(ObjectKey::Service(stack, name));
+                }
+                Event::Status(stack, name, status) => put(&mut st.statuses, (stack, name), status),
+                Event::Endpoints(stack, name, eps) => {
+                    put(&mut st.endpoints, (stack.clone(), name.clone()), eps);
+                    moved_endpoints.push((stack, name));
+                }
+            }
+        }
+        for key in moved_endpoints {
+            let _ = self.shared.endpoints_changed.send(key);
+        }
+        changed.into_iter().collect()
+    }
+}
+
+fn put<V>(map: &mut HashMap<ServiceKey, Arc<V>>, key: ServiceKey, value: Option<V>) {
+    match value {
+        Some(v) => map.insert(key, Arc::new(v)),
+        None => map.remove(&key),
+    };
+}
+
+/// Replaces the contents with a fresh list; returns the keys whose objects appeared,
+/// changed or vanished (all of them after an outage: the world may have moved meanwhile).
+fn replace(st: &mut State, snap: Snapshot) -> BTreeSet<ObjectKey> {
+    let stacks: HashMap<String, Arc<Stack>> = snap
+        .stacks
+        .into_iter()
+        .map(|s| (s.name.clone(), Arc::new(s)))
+        .collect();
+    let services: HashMap<ServiceKey, Arc<Service>> = snap
+        .services
+        .into_iter()
+        .map(|s| ((s.stack.clone(), s.name.clone()), Arc::new(s)))
+        .collect();
+    let mut changed = BTreeSet::new();
+    for (name, s) in stacks.iter().chain(st.stacks.iter()) {
+        let rv = |m: &HashMap<String, Arc<Stack>>| m.get(name).map(|s| s.resource_version);
+        if rv(&stacks) != rv(&st.stacks) || !st.synced {
+            changed.insert(ObjectKey::Stack(name.clone()));
+            for svc in &s.services {
+                changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
+            }
+        }
+    }
+    for key in services.keys().chain(st.services.keys()) {
+        let rv = |m: &HashMap<ServiceKey, Arc<Service>>| m.get(key).map(|s| s.resource_version);
+        if rv(&services) != rv(&st.services) || !st.synced {
+            changed.insert(ObjectKey::Service(key.0.clone(), key.1.clone()));
+        }
+    }
+    *st = State {
+        synced: true,
+        stacks,
+        services,
+        statuses: snap
+            .statuses
+            .into_iter()
+            .map(|(s, v, status)| ((s, v), Arc::new(status)))
+            .collect(),
+        endpoints: snap
+            .endpoints
+            .into_iter()
+            .map(|e| ((e.stack.clone(), e.service.clone()), Arc::new(e)))
+            .collect(),
+    };
+    changed
+}
+
+fn key(stack: &str, name: &str) -> ServiceKey {
+    (stack.to_string(), name.to_string())
+}
+
+impl Desired {
+    pub fn is_synced(&self) -> bool {
+        self.shared.state.read().unwrap().synced
+    }
+
+    pub fn stack(&self, name: &str) -> Option<Arc<Stack>> {
+        self.shared.state.read().unwrap().stacks.get(name).cloned()
+    }
+
+    pub fn service(&self, stack: &str, name: &str) -> Option<Arc<Service>> {
+        let st = self.shared.state.read().unwrap();
+        st.services.get(&key(stack, name)).cloned()
+    }
+
+    pub fn status(&self, stack: &str, name: &str) -> Option<Arc<ServiceStatus>> {
+        let st = self.shared.state.read().unwrap();
+        st.statuses.get(&key(stack, name)).cloned()
+    }
+
+    pub fn endpoints(&self, stack: &str, name: &str) -> Option<Arc<Endpoints>> {
+        let st = self.shared.state.read().unwrap();
+        st.endpoints.get(&key(stack, name)).cloned()
+    }
+
+    /// A service's endpoints, or none yet.
+    pub fn endpoints_or_empty(&self, stack: &str, name: &str) -> Endpoints {
+        self.endpoints(stack, name)
+            .map(|e| (*e).clone())
+            .unwrap_or_else(|| Endpoints {
+                stack: stack.to_string(),
+                service: name.to_string(),
+                endpoints: vec![],
+            })
+    }
+
+    /// Every service with its endpoints, for the Traefik view.
+    pub fn services_with_endpoints(&self) -> Vec<(Arc<Service>, Option<Arc<Endpoints>>)> {
+        let st = self.shared.state.read().unwrap();
+        let mut out: Vec<_> = st
+            .services
+            .iter()
+            .map(|(k, s)| (s.clone(), st.endpoints.get(k).cloned()))
+            .collect();
+        out.sort_by(|a, b| (&a.0.stack, &a.0.name).cmp(&(&b.0.stack, &b.0.name)));
+        out
+    }
+
+    /// (stack, service) of every endpoints change from now on.
+    pub fn watch_endpoints(&self) -> broadcast::Receiver<ServiceKey> {
+        self.shared.endpoints_changed.subscribe()
+    }
+
+    /// Every key the copy knows of: stacks and services.
+    pub fn keys(&self) -> Vec<ObjectKey> {
+        let st = self.shared.state.read().unwrap();
+        let stacks = st.stacks.keys().map(|s| ObjectKey::Stack(s.clone()));
+        let services = st
+            .services
+            .keys()
+            .map(|(s, v)| ObjectKey::Service(s.clone(), v.clone()));
+        stacks.chain(services).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack(name: &str, services: &[&str], rv: i64) -> Stack {
+        Stack {
+            name: name.into(),
+            resource_version: rv,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn service(stack: &str, name: &str, rv: i64) -> Service {
+        Service {
+            stack: stack.into(),
+            name: name.into(),
+            resource_version: rv,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn nothing_is_synced_before_the_first_list_or_after_a_lost_watch() {
+        let mut w = Writer::default();
+        let r = w.reader();
+        assert!(!r.is_synced());
+        w.apply(Event::Relisted(Snapshot::default()));
+        assert!(r.is_synced());
+        w.apply(Event::Lost);
+        assert!(!r.is_synced(), "a view sees the writer's changes at once");
+    }
+
+    #[test]
+    fn a_relist_reconciles_only_what_changed_unless_it_follows_an_outage() {
+        let mut w = Writer::default();
+        let snap = |rv| Snapshot {
+            stacks: vec![stack("s", &["web", "db"], 1)],
+            services: vec![service("s", "web", rv), service("s", "db", 1)],
+            ..Default::default()
+        };
+        assert_eq!(
+            w.apply(Event::Relisted(snap(1))).len(),
+            3,
+            "first list: all"
+        );
+        assert_eq!(
+            w.apply(Event::Relisted(snap(2))),
+            vec![ObjectKey::Service("s".into(), "web".into())]
+        );
+        w.apply(Event::Lost);
+        assert_eq!(
+            w.apply(Event::Relisted(snap(2))).len(),
+            3,
+            "after an outage: all"
+        );
+    }
+
+    #[test]
+    fn a_stack_change_reconciles_its_services_old_and_new_and_a_status_reconciles_nothing() {
+        let mut w = Writer::default();
+        w.apply(Event::Stack(
+            "s".into(),
+            Some(stack("s", &["web", "db"], 1)),
+        ));
+        let keys = w.apply(Event::Stack("s".into(), Some(stack("s", &["web"], 2))));
+        assert!(
+            keys.contains(&ObjectKey::Service("s".into(), "db".into())),
+            "{keys:?}"
+        );
+        let status = ServiceStatus::default();
+        let keys = w.apply(Event::Status("s".into(), "web".into(), Some(status)));
+        assert!(keys.is_empty());
+        assert!(w.reader().status("s", "web").is_some());
+    }
+
+    #[tokio::test]
+    async fn endpoint_changes_are_announced_to_watchers() {
+        let mut w = Writer::default();
+        let mut rx = w.reader().watch_endpoints();
+        let eps = Endpoints {
+            stack: "s".into(),
+            service: "web".into(),
+            endpoints: vec![],
+        };
+        w.apply(Event::Endpoints("s".into(), "web".into(), Some(eps)));
+        assert_eq!(rx.recv().await.unwrap(), ("s".into(), "web".into()));
+    }
+}
