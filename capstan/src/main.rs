@@ -159,6 +159,37 @@ async fn main() {
     std::process::exit(code);
 }
 
+/// `capstan serve`: the daemon, until SIGINT or SIGTERM.
+async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received");
+        let _ = tx.send(true);
+    });
+    capstan_controller::daemon::serve(config, rx)
+        .await
+        .context("capstan serve")?;
+    Ok(0)
+}
+
+/// `capstan scale STACK/SERVICE=N`.
+async fn scale(api: &client::Client, target: &str) -> anyhow::Result<i32> {
+    let (target, n) = target
+        .split_once('=')
+        .context("expected STACK/SERVICE=N, e.g. shop/web=5")?;
+    let replicas: u32 = n
+        .parse()
+        .with_context(|| format!("replica count {n:?} is not a whole number"))?;
+    let (stack, service) = client::split_target(target)?;
+    let view = api.scale(stack, service, replicas).await?;
+    println!(
+        "{}/{} scaled to {} (generation {})",
+        view.stack, view.name, view.replicas, view.generation
+    );
+    Ok(0)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let api = client::Client::new(&cli.server);
     match cli.command {
@@ -173,12 +204,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             log_format,
         } => {
             init_logging(log_format);
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                tracing::info!("signal received");
-                let _ = tx.send(true);
-            });
             let config = capstan_controller::daemon::Config {
                 etcd_endpoints: etcd,
                 listen,
@@ -188,10 +213,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 engine_parallelism: engine_parallelism.into(),
                 traefik_root: traefik_etcd_root,
             };
-            capstan_controller::daemon::serve(config, rx)
-                .await
-                .context("capstan serve")?;
-            Ok(0)
+            serve(config).await
         }
         Command::Apply {
             file,
@@ -223,21 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             output::describe(&view);
             Ok(0)
         }
-        Command::Scale { target } => {
-            let (target, n) = target
-                .split_once('=')
-                .context("expected STACK/SERVICE=N, e.g. shop/web=5")?;
-            let replicas: u32 = n
-                .parse()
-                .with_context(|| format!("replica count {n:?} is not a whole number"))?;
-            let (stack, service) = client::split_target(target)?;
-            let view = api.scale(stack, service, replicas).await?;
-            println!(
-                "{}/{} scaled to {} (generation {})",
-                view.stack, view.name, view.replicas, view.generation
-            );
-            Ok(0)
-        }
+        Command::Scale { target } => scale(&api, &target).await,
         Command::Delete {
             stack,
             volumes,

@@ -113,7 +113,6 @@ fn convergence_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut r = Registry::default();
         let m = Metrics {
             desired: Family::default(),
             running: Family::default(),
@@ -137,100 +136,115 @@ impl Default for Metrics {
             unconverged_since: Mutex::default(),
             registry: Registry::default(),
         };
+        let mut r = Registry::default();
+        m.register_services(&mut r);
+        m.register_loop(&mut r);
+        m.precreate();
+        Metrics { registry: r, ..m }
+    }
+}
+
+impl Metrics {
+    /// The per-service families: replicas, drift, convergence, heals, endpoints.
+    fn register_services(&self, r: &mut Registry) {
         r.register(
             "capstan_service_replicas_desired",
             "Replicas the spec asks for",
-            m.desired.clone(),
+            self.desired.clone(),
         );
         r.register(
             "capstan_service_replicas_running",
             "Replicas running",
-            m.running.clone(),
+            self.running.clone(),
         );
         r.register(
             "capstan_service_replicas_ready",
             "Replicas ready (healthy, or running without a healthcheck)",
-            m.ready.clone(),
+            self.ready.clone(),
         );
         r.register(
             "capstan_service_converged",
             "1 when the service is Ready at its current generation",
-            m.converged.clone(),
+            self.converged.clone(),
         );
         r.register(
             "capstan_service_drift_replicas",
             "Replicas away from the spec, by kind of drift",
-            m.drift.clone(),
+            self.drift.clone(),
         );
         r.register(
             "capstan_convergence_seconds",
             "From a generation change or detected drift to Ready again",
-            m.convergence.clone(),
-        );
-        r.register(
-            "capstan_reconciles",
-            "Reconciles by kind of key and result",
-            m.reconciles.clone(),
-        );
-        r.register(
-            "capstan_reconcile_errors",
-            "Failed reconciles by kind of error",
-            m.reconcile_errors.clone(),
-        );
-        r.register(
-            "capstan_reconcile_duration_seconds",
-            "Time one reconcile took",
-            m.reconcile_duration.clone(),
-        );
-        r.register(
-            "capstan_queue_depth",
-            "Keys waiting for a worker",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "capstan_reconcile_backoff_seconds",
-            "How long a failing key waits before its next reconcile (exponential per key)",
-            m.reconcile_backoff.clone(),
+            self.convergence.clone(),
         );
         r.register(
             "capstan_heal_actions",
             "Replicas capstan restarted or replaced, by reason",
-            m.heals.clone(),
+            self.heals.clone(),
         );
         r.register(
             "capstan_service_endpoints",
             "Ready endpoints of a service",
-            m.endpoints.clone(),
+            self.endpoints.clone(),
         );
         r.register(
             "capstan_endpoint_update_seconds",
             "From the start of a reconcile to its endpoints written",
-            m.endpoint_update.clone(),
+            self.endpoint_update.clone(),
+        );
+    }
+
+    /// The control loop's own families, etcd's and the engine's, and the build.
+    fn register_loop(&self, r: &mut Registry) {
+        r.register(
+            "capstan_reconciles",
+            "Reconciles by kind of key and result",
+            self.reconciles.clone(),
+        );
+        r.register(
+            "capstan_reconcile_errors",
+            "Failed reconciles by kind of error",
+            self.reconcile_errors.clone(),
+        );
+        r.register(
+            "capstan_reconcile_duration_seconds",
+            "Time one reconcile took",
+            self.reconcile_duration.clone(),
+        );
+        r.register(
+            "capstan_queue_depth",
+            "Keys waiting for a worker",
+            self.queue_depth.clone(),
+        );
+        r.register(
+            "capstan_reconcile_backoff_seconds",
+            "How long a failing key waits before its next reconcile (exponential per key)",
+            self.reconcile_backoff.clone(),
         );
         r.register(
             "capstan_etcd_request_duration_seconds",
             "etcd request latency by operation",
-            m.etcd_duration.clone(),
+            self.etcd_duration.clone(),
         );
         r.register(
             "capstan_etcd_request_errors",
             "Failed etcd requests by operation",
-            m.etcd_errors.clone(),
+            self.etcd_errors.clone(),
         );
         r.register(
             "capstan_etcd_connected",
             "1 while capstan is synced with etcd",
-            m.etcd_connected.clone(),
+            self.etcd_connected.clone(),
         );
         r.register(
             "capstan_docker_request_duration_seconds",
             "Docker Engine API latency by operation",
-            m.docker_duration.clone(),
+            self.docker_duration.clone(),
         );
         r.register(
             "capstan_docker_request_errors",
             "Failed Docker Engine API requests by operation",
-            m.docker_errors.clone(),
+            self.docker_errors.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -239,26 +253,31 @@ impl Default for Metrics {
             })
             .set(1);
         r.register("capstan_build_info", "capstan's version", build);
+    }
+
+    /// Series that must exist at 0 before their first event, so rates and alerts work.
+    fn precreate(&self) {
         for op in ["range", "get", "txn", "watch"] {
-            let _ = m.etcd_errors.get_or_create(&OpLabels { op: op.into() });
+            let _ = self.etcd_errors.get_or_create(&OpLabels { op: op.into() });
         }
         for op in ["list", "create", "start", "restart", "inspect", "remove"] {
-            let _ = m.docker_errors.get_or_create(&OpLabels { op: op.into() });
+            let _ = self
+                .docker_errors
+                .get_or_create(&OpLabels { op: op.into() });
         }
         for kind in ErrorKind::ALL {
-            let _ = m.reconcile_errors.get_or_create(&KindLabels {
+            let _ = self.reconcile_errors.get_or_create(&KindLabels {
                 kind: kind.as_str().into(),
             });
         }
         for kind in ["service", "stack"] {
             for result in ["success", "requeue", "error"] {
-                let _ = m.reconciles.get_or_create(&ReconcileLabels {
+                let _ = self.reconciles.get_or_create(&ReconcileLabels {
                     kind: kind.into(),
                     result: result.into(),
                 });
             }
         }
-        Metrics { registry: r, ..m }
     }
 }
 

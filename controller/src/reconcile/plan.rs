@@ -63,6 +63,66 @@ pub trait RestartHistory {
     }
 }
 
+/// One container per ordinal: the one with the deterministic name; any other is a stray to
+/// remove, and so is every replica above the count (highest ordinal first).
+fn sort_out<'a>(
+    stack: &str,
+    service: &str,
+    spec: &ServiceSpec,
+    observed: &'a [Observed],
+    plan: &mut Plan,
+) -> BTreeMap<u32, &'a Observed> {
+    let mut by_ordinal: BTreeMap<u32, &Observed> = BTreeMap::new();
+    for c in observed {
+        match c.ordinal {
+            Some(n)
+                if c.name == names::container(stack, service, n)
+                    && !by_ordinal.contains_key(&n) =>
+            {
+                by_ordinal.insert(n, c);
+            }
+            _ => plan.remove.push((c.clone(), RemoveReason::Stray)),
+        }
+    }
+    let surplus = by_ordinal.range(spec.replicas + 1..).rev();
+    plan.remove
+        .extend(surplus.map(|(_, c)| ((*c).clone(), RemoveReason::Surplus)));
+    by_ordinal
+}
+
+/// A current, up-to-date replica: started if never started, restarted per the restart
+/// policy and its crash-loop back-off if it exited, restarted (then replaced) if unhealthy.
+fn heal_or_hold(plan: &mut Plan, c: &Observed, spec: &ServiceSpec, history: &dyn RestartHistory) {
+    let Some(n) = c.ordinal else { return };
+    let policy = spec.restart_policy();
+    match (c.state, c.health) {
+        (State::Created, _) => plan.start.push(c.clone()),
+        (State::Exited { code }, _) => {
+            if !policy.restarts(code, history.restarts(n)) {
+                plan.held.insert(n, code);
+            } else if let Some(left) = history.backoff_left(n) {
+                plan.backing_off.insert(n, left);
+            } else {
+                plan.heal
+                    .push((c.clone(), HealCause::Exited, HealAction::Start));
+            }
+        }
+        (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
+            Some(left) => {
+                plan.backing_off.insert(n, left);
+            }
+            None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
+                plan.heal
+                    .push((c.clone(), HealCause::Unhealthy, HealAction::Replace))
+            }
+            None => plan
+                .heal
+                .push((c.clone(), HealCause::Unhealthy, HealAction::Restart)),
+        },
+        _ => {}
+    }
+}
+
 /// `gate_open`: the service's dependencies meet their conditions. While they do not, no
 /// replica is created or (re)started; running ones are left running.
 pub fn plan(
@@ -80,29 +140,7 @@ pub fn plan(
     let hash = spec.container_hash();
     let policy = spec.restart_policy();
 
-    // One container per ordinal: the one with the deterministic name; any other is a stray.
-    let mut by_ordinal: BTreeMap<u32, &Observed> = BTreeMap::new();
-    for c in observed {
-        match c.ordinal {
-            Some(n)
-                if c.name == names::container(stack, service, n)
-                    && !by_ordinal.contains_key(&n) =>
-            {
-                by_ordinal.insert(n, c);
-            }
-            _ => plan.remove.push((c.clone(), RemoveReason::Stray)),
-        }
-    }
-    let mut surplus: Vec<&Observed> = by_ordinal
-        .range(spec.replicas + 1..)
-        .map(|(_, c)| *c)
-        .collect();
-    surplus.reverse();
-    plan.remove.extend(
-        surplus
-            .into_iter()
-            .map(|c| (c.clone(), RemoveReason::Surplus)),
-    );
+    let by_ordinal = sort_out(stack, service, spec, observed, &mut plan);
 
     // Rolling update, one replica at a time: an outdated replica that still serves is only
     // replaced once every updated replica is ready.
@@ -137,32 +175,7 @@ pub fn plan(
             }
             continue;
         }
-        match (c.state, c.health) {
-            (State::Created, _) => plan.start.push((*c).clone()),
-            (State::Exited { code }, _) => {
-                if !policy.restarts(code, history.restarts(n)) {
-                    plan.held.insert(n, code);
-                } else if let Some(left) = history.backoff_left(n) {
-                    plan.backing_off.insert(n, left);
-                } else {
-                    plan.heal
-                        .push(((*c).clone(), HealCause::Exited, HealAction::Start));
-                }
-            }
-            (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
-                Some(left) => {
-                    plan.backing_off.insert(n, left);
-                }
-                None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
-                    plan.heal
-                        .push(((*c).clone(), HealCause::Unhealthy, HealAction::Replace))
-                }
-                None => plan
-                    .heal
-                    .push(((*c).clone(), HealCause::Unhealthy, HealAction::Restart)),
-            },
-            _ => {}
-        }
+        heal_or_hold(&mut plan, c, spec, history);
     }
     plan
 }

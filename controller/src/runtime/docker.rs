@@ -68,41 +68,8 @@ impl DockerRuntime {
     }
 
     fn body(&self, plan: &ContainerPlan) -> ContainerCreateBody {
-        let mut exposed = vec![];
-        let mut bindings: HashMap<String, Option<Vec<DockerPortBinding>>> = HashMap::new();
-        for p in &plan.ports {
-            let key = format!("{}/{}", p.container_port, p.protocol);
-            exposed.push(key.clone());
-            bindings
-                .entry(key)
-                .or_insert_with(|| Some(vec![]))
-                .as_mut()
-                .unwrap()
-                .push(DockerPortBinding {
-                    host_ip: p.host_ip.clone(),
-                    host_port: Some(p.host_port.map(|p| p.to_string()).unwrap_or_default()),
-                });
-        }
-        let mut binds = vec![];
-        let mut anonymous = vec![];
-        for m in &plan.mounts {
-            match m {
-                Mount::Volume {
-                    name: source,
-                    target,
-                    read_only,
-                }
-                | Mount::Bind {
-                    source,
-                    target,
-                    read_only,
-                } => binds.push(format!(
-                    "{source}:{target}{}",
-                    if *read_only { ":ro" } else { "" }
-                )),
-                Mount::Anonymous { target } => anonymous.push(target.clone()),
-            }
-        }
+        let (exposed, bindings) = ports(plan);
+        let (binds, anonymous) = mounts(plan);
         let healthcheck = plan.healthcheck.as_ref().map(|h| HealthConfig {
             test: (!h.test.is_empty()).then(|| h.test.clone()),
             interval: h.interval_ns,
@@ -511,6 +478,53 @@ impl Runtime for DockerRuntime {
             })
             .boxed()
     }
+}
+
+type Bindings = HashMap<String, Option<Vec<DockerPortBinding>>>;
+
+/// The exposed ports (`80/tcp`) and their host bindings.
+fn ports(plan: &ContainerPlan) -> (Vec<String>, Bindings) {
+    let mut exposed = vec![];
+    let mut bindings: Bindings = HashMap::new();
+    for p in &plan.ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        exposed.push(key.clone());
+        let binding = DockerPortBinding {
+            host_ip: p.host_ip.clone(),
+            host_port: Some(p.host_port.map(|p| p.to_string()).unwrap_or_default()),
+        };
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(vec![]))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+    }
+    (exposed, bindings)
+}
+
+/// Named volumes and binds (`source:target[:ro]`), and anonymous volumes (targets).
+fn mounts(plan: &ContainerPlan) -> (Vec<String>, Vec<String>) {
+    let mut binds = vec![];
+    let mut anonymous = vec![];
+    for m in &plan.mounts {
+        match m {
+            Mount::Volume {
+                name: source,
+                target,
+                read_only,
+            }
+            | Mount::Bind {
+                source,
+                target,
+                read_only,
+            } => binds.push(format!(
+                "{source}:{target}{}",
+                if *read_only { ":ro" } else { "" }
+            )),
+            Mount::Anonymous { target } => anonymous.push(target.clone()),
+        }
+    }
+    (binds, anonymous)
 }
 
 #[cfg(test)]

@@ -204,103 +204,8 @@ impl Store {
     ) -> Result<ApplyResult, StoreError> {
         for _ in 0..APPLY_ATTEMPTS {
             let current = self.read_stack(&spec.name).await?;
-            let current_rv = current.as_ref().map_or(0, |(s, _)| s.resource_version);
-            if let Some(rv) = expected {
-                if rv != current_rv {
-                    return Err(StoreError::Conflict(format!(
-                        "stack {} is at resourceVersion {current_rv}, not {rv}: it changed since you read it; read it again and retry",
-                        spec.name
-                    )));
-                }
-            }
-            if let Some((st, _)) = &current {
-                if st.deletion.is_some() {
-                    return Err(StoreError::Conflict(format!(
-                        "stack {} is being deleted; apply again once it is gone",
-                        spec.name
-                    )));
-                }
-            }
-            let now = now_rfc3339();
-            let (old_stack, old_services) = current.unwrap_or_default();
-            let old: BTreeMap<&str, &Service> =
-                old_services.iter().map(|s| (s.name.as_str(), s)).collect();
-            let mut compares = vec![Compare::ModRevision(self.stack_key(&spec.name), current_rv)];
-            let mut ops = vec![];
-            let mut result = ApplyResult {
-                stack: spec.name.clone(),
-                resource_version: current_rv,
-                services: BTreeMap::new(),
-            };
-
-            for (name, svc_spec) in &spec.services {
-                let outcome = match old.get(name.as_str()) {
-                    Some(prev) if prev.spec == *svc_spec => ApplyOutcome::Unchanged,
-                    Some(prev) => {
-                        compares.push(Compare::ModRevision(
-                            self.service_key(&spec.name, name),
-                            prev.resource_version,
-                        ));
-                        let next = Service {
-                            generation: prev.generation + 1,
-                            spec: svc_spec.clone(),
-                            ..(*prev).clone()
-                        };
-                        ops.push(Op::Put(self.service_key(&spec.name, name), encode(&next)));
-                        ApplyOutcome::Configured
-                    }
-                    None => {
-                        compares.push(Compare::ModRevision(self.service_key(&spec.name, name), 0));
-                        let next = Service {
-                            stack: spec.name.clone(),
-                            name: name.clone(),
-                            generation: 1,
-                            resource_version: 0,
-                            created_at: now.clone(),
-                            spec: svc_spec.clone(),
-                        };
-                        ops.push(Op::Put(self.service_key(&spec.name, name), encode(&next)));
-                        ApplyOutcome::Created
-                    }
-                };
-                result.services.insert(name.clone(), outcome);
-            }
-            for prev in &old_services {
-                if !spec.services.contains_key(&prev.name) {
-                    compares.push(Compare::ModRevision(
-                        self.service_key(&spec.name, &prev.name),
-                        prev.resource_version,
-                    ));
-                    ops.push(Op::Delete(self.service_key(&spec.name, &prev.name)));
-                    ops.push(Op::Delete(self.status_key(&spec.name, &prev.name)));
-                    ops.push(Op::Delete(self.endpoints_key(&spec.name, &prev.name)));
-                    result
-                        .services
-                        .insert(prev.name.clone(), ApplyOutcome::Removed);
-                }
-            }
-            let services: Vec<String> = spec.services.keys().cloned().collect();
-            let stack_changed = current_rv == 0
-                || old_stack.services != services
-                || old_stack.networks != spec.networks
-                || old_stack.volumes != spec.volumes;
-            if stack_changed {
-                let next = Stack {
-                    name: spec.name.clone(),
-                    generation: old_stack.generation + 1,
-                    resource_version: 0,
-                    created_at: if current_rv == 0 {
-                        now.clone()
-                    } else {
-                        old_stack.created_at.clone()
-                    },
-                    services,
-                    networks: spec.networks.clone(),
-                    volumes: spec.volumes.clone(),
-                    deletion: None,
-                };
-                ops.push(Op::Put(self.stack_key(&spec.name), encode(&next)));
-            }
+            check_applicable(spec, current.as_ref(), expected)?;
+            let (compares, ops, mut result) = self.apply_txn(spec, current);
             if ops.is_empty() {
                 return Ok(result);
             }
@@ -321,6 +226,102 @@ impl Store {
             "stack {} kept changing under concurrent writers; try again",
             spec.name
         )))
+    }
+
+    /// A put of the stack's record, if its own part (services, networks, volumes) changed.
+    fn stack_record(
+        &self,
+        spec: &StackSpec,
+        current_rv: i64,
+        old: &Stack,
+        now: String,
+    ) -> Option<Op> {
+        let services: Vec<String> = spec.services.keys().cloned().collect();
+        let changed = current_rv == 0
+            || old.services != services
+            || old.networks != spec.networks
+            || old.volumes != spec.volumes;
+        let next = Stack {
+            name: spec.name.clone(),
+            generation: old.generation + 1,
+            resource_version: 0,
+            created_at: if current_rv == 0 {
+                now
+            } else {
+                old.created_at.clone()
+            },
+            services,
+            networks: spec.networks.clone(),
+            volumes: spec.volumes.clone(),
+            deletion: None,
+        };
+        changed.then(|| Op::Put(self.stack_key(&spec.name), encode(&next)))
+    }
+
+    /// The transaction that turns `current` into `spec`: a compare on every key it read, a
+    /// put for every new or changed service (and the stack record, if its own part
+    /// changed), deletes for the services `spec` no longer names; and the outcome per service.
+    fn apply_txn(
+        &self,
+        spec: &StackSpec,
+        current: Option<(Stack, Vec<Service>)>,
+    ) -> (Vec<Compare>, Vec<Op>, ApplyResult) {
+        let current_rv = current.as_ref().map_or(0, |(s, _)| s.resource_version);
+        let now = now_rfc3339();
+        let (old_stack, old_services) = current.unwrap_or_default();
+        let old: BTreeMap<&str, &Service> =
+            old_services.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut compares = vec![Compare::ModRevision(self.stack_key(&spec.name), current_rv)];
+        let mut ops = vec![];
+        let mut result = ApplyResult {
+            stack: spec.name.clone(),
+            resource_version: current_rv,
+            services: BTreeMap::new(),
+        };
+        for (name, svc_spec) in &spec.services {
+            let key = self.service_key(&spec.name, name);
+            let (outcome, next) = match old.get(name.as_str()) {
+                Some(prev) if prev.spec == *svc_spec => (ApplyOutcome::Unchanged, None),
+                Some(prev) => {
+                    compares.push(Compare::ModRevision(key.clone(), prev.resource_version));
+                    let next = Service {
+                        generation: prev.generation + 1,
+                        spec: svc_spec.clone(),
+                        ..(*prev).clone()
+                    };
+                    (ApplyOutcome::Configured, Some(next))
+                }
+                None => {
+                    compares.push(Compare::ModRevision(key.clone(), 0));
+                    let next = Service {
+                        stack: spec.name.clone(),
+                        name: name.clone(),
+                        generation: 1,
+                        resource_version: 0,
+                        created_at: now.clone(),
+                        spec: svc_spec.clone(),
+                    };
+                    (ApplyOutcome::Created, Some(next))
+                }
+            };
+            ops.extend(next.map(|next| Op::Put(key, encode(&next))));
+            result.services.insert(name.clone(), outcome);
+        }
+        for prev in old_services
+            .iter()
+            .filter(|p| !spec.services.contains_key(&p.name))
+        {
+            let key = self.service_key(&spec.name, &prev.name);
+            compares.push(Compare::ModRevision(key.clone(), prev.resource_version));
+            ops.push(Op::Delete(key));
+            ops.push(Op::Delete(self.status_key(&spec.name, &prev.name)));
+            ops.push(Op::Delete(self.endpoints_key(&spec.name, &prev.name)));
+            result
+                .services
+                .insert(prev.name.clone(), ApplyOutcome::Removed);
+        }
+        ops.extend(self.stack_record(spec, current_rv, &old_stack, now));
+        (compares, ops, result)
     }
 
     /// Sets one service's replica count (a declarative change of one field).
@@ -577,6 +578,29 @@ fn view_of(
         networks: st.networks,
         volumes: st.volumes,
     }
+}
+
+/// Whether an apply may go ahead: the stack is at the version the caller read (if it named
+/// one), and not being deleted.
+fn check_applicable(
+    spec: &StackSpec,
+    current: Option<&(Stack, Vec<Service>)>,
+    expected: Option<i64>,
+) -> Result<(), StoreError> {
+    let current_rv = current.map_or(0, |(s, _)| s.resource_version);
+    if let Some(rv) = expected.filter(|rv| *rv != current_rv) {
+        return Err(StoreError::Conflict(format!(
+            "stack {} is at resourceVersion {current_rv}, not {rv}: it changed since you read it; read it again and retry",
+            spec.name
+        )));
+    }
+    if current.is_some_and(|(st, _)| st.deletion.is_some()) {
+        return Err(StoreError::Conflict(format!(
+            "stack {} is being deleted; apply again once it is gone",
+            spec.name
+        )));
+    }
+    Ok(())
 }
 
 /// The port rules a scale must keep: as many host ports as replicas.
