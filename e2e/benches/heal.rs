@@ -90,11 +90,5 @@ fn main() {
         "kill_to_running_ms": {"median": k, "samples": killed_ms},
         "engine_start_ms": {"median": e, "samples": engine_start_ms},
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("heal.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    write_results("heal", &json);
 }

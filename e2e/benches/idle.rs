@@ -72,11 +72,5 @@ fn main() {
         "cpu_s": cpu1 - cpu0, "rss_mib": rss, "etcd_writes": w1 - w0,
         "docker_calls_per_min": (c1 - c0) / minutes, "reconciles_per_min": (r1 - r0) / minutes,
     });
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(
-        out.join("idle.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    write_results("idle", &json);
 }

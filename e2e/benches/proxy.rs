@@ -155,11 +155,5 @@ fn main() {
         "ratio_throughput": capstan.rps / haproxy_load.rps,
         "p99_delta_ms": capstan_lat.p99_ms - haproxy_lat.p99_ms,
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("proxy.json"),
-        serde_json::to_string_pretty(&json).unwrap(),
-    )
-    .unwrap();
+    write_results("proxy", &json);
 }

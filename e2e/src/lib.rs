@@ -688,6 +688,14 @@ impl Drop for Events {
 }
 
 /// The median of some samples (benchmarks).
+/// Writes one benchmark's results to `bench/results/<name>.json` (`make bench` merges them).
+pub fn write_results(name: &str, results: &serde_json::Value) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = serde_json::to_string_pretty(results).unwrap();
+    std::fs::write(dir.join(format!("{name}.json")), text).unwrap();
+}
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
