@@ -496,3 +496,85 @@ pub struct ErrorBody {
 pub struct ScaleRequest {
     pub replicas: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(conditions: Vec<Condition>) -> ServiceView {
+        ServiceView {
+            replicas: 2,
+            updated: 2,
+            generation: 3,
+            observed_generation: 3,
+            conditions,
+            ..Default::default()
+        }
+    }
+
+    fn ready() -> Condition {
+        Condition::new(
+            ConditionType::Ready,
+            true,
+            Reason::AllReplicasReady,
+            "2/2".into(),
+        )
+    }
+
+    #[test]
+    fn the_status_column_names_a_degradation_even_when_every_replica_is_ready() {
+        let port = Condition::new(
+            ConditionType::Degraded,
+            true,
+            Reason::PortInUse,
+            "cannot listen on 0.0.0.0:80".into(),
+        );
+        assert_eq!(view(vec![ready(), port]).summary(), "PortInUse");
+        let fine = Condition::new(
+            ConditionType::Degraded,
+            false,
+            Reason::AsExpected,
+            String::new(),
+        );
+        assert_eq!(view(vec![ready(), fine]).summary(), "AllReplicasReady");
+        assert_eq!(view(vec![]).summary(), "Pending");
+    }
+
+    #[test]
+    fn converged_means_ready_at_the_current_generation_with_every_replica_updated() {
+        assert!(view(vec![ready()]).converged());
+        let old = ServiceView {
+            observed_generation: 2,
+            ..view(vec![ready()])
+        };
+        assert!(!old.converged(), "an older generation was observed");
+        let rolling = ServiceView {
+            updated: 1,
+            ..view(vec![ready()])
+        };
+        assert!(!rolling.converged());
+        let status = ServiceStatus {
+            observed_generation: 3,
+            updated: 2,
+            conditions: vec![ready()],
+            ..Default::default()
+        };
+        assert!(status.is_converged(3, 2) && !status.is_converged(4, 2));
+    }
+
+    #[test]
+    fn heal_actions_and_apply_outcomes_keep_their_wire_words() {
+        let e = HealEvent {
+            time: "t".into(),
+            replica: "s-web-1".into(),
+            action: HealAction::Restart,
+            reason: HealCause::DependencyRestarted,
+            message: String::new(),
+        };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["action"], "restart");
+        assert_eq!(json["reason"], "dependency-restarted");
+        let outcome = serde_json::to_value(ApplyOutcome::Configured).unwrap();
+        assert_eq!(outcome, "configured");
+    }
+}

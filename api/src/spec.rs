@@ -402,4 +402,53 @@ mod tests {
         assert!(!RestartPolicy::No.restarts(1, 0));
         assert!(RestartPolicy::Always.restarts(0, 100));
     }
+
+    #[test]
+    fn a_replica_is_current_only_within_one_to_the_replica_count() {
+        let spec = ServiceSpec {
+            replicas: 2,
+            ..Default::default()
+        };
+        let current: Vec<bool> = [None, Some(0), Some(1), Some(2), Some(3)]
+            .into_iter()
+            .map(|n| spec.is_current(n))
+            .collect();
+        assert_eq!(current, [false, false, true, true, false]);
+        let none = ServiceSpec::default();
+        assert!(
+            !none.is_current(Some(1)),
+            "zero replicas: nothing is current"
+        );
+    }
+
+    #[test]
+    fn one_port_rule_for_apply_and_scale() {
+        let port = |host_ports, mode| PortSpec {
+            host_ip: None,
+            host_ports,
+            container_port: 80,
+            protocol: "tcp".into(),
+            mode,
+        };
+        let proxied = port(Some((8080, 8080)), PortMode::Ingress);
+        let host = port(Some((8080, 8080)), PortMode::Host);
+        let range = port(Some((8080, 8081)), PortMode::Ingress);
+        let ephemeral = port(None, PortMode::Ingress);
+        assert_eq!(
+            proxied.replicas_problem("web", 5),
+            None,
+            "the proxy serves it"
+        );
+        assert_eq!(ephemeral.replicas_problem("web", 5), None);
+        assert_eq!(host.replicas_problem("web", 1), None);
+        assert!(host
+            .replicas_problem("web", 2)
+            .unwrap()
+            .contains("8080-8081:80"));
+        assert_eq!(range.replicas_problem("web", 2), None);
+        assert!(range
+            .replicas_problem("web", 3)
+            .unwrap()
+            .contains("2 host ports"));
+    }
 }
