@@ -36,7 +36,11 @@ pub async fn take_down_service(
     ctx.traffic.unpublish(&stack.name, name).await?;
     ctx.metrics.forget_service(&stack.name, name);
     let grace = service.map_or(capstan_api::spec::DEFAULT_STOP_GRACE, shape::grace);
-    act::remove_all(ctx, containers, grace).await?;
+    if !containers.is_empty() {
+        act::remove_all(ctx, containers, grace).await?;
+        let left = ctx.containers.refresh(&stack.name, name).await;
+        left.map_err(ReconcileError::List)?;
+    }
     let has_status = ctx.scratch.written_status(&stack.name, name).is_some()
         || ctx.desired.status(&stack.name, name).is_some();
     if has_status && stack.deletion.is_none() {

@@ -70,9 +70,22 @@ impl Containers {
         }
         let mut st = self.state.lock().unwrap();
         let found: Vec<ServiceKey> = grouped.keys().cloned().collect();
-        let known: Vec<ServiceKey> = st.by_service.keys().cloned().collect();
-        for key in known.into_iter().filter(|k| !grouped.contains_key(k)) {
-            st.record(key, vec![], since);
+        // Services with no container left: forgotten (a read of them answers "none"),
+        // unless an event touched them during the list.
+        let touched_since =
+            |st: &State, k: &ServiceKey| st.last_touch.get(k).is_some_and(|t| *t > since);
+        let gone: Vec<ServiceKey> = st
+            .by_service
+            .keys()
+            .filter(|k| !grouped.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            st.by_service.remove(&key);
+            if !touched_since(&st, &key) {
+                st.stale.remove(&key);
+                st.last_touch.remove(&key);
+            }
         }
         for (key, containers) in grouped {
             st.record(key, containers, since);
