@@ -18,6 +18,7 @@
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -245,7 +246,13 @@ struct Inner {
     missing_images: Vec<String>,
     history: VecDeque<ContainerEvent>,
     last_event_nano: i64,
+    /// Calls made at the same instant: (that instant, how many).
+    burst: Option<(Instant, u64)>,
 }
+
+/// Calls at one instant of tokio's clock after which the fake gives up: under paused time a
+/// daemon in a hot loop never lets the clock move, so a test would hang instead of failing.
+const HOT_LOOP_CALLS: u64 = 20_000;
 
 struct Shared {
     state: Mutex<Inner>,
@@ -420,6 +427,21 @@ impl FakeRuntime {
     fn call(&self, call: Call) -> Result<(), RuntimeError> {
         self.calls.fetch_add(1, Ordering::Relaxed);
         let mut st = self.shared.lock();
+        let now = Instant::now();
+        let burst = match st.burst {
+            Some((at, n)) if at == now => n + 1,
+            _ => 1,
+        };
+        st.burst = Some((now, burst));
+        if burst == HOT_LOOP_CALLS {
+            let last: Vec<&Call> = st.log.iter().rev().take(12).map(|r| &r.call).collect();
+            // Straight to stderr: the test harness captures eprintln!, and loses it on abort.
+            let _ = writeln!(
+                std::io::stderr(),
+                "fake engine: {HOT_LOOP_CALLS} calls without the clock moving: the daemon is in a hot loop and a test under paused time would hang; the last calls: {last:#?}"
+            );
+            std::process::abort();
+        }
         let (op, target) = (call.op(), call.target().to_string());
         let mut err = None;
         if let Some(i) = st
