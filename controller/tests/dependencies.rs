@@ -3,6 +3,8 @@
 
 mod fixture;
 
+use capstan_api::object::HealCause;
+
 use capstan_controller::runtime::fake::Call;
 use fixture::*;
 use std::time::Duration;
@@ -199,7 +201,7 @@ async fn a_dependent_with_restart_true_is_restarted_when_its_dependency_is_repla
         status
             .recent_events
             .iter()
-            .any(|e| e.reason == "dependency-restarted"),
+            .any(|e| e.reason == HealCause::DependencyRestarted),
         "{:?}",
         status.recent_events
     );

@@ -3,6 +3,8 @@
 
 mod fixture;
 
+use capstan_api::object::{HealAction, HealCause};
+
 use capstan_controller::runtime::fake::Call;
 use fixture::*;
 use std::time::Duration;
@@ -63,8 +65,8 @@ async fn a_replica_removed_behind_capstans_back_is_replaced_and_the_others_are_u
             .recent_events
             .iter()
             .any(|e| e.replica == replica("web", 2)
-                && e.action == "replace"
-                && e.reason == "removed"),
+                && e.action == HealAction::Replace
+                && e.reason == HealCause::Removed),
         "{:?}",
         status.recent_events
     );
@@ -86,7 +88,9 @@ async fn an_exited_replica_is_started_again_in_place_under_restart_always() {
     assert!(status
         .recent_events
         .iter()
-        .any(|e| e.action == "start" && e.reason == "exited" && e.message.contains("code 0")));
+        .any(|e| e.action == HealAction::Start
+            && e.reason == HealCause::Exited
+            && e.message.contains("code 0")));
     assert_eq!(status.restarts, 1);
 }
 

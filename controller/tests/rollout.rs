@@ -30,7 +30,10 @@ async fn a_changed_image_replaces_one_replica_at_a_time_each_ready_before_the_ne
     let before = f.ids();
 
     let res = f.apply(&web("web:2")).await;
-    assert_eq!(res.services["web"], "configured");
+    assert_eq!(
+        res.services["web"],
+        capstan_api::object::ApplyOutcome::Configured
+    );
     // Watch the world while it rolls: at most one of the three replicas is missing or not
     // ready at any moment.
     let deadline = f.elapsed() + Duration::from_secs(120);

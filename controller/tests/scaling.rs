@@ -117,9 +117,49 @@ async fn applying_the_same_file_twice_changes_nothing_in_etcd_or_on_the_engine()
     f.fake.clear_calls();
 
     let res = f.apply(&web(2)).await;
-    assert!(res.services.values().all(|o| o == "unchanged"), "{res:?}");
+    assert!(
+        res.services
+            .values()
+            .all(|o| *o == capstan_api::object::ApplyOutcome::Unchanged),
+        "{res:?}"
+    );
     f.run_for(std::time::Duration::from_secs(65)).await; // past two resyncs
     assert_eq!(f.etcd.writes(), writes, "no spec or status write");
     assert_eq!(f.ids(), ids);
     assert_eq!(f.fake.count(Call::mutates), 0, "{:?}", f.fake.calls());
+}
+
+/// The container reflector: a resync lists the engine once for every service together, and
+/// the reconciles it triggers read that list; nothing lists a service of its own while no
+/// event touched it.
+#[tokio::test(start_paused = true)]
+async fn an_idle_resync_lists_the_engine_once_whatever_the_number_of_services() {
+    let f = Fixture::start().await;
+    let body: String = (0..20)
+        .map(|i| format!("  svc{i}:\n    image: web:1\n    scale: 2\n"))
+        .collect();
+    f.apply(&format!("services:\n{body}")).await;
+    for i in 0..20 {
+        f.until_converged(STACK, &format!("svc{i}"), 2).await;
+    }
+    f.settle().await;
+    f.fake.clear_calls();
+
+    f.run_for(std::time::Duration::from_secs(61)).await; // two resyncs
+    let lists: Vec<Call> = f
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::List { .. }))
+        .collect();
+    let everything = Call::List {
+        stack: None,
+        service: None,
+    };
+    assert_eq!(
+        lists,
+        [everything.clone(), everything],
+        "one list of everything per resync, none per service"
+    );
+    assert_eq!(f.fake.count(Call::mutates), 0);
 }

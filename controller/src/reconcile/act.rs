@@ -77,6 +77,12 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcom
         problems.extend(publish(ctx, obs, &after, &BTreeSet::new()).await?);
         after
     };
+    if problems.is_empty() {
+        let made: BTreeSet<u32> = containers.iter().filter_map(|c| c.ordinal).collect();
+        problems = ctx
+            .scratch
+            .still_unmade(&service.stack, &service.name, &made);
+    }
     let strays = plan
         .remove
         .iter()
@@ -251,7 +257,7 @@ async fn execute(
     for n in &plan.create {
         jobs.push(Box::pin(async move {
             let made = create_and_start(ctx, obs, *n).await;
-            (made.err().map(|e| problem(*n, e)), None)
+            (made.err().map(|e| failed_to_make(ctx, obs, *n, e)), None)
         }));
     }
     let mut problems = vec![];
@@ -317,10 +323,19 @@ async fn recreate_job(ctx: &Context, obs: &Observation, c: &Observed) -> JobResu
     let service = &obs.service;
     tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, "replacing outdated replica");
     let replaced = replace(ctx, obs, c).await;
-    (
-        replaced.err().map(|e| problem(c.ordinal.unwrap_or(0), e)),
-        None,
-    )
+    let n = c.ordinal.unwrap_or(0);
+    (replaced.err().map(|e| failed_to_make(ctx, obs, n, e)), None)
+}
+
+/// A replica could not be made: reported (also while it waits), and its next try waits out
+/// the replica's back-off.
+fn failed_to_make(ctx: &Context, obs: &Observation, ordinal: u32, e: RuntimeError) -> Problem {
+    let service = &obs.service;
+    ctx.restarts.record(&service.stack, &service.name, ordinal);
+    let problem = problem(ordinal, e);
+    ctx.scratch
+        .unmade(&service.stack, &service.name, problem.clone());
+    problem
 }
 
 /// Removes `c` and creates its ordinal anew.

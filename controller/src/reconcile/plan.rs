@@ -152,8 +152,14 @@ pub fn plan(
 
     for n in 1..=spec.replicas {
         let Some(c) = by_ordinal.get(&n) else {
-            if gate_open {
-                plan.create.push(n);
+            // A replica whose last create or start failed waits out the same back-off as a
+            // crash loop: a taken port or a broken network must not become a hot loop.
+            match history.backoff_left(n) {
+                _ if !gate_open => {}
+                Some(left) => {
+                    plan.backing_off.insert(n, left);
+                }
+                None => plan.create.push(n),
             }
             continue;
         };

@@ -2,7 +2,9 @@
 //! writes): what this process wrote last, and what it still owes.
 
 use capstan_api::object::ServiceStatus;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::status::Problem;
 use std::sync::{Arc, Mutex};
 
 type ServiceKey = (String, String);
@@ -16,6 +18,9 @@ pub struct Scratch {
     /// Dependents to restart because capstan restarted a dependency they declared
     /// `restart: true` on: (stack, service) → those dependencies.
     dependent_restarts: Mutex<HashMap<ServiceKey, BTreeSet<String>>>,
+    /// Why replicas could not be made, by ordinal, while they wait out their back-off: the
+    /// status keeps naming the cause (a taken name, a missing image) between tries.
+    unmade: Mutex<HashMap<ServiceKey, BTreeMap<u32, Problem>>>,
     /// Why each stack's deletion cannot finish yet; shared with the API.
     pub blocked: Arc<BlockedDeletions>,
 }
@@ -72,8 +77,26 @@ impl Scratch {
         Some(deps.into_iter().collect())
     }
 
+    /// Replica `problem.ordinal` could not be made.
+    pub fn unmade(&self, stack: &str, service: &str, problem: Problem) {
+        let mut unmade = self.unmade.lock().unwrap();
+        let service = unmade.entry(key(stack, service)).or_default();
+        service.insert(problem.ordinal, problem);
+    }
+
+    /// Why the replicas not made yet could not be made; `made` are those that exist now.
+    pub fn still_unmade(&self, stack: &str, service: &str, made: &BTreeSet<u32>) -> Vec<Problem> {
+        let mut unmade = self.unmade.lock().unwrap();
+        let Some(problems) = unmade.get_mut(&key(stack, service)) else {
+            return vec![];
+        };
+        problems.retain(|n, _| !made.contains(n));
+        problems.values().cloned().collect()
+    }
+
     /// Forgets a removed service.
     pub fn forget(&self, stack: &str, service: &str) {
+        self.unmade.lock().unwrap().remove(&key(stack, service));
         self.written.lock().unwrap().remove(&key(stack, service));
         let mut pending = self.dependent_restarts.lock().unwrap();
         pending.remove(&key(stack, service));

@@ -4,13 +4,16 @@ use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use super::kv::*;
 
 pub struct MemKv {
     state: Mutex<State>,
     events: broadcast::Sender<Vec<WatchEvent>>,
+    /// True while "unreachable": open watches end with an error, as etcd's do when the
+    /// connection is lost.
+    down: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -32,6 +35,7 @@ impl Default for MemKv {
                 ..Default::default()
             }),
             events: broadcast::channel(4096).0,
+            down: watch::channel(false).0,
         }
     }
 }
@@ -42,9 +46,10 @@ impl MemKv {
         self.state.lock().unwrap().txns_committed
     }
 
-    /// Makes every call fail as if etcd were unreachable.
+    /// Makes every call fail as if etcd were unreachable, and ends the open watches.
     pub fn set_down(&self, down: bool) {
         self.state.lock().unwrap().down = down;
+        self.down.send_replace(down);
     }
 
     fn check(&self) -> Result<(), KvError> {
@@ -190,7 +195,14 @@ impl Kv for MemKv {
                 Err(e) => Some(Err(e)),
             })
         });
-        Ok(past.chain(live).boxed())
+        let mut down = self.down.subscribe();
+        let lost = async move {
+            let _ = down.wait_for(|d| *d).await;
+        };
+        let broken = futures::stream::once(async {
+            Err(KvError::Unavailable("connection to etcd lost".into()))
+        });
+        Ok(past.chain(live).take_until(lost).chain(broken).boxed())
     }
 }
 
