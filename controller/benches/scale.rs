@@ -1,13 +1,14 @@
 //! The reconciler at scale, without Docker (issue 6): the real store, cache, watcher,
-//! scheduler and workers over the in-memory Kv and runtime. For 100, 1,000 and 5,000
+//! scheduler and workers over the in-memory Kv and runtime. For 100, 1,000, 2,000 and 5,000
 //! services of 5 replicas: time to converge from empty, wall time and CPU of one full resync
-//! with no drift (and that it writes nothing), and peak RSS. Each size runs in a process of
+//! with no drift (and that it writes nothing), the engine calls it makes (and how many are
+//! container lists), and peak RSS. Each size runs in a process of
 //! its own, so peak RSS is its own. Prints one JSON line per size.
 
 use capstan_controller::controller::{Controller, Options};
 use capstan_controller::key::ObjectKey;
 use capstan_controller::metrics::Metrics;
-use capstan_controller::runtime::fake::FakeRuntime;
+use capstan_controller::runtime::fake::{Call, FakeRuntime};
 use capstan_controller::scheduler::Scheduler;
 use capstan_controller::store::memory::MemKv;
 use capstan_controller::store::Store;
@@ -101,12 +102,14 @@ async fn run(services: usize) -> serde_json::Value {
     // One full resync with nothing to do.
     let writes = kv.writes();
     let calls = runtime.calls.load(std::sync::atomic::Ordering::Relaxed);
+    runtime.clear_calls();
     let t1 = Instant::now();
     triggers::resync_once(&controller.triggers).await.unwrap();
     wait_idle(scheduler).await;
     let resync = t1.elapsed().as_secs_f64();
     let (cpu2, rss) = cpu_and_peak_rss();
     let resync_calls = runtime.calls.load(std::sync::atomic::Ordering::Relaxed) - calls;
+    let resync_lists = runtime.count(|c| matches!(c, Call::List { .. }));
     assert_eq!(
         kv.writes(),
         writes,
@@ -120,6 +123,7 @@ async fn run(services: usize) -> serde_json::Value {
         "resync_s": resync,
         "resync_cpu_s": cpu2 - cpu1,
         "resync_runtime_calls": resync_calls,
+        "resync_engine_lists": resync_lists,
         "resync_etcd_writes": kv.writes() - writes,
         "peak_rss_mib": rss,
     })
@@ -142,10 +146,18 @@ fn main() {
     let mut rows = vec![];
     println!("reconciler at scale, in-memory runtime and store, {REPLICAS} replicas per service, {WORKERS} workers, 2 runtime threads");
     println!(
-        "  {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>10}",
-        "services", "replicas", "converge s", "resync s", "resync CPU", "CPU/1k svc ms", "peak RSS"
+        "  {:>9} {:>9} {:>12} {:>12} {:>11} {:>13} {:>10} {:>13} {:>13}",
+        "services",
+        "replicas",
+        "converge s",
+        "resync s",
+        "resync CPU",
+        "CPU/1k svc ms",
+        "peak RSS",
+        "engine calls",
+        "of them lists"
     );
-    for n in [100, 1000, 5000] {
+    for n in [100, 1000, 2000, 5000] {
         let out = std::process::Command::new(&me)
             .arg(n.to_string())
             .output()
@@ -158,14 +170,16 @@ fn main() {
         let row: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
         let f = |k: &str| row[k].as_f64().unwrap();
         println!(
-            "  {:>9} {:>9} {:>12.2} {:>12.3} {:>10.3}s {:>13.1} {:>7.1} MiB",
+            "  {:>9} {:>9} {:>12.2} {:>12.3} {:>10.3}s {:>13.1} {:>7.1} MiB {:>13} {:>13}",
             n,
             row["replicas"].as_u64().unwrap(),
             f("converge_s"),
             f("resync_s"),
             f("resync_cpu_s"),
             f("resync_cpu_s") * 1e6 / n as f64,
-            f("peak_rss_mib")
+            f("peak_rss_mib"),
+            row["resync_runtime_calls"],
+            row["resync_engine_lists"]
         );
         rows.push(row);
     }
