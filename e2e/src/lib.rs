@@ -86,6 +86,47 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+/// [`wait_until`] for a check that can say what is still missing: polls `attempt` every
+/// 200 ms until it returns `Ok`, and panics with `what` and the last `Err` after `timeout`.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match attempt() {
+            Ok(t) => return t,
+            Err(e) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for: {what}\nstill: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// How often the harness's daemons resync (`capstan serve --resync`).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// The sum of the samples of metric `name` in a Prometheus exposition whose labels include
+/// every one of `labels` (`kind="stack"`); 0 when there is none.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let matches = labels
+                .iter()
+                .all(|want| labelset.split(',').any(|have| have.trim() == want.trim()));
+            matches.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A single-node etcd on loopback, with its data in a temp dir.
 pub struct Etcd {
     dir: PathBuf,
@@ -242,7 +283,7 @@ impl Daemon {
                 "--prefix",
                 &self.prefix,
                 "--resync",
-                "5s",
+                &format!("{}s", RESYNC.as_secs()),
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info,capstan_controller=debug")
@@ -362,6 +403,68 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
     }
+
+    /// The daemon's Prometheus exposition (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.url()))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+    }
+
+    /// Reconciles the daemon finished so far of `kind` keys (`stack`, `service`), whatever
+    /// their result (`capstan_reconciles_total`).
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        reconciles_in(&self.metrics(), kind)
+    }
+
+    /// Returns once the daemon has resynced since the call: a resync (every [`RESYNC`])
+    /// enqueues every stack and every service, and each has been reconciled again. For the
+    /// tests that prove that nothing happens: whatever the daemon would do on its own, it has
+    /// had its chance to do. Takes up to one period.
+    ///
+    /// Read from `capstan_reconciles_total` in a world at rest (no etcd change, no container
+    /// event, nothing backing off), where only the resync reconciles a stack: the stack
+    /// reconciles grow by one per stack when a resync ran, and the service reconciles by one
+    /// per service when it reached them all. A call that lands inside a resync (milliseconds
+    /// of reconciles every period) can return when that one is done.
+    pub fn wait_for_resync(&self) {
+        let stacks: Vec<serde_json::Value> =
+            reqwest::blocking::get(format!("{}/v1/stacks", self.url()))
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+                .unwrap_or_else(|e| panic!("GET /v1/stacks: {e}"));
+        let services: u64 = stacks
+            .iter()
+            .map(|s| s["services"].as_array().map_or(0, |v| v.len() as u64))
+            .sum();
+        let text = self.metrics();
+        let (stacks0, services0) = (
+            reconciles_in(&text, "stack"),
+            reconciles_in(&text, "service"),
+        );
+        let want = (stacks0 + stacks.len() as u64, services0 + services);
+        wait_until(
+            RESYNC * 4,
+            &format!(
+                "a resync: {} stack and {services} service reconciles past {stacks0} and {services0}",
+                stacks.len()
+            ),
+            || {
+                let text = self.metrics();
+                reconciles_in(&text, "stack") >= want.0 && reconciles_in(&text, "service") >= want.1
+            },
+        );
+    }
+}
+
+/// `capstan_reconciles_total` of `kind` keys in an exposition, whatever the result.
+fn reconciles_in(exposition: &str, kind: &str) -> u64 {
+    metric_sum(
+        exposition,
+        "capstan_reconciles_total",
+        &[&format!("kind=\"{kind}\"")],
+    ) as u64
 }
 
 impl Drop for Daemon {
