@@ -725,7 +725,10 @@ pub fn now_ns() -> i64 {
 
 /// Follows `docker events` for one container live, from before the test acts: the engine only
 /// replays its last 256 events, which parallel tests' healthchecks overflow in seconds.
-/// Yields (engine time in ns, action).
+/// Yields (engine time in ns, action) of every event from the call on, with no wait for the
+/// subscription: it asks for `--since` the call, and the engine hands over what it buffered
+/// since then and subscribes in one step, so the few milliseconds before the stream is live
+/// come from that replay.
 pub struct Events {
     child: std::process::Child,
     rx: mpsc::Receiver<(i64, String)>,
@@ -733,9 +736,12 @@ pub struct Events {
 
 impl Events {
     pub fn follow(container: &str) -> Events {
+        let since = now_ns();
         let mut child = Command::new("docker")
             .args([
                 "events",
+                "--since",
+                &format!("{}.{:09}", since / 1_000_000_000, since % 1_000_000_000),
                 "--filter",
                 &format!("container={container}"),
                 "--format",
@@ -755,12 +761,9 @@ impl Events {
                 }
             }
         });
-        // `docker events` subscribes asynchronously; give it a moment before acting.
-        std::thread::sleep(Duration::from_millis(300));
         Events { child, rx }
     }
 
-    /// The engine time of the next event whose action starts with `prefix`.
     /// The engine times of every event so far whose action starts with `prefix`.
     pub fn drain(&self, prefix: &str) -> Vec<i64> {
         self.rx
@@ -770,6 +773,7 @@ impl Events {
             .collect()
     }
 
+    /// The engine time of the next event whose action starts with `prefix`.
     pub fn next(&self, prefix: &str, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
