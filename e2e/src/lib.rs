@@ -660,7 +660,8 @@ impl Harness {
 /// A steady HTTP request loop against `url`, one new connection per request, until stopped.
 pub struct LoadLoop {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<Sample>>>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 /// One request: when the answer came (host clock, ns), its status (0: no answer), its body.
@@ -674,38 +675,50 @@ pub struct Sample {
 impl LoadLoop {
     pub fn start(url: &str) -> LoadLoop {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
         let url = url.to_string();
-        let flag = stop.clone();
+        let (flag, sink) = (stop.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
             let client = reqwest::blocking::Client::builder()
                 .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(3))
                 .build()
                 .unwrap();
-            let mut samples = vec![];
             while !flag.load(Ordering::SeqCst) {
                 let (status, body) = match client.get(&url).send() {
                     Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
                     Err(e) => (0, e.to_string()),
                 };
-                samples.push(Sample {
+                sink.lock().unwrap().push(Sample {
                     at_ns: now_ns(),
                     status,
                     body: body.trim().to_string(),
                 });
                 std::thread::sleep(Duration::from_millis(5));
             }
-            samples
         });
         LoadLoop {
             stop,
+            samples,
             handle: Some(handle),
         }
     }
 
+    /// The answers that came at or after `at_ns` (host clock), so far.
+    pub fn samples_since(&self, at_ns: i64) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at_ns >= at_ns)
+            .cloned()
+            .collect()
+    }
+
     pub fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap()
+        self.handle.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.samples.lock().unwrap())
     }
 }
 
