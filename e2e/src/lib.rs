@@ -86,6 +86,47 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+/// [`wait_until`] for a check that can say what is still missing: polls `attempt` every
+/// 200 ms until it returns `Ok`, and panics with `what` and the last `Err` after `timeout`.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match attempt() {
+            Ok(t) => return t,
+            Err(e) if start.elapsed() > timeout => {
+                panic!("timed out after {timeout:?} waiting for: {what}\nstill: {e}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// How often the harness's daemons resync (`capstan serve --resync`).
+pub const RESYNC: Duration = Duration::from_secs(5);
+
+/// The sum of the samples of metric `name` in a Prometheus exposition whose labels include
+/// every one of `labels` (`kind="stack"`); 0 when there is none.
+pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let matches = labels
+                .iter()
+                .all(|want| labelset.split(',').any(|have| have.trim() == want.trim()));
+            matches.then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// A single-node etcd on loopback, with its data in a temp dir.
 pub struct Etcd {
     dir: PathBuf,
@@ -242,7 +283,7 @@ impl Daemon {
                 "--prefix",
                 &self.prefix,
                 "--resync",
-                "5s",
+                &format!("{}s", RESYNC.as_secs()),
             ])
             .args(&self.extra)
             .env("RUST_LOG", "info,capstan_controller=debug")
@@ -362,6 +403,68 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
     }
+
+    /// The daemon's Prometheus exposition (`GET /metrics`).
+    pub fn metrics(&self) -> String {
+        reqwest::blocking::get(format!("{}/metrics", self.url()))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.text())
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+    }
+
+    /// Reconciles the daemon finished so far of `kind` keys (`stack`, `service`), whatever
+    /// their result (`capstan_reconciles_total`).
+    pub fn reconciles(&self, kind: &str) -> u64 {
+        reconciles_in(&self.metrics(), kind)
+    }
+
+    /// Returns once the daemon has resynced since the call: a resync (every [`RESYNC`])
+    /// enqueues every stack and every service, and each has been reconciled again. For the
+    /// tests that prove that nothing happens: whatever the daemon would do on its own, it has
+    /// had its chance to do. Takes up to one period.
+    ///
+    /// Read from `capstan_reconciles_total` in a world at rest (no etcd change, no container
+    /// event, nothing backing off), where only the resync reconciles a stack: the stack
+    /// reconciles grow by one per stack when a resync ran, and the service reconciles by one
+    /// per service when it reached them all. A call that lands inside a resync (milliseconds
+    /// of reconciles every period) can return when that one is done.
+    pub fn wait_for_resync(&self) {
+        let stacks: Vec<serde_json::Value> =
+            reqwest::blocking::get(format!("{}/v1/stacks", self.url()))
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json())
+                .unwrap_or_else(|e| panic!("GET /v1/stacks: {e}"));
+        let services: u64 = stacks
+            .iter()
+            .map(|s| s["services"].as_array().map_or(0, |v| v.len() as u64))
+            .sum();
+        let text = self.metrics();
+        let (stacks0, services0) = (
+            reconciles_in(&text, "stack"),
+            reconciles_in(&text, "service"),
+        );
+        let want = (stacks0 + stacks.len() as u64, services0 + services);
+        wait_until(
+            RESYNC * 4,
+            &format!(
+                "a resync: {} stack and {services} service reconciles past {stacks0} and {services0}",
+                stacks.len()
+            ),
+            || {
+                let text = self.metrics();
+                reconciles_in(&text, "stack") >= want.0 && reconciles_in(&text, "service") >= want.1
+            },
+        );
+    }
+}
+
+/// `capstan_reconciles_total` of `kind` keys in an exposition, whatever the result.
+fn reconciles_in(exposition: &str, kind: &str) -> u64 {
+    metric_sum(
+        exposition,
+        "capstan_reconciles_total",
+        &[&format!("kind=\"{kind}\"")],
+    ) as u64
 }
 
 impl Drop for Daemon {
@@ -557,7 +660,8 @@ impl Harness {
 /// A steady HTTP request loop against `url`, one new connection per request, until stopped.
 pub struct LoadLoop {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<Vec<Sample>>>,
+    samples: std::sync::Arc<std::sync::Mutex<Vec<Sample>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
 }
 
 /// One request: when the answer came (host clock, ns), its status (0: no answer), its body.
@@ -571,38 +675,50 @@ pub struct Sample {
 impl LoadLoop {
     pub fn start(url: &str) -> LoadLoop {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let samples = std::sync::Arc::new(std::sync::Mutex::new(vec![]));
         let url = url.to_string();
-        let flag = stop.clone();
+        let (flag, sink) = (stop.clone(), samples.clone());
         let handle = std::thread::spawn(move || {
             let client = reqwest::blocking::Client::builder()
                 .pool_max_idle_per_host(0)
                 .timeout(Duration::from_secs(3))
                 .build()
                 .unwrap();
-            let mut samples = vec![];
             while !flag.load(Ordering::SeqCst) {
                 let (status, body) = match client.get(&url).send() {
                     Ok(r) => (r.status().as_u16(), r.text().unwrap_or_default()),
                     Err(e) => (0, e.to_string()),
                 };
-                samples.push(Sample {
+                sink.lock().unwrap().push(Sample {
                     at_ns: now_ns(),
                     status,
                     body: body.trim().to_string(),
                 });
                 std::thread::sleep(Duration::from_millis(5));
             }
-            samples
         });
         LoadLoop {
             stop,
+            samples,
             handle: Some(handle),
         }
     }
 
+    /// The answers that came at or after `at_ns` (host clock), so far.
+    pub fn samples_since(&self, at_ns: i64) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at_ns >= at_ns)
+            .cloned()
+            .collect()
+    }
+
     pub fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handle.take().unwrap().join().unwrap()
+        self.handle.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.samples.lock().unwrap())
     }
 }
 
@@ -622,7 +738,10 @@ pub fn now_ns() -> i64 {
 
 /// Follows `docker events` for one container live, from before the test acts: the engine only
 /// replays its last 256 events, which parallel tests' healthchecks overflow in seconds.
-/// Yields (engine time in ns, action).
+/// Yields (engine time in ns, action) of every event from the call on, with no wait for the
+/// subscription: it asks for `--since` the call, and the engine hands over what it buffered
+/// since then and subscribes in one step, so the few milliseconds before the stream is live
+/// come from that replay.
 pub struct Events {
     child: std::process::Child,
     rx: mpsc::Receiver<(i64, String)>,
@@ -630,9 +749,12 @@ pub struct Events {
 
 impl Events {
     pub fn follow(container: &str) -> Events {
+        let since = now_ns();
         let mut child = Command::new("docker")
             .args([
                 "events",
+                "--since",
+                &format!("{}.{:09}", since / 1_000_000_000, since % 1_000_000_000),
                 "--filter",
                 &format!("container={container}"),
                 "--format",
@@ -652,12 +774,9 @@ impl Events {
                 }
             }
         });
-        // `docker events` subscribes asynchronously; give it a moment before acting.
-        std::thread::sleep(Duration::from_millis(300));
         Events { child, rx }
     }
 
-    /// The engine time of the next event whose action starts with `prefix`.
     /// The engine times of every event so far whose action starts with `prefix`.
     pub fn drain(&self, prefix: &str) -> Vec<i64> {
         self.rx
@@ -667,6 +786,7 @@ impl Events {
             .collect()
     }
 
+    /// The engine time of the next event whose action starts with `prefix`.
     pub fn next(&self, prefix: &str, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {

@@ -5,7 +5,7 @@
 use capstan_e2e::*;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn charts() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts")
@@ -121,7 +121,8 @@ fn dashboard_queries() -> Vec<(String, String)> {
 }
 
 #[test]
-fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus() {
+fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_the_idle_daemon_then_only_resyncs(
+) {
     let h = Harness::start("metrics");
     let (d, s) = (&h.d, &h.s);
     let prom = Prometheus::start(d.url().trim_start_matches("http://"));
@@ -141,10 +142,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus() {
     });
 
     // The daemon's own exposition says what the dashboard expects, before Prometheus does.
-    let text = reqwest::blocking::get(format!("{}/metrics", d.url()))
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = d.metrics();
     let heal = text
         .lines()
         .find(|l| l.starts_with("capstan_heal_actions_total{") && l.contains(&s.name))
@@ -159,71 +157,86 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus() {
         "prometheus to have scraped the heal",
         || prom.query("capstan_heal_actions_total").unwrap_or(0) > 0,
     );
-    std::thread::sleep(Duration::from_secs(4)); // a few more samples for rate()
 
-    let mut failures = vec![];
     let queries = dashboard_queries();
     assert!(
         queries.len() >= 20,
         "the dashboard has {} queries",
         queries.len()
     );
-    for (title, expr) in queries {
-        match prom.query(&expr) {
-            Ok(0) => failures.push(format!("{title}: no data for {expr}")),
-            Ok(_) => {}
-            Err(e) => failures.push(format!("{title}: {expr}: {e}")),
-        }
-    }
     let rules: serde_yaml::Value = serde_yaml::from_str(
         &std::fs::read_to_string(charts().join("prometheus/capstan-rules.yaml")).unwrap(),
     )
     .unwrap();
-    for group in rules["groups"].as_sequence().unwrap() {
-        for rule in group["rules"].as_sequence().unwrap() {
-            let expr = rule["expr"].as_str().unwrap();
-            match (prom.query(expr), rule["record"].as_str()) {
-                (Err(e), _) => failures.push(format!("rule {expr}: {e}")),
-                (Ok(0), Some(record)) => failures.push(format!("recording rule {record}: no data")),
-                // An alert's expression returns data only while it fires; it must evaluate.
-                _ => {}
-            }
-            if let Some(record) = rule["record"].as_str() {
-                if prom.query(record).unwrap_or(0) == 0 {
-                    failures.push(format!("recorded series {record} missing"));
+    // Every expression parses and evaluates at once; its data comes as Prometheus scrapes
+    // (every second) and evaluates the rules: a rate() needs two samples in its window, a
+    // recorded series an evaluation after them.
+    wait_for(
+        Duration::from_secs(30),
+        "every dashboard and rule expression to return data",
+        || {
+            let (mut failures, mut missing) = (vec![], vec![]);
+            for (title, expr) in &queries {
+                match prom.query(expr) {
+                    Ok(0) => missing.push(format!("{title}: no data for {expr}")),
+                    Ok(_) => {}
+                    Err(e) => failures.push(format!("{title}: {expr}: {e}")),
                 }
             }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} expression(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n")
+            for group in rules["groups"].as_sequence().unwrap() {
+                for rule in group["rules"].as_sequence().unwrap() {
+                    let expr = rule["expr"].as_str().unwrap();
+                    match (prom.query(expr), rule["record"].as_str()) {
+                        (Err(e), _) => failures.push(format!("rule {expr}: {e}")),
+                        (Ok(0), Some(record)) => {
+                            missing.push(format!("recording rule {record}: no data"))
+                        }
+                        // An alert's expression returns data only while it fires; it must
+                        // evaluate.
+                        _ => {}
+                    }
+                    if let Some(record) = rule["record"].as_str() {
+                        if prom.query(record).unwrap_or(0) == 0 {
+                            missing.push(format!("recorded series {record} missing"));
+                        }
+                    }
+                }
+            }
+            assert!(
+                failures.is_empty(),
+                "{} expression(s) failed:\n{}",
+                failures.len(),
+                failures.join("\n")
+            );
+            match missing.len() {
+                0 => Ok(()),
+                n => Err(format!("{n} without data:\n{}", missing.join("\n"))),
+            }
+        },
     );
 
     // Idle, the loop costs only its resync: healthcheck execs are not drift, and the etcd
-    // watch holds (it used to break every few seconds and relist everything).
-    let reconciles = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("capstan_reconciles_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let scrape = || {
-        reqwest::blocking::get(format!("{}/metrics", d.url()))
-            .unwrap()
-            .text()
-            .unwrap()
-    };
-    let before = reconciles(&scrape());
-    std::thread::sleep(Duration::from_secs(12));
-    let after = reconciles(&scrape());
-    // The harness resyncs every 5 s: two or three resyncs of two keys (the stack, the service).
+    // watch holds (it used to break every few seconds and relist everything). At rest only
+    // the resync reconciles the stack: over two resyncs, the one service is reconciled once
+    // per resync (one more for a resync under way at the start), and the two resyncs come a
+    // period apart.
+    let (stacks, services) = (d.reconciles("stack"), d.reconciles("service"));
+    let idle_since = Instant::now();
+    wait_until(RESYNC * 4, "two resyncs", || {
+        d.reconciles("stack") >= stacks + 2
+    });
+    let idle = idle_since.elapsed();
+    let (resyncs, reconciled) = (
+        d.reconciles("stack") - stacks,
+        d.reconciles("service") - services,
+    );
     assert!(
-        after - before <= 8.0,
-        "{} reconciles in 12 idle seconds",
-        after - before
+        reconciled <= resyncs + 1,
+        "{reconciled} service reconciles in {resyncs} idle resyncs ({idle:?})"
+    );
+    assert!(
+        idle >= RESYNC / 2,
+        "{resyncs} stack reconciles in {idle:?}: something besides the resync reconciles it"
     );
     assert!(
         !d.log().contains("watch broke"),

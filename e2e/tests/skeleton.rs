@@ -144,7 +144,7 @@ fn a_replica_removed_behind_capstans_back_is_replaced() {
 }
 
 #[test]
-fn a_foreign_container_named_like_a_replica_is_left_untouched() {
+fn a_foreign_container_named_like_a_replica_is_left_untouched_across_a_resync() {
     let h = Harness::start("foreign");
     let (d, s) = (&h.d, &h.s);
     let foreign = s.replica("web", 2);
@@ -162,7 +162,7 @@ fn a_foreign_container_named_like_a_replica_is_left_untouched() {
                 .any(|c| c["type"] == "Degraded" && c["reason"] == "NameConflict")
         })
     });
-    std::thread::sleep(Duration::from_secs(6)); // past a resync
+    d.wait_for_resync();
     assert_eq!(
         inspect(&foreign, "{{.Id}}"),
         foreign_id,
@@ -181,7 +181,7 @@ fn a_foreign_container_named_like_a_replica_is_left_untouched() {
 }
 
 #[test]
-fn a_restarted_daemon_adopts_running_replicas_without_restarting_them() {
+fn a_restarted_daemon_adopts_running_replicas_without_restarting_them_across_a_resync() {
     let mut h = Harness::start("adopt");
     let s = &h.s;
     h.d.apply(s, &web(3));
@@ -196,7 +196,7 @@ fn a_restarted_daemon_adopts_running_replicas_without_restarting_them() {
         "the new daemon to report the service converged",
         || d.converged(&s.name, "web", 3),
     );
-    std::thread::sleep(Duration::from_secs(6)); // past a resync
+    d.wait_for_resync();
     assert_eq!(s.containers(), before, "same container IDs, no duplicates");
     let started_after: Vec<String> = before.iter().map(|c| started(&c.0)).collect();
     assert_eq!(started_after, started_before, "no replica was restarted");
@@ -242,7 +242,7 @@ fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
 }
 
 #[test]
-fn an_etcd_outage_removes_nothing_and_the_host_converges_after() {
+fn an_etcd_outage_changes_nothing_while_it_lasts_and_the_host_converges_after() {
     let mut h = Harness::start("outage");
     let s = &h.s;
     h.d.apply(s, &web(2));
@@ -261,14 +261,30 @@ fn an_etcd_outage_removes_nothing_and_the_host_converges_after() {
         },
     );
     docker(&["rm", "-f", &s.replica("web", 2)]);
-    for _ in 0..10 {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = s.containers();
-        assert!(
-            now.contains(&before[0]),
-            "replica 1 must survive the etcd outage: {now:?}"
-        );
-    }
+    // Frozen, every look at the service ends in a requeue: wait for two that come after the
+    // removal (a key is reconciled by one worker at a time, so the second began after it).
+    let frozen = || {
+        metric_sum(
+            &d.metrics(),
+            "capstan_reconciles_total",
+            &["kind=\"service\"", "result=\"requeue\""],
+        )
+    };
+    let frozen_before = frozen();
+    wait_until(
+        CONVERGE,
+        "the frozen loop to look at the service twice since the removal",
+        || frozen() >= frozen_before + 2.0,
+    );
+    let now = s.containers();
+    assert!(
+        now.contains(&before[0]),
+        "replica 1 must survive the etcd outage: {now:?}"
+    );
+    assert!(
+        !now.iter().any(|c| c.0 == s.replica("web", 2)),
+        "nothing is replaced while the desired state cannot be read: {now:?}"
+    );
     assert!(
         reqwest::blocking::get(format!("{}/healthz", d.url()))
             .unwrap()
@@ -357,7 +373,7 @@ fn a_deletion_held_by_a_foreign_container_says_why_and_finishes_once_it_leaves()
 }
 
 #[test]
-fn applying_the_same_file_twice_changes_nothing() {
+fn applying_the_same_file_twice_changes_nothing_across_a_resync() {
     let h = Harness::start("idem");
     let (d, s) = (&h.d, &h.s);
     d.apply(s, &web(2));
@@ -372,7 +388,7 @@ fn applying_the_same_file_twice_changes_nothing() {
         (Some(1), &keys_rev),
         "no write to the spec"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    d.wait_for_resync();
     assert_eq!(s.containers(), before, "no restart");
 }
 

@@ -65,7 +65,18 @@ fn a_steady_request_loop_sees_no_failure_while_scaling_and_rolling_out() {
     d.cli_ok(&["scale", &format!("{}/web=4", s.name)]);
     wait_until(CONVERGE, "4 replicas", || d.converged(&s.name, "web", 4));
     d.apply(s, &proxied_web(port, 4, IMAGE_V2));
-    std::thread::sleep(Duration::from_millis(500));
+    // The loop goes on until every replica of the new spec has answered it.
+    let rolled_out = now_ns();
+    let replicas: BTreeSet<String> = (1..=4).map(|n| s.replica("web", n)).collect();
+    wait_until(CONVERGE, "an answer from each rolled-out replica", || {
+        let answered: BTreeSet<String> = load
+            .samples_since(rolled_out)
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .map(|r| r.body)
+            .collect();
+        answered.is_superset(&replicas)
+    });
     let samples = load.finish();
 
     let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
