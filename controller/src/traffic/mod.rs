@@ -24,14 +24,14 @@ use crate::watch::Desired;
 
 /// Publishes endpoints to the proxy, etcd and Traefik's KV layout.
 pub struct Traffic {
-    pub store: Store,
+    store: Store,
     /// Where endpoints written before this process started are found, so a restarted
     /// daemon does not write them again.
-    pub desired: Desired,
-    pub proxies: proxy::Proxies,
+    desired: Desired,
+    proxies: proxy::Proxies,
     /// `serve --traefik-etcd-root`: also write Traefik's etcd KV layout under this root.
-    pub traefik_root: Option<String>,
-    pub metrics: Arc<Metrics>,
+    traefik_root: Option<String>,
+    metrics: Arc<Metrics>,
     /// The endpoints this process last wrote per service: compared before every write, so
     /// an unchanged service writes nothing even before the watch echoes a write back.
     written: Mutex<HashMap<(String, String), Arc<Endpoints>>>,
