@@ -1,0 +1,246 @@
+//! Reading YAML values: maps with allowed keys, strings, booleans, durations, words and
+//! `KEY=VALUE` lists. Each reader records an error at its field path and carries on.
+
+use super::{join, kind, FieldError, Parser};
+use crate::duration;
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+
+impl Parser {
+    pub(super) fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// The entries of a map with string keys; keys outside `allowed` (and not `x-*`) are errors.
+    pub(super) fn map<'a>(
+        &mut self,
+        path: &str,
+        v: &'a Value,
+        allowed: &[&str],
+    ) -> Vec<(String, &'a Value)> {
+        let Some(m) = v.as_mapping() else {
+            self.err(path, format!("must be a map, got {}", kind(v)));
+            return vec![];
+        };
+        let mut out = vec![];
+        for (k, val) in m {
+            let Some(key) = k.as_str() else {
+                self.err(path, format!("keys must be strings, got {}", kind(k)));
+                continue;
+            };
+            if key.starts_with("x-") {
+                continue;
+            }
+            if !allowed.is_empty() && !allowed.contains(&key) {
+                self.err(
+                    join(path, key),
+                    format!(
+                        "unsupported key {key:?}; capstan supports: {}",
+                        allowed.join(", ")
+                    ),
+                );
+                continue;
+            }
+            out.push((key.to_string(), val));
+        }
+        out
+    }
+
+    pub(super) fn string(&mut self, path: &str, v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            other => {
+                self.err(path, format!("must be a string, got {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    pub(super) fn bool(&mut self, path: &str, v: &Value) -> bool {
+        match v {
+            Value::Bool(b) => *b,
+            Value::String(s) if s == "true" || s == "false" => s == "true",
+            other => {
+                self.err(path, format!("must be true or false, got {}", kind(other)));
+                false
+            }
+        }
+    }
+
+    pub(super) fn duration_ns(&mut self, path: &str, v: &Value) -> Option<i64> {
+        let text = self.string(path, v)?;
+        match duration::parse(&text) {
+            Ok(d) => Some(d.as_nanos() as i64),
+            Err(reason) => {
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+
+    /// A string (split like a shell would) or a list of strings.
+    pub(super) fn words(&mut self, path: &str, v: &Value) -> Option<Vec<String>> {
+        match v {
+            Value::String(s) => match split_shell_words(s) {
+                Ok(words) => Some(words),
+                Err(reason) => {
+                    self.err(path, reason);
+                    None
+                }
+            },
+            Value::Sequence(items) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| self.string(&format!("{path}[{i}]"), item))
+                    .collect(),
+            ),
+            Value::Null => None,
+            other => {
+                self.err(
+                    path,
+                    format!("must be a string or a list of strings, got {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    /// `KEY=VALUE` list or `KEY: VALUE` map.
+    pub(super) fn key_values(
+        &mut self,
+        path: &str,
+        v: &Value,
+        what: &str,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        match v {
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let field = format!("{path}[{i}]");
+                    let Some(entry) = self.string(&field, item) else {
+                        continue;
+                    };
+                    match entry.split_once('=') {
+                        Some((k, val)) if !k.is_empty() => {
+                            out.insert(k.to_string(), val.to_string());
+                        }
+                        _ => self.err(field, format!("{what} {entry:?} has no value: write {entry}=VALUE (capstan does not read the client's environment)")),
+                    }
+                }
+            }
+            Value::Mapping(_) => {
+                for (k, val) in self.map(path, v, &[]) {
+                    let field = join(path, &k);
+                    if val.is_null() {
+                        self.err(field, format!("{what} {k:?} has no value (capstan does not read the client's environment)"));
+                    } else if let Some(s) = self.string(&field, val) {
+                        out.insert(k, s);
+                    }
+                }
+            }
+            Value::Null => {}
+            other => self.err(
+                path,
+                format!("must be a list of KEY=VALUE or a map, got {}", kind(other)),
+            ),
+        }
+        out
+    }
+}
+
+/// Splits a command string like a POSIX shell would (quotes and backslashes), as Compose does.
+pub fn split_shell_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = vec![];
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated single quote in {text:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c)
+                            }
+                            None => return Err(format!("unterminated double quote in {text:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated double quote in {text:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(c) = chars.next() {
+                    cur.push(c);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Ok(words)
+}
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn environment_without_a_value_is_refused() {
+        let f = fields("services: {web: {image: x, environment: [FOO]}}");
+        assert_eq!(f, vec!["services.web.environment[0]"]);
+        let f = fields("services: {web: {image: x, environment: {FOO: null}}}");
+        assert_eq!(f, vec!["services.web.environment.FOO"]);
+    }
+
+    #[test]
+    fn commands_split_like_a_shell() {
+        assert_eq!(
+            split_shell_words(r#"sh -c 'echo "hi there"' x\ y"#).unwrap(),
+            vec!["sh", "-c", "echo \"hi there\"", "x y"]
+        );
+        assert!(split_shell_words("echo 'oops").is_err());
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, command: [\"httpd\", \"-f\"]}}",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.services["web"].command,
+            Some(vec!["httpd".into(), "-f".into()])
+        );
+    }
+}
