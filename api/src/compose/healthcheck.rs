@@ -38,13 +38,7 @@ impl Parser {
                 "timeout" => h.timeout_ns = self.duration_ns(&field, val),
                 "start_period" => h.start_period_ns = self.duration_ns(&field, val),
                 "start_interval" => h.start_interval_ns = self.duration_ns(&field, val),
-                "retries" => match val.as_u64() {
-                    Some(n) => h.retries = Some(n as i64),
-                    None => self.err(
-                        &field,
-                        format!("must be a whole number, got {}", describe(val)),
-                    ),
-                },
+                "retries" => h.retries = self.retries(&field, val),
                 "disable" => disabled = self.bool(&field, val),
                 _ => unreachable!(),
             }
@@ -65,6 +59,24 @@ impl Parser {
             }
         }
         Some(h)
+    }
+
+    /// The engine stores retries as a signed 64-bit number: anything larger would wrap.
+    fn retries(&mut self, path: &str, v: &Value) -> Option<i64> {
+        match v.as_u64().map(i64::try_from) {
+            Some(Ok(n)) => Some(n),
+            _ => {
+                self.err(
+                    path,
+                    format!(
+                        "must be a whole number from 0 to {}, got {}",
+                        i64::MAX,
+                        describe(v)
+                    ),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -99,6 +111,28 @@ services:
         assert_eq!(
             fields("services: {a: {image: x, healthcheck: {test: [\"true\"]}}}"),
             vec!["services.a.healthcheck.test"]
+        );
+    }
+
+    #[test]
+    fn out_of_range_numbers_and_durations_are_field_errors_naming_the_bound() {
+        let errs =
+            errors("services: {a: {image: x, healthcheck: {retries: 18446744073709551615}}}");
+        assert_eq!(errs[0].field, "services.a.healthcheck.retries");
+        assert!(
+            errs[0].reason.contains("9223372036854775807"),
+            "{}",
+            errs[0].reason
+        );
+        let errs = errors("services: {a: {image: x, healthcheck: {interval: 3000000000h}}}");
+        assert_eq!(errs[0].field, "services.a.healthcheck.interval");
+        assert!(errs[0].reason.contains("2562047h"), "{}", errs[0].reason);
+        let errs = errors("services: {a: {image: x, stop_grace_period: 1e20}}");
+        assert_eq!(errs[0].field, "services.a.stop_grace_period");
+        assert!(errs[0].reason.contains("2562047h"), "{}", errs[0].reason);
+        assert_eq!(
+            fields("services: {a: {image: x, healthcheck: {retries: -1}}}"),
+            vec!["services.a.healthcheck.retries"]
         );
     }
 }

@@ -61,11 +61,7 @@ impl Parser {
                 "networks" => s.networks = self.service_networks(&field, val),
                 "volumes" => s.volumes = self.mounts(&field, val),
                 "restart" => s.restart = self.restart(&field, val),
-                "stop_grace_period" => {
-                    s.stop_grace_period_ms = self
-                        .duration_ns(&field, val)
-                        .map(|ns| (ns / 1_000_000) as u64)
-                }
+                "stop_grace_period" => s.stop_grace_period_ms = self.stop_grace(&field, val),
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
                 _ => unreachable!(),
@@ -184,6 +180,22 @@ impl Parser {
         }
     }
 
+    /// The engine takes the stop timeout in whole seconds as a signed 32-bit number.
+    fn stop_grace(&mut self, path: &str, v: &Value) -> Option<u64> {
+        let ms = (self.duration_ns(path, v)? / 1_000_000).unsigned_abs();
+        if ms / 1000 > i32::MAX as u64 {
+            self.err(
+                path,
+                format!(
+                    "must be at most {}s, the longest stop timeout the Docker engine takes",
+                    i32::MAX
+                ),
+            );
+            return None;
+        }
+        Some(ms)
+    }
+
     pub(super) fn restart(&mut self, path: &str, v: &Value) -> Option<RestartPolicy> {
         // YAML 1.1 reads a bare `no` as false.
         let text = match v {
@@ -293,5 +305,12 @@ services:
             spec.services["worker"].depends_on["db"].condition,
             DependencyCondition::ServiceStarted
         );
+    }
+
+    #[test]
+    fn a_stop_grace_period_beyond_the_engines_stop_timeout_is_an_error() {
+        let errs = errors("services: {a: {image: x, stop_grace_period: 1000000h}}");
+        assert_eq!(errs[0].field, "services.a.stop_grace_period");
+        assert!(errs[0].reason.contains("2147483647s"), "{}", errs[0].reason);
     }
 }

@@ -75,7 +75,7 @@ impl Parser {
     pub(super) fn duration_ns(&mut self, path: &str, v: &Value) -> Option<i64> {
         let text = self.string(path, v)?;
         match duration::parse(&text) {
-            Ok(d) => Some(d.as_nanos() as i64),
+            Ok(d) => Some(duration::nanos(d)),
             Err(reason) => {
                 self.err(path, reason);
                 None
