@@ -160,7 +160,7 @@ fn default_stack_name(file: &Path, text: &str) -> anyhow::Result<String> {
 /// Rewrites relative bind-mount sources (`./html:/www`) against the file's folder, as
 /// Compose does, so the server gets absolute paths.
 fn resolve_relative_binds(file: &Path, text: &str) -> anyhow::Result<String> {
-    let mut doc: serde_yaml::Value = match serde_yaml::from_str(text) {
+    let mut doc = match capstan_api::compose::yaml::parse(text) {
         Ok(doc) => doc,
         // Let the server report the syntax error with its usual shape.
         Err(_) => return Ok(text.to_string()),
@@ -190,13 +190,14 @@ fn resolve_relative_binds(file: &Path, text: &str) -> anyhow::Result<String> {
                     continue;
                 };
                 let abs = abs.components().collect::<PathBuf>();
-                *v = serde_yaml::Value::String(format!("{}:{rest}", abs.display()));
+                *v = capstan_api::compose::yaml::Value::String(format!("{}:{rest}", abs.display()));
                 changed = true;
             }
         }
     }
     Ok(if changed {
-        serde_yaml::to_string(&doc)?
+        // JSON is YAML, and writes every value exactly.
+        serde_json::to_string(&doc)?
     } else {
         text.to_string()
     })

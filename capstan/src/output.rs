@@ -41,7 +41,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 fn structured<T: serde::Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(value)?),
         Format::Table => unreachable!(),
     }
     Ok(())

@@ -1,8 +1,8 @@
 //! A service's `healthcheck`.
 
+use super::yaml::Value;
 use super::{describe, join, Parser};
 use crate::spec::*;
-use serde_yaml::Value;
 
 impl Parser {
     pub(super) fn healthcheck(&mut self, path: &str, v: &Value) -> Option<Healthcheck> {

@@ -6,7 +6,6 @@
 //! Extension keys (`x-*`) are allowed anywhere, as the Compose spec says.
 
 use serde::{Deserialize, Serialize};
-use serde_yaml::Value;
 
 use crate::spec::*;
 
@@ -17,6 +16,9 @@ mod services;
 mod stack;
 mod values;
 mod volumes;
+pub mod yaml;
+
+use yaml::Value;
 
 pub use values::split_shell_words;
 
@@ -43,7 +45,7 @@ pub const MAX_REPLICAS: u32 = 1000;
 /// given by the caller wins over the file's `name:`, as `docker compose -p` does.
 pub fn parse_stack(stack: &str, text: &str) -> Result<StackSpec, InvalidStack> {
     let mut p = Parser::default();
-    let doc: Value = match serde_yaml::from_str(text) {
+    let doc = match yaml::parse(text) {
         Ok(doc) => doc,
         Err(e) => {
             return Err(InvalidStack {
@@ -64,7 +66,7 @@ pub fn parse_stack(stack: &str, text: &str) -> Result<StackSpec, InvalidStack> {
 
 /// The `name:` a file declares, if any (for the CLI's default stack name).
 pub fn declared_name(text: &str) -> Option<String> {
-    let doc: Value = serde_yaml::from_str(text).ok()?;
+    let doc = yaml::parse(text).ok()?;
     doc.get("name")?.as_str().map(str::to_string)
 }
 
@@ -89,7 +91,6 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a map",
-        Value::Tagged(_) => "a tagged value",
     }
 }
 

@@ -1,8 +1,8 @@
 //! Top-level `networks` and a service's `networks`.
 
+use super::yaml::Value;
 use super::{join, kind, Parser};
 use crate::spec::*;
-use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 impl Parser {

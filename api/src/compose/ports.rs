@@ -1,8 +1,8 @@
 //! A service's `ports`, short and long syntax.
 
+use super::yaml::Value;
 use super::{join, kind, Parser};
 use crate::spec::*;
-use serde_yaml::Value;
 
 impl Parser {
     pub(super) fn ports(&mut self, path: &str, v: &Value) -> Vec<PortSpec> {

@@ -1,9 +1,9 @@
 //! One service: its keys, replica counts, `depends_on` and `restart`.
 
+use super::yaml::Value;
 use super::{describe, join, kind, FieldError, Parser, MAX_REPLICAS};
 use crate::names;
 use crate::spec::*;
-use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 impl Parser {

@@ -1,10 +1,10 @@
 //! The top level of a document, and the checks that need the whole stack: references,
 //! dependency cycles and host-port clashes.
 
+use super::yaml::Value;
 use super::{join, Parser};
 use crate::names;
 use crate::spec::*;
-use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 impl Parser {

@@ -1,9 +1,9 @@
 //! Reading YAML values: maps with allowed keys, strings, booleans, durations, words and
 //! `KEY=VALUE` lists. Each reader records an error at its field path and carries on.
 
+use super::yaml::Value;
 use super::{join, kind, FieldError, Parser};
 use crate::duration;
-use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 impl Parser {

@@ -1,9 +1,9 @@
 //! Top-level `volumes` and a service's mounts.
 
+use super::yaml::Value;
 use super::{join, kind, Parser};
 use crate::names;
 use crate::spec::*;
-use serde_yaml::Value;
 use std::collections::BTreeMap;
 
 impl Parser {
