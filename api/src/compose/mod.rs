@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::spec::*;
 
 mod healthcheck;
+pub mod interpolate;
 mod networks;
 mod ports;
 mod services;
