@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::*;
 
+pub mod env;
 mod healthcheck;
 pub mod interpolate;
+pub mod merge;
 mod networks;
 mod ports;
+mod profiles;
+pub mod resolve;
 mod services;
 mod stack;
 mod values;
