@@ -12,6 +12,7 @@ use crate::spec::*;
 pub mod env;
 mod healthcheck;
 pub mod interpolate;
+mod keys;
 pub mod merge;
 mod networks;
 mod ports;

@@ -73,10 +73,7 @@ impl Parser {
         match image {
             Some(i) if !i.trim().is_empty() => s.image = i,
             Some(_) => self.err(join(path, "image"), "must not be empty"),
-            None => self.err(
-                join(path, "image"),
-                "is required (capstan does not build images; `build` is not supported)",
-            ),
+            None => self.err(join(path, "image"), missing_image(v)),
         }
         if s.networks.is_empty() {
             s.networks.insert(
@@ -221,6 +218,21 @@ impl Parser {
     }
 }
 
+/// Why a service has no image: often a merge or `extends` that did not bring it.
+fn missing_image(service: &Value) -> &'static str {
+    if service.get("extends").is_some() {
+        "is required; this service's `extends` was not resolved (`capstan apply -f` resolves \
+         it; a document sent to the API must be resolved already)"
+    } else if service.get("<<").is_some() {
+        "is required; this service's merge key `<<` was not expanded, so nothing it names \
+         (such as `image`) reached the service"
+    } else if service.get("build").is_some() {
+        "is required: capstan runs images and does not build them"
+    } else {
+        "is required: the image the service runs"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
@@ -312,5 +324,25 @@ services:
         let errs = errors("services: {a: {image: x, stop_grace_period: 1000000h}}");
         assert_eq!(errs[0].field, "services.a.stop_grace_period");
         assert!(errs[0].reason.contains("2147483647s"), "{}", errs[0].reason);
+    }
+
+    #[test]
+    fn a_missing_image_names_the_extends_or_merge_key_that_should_have_brought_it() {
+        let errs = errors("services: {web: {extends: base}, base: {image: x}}");
+        let image = errs
+            .iter()
+            .find(|e| e.field == "services.web.image")
+            .unwrap();
+        assert!(
+            image.reason.contains("`extends` was not resolved"),
+            "{}",
+            image.reason
+        );
+        let errs = errors(r#"{"services": {"web": {"<<": "not-an-alias"}}}"#);
+        let image = errs
+            .iter()
+            .find(|e| e.field == "services.web.image")
+            .unwrap();
+        assert!(image.reason.contains("`<<`"), "{}", image.reason);
     }
 }

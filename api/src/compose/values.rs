@@ -35,13 +35,7 @@ impl Parser {
                 continue;
             }
             if !allowed.is_empty() && !allowed.contains(&key) {
-                self.err(
-                    join(path, key),
-                    format!(
-                        "unsupported key {key:?}; capstan supports: {}",
-                        allowed.join(", ")
-                    ),
-                );
+                self.err(join(path, key), super::keys::unsupported(path, key));
                 continue;
             }
             out.push((key.to_string(), val));
@@ -130,15 +124,20 @@ impl Parser {
                         Some((k, val)) if !k.is_empty() => {
                             out.insert(k.to_string(), val.to_string());
                         }
-                        _ => self.err(field, format!("{what} {entry:?} has no value: write {entry}=VALUE (capstan does not read the client's environment)")),
+                        None if what == "label" => {
+                            out.insert(entry, String::new());
+                        }
+                        _ => self.err(field, no_value(what, &entry)),
                     }
                 }
             }
             Value::Mapping(_) => {
                 for (k, val) in self.map(path, v, &[]) {
                     let field = join(path, &k);
-                    if val.is_null() {
-                        self.err(field, format!("{what} {k:?} has no value (capstan does not read the client's environment)"));
+                    if val.is_null() && what == "label" {
+                        out.insert(k, String::new());
+                    } else if val.is_null() {
+                        self.err(field, no_value(what, &k));
                     } else if let Some(s) = self.string(&field, val) {
                         out.insert(k, s);
                     }
@@ -152,6 +151,14 @@ impl Parser {
         }
         out
     }
+}
+
+/// A valueless entry reaching the server: only the client has the environment to fill it.
+fn no_value(what: &str, key: &str) -> String {
+    format!(
+        "{what} {key:?} has no value: `capstan apply -f` takes it from your environment; \
+         a document sent to the API must give {key}=VALUE"
+    )
 }
 
 /// Splits a command string like a POSIX shell would (quotes and backslashes), as Compose does.
@@ -242,5 +249,16 @@ mod tests {
             spec.services["web"].command,
             Some(vec!["httpd".into(), "-f".into()])
         );
+    }
+
+    #[test]
+    fn a_label_without_a_value_is_an_empty_label() {
+        let spec = parse_stack(
+            "s",
+            "services: {a: {image: x, labels: [tier]}, b: {image: x, labels: {tier: }}}",
+        )
+        .unwrap();
+        assert_eq!(spec.services["a"].labels["tier"], "");
+        assert_eq!(spec.services["b"].labels["tier"], "");
     }
 }
