@@ -88,7 +88,14 @@ impl Resolver<'_, '_> {
 
     /// One file, read, interpolated, with its `extends` resolved.
     fn file(&mut self, path: &Path) -> Option<Value> {
+        self.file_at(path, 0)
+    }
+
+    fn file_at(&mut self, path: &Path, depth: usize) -> Option<Value> {
         let mut doc = self.read(path, &path.display().to_string())?;
+        if let Some(include) = doc.as_mapping_mut().and_then(|m| m.remove("include")) {
+            self.include(path, &include, &mut doc, depth);
+        }
         let Some(services) = doc.get("services").and_then(Value::as_mapping).cloned() else {
             return Some(doc);
         };
@@ -103,6 +110,73 @@ impl Resolver<'_, '_> {
             m.insert("services", Value::Mapping(resolved));
         }
         Some(doc)
+    }
+
+    /// `include`: other Compose files whose services, networks and volumes join this one's.
+    /// A name defined twice is an error, as in Compose.
+    fn include(&mut self, path: &Path, include: &Value, doc: &mut Value, depth: usize) {
+        let items = match include {
+            Value::Sequence(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("include[{i}]");
+            let Some(rel) = item
+                .scalar_text()
+                .or_else(|| item.get("path").and_then(Value::scalar_text))
+            else {
+                self.err(
+                    field,
+                    "must be a file path or a map with `path` (capstan reads one path per entry)",
+                );
+                continue;
+            };
+            if depth >= MAX_EXTENDS {
+                self.err(field, "includes nest too deep: is there a loop?");
+                continue;
+            }
+            let full = path.parent().unwrap_or(Path::new("")).join(&rel);
+            let Some(mut included) = self.file_at(&full, depth + 1) else {
+                continue;
+            };
+            if let Some(Value::Mapping(services)) = included.get_mut("services") {
+                for (_, svc) in services.iter_mut() {
+                    self.rebase_paths(&full, svc);
+                }
+            }
+            self.import(&field, &full, included, doc);
+        }
+    }
+
+    fn import(&mut self, field: &str, from: &Path, included: Value, doc: &mut Value) {
+        let Value::Mapping(included) = included else {
+            return;
+        };
+        let Some(target) = doc.as_mapping_mut() else {
+            return;
+        };
+        for section in ["services", "networks", "volumes"] {
+            let Some(Value::Mapping(items)) = included.get(section) else {
+                continue;
+            };
+            if target.get(section).is_none_or(Value::is_null) {
+                target.insert(section, Value::Mapping(Mapping::default()));
+            }
+            let Some(Value::Mapping(mine)) = target.get_mut(section) else {
+                continue;
+            };
+            for (name, item) in items.iter() {
+                let key = name.scalar_text().unwrap_or_default();
+                if mine.get(&key).is_some() {
+                    self.errors.push(FieldError {
+                        field: format!("{section}.{key}"),
+                        reason: format!("is defined both here and in {} ({field})", from.display()),
+                    });
+                } else {
+                    mine.0.push((name.clone(), item.clone()));
+                }
+            }
+        }
     }
 
     /// Reads and interpolates a file; errors name `field`.
@@ -373,6 +447,38 @@ pub(crate) mod tests {
         .unwrap_err()
         .errors;
         assert_eq!(errs[0].field, "services.web.extends.file");
+    }
+
+    #[test]
+    fn include_brings_services_from_another_file_and_refuses_a_name_defined_twice() {
+        let r = project_files(
+            &[
+                ("compose.yaml", "include: [db/compose.yml]\nservices: {web: {image: w, depends_on: [db]}}"),
+                ("db/compose.yml", "services: {db: {image: \"pg:${TAG}\", volumes: ['./init:/init', 'data:/var/lib/pg']}}\nvolumes: {data: {}}"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let db = service(&r, "db");
+        assert_eq!(db.get("image").unwrap().as_str(), Some("pg:2"));
+        assert_eq!(
+            db.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some("/p/db/init:/init")
+        );
+        assert!(r.doc.get("volumes").unwrap().get("data").is_some());
+        let errs = project_files(
+            &[
+                (
+                    "compose.yaml",
+                    "include: [{path: other.yml}]\nservices: {web: {image: w}}",
+                ),
+                ("other.yml", "services: {web: {image: other}}"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "services.web");
     }
 
     #[test]
