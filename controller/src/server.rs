@@ -128,6 +128,9 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 struct ApplyQuery {
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
+    /// Validate and report what would change; write nothing.
+    #[serde(rename = "dryRun", default)]
+    dry_run: bool,
 }
 
 async fn apply(
@@ -137,6 +140,9 @@ async fn apply(
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    if q.dry_run {
+        return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
+    }
     let result = st.store.apply(&spec, q.resource_version).await?;
     let changed: Vec<String> = result
         .services
