@@ -83,7 +83,11 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
             .iter()
             .map(|e| format!("  {}: {}", e.field, e.reason))
             .collect();
-        anyhow::anyhow!("invalid stack:\n{}", lines.join("\n"))
+        anyhow::anyhow!(
+            "invalid stack: {} problem(s); nothing was applied\n{}",
+            lines.len(),
+            lines.join("\n")
+        )
     })?;
     let mut doc = resolved.doc;
     resolve_relative_binds(&dir, &mut doc);
