@@ -56,6 +56,7 @@ fn walk(v: &mut Value, path: &str, lookup: Lookup, out: &mut Outcome) {
                 walk(item, &join(path, &key), lookup, out);
             }
         }
+        Value::Tagged(t) => walk(&mut t.value, path, lookup, out),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
 }

@@ -8,7 +8,21 @@
 //! `volumes`, `secrets` and `configs` are unique by target and `ports` by
 //! (host IP, target, published, protocol), a later entry replacing an earlier one.
 
-use super::yaml::{Mapping, Value};
+use super::yaml::{Mapping, MergeTag, Value};
+
+/// `!reset` and `!override` on an entry of `over`: handled here (true), or not tagged.
+fn tagged_entry(base: &mut Mapping, key: &str, v: &Value) -> bool {
+    let Value::Tagged(t) = v else {
+        return false;
+    };
+    match t.tag {
+        MergeTag::Reset => {
+            base.remove(key);
+        }
+        MergeTag::Override => base.insert(key, t.value.clone()),
+    }
+    true
+}
 
 /// Merges the document `over` into `base`.
 pub fn merge_documents(base: &mut Value, over: Value) {
@@ -20,11 +34,17 @@ pub fn merge_documents(base: &mut Value, over: Value) {
     };
     for (k, v) in &o.0 {
         let key = k.as_str().unwrap_or_default();
+        if tagged_entry(b, key, v) {
+            continue;
+        }
         match (key, b.get_mut(key)) {
             ("services", Some(Value::Mapping(services))) => {
                 if let Value::Mapping(over_services) = v {
                     for (name, svc) in &over_services.0 {
                         let name = name.scalar_text().unwrap_or_default();
+                        if tagged_entry(services, &name, svc) {
+                            continue;
+                        }
                         match services.get_mut(&name) {
                             Some(existing) => merge_service(existing, svc.clone()),
                             None => services.0.push((Value::String(name), svc.clone())),
@@ -48,6 +68,9 @@ pub fn merge_service(base: &mut Value, over: Value) {
     };
     for (k, v) in o.0 {
         let key = k.as_str().unwrap_or_default().to_string();
+        if tagged_entry(b, &key, &v) {
+            continue;
+        }
         let Some(existing) = b.get_mut(&key) else {
             b.0.push((k, v));
             continue;
@@ -101,6 +124,9 @@ pub fn merge_value(base: &mut Value, over: Value) {
         (Value::Mapping(b), Value::Mapping(o)) => {
             for (k, v) in o.0 {
                 let key = k.scalar_text().unwrap_or_default();
+                if tagged_entry(b, &key, &v) {
+                    continue;
+                }
                 match b.get_mut(&key) {
                     Some(existing) => merge_value(existing, v),
                     None => b.0.push((k, v)),
@@ -281,6 +307,26 @@ mod tests {
         let ports = web.get("ports").unwrap().as_sequence().unwrap();
         assert_eq!(ports.len(), 3, "{ports:?}");
         assert_eq!(ports[1].get("mode").unwrap().as_str(), Some("host"));
+    }
+
+    #[test]
+    fn reset_removes_what_earlier_files_set_and_override_replaces_instead_of_merging() {
+        let mut doc = parse(
+            "services: {web: {image: a, ports: ['80:80'], environment: {A: '1', B: '2'}, dns: [1.1.1.1]}, old: {image: o}}",
+        )
+        .unwrap();
+        merge_documents(
+            &mut doc,
+            parse("services: {web: {ports: !reset [], environment: !override {C: '3'}, dns: !reset null}, old: !reset {}}").unwrap(),
+        );
+        crate::compose::yaml::strip_tags(&mut doc);
+        let services = doc.get("services").unwrap();
+        assert!(services.get("old").is_none());
+        let web = services.get("web").unwrap();
+        assert!(web.get("ports").is_none() && web.get("dns").is_none());
+        let env = web.get("environment").unwrap();
+        assert!(env.get("A").is_none());
+        assert_eq!(env.get("C").unwrap().as_str(), Some("3"));
     }
 
     #[test]

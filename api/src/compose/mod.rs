@@ -52,7 +52,10 @@ pub const MAX_REPLICAS: u32 = 1000;
 pub fn parse_stack(stack: &str, text: &str) -> Result<StackSpec, InvalidStack> {
     let mut p = Parser::default();
     let doc = match yaml::parse(text) {
-        Ok(doc) => doc,
+        Ok(mut doc) => {
+            yaml::strip_tags(&mut doc);
+            doc
+        }
         Err(e) => {
             return Err(InvalidStack {
                 errors: vec![FieldError {
@@ -97,6 +100,7 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Sequence(_) => "a list",
         Value::Mapping(_) => "a map",
+        Value::Tagged(_) => "a tagged value",
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Project<'a> {
     /// The Compose files, the main one first. Relative paths inside them are relative to
     /// the folder of the main file, as the spec says for overrides.
     pub files: Vec<PathBuf>,
+    /// The project folder (`--project-directory`, else the main file's folder): `env_file`
+    /// paths are relative to it.
+    pub dir: PathBuf,
     pub lookup: Lookup<'a>,
     pub load: Loader<'a>,
     /// `--profile` and `COMPOSE_PROFILES`; `*` activates every profile.
@@ -46,6 +49,7 @@ pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
             merge_documents(&mut doc, one);
         }
     }
+    yaml::strip_tags(&mut doc);
     if r.errors.is_empty() {
         r.profiles(&mut doc);
         r.environments(&mut doc);
@@ -78,12 +82,7 @@ impl Resolver<'_, '_> {
     }
 
     pub(super) fn project_dir(&self) -> PathBuf {
-        self.project
-            .files
-            .first()
-            .and_then(|f| f.parent())
-            .map(Path::to_path_buf)
-            .unwrap_or_default()
+        self.project.dir.clone()
     }
 
     /// One file, read, interpolated, with its `extends` resolved.
@@ -347,6 +346,7 @@ pub(crate) mod tests {
             .collect();
         resolve(&Project {
             files: names,
+            dir: PathBuf::from("/p"),
             lookup: &env,
             load: &load,
             profiles: profiles.iter().map(|s| s.to_string()).collect(),

@@ -13,8 +13,9 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use std::fmt;
 
-/// The deepest nesting accepted; a Compose file needs about ten levels.
-pub const MAX_DEPTH: usize = 64;
+/// The deepest nesting accepted; a Compose file needs about ten levels. Reading recurses
+/// per level, so this also bounds the stack a hostile file can take.
+pub const MAX_DEPTH: usize = 32;
 /// The most nodes a document may have once aliases are expanded.
 pub const MAX_NODES: usize = 100_000;
 /// The most nodes that alias replays may add: generous for anchors shared by a few hundred
@@ -31,6 +32,63 @@ pub enum Value {
     String(String),
     Sequence(Vec<Value>),
     Mapping(Mapping),
+    /// A value under Compose's merge tags `!reset` or `!override`; other tags are dropped.
+    /// Merging consumes them, and [`strip_tags`] resolves what is left.
+    Tagged(Box<Tagged>),
+}
+
+/// A value and the Compose merge tag on it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tagged {
+    pub tag: MergeTag,
+    pub value: Value,
+}
+
+/// Compose's merge tags: `!reset` removes what earlier files set, `!override` replaces it
+/// instead of merging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeTag {
+    Reset,
+    Override,
+}
+
+/// Resolves the merge tags left once merging is done: a `!reset` entry is removed, an
+/// `!override` value is the value.
+pub fn strip_tags(v: &mut Value) {
+    match v {
+        Value::Tagged(t) => {
+            let inner = std::mem::take(&mut t.value);
+            *v = match t.tag {
+                MergeTag::Reset => Value::Null,
+                MergeTag::Override => inner,
+            };
+            strip_tags(v);
+        }
+        Value::Sequence(items) => {
+            items.retain(|i| !is_reset(i));
+            items.iter_mut().for_each(strip_tags);
+        }
+        Value::Mapping(m) => {
+            m.0.retain(|(_, v)| !is_reset(v));
+            m.0.iter_mut().for_each(|(_, v)| strip_tags(v));
+        }
+        _ => {}
+    }
+}
+
+fn is_reset(v: &Value) -> bool {
+    matches!(v, Value::Tagged(t) if t.tag == MergeTag::Reset)
+}
+
+/// A node as read, with a Compose merge tag kept and any other tag dropped.
+fn untag(node: serde_saphyr::Tagged<Value>) -> Value {
+    let serde_saphyr::Tagged(value, tag) = node;
+    let tag = match tag.as_deref() {
+        Some("!reset") => MergeTag::Reset,
+        Some("!override") => MergeTag::Override,
+        _ => return value,
+    };
+    Value::Tagged(Box::new(Tagged { tag, value }))
 }
 
 /// A number as YAML inferred it.
@@ -199,6 +257,7 @@ pub fn parse(text: &str) -> Result<Value, String> {
 fn options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
     budget.max_nodes = MAX_NODES;
     budget.max_events = MAX_NODES * 2;
     budget.max_recorded_anchor_events = MAX_ALIAS_NODES;
@@ -310,7 +369,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
         while let Some(v) = seq.next_element()? {
-            out.push(v);
+            out.push(untag(v));
         }
         Ok(Value::Sequence(out))
     }
@@ -318,7 +377,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Vec::new();
         while let Some((k, v)) = map.next_entry()? {
-            out.push((k, v));
+            out.push((k, untag(v)));
         }
         Ok(Value::Mapping(Mapping(out)))
     }
@@ -346,6 +405,7 @@ impl Serialize for Value {
                 }
                 seq.end()
             }
+            Value::Tagged(t) => t.value.serialize(s),
             Value::Mapping(m) => {
                 let mut map = s.serialize_map(Some(m.len()))?;
                 for (k, v) in m.iter() {
@@ -395,6 +455,19 @@ mod tests {
     }
 
     #[test]
+    fn compose_merge_tags_are_kept_and_other_tags_dropped() {
+        let mut v =
+            parse("a: !reset [1]\nb: !override {x: 1}\nc: !custom 5\nd: [!reset 1, 2]\n").unwrap();
+        assert!(matches!(v.get("a"), Some(Value::Tagged(t)) if t.tag == MergeTag::Reset));
+        assert!(matches!(v.get("b"), Some(Value::Tagged(t)) if t.tag == MergeTag::Override));
+        assert_eq!(v.get("c"), Some(&Value::Number(Number::UInt(5))));
+        strip_tags(&mut v);
+        assert!(v.get("a").is_none());
+        assert!(v.get("b").unwrap().is_mapping());
+        assert_eq!(v.get("d").unwrap().as_sequence().unwrap().len(), 1);
+    }
+
+    #[test]
     fn a_billion_laughs_file_is_a_fast_clear_error() {
         let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
         let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
@@ -428,6 +501,21 @@ mod tests {
             );
             assert!(err.contains("deep") || err.contains("recursion"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_deepest_accepted_nesting_and_a_hostile_one_fit_in_a_small_stack() {
+        let run = |n: usize| {
+            let text = format!("a: {}1{}", "{b: ".repeat(n), "}".repeat(n));
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || parse(&text).map(|_| ()))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert!(run(MAX_DEPTH - 1).is_ok());
+        assert!(run(100_000).unwrap_err().contains("levels deep"));
     }
 
     #[test]
