@@ -106,10 +106,22 @@ fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     cwd.join(p).components().collect()
 }
 
-/// `-f` files as given; else the first default name in the project folder, and its override.
+/// `-f` files as given, else `COMPOSE_FILE` (`:`-separated), else the first default name in
+/// the project folder and its override.
 fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
     if !opts.files.is_empty() {
         return Ok(opts.files.iter().map(|f| absolute(cwd, f)).collect());
+    }
+    if let Ok(list) = std::env::var("COMPOSE_FILE") {
+        let sep = std::env::var("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|_| ":".into());
+        let files: Vec<PathBuf> = list
+            .split(sep.as_str())
+            .filter(|f| !f.is_empty())
+            .map(|f| absolute(cwd, Path::new(f)))
+            .collect();
+        if !files.is_empty() {
+            return Ok(files);
+        }
     }
     let dir = opts
         .project_directory

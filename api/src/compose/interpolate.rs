@@ -14,16 +14,28 @@ pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Interpolates every string value of `doc` in place. A variable that is unset and has no
 /// default becomes an empty string and a warning (as Compose does); `${VAR:?why}` and
-/// `${VAR?why}` are errors naming the variable and the field.
+/// `${VAR?why}` are errors naming the variable and the field. One warning per variable,
+/// naming the fields that use it.
 pub fn interpolate(doc: &mut Value, lookup: Lookup) -> (Vec<String>, Vec<FieldError>) {
     let mut out = Outcome::default();
     walk(doc, "", lookup, &mut out);
-    (out.warnings, out.errors)
+    let warnings = out
+        .unset
+        .into_iter()
+        .map(|(name, fields)| {
+            format!(
+                "variable {name:?} is not set; using an empty string (in {})",
+                fields.join(", ")
+            )
+        })
+        .collect();
+    (warnings, out.errors)
 }
 
 #[derive(Default)]
 struct Outcome {
-    warnings: Vec<String>,
+    /// Unset variables and the fields using them, in the order first met.
+    unset: Vec<(String, Vec<String>)>,
     errors: Vec<FieldError>,
 }
 
@@ -39,10 +51,12 @@ fn walk(v: &mut Value, path: &str, lookup: Lookup, out: &mut Outcome) {
                 }),
             }
             for name in unset {
-                out.warnings.push(format!(
-                    "{}: variable {name:?} is not set; using an empty string",
-                    field_name(path)
-                ));
+                let field = field_name(path);
+                match out.unset.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, fields)) if !fields.contains(&field) => fields.push(field),
+                    Some(_) => {}
+                    None => out.unset.push((name, vec![field])),
+                }
             }
         }
         Value::Sequence(items) => {
@@ -317,12 +331,13 @@ mod tests {
             Some("9000:80")
         );
         assert_eq!(web.get("command").unwrap().as_str(), Some("$HOME"));
-        let mut doc = yaml::parse("services: {web: {image: \"x:$TAG\"}}").unwrap();
+        let mut doc =
+            yaml::parse("services: {web: {image: \"x:$TAG\", user: $TAG}, db: {image: $TAG}}")
+                .unwrap();
         let (warnings, _) = interpolate(&mut doc, &env);
-        assert_eq!(warnings.len(), 1);
-        assert!(
-            warnings[0].starts_with("services.web.image: variable \"TAG\""),
-            "{warnings:?}"
+        assert_eq!(
+            warnings,
+            vec!["variable \"TAG\" is not set; using an empty string (in services.web.image, services.web.user, services.db.image)"]
         );
     }
 }
