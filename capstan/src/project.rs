@@ -328,4 +328,43 @@ mod tests {
         let err = load(&options_in(&tmp.0)).err().unwrap().to_string();
         assert!(err.contains("compose.yaml, compose.yml"), "{err}");
     }
+
+    #[test]
+    fn the_resolved_document_is_what_the_server_parses_with_the_same_meaning() {
+        let tmp = TempDir::new("roundtrip");
+        tmp.write(
+            "compose.yaml",
+            r#"
+x-base: &base
+  restart: "no"
+  labels: [tier]
+services:
+  web:
+    <<: *base
+    image: "web:${TAG:-3}"
+    ports: ["127.0.0.1:${WEB_PORT:-8888}:80"]
+    healthcheck: {test: "test -f /tmp/$$HOSTNAME", retries: 3}
+    environment: {QUOTE: 'say "hi"', VERSION: 1.0, OCTAL: 0755, EMPTY: ""}
+  tools: {image: t, profiles: [tools]}
+"#,
+        );
+        let loaded = load(&options_in(&tmp.0)).unwrap();
+        let body = serde_json::to_string(&loaded.doc).unwrap();
+        let spec = capstan_api::parse_stack("demo", &body).unwrap();
+        assert_eq!(spec.services.len(), 1, "the tools profile is off");
+        let web = &spec.services["web"];
+        assert_eq!(web.image, "web:3");
+        assert_eq!(web.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(web.ports[0].host_ports, Some((8888, 8888)));
+        assert_eq!(
+            web.healthcheck.as_ref().unwrap().test[1],
+            "test -f /tmp/$HOSTNAME"
+        );
+        assert_eq!(web.environment["QUOTE"], "say \"hi\"");
+        assert_eq!(web.environment["VERSION"], "1.0");
+        assert_eq!(web.environment["OCTAL"], "0755");
+        assert_eq!(web.environment["EMPTY"], "");
+        assert_eq!(web.labels["tier"], "");
+        assert_eq!(web.restart, Some(capstan_api::spec::RestartPolicy::No));
+    }
 }
