@@ -4,6 +4,17 @@
 //! (`services.web.deploy.replicas`). All errors are collected, not just the first, and any
 //! key outside the supported subset is an error naming it: nothing is silently dropped.
 //! Extension keys (`x-*`) are allowed anywhere, as the Compose spec says.
+//!
+//! # Where each rule lives
+//! Two stages, both pure:
+//! - **The file layer**, run by the client (`capstan apply`), see [`resolve::resolve`]:
+//!   [`yaml`] (reading, bounded; anchors and `<<`), [`interpolate`] (`${VAR}` and friends),
+//!   [`merge`] (override files, `extends`, `!reset`/`!override`), `profiles`, [`env`]
+//!   (`.env`, `env_file`, valueless entries), and [`resolve`] tying them together (`include`,
+//!   `extends`). Its output is one plain document.
+//! - **The model**, run by the server on that document ([`parse_stack`]): `stack` (top level
+//!   and cross-checks), `services`, `ports`, `volumes`, `networks`, `healthcheck`, `values`
+//!   (the typed readers every file uses), and `keys` (why a key is refused).
 
 use serde::{Deserialize, Serialize};
 
