@@ -9,7 +9,7 @@
 //! Two stages, both pure:
 //! - **The file layer**, run by the client (`capstan apply`), see [`resolve::resolve`]:
 //!   [`yaml`] (reading, bounded; anchors and `<<`), [`interpolate`] (`${VAR}` and friends),
-//!   [`merge`] (override files, `extends`, `!reset`/`!override`), `profiles`, [`env`]
+//!   [`merge`] (override files, `extends`, `!reset`/`!override`), `profiles`, [`env`](mod@env)
 //!   (`.env`, `env_file`, valueless entries), and [`resolve`] tying them together (`include`,
 //!   `extends`). Its output is one plain document.
 //! - **The model**, run by the server on that document ([`parse_stack`]): `stack` (top level
