@@ -26,9 +26,18 @@ pub fn parse_env_file(text: &str, lookup: Lookup) -> Result<Vec<(String, Option<
         if key.is_empty() || key.contains(char::is_whitespace) {
             return Err(format!("line {}: {line:?} is not KEY=VALUE", n + 1));
         }
+        // A value may use the variables defined above it in the same file.
+        let earlier = |name: &str| {
+            lookup(name).or_else(|| {
+                out.iter()
+                    .rev()
+                    .find(|(k, _): &&(String, Option<String>)| k == name)
+                    .and_then(|(_, v)| v.clone())
+            })
+        };
         let value = match value {
             None => None,
-            Some(v) => Some(env_value(v, lookup).map_err(|e| format!("line {}: {e}", n + 1))?),
+            Some(v) => Some(env_value(v, &earlier).map_err(|e| format!("line {}: {e}", n + 1))?),
         };
         out.push((key.to_string(), value));
     }
@@ -113,10 +122,16 @@ impl Resolver<'_, '_> {
         };
         for (field, entry) in entries {
             let (path, required) = match entry {
-                Value::Mapping(m) => (
-                    m.get("path").and_then(Value::scalar_text),
-                    !matches!(m.get("required"), Some(Value::Bool(false))),
-                ),
+                Value::Mapping(m) => {
+                    if let Some(format) = m.get("format").and_then(Value::scalar_text) {
+                        self.err(format!("{field}.format"), format!("unsupported env file format {format:?}: capstan reads the default KEY=VALUE format only"));
+                        continue;
+                    }
+                    (
+                        m.get("path").and_then(Value::scalar_text),
+                        !matches!(m.get("required"), Some(Value::Bool(false))),
+                    )
+                }
                 other => (other.scalar_text(), true),
             };
             let Some(path) = path else {
@@ -194,6 +209,21 @@ mod tests {
         assert_eq!(get("TZ"), None);
         assert_eq!(get("F").as_deref(), Some(""));
         assert!(parse_env_file("NOT VALID LINE", &env).is_err());
+        let chained = parse_env_file(
+            "BASE=/srv\nDATA=${BASE}/data\nHOST=ignored\nURL=$HOST:1\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            chained[1].1.as_deref(),
+            Some("/srv/data"),
+            "earlier lines are visible"
+        );
+        assert_eq!(
+            chained[3].1.as_deref(),
+            Some("db:1"),
+            "the environment wins over the file"
+        );
     }
 
     #[test]
@@ -236,5 +266,15 @@ mod tests {
         .errors;
         assert_eq!(errs[0].field, "services.web.env_file");
         assert!(errs[0].reason.contains("nope.env"), "{}", errs[0].reason);
+        let errs = project_files(
+            &[(
+                "compose.yaml",
+                "services: {web: {image: x, env_file: [{path: a.env, format: raw}]}}",
+            )],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "services.web.env_file[0].format");
     }
 }

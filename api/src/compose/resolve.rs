@@ -120,6 +120,16 @@ impl Resolver<'_, '_> {
         };
         for (i, item) in items.iter().enumerate() {
             let field = format!("include[{i}]");
+            if let Some(m) = item.as_mapping() {
+                if let Some((k, _)) = m.iter().find(|(k, _)| k.as_str() != Some("path")) {
+                    let key = k.scalar_text().unwrap_or_default();
+                    self.err(
+                        format!("{field}.{key}"),
+                        format!("unsupported key {key:?}: capstan reads an included file with this project's folder and environment"),
+                    );
+                    continue;
+                }
+            }
             let Some(rel) = item
                 .scalar_text()
                 .or_else(|| item.get("path").and_then(Value::scalar_text))
@@ -479,6 +489,19 @@ pub(crate) mod tests {
         .unwrap_err()
         .errors;
         assert_eq!(errs[0].field, "services.web");
+        let errs = project_files(
+            &[
+                (
+                    "compose.yaml",
+                    "include: [{path: other.yml, env_file: o.env}]\nservices: {web: {image: w}}",
+                ),
+                ("other.yml", "services: {db: {image: d}}"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "include[0].env_file");
     }
 
     #[test]
