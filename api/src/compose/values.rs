@@ -43,6 +43,23 @@ impl Parser {
         out
     }
 
+    /// The entries of a map whose keys are data (variable or label names), not Compose keys:
+    /// `x-` keys are kept, and scalar keys are read as text.
+    fn data_entries<'a>(&mut self, path: &str, v: &'a Value) -> Vec<(String, &'a Value)> {
+        let Some(m) = v.as_mapping() else {
+            self.err(path, format!("must be a map, got {}", kind(v)));
+            return vec![];
+        };
+        let mut out = vec![];
+        for (k, val) in m {
+            match k.scalar_text() {
+                Some(key) => out.push((key, val)),
+                None => self.err(path, format!("keys must be strings, got {}", kind(k))),
+            }
+        }
+        out
+    }
+
     pub(super) fn string(&mut self, path: &str, v: &Value) -> Option<String> {
         match v {
             Value::String(s) => Some(s.clone()),
@@ -132,7 +149,7 @@ impl Parser {
                 }
             }
             Value::Mapping(_) => {
-                for (k, val) in self.map(path, v, &[]) {
+                for (k, val) in self.data_entries(path, v) {
                     let field = join(path, &k);
                     if val.is_null() && what == "label" {
                         out.insert(k, String::new());
@@ -249,6 +266,18 @@ mod tests {
             spec.services["web"].command,
             Some(vec!["httpd".into(), "-f".into()])
         );
+    }
+
+    #[test]
+    fn variable_and_label_names_that_look_like_extensions_or_numbers_are_kept() {
+        let spec = parse_stack(
+            "s",
+            "services: {a: {image: x, labels: {x-trace: on, 8080: web}, environment: {x-key: k}}}",
+        )
+        .unwrap();
+        assert_eq!(spec.services["a"].labels["x-trace"], "on");
+        assert_eq!(spec.services["a"].labels["8080"], "web");
+        assert_eq!(spec.services["a"].environment["x-key"], "k");
     }
 
     #[test]
