@@ -340,4 +340,16 @@ mod tests {
             vec!["variable \"TAG\" is not set; using an empty string (in services.web.image, services.web.user, services.db.image)"]
         );
     }
+
+    #[test]
+    fn no_template_of_the_operator_characters_panics() {
+        let alphabet = ["$", "{", "}", ":", "-", "?", "+", "SET", "é"];
+        let mut stack = vec![String::new()];
+        while let Some(text) = stack.pop() {
+            let _ = x(&text);
+            if text.chars().count() < 6 {
+                stack.extend(alphabet.iter().map(|a| format!("{text}{a}")));
+            }
+        }
+    }
 }
