@@ -162,6 +162,12 @@ pub async fn apply(
     let stack = stack.unwrap_or(loaded.stack);
     // JSON is YAML, and writes every resolved value exactly.
     let body = serde_json::to_string(&loaded.doc)?;
+    // Parsed here too, for the notices; the server validates again and has the last word.
+    if let Ok(spec) = capstan_api::parse_stack(&stack, &body) {
+        for n in capstan_api::compose::notices::notices(&spec) {
+            eprintln!("notice: {n}");
+        }
+    }
     let result = api.apply(&stack, body, dry_run).await?;
     let note = if result.dry_run { " (dry run)" } else { "" };
     for (svc, outcome) in &result.services {

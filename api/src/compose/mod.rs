@@ -26,6 +26,7 @@ pub mod interpolate;
 mod keys;
 pub mod merge;
 mod networks;
+pub mod notices;
 mod ports;
 mod profiles;
 pub mod resolve;
