@@ -48,11 +48,26 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     from_secs(total, text)
 }
 
+/// The longest duration accepted: what fits the engine's signed 64-bit nanoseconds, written
+/// in whole hours (Go's own limit is 2562047h47m16.854775807s).
+pub const MAX_HOURS: u64 = 2_562_047;
+
 fn from_secs(secs: f64, text: &str) -> Result<Duration, String> {
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{text:?} must be a non-negative duration"));
     }
+    if secs > (MAX_HOURS * 3600) as f64 {
+        return Err(format!(
+            "{text:?} is longer than {MAX_HOURS}h, the longest duration the Docker engine takes"
+        ));
+    }
+    // In range by the check above, so this cannot panic.
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A parsed duration in nanoseconds as the engine takes them. Never wraps: `parse` bounds it.
+pub fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
 /// Formats a duration the way Compose writes it, for messages and tables.
@@ -88,5 +103,25 @@ mod tests {
         assert!(parse("10x").unwrap_err().contains("unknown unit"));
         assert!(parse("").is_err());
         assert!(parse("-1").is_err());
+    }
+
+    #[test]
+    fn huge_durations_are_errors_naming_the_bound_not_panics_or_wraps() {
+        for text in [
+            "1e20",
+            "3000000000h",
+            "2562048h",
+            "inf",
+            "NaN",
+            "9999999999999999999s",
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(
+                err.contains("2562047h") || err.contains("non-negative"),
+                "{text}: {err}"
+            );
+        }
+        let max = parse("2562047h").unwrap();
+        assert_eq!(nanos(max), 2_562_047 * 3_600 * 1_000_000_000);
     }
 }

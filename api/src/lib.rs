@@ -2,8 +2,10 @@
 //!
 //! # Layout
 //! - [`spec`]: the desired state of a stack and its services, as stored in etcd.
-//! - [`compose`]: a Compose file (YAML or JSON) into a [`spec::StackSpec`], every error with
-//!   its field path; unknown keys are errors, never silently dropped.
+//! - [`compose`]: a Compose project resolved as Compose does it (interpolation, overrides,
+//!   `extends`, `include`, profiles, env files), then a document (YAML or JSON) into a
+//!   [`spec::StackSpec`], every error with its field path; unknown keys are errors, never
+//!   silently dropped.
 //! - [`object`]: the stored objects (spec plus `generation`/`resourceVersion`), the status
 //!   written by the controller, and the views the HTTP API returns.
 //! - [`names`]: deterministic names and the ownership labels of what capstan creates.

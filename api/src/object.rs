@@ -423,6 +423,9 @@ pub struct ApplyResult {
     /// Stack `resourceVersion` after the apply (unchanged when nothing changed).
     pub resource_version: i64,
     pub services: BTreeMap<String, ApplyOutcome>,
+    /// A dry run: validated and compared with the store, nothing written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// What an apply did to one service; the wire form is the lowercase word.

@@ -4,7 +4,6 @@
 use anyhow::{bail, Context as _};
 use capstan_api::object::{ApplyResult, ErrorBody, ScaleRequest, ServiceView, StackView};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub struct Client {
@@ -53,14 +52,21 @@ impl Client {
         }
     }
 
-    pub async fn apply(&self, stack: &str, body: String) -> anyhow::Result<ApplyResult> {
-        self.send(
-            self.http
-                .put(format!("{}/v1/stacks/{stack}", self.base))
-                .header("content-type", "application/yaml")
-                .body(body),
-        )
-        .await
+    pub async fn apply(
+        &self,
+        stack: &str,
+        body: String,
+        dry_run: bool,
+    ) -> anyhow::Result<ApplyResult> {
+        let mut req = self
+            .http
+            .put(format!("{}/v1/stacks/{stack}", self.base))
+            .header("content-type", "application/yaml")
+            .body(body);
+        if dry_run {
+            req = req.query(&[("dryRun", "true")]);
+        }
+        self.send(req).await
     }
 
     pub async fn stack(&self, stack: &str) -> anyhow::Result<Option<StackView>> {
@@ -139,88 +145,35 @@ pub fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
     }
 }
 
-/// The stack name Compose would use: the file's `name:`, else its folder's name.
-fn default_stack_name(file: &Path, text: &str) -> anyhow::Result<String> {
-    if let Some(name) = capstan_api::compose::declared_name(text) {
-        return Ok(name);
-    }
-    let dir = file
-        .canonicalize()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let raw = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let name = capstan_api::names::normalize_stack_name(raw);
-    if name.is_empty() {
-        bail!("cannot derive a stack name from folder {raw:?}; pass --stack NAME");
-    }
-    Ok(name)
-}
-
-/// Rewrites relative bind-mount sources (`./html:/www`) against the file's folder, as
-/// Compose does, so the server gets absolute paths.
-fn resolve_relative_binds(file: &Path, text: &str) -> anyhow::Result<String> {
-    let mut doc: serde_yaml::Value = match serde_yaml::from_str(text) {
-        Ok(doc) => doc,
-        // Let the server report the syntax error with its usual shape.
-        Err(_) => return Ok(text.to_string()),
-    };
-    let base: PathBuf = file
-        .canonicalize()?
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let home = std::env::var("HOME").unwrap_or_default();
-    let mut changed = false;
-    if let Some(services) = doc.get_mut("services").and_then(|s| s.as_mapping_mut()) {
-        for (_, svc) in services.iter_mut() {
-            let Some(vols) = svc.get_mut("volumes").and_then(|v| v.as_sequence_mut()) else {
-                continue;
-            };
-            for v in vols.iter_mut() {
-                let Some(s) = v.as_str() else { continue };
-                let Some((source, rest)) = s.split_once(':') else {
-                    continue;
-                };
-                let abs = if let Some(r) = source.strip_prefix("~/") {
-                    PathBuf::from(&home).join(r)
-                } else if source.starts_with('.') {
-                    base.join(source)
-                } else {
-                    continue;
-                };
-                let abs = abs.components().collect::<PathBuf>();
-                *v = serde_yaml::Value::String(format!("{}:{rest}", abs.display()));
-                changed = true;
-            }
-        }
-    }
-    Ok(if changed {
-        serde_yaml::to_string(&doc)?
-    } else {
-        text.to_string()
-    })
-}
-
+/// `capstan apply`: resolves the project on this side, sends one document, and reports
+/// per service what the server did (or, with `dry_run`, would do).
 pub async fn apply(
     api: &Client,
-    file: &Path,
+    opts: &crate::project::Options,
     stack: Option<String>,
+    dry_run: bool,
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<i32> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let stack = match stack {
-        Some(s) => s,
-        None => default_stack_name(file, &text)?,
-    };
-    let body = resolve_relative_binds(file, &text)?;
-    let result = api.apply(&stack, body).await?;
-    for (svc, outcome) in &result.services {
-        println!("{stack}/{svc} {outcome}");
+    let loaded = crate::project::load(opts)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
     }
-    if !wait {
+    let stack = stack.unwrap_or(loaded.stack);
+    // JSON is YAML, and writes every resolved value exactly.
+    let body = serde_json::to_string(&loaded.doc)?;
+    // Parsed here too, for the notices; the server validates again and has the last word.
+    if let Ok(spec) = capstan_api::parse_stack(&stack, &body) {
+        for n in capstan_api::compose::notices::notices(&spec) {
+            eprintln!("notice: {n}");
+        }
+    }
+    let result = api.apply(&stack, body, dry_run).await?;
+    let note = if result.dry_run { " (dry run)" } else { "" };
+    for (svc, outcome) in &result.services {
+        println!("{stack}/{svc} {outcome}{note}");
+    }
+    if !wait || dry_run {
         return Ok(0);
     }
     wait_converged(api, &stack, timeout).await
@@ -322,35 +275,4 @@ pub async fn delete(
     }
     println!("stack {stack} deleted");
     Ok(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relative_bind_sources_are_resolved_against_the_files_folder() {
-        let dir = std::env::temp_dir().join(format!("capstan-cli-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("compose.yaml");
-        let text =
-            "services:\n  web:\n    image: x\n    volumes: [\"./html:/www:ro\", \"data:/d\"]\n";
-        std::fs::write(&file, text).unwrap();
-        let out = resolve_relative_binds(&file, text).unwrap();
-        let base = dir.canonicalize().unwrap();
-        assert!(
-            out.contains(&format!("{}/html:/www:ro", base.display())),
-            "{out}"
-        );
-        assert!(out.contains("data:/d"));
-        assert_eq!(
-            default_stack_name(&file, text).unwrap(),
-            capstan_api::names::normalize_stack_name(base.file_name().unwrap().to_str().unwrap())
-        );
-        assert_eq!(
-            default_stack_name(&file, "name: shop\nservices: {}").unwrap(),
-            "shop"
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod project;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -83,13 +84,30 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Declare a stack from a Compose file: what the file no longer names is removed.
+    /// Declare a stack from a Compose project: what the files no longer name is removed.
+    /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
+    /// resolved here, as Compose does; the server stores the resolved document.
     Apply {
+        /// Compose files, merged in order; without -f, compose.yaml (or compose.yml,
+        /// docker-compose.yaml, docker-compose.yml) and its override file.
         #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// Stack name; defaults to the file's `name:`, else its folder's name.
+        file: Vec<PathBuf>,
+        /// Environment files for interpolation, instead of the project's `.env`.
+        #[arg(long = "env-file")]
+        env_file: Vec<PathBuf>,
+        /// Profiles to enable (also COMPOSE_PROFILES, comma-separated).
+        #[arg(long)]
+        profile: Vec<String>,
+        /// The project folder (default: the first file's folder).
+        #[arg(long)]
+        project_directory: Option<PathBuf>,
+        /// Stack name; defaults to COMPOSE_PROJECT_NAME, the file's `name:`, else the
+        /// project folder's name.
         #[arg(long)]
         stack: Option<String>,
+        /// Validate on the server and show what would change, without changing anything.
+        #[arg(long)]
+        dry_run: bool,
         /// Wait until every service is converged, showing progress.
         #[arg(long)]
         wait: bool,
@@ -217,10 +235,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Apply {
             file,
+            env_file,
+            profile,
+            project_directory,
             stack,
+            dry_run,
             wait,
             timeout,
-        } => client::apply(&api, &file, stack, wait, timeout).await,
+        } => {
+            let opts = project::Options {
+                files: file,
+                env_files: env_file,
+                profiles: profile,
+                project_directory,
+            };
+            client::apply(&api, &opts, stack, dry_run, wait, timeout).await
+        }
         Command::Get {
             kind: Kind::Stacks,
             output,

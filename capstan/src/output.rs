@@ -41,7 +41,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 fn structured<T: serde::Serialize>(value: &T, format: Format) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(value)?),
         Format::Table => unreachable!(),
     }
     Ok(())
@@ -172,6 +172,31 @@ pub fn describe(s: &ServiceView) {
                     ]
                 })
                 .collect(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capstan_api::object::{ServiceView, StackView};
+
+    #[test]
+    fn yaml_output_reads_back_as_the_same_views() {
+        let mut view = ServiceView {
+            stack: "shop".into(),
+            name: "web".into(),
+            ..Default::default()
+        };
+        view.spec.image = "web:1".into();
+        view.spec.environment.insert("MODE".into(), "no".into());
+        let text = serde_saphyr::to_string(&vec![view.clone()]).unwrap();
+        let back: Vec<ServiceView> = serde_saphyr::from_str(&text).unwrap();
+        assert_eq!(back, vec![view]);
+        let stacks = vec![StackView::default()];
+        let text = serde_saphyr::to_string(&stacks).unwrap();
+        assert_eq!(
+            serde_saphyr::from_str::<Vec<StackView>>(&text).unwrap(),
+            stacks
         );
     }
 }

@@ -128,6 +128,9 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 struct ApplyQuery {
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
+    /// Validate and report what would change; write nothing.
+    #[serde(rename = "dryRun", default)]
+    dry_run: bool,
 }
 
 async fn apply(
@@ -137,6 +140,9 @@ async fn apply(
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    if q.dry_run {
+        return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
+    }
     let result = st.store.apply(&spec, q.resource_version).await?;
     let changed: Vec<String> = result
         .services
@@ -327,4 +333,65 @@ async fn traefik_config(State(st): State<ApiState>) -> Json<serde_json::Value> {
         .map(|(s, e)| (s.as_ref(), e.as_deref()))
         .collect();
     Json(crate::traffic::traefik::dynamic_config(&refs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemKv;
+    use capstan_api::object::ApplyOutcome;
+
+    fn state() -> (ApiState, Arc<MemKv>) {
+        let kv = Arc::new(MemKv::default());
+        let st = ApiState {
+            store: Store::new(kv.clone(), "/capstan"),
+            desired: crate::watch::Writer::default().reader(),
+            blocked: Arc::default(),
+            stop: tokio::sync::watch::channel(false).1,
+            metrics: Arc::default(),
+        };
+        (st, kv)
+    }
+
+    fn query(dry_run: bool) -> Query<ApplyQuery> {
+        Query(ApplyQuery {
+            resource_version: None,
+            dry_run,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_put_answers_per_service_and_writes_nothing() {
+        let (st, kv) = state();
+        let body = "services: {web: {image: web:1}, db: {image: db:1}}".to_string();
+        let Json(res) = apply(State(st), Path("shop".into()), query(true), body)
+            .await
+            .ok()
+            .unwrap();
+        assert!(res.dry_run);
+        assert_eq!(res.services["web"], ApplyOutcome::Created);
+        assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_dry_run_is_a_400_with_every_error() {
+        let (st, kv) = state();
+        let body = "services: {web: {imgae: x}, db: {image: db, ports: ['99999']}}".to_string();
+        let Err(ApiError(status, body)) =
+            apply(State(st), Path("shop".into()), query(true), body).await
+        else {
+            panic!("an invalid stack was accepted");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let fields: Vec<&str> = body.details.iter().map(|d| d.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "services.web.imgae",
+                "services.web.image",
+                "services.db.ports[0]"
+            ]
+        );
+        assert_eq!(kv.writes(), 0);
+    }
 }

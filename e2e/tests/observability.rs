@@ -164,7 +164,7 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
         "the dashboard has {} queries",
         queries.len()
     );
-    let rules: serde_yaml::Value = serde_yaml::from_str(
+    let rules: serde_json::Value = serde_saphyr::from_str(
         &std::fs::read_to_string(charts().join("prometheus/capstan-rules.yaml")).unwrap(),
     )
     .unwrap();
@@ -183,8 +183,8 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
                     Err(e) => failures.push(format!("{title}: {expr}: {e}")),
                 }
             }
-            for group in rules["groups"].as_sequence().unwrap() {
-                for rule in group["rules"].as_sequence().unwrap() {
+            for group in rules["groups"].as_array().unwrap() {
+                for rule in group["rules"].as_array().unwrap() {
                     let expr = rule["expr"].as_str().unwrap();
                     match (prom.query(expr), rule["record"].as_str()) {
                         (Err(e), _) => failures.push(format!("rule {expr}: {e}")),

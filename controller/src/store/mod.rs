@@ -277,6 +277,7 @@ impl Store {
             stack: spec.name.clone(),
             resource_version: current_rv,
             services: BTreeMap::new(),
+            dry_run: false,
         };
         for (name, svc_spec) in &spec.services {
             let key = self.service_key(&spec.name, name);
@@ -322,6 +323,20 @@ impl Store {
         }
         ops.extend(self.stack_record(spec, current_rv, &old_stack, now));
         (compares, ops, result)
+    }
+
+    /// What [`Store::apply`] would do, checked the same way and computed by the same
+    /// transaction builder, with nothing written (`capstan apply --dry-run`).
+    pub async fn dry_run(
+        &self,
+        spec: &StackSpec,
+        expected: Option<i64>,
+    ) -> Result<ApplyResult, StoreError> {
+        let current = self.read_stack(&spec.name).await?;
+        check_applicable(spec, current.as_ref(), expected)?;
+        let (_, _, mut result) = self.apply_txn(spec, current);
+        result.dry_run = true;
+        Ok(result)
     }
 
     /// Sets one service's replica count (a declarative change of one field).
@@ -646,6 +661,48 @@ mod tests {
         let view = store.stack_view("shop").await.unwrap().unwrap();
         assert_eq!(view.services.len(), 2);
         assert!(view.services.iter().all(|s| s.generation == 1));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_reports_every_outcome_and_writes_nothing() {
+        let (store, kv) = store();
+        let res = store
+            .dry_run(&parse_stack("shop", WEB).unwrap(), None)
+            .await
+            .unwrap();
+        assert!(res.dry_run);
+        assert_eq!(res.services["web"], ApplyOutcome::Created);
+        assert_eq!(kv.writes(), 0);
+        assert!(store.stack_view("shop").await.unwrap().is_none());
+        store
+            .apply(&parse_stack("shop", WEB).unwrap(), None)
+            .await
+            .unwrap();
+        let writes = kv.writes();
+        let next = "services: {web: {image: web:2, deploy: {replicas: 3}}, cache: {image: c:1}}";
+        let res = store
+            .dry_run(&parse_stack("shop", next).unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(kv.writes(), writes, "a dry run writes nothing");
+        assert_eq!(res.services["web"], ApplyOutcome::Configured);
+        assert_eq!(res.services["cache"], ApplyOutcome::Created);
+        assert_eq!(res.services["db"], ApplyOutcome::Removed);
+        let same = store
+            .dry_run(&parse_stack("shop", WEB).unwrap(), None)
+            .await
+            .unwrap();
+        assert!(same
+            .services
+            .values()
+            .all(|o| *o == ApplyOutcome::Unchanged));
+        assert!(
+            store
+                .dry_run(&parse_stack("shop", WEB).unwrap(), Some(999))
+                .await
+                .is_err(),
+            "a stale resourceVersion fails a dry run too"
+        );
     }
 
     #[tokio::test]

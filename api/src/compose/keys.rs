@@ -1,0 +1,138 @@
+//! Why a key is refused: said once, for that key, instead of listing every supported key.
+
+/// Keys of the Compose specification that `capstan apply` resolves on the client; a
+/// document sent straight to the API must already be resolved.
+const CLIENT_SIDE: &[&str] = &["extends", "profiles", "env_file", "include"];
+
+/// Service keys of the Compose specification that capstan does not honour yet.
+const SERVICE_OPTIONS: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "driver_opts",
+    "expose",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "hostname",
+    "init",
+    "ipc",
+    "isolation",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "provider",
+    "pull_policy",
+    "read_only",
+    "runtime",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes_from",
+    "working_dir",
+    "models",
+    "label_file",
+    "configs",
+    "secrets",
+];
+
+/// The reason `key` at `path` is refused.
+pub(super) fn unsupported(path: &str, key: &str) -> String {
+    if CLIENT_SIDE.contains(&key) {
+        return format!(
+            "unsupported key {key:?}: `capstan apply -f` resolves it on the client; \
+             a document sent to the API must be resolved already"
+        );
+    }
+    match (path, key) {
+        (_, "<<") => "a YAML merge key that was not expanded: its value must be an alias \
+                      (`<<: *name`) or a list of aliases (`<<: [*a, *b]`) to maps"
+            .into(),
+        (_, "build") => "unsupported key \"build\": capstan runs images and does not build \
+                         them; build and push the image, then name it in `image`"
+            .into(),
+        ("", "secrets" | "configs" | "models") => format!(
+            "unsupported key {key:?}: capstan does not manage {key} yet; mount a file with a \
+             bind volume instead"
+        ),
+        (p, k) if p.starts_with("services.") && p.matches('.').count() == 1 && SERVICE_OPTIONS.contains(&k) => {
+            format!("unsupported key {k:?}: a Compose option capstan does not honour yet, refused rather than ignored")
+        }
+        (_, k) => format!(
+            "unsupported key {k:?}: not a key capstan knows here (a typo? extension fields start with \"x-\")"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    #[test]
+    fn a_refused_key_says_why_without_listing_every_supported_key() {
+        let errs =
+            errors("services: {web: {image: x, container_name: w, imgae: y, profiles: [a]}}");
+        assert_eq!(errs[0].field, "services.web.container_name");
+        assert!(
+            errs[0].reason.contains("does not honour yet"),
+            "{}",
+            errs[0].reason
+        );
+        assert!(errs[1].reason.contains("a typo?"), "{}", errs[1].reason);
+        assert!(
+            errs[2].reason.contains("capstan apply -f"),
+            "{}",
+            errs[2].reason
+        );
+        assert!(errs.iter().all(|e| !e.reason.contains("capstan supports")));
+        assert!(errors("services: {web: {image: x}}\nsecrets: {}")[0]
+            .reason
+            .contains("does not manage secrets"));
+    }
+}

@@ -1,0 +1,215 @@
+//! A service's `ports`, short and long syntax.
+
+use super::yaml::Value;
+use super::{join, kind, Parser};
+use crate::spec::*;
+
+impl Parser {
+    pub(super) fn ports(&mut self, path: &str, v: &Value) -> Vec<PortSpec> {
+        let Some(items) = v.as_sequence() else {
+            self.err(path, format!("must be a list, got {}", kind(v)));
+            return vec![];
+        };
+        let mut out = vec![];
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("{path}[{i}]");
+            if item.is_mapping() {
+                if let Some(p) = self.long_port(&field, item) {
+                    out.push(p);
+                }
+                continue;
+            }
+            let Some(text) = self.string(&field, item) else {
+                continue;
+            };
+            match parse_port(&text) {
+                Ok(p) => out.push(p),
+                Err(reason) => self.err(field, reason),
+            }
+        }
+        out
+    }
+
+    /// `{target, published, host_ip, protocol, mode}`.
+    pub(super) fn long_port(&mut self, path: &str, v: &Value) -> Option<PortSpec> {
+        let mut target = None;
+        let mut published = None;
+        let mut host_ip = None;
+        let mut protocol = "tcp".to_string();
+        let mut mode = PortMode::Ingress;
+        for (key, val) in self.map(
+            path,
+            v,
+            &["target", "published", "host_ip", "protocol", "mode"],
+        ) {
+            let field = join(path, &key);
+            match key.as_str() {
+                "target" => target = self.string(&field, val),
+                "published" => published = self.string(&field, val),
+                "host_ip" => host_ip = self.string(&field, val),
+                "protocol" => protocol = self.string(&field, val).unwrap_or_default(),
+                "mode" => match self.string(&field, val).as_deref() {
+                    Some("ingress") => mode = PortMode::Ingress,
+                    Some("host") => mode = PortMode::Host,
+                    Some(other) => self.err(
+                        &field,
+                        format!("{other:?} is not a port mode: use ingress or host"),
+                    ),
+                    None => {}
+                },
+                _ => unreachable!(),
+            }
+        }
+        let Some(target) = target else {
+            self.err(join(path, "target"), "is required");
+            return None;
+        };
+        let mut short = match (&host_ip, &published) {
+            (Some(ip), Some(p)) => format!("{ip}:{p}:{target}"),
+            (None, Some(p)) => format!("{p}:{target}"),
+            _ => target,
+        };
+        short.push('/');
+        short.push_str(&protocol);
+        match parse_port(&short) {
+            Ok(p) => Some(PortSpec { mode, ..p }),
+            Err(reason) => {
+                self.err(path, reason);
+                None
+            }
+        }
+    }
+}
+
+fn parse_port_number(text: &str, what: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(format!("{what} {text:?} is not a port from 1 to 65535")),
+    }
+}
+
+/// `[host_ip:][host_port[-end]:]container_port[/protocol]`
+fn parse_port(text: &str) -> Result<PortSpec, String> {
+    let (rest, protocol) = match text.rsplit_once('/') {
+        Some((rest, proto)) if proto == "tcp" || proto == "udp" => (rest, proto.to_string()),
+        Some((_, proto)) => return Err(format!("protocol {proto:?} is not tcp or udp")),
+        None => (text, "tcp".to_string()),
+    };
+    let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
+    let (container, host, ip) = match parts.as_slice() {
+        [c] => (*c, None, None),
+        [c, h] => (*c, Some(*h), None),
+        [c, h, ip] => (*c, Some(*h), Some(ip.trim_matches(['[', ']']).to_string())),
+        _ => unreachable!(),
+    };
+    if container.contains('-') {
+        return Err(format!("container port ranges ({container:?}) are not supported; map one container port per entry"));
+    }
+    let container_port = parse_port_number(container, "container port")?;
+    let host_ports = match host {
+        None | Some("") => None,
+        Some(h) => match h.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (
+                    parse_port_number(a, "host port")?,
+                    parse_port_number(b, "host port")?,
+                );
+                if b < a {
+                    return Err(format!("host port range {h:?} ends before it starts"));
+                }
+                Some((a, b))
+            }
+            None => {
+                let p = parse_port_number(h, "host port")?;
+                Some((p, p))
+            }
+        },
+    };
+    Ok(PortSpec {
+        host_ip: ip.filter(|ip| !ip.is_empty()),
+        host_ports,
+        container_port,
+        protocol,
+        mode: PortMode::Ingress,
+    })
+}
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn ports_parse_in_their_short_forms() {
+        let p = parse_port("127.0.0.1:8080:80/udp").unwrap();
+        assert_eq!(
+            (
+                p.host_ip.as_deref(),
+                p.host_ports,
+                p.container_port,
+                p.protocol.as_str()
+            ),
+            (Some("127.0.0.1"), Some((8080, 8080)), 80, "udp")
+        );
+        assert_eq!(parse_port("80").unwrap().host_ports, None);
+        assert_eq!(
+            parse_port("8080-8082:80").unwrap().host_ports,
+            Some((8080, 8082))
+        );
+        assert!(parse_port("80-81")
+            .unwrap_err()
+            .contains("container port ranges"));
+        assert!(parse_port("8082-8080:80")
+            .unwrap_err()
+            .contains("ends before"));
+    }
+
+    #[test]
+    fn a_fixed_host_port_on_several_replicas_is_proxied_unless_published_in_host_mode() {
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, ports: [\"8080:80\"], deploy: {replicas: 3}}}",
+        )
+        .unwrap();
+        assert!(spec.services["web"].ports[0].proxied());
+        let errs = errors("services: {web: {image: x, ports: [{target: 80, published: 8080, mode: host}], deploy: {replicas: 3}}}");
+        assert_eq!(errs[0].field, "services.web.ports[0]");
+        assert!(
+            errs[0].reason.contains("8080-8082:80"),
+            "{}",
+            errs[0].reason
+        );
+        let errs =
+            errors("services: {web: {image: x, ports: [\"8080-8081:80\"], deploy: {replicas: 3}}}");
+        assert!(
+            errs[0].reason.contains("2 host ports"),
+            "{}",
+            errs[0].reason
+        );
+        let errs =
+            errors("services: {web: {image: x, ports: [\"8080:80/udp\"], deploy: {replicas: 2}}}");
+        assert_eq!(
+            errs[0].field, "services.web.ports[0]",
+            "UDP is never proxied"
+        );
+    }
+
+    #[test]
+    fn the_long_port_syntax_is_read() {
+        let spec = parse_stack("s", "services: {web: {image: x, ports: [{target: 80, published: \"8080\", host_ip: 127.0.0.1, protocol: tcp, mode: host}]}}").unwrap();
+        let p = &spec.services["web"].ports[0];
+        assert_eq!(
+            (p.host_ip.as_deref(), p.host_ports, p.container_port, p.mode),
+            (Some("127.0.0.1"), Some((8080, 8080)), 80, PortMode::Host)
+        );
+        assert_eq!(
+            fields("services: {web: {image: x, ports: [{published: 8080}]}}"),
+            vec!["services.web.ports[0].target"]
+        );
+    }
+
+    #[test]
+    fn two_services_cannot_publish_the_same_host_port() {
+        let f = fields("services: {a: {image: x, ports: [\"8080:80\"]}, b: {image: x, ports: [\"8079-8081:80\"], scale: 3}}");
+        assert_eq!(f, vec!["services.b.ports[0]"]);
+    }
+}

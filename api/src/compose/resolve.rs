@@ -1,0 +1,529 @@
+//! The client's side of a Compose project: everything Compose resolves before a model exists.
+//!
+//! Files are read (through a loader the caller provides: this crate does no I/O), each is
+//! interpolated, its `extends` resolved, then the files are merged in order by Compose's
+//! rules. Services outside the active profiles are left out, `env_file` is read into
+//! `environment`, and entries without a value are taken from the environment. What comes
+//! out is one plain document, the one `capstan apply` sends and the server stores.
+
+use super::interpolate::{self, Lookup};
+use super::merge::{merge_documents, merge_service};
+use super::yaml::{self, Mapping, Value};
+use super::{FieldError, InvalidStack};
+use std::path::{Path, PathBuf};
+
+/// Reads a file: `Ok(None)` when it does not exist.
+pub type Loader<'a> = &'a dyn Fn(&Path) -> Result<Option<String>, String>;
+
+/// What the caller knows: the files in `-f` order, the environment, the active profiles.
+pub struct Project<'a> {
+    /// The Compose files, the main one first. Relative paths inside them are relative to
+    /// the folder of the main file, as the spec says for overrides.
+    pub files: Vec<PathBuf>,
+    /// The project folder (`--project-directory`, else the main file's folder): `env_file`
+    /// paths are relative to it.
+    pub dir: PathBuf,
+    pub lookup: Lookup<'a>,
+    pub load: Loader<'a>,
+    /// `--profile` and `COMPOSE_PROFILES`; `*` activates every profile.
+    pub profiles: Vec<String>,
+}
+
+/// One document ready for the server, and what the user should hear about it.
+#[derive(Debug)]
+pub struct Resolved {
+    pub doc: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Resolves a project into one document, or every error found.
+pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
+    let mut r = Resolver {
+        project,
+        errors: vec![],
+        warnings: vec![],
+    };
+    let mut doc = Value::Null;
+    for file in &project.files {
+        if let Some(one) = r.file(file) {
+            merge_documents(&mut doc, one);
+        }
+    }
+    yaml::strip_tags(&mut doc);
+    if r.errors.is_empty() {
+        r.profiles(&mut doc);
+        r.environments(&mut doc);
+    }
+    if r.errors.is_empty() {
+        Ok(Resolved {
+            doc,
+            warnings: r.warnings,
+        })
+    } else {
+        Err(InvalidStack { errors: r.errors })
+    }
+}
+
+pub(super) struct Resolver<'a, 'p> {
+    pub(super) project: &'a Project<'p>,
+    pub(super) errors: Vec<FieldError>,
+    pub(super) warnings: Vec<String>,
+}
+
+/// How deep `extends` may chain before it is taken for a loop.
+const MAX_EXTENDS: usize = 32;
+
+impl Resolver<'_, '_> {
+    pub(super) fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    pub(super) fn project_dir(&self) -> PathBuf {
+        self.project.dir.clone()
+    }
+
+    /// One file, read, interpolated, with its `extends` resolved.
+    fn file(&mut self, path: &Path) -> Option<Value> {
+        self.file_at(path, 0)
+    }
+
+    fn file_at(&mut self, path: &Path, depth: usize) -> Option<Value> {
+        let mut doc = self.read(path, &path.display().to_string())?;
+        if let Some(include) = doc.as_mapping_mut().and_then(|m| m.remove("include")) {
+            self.include(path, &include, &mut doc, depth);
+        }
+        let Some(services) = doc.get("services").and_then(Value::as_mapping).cloned() else {
+            return Some(doc);
+        };
+        let mut resolved = Mapping::default();
+        for (name, svc) in services.iter() {
+            let name = name.scalar_text().unwrap_or_default();
+            let mut svc = svc.clone();
+            self.extends(path, &services, &name, &mut svc, 0);
+            resolved.0.push((Value::String(name), svc));
+        }
+        if let Some(m) = doc.as_mapping_mut() {
+            m.insert("services", Value::Mapping(resolved));
+        }
+        Some(doc)
+    }
+
+    /// `include`: other Compose files whose services, networks and volumes join this one's.
+    /// A name defined twice is an error, as in Compose.
+    fn include(&mut self, path: &Path, include: &Value, doc: &mut Value, depth: usize) {
+        let items = match include {
+            Value::Sequence(items) => items.clone(),
+            other => vec![other.clone()],
+        };
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("include[{i}]");
+            if let Some(m) = item.as_mapping() {
+                if let Some((k, _)) = m.iter().find(|(k, _)| k.as_str() != Some("path")) {
+                    let key = k.scalar_text().unwrap_or_default();
+                    self.err(
+                        format!("{field}.{key}"),
+                        format!("unsupported key {key:?}: capstan reads an included file with this project's folder and environment"),
+                    );
+                    continue;
+                }
+            }
+            let Some(rel) = item
+                .scalar_text()
+                .or_else(|| item.get("path").and_then(Value::scalar_text))
+            else {
+                self.err(
+                    field,
+                    "must be a file path or a map with `path` (capstan reads one path per entry)",
+                );
+                continue;
+            };
+            if depth >= MAX_EXTENDS {
+                self.err(field, "includes nest too deep: is there a loop?");
+                continue;
+            }
+            let full = path.parent().unwrap_or(Path::new("")).join(&rel);
+            let Some(mut included) = self.file_at(&full, depth + 1) else {
+                continue;
+            };
+            if let Some(Value::Mapping(services)) = included.get_mut("services") {
+                for (_, svc) in services.iter_mut() {
+                    self.rebase_paths(&full, svc);
+                }
+            }
+            self.import(&field, &full, included, doc);
+        }
+    }
+
+    fn import(&mut self, field: &str, from: &Path, included: Value, doc: &mut Value) {
+        let Value::Mapping(included) = included else {
+            return;
+        };
+        let Some(target) = doc.as_mapping_mut() else {
+            return;
+        };
+        for section in ["services", "networks", "volumes"] {
+            let Some(Value::Mapping(items)) = included.get(section) else {
+                continue;
+            };
+            if target.get(section).is_none_or(Value::is_null) {
+                target.insert(section, Value::Mapping(Mapping::default()));
+            }
+            let Some(Value::Mapping(mine)) = target.get_mut(section) else {
+                continue;
+            };
+            for (name, item) in items.iter() {
+                let key = name.scalar_text().unwrap_or_default();
+                if mine.get(&key).is_some() {
+                    self.errors.push(FieldError {
+                        field: format!("{section}.{key}"),
+                        reason: format!("is defined both here and in {} ({field})", from.display()),
+                    });
+                } else {
+                    mine.0.push((name.clone(), item.clone()));
+                }
+            }
+        }
+    }
+
+    /// Reads and interpolates a file; errors name `field`.
+    fn read(&mut self, path: &Path, field: &str) -> Option<Value> {
+        let text = match (self.project.load)(path) {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                self.err(field, format!("{} does not exist", path.display()));
+                return None;
+            }
+            Err(e) => {
+                self.err(field, format!("cannot read {}: {e}", path.display()));
+                return None;
+            }
+        };
+        let mut doc = match yaml::parse(&text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                self.err(field, format!("not valid YAML: {e}"));
+                return None;
+            }
+        };
+        let (warnings, errors) = interpolate::interpolate(&mut doc, self.project.lookup);
+        let suffix = self.in_file(path);
+        self.warnings
+            .extend(warnings.into_iter().map(|w| format!("{w}{suffix}")));
+        for e in errors {
+            self.err(e.field, format!("{}{suffix}", e.reason));
+        }
+        Some(doc)
+    }
+
+    /// ` (in FILE)` for any file but the main one.
+    fn in_file(&self, path: &Path) -> String {
+        if self.project.files.first().map(PathBuf::as_path) == Some(path) {
+            String::new()
+        } else {
+            format!(" (in {})", path.display())
+        }
+    }
+}
+
+impl Resolver<'_, '_> {
+    /// `extends: NAME` or `extends: {service, file}`: the extended service, resolved in turn,
+    /// overridden by this one.
+    fn extends(
+        &mut self,
+        file: &Path,
+        services: &Mapping,
+        name: &str,
+        svc: &mut Value,
+        depth: usize,
+    ) {
+        let Some(ext) = svc.as_mapping_mut().and_then(|m| m.remove("extends")) else {
+            return;
+        };
+        let field = format!("services.{name}.extends");
+        if depth >= MAX_EXTENDS {
+            return self.err(
+                field,
+                format!("extends chains more than {MAX_EXTENDS} services deep: is there a loop?"),
+            );
+        }
+        let (base_name, base_file) = match &ext {
+            Value::String(s) => (s.clone(), None),
+            Value::Mapping(m) => {
+                let Some(service) = m.get("service").and_then(Value::scalar_text) else {
+                    return self.err(
+                        format!("{field}.service"),
+                        "is required: the name of the service to extend",
+                    );
+                };
+                (service, m.get("file").and_then(Value::scalar_text))
+            }
+            _ => {
+                return self.err(
+                    field,
+                    "must be a service name or a map with `service` and `file`",
+                )
+            }
+        };
+        let (base_path, base_services) = match base_file {
+            None => (file.to_path_buf(), services.clone()),
+            Some(f) => {
+                let path = file.parent().unwrap_or(Path::new("")).join(f);
+                let Some(doc) = self.read(&path, &format!("{field}.file")) else {
+                    return;
+                };
+                let services = doc
+                    .get("services")
+                    .and_then(Value::as_mapping)
+                    .cloned()
+                    .unwrap_or_default();
+                (path, services)
+            }
+        };
+        let Some(base) = base_services.get(&base_name) else {
+            return self.err(field, format!("service {base_name:?} is not in {}, so this service's `extends` cannot be resolved", base_path.display()));
+        };
+        let mut base = base.clone();
+        self.extends(&base_path, &base_services, &base_name, &mut base, depth + 1);
+        if base_path != file {
+            self.rebase_paths(&base_path, &mut base);
+        }
+        merge_service(&mut base, svc.clone());
+        *svc = base;
+    }
+
+    /// Relative bind sources and env files of a service from another file are relative to
+    /// that file: rewrite them relative to the project folder.
+    fn rebase_paths(&self, from: &Path, svc: &mut Value) {
+        let dir = from.parent().unwrap_or(Path::new(""));
+        let rebase = |p: &str| -> Option<String> {
+            (p.starts_with("./") || p.starts_with("../") || p == ".").then(|| {
+                dir.join(p)
+                    .components()
+                    .collect::<PathBuf>()
+                    .display()
+                    .to_string()
+            })
+        };
+        if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
+            for v in vols.iter_mut() {
+                if let Value::String(s) = v {
+                    if let Some((src, rest)) = s.split_once(':') {
+                        if let Some(abs) = rebase(src) {
+                            *s = format!("{abs}:{rest}");
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(Value::String(s)) = svc.get_mut("env_file") {
+            if let Some(abs) = rebase(s) {
+                *s = abs;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TZ" => Some("Europe/Paris".into()),
+            "TAG" => Some("2".into()),
+            _ => None,
+        }
+    }
+
+    /// Resolves files held in memory under `/p/`, the first being the main one.
+    pub fn project_files(
+        files: &[(&str, &str)],
+        profiles: &[&str],
+    ) -> Result<Resolved, InvalidStack> {
+        let store: BTreeMap<PathBuf, String> = files
+            .iter()
+            .map(|(name, text)| (Path::new("/p").join(name), text.to_string()))
+            .collect();
+        let load = |p: &Path| Ok(store.get(p).cloned());
+        let names: Vec<PathBuf> = files
+            .iter()
+            .filter(|(n, _)| n.ends_with(".yaml") && !n.contains('/'))
+            .map(|(n, _)| Path::new("/p").join(n))
+            .collect();
+        resolve(&Project {
+            files: names,
+            dir: PathBuf::from("/p"),
+            lookup: &env,
+            load: &load,
+            profiles: profiles.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    pub fn project_with(text: &str, profiles: &[&str]) -> Result<Resolved, InvalidStack> {
+        project_files(&[("compose.yaml", text)], profiles)
+    }
+
+    pub fn resolved_services(
+        text: &str,
+        profiles: &[&str],
+    ) -> Result<Vec<String>, Vec<FieldError>> {
+        let doc = project_with(text, profiles).map_err(|e| e.errors)?.doc;
+        let services = doc.get("services").and_then(Value::as_mapping).unwrap();
+        Ok(services
+            .iter()
+            .filter_map(|(k, _)| k.scalar_text())
+            .collect())
+    }
+
+    fn service(r: &Resolved, name: &str) -> Value {
+        r.doc.get("services").unwrap().get(name).unwrap().clone()
+    }
+
+    #[test]
+    fn override_files_merge_in_order_and_are_interpolated_each() {
+        let r = project_files(
+            &[
+                ("compose.yaml", "services: {web: {image: \"web:${TAG}\", ports: ['80:80'], environment: [A=1]}}"),
+                ("compose.override.yaml", "services: {web: {ports: ['443:443'], environment: {B: $TZ}}, extra: {image: e}}"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let web = service(&r, "web");
+        assert_eq!(web.get("image").unwrap().as_str(), Some("web:2"));
+        assert_eq!(web.get("ports").unwrap().as_sequence().unwrap().len(), 2);
+        assert_eq!(
+            web.get("environment").unwrap().get("B").unwrap().as_str(),
+            Some("Europe/Paris")
+        );
+        assert!(r.doc.get("services").unwrap().get("extra").is_some());
+    }
+
+    #[test]
+    fn extends_in_the_same_file_takes_the_base_and_overrides_it() {
+        let r = project_with(
+            "services:\n  base: {image: b, environment: [A=1], command: [a]}\n  mid: {extends: base, environment: [B=2]}\n  web: {extends: {service: mid}, command: [w]}\n",
+            &[],
+        )
+        .unwrap();
+        let web = service(&r, "web");
+        assert_eq!(web.get("image").unwrap().as_str(), Some("b"));
+        let env = web.get("environment").unwrap();
+        assert!(env.get("A").is_some() && env.get("B").is_some());
+        assert_eq!(
+            web.get("command").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some("w")
+        );
+        assert!(web.get("extends").is_none());
+    }
+
+    #[test]
+    fn extends_from_another_file_goes_through_the_loader_and_rebases_its_paths() {
+        let r = project_files(
+            &[
+                ("compose.yaml", "services: {web: {extends: {file: common/base.yml, service: app}, environment: [B=2]}}"),
+                ("common/base.yml", "services: {app: {image: \"app:${TAG}\", volumes: ['./data:/data']}}"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let web = service(&r, "web");
+        assert_eq!(web.get("image").unwrap().as_str(), Some("app:2"));
+        assert_eq!(
+            web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some("/p/common/data:/data")
+        );
+    }
+
+    #[test]
+    fn an_unresolvable_extends_says_so_with_its_field() {
+        let errs = project_with("services: {web: {extends: nope}}", &[])
+            .unwrap_err()
+            .errors;
+        assert_eq!(errs[0].field, "services.web.extends");
+        assert!(errs[0].reason.contains("\"nope\""), "{}", errs[0].reason);
+        let errs = project_with("services: {a: {extends: b}, b: {extends: a}}", &[])
+            .unwrap_err()
+            .errors;
+        assert!(errs[0].reason.contains("loop"), "{}", errs[0].reason);
+        let errs = project_with(
+            "services: {web: {extends: {file: gone.yaml, service: x}}}",
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "services.web.extends.file");
+    }
+
+    #[test]
+    fn include_brings_services_from_another_file_and_refuses_a_name_defined_twice() {
+        let r = project_files(
+            &[
+                ("compose.yaml", "include: [db/compose.yml]\nservices: {web: {image: w, depends_on: [db]}}"),
+                ("db/compose.yml", "services: {db: {image: \"pg:${TAG}\", volumes: ['./init:/init', 'data:/var/lib/pg']}}\nvolumes: {data: {}}"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let db = service(&r, "db");
+        assert_eq!(db.get("image").unwrap().as_str(), Some("pg:2"));
+        assert_eq!(
+            db.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some("/p/db/init:/init")
+        );
+        assert!(r.doc.get("volumes").unwrap().get("data").is_some());
+        let errs = project_files(
+            &[
+                (
+                    "compose.yaml",
+                    "include: [{path: other.yml}]\nservices: {web: {image: w}}",
+                ),
+                ("other.yml", "services: {web: {image: other}}"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "services.web");
+        let errs = project_files(
+            &[
+                (
+                    "compose.yaml",
+                    "include: [{path: other.yml, env_file: o.env}]\nservices: {web: {image: w}}",
+                ),
+                ("other.yml", "services: {db: {image: d}}"),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "include[0].env_file");
+    }
+
+    #[test]
+    fn interpolation_errors_and_warnings_name_the_file_they_come_from() {
+        let errs = project_files(
+            &[
+                ("compose.yaml", "services: {web: {image: x}}"),
+                (
+                    "compose.override.yaml",
+                    "services: {web: {user: \"${NOBODY:?who runs it}\"}}",
+                ),
+            ],
+            &[],
+        )
+        .unwrap_err()
+        .errors;
+        assert_eq!(errs[0].field, "services.web.user");
+        assert!(
+            errs[0].reason.contains("who runs it")
+                && errs[0].reason.contains("compose.override.yaml")
+        );
+        let r = project_with("services: {web: {image: \"x:$MISSING\"}}", &[]).unwrap();
+        assert_eq!(r.warnings.len(), 1);
+    }
+}

@@ -1,0 +1,348 @@
+//! One service: its keys, replica counts, `depends_on` and `restart`.
+
+use super::yaml::Value;
+use super::{describe, join, kind, FieldError, Parser, MAX_REPLICAS};
+use crate::names;
+use crate::spec::*;
+use std::collections::BTreeMap;
+
+impl Parser {
+    pub(super) const SERVICE_KEYS: &'static [&'static str] = &[
+        "image",
+        "command",
+        "entrypoint",
+        "environment",
+        "labels",
+        "deploy",
+        "scale",
+        "ports",
+        "networks",
+        "volumes",
+        "restart",
+        "stop_grace_period",
+        "healthcheck",
+        "depends_on",
+    ];
+
+    pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
+        let mut s = ServiceSpec {
+            replicas: 1,
+            ..Default::default()
+        };
+        let mut image = None;
+        let mut replicas_from: Option<(String, u32)> = None;
+        for (key, val) in self.map(path, v, Self::SERVICE_KEYS) {
+            let field = join(path, &key);
+            match key.as_str() {
+                "image" => image = self.string(&field, val),
+                "command" => s.command = self.words(&field, val),
+                "entrypoint" => s.entrypoint = self.words(&field, val),
+                "environment" => s.environment = self.key_values(&field, val, "variable"),
+                "labels" => {
+                    s.labels = self.key_values(&field, val, "label");
+                    for k in s.labels.keys().filter(|k| k.starts_with("capstan.")) {
+                        self.errors.push(FieldError { field: join(&field, k), reason: "labels starting with \"capstan.\" are reserved for capstan's ownership labels".into() });
+                    }
+                }
+                "deploy" => {
+                    for (dkey, dval) in self.map(&field, val, &["replicas"]) {
+                        let dfield = join(&field, &dkey);
+                        if let Some(n) = self.replicas(&dfield, dval) {
+                            replicas_from = self.one_replica_count(replicas_from, dfield, n);
+                        }
+                    }
+                }
+                "scale" => {
+                    if let Some(n) = self.replicas(&field, val) {
+                        replicas_from = self.one_replica_count(replicas_from, field, n);
+                    }
+                }
+                "ports" => s.ports = self.ports(&field, val),
+                "networks" => s.networks = self.service_networks(&field, val),
+                "volumes" => s.volumes = self.mounts(&field, val),
+                "restart" => s.restart = self.restart(&field, val),
+                "stop_grace_period" => s.stop_grace_period_ms = self.stop_grace(&field, val),
+                "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
+                "depends_on" => s.depends_on = self.depends_on(&field, val),
+                _ => unreachable!(),
+            }
+        }
+        if let Some((_, n)) = replicas_from {
+            s.replicas = n;
+        }
+        match image {
+            Some(i) if !i.trim().is_empty() => s.image = i,
+            Some(_) => self.err(join(path, "image"), "must not be empty"),
+            None => self.err(join(path, "image"), missing_image(v)),
+        }
+        if s.networks.is_empty() {
+            s.networks.insert(
+                names::DEFAULT_NETWORK.to_string(),
+                ServiceNetwork::default(),
+            );
+        }
+        Some(s)
+    }
+
+    /// Short form (a list of names: `service_started`) or long form (a map with `condition`,
+    /// `required`, `restart`).
+    pub(super) fn depends_on(&mut self, path: &str, v: &Value) -> BTreeMap<String, Dependency> {
+        let started = Dependency {
+            condition: DependencyCondition::ServiceStarted,
+            required: true,
+            restart: false,
+        };
+        let mut out = BTreeMap::new();
+        match v {
+            Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(name) = self.string(&format!("{path}[{i}]"), item) {
+                        out.insert(name, started.clone());
+                    }
+                }
+            }
+            Value::Mapping(_) => {
+                for (name, dv) in self.map(path, v, &[]) {
+                    let field = join(path, &name);
+                    let mut dep = started.clone();
+                    if !dv.is_null() {
+                        for (key, val) in
+                            self.map(&field, dv, &["condition", "required", "restart"])
+                        {
+                            let kfield = join(&field, &key);
+                            match key.as_str() {
+                                "condition" => match self.string(&kfield, val).as_deref() {
+                                    Some("service_started") => dep.condition = DependencyCondition::ServiceStarted,
+                                    Some("service_healthy") => dep.condition = DependencyCondition::ServiceHealthy,
+                                    Some("service_completed_successfully") => dep.condition = DependencyCondition::ServiceCompletedSuccessfully,
+                                    Some(other) => self.err(&kfield, format!("{other:?} is not a condition: use service_started, service_healthy or service_completed_successfully")),
+                                    None => {}
+                                },
+                                "required" => dep.required = self.bool(&kfield, val),
+                                "restart" => dep.restart = self.bool(&kfield, val),
+                                _ => unreachable!(),
+                            }
+                        }
+                    }
+                    out.insert(name, dep);
+                }
+            }
+            other => self.err(
+                path,
+                format!("must be a list or a map, got {}", kind(other)),
+            ),
+        }
+        out
+    }
+
+    pub(super) fn one_replica_count(
+        &mut self,
+        seen: Option<(String, u32)>,
+        field: String,
+        n: u32,
+    ) -> Option<(String, u32)> {
+        match seen {
+            Some((first, m)) if m != n => {
+                self.err(
+                    &field,
+                    format!("conflicts with {first} ({m}); give the replica count once"),
+                );
+                Some((first, m))
+            }
+            Some(seen) => Some(seen),
+            None => Some((field, n)),
+        }
+    }
+
+    pub(super) fn replicas(&mut self, path: &str, v: &Value) -> Option<u32> {
+        match v.as_u64() {
+            Some(n) if n <= MAX_REPLICAS as u64 => Some(n as u32),
+            Some(n) => {
+                self.err(
+                    path,
+                    format!("{n} is more than the {MAX_REPLICAS} replicas a service may have"),
+                );
+                None
+            }
+            None => {
+                self.err(
+                    path,
+                    format!(
+                        "must be a whole number from 0 to {MAX_REPLICAS}, got {}",
+                        describe(v)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// The engine takes the stop timeout in whole seconds as a signed 32-bit number.
+    fn stop_grace(&mut self, path: &str, v: &Value) -> Option<u64> {
+        let ms = (self.duration_ns(path, v)? / 1_000_000).unsigned_abs();
+        if ms / 1000 > i32::MAX as u64 {
+            self.err(
+                path,
+                format!(
+                    "must be at most {}s, the longest stop timeout the Docker engine takes",
+                    i32::MAX
+                ),
+            );
+            return None;
+        }
+        Some(ms)
+    }
+
+    pub(super) fn restart(&mut self, path: &str, v: &Value) -> Option<RestartPolicy> {
+        // YAML 1.1 reads a bare `no` as false.
+        let text = match v {
+            Value::Bool(false) => "no".to_string(),
+            other => self.string(path, other)?,
+        };
+        let policy = match text.as_str() {
+            "no" => RestartPolicy::No,
+            "always" => RestartPolicy::Always,
+            "unless-stopped" => RestartPolicy::UnlessStopped,
+            "on-failure" => RestartPolicy::OnFailure { max_retries: None },
+            other => match other.strip_prefix("on-failure:").map(str::parse::<u32>) {
+                Some(Ok(n)) => RestartPolicy::OnFailure {
+                    max_retries: Some(n),
+                },
+                _ => {
+                    self.err(path, format!("{other:?} is not a restart policy: use \"no\", always, unless-stopped or on-failure[:N]"));
+                    return None;
+                }
+            },
+        };
+        Some(policy)
+    }
+}
+
+/// Why a service has no image: often a merge or `extends` that did not bring it.
+fn missing_image(service: &Value) -> &'static str {
+    if service.get("extends").is_some() {
+        "is required; this service's `extends` was not resolved (`capstan apply -f` resolves \
+         it; a document sent to the API must be resolved already)"
+    } else if service.get("<<").is_some() {
+        "is required; this service's merge key `<<` was not expanded, so nothing it names \
+         (such as `image`) reached the service"
+    } else if service.get("build").is_some() {
+        "is required: capstan runs images and does not build them"
+    } else {
+        "is required: the image the service runs"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    #[test]
+    fn a_bad_replica_count_names_the_field_and_the_value() {
+        let errs = errors("services: {web: {image: x, deploy: {replicas: three}}}");
+        assert_eq!(errs[0].field, "services.web.deploy.replicas");
+        assert!(errs[0].reason.contains("\"three\""), "{}", errs[0].reason);
+        assert_eq!(
+            fields("services: {web: {image: x, deploy: {replicas: -1}}}"),
+            vec!["services.web.deploy.replicas"]
+        );
+        assert_eq!(
+            fields("services: {web: {image: x, scale: 2, deploy: {replicas: 3}}}"),
+            vec!["services.web.deploy.replicas"]
+        );
+    }
+
+    #[test]
+    fn capstan_labels_are_reserved() {
+        assert_eq!(
+            fields("services: {web: {image: x, labels: {capstan.stack: other}}}"),
+            vec!["services.web.labels.capstan.stack"]
+        );
+    }
+
+    #[test]
+    fn restart_policies_parse_including_yaml_no() {
+        let spec = parse_stack(
+            "s",
+            "services: {a: {image: x, restart: no}, b: {image: x, restart: on-failure:3}}",
+        )
+        .unwrap();
+        assert_eq!(spec.services["a"].restart, Some(RestartPolicy::No));
+        assert_eq!(
+            spec.services["b"].restart,
+            Some(RestartPolicy::OnFailure {
+                max_retries: Some(3)
+            })
+        );
+        assert_eq!(
+            fields("services: {a: {image: x, restart: sometimes}}"),
+            vec!["services.a.restart"]
+        );
+    }
+
+    #[test]
+    fn depends_on_takes_the_short_and_the_long_form() {
+        let spec = parse_stack(
+            "s",
+            r#"
+services:
+  db: {image: x}
+  migrate: {image: x, restart: "no"}
+  app:
+    image: x
+    depends_on:
+      db: {condition: service_healthy, restart: true}
+      migrate: {condition: service_completed_successfully}
+      cache: {condition: service_started, required: false}
+  worker: {image: x, depends_on: [db]}
+"#,
+        )
+        .unwrap();
+        let app = &spec.services["app"].depends_on;
+        assert_eq!(
+            app["db"],
+            Dependency {
+                condition: DependencyCondition::ServiceHealthy,
+                required: true,
+                restart: true
+            }
+        );
+        assert_eq!(
+            app["migrate"].condition,
+            DependencyCondition::ServiceCompletedSuccessfully
+        );
+        assert!(!app["cache"].required);
+        assert_eq!(
+            spec.services["worker"].depends_on["db"].condition,
+            DependencyCondition::ServiceStarted
+        );
+    }
+
+    #[test]
+    fn a_stop_grace_period_beyond_the_engines_stop_timeout_is_an_error() {
+        let errs = errors("services: {a: {image: x, stop_grace_period: 1000000h}}");
+        assert_eq!(errs[0].field, "services.a.stop_grace_period");
+        assert!(errs[0].reason.contains("2147483647s"), "{}", errs[0].reason);
+    }
+
+    #[test]
+    fn a_missing_image_names_the_extends_or_merge_key_that_should_have_brought_it() {
+        let errs = errors("services: {web: {extends: base}, base: {image: x}}");
+        let image = errs
+            .iter()
+            .find(|e| e.field == "services.web.image")
+            .unwrap();
+        assert!(
+            image.reason.contains("`extends` was not resolved"),
+            "{}",
+            image.reason
+        );
+        let errs = errors(r#"{"services": {"web": {"<<": "not-an-alias"}}}"#);
+        let image = errs
+            .iter()
+            .find(|e| e.field == "services.web.image")
+            .unwrap();
+        assert!(image.reason.contains("`<<`"), "{}", image.reason);
+    }
+}

@@ -1,0 +1,184 @@
+//! The top level of a document, and the checks that need the whole stack: references,
+//! dependency cycles and host-port clashes.
+
+use super::yaml::Value;
+use super::{join, Parser};
+use crate::names;
+use crate::spec::*;
+use std::collections::BTreeMap;
+
+impl Parser {
+    pub(super) fn stack(&mut self, stack: &str, doc: &Value) -> StackSpec {
+        if !names::valid_stack_name(stack) {
+            self.err("name", format!("{stack:?} is not a valid stack name: lowercase letters, digits, '-' and '_', starting with a letter or digit"));
+        }
+        let mut spec = StackSpec {
+            name: stack.to_string(),
+            ..Default::default()
+        };
+        let mut services = None;
+        for (key, v) in self.map(
+            "",
+            doc,
+            &["version", "name", "services", "networks", "volumes"],
+        ) {
+            match key.as_str() {
+                "version" | "name" => {
+                    self.string(&key, v);
+                }
+                "services" => services = Some(v),
+                "networks" => spec.networks = self.networks(v),
+                "volumes" => spec.volumes = self.volumes(v),
+                _ => unreachable!(),
+            }
+        }
+        match services {
+            None | Some(Value::Null) => self.err("services", "a stack needs at least one service"),
+            Some(v) => {
+                for (name, sv) in self.map("services", v, &[]) {
+                    let path = join("services", &name);
+                    if !names::valid_member_name(&name) {
+                        self.err(&path, "service names are letters, digits, '-', '_' and '.', starting with a letter or digit");
+                    }
+                    if let Some(svc) = self.service(&path, sv) {
+                        spec.services.insert(name, svc);
+                    }
+                }
+                if spec.services.is_empty() && self.errors.is_empty() {
+                    self.err("services", "a stack needs at least one service");
+                }
+            }
+        }
+        self.cross_check(&spec);
+        spec
+    }
+
+    /// Checks that need the whole stack: references, dependency cycles and host-port clashes.
+    pub(super) fn cross_check(&mut self, spec: &StackSpec) {
+        let mut host_ports: BTreeMap<(String, u16), String> = BTreeMap::new();
+        if let Some(cycle) = dependency_cycle(spec) {
+            self.err(
+                format!("services.{}.depends_on", cycle[0]),
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+            );
+        }
+        for (name, svc) in &spec.services {
+            let path = join("services", name);
+            for (dep, d) in &svc.depends_on {
+                if dep == name {
+                    self.err(
+                        format!("{path}.depends_on.{dep}"),
+                        "a service cannot depend on itself",
+                    );
+                } else if d.required && !spec.services.contains_key(dep) {
+                    self.err(format!("{path}.depends_on.{dep}"), format!("service {dep:?} is not in this stack (mark it `required: false` if that is fine)"));
+                }
+            }
+            for net in svc.networks.keys() {
+                if net != names::DEFAULT_NETWORK && !spec.networks.contains_key(net) {
+                    self.err(
+                        format!("{path}.networks.{net}"),
+                        format!("network {net:?} is not declared under the top-level `networks`"),
+                    );
+                }
+            }
+            for (i, m) in svc.volumes.iter().enumerate() {
+                if let (MountKind::Volume, Some(source)) = (&m.kind, &m.source) {
+                    if !spec.volumes.contains_key(source) {
+                        self.err(
+                            format!("{path}.volumes[{i}]"),
+                            format!(
+                                "volume {source:?} is not declared under the top-level `volumes`"
+                            ),
+                        );
+                    }
+                }
+            }
+            for (i, p) in svc.ports.iter().enumerate() {
+                let field = format!("{path}.ports[{i}]");
+                if let Some(reason) = p.replicas_problem(name, svc.replicas) {
+                    self.err(&field, reason);
+                }
+                if let Some((start, end)) = p.host_ports {
+                    for port in start..=end {
+                        if let Some(other) =
+                            host_ports.insert((p.protocol.clone(), port), field.clone())
+                        {
+                            self.err(
+                                &field,
+                                format!(
+                                    "host port {port}/{} is also published by {other}",
+                                    p.protocol
+                                ),
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A dependency cycle, as the list of services around it (first repeated at the end).
+fn dependency_cycle(spec: &StackSpec) -> Option<Vec<String>> {
+    fn visit<'a>(
+        spec: &'a StackSpec,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut std::collections::BTreeSet<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(pos) = path.iter().position(|p| *p == name) {
+            let mut cycle: Vec<String> = path[pos..].iter().map(|s| s.to_string()).collect();
+            cycle.push(name.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(name) {
+            return None;
+        }
+        path.push(name);
+        for dep in spec
+            .services
+            .get(name)
+            .map(|s| s.depends_on.keys())
+            .into_iter()
+            .flatten()
+        {
+            if dep != name && spec.services.contains_key(dep) {
+                if let Some(c) = visit(spec, dep, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    spec.services
+        .keys()
+        .find_map(|name| visit(spec, name, &mut vec![], &mut done))
+}
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+
+    #[test]
+    fn dependencies_must_exist_and_must_not_form_a_cycle() {
+        assert_eq!(
+            fields("services: {app: {image: x, depends_on: [db]}}"),
+            vec!["services.app.depends_on.db"]
+        );
+        assert_eq!(
+            fields("services: {app: {image: x, depends_on: [app]}}"),
+            vec!["services.app.depends_on.app"]
+        );
+        let errs = errors("services: {a: {image: x, depends_on: [b]}, b: {image: x, depends_on: [c]}, c: {image: x, depends_on: [a]}}");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].reason.contains("a -> b -> c -> a"),
+            "{}",
+            errs[0].reason
+        );
+        assert_eq!(fields("services: {a: {image: x, depends_on: {b: {condition: service_ready}}}, b: {image: x}}"), vec!["services.a.depends_on.b.condition"]);
+    }
+}

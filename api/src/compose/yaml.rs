@@ -1,0 +1,534 @@
+//! The YAML tree the Compose layer walks, read by `serde-saphyr` with bounded resources.
+//!
+//! `serde-saphyr` builds no tree of its own, so this module has one: ordered maps (errors
+//! come out in file order), keys of any scalar type (so a non-string key is reported, not
+//! rejected by the reader), and numbers kept as the reader inferred them. YAML merge keys
+//! (`<<: *a`, `<<: [*a, *b]`) are expanded while reading, local keys winning, as the YAML
+//! merge-key spec and Compose say.
+//!
+//! Scalars follow YAML 1.2 as Compose v2 does: only `true`/`false` are booleans (`no` stays the
+//! string "no"), and numbers with leading zeros (`0755`) stay strings.
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use std::fmt;
+
+/// The deepest nesting accepted; a Compose file needs about ten levels. Reading recurses
+/// per level, so this also bounds the stack a hostile file can take.
+pub const MAX_DEPTH: usize = 32;
+/// The most nodes a document may have once aliases are expanded.
+pub const MAX_NODES: usize = 100_000;
+/// The most nodes that alias replays may add: generous for anchors shared by a few hundred
+/// services, and what stops a "billion laughs" file early.
+pub const MAX_ALIAS_NODES: usize = 20_000;
+
+/// One YAML node.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Number(Number),
+    String(String),
+    Sequence(Vec<Value>),
+    Mapping(Mapping),
+    /// A value under Compose's merge tags `!reset` or `!override`; other tags are dropped.
+    /// Merging consumes them, and [`strip_tags`] resolves what is left.
+    Tagged(Box<Tagged>),
+}
+
+/// A value and the Compose merge tag on it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tagged {
+    pub tag: MergeTag,
+    pub value: Value,
+}
+
+/// Compose's merge tags: `!reset` removes what earlier files set, `!override` replaces it
+/// instead of merging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MergeTag {
+    Reset,
+    Override,
+}
+
+/// Resolves the merge tags left once merging is done: a `!reset` entry is removed, an
+/// `!override` value is the value.
+pub fn strip_tags(v: &mut Value) {
+    match v {
+        Value::Tagged(t) => {
+            let inner = std::mem::take(&mut t.value);
+            *v = match t.tag {
+                MergeTag::Reset => Value::Null,
+                MergeTag::Override => inner,
+            };
+            strip_tags(v);
+        }
+        Value::Sequence(items) => {
+            items.retain(|i| !is_reset(i));
+            items.iter_mut().for_each(strip_tags);
+        }
+        Value::Mapping(m) => {
+            m.0.retain(|(_, v)| !is_reset(v));
+            m.0.iter_mut().for_each(|(_, v)| strip_tags(v));
+        }
+        _ => {}
+    }
+}
+
+fn is_reset(v: &Value) -> bool {
+    matches!(v, Value::Tagged(t) if t.tag == MergeTag::Reset)
+}
+
+/// A node as read, with a Compose merge tag kept and any other tag dropped.
+fn untag(node: serde_saphyr::Tagged<Value>) -> Value {
+    let serde_saphyr::Tagged(value, tag) = node;
+    let tag = match tag.as_deref() {
+        Some("!reset") => MergeTag::Reset,
+        Some("!override") => MergeTag::Override,
+        _ => return value,
+    };
+    Value::Tagged(Box::new(Tagged { tag, value }))
+}
+
+/// A number as YAML inferred it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Number {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Number::Int(n) => write!(f, "{n}"),
+            Number::UInt(n) => write!(f, "{n}"),
+            // Debug keeps the point (`1.0`, `1e20`), as the file most likely wrote it.
+            Number::Float(x) => write!(f, "{x:?}"),
+        }
+    }
+}
+
+/// A map in file order. Duplicate keys are refused by the reader.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Mapping(pub Vec<(Value, Value)>);
+
+impl Mapping {
+    pub fn iter(&self) -> impl Iterator<Item = (&Value, &Value)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Value, &mut Value)> {
+        self.0.iter_mut().map(|(k, v)| (&*k, v))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.0
+            .iter_mut()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// Sets `key`, keeping its place if it was there already.
+    pub fn insert(&mut self, key: &str, value: Value) {
+        match self.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => self.0.push((Value::String(key.to_string()), value)),
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let pos = self.0.iter().position(|(k, _)| k.as_str() == Some(key))?;
+        Some(self.0.remove(pos).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Mapping {
+    type Item = (&'a Value, &'a Value);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (Value, Value)>,
+        fn(&'a (Value, Value)) -> (&'a Value, &'a Value),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl Value {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Value::Number(Number::UInt(n)) => Some(*n),
+            Value::Number(Number::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_mapping(&self) -> Option<&Mapping> {
+        match self {
+            Value::Mapping(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_mapping_mut(&mut self) -> Option<&mut Mapping> {
+        match self {
+            Value::Mapping(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn as_sequence(&self) -> Option<&Vec<Value>> {
+        match self {
+            Value::Sequence(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_sequence_mut(&mut self) -> Option<&mut Vec<Value>> {
+        match self {
+            Value::Sequence(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    pub fn is_mapping(&self) -> bool {
+        matches!(self, Value::Mapping(_))
+    }
+
+    /// The value at `key` when this is a map.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.as_mapping()?.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.as_mapping_mut()?.get_mut(key)
+    }
+
+    /// A scalar as text (what Compose does with a number or boolean where a string goes).
+    pub fn scalar_text(&self) -> Option<String> {
+        match self {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// Reads one YAML (or JSON) document. The error is a reason fit to follow `(file)`.
+pub fn parse(text: &str) -> Result<Value, String> {
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(Value::Null);
+    }
+    serde_saphyr::from_str_with_options(text, options()).map_err(|e| describe_error(&e))
+}
+
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
+    budget.max_nodes = MAX_NODES;
+    budget.max_events = MAX_NODES * 2;
+    budget.max_recorded_anchor_events = MAX_ALIAS_NODES;
+    budget.max_documents = 1;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = MAX_ALIAS_NODES;
+    options.strict_booleans = true;
+    options.leading_zero_numbers_as_strings = true;
+    options.with_snippet = false;
+    options
+}
+
+/// The reader's message, with the resource limits said in words.
+fn describe_error(e: &serde_saphyr::Error) -> String {
+    use serde_saphyr::budget::BudgetBreach;
+    use serde_saphyr::Error;
+    let at = e
+        .location()
+        .map(|l| format!("line {} column {}: ", l.line(), l.column()))
+        .unwrap_or_default();
+    let mut inner = e;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = inner {
+        inner = error;
+    }
+    let too_large = || {
+        format!(
+            "{at}too large once aliases are expanded (at most {MAX_NODES} nodes, \
+             {MAX_ALIAS_NODES} of them from aliases)"
+        )
+    };
+    match inner {
+        Error::Budget {
+            breach: BudgetBreach::Depth { .. },
+            ..
+        } => format!("{at}nested more than {MAX_DEPTH} levels deep"),
+        Error::Budget {
+            breach: BudgetBreach::Documents { .. },
+            ..
+        } => format!("{at}holds more than one YAML document (`---`); give one per file"),
+        Error::Budget { .. }
+        | Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayCounterOverflow { .. } => too_large(),
+        _ => e.to_string(),
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::Number(Number::Int(n)))
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::Number(Number::UInt(n)))
+    }
+
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Value, E> {
+        Ok(match (i64::try_from(n), u64::try_from(n)) {
+            (Ok(n), _) => Value::Number(Number::Int(n)),
+            (_, Ok(n)) => Value::Number(Number::UInt(n)),
+            _ => Value::String(n.to_string()),
+        })
+    }
+
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<Value, E> {
+        Ok(match u64::try_from(n) {
+            Ok(n) => Value::Number(Number::UInt(n)),
+            Err(_) => Value::String(n.to_string()),
+        })
+    }
+
+    fn visit_f64<E: de::Error>(self, x: f64) -> Result<Value, E> {
+        Ok(Value::Number(Number::Float(x)))
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_string()))
+    }
+
+    fn visit_string<E: de::Error>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Value::deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element()? {
+            out.push(untag(v));
+        }
+        Ok(Value::Sequence(out))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some((k, v)) = map.next_entry()? {
+            out.push((k, untag(v)));
+        }
+        Ok(Value::Mapping(Mapping(out)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(ValueVisitor)
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Number(Number::Int(n)) => s.serialize_i64(*n),
+            Value::Number(Number::UInt(n)) => s.serialize_u64(*n),
+            Value::Number(Number::Float(x)) => s.serialize_f64(*x),
+            Value::String(v) => s.serialize_str(v),
+            Value::Sequence(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Value::Tagged(t) => t.value.serialize(s),
+            Value::Mapping(m) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m.iter() {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn scalars_are_read_as_compose_v2_reads_them() {
+        let v = parse("a: no\nb: 0755\nc: 1.0\nd: 18446744073709551615\ne: -3\nf: ~\ng: true\n")
+            .unwrap();
+        assert_eq!(v.get("a"), Some(&Value::String("no".into())));
+        assert_eq!(v.get("b"), Some(&Value::String("0755".into())));
+        assert_eq!(
+            v.get("c").and_then(Value::scalar_text).as_deref(),
+            Some("1.0")
+        );
+        assert_eq!(v.get("d").and_then(Value::as_u64), Some(u64::MAX));
+        assert_eq!(v.get("e"), Some(&Value::Number(Number::Int(-3))));
+        assert_eq!(v.get("f"), Some(&Value::Null));
+        assert_eq!(v.get("g"), Some(&Value::Bool(true)));
+    }
+
+    #[test]
+    fn merge_keys_expand_with_local_keys_winning_and_earlier_sources_first() {
+        let v = parse(
+            "x-a: &a {image: a, env: 1}\nx-b: &b {env: 2, user: b}\nweb:\n  <<: [*a, *b]\n  env: 9\nold:\n  <<: *b\n",
+        )
+        .unwrap();
+        let web = v.get("web").unwrap();
+        assert_eq!(web.get("image"), Some(&Value::String("a".into())));
+        assert_eq!(web.get("user"), Some(&Value::String("b".into())));
+        assert_eq!(web.get("env"), Some(&Value::Number(Number::UInt(9))));
+        assert_eq!(
+            v.get("old").unwrap().get("env"),
+            Some(&Value::Number(Number::UInt(2)))
+        );
+    }
+
+    #[test]
+    fn compose_merge_tags_are_kept_and_other_tags_dropped() {
+        let mut v =
+            parse("a: !reset [1]\nb: !override {x: 1}\nc: !custom 5\nd: [!reset 1, 2]\n").unwrap();
+        assert!(matches!(v.get("a"), Some(Value::Tagged(t)) if t.tag == MergeTag::Reset));
+        assert!(matches!(v.get("b"), Some(Value::Tagged(t)) if t.tag == MergeTag::Override));
+        assert_eq!(v.get("c"), Some(&Value::Number(Number::UInt(5))));
+        strip_tags(&mut v);
+        assert!(v.get("a").is_none());
+        assert!(v.get("b").unwrap().is_mapping());
+        assert_eq!(v.get("d").unwrap().as_sequence().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_billion_laughs_file_is_a_fast_clear_error() {
+        let mut text = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+        for w in names.windows(2) {
+            let refs = vec![format!("*{}", w[0]); 9].join(", ");
+            text += &format!("{}: &{} [{refs}]\n", w[1], w[1]);
+        }
+        let start = Instant::now();
+        let err = parse(&text).unwrap_err();
+        assert!(
+            start.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(err.contains("aliases are expanded"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_a_fast_clear_error() {
+        for text in [
+            format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("a: {}1{}", "{b: ".repeat(100_000), "}".repeat(100_000)),
+            format!("a:\n{}1\n", "- ".repeat(100_000)),
+        ] {
+            let start = Instant::now();
+            let err = parse(&text).unwrap_err();
+            assert!(
+                start.elapsed() < Duration::from_millis(500),
+                "{:?}",
+                start.elapsed()
+            );
+            assert!(err.contains("deep") || err.contains("recursion"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_deepest_accepted_nesting_and_a_hostile_one_fit_in_a_small_stack() {
+        let run = |n: usize| {
+            let text = format!("a: {}1{}", "{b: ".repeat(n), "}".repeat(n));
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || parse(&text).map(|_| ()))
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert!(run(MAX_DEPTH - 1).is_ok());
+        assert!(run(100_000).unwrap_err().contains("levels deep"));
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let err = parse("services: [unclosed").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let err = parse("a: 1\na: 2\n").unwrap_err();
+        assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_null() {
+        assert_eq!(parse("").unwrap(), Value::Null);
+        assert_eq!(parse("# nothing\n\n").unwrap(), Value::Null);
+    }
+}

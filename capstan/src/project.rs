@@ -1,0 +1,370 @@
+//! The client's half of `capstan apply`: finds the Compose files as Compose does, builds the
+//! environment (the process's, then `.env` or `--env-file`), resolves the project with
+//! `capstan_api::compose::resolve`, and makes relative bind paths absolute. The server gets
+//! one resolved document and stores what was resolved.
+
+use anyhow::{bail, Context as _};
+use capstan_api::compose::env::parse_env_file;
+use capstan_api::compose::resolve::{resolve, Project};
+use capstan_api::compose::yaml::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The file names Compose looks for when `-f` is not given, in its order of preference.
+const DEFAULT_FILES: &[&str] = &[
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+/// The override files Compose picks up next to the main file when `-f` is not given.
+const OVERRIDE_FILES: &[&str] = &[
+    "compose.override.yaml",
+    "compose.override.yml",
+    "docker-compose.override.yaml",
+    "docker-compose.override.yml",
+];
+
+/// What `capstan apply` was told.
+#[derive(Default)]
+pub struct Options {
+    pub files: Vec<PathBuf>,
+    pub env_files: Vec<PathBuf>,
+    pub profiles: Vec<String>,
+    pub project_directory: Option<PathBuf>,
+}
+
+/// A resolved project, ready to send.
+pub struct Loaded {
+    pub doc: Value,
+    pub warnings: Vec<String>,
+    /// `COMPOSE_PROJECT_NAME`, else the file's `name:`, else the folder's name.
+    pub stack: String,
+}
+
+/// Resolves the project; a Compose error is returned as the server would word it.
+pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
+    let cwd = std::env::current_dir()?;
+    let files = compose_files(&cwd, opts)?;
+    let dir = match &opts.project_directory {
+        Some(d) => absolute(&cwd, d),
+        None => files[0]
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or(cwd.clone()),
+    };
+    let process: BTreeMap<String, String> = std::env::vars().collect();
+    let dotenv = env_files(&dir, &cwd, &opts.env_files, &process)?;
+    let lookup = |name: &str| process.get(name).or_else(|| dotenv.get(name)).cloned();
+    let mut profiles = opts.profiles.clone();
+    if let Some(p) = lookup("COMPOSE_PROFILES") {
+        profiles.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
+    }
+    let load = |p: &Path| match std::fs::read_to_string(p) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    };
+    let project = Project {
+        files,
+        dir: dir.clone(),
+        lookup: &lookup,
+        load: &load,
+        profiles,
+    };
+    let resolved = resolve(&project).map_err(|e| {
+        let lines: Vec<String> = e
+            .errors
+            .iter()
+            .map(|e| format!("  {}: {}", e.field, e.reason))
+            .collect();
+        anyhow::anyhow!(
+            "invalid stack: {} problem(s); nothing was applied\n{}",
+            lines.len(),
+            lines.join("\n")
+        )
+    })?;
+    let mut doc = resolved.doc;
+    resolve_relative_binds(&dir, &mut doc);
+    let stack = match lookup("COMPOSE_PROJECT_NAME") {
+        Some(name) if !name.is_empty() => name,
+        _ => default_stack_name(&dir, &doc)?,
+    };
+    Ok(Loaded {
+        doc,
+        warnings: resolved.warnings,
+        stack,
+    })
+}
+
+fn absolute(cwd: &Path, p: &Path) -> PathBuf {
+    cwd.join(p).components().collect()
+}
+
+/// `-f` files as given, else `COMPOSE_FILE` (`:`-separated), else the first default name in
+/// the project folder and its override.
+fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
+    if !opts.files.is_empty() {
+        return Ok(opts.files.iter().map(|f| absolute(cwd, f)).collect());
+    }
+    if let Ok(list) = std::env::var("COMPOSE_FILE") {
+        let sep = std::env::var("COMPOSE_PATH_SEPARATOR").unwrap_or_else(|_| ":".into());
+        let files: Vec<PathBuf> = list
+            .split(sep.as_str())
+            .filter(|f| !f.is_empty())
+            .map(|f| absolute(cwd, Path::new(f)))
+            .collect();
+        if !files.is_empty() {
+            return Ok(files);
+        }
+    }
+    let dir = opts
+        .project_directory
+        .as_deref()
+        .map_or(cwd.to_path_buf(), |d| absolute(cwd, d));
+    let Some(main) = DEFAULT_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "no Compose file in {}: looked for {}; name one with -f",
+            dir.display(),
+            DEFAULT_FILES.join(", ")
+        );
+    };
+    let mut files = vec![main];
+    files.extend(
+        OVERRIDE_FILES
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file()),
+    );
+    Ok(files)
+}
+
+/// `--env-file` files, else the project's `.env` if there is one.
+fn env_files(
+    dir: &Path,
+    cwd: &Path,
+    given: &[PathBuf],
+    process: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let files: Vec<PathBuf> = if given.is_empty() {
+        Some(dir.join(".env"))
+            .filter(|p| p.is_file())
+            .into_iter()
+            .collect()
+    } else {
+        given.iter().map(|f| absolute(cwd, f)).collect()
+    };
+    let mut out = BTreeMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read env file {}", file.display()))?;
+        let lookup = |name: &str| process.get(name).cloned();
+        let pairs = parse_env_file(&text, &lookup)
+            .map_err(|e| anyhow::anyhow!("env file {}: {e}", file.display()))?;
+        for (k, v) in pairs {
+            if let Some(v) = v.or_else(|| process.get(&k).cloned()) {
+                out.insert(k, v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The stack name Compose would use: the file's `name:`, else its folder's name.
+fn default_stack_name(dir: &Path, doc: &Value) -> anyhow::Result<String> {
+    if let Some(name) = doc.get("name").and_then(Value::as_str) {
+        return Ok(name.to_string());
+    }
+    let raw = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = capstan_api::names::normalize_stack_name(raw);
+    if name.is_empty() {
+        bail!("cannot derive a stack name from folder {raw:?}; pass --stack NAME");
+    }
+    Ok(name)
+}
+
+/// Rewrites relative bind-mount sources (`./html:/www`, `~/x:/x`) against the project folder,
+/// as Compose does, so the server gets absolute paths.
+fn resolve_relative_binds(base: &Path, doc: &mut Value) {
+    let home = std::env::var("HOME").unwrap_or_default();
+    let Some(services) = doc.get_mut("services").and_then(|s| s.as_mapping_mut()) else {
+        return;
+    };
+    for (_, svc) in services.iter_mut() {
+        let Some(vols) = svc.get_mut("volumes").and_then(|v| v.as_sequence_mut()) else {
+            continue;
+        };
+        for v in vols.iter_mut() {
+            let Some(s) = v.as_str() else { continue };
+            let Some((source, rest)) = s.split_once(':') else {
+                continue;
+            };
+            let abs = if let Some(r) = source.strip_prefix("~/") {
+                PathBuf::from(&home).join(r)
+            } else if source.starts_with('.') {
+                base.join(source)
+            } else {
+                continue;
+            };
+            let abs = abs.components().collect::<PathBuf>();
+            *v = Value::String(format!("{}:{rest}", abs.display()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("capstan-cli-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir.canonicalize().unwrap())
+        }
+
+        fn write(&self, name: &str, text: &str) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn options_in(dir: &Path) -> Options {
+        Options {
+            project_directory: Some(dir.to_path_buf()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn relative_bind_sources_are_resolved_against_the_project_folder() {
+        let tmp = TempDir::new("binds");
+        let file = tmp.write(
+            "compose.yaml",
+            "services:\n  web:\n    image: x\n    volumes: [\"./html:/www:ro\", \"data:/d\"]\n",
+        );
+        let loaded = load(&Options {
+            files: vec![file],
+            ..Default::default()
+        })
+        .unwrap();
+        let vols = loaded
+            .doc
+            .get("services")
+            .unwrap()
+            .get("web")
+            .unwrap()
+            .get("volumes")
+            .unwrap();
+        let vols = vols.as_sequence().unwrap();
+        assert_eq!(
+            vols[0].as_str().unwrap(),
+            format!("{}/html:/www:ro", tmp.0.display())
+        );
+        assert_eq!(vols[1].as_str(), Some("data:/d"));
+        assert_eq!(
+            loaded.stack,
+            capstan_api::names::normalize_stack_name(tmp.0.file_name().unwrap().to_str().unwrap())
+        );
+    }
+
+    #[test]
+    fn without_f_the_default_file_and_its_override_are_found_and_dot_env_is_read() {
+        let tmp = TempDir::new("defaults");
+        tmp.write(
+            "docker-compose.yml",
+            "name: shop\nservices: {web: {image: \"web:${TAG}\"}}\n",
+        );
+        tmp.write(
+            "compose.yaml",
+            "name: shop\nservices: {web: {image: \"app:${TAG:-0}\", ports: ['${PORT:-80}:80']}}\n",
+        );
+        tmp.write(
+            "compose.override.yaml",
+            "services: {web: {environment: [MODE=dev]}}\n",
+        );
+        tmp.write(".env", "TAG=7\n");
+        let loaded = load(&options_in(&tmp.0)).unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(
+            web.get("image").unwrap().as_str(),
+            Some("app:7"),
+            "compose.yaml wins over docker-compose.yml"
+        );
+        assert_eq!(
+            web.get("environment")
+                .unwrap()
+                .get("MODE")
+                .unwrap()
+                .as_str(),
+            Some("dev")
+        );
+        assert_eq!(loaded.stack, "shop");
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn a_folder_without_a_compose_file_says_which_names_were_looked_for() {
+        let tmp = TempDir::new("empty");
+        let err = load(&options_in(&tmp.0)).err().unwrap().to_string();
+        assert!(err.contains("compose.yaml, compose.yml"), "{err}");
+    }
+
+    #[test]
+    fn the_resolved_document_is_what_the_server_parses_with_the_same_meaning() {
+        let tmp = TempDir::new("roundtrip");
+        tmp.write(
+            "compose.yaml",
+            r#"
+x-base: &base
+  restart: "no"
+  labels: [tier]
+services:
+  web:
+    <<: *base
+    image: "web:${TAG:-3}"
+    ports: ["127.0.0.1:${WEB_PORT:-8888}:80"]
+    healthcheck: {test: "test -f /tmp/$$HOSTNAME", retries: 3}
+    environment: {QUOTE: 'say "hi"', VERSION: 1.0, OCTAL: 0755, EMPTY: ""}
+  tools: {image: t, profiles: [tools]}
+"#,
+        );
+        let loaded = load(&options_in(&tmp.0)).unwrap();
+        let body = serde_json::to_string(&loaded.doc).unwrap();
+        let spec = capstan_api::parse_stack("demo", &body).unwrap();
+        assert_eq!(spec.services.len(), 1, "the tools profile is off");
+        let web = &spec.services["web"];
+        assert_eq!(web.image, "web:3");
+        assert_eq!(web.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(web.ports[0].host_ports, Some((8888, 8888)));
+        assert_eq!(
+            web.healthcheck.as_ref().unwrap().test[1],
+            "test -f /tmp/$HOSTNAME"
+        );
+        assert_eq!(web.environment["QUOTE"], "say \"hi\"");
+        assert_eq!(web.environment["VERSION"], "1.0");
+        assert_eq!(web.environment["OCTAL"], "0755");
+        assert_eq!(web.environment["EMPTY"], "");
+        assert_eq!(web.labels["tier"], "");
+        assert_eq!(web.restart, Some(capstan_api::spec::RestartPolicy::No));
+    }
+}
