@@ -21,7 +21,7 @@
 //!
 //! Reported: medians over the pairs, the capstan/engine ratio of each pair and their median.
 //! Writes `bench/results/converge.json` with every sample, and per capstan run the Docker
-//! API calls it made (`capstan_docker_request_duration_seconds_count` by op, diffed).
+//! API calls it made (`capstan_docker_request_duration_seconds` count and sum by op, diffed).
 //!
 //! Knobs (environment): `CAPSTAN_BENCH_PAIRS` (default 3), `CAPSTAN_BENCH_N` (default
 //! `20,50`), `CAPSTAN_BENCH_EVENTS=DIR`: record a `docker events` timeline of every run
@@ -193,6 +193,7 @@ fn counters(d: &Daemon) -> BTreeMap<String, f64> {
     text.lines()
         .filter(|l| {
             l.starts_with("capstan_docker_request_duration_seconds_count")
+                || l.starts_with("capstan_docker_request_duration_seconds_sum")
                 || l.starts_with("capstan_reconciles_total")
         })
         .filter_map(|l| {
