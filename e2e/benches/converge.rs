@@ -214,6 +214,28 @@ fn diff(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> serde_
         .into()
 }
 
+/// CPU seconds used so far by capstan's daemon and by its etcd (this benchmark's children):
+/// they share the 2 cores with the engine while it converges.
+fn daemon_and_etcd_cpu(d: &Daemon) -> (f64, f64) {
+    let daemon = d.pid().map_or(0.0, |pid| cpu_and_rss(pid).0);
+    let me = std::process::id().to_string();
+    let etcd = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if !head.ends_with("(etcd") || f.get(1) != Some(&me.as_str()) {
+                return None;
+            }
+            Some((f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?) / 100.0)
+        })
+        .sum();
+    (daemon, etcd)
+}
+
 /// One contender's run: up and down seconds, and what else it tells.
 struct Run {
     up: f64,
@@ -247,6 +269,7 @@ fn capstan_run(
         "services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n    healthcheck:\n      interval: 1s\n"
     ));
     let before = counters(d);
+    let cpu_before = daemon_and_etcd_cpu(d);
     let watch = HealthWatch::start(&format!("capstan.stack={}", s.name), n);
     Timeline::mark(&mut tl, "apply");
     let (t, t0_ns) = (Instant::now(), now_ns());
@@ -268,6 +291,7 @@ fn capstan_run(
     let up = t.elapsed().as_secs_f64();
     Timeline::mark(&mut tl, "ready");
     let engine_healthy = watch.wait(t0_ns, &mut tl);
+    let cpu_after = daemon_and_etcd_cpu(d);
     let ops = diff(&before, &counters(d));
     let t = Instant::now();
     Timeline::mark(&mut tl, "down");
@@ -287,6 +311,8 @@ fn capstan_run(
             "stack": s.name,
             "engine_healthy": engine_healthy,
             "docker_ops_up": ops,
+            "daemon_cpu_s_up": cpu_after.0 - cpu_before.0,
+            "etcd_cpu_s_up": cpu_after.1 - cpu_before.1,
         }),
     }
 }
@@ -557,6 +583,17 @@ fn main() {
                 .collect::<Vec<_>>()),
             fmt(&ups("compose")),
             fmt(&up_ratios),
+        );
+        let extra = |key: &str| -> Vec<f64> {
+            runs["capstan"]
+                .iter()
+                .map(|r| r.extra[key].as_f64().unwrap_or(f64::NAN))
+                .collect()
+        };
+        println!(
+            "        capstan's own CPU while converging: daemon [{}] s, etcd [{}] s",
+            fmt(&extra("daemon_cpu_s_up")),
+            fmt(&extra("etcd_cpu_s_up")),
         );
         let samples = serde_json::json!({
             "up": {"capstan": ups("capstan"), "engine": ups("engine"), "compose": ups("compose")},
