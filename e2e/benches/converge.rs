@@ -12,10 +12,11 @@
 //!   healthy (the rest is capstan's reporting delay);
 //! - Compose: `docker-compose up -d --scale web=N` (Debian's 1.29) until all N are healthy.
 //!
-//! Every run is watched alike, without polling the engine: the engine's `health_status`
-//! events tell when the last of the N turned healthy (the up figure of the engine and
-//! Compose). capstan's readiness is polled over its HTTP API every 50 ms (cheap, no process
-//! spawned), as the user polled it.
+//! Every run is watched alike, without polling: the engine's `health_status` events tell
+//! when the last of the N turned healthy (the up figure of the engine and Compose); capstan
+//! is followed through its endpoints stream, then its service view is read until N are ready
+//! (`CAPSTAN_BENCH_OBSERVE=poll` polls the view every 50 ms instead, as a `capstan get` loop
+//! would: each poll reads etcd, which shares the 2 cores with the engine).
 //!
 //! Scale-down: capstan to 0 replicas; the engine removing all N at once; Compose `--scale web=0`.
 //!
@@ -195,6 +196,7 @@ fn counters(d: &Daemon) -> BTreeMap<String, f64> {
             l.starts_with("capstan_docker_request_duration_seconds_count")
                 || l.starts_with("capstan_docker_request_duration_seconds_sum")
                 || l.starts_with("capstan_reconciles_total")
+                || l.starts_with("capstan_etcd_request_duration_seconds_count")
         })
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
@@ -236,6 +238,55 @@ fn daemon_and_etcd_cpu(d: &Daemon) -> (f64, f64) {
     (daemon, etcd)
 }
 
+/// `CAPSTAN_BENCH_OBSERVE=poll`: watch capstan as `capstan get` in a loop would, polling its
+/// service view every 50 ms. That view is read from etcd (linearizable: stack, services and
+/// statuses, three requests), so the observer costs etcd CPU that the engine's observer (its
+/// events) does not. By default the endpoints stream (served from capstan's cache) is
+/// followed until N are registered, then the service view is read until N are ready.
+fn observe_by_polling() -> bool {
+    std::env::var("CAPSTAN_BENCH_OBSERVE").is_ok_and(|v| v == "poll")
+}
+
+/// Follows `url?watch=true` (server-sent events) until it lists `n` endpoints.
+fn wait_endpoints(url: &str, n: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stream = format!("{url}?watch=true");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let client = reqwest::blocking::Client::builder()
+            .timeout(None)
+            .build()
+            .unwrap();
+        loop {
+            // 404 until the daemon's cache has the service the apply just wrote.
+            let resp = match client.get(&stream).send() {
+                Ok(r) if r.status().is_success() => r,
+                _ => {
+                    std::thread::sleep(POLL);
+                    continue;
+                }
+            };
+            for line in std::io::BufReader::new(resp).lines().map_while(Result::ok) {
+                let Some(data) = line.strip_prefix("data:") else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(data.trim()).unwrap_or_default();
+                let listed = v["endpoints"].as_array().map_or(0, |a| a.len());
+                if tx.send(listed).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(300)) {
+            Ok(listed) if listed >= n => return,
+            Ok(_) => {}
+            Err(_) => panic!("{url}: not {n} endpoints within 300 s"),
+        }
+    }
+}
+
 /// One contender's run: up and down seconds, and what else it tells.
 struct Run {
     up: f64,
@@ -274,19 +325,29 @@ fn capstan_run(
     Timeline::mark(&mut tl, "apply");
     let (t, t0_ns) = (Instant::now(), now_ns());
     d.cli_ok(&["apply", "-f", &file, "--stack", &s.name]);
-    // Ready as capstan's API reports it (what `capstan get` shows), polled over HTTP.
-    loop {
+    // Ready as capstan's API reports it (what `capstan get` shows): N ready at the current
+    // generation, N endpoints registered.
+    let ready = || {
         let v = get("");
-        if v["ready"] == n
-            && v["observedGeneration"] == v["generation"]
-            && get("/endpoints")["endpoints"]
-                .as_array()
-                .map_or(0, |a| a.len())
-                == n
-        {
-            break;
+        v["ready"] == n && v["observedGeneration"] == v["generation"]
+    };
+    let endpoints = || {
+        get("/endpoints")["endpoints"]
+            .as_array()
+            .map_or(0, |a| a.len())
+    };
+    if observe_by_polling() {
+        while !(ready() && endpoints() == n) {
+            std::thread::sleep(POLL);
         }
-        std::thread::sleep(POLL);
+    } else {
+        wait_endpoints(
+            &format!("{}/v1/stacks/{}/services/web/endpoints", d.url(), s.name),
+            n,
+        );
+        while !ready() {
+            std::thread::sleep(POLL);
+        }
     }
     let up = t.elapsed().as_secs_f64();
     Timeline::mark(&mut tl, "ready");
@@ -407,7 +468,16 @@ fn engine_run(
             )
         });
         futures::future::join_all(removals).await;
-        docker.remove_network(&network).await.unwrap();
+        // The engine may answer 403 "has active endpoints" for a moment after force-removing
+        // the containers of a network: retry, and leave a network it keeps to the guard.
+        let removing = Instant::now();
+        while let Err(e) = docker.remove_network(&network).await {
+            if removing.elapsed() > Duration::from_secs(10) {
+                eprintln!("warning: network {network} not removed: {e}");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let down = t.elapsed().as_secs_f64();
         Timeline::mark(&mut tl, "gone");
         Run {
@@ -620,6 +690,7 @@ fn main() {
             serde_json::json!({
                 "pairs": pairs,
                 "order": "per pair: engine, capstan, compose",
+                "capstan_observed_by": if observe_by_polling() { "polling its service view every 50 ms" } else { "its endpoints stream, then its service view" },
                 "healthcheck_interval_s": HEALTH_INTERVAL_NS as f64 / 1e9,
                 "up": {"capstan": cu, "engine": eu, "compose": ku},
                 "down": {"capstan": cd, "engine": ed, "compose": kd},
