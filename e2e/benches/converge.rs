@@ -62,12 +62,14 @@ fn count(filter: &str) -> usize {
     docker(&["ps", "-aq", "--filter", filter]).lines().count()
 }
 
-/// Watches the engine for all `n` containers matching a label filter to turn healthy, from
-/// its `health_status` events: no polling, so no contender's engine pays for being watched,
-/// and the time is the engine's own. Subscribed before the run starts.
+/// Watches the engine for `n` containers matching a label filter to be healthy at once, from
+/// its events (`health_status`, and `die`/`destroy`, which end a container's health: a
+/// replica capstan restarts or replaces counts again only once healthy again): no polling, so
+/// no contender's engine pays for being watched, and the time is the engine's own. Subscribed
+/// before the run starts.
 struct HealthWatch {
     child: std::process::Child,
-    rx: std::sync::mpsc::Receiver<(i64, String)>,
+    rx: std::sync::mpsc::Receiver<(i64, String, bool)>,
     n: usize,
 }
 
@@ -75,7 +77,8 @@ impl HealthWatch {
     fn start(label: &str, n: usize) -> HealthWatch {
         let mut child = Command::new("docker")
             .args(["events", "--filter", "type=container"])
-            .args(["--filter", "event=health_status", "--filter"])
+            .args(["--filter", "event=health_status", "--filter", "event=die"])
+            .args(["--filter", "event=destroy", "--filter"])
             .arg(format!("label={label}"))
             .args(["--format", "{{.TimeNano}} {{.ID}} {{.Action}}"])
             .stdout(Stdio::piped())
@@ -91,10 +94,9 @@ impl HealthWatch {
                 let (Some(t), Some(id), Some(action)) = (f.next(), f.next(), f.next()) else {
                     continue;
                 };
-                if action.trim() == "health_status: healthy" {
-                    if let Ok(t) = t.parse() {
-                        let _ = tx.send((t, id.to_string()));
-                    }
+                if let Ok(t) = t.parse() {
+                    let healthy = action.trim() == "health_status: healthy";
+                    let _ = tx.send((t, id.to_string(), healthy));
                 }
             }
         });
@@ -103,22 +105,25 @@ impl HealthWatch {
         HealthWatch { child, rx, n }
     }
 
-    /// Seconds from `t0_ns` (host clock, as the engine's) until the last of the `n` turned
-    /// healthy; marked in `tl`.
+    /// Seconds from `t0_ns` (host clock, as the engine's) until `n` were healthy at once;
+    /// marked in `tl`.
     fn wait(self, t0_ns: i64, tl: &mut Option<Timeline>) -> f64 {
         let mut healthy = std::collections::HashSet::new();
-        let mut last = t0_ns;
+        let mut at = t0_ns;
         while healthy.len() < self.n {
-            let (t, id) = self
+            let (t, id, is_healthy) = self
                 .rx
-                .recv_timeout(Duration::from_secs(300))
-                .unwrap_or_else(|_| panic!("not all {} healthy within 300 s", self.n));
-            if healthy.insert(id) {
-                last = last.max(t);
+                .recv_timeout(Duration::from_secs(600))
+                .unwrap_or_else(|_| panic!("not {} healthy at once within 600 s", self.n));
+            if is_healthy {
+                healthy.insert(id);
+            } else {
+                healthy.remove(&id);
             }
+            at = t;
         }
-        Timeline::mark_at(tl, "engine-healthy", last);
-        (last - t0_ns) as f64 / 1e9
+        Timeline::mark_at(tl, "engine-healthy", at);
+        (at - t0_ns) as f64 / 1e9
     }
 }
 
@@ -197,6 +202,7 @@ fn counters(d: &Daemon) -> BTreeMap<String, f64> {
                 || l.starts_with("capstan_docker_request_duration_seconds_sum")
                 || l.starts_with("capstan_reconciles_total")
                 || l.starts_with("capstan_etcd_request_duration_seconds_count")
+                || l.starts_with("capstan_heal_actions")
         })
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
@@ -279,10 +285,10 @@ fn wait_endpoints(url: &str, n: usize) {
         }
     });
     loop {
-        match rx.recv_timeout(Duration::from_secs(300)) {
+        match rx.recv_timeout(Duration::from_secs(600)) {
             Ok(listed) if listed >= n => return,
             Ok(_) => {}
-            Err(_) => panic!("{url}: not {n} endpoints within 300 s"),
+            Err(_) => panic!("{url}: not {n} endpoints within 600 s"),
         }
     }
 }
@@ -598,7 +604,13 @@ fn main() {
         let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
         for pair in 0..pairs {
             settle();
-            let r = engine_run(&rt, n, &engine_tag, pair, timeline(n, "engine", pair));
+            let r = engine_run(
+                &rt,
+                n,
+                &engine_tag,
+                n * 100 + pair,
+                timeline(n, "engine", pair),
+            );
             runs.entry("engine").or_default().push(r);
             settle();
             let r = capstan_run(d, &mut stacks, n, timeline(n, "capstan", pair));
@@ -660,10 +672,22 @@ fn main() {
                 .map(|r| r.extra[key].as_f64().unwrap_or(f64::NAN))
                 .collect()
         };
+        let heals: Vec<f64> = runs["capstan"]
+            .iter()
+            .map(|r| {
+                r.extra["docker_ops_up"].as_object().map_or(0.0, |ops| {
+                    ops.iter()
+                        .filter(|(k, _)| k.starts_with("capstan_heal_actions"))
+                        .filter_map(|(_, v)| v.as_f64())
+                        .sum()
+                })
+            })
+            .collect();
         println!(
-            "        capstan's own CPU while converging: daemon [{}] s, etcd [{}] s",
+            "        capstan's own CPU while converging: daemon [{}] s, etcd [{}] s; replicas it healed meanwhile [{}]",
             fmt(&extra("daemon_cpu_s_up")),
             fmt(&extra("etcd_cpu_s_up")),
+            fmt(&heals),
         );
         let samples = serde_json::json!({
             "up": {"capstan": ups("capstan"), "engine": ups("engine"), "compose": ups("compose")},
