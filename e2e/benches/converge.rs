@@ -12,8 +12,8 @@
 //!   healthy (the rest is capstan's reporting delay);
 //! - Compose: `docker-compose up -d --scale web=N` (Debian's 1.29) until all N are healthy.
 //!
-//! Every run is watched alike, without polling: the engine's `health_status` events tell
-//! when the last of the N turned healthy (the up figure of the engine and Compose); capstan
+//! Every run is watched alike, without polling: the engine's events tell when N were healthy
+//! at once (the up figure of the engine and Compose); capstan
 //! is followed through its endpoints stream, then its service view is read until N are ready
 //! (`CAPSTAN_BENCH_OBSERVE=poll` polls the view every 50 ms instead, as a `capstan get` loop
 //! would: each poll reads etcd, which shares the 2 cores with the engine).
@@ -22,7 +22,8 @@
 //!
 //! Reported: medians over the pairs, the capstan/engine ratio of each pair and their median.
 //! Writes `bench/results/converge.json` with every sample, and per capstan run the Docker
-//! API calls it made (`capstan_docker_request_duration_seconds` count and sum by op, diffed).
+//! API calls it made (`capstan_docker_request_duration_seconds` count and sum by op, diffed),
+//! its etcd requests and heal actions, and the CPU its daemon and etcd used meanwhile.
 //!
 //! Knobs (environment): `CAPSTAN_BENCH_PAIRS` (default 3), `CAPSTAN_BENCH_N` (default
 //! `20,50`), `CAPSTAN_BENCH_EVENTS=DIR`: record a `docker events` timeline of every run
@@ -385,7 +386,7 @@ fn capstan_run(
 }
 
 /// The engine alone, through its API with every container in flight at once, on a fresh
-/// network `<tag>-<run>_default`.
+/// network `<tag>-<run>_default` (`run`: N * 100 + pair).
 fn engine_run(
     rt: &tokio::runtime::Runtime,
     n: usize,
