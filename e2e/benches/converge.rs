@@ -680,7 +680,7 @@ fn main() {
                     ops.iter()
                         .filter(|(k, _)| k.starts_with("capstan_heal_actions"))
                         .filter_map(|(_, v)| v.as_f64())
-                        .sum()
+                        .fold(0.0, |a, b| a + b)
                 })
             })
             .collect();
