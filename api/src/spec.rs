@@ -298,7 +298,26 @@ impl VolumeSpec {
 /// How long a replica gets to stop when the service names no `stop_grace_period` (Compose's).
 pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a replica that has not yet been healthy may be unhealthy before capstan heals
+/// it, when its healthcheck names no longer `start_period`.
+pub const DEFAULT_STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl ServiceSpec {
+    /// How long a fresh replica may fail its healthcheck before it is healed: the
+    /// healthcheck's `start_period`, at least [`DEFAULT_STARTUP_GRACE`]. A cold start of
+    /// many replicas on a busy engine times health checks out; healing them then only adds
+    /// load (the restarts cascade).
+    pub fn startup_grace(&self) -> std::time::Duration {
+        let start_period = self
+            .healthcheck
+            .as_ref()
+            .and_then(|h| h.start_period_ns)
+            .map_or(std::time::Duration::ZERO, |ns| {
+                std::time::Duration::from_nanos(ns.max(0) as u64)
+            });
+        start_period.max(DEFAULT_STARTUP_GRACE)
+    }
+
     /// `stop_grace_period`, or Compose's default.
     pub fn stop_grace(&self) -> std::time::Duration {
         self.stop_grace_period_ms

@@ -338,3 +338,43 @@ async fn an_oom_killed_replica_is_restarted_and_the_heal_says_oom() {
     );
     assert!(last.message.contains("137"), "{last:?}");
 }
+
+/// A cold start on a busy engine times health checks out: a replica that has not been
+/// healthy since it started gets its start-up grace (the healthcheck's `start_period`, at
+/// least 30 s) before capstan restarts it, so healing does not add load to a slow start. One
+/// that was healthy and turned unhealthy is restarted at once.
+#[tokio::test(start_paused = true)]
+async fn a_replica_never_healthy_since_it_started_is_healed_only_after_its_start_up_grace() {
+    let f = Fixture::start().await;
+    f.fake.on_start(
+        "s-web-*",
+        OnStart::Unhealthy {
+            after: Duration::from_secs(2),
+        },
+    );
+    let from = f.elapsed();
+    f.apply(&web(1, HEALTHCHECK)).await;
+    f.until("the replica to turn unhealthy", || {
+        f.fake
+            .container(&replica("web", 1))
+            .is_some_and(|c| c.health == Health::Unhealthy)
+    })
+    .await;
+    f.run_for(Duration::from_secs(40)).await;
+
+    let restarts: Vec<Duration> = f
+        .call_times(|c| matches!(c, Call::Restart { .. }))
+        .into_iter()
+        .map(|t| t - from)
+        .collect();
+    assert!(!restarts.is_empty(), "healed in the end");
+    assert!(
+        restarts[0] >= Duration::from_secs(29),
+        "not within its start-up grace: {restarts:?}"
+    );
+    let (reason, _) = f.condition(STACK, "web", "Degraded").await;
+    assert!(
+        reason == "Unhealthy" || reason == "CrashLoopBackOff",
+        "{reason}"
+    );
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::plan::RestartHistory;
+use crate::runtime::{Health, Observed};
 
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
@@ -27,9 +28,15 @@ struct Entry {
 /// Replica key: (stack, service, ordinal).
 type Key = (String, String, u32);
 
-#[derive(Default)]
 pub struct RestartBook {
+    /// The wall clock at `started`: the engine dates containers in Unix seconds, and ages
+    /// are measured on the runtime's clock from here (so paused test time ages them too).
+    epoch: std::time::SystemTime,
+    started: Instant,
     entries: Mutex<HashMap<Key, Entry>>,
+    /// Per replica, the container last seen healthy: an unhealthy container not listed here
+    /// has not been healthy since it started, and gets its start-up grace.
+    healthy: Mutex<HashMap<Key, String>>,
 }
 
 /// The book's view of one service, for the planner.
@@ -40,7 +47,27 @@ pub struct ServiceHistory<'a> {
     now: Instant,
 }
 
+impl Default for RestartBook {
+    fn default() -> Self {
+        RestartBook {
+            epoch: std::time::SystemTime::now(),
+            started: Instant::now(),
+            entries: Mutex::default(),
+            healthy: Mutex::default(),
+        }
+    }
+}
+
 impl RestartBook {
+    /// Unix seconds now.
+    fn unix_now(&self) -> i64 {
+        let now = self.epoch + Instant::now().duration_since(self.started);
+        let since = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        since.as_secs() as i64
+    }
+
     pub fn for_service<'a>(&'a self, stack: &'a str, service: &'a str) -> ServiceHistory<'a> {
         ServiceHistory {
             book: self,
@@ -81,9 +108,23 @@ impl RestartBook {
         );
     }
 
+    /// Notes the containers of a service that are healthy now.
+    pub fn saw(&self, stack: &str, service: &str, containers: &[Observed]) {
+        let mut healthy = self.healthy.lock().unwrap();
+        for c in containers.iter().filter(|c| c.health == Health::Healthy) {
+            if let Some(n) = c.ordinal {
+                healthy.insert((stack.into(), service.into(), n), c.id.clone());
+            }
+        }
+    }
+
     /// Forgets the replicas of a service (it was removed).
     pub fn forget_service(&self, stack: &str, service: &str) {
         self.entries
+            .lock()
+            .unwrap()
+            .retain(|(s, v, _), _| !(s == stack && v == service));
+        self.healthy
             .lock()
             .unwrap()
             .retain(|(s, v, _), _| !(s == stack && v == service));
@@ -119,6 +160,21 @@ impl RestartHistory for ServiceHistory<'_> {
             .entry(self.stack, self.service, ordinal, self.now)?;
         let due = e.last + delay_after(e.restarts);
         (due > self.now).then(|| due - self.now)
+    }
+
+    fn settling_left(&self, replica: &Observed, grace: Duration) -> Option<Duration> {
+        let key = (
+            self.stack.to_string(),
+            self.service.to_string(),
+            replica.ordinal?,
+        );
+        let healthy = self.book.healthy.lock().unwrap();
+        if healthy.get(&key) == Some(&replica.id) {
+            return None;
+        }
+        let now = self.book.unix_now();
+        let age = Duration::from_secs(now.saturating_sub(replica.created).max(0) as u64);
+        grace.checked_sub(age).filter(|left| !left.is_zero())
     }
 }
 

@@ -66,6 +66,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
             })
         }
     };
+    ctx.restarts.saw(stack_name, name, &containers);
     let gate = dependency_gate(ctx, &stack, &service).await?;
     let previous = ctx
         .scratch

@@ -35,6 +35,9 @@ pub struct Plan {
     pub recreate: Vec<Observed>,
     /// Replicas waiting out their crash-loop back-off: ordinal → time left.
     pub backing_off: BTreeMap<u32, Duration>,
+    /// Unhealthy replicas not yet healthy since they started, within their start-up grace:
+    /// ordinal → time left before they are healed.
+    pub settling: BTreeMap<u32, Duration>,
     /// Exited replicas the restart policy leaves alone: ordinal → exit code.
     pub held: BTreeMap<u32, i64>,
     /// Dependencies are not met: nothing is created or started.
@@ -60,6 +63,11 @@ pub trait RestartHistory {
     /// Restarts since the daemon started, for status (RESTARTS).
     fn total_restarts(&self, ordinal: u32) -> u32 {
         self.restarts(ordinal)
+    }
+    /// For an unhealthy replica: how much of its start-up grace is left, if it has not been
+    /// healthy since it started. `None`: it may be healed now.
+    fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {
+        None
     }
 }
 
@@ -110,6 +118,10 @@ fn heal_or_hold(plan: &mut Plan, c: &Observed, spec: &ServiceSpec, history: &dyn
         (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
             Some(left) => {
                 plan.backing_off.insert(n, left);
+            }
+            None if history.settling_left(c, spec.startup_grace()).is_some() => {
+                let left = history.settling_left(c, spec.startup_grace());
+                plan.settling.insert(n, left.unwrap_or_default());
             }
             None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
                 plan.heal

@@ -67,7 +67,8 @@ pub async fn report(
             ));
         }
     }
-    Ok(match plan.backing_off.values().min() {
+    let waiting = plan.backing_off.values().chain(plan.settling.values());
+    Ok(match waiting.min() {
         Some(left) => Action::Requeue(*left),
         None if status.is_ready() => Action::AwaitChange,
         None => Action::Requeue(UNCONVERGED_RECHECK),
