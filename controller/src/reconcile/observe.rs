@@ -68,10 +68,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
     };
     ctx.restarts.saw(stack_name, name, &containers);
     let gate = dependency_gate(ctx, &stack, &service).await?;
-    let previous = ctx
-        .scratch
-        .written_status(stack_name, name)
-        .or_else(|| ctx.desired.status(stack_name, name));
+    let previous = ctx.scratch.last_status(&ctx.desired, stack_name, name);
     Ok(Seen::Present(Observation {
         stack,
         service,

@@ -5,6 +5,7 @@ use capstan_api::object::ServiceStatus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::status::Problem;
+use crate::watch::Desired;
 use std::sync::{Arc, Mutex};
 
 type ServiceKey = (String, String);
@@ -50,12 +51,26 @@ fn key(stack: &str, service: &str) -> ServiceKey {
 }
 
 impl Scratch {
-    pub fn written_status(&self, stack: &str, service: &str) -> Option<Arc<ServiceStatus>> {
-        self.written
-            .lock()
-            .unwrap()
-            .get(&key(stack, service))
-            .cloned()
+    /// The status last written for a service: this process's own write until the
+    /// reflector has caught up with it (then the copy here is dropped, so an idle daemon
+    /// holds each status once), else the reflector's.
+    pub fn last_status(
+        &self,
+        desired: &Desired,
+        stack: &str,
+        service: &str,
+    ) -> Option<Arc<ServiceStatus>> {
+        let stored = desired.status(stack, service);
+        let mut written = self.written.lock().unwrap();
+        let k = key(stack, service);
+        match (written.get(&k), stored) {
+            (Some(w), Some(s)) if **w == *s => {
+                written.remove(&k);
+                Some(s)
+            }
+            (Some(w), _) => Some(w.clone()),
+            (None, stored) => stored,
+        }
     }
 
     pub fn wrote_status(&self, stack: &str, service: &str, status: ServiceStatus) {

@@ -41,8 +41,10 @@ pub async fn take_down_service(
         let left = ctx.containers.refresh(&stack.name, name).await;
         left.map_err(ReconcileError::List)?;
     }
-    let has_status = ctx.scratch.written_status(&stack.name, name).is_some()
-        || ctx.desired.status(&stack.name, name).is_some();
+    let has_status = ctx
+        .scratch
+        .last_status(&ctx.desired, &stack.name, name)
+        .is_some();
     if has_status && stack.deletion.is_none() {
         ctx.store
             .delete_status(&stack.name, name)

@@ -85,8 +85,7 @@ impl Traffic {
         let eps = endpoints::compute(service, observed, leaving);
         let unserved = self.serve_proxies(service, &eps).await;
         let key = (service.stack.clone(), service.name.clone());
-        let last = self.written.lock().unwrap().get(&key).cloned();
-        let last = last.or_else(|| self.desired.endpoints(&service.stack, &service.name));
+        let last = self.last_written(&key);
         let mut written_after = None;
         if last.as_deref() != Some(&eps) {
             self.write(service, &eps).await?;
@@ -105,6 +104,22 @@ impl Traffic {
         );
         self.drain(service, observed, leaving).await;
         Ok(unserved)
+    }
+
+    /// The endpoints last written for a service: this process's own write until the
+    /// reflector has caught up with it (then the copy here is dropped, so an idle daemon
+    /// holds each service's endpoints once), else the reflector's.
+    fn last_written(&self, key: &(String, String)) -> Option<Arc<Endpoints>> {
+        let stored = self.desired.endpoints(&key.0, &key.1);
+        let mut written = self.written.lock().unwrap();
+        match (written.get(key), stored) {
+            (Some(w), Some(s)) if **w == *s => {
+                written.remove(key);
+                Some(s)
+            }
+            (Some(w), _) => Some(w.clone()),
+            (None, stored) => stored,
+        }
     }
 
     /// Takes a removed service out of traffic: proxy, endpoints, Traefik.
