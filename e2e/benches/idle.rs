@@ -65,7 +65,7 @@ fn main() {
     );
     println!("  daemon RSS                 {:>8.1} MiB", rss);
     println!("  etcd writes                {:>8.0}   (target 0)", w1 - w0);
-    println!("  Docker API calls / minute  {:>8.1}   (one list per service per resync; no per-container polling)", (c1 - c0) / minutes);
+    println!("  Docker API calls / minute  {:>8.1}   (per resync: one container list for all services, and the stack's network check)", (c1 - c0) / minutes);
     println!("  reconciles / minute        {:>8.1}", (r1 - r0) / minutes);
     let json = serde_json::json!({
         "replicas": 100, "seconds": IDLE.as_secs(),
