@@ -403,6 +403,15 @@ impl ServiceSpec {
         ordinal.is_some_and(|n| n >= 1 && n <= self.replicas)
     }
 
+    /// The engine name of replica `ordinal`: the service's `container_name` for its one
+    /// replica, else `<stack>-<service>-<n>`. Stray detection and status use this too.
+    pub fn replica_name(&self, stack: &str, service: &str, ordinal: u32) -> String {
+        match &self.options.container_name {
+            Some(name) if ordinal == 1 => name.clone(),
+            _ => names::container(stack, service, ordinal),
+        }
+    }
+
     /// The effective restart policy.
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(RestartPolicy::Always)

@@ -207,7 +207,7 @@ impl Parser {
         let text = self.string(path, v)?;
         match text.trim().parse::<f64>() {
             Ok(c) if c.is_finite() && c > 0.0 && c <= 1_000_000.0 => Some((c * 1e9).round() as i64),
-            Ok(c) if c == 0.0 => None,
+            Ok(0.0) => None,
             _ => {
                 self.err(
                     path,
@@ -398,7 +398,7 @@ pub(super) fn parse_bytes(text: &str) -> Option<i64> {
     };
     let n: f64 = num.trim().parse().ok()?;
     let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < i64::MAX as f64).then(|| bytes as i64)
+    (bytes.is_finite() && bytes >= 0.0 && bytes < i64::MAX as f64).then_some(bytes as i64)
 }
 
 #[cfg(test)]

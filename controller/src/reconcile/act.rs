@@ -49,7 +49,7 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcom
     let now = now_rfc3339();
     let failed: BTreeSet<u32> = problems.iter().map(|p| p.ordinal).collect();
     for n in vanished.iter().filter(|n| !failed.contains(n)) {
-        let replica = capstan_api::names::container(&service.stack, &service.name, *n);
+        let replica = service.spec.replica_name(&service.stack, &service.name, *n);
         tracing::info!(stack = %service.stack, service = %service.name, %replica, reason = "removed", "replaced a removed replica");
         let message = "the container was removed; a new one was created".to_string();
         events.push(heal_event(
@@ -380,7 +380,7 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
-        RuntimeError::Engine { .. } => Reason::EngineError,
+        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } => Reason::EngineError,
     };
     Problem {
         ordinal,
