@@ -90,9 +90,10 @@ impl Parser {
             }
             if let Some(alias) = &link.alias {
                 for net in &shared {
-                    let aliases = &mut target.networks.get_mut(net).expect("shared").aliases;
-                    if !aliases.contains(alias) {
-                        aliases.push(alias.clone());
+                    if let Some(sn) = target.networks.get_mut(net) {
+                        if !sn.aliases.contains(alias) {
+                            sn.aliases.push(alias.clone());
+                        }
                     }
                 }
             }
