@@ -412,6 +412,34 @@ impl ServiceSpec {
         }
     }
 
+    /// Options that name one container (`container_name`, a fixed address) allow one
+    /// replica: each problem with the replica count as (field under the service, reason).
+    /// One rule for apply and scale.
+    pub fn single_replica_problems(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        if self.replicas <= 1 {
+            return out;
+        }
+        if self.options.container_name.is_some() {
+            out.push((
+                "container_name".to_string(),
+                format!("a container name is unique, and the service has {} replicas; remove `container_name` to scale (as Compose)", self.replicas),
+            ));
+        }
+        for (net, sn) in &self.networks {
+            if sn.ipv4_address.is_some() || sn.ipv6_address.is_some() {
+                out.push((
+                    format!("networks.{net}"),
+                    format!(
+                        "a fixed address belongs to one container, and the service has {} replicas",
+                        self.replicas
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// The effective restart policy.
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(RestartPolicy::Always)

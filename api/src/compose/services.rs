@@ -122,25 +122,8 @@ impl Parser {
 
     /// Options that name one container (a fixed name or address) allow one replica only.
     fn check_single_replica_options(&mut self, path: &str, s: &ServiceSpec) {
-        if s.replicas <= 1 {
-            return;
-        }
-        if s.options.container_name.is_some() {
-            self.err(
-                format!("{path}.container_name"),
-                format!("a container name is unique, and the service has {} replicas; remove `container_name` to scale (as Compose)", s.replicas),
-            );
-        }
-        for (net, sn) in &s.networks {
-            if sn.ipv4_address.is_some() || sn.ipv6_address.is_some() {
-                self.err(
-                    format!("{path}.networks.{net}"),
-                    format!(
-                        "a fixed address belongs to one container, and the service has {} replicas",
-                        s.replicas
-                    ),
-                );
-            }
+        for (field, reason) in s.single_replica_problems() {
+            self.err(join(path, &field), reason);
         }
     }
 
