@@ -60,6 +60,13 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
             "unsupported key {key:?}: capstan does not manage {key} yet; mount a file with a \
              bind volume instead"
         ),
+        (p, "placement" | "endpoint_mode") if p.ends_with(".deploy") => format!(
+            "unsupported key {key:?}: a Swarm cluster setting; capstan runs on one Docker host"
+        ),
+        (p, "update_config" | "rollback_config") if p.ends_with(".deploy") => format!(
+            "unsupported key {key:?}: capstan rolls replicas one at a time and does not take \
+             rollout settings yet"
+        ),
         (p, k) if p.starts_with("services.") && p.matches('.').count() == 1 && SERVICE_OPTIONS.contains(&k) => {
             format!("unsupported key {k:?}: a Compose option capstan does not honour yet, refused rather than ignored")
         }
@@ -89,6 +96,11 @@ mod tests {
             errs[2].reason
         );
         assert!(errs.iter().all(|e| !e.reason.contains("capstan supports")));
+        assert!(
+            errors("services: {web: {image: x, deploy: {placement: {}}}}")[0]
+                .reason
+                .contains("one Docker host")
+        );
         assert!(errors("services: {web: {image: x}}\nsecrets: {}")[0]
             .reason
             .contains("does not manage secrets"));
