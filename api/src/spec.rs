@@ -55,6 +55,10 @@ pub struct ServiceSpec {
     /// are created or started, on every reconcile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Dependency>,
+    /// `deploy.restart_policy`'s `delay` and `window`: capstan's crash-loop back-off for
+    /// this service. Enforced by capstan, so not part of the container hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_timing: Option<RestartTiming>,
     /// The options passed through to the engine's container config.
     #[serde(default, skip_serializing_if = "ContainerOptions::is_empty")]
     pub options: ContainerOptions,
@@ -280,6 +284,19 @@ impl RestartPolicy {
     }
 }
 
+/// How capstan spaces the restarts of a crash-looping replica, from `deploy.restart_policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTiming {
+    /// `delay`: the wait before the first restart (then doubling, as capstan's back-off does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `window`: restarts are counted (for `max_attempts`) and backed off until a replica
+    /// has gone this long without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
+}
+
 /// The engine's health config, in its own units (nanoseconds) so it passes through as is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -454,6 +471,7 @@ impl ServiceSpec {
         shape.restart = None;
         shape.depends_on.clear();
         shape.deploy_labels.clear();
+        shape.restart_timing = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

@@ -14,6 +14,7 @@ pub(super) struct Deploy {
     /// `mode: global`: one replica on this one host.
     pub global: bool,
     pub restart: Option<RestartPolicy>,
+    pub timing: Option<RestartTiming>,
     /// `deploy.resources`, in the same fields as `mem_limit`, `cpus`, ...
     pub resources: ContainerOptions,
 }
@@ -34,7 +35,7 @@ impl Parser {
                 },
                 "labels" => s.deploy_labels = self.key_values(&field, val, "label"),
                 "resources" => d.resources = self.resources(&field, val),
-                _ => d.restart = self.restart_policy(&field, val),
+                _ => (d.restart, d.timing) = self.restart_policy(&field, val),
             }
         }
         d
@@ -64,20 +65,31 @@ impl Parser {
         o
     }
 
-    /// `deploy.restart_policy`, mapped onto capstan's restart handling. `delay` and `window`
-    /// are refused: capstan's back-off is its own (1 s doubling to 60 s, reset after 60 s).
-    fn restart_policy(&mut self, path: &str, v: &Value) -> Option<RestartPolicy> {
+    /// `deploy.restart_policy`, mapped onto capstan's restart handling: `condition` and
+    /// `max_attempts` onto the restart policy, `delay` and `window` onto the back-off.
+    fn restart_policy(
+        &mut self,
+        path: &str,
+        v: &Value,
+    ) -> (Option<RestartPolicy>, Option<RestartTiming>) {
         let keys = ["condition", "max_attempts", "delay", "window"];
         let (mut condition, mut max) = (None, None);
+        let mut timing = RestartTiming::default();
         for (key, val) in self.map(path, v, &keys) {
             let field = join(path, &key);
             match key.as_str() {
                 "condition" => condition = self.string(&field, val).or(Some(String::new())),
-                "max_attempts" => max = self.integer(&field, val, 0, u32::MAX as i64).map(|n| n as u32),
-                _ => self.err(&field, format!("capstan's crash-loop back-off sets the {key} (1 s, doubling to 60 s, forgotten after 60 s without a restart); remove `{key}`")),
+                "max_attempts" => {
+                    max = self
+                        .integer(&field, val, 0, u32::MAX as i64)
+                        .map(|n| n as u32)
+                }
+                "delay" => timing.delay_ms = self.duration_ms(&field, val),
+                _ => timing.window_ms = self.duration_ms(&field, val),
             }
         }
-        match condition.as_deref().unwrap_or("any") {
+        let timing = (timing != RestartTiming::default()).then_some(timing);
+        let policy = match condition.as_deref().unwrap_or("any") {
             "none" => Some(RestartPolicy::No),
             "on-failure" => Some(RestartPolicy::OnFailure { max_retries: max }),
             "any" if max.is_some() => {
@@ -92,7 +104,18 @@ impl Parser {
                 );
                 None
             }
+        };
+        (policy, timing)
+    }
+
+    /// A duration of at most a day, in milliseconds.
+    fn duration_ms(&mut self, path: &str, v: &Value) -> Option<u64> {
+        let ms = (self.duration_ns(path, v)? / 1_000_000).unsigned_abs();
+        if ms > 86_400_000 {
+            self.err(path, "must be at most 24h");
+            return None;
         }
+        Some(ms)
     }
 
     /// Folds `deploy.resources` into the options; the same limit given twice must agree.
@@ -147,7 +170,7 @@ services:
       resources:
         limits: {cpus: "1.5", memory: 512m, pids: 200}
         reservations: {memory: 64m}
-      restart_policy: {condition: on-failure, max_attempts: 3}
+      restart_policy: {condition: on-failure, max_attempts: 3, delay: 5s, window: 2m}
   job:
     image: x
     restart: "no"
@@ -180,7 +203,7 @@ services:
         let f = fields(
             r#"services: {web: {image: x, mem_limit: 1g, deploy: {mode: global, replicas: 3,
                resources: {limits: {memory: 2g}, reservations: {cpus: "1"}},
-               restart_policy: {condition: any, delay: 5s, max_attempts: 2}, placement: {}}}}"#,
+               restart_policy: {condition: any, delay: 48h, max_attempts: 2}, placement: {}}}}"#,
         );
         assert_eq!(
             f,

@@ -118,6 +118,7 @@ impl Parser {
         if s.restart.is_none() {
             s.restart = d.restart;
         }
+        s.restart_timing = d.timing;
     }
 
     /// Options that name one container (a fixed name or address) allow one replica only.
