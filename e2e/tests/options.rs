@@ -182,8 +182,8 @@ fn every_option_of_a_real_compose_file_reaches_the_engine() {
                 "bind /pinned true|tmpfs /scratch false|",
             ),
             (
-                "{{range .HostConfig.Mounts}}{{with .TmpfsOptions}}{{.SizeBytes}} {{.Mode}}{{end}}{{end}}",
-                "2097152 1023",
+                "{{range .HostConfig.Mounts}}{{with .TmpfsOptions}}{{.SizeBytes}} {{printf \"%o\" .Mode}}{{end}}{{end}}",
+                "2097152 1777",
             ),
             (
                 "{{range .Mounts}}{{if eq .Destination \"/pinned\"}}{{.Propagation}}{{end}}{{end}}",
@@ -247,6 +247,13 @@ fn every_option_of_a_real_compose_file_reaches_the_engine() {
         .status()
         .unwrap()
         .success());
+
+    let mode = docker(&["exec", &app, "stat", "-c", "%a", "/scratch"]);
+    assert_eq!(
+        mode.trim(),
+        "1777",
+        "tmpfs.mode is octal, as Compose writes it"
+    );
 
     // Applying the same file again changes nothing: the options hash is stable.
     let before = s.containers();
