@@ -260,3 +260,79 @@ fn every_option_of_a_real_compose_file_reaches_the_engine() {
     d.apply(s, &yaml);
     assert_eq!(s.containers(), before);
 }
+
+const CONVERGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[test]
+fn an_option_newer_than_the_engine_is_reported_by_name_not_dropped() {
+    let h = Harness::start("too-new");
+    let (d, s) = (&h.d, &h.s);
+    d.apply_nowait(
+        s,
+        &format!(
+            "services:\n  web:\n    image: {IMAGE}\n    command: {IDLE}\n    annotations: {{com.example.team: core}}\n"
+        ),
+    );
+    let api = docker(&["version", "-f", "{{.Server.APIVersion}}"]);
+    if api.trim() >= "1.43" {
+        wait_until(CONVERGE, "the annotated replica to run", || {
+            s.running() == vec![s.replica("web", 1)]
+        });
+        return;
+    }
+    wait_until(CONVERGE, "a Degraded condition naming annotations", || {
+        let svc = d.service(&s.name, "web");
+        svc["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("`annotations` needs Docker API 1.43"))
+            })
+        })
+    });
+    assert!(s.containers().is_empty(), "nothing half-made is left");
+}
+
+#[test]
+fn a_file_with_bad_option_values_is_refused_with_every_field_and_nothing_is_stored() {
+    let h = Harness::start("refused");
+    let (d, s) = (&h.d, &h.s);
+    let file = s.file(&format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    ipc: host
+    shm_size: lots
+    ulimits: {{nofile: {{soft: 10, hard: 5}}}}
+    volumes:
+      - {{type: bind, source: /srv, target: rel, bind: {{propagation: sideways}}}}
+    container_name: solo
+    deploy: {{replicas: 2, placement: {{}}}}
+"#
+    ));
+    let out = d.cli(&["apply", "-f", &file, "--stack", &s.name]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "services.web.ipc",
+        "services.web.shm_size",
+        "services.web.ulimits.nofile",
+        "services.web.volumes[0].bind.propagation",
+        "services.web.volumes[0].target",
+        "services.web.container_name",
+        "services.web.deploy.placement",
+    ] {
+        assert!(
+            err.contains(&format!("{field}:")),
+            "{field} missing from:\n{err}"
+        );
+    }
+    assert!(
+        h.etcd.keys(&d.prefix).is_empty(),
+        "nothing was stored: {:?}",
+        h.etcd.keys(&d.prefix)
+    );
+    assert!(s.containers().is_empty());
+}
