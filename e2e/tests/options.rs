@@ -336,3 +336,63 @@ services:
     );
     assert!(s.containers().is_empty());
 }
+
+#[test]
+fn deploy_restart_policy_limits_the_restarts_of_a_failing_replica() {
+    let h = Harness::start("restart-policy");
+    let (d, s) = (&h.d, &h.s);
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    d.apply_nowait(
+        s,
+        &format!(
+            r#"
+services:
+  job:
+    image: {IMAGE}
+    command: ["sh", "-c", "exit 3"]
+    healthcheck: {{disable: true}}
+    deploy:
+      restart_policy: {{condition: on-failure, max_attempts: 2, delay: 0s, window: 1h}}
+"#
+        ),
+    );
+    let name = s.replica("job", 1);
+    let starts = || {
+        let until = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1)
+        .to_string();
+        docker(&[
+            "events",
+            "--since",
+            &t0,
+            "--until",
+            &until,
+            "--filter",
+            &format!("container={name}"),
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.ID}}",
+        ])
+        .lines()
+        .count()
+    };
+    wait_until(CONVERGE, "the first start and two restarts", || {
+        starts() >= 3
+    });
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert_eq!(
+        starts(),
+        3,
+        "max_attempts: 2 restarts, then the replica is left exited"
+    );
+    assert_eq!(inspect(&name, "{{.State.ExitCode}}"), "3");
+    assert_eq!(inspect(&name, "{{.HostConfig.RestartPolicy.Name}}"), "no");
+}
