@@ -1,5 +1,10 @@
 //! Issue 10, end to end: a Compose file that sets many container, volume and network options
 //! at once is applied for real, and `docker inspect` shows each exact value.
+//!
+//! Not here: `privileged` (this machine's engine cannot start privileged containers: "unable
+//! to apply caps: operation not permitted"; its mapping is unit-tested), `network_mode: host`,
+//! IPv6 and `annotations`/`mac_address`/`volume.subpath` (newer than API 1.41; the refusal is
+//! tested below for `annotations`).
 
 use capstan_e2e::*;
 use std::path::Path;
