@@ -10,11 +10,13 @@
 //!   written by the controller, and the views the HTTP API returns.
 //! - [`names`]: deterministic names and the ownership labels of what capstan creates.
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
+//! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 
 pub mod compose;
 pub mod duration;
 pub mod names;
 pub mod object;
+pub mod options;
 pub mod spec;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

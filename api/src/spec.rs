@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 use crate::names;
+pub use crate::options::*;
 
 /// One Compose project.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +55,16 @@ pub struct ServiceSpec {
     /// are created or started, on every reconcile.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Dependency>,
+    /// `deploy.restart_policy`'s `delay` and `window`: capstan's crash-loop back-off for
+    /// this service. Enforced by capstan, so not part of the container hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_timing: Option<RestartTiming>,
+    /// The options passed through to the engine's container config.
+    #[serde(default, skip_serializing_if = "ContainerOptions::is_empty")]
+    pub options: ContainerOptions,
+    /// `deploy.labels`: labels of the service, not of its containers (as Compose).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deploy_labels: BTreeMap<String, String>,
 }
 
 /// One `depends_on` entry.
@@ -93,6 +104,16 @@ impl DependencyCondition {
 pub struct ServiceNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// A fixed address: one replica only, and the network needs an IPAM subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub link_local_ips: Vec<String>,
+    /// Higher joins first (the network the container is created on); ties by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i64>,
 }
 
 /// `[host_ip:][host_port[-end]:]container_port[/protocol]`.
@@ -181,6 +202,8 @@ pub enum MountKind {
     Bind,
     /// A volume of the container's own, removed with it.
     Anonymous,
+    /// A tmpfs mount (long syntax `type: tmpfs`).
+    Tmpfs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +215,46 @@ pub struct MountSpec {
     pub target: String,
     #[serde(default)]
     pub read_only: bool,
+    /// `rprivate`, `private`, `rshared`, `shared`, `rslave`, `slave` (binds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// `z` (shared) or `Z` (private) SELinux relabelling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selinux: Option<String>,
+    /// Named volumes: do not copy the image's files into a new volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
+    /// Named volumes: mount this path inside the volume (Docker API 1.45).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    /// Binds: `false` refuses a missing host path instead of creating it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_host_path: Option<bool>,
+    /// Tmpfs: size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size: Option<i64>,
+    /// Tmpfs: file mode (`0o1777`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mode: Option<u32>,
+}
+
+impl MountSpec {
+    /// A mount with only kind, source, target and mode.
+    pub fn plain(kind: MountKind, source: Option<String>, target: &str, read_only: bool) -> Self {
+        MountSpec {
+            kind,
+            source,
+            target: target.to_string(),
+            read_only,
+            propagation: None,
+            selinux: None,
+            nocopy: false,
+            subpath: None,
+            create_host_path: None,
+            tmpfs_size: None,
+            tmpfs_mode: None,
+        }
+    }
 }
 
 /// Compose's `restart`, enforced by capstan (containers get no engine restart policy, so
@@ -219,6 +282,19 @@ impl RestartPolicy {
             }
         }
     }
+}
+
+/// How capstan spaces the restarts of a crash-looping replica, from `deploy.restart_policy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartTiming {
+    /// `delay`: the wait before the first restart (then doubling, as capstan's back-off does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `window`: restarts are counted (for `max_attempts`) and backed off until a replica
+    /// has gone this long without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
 }
 
 /// The engine's health config, in its own units (nanoseconds) so it passes through as is.
@@ -258,6 +334,37 @@ pub struct NetworkSpec {
     pub attachable: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_ipv6: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<Ipam>,
+}
+
+/// A network's address management.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ipam {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<IpamPool>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IpamPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +378,8 @@ pub struct VolumeSpec {
     pub driver: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
 }
 
 impl NetworkSpec {
@@ -330,6 +439,43 @@ impl ServiceSpec {
         ordinal.is_some_and(|n| n >= 1 && n <= self.replicas)
     }
 
+    /// The engine name of replica `ordinal`: the service's `container_name` for its one
+    /// replica, else `<stack>-<service>-<n>`. Stray detection and status use this too.
+    pub fn replica_name(&self, stack: &str, service: &str, ordinal: u32) -> String {
+        match &self.options.container_name {
+            Some(name) if ordinal == 1 => name.clone(),
+            _ => names::container(stack, service, ordinal),
+        }
+    }
+
+    /// Options that name one container (`container_name`, a fixed address) allow one
+    /// replica: each problem with the replica count as (field under the service, reason).
+    /// One rule for apply and scale.
+    pub fn single_replica_problems(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        if self.replicas <= 1 {
+            return out;
+        }
+        if self.options.container_name.is_some() {
+            out.push((
+                "container_name".to_string(),
+                format!("a container name is unique, and the service has {} replicas; remove `container_name` to scale (as Compose)", self.replicas),
+            ));
+        }
+        for (net, sn) in &self.networks {
+            if sn.ipv4_address.is_some() || sn.ipv6_address.is_some() {
+                out.push((
+                    format!("networks.{net}"),
+                    format!(
+                        "a fixed address belongs to one container, and the service has {} replicas",
+                        self.replicas
+                    ),
+                ));
+            }
+        }
+        out
+    }
+
     /// The effective restart policy.
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(RestartPolicy::Always)
@@ -343,6 +489,8 @@ impl ServiceSpec {
         shape.replicas = 0;
         shape.restart = None;
         shape.depends_on.clear();
+        shape.deploy_labels.clear();
+        shape.restart_timing = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -371,6 +519,28 @@ mod tests {
         assert_eq!(a.container_hash(), b.container_hash());
         assert_ne!(a.container_hash(), c.container_hash());
         assert_eq!(a.container_hash().len(), 12);
+    }
+
+    #[test]
+    fn unset_options_leave_the_stored_bytes_and_the_hash_as_before() {
+        let a = ServiceSpec {
+            image: "web:1".into(),
+            replicas: 1,
+            ..Default::default()
+        };
+        // The hash of this spec before container options existed.
+        assert_eq!(a.container_hash(), "4c150608f49a");
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(
+            !json.contains("options") && !json.contains("deployLabels"),
+            "{json}"
+        );
+        let mut b = a.clone();
+        b.options.cap_add = vec!["NET_ADMIN".into()];
+        assert_ne!(a.container_hash(), b.container_hash());
+        let mut c = a.clone();
+        c.deploy_labels.insert("team".into(), "web".into());
+        assert_eq!(a.container_hash(), c.container_hash());
     }
 
     #[test]

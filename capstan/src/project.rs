@@ -192,10 +192,21 @@ fn default_stack_name(dir: &Path, doc: &Value) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Rewrites relative bind-mount sources (`./html:/www`, `~/x:/x`) against the project folder,
-/// as Compose does, so the server gets absolute paths.
+/// Rewrites relative bind-mount sources (`./html:/www`, `~/x:/x`, and the long syntax's
+/// `source: ./html`) against the project folder, as Compose does, so the server gets
+/// absolute paths.
 fn resolve_relative_binds(base: &Path, doc: &mut Value) {
     let home = std::env::var("HOME").unwrap_or_default();
+    let absolute = |source: &str| -> Option<String> {
+        let abs = if let Some(r) = source.strip_prefix("~/") {
+            PathBuf::from(&home).join(r)
+        } else if source.starts_with('.') {
+            base.join(source)
+        } else {
+            return None;
+        };
+        Some(abs.components().collect::<PathBuf>().display().to_string())
+    };
     let Some(services) = doc.get_mut("services").and_then(|s| s.as_mapping_mut()) else {
         return;
     };
@@ -204,19 +215,20 @@ fn resolve_relative_binds(base: &Path, doc: &mut Value) {
             continue;
         };
         for v in vols.iter_mut() {
+            if v.get("type").and_then(Value::as_str) == Some("bind") {
+                let abs = v.get("source").and_then(Value::as_str).and_then(absolute);
+                if let (Some(abs), Some(source)) = (abs, v.get_mut("source")) {
+                    *source = Value::String(abs);
+                }
+                continue;
+            }
             let Some(s) = v.as_str() else { continue };
             let Some((source, rest)) = s.split_once(':') else {
                 continue;
             };
-            let abs = if let Some(r) = source.strip_prefix("~/") {
-                PathBuf::from(&home).join(r)
-            } else if source.starts_with('.') {
-                base.join(source)
-            } else {
-                continue;
-            };
-            let abs = abs.components().collect::<PathBuf>();
-            *v = Value::String(format!("{}:{rest}", abs.display()));
+            if let Some(abs) = absolute(source) {
+                *v = Value::String(format!("{abs}:{rest}"));
+            }
         }
     }
 }
@@ -260,7 +272,7 @@ mod tests {
         let tmp = TempDir::new("binds");
         let file = tmp.write(
             "compose.yaml",
-            "services:\n  web:\n    image: x\n    volumes: [\"./html:/www:ro\", \"data:/d\"]\n",
+            "services:\n  web:\n    image: x\n    volumes: [\"./html:/www:ro\", \"data:/d\", {type: bind, source: ./conf, target: /c}]\n",
         );
         let loaded = load(&Options {
             files: vec![file],
@@ -281,6 +293,11 @@ mod tests {
             format!("{}/html:/www:ro", tmp.0.display())
         );
         assert_eq!(vols[1].as_str(), Some("data:/d"));
+        assert_eq!(
+            vols[2].get("source").unwrap().as_str().unwrap(),
+            format!("{}/conf", tmp.0.display()),
+            "the long syntax too"
+        );
         assert_eq!(
             loaded.stack,
             capstan_api::names::normalize_stack_name(tmp.0.file_name().unwrap().to_str().unwrap())

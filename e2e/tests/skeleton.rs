@@ -206,7 +206,7 @@ fn a_restarted_daemon_adopts_running_replicas_without_restarting_them_across_a_r
 fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
     let h = Harness::start("invalid");
     let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
-    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    privileged: true\n");
+    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    ipc: host\n");
     let resp = reqwest::blocking::Client::new()
         .put(format!("{}/v1/stacks/{}", d.url(), s.name))
         .body(body.clone())
@@ -222,7 +222,7 @@ fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
         .collect();
     assert_eq!(
         fields,
-        vec!["services.web.privileged", "services.web.deploy.replicas"],
+        vec!["services.web.ipc", "services.web.deploy.replicas"],
         "{err}"
     );
     assert!(err["details"][1]["reason"]

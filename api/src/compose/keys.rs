@@ -6,76 +6,35 @@ const CLIENT_SIDE: &[&str] = &["extends", "profiles", "env_file", "include"];
 
 /// Service keys of the Compose specification that capstan does not honour yet.
 const SERVICE_OPTIONS: &[&str] = &[
-    "annotations",
     "attach",
     "blkio_config",
-    "cap_add",
-    "cap_drop",
     "cgroup",
     "cgroup_parent",
-    "container_name",
     "cpu_count",
     "cpu_percent",
     "cpu_period",
     "cpu_quota",
     "cpu_rt_period",
     "cpu_rt_runtime",
-    "cpu_shares",
-    "cpus",
-    "cpuset",
     "credential_spec",
     "develop",
     "device_cgroup_rules",
-    "devices",
-    "dns",
-    "dns_opt",
-    "dns_search",
-    "domainname",
     "driver_opts",
-    "expose",
     "external_links",
-    "extra_hosts",
     "gpus",
-    "group_add",
-    "hostname",
-    "init",
     "ipc",
     "isolation",
-    "links",
-    "logging",
-    "mac_address",
-    "mem_limit",
-    "mem_reservation",
     "mem_swappiness",
-    "memswap_limit",
-    "network_mode",
-    "oom_kill_disable",
-    "oom_score_adj",
     "pid",
-    "pids_limit",
-    "platform",
     "post_start",
     "pre_stop",
-    "privileged",
     "provider",
     "pull_policy",
-    "read_only",
-    "runtime",
-    "security_opt",
-    "shm_size",
-    "stdin_open",
-    "stop_signal",
     "storage_opt",
-    "sysctls",
-    "tmpfs",
-    "tty",
-    "ulimits",
     "use_api_socket",
-    "user",
     "userns_mode",
     "uts",
     "volumes_from",
-    "working_dir",
     "models",
     "label_file",
     "configs",
@@ -101,6 +60,13 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
             "unsupported key {key:?}: capstan does not manage {key} yet; mount a file with a \
              bind volume instead"
         ),
+        (p, "placement" | "endpoint_mode") if p.ends_with(".deploy") => format!(
+            "unsupported key {key:?}: a Swarm cluster setting; capstan runs on one Docker host"
+        ),
+        (p, "update_config" | "rollback_config") if p.ends_with(".deploy") => format!(
+            "unsupported key {key:?}: capstan rolls replicas one at a time and does not take \
+             rollout settings yet"
+        ),
         (p, k) if p.starts_with("services.") && p.matches('.').count() == 1 && SERVICE_OPTIONS.contains(&k) => {
             format!("unsupported key {k:?}: a Compose option capstan does not honour yet, refused rather than ignored")
         }
@@ -116,9 +82,8 @@ mod tests {
 
     #[test]
     fn a_refused_key_says_why_without_listing_every_supported_key() {
-        let errs =
-            errors("services: {web: {image: x, container_name: w, imgae: y, profiles: [a]}}");
-        assert_eq!(errs[0].field, "services.web.container_name");
+        let errs = errors("services: {web: {image: x, ipc: host, imgae: y, profiles: [a]}}");
+        assert_eq!(errs[0].field, "services.web.ipc");
         assert!(
             errs[0].reason.contains("does not honour yet"),
             "{}",
@@ -131,6 +96,11 @@ mod tests {
             errs[2].reason
         );
         assert!(errs.iter().all(|e| !e.reason.contains("capstan supports")));
+        assert!(
+            errors("services: {web: {image: x, deploy: {placement: {}}}}")[0]
+                .reason
+                .contains("one Docker host")
+        );
         assert!(errors("services: {web: {image: x}}\nsecrets: {}")[0]
             .reason
             .contains("does not manage secrets"));

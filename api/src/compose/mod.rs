@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::*;
 
+mod deploy;
 pub mod env;
 mod healthcheck;
 pub mod interpolate;
@@ -27,6 +28,7 @@ mod keys;
 pub mod merge;
 mod networks;
 pub mod notices;
+mod options;
 mod ports;
 mod profiles;
 pub mod resolve;
@@ -94,6 +96,16 @@ pub fn declared_name(text: &str) -> Option<String> {
 #[derive(Default)]
 struct Parser {
     errors: Vec<FieldError>,
+    /// `links` of every service, applied when the whole stack is read.
+    links: Vec<Link>,
+}
+
+/// One `links` entry: `service` links `target`, seen by it as `alias`.
+struct Link {
+    service: String,
+    field: String,
+    target: String,
+    alias: Option<String>,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -184,12 +196,7 @@ volumes: {db_data: {}}
         assert_eq!(db.volumes[0].kind, MountKind::Volume);
         assert_eq!(
             db.volumes[1],
-            MountSpec {
-                kind: MountKind::Bind,
-                source: Some("/srv/conf".into()),
-                target: "/etc/conf".into(),
-                read_only: true
-            }
+            MountSpec::plain(MountKind::Bind, Some("/srv/conf".into()), "/etc/conf", true)
         );
         assert_eq!(db.volumes[2].kind, MountKind::Anonymous);
         assert_eq!(db.restart, Some(RestartPolicy::No));
@@ -213,8 +220,8 @@ volumes: {db_data: {}}
             vec!["secrets"]
         );
         assert_eq!(
-            fields("services: {web: {image: x, deploy: {resources: {}}}}"),
-            vec!["services.web.deploy.resources"]
+            fields("services: {web: {image: x, deploy: {placement: {}}}}"),
+            vec!["services.web.deploy.placement"]
         );
     }
 

@@ -315,6 +315,11 @@ impl Resolver<'_, '_> {
                             *s = format!("{abs}:{rest}");
                         }
                     }
+                } else if let Some(Value::String(src)) = v.get_mut("source") {
+                    // The long syntax; only a bind's source is a path.
+                    if let Some(abs) = rebase(src) {
+                        *src = abs;
+                    }
                 }
             }
         }

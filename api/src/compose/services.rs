@@ -1,7 +1,9 @@
 //! One service: its keys, replica counts, `depends_on` and `restart`.
 
+use super::deploy::Deploy;
+use super::options::OPTION_KEYS;
 use super::yaml::Value;
-use super::{describe, join, kind, FieldError, Parser, MAX_REPLICAS};
+use super::{describe, join, kind, FieldError, Link, Parser, MAX_REPLICAS};
 use crate::names;
 use crate::spec::*;
 use std::collections::BTreeMap;
@@ -22,6 +24,7 @@ impl Parser {
         "stop_grace_period",
         "healthcheck",
         "depends_on",
+        "links",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -31,7 +34,14 @@ impl Parser {
         };
         let mut image = None;
         let mut replicas_from: Option<(String, u32)> = None;
-        for (key, val) in self.map(path, v, Self::SERVICE_KEYS) {
+        let mut deploy = Deploy::default();
+        let mut networks_given = false;
+        let keys: Vec<&str> = Self::SERVICE_KEYS
+            .iter()
+            .chain(OPTION_KEYS)
+            .copied()
+            .collect();
+        for (key, val) in self.map(path, v, &keys) {
             let field = join(path, &key);
             match key.as_str() {
                 "image" => image = self.string(&field, val),
@@ -45,11 +55,9 @@ impl Parser {
                     }
                 }
                 "deploy" => {
-                    for (dkey, dval) in self.map(&field, val, &["replicas"]) {
-                        let dfield = join(&field, &dkey);
-                        if let Some(n) = self.replicas(&dfield, dval) {
-                            replicas_from = self.one_replica_count(replicas_from, dfield, n);
-                        }
+                    deploy = self.deploy(&field, val, &mut s);
+                    if let Some((dfield, n)) = deploy.replicas.take() {
+                        replicas_from = self.one_replica_count(replicas_from, dfield, n);
                     }
                 }
                 "scale" => {
@@ -58,30 +66,119 @@ impl Parser {
                     }
                 }
                 "ports" => s.ports = self.ports(&field, val),
-                "networks" => s.networks = self.service_networks(&field, val),
+                "networks" => {
+                    networks_given = true;
+                    s.networks = self.service_networks(&field, val)
+                }
                 "volumes" => s.volumes = self.mounts(&field, val),
                 "restart" => s.restart = self.restart(&field, val),
                 "stop_grace_period" => s.stop_grace_period_ms = self.stop_grace(&field, val),
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
-                _ => unreachable!(),
+                "links" => self.service_links(path, &field, val),
+                other => self.option(&field, other, val, &mut s.options),
             }
         }
         if let Some((_, n)) = replicas_from {
             s.replicas = n;
         }
+        self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
         match image {
             Some(i) if !i.trim().is_empty() => s.image = i,
             Some(_) => self.err(join(path, "image"), "must not be empty"),
             None => self.err(join(path, "image"), missing_image(v)),
         }
-        if s.networks.is_empty() {
+        self.check_single_replica_options(path, &s);
+        self.check_network_mode(path, &s, networks_given);
+        if s.networks.is_empty() && s.options.network_mode.is_none() {
             s.networks.insert(
                 names::DEFAULT_NETWORK.to_string(),
                 ServiceNetwork::default(),
             );
         }
         Some(s)
+    }
+
+    /// `deploy.mode`, `deploy.resources` and `deploy.restart_policy` against the service's
+    /// own keys: `restart` wins over `restart_policy`, as in Compose.
+    fn settle_deploy(&mut self, path: &str, s: &mut ServiceSpec, d: Deploy, counted: bool) {
+        if d.global {
+            if counted && s.replicas != 1 {
+                self.err(
+                    format!("{path}.deploy.mode"),
+                    format!(
+                        "global means one replica on this host, but the service asks for {}",
+                        s.replicas
+                    ),
+                );
+            }
+            s.replicas = 1;
+        }
+        self.merge_resources(path, &mut s.options, d.resources);
+        if s.restart.is_none() {
+            s.restart = d.restart;
+        }
+        s.restart_timing = d.timing;
+    }
+
+    /// Options that name one container (a fixed name or address) allow one replica only.
+    fn check_single_replica_options(&mut self, path: &str, s: &ServiceSpec) {
+        for (field, reason) in s.single_replica_problems() {
+            self.err(join(path, &field), reason);
+        }
+    }
+
+    /// `network_mode: host | none` leaves the stack's networks: no `networks`, no `ports`.
+    fn check_network_mode(&mut self, path: &str, s: &ServiceSpec, networks_given: bool) {
+        let Some(mode) = s.options.network_mode else {
+            return;
+        };
+        if networks_given {
+            self.err(
+                format!("{path}.network_mode"),
+                format!(
+                    "network_mode {} and `networks` exclude each other",
+                    mode.as_str()
+                ),
+            );
+        }
+        if !s.ports.is_empty() {
+            self.err(
+                format!("{path}.ports"),
+                format!(
+                    "with network_mode {} there is nothing to publish on; remove `ports`",
+                    mode.as_str()
+                ),
+            );
+        }
+        if s.options.hostname.is_some() && mode == NetworkMode::Host {
+            self.err(
+                format!("{path}.hostname"),
+                "a container on the host's network has the host's name; the engine refuses `hostname` with network_mode host",
+            );
+        }
+    }
+
+    /// `links: [db, "db:database"]`: remembered, applied once every service is read.
+    fn service_links(&mut self, service_path: &str, path: &str, v: &Value) {
+        let service = service_path.trim_start_matches("services.").to_string();
+        for (i, entry) in self.strings(path, v).into_iter().enumerate() {
+            let (target, alias) = match entry.split_once(':') {
+                Some((t, a)) => (t.to_string(), Some(a.to_string())),
+                None => (entry.clone(), None),
+            };
+            let field = format!("{path}[{i}]");
+            if target.is_empty() || alias.as_deref() == Some("") {
+                self.err(field, format!("{entry:?} is not SERVICE or SERVICE:ALIAS"));
+            } else {
+                self.links.push(Link {
+                    service: service.clone(),
+                    field,
+                    target,
+                    alias,
+                });
+            }
+        }
     }
 
     /// Short form (a list of names: `service_started`) or long form (a map with `condition`,

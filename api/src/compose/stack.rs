@@ -49,13 +49,71 @@ impl Parser {
                 }
             }
         }
+        self.apply_links(&mut spec);
         self.cross_check(&spec);
         spec
+    }
+
+    /// `links`, as Compose has them on user networks: the linked service must exist, starts
+    /// first, and answers to the alias on the networks both services join (Docker's network
+    /// aliases are per network, so every member of those networks resolves the alias too).
+    fn apply_links(&mut self, spec: &mut StackSpec) {
+        for link in std::mem::take(&mut self.links) {
+            let Some(linker) = spec.services.get(&link.service) else {
+                continue;
+            };
+            let nets: Vec<String> = linker.networks.keys().cloned().collect();
+            if link.target == link.service {
+                self.err(&link.field, "a service cannot link to itself");
+                continue;
+            }
+            let Some(target) = spec.services.get_mut(&link.target) else {
+                self.err(
+                    &link.field,
+                    format!("service {:?} is not in this stack", link.target),
+                );
+                continue;
+            };
+            let shared: Vec<String> = nets
+                .into_iter()
+                .filter(|n| target.networks.contains_key(n))
+                .collect();
+            if shared.is_empty() {
+                self.err(
+                    &link.field,
+                    format!(
+                        "{} and {} share no network, so the link cannot resolve",
+                        link.service, link.target
+                    ),
+                );
+                continue;
+            }
+            if let Some(alias) = &link.alias {
+                for net in &shared {
+                    if let Some(sn) = target.networks.get_mut(net) {
+                        if !sn.aliases.contains(alias) {
+                            sn.aliases.push(alias.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(linker) = spec.services.get_mut(&link.service) {
+                linker
+                    .depends_on
+                    .entry(link.target.clone())
+                    .or_insert(Dependency {
+                        condition: DependencyCondition::ServiceStarted,
+                        required: true,
+                        restart: false,
+                    });
+            }
+        }
     }
 
     /// Checks that need the whole stack: references, dependency cycles and host-port clashes.
     pub(super) fn cross_check(&mut self, spec: &StackSpec) {
         let mut host_ports: BTreeMap<(String, u16), String> = BTreeMap::new();
+        let mut container_names: BTreeMap<String, String> = BTreeMap::new();
         if let Some(cycle) = dependency_cycle(spec) {
             self.err(
                 format!("services.{}.depends_on", cycle[0]),
@@ -74,11 +132,21 @@ impl Parser {
                     self.err(format!("{path}.depends_on.{dep}"), format!("service {dep:?} is not in this stack (mark it `required: false` if that is fine)"));
                 }
             }
-            for net in svc.networks.keys() {
+            for (net, sn) in &svc.networks {
                 if net != names::DEFAULT_NETWORK && !spec.networks.contains_key(net) {
                     self.err(
                         format!("{path}.networks.{net}"),
                         format!("network {net:?} is not declared under the top-level `networks`"),
+                    );
+                } else if let Some(reason) = address_problem(spec, net, sn) {
+                    self.err(format!("{path}.networks.{net}"), reason);
+                }
+            }
+            if let Some(cname) = &svc.options.container_name {
+                if let Some(other) = container_names.insert(cname.clone(), name.clone()) {
+                    self.err(
+                        format!("{path}.container_name"),
+                        format!("{cname:?} is also the container name of service {other}"),
                     );
                 }
             }
@@ -118,6 +186,22 @@ impl Parser {
             }
         }
     }
+}
+
+/// A fixed `ipv4_address`/`ipv6_address` needs a network with a configured subnet (the
+/// engine refuses it otherwise); an external network is trusted to have one.
+fn address_problem(spec: &StackSpec, net: &str, sn: &ServiceNetwork) -> Option<String> {
+    if sn.ipv4_address.is_none() && sn.ipv6_address.is_none() {
+        return None;
+    }
+    let n = spec.networks.get(net)?;
+    let has_subnet = n
+        .ipam
+        .as_ref()
+        .is_some_and(|i| i.config.iter().any(|c| c.subnet.is_some()));
+    (!n.external && !has_subnet).then(|| {
+        format!("a fixed address needs a subnet: give network {net:?} `ipam: {{config: [{{subnet: ...}}]}}`")
+    })
 }
 
 /// A dependency cycle, as the list of services around it (first repeated at the end).

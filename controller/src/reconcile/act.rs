@@ -49,7 +49,7 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcom
     let now = now_rfc3339();
     let failed: BTreeSet<u32> = problems.iter().map(|p| p.ordinal).collect();
     for n in vanished.iter().filter(|n| !failed.contains(n)) {
-        let replica = capstan_api::names::container(&service.stack, &service.name, *n);
+        let replica = service.spec.replica_name(&service.stack, &service.name, *n);
         tracing::info!(stack = %service.stack, service = %service.name, %replica, reason = "removed", "replaced a removed replica");
         let message = "the container was removed; a new one was created".to_string();
         events.push(heal_event(
@@ -303,7 +303,12 @@ async fn heal_job(
         (_, Some(out)) => format!("health check failed: {out}"),
         _ => "health check failed".to_string(),
     };
-    ctx.restarts.record(&service.stack, &service.name, n);
+    ctx.restarts.record(
+        &service.stack,
+        &service.name,
+        n,
+        &super::backoff::Timing::of(&service.spec),
+    );
     tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, reason = reason.as_str(), action = action.as_str(), "{message}");
     let result = match action {
         HealAction::Start => ctx.runtime.start(&c.id).await,
@@ -331,7 +336,12 @@ async fn recreate_job(ctx: &Context, obs: &Observation, c: &Observed) -> JobResu
 /// the replica's back-off.
 fn failed_to_make(ctx: &Context, obs: &Observation, ordinal: u32, e: RuntimeError) -> Problem {
     let service = &obs.service;
-    ctx.restarts.record(&service.stack, &service.name, ordinal);
+    ctx.restarts.record(
+        &service.stack,
+        &service.name,
+        ordinal,
+        &super::backoff::Timing::of(&service.spec),
+    );
     let problem = problem(ordinal, e);
     ctx.scratch
         .unmade(&service.stack, &service.name, problem.clone());
@@ -380,7 +390,7 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
-        RuntimeError::Engine { .. } => Reason::EngineError,
+        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } => Reason::EngineError,
     };
     Problem {
         ordinal,

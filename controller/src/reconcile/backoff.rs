@@ -10,11 +10,57 @@ use tokio::time::Instant;
 
 use super::plan::RestartHistory;
 use crate::runtime::{Health, Observed};
+use capstan_api::spec::ServiceSpec;
 
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
 pub const BACKOFF_CAP: Duration = Duration::from_secs(60);
 /// A replica that needed no restart for this long starts its count afresh.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(60);
+
+/// The back-off of one service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub start: Duration,
+    pub cap: Duration,
+    pub reset: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            start: BACKOFF_START,
+            cap: BACKOFF_CAP,
+            reset: BACKOFF_RESET,
+        }
+    }
+}
+
+impl Timing {
+    /// The service's timing: capstan's, moved by `deploy.restart_policy`.
+    pub fn of(spec: &ServiceSpec) -> Timing {
+        let mut t = Timing::default();
+        if let Some(rt) = spec.restart_timing {
+            if let Some(ms) = rt.delay_ms {
+                t.start = Duration::from_millis(ms);
+                t.cap = t.cap.max(t.start);
+            }
+            if let Some(ms) = rt.window_ms {
+                t.reset = Duration::from_millis(ms);
+            }
+        }
+        t
+    }
+
+    /// The wait required after `restarts` restarts.
+    pub fn delay_after(&self, restarts: u32) -> Duration {
+        if restarts == 0 {
+            return Duration::ZERO;
+        }
+        self.start
+            .saturating_mul(2u32.saturating_pow(restarts - 1))
+            .min(self.cap)
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Entry {
@@ -44,6 +90,7 @@ pub struct ServiceHistory<'a> {
     book: &'a RestartBook,
     stack: &'a str,
     service: &'a str,
+    timing: Timing,
     now: Instant,
 }
 
@@ -68,11 +115,17 @@ impl RestartBook {
         since.as_secs() as i64
     }
 
-    pub fn for_service<'a>(&'a self, stack: &'a str, service: &'a str) -> ServiceHistory<'a> {
+    pub fn for_service<'a>(
+        &'a self,
+        stack: &'a str,
+        service: &'a str,
+        timing: Timing,
+    ) -> ServiceHistory<'a> {
         ServiceHistory {
             book: self,
             stack,
             service,
+            timing,
             now: Instant::now(),
         }
     }
@@ -86,16 +139,17 @@ impl RestartBook {
     }
 
     /// The entry if its crash-loop window is still open.
-    fn entry(&self, stack: &str, service: &str, ordinal: u32, now: Instant) -> Option<Entry> {
+    fn entry(&self, key: (&str, &str, u32), t: &Timing, now: Instant) -> Option<Entry> {
+        let (stack, service, ordinal) = key;
         let e = self.raw(stack, service, ordinal)?;
-        (now.duration_since(e.last) < BACKOFF_RESET + delay_after(e.restarts)).then_some(e)
+        (now.duration_since(e.last) < t.reset + t.delay_after(e.restarts)).then_some(e)
     }
 
     /// Records a restart made now.
-    pub fn record(&self, stack: &str, service: &str, ordinal: u32) {
+    pub fn record(&self, stack: &str, service: &str, ordinal: u32, timing: &Timing) {
         let now = Instant::now();
         let prev = self
-            .entry(stack, service, ordinal, now)
+            .entry((stack, service, ordinal), timing, now)
             .map_or(0, |e| e.restarts);
         let total = self.raw(stack, service, ordinal).map_or(0, |e| e.total);
         self.entries.lock().unwrap().insert(
@@ -131,14 +185,9 @@ impl RestartBook {
     }
 }
 
-/// The wait required after `restarts` restarts.
+/// The wait required after `restarts` restarts, with capstan's default timing.
 pub fn delay_after(restarts: u32) -> Duration {
-    if restarts == 0 {
-        return Duration::ZERO;
-    }
-    BACKOFF_START
-        .saturating_mul(2u32.saturating_pow(restarts - 1))
-        .min(BACKOFF_CAP)
+    Timing::default().delay_after(restarts)
 }
 
 impl RestartHistory for ServiceHistory<'_> {
@@ -150,15 +199,15 @@ impl RestartHistory for ServiceHistory<'_> {
 
     fn restarts(&self, ordinal: u32) -> u32 {
         self.book
-            .entry(self.stack, self.service, ordinal, self.now)
+            .entry((self.stack, self.service, ordinal), &self.timing, self.now)
             .map_or(0, |e| e.restarts)
     }
 
     fn backoff_left(&self, ordinal: u32) -> Option<Duration> {
         let e = self
             .book
-            .entry(self.stack, self.service, ordinal, self.now)?;
-        let due = e.last + delay_after(e.restarts);
+            .entry((self.stack, self.service, ordinal), &self.timing, self.now)?;
+        let due = e.last + self.timing.delay_after(e.restarts);
         (due > self.now).then(|| due - self.now)
     }
 
@@ -191,20 +240,52 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn restarts_back_off_and_are_forgotten_after_a_quiet_minute() {
         let book = RestartBook::default();
-        book.record("s", "web", 1);
-        book.record("s", "web", 1);
-        let h = book.for_service("s", "web");
+        let t = Timing::default();
+        book.record("s", "web", 1, &t);
+        book.record("s", "web", 1, &t);
+        let h = book.for_service("s", "web", t);
         assert_eq!(h.restarts(1), 2);
         assert_eq!(h.backoff_left(1), Some(Duration::from_secs(2)));
         assert_eq!(h.restarts(2), 0);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(book.for_service("s", "web").backoff_left(1), None);
+        assert_eq!(book.for_service("s", "web", t).backoff_left(1), None);
         tokio::time::advance(BACKOFF_RESET).await;
-        assert_eq!(book.for_service("s", "web").restarts(1), 0);
+        assert_eq!(book.for_service("s", "web", t).restarts(1), 0);
         assert_eq!(
-            book.for_service("s", "web").total_restarts(1),
+            book.for_service("s", "web", t).total_restarts(1),
             2,
             "the cumulative count stays"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deploy_restart_policy_delay_and_window_move_the_back_off() {
+        let spec: ServiceSpec = capstan_api::parse_stack(
+            "s",
+            "services: {web: {image: x, deploy: {restart_policy: {delay: 90s, window: 10s}}}}",
+        )
+        .unwrap()
+        .services["web"]
+            .clone();
+        let t = Timing::of(&spec);
+        assert_eq!(t.delay_after(1), Duration::from_secs(90));
+        assert_eq!(
+            t.delay_after(2),
+            Duration::from_secs(90),
+            "the cap rises to the delay"
+        );
+        let book = RestartBook::default();
+        book.record("s", "web", 1, &t);
+        assert_eq!(
+            book.for_service("s", "web", t).backoff_left(1),
+            Some(Duration::from_secs(90))
+        );
+        tokio::time::advance(Duration::from_secs(101)).await;
+        assert_eq!(
+            book.for_service("s", "web", t).restarts(1),
+            0,
+            "forgotten after the window"
+        );
+        assert_eq!(Timing::of(&ServiceSpec::default()), Timing::default());
     }
 }

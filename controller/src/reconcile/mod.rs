@@ -124,7 +124,9 @@ async fn reconcile_service(
                 .await
         }
     };
-    let history = ctx.restarts.for_service(stack, name);
+    let history = ctx
+        .restarts
+        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
     let plan = plan::plan(
         stack,
         name,

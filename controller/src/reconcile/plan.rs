@@ -1,7 +1,6 @@
 //! What to do to one service, decided from its spec and the containers observed. Pure: the
 //! same inputs always give the same plan, and nothing here touches the engine.
 
-use capstan_api::names;
 pub use capstan_api::object::{HealAction, HealCause};
 use capstan_api::spec::ServiceSpec;
 use std::collections::BTreeMap;
@@ -84,7 +83,7 @@ fn sort_out<'a>(
     for c in observed {
         match c.ordinal {
             Some(n)
-                if c.name == names::container(stack, service, n)
+                if c.name == spec.replica_name(stack, service, n)
                     && !by_ordinal.contains_key(&n) =>
             {
                 by_ordinal.insert(n, c);
@@ -234,7 +233,7 @@ mod tests {
     fn replica(n: u32, spec: &ServiceSpec, state: State, health: Health) -> Observed {
         Observed {
             id: format!("id{n}"),
-            name: names::container("s", "web", n),
+            name: capstan_api::names::container("s", "web", n),
             stack: "s".into(),
             service: "web".into(),
             ordinal: Some(n),
@@ -265,6 +264,21 @@ mod tests {
             true,
         );
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_replica_named_by_container_name_is_the_replica_and_the_old_name_a_stray() {
+        let mut s = spec(1);
+        s.options.container_name = Some("front".into());
+        let named = Observed {
+            name: "front".into(),
+            ..running(1, &s)
+        };
+        assert!(plan("s", "web", &s, &[named], &NoHistory, true).is_empty());
+        let old = running(1, &s);
+        let p = plan("s", "web", &s, &[old], &NoHistory, true);
+        assert_eq!(p.remove[0].1, RemoveReason::Stray);
+        assert_eq!(p.create, vec![1]);
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub async fn report(
     for e in &outcome.events {
         ctx.metrics.heal(stack, name, e.reason);
     }
-    let history = ctx.restarts.for_service(stack, name);
+    let history = ctx
+        .restarts
+        .for_service(stack, name, super::backoff::Timing::of(&service.spec));
     let now = now_rfc3339();
     let status = status::compute(status::Inputs {
         service,

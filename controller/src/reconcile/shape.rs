@@ -2,11 +2,13 @@
 
 use capstan_api::names;
 use capstan_api::object::{Service, Stack};
-use capstan_api::spec::{MountKind, NetworkSpec, VolumeSpec};
+use capstan_api::spec::{
+    MountKind, MountSpec, NetworkMode, NetworkSpec, ServiceNetwork, VolumeSpec,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::runtime::{ContainerPlan, Mount, PortBinding, ResourcePlan};
+use crate::runtime::{Addresses, ContainerPlan, Mount, MountOptions, PortBinding, ResourcePlan};
 
 pub fn grace(svc: &Service) -> Duration {
     svc.spec.stop_grace()
@@ -22,24 +24,12 @@ fn network_spec<'a>(stack: &'a Stack, key: &str) -> std::borrow::Cow<'a, Network
 /// Replica `ordinal` of `svc`.
 pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
     let spec = &svc.spec;
-    let name = names::container(&stack.name, &svc.name, ordinal);
+    let name = spec.replica_name(&stack.name, &svc.name, ordinal);
     let mut labels = spec.labels.clone();
     labels.insert(names::STACK.into(), stack.name.clone());
     labels.insert(names::SERVICE.into(), svc.name.clone());
     labels.insert(names::REPLICA.into(), ordinal.to_string());
     labels.insert(names::SPEC_HASH.into(), spec.container_hash());
-    let networks = spec
-        .networks
-        .iter()
-        .map(|(key, sn)| {
-            let mut aliases = vec![svc.name.clone()];
-            aliases.extend(sn.aliases.iter().cloned());
-            (
-                network_spec(stack, key).engine_name(&stack.name, key),
-                aliases,
-            )
-        })
-        .collect();
     // A proxied port is the proxy's to publish: the replicas only listen on their own address.
     let ports = spec
         .ports
@@ -52,33 +42,15 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
             host_port: p.host_port_for(ordinal),
         })
         .collect();
-    let mounts = spec
-        .volumes
-        .iter()
-        .map(|m| {
-            let source = m.source.clone().unwrap_or_default();
-            match m.kind {
-                MountKind::Volume => {
-                    let vs = stack.volumes.get(&source).cloned().unwrap_or_default();
-                    Mount::Volume {
-                        name: vs.engine_name(&stack.name, &source),
-                        target: m.target.clone(),
-                        read_only: m.read_only,
-                    }
-                }
-                MountKind::Bind => Mount::Bind {
-                    source,
-                    target: m.target.clone(),
-                    read_only: m.read_only,
-                },
-                MountKind::Anonymous => Mount::Anonymous {
-                    target: m.target.clone(),
-                },
-            }
-        })
-        .collect();
+    // On the host's network the container has the host's name; the engine refuses another.
+    let hostname = match (&spec.options.hostname, spec.options.network_mode) {
+        (_, Some(NetworkMode::Host)) => String::new(),
+        (Some(h), _) => h.clone(),
+        (None, _) => name.clone(),
+    };
+    let (networks, addresses) = endpoints(stack, svc);
     ContainerPlan {
-        hostname: name.clone(),
+        hostname,
         name,
         image: spec.image.clone(),
         command: spec.command.clone(),
@@ -91,9 +63,81 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
         labels,
         networks,
         ports,
-        mounts,
+        mounts: spec.volumes.iter().map(|m| mount(stack, m)).collect(),
         healthcheck: spec.healthcheck.clone(),
         stop_grace: grace(svc),
+        addresses,
+        options: spec.options.clone(),
+    }
+}
+
+/// Engine network name → aliases, in joining order.
+type Joined = Vec<(String, Vec<String>)>;
+
+/// The networks a replica joins, highest `priority` first (the first is joined at create),
+/// with its aliases, and its fixed addresses by engine network name.
+fn endpoints(stack: &Stack, svc: &Service) -> (Joined, BTreeMap<String, Addresses>) {
+    let mut joined: Vec<(&String, &ServiceNetwork)> = svc.spec.networks.iter().collect();
+    joined.sort_by_key(|(key, sn)| (std::cmp::Reverse(sn.priority.unwrap_or(0)), *key));
+    let mut addresses = BTreeMap::new();
+    let networks = joined
+        .into_iter()
+        .map(|(key, sn)| {
+            let engine_name = network_spec(stack, key).engine_name(&stack.name, key);
+            if sn.ipv4_address.is_some()
+                || sn.ipv6_address.is_some()
+                || !sn.link_local_ips.is_empty()
+            {
+                addresses.insert(
+                    engine_name.clone(),
+                    Addresses {
+                        ipv4: sn.ipv4_address.clone(),
+                        ipv6: sn.ipv6_address.clone(),
+                        link_local: sn.link_local_ips.clone(),
+                    },
+                );
+            }
+            let mut aliases = vec![svc.name.clone()];
+            aliases.extend(sn.aliases.iter().cloned());
+            (engine_name, aliases)
+        })
+        .collect();
+    (networks, addresses)
+}
+
+fn mount(stack: &Stack, m: &MountSpec) -> Mount {
+    let source = m.source.clone().unwrap_or_default();
+    let options = MountOptions {
+        propagation: m.propagation.clone(),
+        selinux: m.selinux.clone(),
+        nocopy: m.nocopy,
+        subpath: m.subpath.clone(),
+        create_host_path: m.create_host_path.unwrap_or(true),
+    };
+    match m.kind {
+        MountKind::Volume => {
+            let vs = stack.volumes.get(&source).cloned().unwrap_or_default();
+            Mount::Volume {
+                name: vs.engine_name(&stack.name, &source),
+                target: m.target.clone(),
+                read_only: m.read_only,
+                options,
+            }
+        }
+        MountKind::Bind => Mount::Bind {
+            source,
+            target: m.target.clone(),
+            read_only: m.read_only,
+            options,
+        },
+        MountKind::Anonymous => Mount::Anonymous {
+            target: m.target.clone(),
+        },
+        MountKind::Tmpfs => Mount::Tmpfs {
+            target: m.target.clone(),
+            size: m.tmpfs_size,
+            mode: m.tmpfs_mode,
+        },
     }
 }
 
@@ -126,6 +170,9 @@ pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
                 attachable: n.attachable,
                 labels: resource_labels(&stack.name, key, &n.labels),
                 external: n.external,
+                options: n.driver_opts.clone(),
+                enable_ipv6: n.enable_ipv6,
+                ipam: n.ipam.clone(),
             }
         })
         .collect()
@@ -155,6 +202,8 @@ pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
                 attachable: false,
                 labels: resource_labels(&stack.name, key, &v.labels),
                 external: v.external,
+                options: v.driver_opts.clone(),
+                ..Default::default()
             }
         })
         .collect()

@@ -311,7 +311,7 @@ fn keep_transition_times(
 }
 
 fn replica_name(svc: &Service, n: u32) -> String {
-    capstan_api::names::container(&svc.stack, &svc.name, n)
+    svc.spec.replica_name(&svc.stack, &svc.name, n)
 }
 
 #[cfg(test)]

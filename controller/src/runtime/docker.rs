@@ -2,11 +2,7 @@
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, EndpointSettings,
-    HealthConfig, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
-    PortBinding as DockerPortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
-};
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
     ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -18,12 +14,14 @@ use futures::stream::{BoxStream, StreamExt};
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::create::{self, ApiVersion};
 use super::*;
 
 pub struct DockerRuntime {
     docker: Docker,
-    /// Health `start_interval` needs API 1.44; older engines get it dropped (documented).
-    supports_start_interval: bool,
+    /// The negotiated API version: options newer than it are refused (or, for health
+    /// `start_interval`, dropped; documented).
+    api: ApiVersion,
     /// Serialises network and volume creation: the engine does not refuse a second network
     /// with the same name, so two reconciles racing would make an ambiguous pair.
     resource_lock: tokio::sync::Mutex<()>,
@@ -54,66 +52,15 @@ impl DockerRuntime {
             .map_err(engine("version negotiation"))?;
         docker.ping().await.map_err(engine("ping"))?;
         let v = docker.client_version();
-        let supports_start_interval = (v.major_version, v.minor_version) >= (1, 44);
         Ok(DockerRuntime {
             docker,
-            supports_start_interval,
+            api: ApiVersion(v.major_version, v.minor_version),
             resource_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     pub fn api_version(&self) -> String {
-        let v = self.docker.client_version();
-        format!("{}.{}", v.major_version, v.minor_version)
-    }
-
-    fn body(&self, plan: &ContainerPlan) -> ContainerCreateBody {
-        let (exposed, bindings) = ports(plan);
-        let (binds, anonymous) = mounts(plan);
-        let healthcheck = plan.healthcheck.as_ref().map(|h| HealthConfig {
-            test: (!h.test.is_empty()).then(|| h.test.clone()),
-            interval: h.interval_ns,
-            timeout: h.timeout_ns,
-            retries: h.retries,
-            start_period: h.start_period_ns,
-            start_interval: h.start_interval_ns.filter(|_| self.supports_start_interval),
-        });
-        let endpoints = plan.networks.first().map(|(net, aliases)| {
-            HashMap::from([(
-                net.clone(),
-                EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                },
-            )])
-        });
-        ContainerCreateBody {
-            image: Some(plan.image.clone()),
-            hostname: Some(plan.hostname.clone()),
-            cmd: plan.command.clone(),
-            entrypoint: plan.entrypoint.clone(),
-            env: Some(plan.env.clone()),
-            labels: Some(plan.labels.clone().into_iter().collect()),
-            exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            volumes: (!anonymous.is_empty()).then_some(anonymous),
-            healthcheck,
-            stop_timeout: Some(plan.stop_grace.as_secs().max(1) as i64),
-            host_config: Some(HostConfig {
-                binds: (!binds.is_empty()).then_some(binds),
-                port_bindings: (!bindings.is_empty()).then_some(bindings),
-                network_mode: plan.networks.first().map(|(n, _)| n.clone()),
-                // Capstan owns restarts (policy, back-off, startup order); the engine must not race it.
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                ..Default::default()
-            }),
-            networking_config: endpoints.map(|e| NetworkingConfig {
-                endpoints_config: Some(e),
-            }),
-            ..Default::default()
-        }
+        self.api.to_string()
     }
 
     /// After a 409 on create: the name's holder is ours (a replica created by an earlier,
@@ -250,14 +197,12 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
-        let opts = CreateContainerOptionsBuilder::new()
-            .name(&plan.name)
-            .build();
-        let id = match self
-            .docker
-            .create_container(Some(opts), self.body(plan))
-            .await
-        {
+        let body = create::body(plan, self.api)?;
+        let mut opts = CreateContainerOptionsBuilder::new().name(&plan.name);
+        if let Some(platform) = &plan.options.platform {
+            opts = opts.platform(platform);
+        }
+        let id = match self.docker.create_container(Some(opts.build()), body).await {
             Ok(resp) => resp.id,
             Err(e) if status_of(&e) == Some(409) => return self.holder_of(plan).await,
             Err(e) if status_of(&e) == Some(404) => {
@@ -268,10 +213,7 @@ impl Runtime for DockerRuntime {
         for (net, aliases) in plan.networks.iter().skip(1) {
             let req = NetworkConnectRequest {
                 container: id.clone(),
-                endpoint_config: Some(EndpointSettings {
-                    aliases: Some(aliases.clone()),
-                    ..Default::default()
-                }),
+                endpoint_config: Some(create::endpoint(aliases, plan.addresses.get(net))),
             };
             if let Err(e) = self.docker.connect_network(net, req).await {
                 // Do not leave a half-wired container behind.
@@ -358,16 +300,8 @@ impl Runtime for DockerRuntime {
                 name: plan.name.clone(),
             });
         }
-        let req = NetworkCreateRequest {
-            name: plan.name.clone(),
-            driver: plan.driver.clone(),
-            internal: Some(plan.internal),
-            attachable: Some(plan.attachable),
-            labels: Some(plan.labels.clone().into_iter().collect()),
-            ..Default::default()
-        };
         self.docker
-            .create_network(req)
+            .create_network(create::network_request(plan))
             .await
             .map(|_| ())
             .map_err(engine("create network"))
@@ -386,14 +320,8 @@ impl Runtime for DockerRuntime {
                 name: plan.name.clone(),
             });
         }
-        let req = VolumeCreateRequest {
-            name: Some(plan.name.clone()),
-            driver: plan.driver.clone(),
-            labels: Some(plan.labels.clone().into_iter().collect()),
-            ..Default::default()
-        };
         self.docker
-            .create_volume(req)
+            .create_volume(create::volume_request(plan))
             .await
             .map(|_| ())
             .map_err(engine("create volume"))
@@ -478,53 +406,6 @@ impl Runtime for DockerRuntime {
             })
             .boxed()
     }
-}
-
-type Bindings = HashMap<String, Option<Vec<DockerPortBinding>>>;
-
-/// The exposed ports (`80/tcp`) and their host bindings.
-fn ports(plan: &ContainerPlan) -> (Vec<String>, Bindings) {
-    let mut exposed = vec![];
-    let mut bindings: Bindings = HashMap::new();
-    for p in &plan.ports {
-        let key = format!("{}/{}", p.container_port, p.protocol);
-        exposed.push(key.clone());
-        let binding = DockerPortBinding {
-            host_ip: p.host_ip.clone(),
-            host_port: Some(p.host_port.map(|p| p.to_string()).unwrap_or_default()),
-        };
-        bindings
-            .entry(key)
-            .or_insert_with(|| Some(vec![]))
-            .get_or_insert_with(Vec::new)
-            .push(binding);
-    }
-    (exposed, bindings)
-}
-
-/// Named volumes and binds (`source:target[:ro]`), and anonymous volumes (targets).
-fn mounts(plan: &ContainerPlan) -> (Vec<String>, Vec<String>) {
-    let mut binds = vec![];
-    let mut anonymous = vec![];
-    for m in &plan.mounts {
-        match m {
-            Mount::Volume {
-                name: source,
-                target,
-                read_only,
-            }
-            | Mount::Bind {
-                source,
-                target,
-                read_only,
-            } => binds.push(format!(
-                "{source}:{target}{}",
-                if *read_only { ":ro" } else { "" }
-            )),
-            Mount::Anonymous { target } => anonymous.push(target.clone()),
-        }
-    }
-    (binds, anonymous)
 }
 
 #[cfg(test)]

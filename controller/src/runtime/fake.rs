@@ -191,6 +191,11 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             op,
             message: message.clone(),
         },
+        RuntimeError::TooOld { what, needs, has } => RuntimeError::TooOld {
+            what: what.clone(),
+            needs,
+            has: has.clone(),
+        },
     }
 }
 
@@ -1139,9 +1144,12 @@ mod tests {
                 name: format!("{stack}_data"),
                 target: "/d".into(),
                 read_only: false,
+                options: Default::default(),
             }],
             healthcheck: None,
             stop_grace: Duration::from_secs(1),
+            addresses: Default::default(),
+            options: Default::default(),
         }
     }
 
@@ -1153,6 +1161,7 @@ mod tests {
             attachable: false,
             labels: BTreeMap::from([(names::STACK.to_string(), stack.to_string())]),
             external: false,
+            ..Default::default()
         }
     }
 

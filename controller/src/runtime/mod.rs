@@ -1,6 +1,7 @@
 //! The container engine, as the reconciler sees it: a few verbs over labelled containers,
 //! networks and volumes. [`docker::DockerRuntime`] is the real one; tests use fakes.
 
+mod create;
 pub mod docker;
 pub mod fake;
 pub mod reflector;
@@ -99,6 +100,18 @@ pub struct ContainerPlan {
     pub mounts: Vec<Mount>,
     pub healthcheck: Option<capstan_api::spec::Healthcheck>,
     pub stop_grace: Duration,
+    /// Fixed addresses and link-local IPs, by engine network name (most services have none).
+    pub addresses: BTreeMap<String, Addresses>,
+    /// Everything else of the container config (`user`, `cap_add`, resources, ...).
+    pub options: capstan_api::spec::ContainerOptions,
+}
+
+/// A replica's fixed addresses on one network.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub link_local: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,19 +129,40 @@ pub enum Mount {
         name: String,
         target: String,
         read_only: bool,
+        options: MountOptions,
     },
     Bind {
         source: String,
         target: String,
         read_only: bool,
+        options: MountOptions,
     },
     Anonymous {
         target: String,
     },
+    Tmpfs {
+        target: String,
+        size: Option<i64>,
+        mode: Option<u32>,
+    },
+}
+
+/// Options of a volume or bind mount.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// `rslave`, `rshared`, ... (binds).
+    pub propagation: Option<String>,
+    /// `z` or `Z`.
+    pub selinux: Option<String>,
+    pub nocopy: bool,
+    /// Docker API 1.45.
+    pub subpath: Option<String>,
+    /// Binds: `false` refuses a missing host path (default: create it, as `-v` does).
+    pub create_host_path: bool,
 }
 
 /// A network or volume capstan creates for a stack.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourcePlan {
     /// The engine-side name.
     pub name: String,
@@ -138,6 +172,12 @@ pub struct ResourcePlan {
     pub labels: BTreeMap<String, String>,
     /// Declared `external`: must exist, never created or removed.
     pub external: bool,
+    /// `driver_opts`.
+    pub options: BTreeMap<String, String>,
+    /// Networks only.
+    pub enable_ipv6: Option<bool>,
+    /// Networks only.
+    pub ipam: Option<capstan_api::spec::Ipam>,
 }
 
 /// What only an inspect tells: looked up for replicas about to be healed, never polled.
@@ -169,6 +209,13 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("external {kind} {name} does not exist; create it first")]
     ExternalMissing { kind: &'static str, name: String },
+    /// The service asks for something this engine's API version does not have.
+    #[error("{what} needs Docker API {needs} or newer; this engine speaks {has}")]
+    TooOld {
+        what: String,
+        needs: &'static str,
+        has: String,
+    },
     /// Any other engine failure; retryable.
     #[error("docker {op} failed: {message}")]
     Engine { op: &'static str, message: String },

@@ -148,6 +148,8 @@ mod tests {
             mounts: vec![],
             healthcheck: None,
             stop_grace: std::time::Duration::ZERO,
+            addresses: Default::default(),
+            options: Default::default(),
         }
     }
 

@@ -618,12 +618,24 @@ fn check_applicable(
     Ok(())
 }
 
-/// The port rules a scale must keep: as many host ports as replicas.
+/// The rules a scale must keep: as many host ports as replicas, and one replica for a
+/// service with a `container_name` or a fixed address.
 fn check_ports(
     stack: &str,
     service: &str,
     spec: &capstan_api::spec::ServiceSpec,
 ) -> Result<(), StoreError> {
+    let single: Vec<capstan_api::FieldError> = spec
+        .single_replica_problems()
+        .into_iter()
+        .map(|(field, reason)| capstan_api::FieldError {
+            field: format!("services.{service}.{field}"),
+            reason,
+        })
+        .collect();
+    if !single.is_empty() {
+        return Err(StoreError::Invalid(InvalidStack { errors: single }));
+    }
     for (i, p) in spec.ports.iter().enumerate() {
         if let Some(reason) = p.replicas_problem(&format!("{stack}/{service}"), spec.replicas) {
             return Err(StoreError::Invalid(InvalidStack {
@@ -802,6 +814,23 @@ mod tests {
             store.scale("shop", "nope", 3).await.unwrap_err(),
             StoreError::NotFound(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_service_with_a_container_name_cannot_be_scaled_past_one() {
+        let (store, _) = store();
+        store
+            .apply(
+                &parse_stack("shop", "services: {web: {image: w, container_name: front}}").unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        match store.scale("shop", "web", 2).await.unwrap_err() {
+            StoreError::Invalid(e) => assert_eq!(e.errors[0].field, "services.web.container_name"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(store.scale("shop", "web", 0).await.unwrap().generation, 2);
     }
 
     #[tokio::test]
