@@ -840,69 +840,25 @@ impl Runtime for FakeRuntime {
         st.next_id += 1;
         let n = st.next_id;
         let id = format!("{n:064x}");
-        let networks: Vec<String> = plan.networks.iter().map(|(n, _)| n.clone()).collect();
-        let volumes: Vec<String> = plan
-            .mounts
-            .iter()
-            .filter_map(|m| match m {
-                Mount::Volume { name, .. } => Some(name.clone()),
-                _ => None,
-            })
-            .collect();
-        for v in &volumes {
+        let created = (shared.epoch_nano
+            + Instant::now().duration_since(shared.t0).as_nanos() as i64)
+            / 1_000_000_000;
+        let container = new_container(plan, &id, n, created);
+        for v in &container.volumes {
             // The engine makes a named volume a container mounts if it is missing (unlabelled).
             st.volumes.entry(v.clone()).or_insert(Resource {
                 labels: BTreeMap::new(),
             });
         }
-        let addresses = if networks.is_empty() {
-            BTreeMap::from([("bridge".to_string(), address(n))])
-        } else {
-            networks
-                .iter()
-                .map(|net| (net.clone(), address(n)))
-                .collect()
-        };
-        let c = Observed {
-            id: id.clone(),
-            name: plan.name.clone(),
-            stack: label(names::STACK),
-            service: label(names::SERVICE),
-            ordinal: label(names::REPLICA).parse().ok().filter(|n| *n > 0),
-            spec_hash: label(names::SPEC_HASH),
-            state: State::Created,
-            health: Health::None,
-            created: (shared.epoch_nano
-                + Instant::now().duration_since(shared.t0).as_nanos() as i64)
-                / 1_000_000_000,
-            addresses,
-            published: BTreeMap::new(),
-        };
-        let foreign = !plan.labels.contains_key(names::STACK);
-        if !foreign {
+        if !container.foreign {
+            let c = &container.obs;
             st.by_service
                 .entry((c.stack.clone(), c.service.clone()))
                 .or_default()
                 .push(id.clone());
         }
-        st.names.insert(c.name.clone(), id.clone());
-        let healthcheck = plan
-            .healthcheck
-            .as_ref()
-            .is_some_and(|h| h.test.first().is_none_or(|t| t != "NONE"));
-        st.containers.insert(
-            id.clone(),
-            Container {
-                obs: c,
-                foreign,
-                image: plan.image.clone(),
-                healthcheck,
-                networks,
-                volumes,
-                detail: Detail::default(),
-                starts: 0,
-            },
-        );
+        st.names.insert(plan.name.clone(), id.clone());
+        st.containers.insert(id.clone(), container);
         shared.emit(&mut st, &id, "create");
         Ok(id)
     }
@@ -1117,6 +1073,56 @@ impl Runtime for FakeRuntime {
         futures::stream::iter(past.into_iter().map(Ok))
             .chain(live)
             .boxed()
+    }
+}
+
+/// A container as the engine makes it from `plan`: created, not started, with an address on
+/// each network (or the default bridge).
+fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Container {
+    let label = |k: &str| plan.labels.get(k).cloned().unwrap_or_default();
+    let networks: Vec<String> = plan.networks.iter().map(|(n, _)| n.clone()).collect();
+    let volumes: Vec<String> = plan
+        .mounts
+        .iter()
+        .filter_map(|m| match m {
+            Mount::Volume { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    let addresses = if networks.is_empty() {
+        BTreeMap::from([("bridge".to_string(), address(n))])
+    } else {
+        networks
+            .iter()
+            .map(|net| (net.clone(), address(n)))
+            .collect()
+    };
+    let obs = Observed {
+        id: id.to_string(),
+        name: plan.name.clone(),
+        stack: label(names::STACK),
+        service: label(names::SERVICE),
+        ordinal: label(names::REPLICA).parse().ok().filter(|n| *n > 0),
+        spec_hash: label(names::SPEC_HASH),
+        state: State::Created,
+        health: Health::None,
+        created,
+        addresses,
+        published: BTreeMap::new(),
+    };
+    let healthcheck = plan
+        .healthcheck
+        .as_ref()
+        .is_some_and(|h| h.test.first().is_none_or(|t| t != "NONE"));
+    Container {
+        obs,
+        foreign: !plan.labels.contains_key(names::STACK),
+        image: plan.image.clone(),
+        healthcheck,
+        networks,
+        volumes,
+        detail: Detail::default(),
+        starts: 0,
     }
 }
 
