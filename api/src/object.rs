@@ -581,3 +581,28 @@ mod tests {
         assert_eq!(outcome, "configured");
     }
 }
+
+/// Who holds the leader lease: the value of the leader key in etcd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderRecord {
+    /// The holder's `serve --id` (by default `<hostname>:<listen address>`).
+    pub holder: String,
+    /// When it took the lease (RFC 3339).
+    pub since: String,
+    pub lease_ttl_seconds: u64,
+}
+
+/// `GET /v1/leader`: the lease holder, and what the daemon that answered is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaderView {
+    /// None while nobody holds the lease (between a leader's end and the next election).
+    pub leader: Option<LeaderRecord>,
+    /// The identity of the daemon that answered.
+    pub this: String,
+    /// Its role: `leader`, `follower`, `unsure` (its lease may have lapsed; it acts on
+    /// nothing until etcd answers) or `isolated` (it led when etcd became unreachable and
+    /// only restarts existing replicas until etcd is back).
+    pub role: String,
+}

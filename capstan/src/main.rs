@@ -80,6 +80,13 @@ enum Command {
         /// Also write Traefik's etcd KV layout under this root (e.g. `traefik`).
         #[arg(long)]
         traefik_etcd_root: Option<String>,
+        /// This daemon's identity in the leader election; unique among the daemons sharing
+        /// an etcd prefix. Default: `<hostname>:<listen address>`.
+        #[arg(long, env = "CAPSTAN_ID")]
+        id: Option<String>,
+        /// The leader lease's time to live: a dead leader is replaced within it (2s..5m).
+        #[arg(long, default_value = "10s", value_parser = parse_lease_ttl)]
+        lease_ttl: Duration,
         /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -208,6 +215,22 @@ async fn scale(api: &client::Client, target: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// etcd grants leases of 2 s at least; past minutes a dead leader is replaced too late to
+/// matter.
+fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&d) || d.subsec_nanos() != 0 {
+        return Err(format!("{s}: a whole number of seconds from 2s to 5m"));
+    }
+    Ok(d)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let api = client::Client::new(&cli.server);
     match cli.command {
@@ -219,10 +242,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             workers,
             engine_parallelism,
             traefik_etcd_root,
+            id,
+            lease_ttl,
             log_format,
         } => {
             init_logging(log_format);
             let config = capstan_controller::daemon::Config {
+                identity: id.unwrap_or_else(|| format!("{}:{listen}", hostname())),
+                lease_ttl,
                 etcd_endpoints: etcd,
                 listen,
                 prefix,

@@ -57,7 +57,7 @@ async fn run(services: usize) -> serde_json::Value {
         resync: Duration::from_secs(3600),
         workers: WORKERS,
         engine_parallelism: 32,
-        traefik_root: None,
+        ..Options::default()
     };
     let controller = Controller::start(
         store.clone(),

@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::leader::{Election, Elector, Leadership};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
+use crate::runtime::fence::FencedRuntime;
 use crate::runtime::reflector::Containers;
 use crate::runtime::Runtime;
 use crate::scheduler::Scheduler;
@@ -29,6 +31,8 @@ pub struct Options {
     pub engine_parallelism: usize,
     /// Also write Traefik's etcd KV layout under this root (`--traefik-etcd-root`).
     pub traefik_root: Option<String>,
+    /// Who this daemon is in the leader election, and the lease's TTL.
+    pub election: Election,
 }
 
 impl Default for Options {
@@ -38,6 +42,7 @@ impl Default for Options {
             workers: 8,
             engine_parallelism: 64,
             traefik_root: None,
+            election: Election::default(),
         }
     }
 }
@@ -47,11 +52,16 @@ pub struct Controller {
     pub ctx: Arc<Context>,
     /// What the triggers feed, to resync by hand (benchmarks, tests).
     pub triggers: Triggers,
+    /// This daemon's role in the election.
+    pub leadership: Leadership,
     tasks: JoinSet<()>,
 }
 
 impl Controller {
-    /// Starts every task of the loop; they stop when `shutdown` turns true.
+    /// Starts every task of the loop; they stop when `shutdown` turns true. The watcher
+    /// runs always (a follower keeps its cache warm); the engine's events, the resync and
+    /// the workers only while this daemon leads, and every etcd write and engine call the
+    /// loop makes is fenced by the lease.
     pub fn start(
         store: Store,
         runtime: Arc<dyn Runtime>,
@@ -59,6 +69,14 @@ impl Controller {
         options: Options,
         shutdown: watch::Receiver<bool>,
     ) -> Controller {
+        let (elector, leadership) =
+            Elector::new(store.clone(), options.election.clone(), metrics.clone());
+        let watched = store.clone();
+        let store = store.fenced(Arc::new(leadership.clone()));
+        let runtime: Arc<dyn Runtime> = Arc::new(FencedRuntime {
+            inner: runtime,
+            gate: Arc::new(leadership.clone()),
+        });
         let writer = Writer::default();
         let desired = writer.reader();
         let scheduler = Arc::new(Scheduler::default());
@@ -80,6 +98,7 @@ impl Controller {
             ),
             metrics,
             engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
+            leadership: leadership.clone(),
         });
         let triggers = Triggers {
             desired,
@@ -87,17 +106,20 @@ impl Controller {
             scheduler: scheduler.clone(),
         };
         let mut tasks = JoinSet::new();
+        tasks.spawn(elector.run(shutdown.clone()));
         // The event stream first: an event before its first poll would be missed.
-        tasks.spawn(triggers::docker_events(
-            runtime,
-            triggers.clone(),
+        let (t, rt) = (triggers.clone(), runtime.clone());
+        tasks.spawn(while_acting(
+            leadership.clone(),
             shutdown.clone(),
+            move |stop| triggers::docker_events(rt.clone(), t.clone(), stop),
         ));
-        tasks.spawn(Watcher::new(store, writer, scheduler).run(shutdown.clone()));
-        tasks.spawn(triggers::periodic_resync(
-            triggers.clone(),
-            options.resync,
+        tasks.spawn(Watcher::new(watched, writer, scheduler).run(shutdown.clone()));
+        let (t, period) = (triggers.clone(), options.resync);
+        tasks.spawn(while_acting(
+            leadership.clone(),
             shutdown.clone(),
+            move |stop| triggers::periodic_resync(t.clone(), period, stop),
         ));
         for _ in 0..options.workers.max(1) {
             tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
@@ -105,6 +127,7 @@ impl Controller {
         Controller {
             ctx,
             triggers,
+            leadership,
             tasks,
         }
     }
@@ -115,5 +138,32 @@ impl Controller {
         self.ctx.traffic.close();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         tokio::time::timeout(timeout, drain).await.is_ok()
+    }
+}
+
+/// Runs `task` whenever this daemon may act, and stops it (drops it) as soon as it may not,
+/// or on shutdown: a follower neither follows the engine's events nor lists its containers.
+async fn while_acting<F, Fut>(
+    mut leadership: Leadership,
+    mut shutdown: watch::Receiver<bool>,
+    task: F,
+) where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        tokio::select! {
+            _ = leadership.acting() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let mut lost = leadership.clone();
+        tokio::select! {
+            _ = task(shutdown.clone()) => {}
+            _ = lost.stopped_acting() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if *shutdown.borrow() {
+            return;
+        }
     }
 }

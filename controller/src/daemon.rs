@@ -28,6 +28,10 @@ pub struct Config {
     pub engine_parallelism: usize,
     /// Also write Traefik's etcd KV layout under this root (`--traefik-etcd-root`).
     pub traefik_root: Option<String>,
+    /// This daemon's identity in the leader election (`--id`).
+    pub identity: String,
+    /// The leader lease's TTL (`--lease-ttl`).
+    pub lease_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,10 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
             workers: config.workers,
             engine_parallelism: config.engine_parallelism,
             traefik_root: config.traefik_root.clone(),
+            election: crate::leader::Election {
+                identity: config.identity.clone(),
+                ttl: config.lease_ttl,
+            },
         },
         shutdown.clone(),
     );
@@ -98,6 +106,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         store,
         desired: controller.ctx.desired.clone(),
         blocked: controller.ctx.scratch.blocked.clone(),
+        leadership: controller.leadership.clone(),
         stop: shutdown.clone(),
         metrics,
     });

@@ -26,6 +26,7 @@
 pub mod controller;
 pub mod daemon;
 pub mod key;
+pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;

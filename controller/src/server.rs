@@ -7,7 +7,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use capstan_api::object::{Endpoints, ErrorBody, ScaleRequest, ServiceView};
+use capstan_api::object::{Endpoints, ErrorBody, LeaderView, ScaleRequest, ServiceView};
 use futures::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct ApiState {
     pub desired: Desired,
     /// Why a deleting stack's teardown cannot finish yet.
     pub blocked: Arc<BlockedDeletions>,
+    /// For `/v1/leader`: this daemon's identity and role.
+    pub leadership: crate::leader::Leadership,
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -48,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
             get(endpoints),
         )
         .route("/v1/services", get(list_services))
+        .route("/v1/leader", get(leader))
         .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -110,6 +113,16 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         st.metrics.encode(),
     )
         .into_response()
+}
+
+/// The lease holder as etcd has it, and this daemon's own role.
+async fn leader(State(st): State<ApiState>) -> ApiResult<LeaderView> {
+    let leader = st.store.leader().await?.map(|(record, _)| record);
+    Ok(Json(LeaderView {
+        leader,
+        this: st.leadership.identity.to_string(),
+        role: st.leadership.role().name().to_string(),
+    }))
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
@@ -347,6 +360,7 @@ mod tests {
             store: Store::new(kv.clone(), "/capstan"),
             desired: crate::watch::Writer::default().reader(),
             blocked: Arc::default(),
+            leadership: crate::leader::Leadership::always(),
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
         };

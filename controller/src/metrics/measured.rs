@@ -10,7 +10,7 @@ use super::Metrics;
 use crate::runtime::{
     ContainerEvent, ContainerPlan, Detail, Observed, ResourcePlan, Runtime, RuntimeError,
 };
-use crate::store::kv::{Compare, KeyValue, Kv, KvError, Listing, Op, WatchEvent};
+use crate::store::kv::{Compare, KeyValue, Kv, KvError, LeaseId, Listing, Op, WatchEvent};
 
 /// [`Kv`] that measures every request.
 pub struct MeasuredKv {
@@ -46,6 +46,24 @@ impl Kv for MeasuredKv {
         let t = Instant::now();
         let r = self.inner.watch(prefix, from_revision).await;
         self.metrics.etcd("watch", t, &r);
+        r
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError> {
+        let t = Instant::now();
+        let r = self.inner.grant_lease(ttl).await;
+        self.metrics.etcd("lease_grant", t, &r);
+        r
+    }
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
+        let t = Instant::now();
+        let r = self.inner.keep_alive(lease).await;
+        self.metrics.etcd("lease_keep_alive", t, &r);
+        r
+    }
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError> {
+        let t = Instant::now();
+        let r = self.inner.revoke_lease(lease).await;
+        self.metrics.etcd("lease_revoke", t, &r);
         r
     }
 }

@@ -95,6 +95,9 @@ pub struct Metrics {
     etcd_duration: Family<OpLabels, Histogram>,
     etcd_errors: Family<OpLabels, Counter>,
     etcd_connected: Gauge,
+    /// 1 while this daemon holds the leader lease.
+    leader: Gauge,
+    leader_transitions: Counter,
     docker_duration: Family<OpLabels, Histogram>,
     docker_errors: Family<OpLabels, Counter>,
     /// When each unconverged service stopped being converged (generation change or drift).
@@ -131,6 +134,8 @@ impl Default for Metrics {
             etcd_duration: Family::new_with_constructor(latency_histogram),
             etcd_errors: Family::default(),
             etcd_connected: Gauge::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
             docker_duration: Family::new_with_constructor(latency_histogram),
             docker_errors: Family::default(),
             unconverged_since: Mutex::default(),
@@ -235,6 +240,16 @@ impl Metrics {
             "capstan_etcd_connected",
             "1 while capstan is synced with etcd",
             self.etcd_connected.clone(),
+        );
+        r.register(
+            "capstan_leader",
+            "1 while this daemon holds the leader lease and reconciles",
+            self.leader.clone(),
+        );
+        r.register(
+            "capstan_leader_transitions",
+            "Times this daemon became or stopped being the leader",
+            self.leader_transitions.clone(),
         );
         r.register(
             "capstan_docker_request_duration_seconds",
@@ -425,6 +440,14 @@ impl Metrics {
             .set(count as i64);
         if let Some(d) = written_after {
             self.endpoint_update.observe(d.as_secs_f64());
+        }
+    }
+
+    /// This daemon's leadership changed to `leading`.
+    pub fn set_leader(&self, leading: bool) {
+        if (self.leader.get() == 1) != leading {
+            self.leader.set(leading as i64);
+            self.leader_transitions.inc();
         }
     }
 

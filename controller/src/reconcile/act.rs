@@ -100,6 +100,22 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcom
     })
 }
 
+/// Only the heals of `plan` (restarts of existing replicas), for an isolated leader: no
+/// traffic change, no status; the heal events are logged and counted.
+pub async fn heal(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<(), ReconcileError> {
+    let details = look_closer(ctx, obs, plan).await;
+    let mut events = vec![];
+    let problems = execute(ctx, obs, plan, &details, &mut events).await?;
+    for e in &events {
+        ctx.metrics
+            .heal(&obs.service.stack, &obs.service.name, e.reason);
+    }
+    if let Some(p) = problems.first() {
+        tracing::warn!(stack = %obs.service.stack, service = %obs.service.name, reason = %p.reason, "a heal failed while etcd is unreachable: {}", p.message);
+    }
+    Ok(())
+}
+
 /// What only an inspect tells (OOM kill, last health output), for the replicas about to be
 /// healed or found unhealthy: never for healthy ones.
 async fn look_closer(ctx: &Context, obs: &Observation, plan: &Plan) -> BTreeMap<u32, Detail> {
@@ -390,7 +406,9 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
-        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } => Reason::EngineError,
+        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {
+            Reason::EngineError
+        }
     };
     Problem {
         ordinal,

@@ -74,6 +74,9 @@ pub struct Context {
     /// big scale-up is as fast as the engine allows, and many services together cannot
     /// swamp it (`serve --engine-parallelism`).
     pub engine_slots: tokio::sync::Semaphore,
+    /// Whether this daemon may act, and how: workers wait while it follows; an isolated
+    /// leader (etcd unreachable) only heals.
+    pub leadership: crate::leader::Leadership,
 }
 
 /// When to look at a key again, besides events.
@@ -85,6 +88,12 @@ pub enum Action {
 }
 
 pub async fn reconcile(key: &ObjectKey, ctx: &Context) -> Result<Action, ReconcileError> {
+    if ctx.leadership.is_isolated() {
+        return match key {
+            ObjectKey::Service(stack, service) => heal_only(stack, service, ctx).await,
+            ObjectKey::Stack(_) => Ok(Action::Requeue(Duration::from_secs(2))),
+        };
+    }
     if !ctx.desired.is_synced() {
         // Frozen: never act on desired state we could not read.
         return Ok(Action::Requeue(Duration::from_secs(1)));
@@ -139,9 +148,48 @@ async fn reconcile_service(
     report::report(ctx, &obs, &plan, outcome).await
 }
 
+/// While etcd is unreachable: restart the replicas of what the last synced cache says that
+/// exited or turned unhealthy (as the restart policy and back-off allow), and nothing else:
+/// no create, no removal, no status. The statuses owed are written once etcd is back.
+async fn heal_only(stack: &str, name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
+    let again = Ok(Action::Requeue(Duration::from_secs(2)));
+    let obs = match observe::observe(ctx, stack, name).await? {
+        Seen::Present(obs) => obs,
+        _ => return again,
+    };
+    let history = ctx
+        .restarts
+        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
+    let full = plan::plan(
+        stack,
+        name,
+        &obs.service.spec,
+        &obs.containers,
+        &history,
+        obs.gate.is_open(),
+    );
+    let heals = plan::Plan {
+        heal: full
+            .heal
+            .into_iter()
+            .filter(|(_, _, action)| *action != plan::HealAction::Replace)
+            .collect(),
+        ..Default::default()
+    };
+    if !heals.is_empty() {
+        act::heal(ctx, &obs, &heals).await?;
+    }
+    again
+}
+
 /// A worker: takes keys from the scheduler until shutdown, one at a time.
 pub async fn worker(ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let mut leadership = ctx.leadership.clone();
     loop {
+        tokio::select! {
+            _ = leadership.acting() => {}
+            _ = shutdown.changed() => return,
+        }
         let key = tokio::select! {
             k = ctx.scheduler.next() => k,
             _ = shutdown.changed() => return,

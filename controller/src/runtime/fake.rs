@@ -196,6 +196,7 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             needs,
             has: has.clone(),
         },
+        RuntimeError::Fenced { op } => RuntimeError::Fenced { op },
     }
 }
 

@@ -4,6 +4,7 @@
 mod create;
 pub mod docker;
 pub mod fake;
+pub mod fence;
 pub mod reflector;
 
 use async_trait::async_trait;
@@ -216,6 +217,10 @@ pub enum RuntimeError {
         needs: &'static str,
         has: String,
     },
+    /// This daemon may not make this call now (not the leader, or only healing while etcd
+    /// is unreachable).
+    #[error("docker {op} not made: this daemon does not hold the leader lease")]
+    Fenced { op: &'static str },
     /// Any other engine failure; retryable.
     #[error("docker {op} failed: {message}")]
     Engine { op: &'static str, message: String },

@@ -111,6 +111,9 @@ impl Kv for EtcdKv {
             .into_iter()
             .map(|op| match op {
                 Op::Put(k, v) => TxnOp::put(k, v, None),
+                Op::PutWithLease(k, v, lease) => {
+                    TxnOp::put(k, v, Some(etcd_client::PutOptions::new().with_lease(lease)))
+                }
                 Op::Delete(k) => TxnOp::delete(k, None),
                 Op::DeletePrefix(p) => {
                     TxnOp::delete(p, Some(etcd_client::DeleteOptions::new().with_prefix()))
@@ -187,5 +190,39 @@ impl Kv for EtcdKv {
             }
         });
         Ok(stream.boxed())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError> {
+        let resp = self
+            .client
+            .clone()
+            .lease_grant(ttl.as_secs().max(1) as i64, None)
+            .await
+            .map_err(unavailable)?;
+        Ok(resp.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
+        let (mut keeper, mut stream) = self
+            .client
+            .clone()
+            .lease_keep_alive(lease)
+            .await
+            .map_err(unavailable)?;
+        keeper.keep_alive().await.map_err(unavailable)?;
+        match stream.message().await.map_err(unavailable)? {
+            Some(resp) if resp.ttl() > 0 => Ok(Some(Duration::from_secs(resp.ttl() as u64))),
+            Some(_) => Ok(None),
+            None => Err(KvError::Unavailable("lease keep-alive stream ended".into())),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(_) => Ok(()),
+            // Already gone: what revoking wanted.
+            Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(unavailable(e)),
+        }
     }
 }

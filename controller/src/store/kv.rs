@@ -3,6 +3,10 @@
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
+use std::time::Duration;
+
+/// An etcd lease: keys put with it vanish once it is not kept alive for its TTL.
+pub type LeaseId = i64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyValue {
@@ -24,6 +28,8 @@ pub enum Op {
     Put(String, Vec<u8>),
     Delete(String),
     DeletePrefix(String),
+    /// A put whose key is deleted when the lease expires or is revoked.
+    PutWithLease(String, Vec<u8>, LeaseId),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,6 +58,9 @@ pub enum KvError {
     /// A watch asked for history etcd has compacted away. The watcher relists.
     #[error("etcd compacted revision {requested}; oldest kept is {compacted}")]
     Compacted { requested: i64, compacted: i64 },
+    /// This daemon does not hold the leader lease (any more): it may not write.
+    #[error("not the leader: {0}")]
+    Fenced(String),
 }
 
 /// A snapshot of everything under a prefix, at one revision.
@@ -72,4 +81,11 @@ pub trait Kv: Send + Sync + 'static {
         prefix: &str,
         from_revision: i64,
     ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError>;
+    /// A new lease of `ttl`.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError>;
+    /// Renews `lease`: the TTL it has again, or None when it no longer exists (expired or
+    /// revoked).
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError>;
+    /// Ends `lease` now; its keys are deleted.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError>;
 }

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
 
 use super::kv::*;
 
@@ -25,6 +27,15 @@ struct State {
     /// Counts writes, for tests that assert "no write".
     txns_committed: u64,
     down: bool,
+    /// Live leases: when each expires, its TTL, and the keys put with it.
+    leases: BTreeMap<LeaseId, Lease>,
+    next_lease: LeaseId,
+}
+
+struct Lease {
+    ttl: Duration,
+    expires: Instant,
+    keys: Vec<String>,
 }
 
 impl Default for MemKv {
@@ -56,7 +67,52 @@ impl MemKv {
         if self.state.lock().unwrap().down {
             return Err(KvError::Unavailable("memory kv is down".into()));
         }
+        self.expire_leases();
         Ok(())
+    }
+
+    /// Like etcd, an expired lease takes its keys with it (one delete event each). Done
+    /// lazily, on the next call.
+    fn expire_leases(&self) {
+        let mut st = self.state.lock().unwrap();
+        let now = Instant::now();
+        let expired: Vec<LeaseId> = st
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let keys = st.leases.remove(&id).map(|l| l.keys).unwrap_or_default();
+            drop(st);
+            self.delete_keys(keys);
+            st = self.state.lock().unwrap();
+        }
+    }
+
+    fn delete_keys(&self, keys: Vec<String>) {
+        let mut st = self.state.lock().unwrap();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| st.data.contains_key(k))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        st.revision += 1;
+        let rev = st.revision;
+        let batch: Vec<WatchEvent> = keys
+            .into_iter()
+            .map(|key| {
+                st.data.remove(&key);
+                WatchEvent::Delete {
+                    key,
+                    mod_revision: rev,
+                }
+            })
+            .collect();
+        st.history.extend(batch.iter().cloned());
+        let _ = self.events.send(batch);
     }
 }
 
@@ -95,12 +151,14 @@ impl Kv for MemKv {
         let mut touched = std::collections::BTreeSet::new();
         for op in &ops {
             let overlaps = match op {
-                Op::Put(k, _) | Op::Delete(k) => !touched.insert(k.clone()),
+                Op::Put(k, _) | Op::Delete(k) | Op::PutWithLease(k, _, _) => {
+                    !touched.insert(k.clone())
+                }
                 Op::DeletePrefix(p) => {
                     let hit = touched.iter().any(|k: &String| k.starts_with(p.as_str()))
                         || ops
                             .iter()
-                            .any(|o| matches!(o, Op::Put(k, _) if k.starts_with(p.as_str())));
+                            .any(|o| matches!(o, Op::Put(k, _) | Op::PutWithLease(k, _, _) if k.starts_with(p.as_str())));
                     touched.insert(p.clone());
                     hit
                 }
@@ -114,6 +172,13 @@ impl Kv for MemKv {
         if ops.is_empty() {
             return Ok(true);
         }
+        for op in &ops {
+            if let Op::PutWithLease(_, _, lease) = op {
+                if !st.leases.contains_key(lease) {
+                    return Err(KvError::Rejected("requested lease not found".into()));
+                }
+            }
+        }
         st.revision += 1;
         let rev = st.revision;
         let mut batch = vec![];
@@ -126,6 +191,18 @@ impl Kv for MemKv {
                         mod_revision: rev,
                     };
                     st.data.insert(key, kv.clone());
+                    batch.push(WatchEvent::Put(kv));
+                }
+                Op::PutWithLease(key, value, lease) => {
+                    let kv = KeyValue {
+                        key: key.clone(),
+                        value,
+                        mod_revision: rev,
+                    };
+                    st.data.insert(key.clone(), kv.clone());
+                    if let Some(l) = st.leases.get_mut(&lease) {
+                        l.keys.push(key);
+                    }
                     batch.push(WatchEvent::Put(kv));
                 }
                 Op::Delete(key) => {
@@ -203,6 +280,40 @@ impl Kv for MemKv {
             Err(KvError::Unavailable("connection to etcd lost".into()))
         });
         Ok(past.chain(live).take_until(lost).chain(broken).boxed())
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError> {
+        self.check()?;
+        let mut st = self.state.lock().unwrap();
+        st.next_lease += 1;
+        let id = st.next_lease;
+        st.leases.insert(
+            id,
+            Lease {
+                ttl,
+                expires: Instant::now() + ttl,
+                keys: vec![],
+            },
+        );
+        Ok(id)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
+        self.check()?;
+        let mut st = self.state.lock().unwrap();
+        Ok(st.leases.get_mut(&lease).map(|l| {
+            l.expires = Instant::now() + l.ttl;
+            l.ttl
+        }))
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError> {
+        self.check()?;
+        let keys = self.state.lock().unwrap().leases.remove(&lease);
+        if let Some(l) = keys {
+            self.delete_keys(l.keys);
+        }
+        Ok(())
     }
 }
 

@@ -5,7 +5,9 @@
 //! `status/<stack>/<service>`.
 
 pub mod etcd;
+pub mod fence;
 pub mod kv;
+pub mod lease;
 pub mod memory;
 
 use capstan_api::object::*;
@@ -90,6 +92,18 @@ impl Store {
         Store {
             kv,
             root: format!("{}/v1/", prefix.trim_end_matches('/')),
+        }
+    }
+
+    /// The same store, whose writes carry `fence` ([`fence::FencedKv`]): the reconciler's.
+    pub fn fenced(&self, fence: Arc<dyn fence::Fence>) -> Store {
+        Store {
+            kv: Arc::new(fence::FencedKv {
+                inner: self.kv.clone(),
+                leader_key: self.leader_key(),
+                fence,
+            }),
+            root: self.root.clone(),
         }
     }
 

@@ -1,0 +1,105 @@
+//! The engine side of fencing: a [`Runtime`] that asks, before every call, whether this
+//! daemon may make it. A follower makes no engine call at all; a leader that lost etcd
+//! (isolated) may read and restart existing replicas, nothing else; a leader whose lease may
+//! have lapsed makes none, from the moment it could have lapsed, not from when it noticed.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{ContainerEvent, ContainerPlan, Detail, Observed, ResourcePlan, Runtime, RuntimeError};
+
+/// What an engine call does, for the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// Lists and inspects.
+    Read,
+    /// Starts or restarts a container that exists: healing.
+    Heal,
+    /// Creates or removes containers, networks, volumes.
+    Change,
+}
+
+/// Who answers "may I?".
+pub trait Gate: Send + Sync + 'static {
+    fn permits(&self, verb: Verb) -> bool;
+}
+
+pub struct FencedRuntime {
+    pub inner: Arc<dyn Runtime>,
+    pub gate: Arc<dyn Gate>,
+}
+
+impl FencedRuntime {
+    fn check(&self, verb: Verb, op: &'static str) -> Result<(), RuntimeError> {
+        if self.gate.permits(verb) {
+            Ok(())
+        } else {
+            Err(RuntimeError::Fenced { op })
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for FencedRuntime {
+    async fn list(
+        &self,
+        stack: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<Vec<Observed>, RuntimeError> {
+        self.check(Verb::Read, "list")?;
+        self.inner.list(stack, service).await
+    }
+    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+        self.check(Verb::Change, "create")?;
+        self.inner.create(plan).await
+    }
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.check(Verb::Heal, "start")?;
+        self.inner.start(id).await
+    }
+    async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.check(Verb::Heal, "restart")?;
+        self.inner.restart(id, grace).await
+    }
+    async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError> {
+        self.check(Verb::Read, "inspect")?;
+        self.inner.inspect(id).await
+    }
+    async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "remove")?;
+        self.inner.remove(id, grace).await
+    }
+    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "ensure_network")?;
+        self.inner.ensure_network(plan).await
+    }
+    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "ensure_volume")?;
+        self.inner.ensure_volume(plan).await
+    }
+    async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        self.check(Verb::Read, "list_networks")?;
+        self.inner.stack_networks(stack).await
+    }
+    async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
+        self.check(Verb::Read, "list_volumes")?;
+        self.inner.stack_volumes(stack).await
+    }
+    async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "remove_network")?;
+        self.inner.remove_network(name).await
+    }
+    async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "remove_volume")?;
+        self.inner.remove_volume(name).await
+    }
+    /// The stream is opened by the events task, which runs only while this daemon may act.
+    fn events(
+        &self,
+        since_nano: Option<i64>,
+    ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
+        self.inner.events(since_nano)
+    }
+}
