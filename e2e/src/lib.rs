@@ -385,65 +385,6 @@ impl Daemon {
         self.leader()["role"] == "leader"
     }
 
-    /// The daemon's own log so far (for failure messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
-    }
-
-    /// A second daemon on the same etcd and prefix (a peer in the leader election), with
-    /// its own port and so its own identity.
-    pub fn start_peer(&self, extra: &[&str]) -> Daemon {
-        let mut d = Daemon {
-            dir: scratch_dir("daemon"),
-            port: free_port(),
-            etcd_url: self.etcd_url.clone(),
-            prefix: self.prefix.clone(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        };
-        d.spawn();
-        d
-    }
-
-    /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to the daemon.
-    pub fn signal(&self, signal: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(c.id().to_string())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "kill -{signal} of capstan serve failed");
-        }
-    }
-
-    /// `kill -9`, and waits for the process to be gone; [`Self::start_again`] brings it back.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts the daemon again after [`Self::kill`] (same port, same identity).
-    pub fn start_again(&mut self) {
-        assert!(self.child.is_none(), "the daemon is still running");
-        self.spawn();
-    }
-
-    /// `GET /v1/leader`.
-    pub fn leader(&self) -> serde_json::Value {
-        reqwest::blocking::get(format!("{}/v1/leader", self.url()))
-            .and_then(|r| r.json())
-            .unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Whether this daemon says it leads.
-    pub fn leads(&self) -> bool {
-        self.leader()["role"] == "leader"
-    }
-
     /// Runs a client command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(capstan_bin())
