@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::health::Health;
 use crate::leader::{Election, Elector, Leadership};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context};
@@ -54,6 +55,8 @@ pub struct Controller {
     pub triggers: Triggers,
     /// This daemon's role in the election.
     pub leadership: Leadership,
+    /// Whether etcd and the engine answer now.
+    pub health: Arc<Health>,
     tasks: JoinSet<()>,
 }
 
@@ -72,6 +75,13 @@ impl Controller {
         let (elector, leadership) =
             Elector::new(store.clone(), options.election.clone(), metrics.clone());
         let watched = store.clone();
+        let health = Arc::new(Health::default());
+        let probe = health.clone().run(
+            store.clone(),
+            runtime.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
         let store = store.fenced(Arc::new(leadership.clone()));
         let runtime: Arc<dyn Runtime> = Arc::new(FencedRuntime {
             inner: runtime,
@@ -107,6 +117,7 @@ impl Controller {
         };
         let mut tasks = JoinSet::new();
         tasks.spawn(elector.run(shutdown.clone()));
+        tasks.spawn(probe);
         // The event stream first: an event before its first poll would be missed.
         let (t, rt) = (triggers.clone(), runtime.clone());
         tasks.spawn(while_acting(
@@ -128,6 +139,7 @@ impl Controller {
             ctx,
             triggers,
             leadership,
+            health,
             tasks,
         }
     }

@@ -107,6 +107,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         desired: controller.ctx.desired.clone(),
         blocked: controller.ctx.scratch.blocked.clone(),
         leadership: controller.leadership.clone(),
+        health: controller.health.clone(),
         stop: shutdown.clone(),
         metrics,
     });

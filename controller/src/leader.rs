@@ -325,12 +325,30 @@ impl Elector {
                 self.set(Role::Leader { token, valid_until });
             }
             Ok(Ok(None)) => self.lost(lease).await,
-            Ok(Err(_)) | Err(_) => self.unanswered(role, sent),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "renewing the leader lease failed");
+                self.unanswered(role, sent).await
+            }
+            Err(_) => {
+                tracing::debug!("renewing the leader lease timed out");
+                self.unanswered(role, sent).await
+            }
         }
     }
 
     /// etcd did not answer a renewal sent at `sent`.
-    fn unanswered(&mut self, role: Role, sent: Instant) {
+    async fn unanswered(&mut self, role: Role, sent: Instant) {
+        // Whatever the renewal said, etcd answering with another holder settles it.
+        if role != Role::Follower {
+            let read = tokio::time::timeout(self.call_timeout(), self.store.leader()).await;
+            if let Ok(Ok(holder)) = read {
+                if holder.is_none_or(|(h, _)| h.holder != self.election.identity) {
+                    if let Some(lease) = self.lease {
+                        return self.lost(lease).await;
+                    }
+                }
+            }
+        }
         match role {
             Role::Leader { valid_until, .. } if Instant::now() < valid_until => {}
             // An attempt made after the lease could lapse also failed: etcd is away, not

@@ -25,6 +25,7 @@
 
 pub mod controller;
 pub mod daemon;
+pub mod health;
 pub mod key;
 pub mod leader;
 pub mod metrics;

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub blocked: Arc<BlockedDeletions>,
     /// For `/v1/leader`: this daemon's identity and role.
     pub leadership: crate::leader::Leadership,
+    /// For `/readyz`, and to refuse writes at once while etcd does not answer.
+    pub health: Arc<crate::health::Health>,
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -104,7 +106,6 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Prometheus text exposition (OpenMetrics).
 async fn metrics(State(st): State<ApiState>) -> Response {
-    st.metrics.set_etcd_connected(st.desired.is_synced());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -117,7 +118,14 @@ async fn metrics(State(st): State<ApiState>) -> Response {
 
 /// The lease holder as etcd has it, and this daemon's own role.
 async fn leader(State(st): State<ApiState>) -> ApiResult<LeaderView> {
-    let leader = st.store.leader().await?.map(|(record, _)| record);
+    // While etcd does not answer, the daemon still says what it is.
+    let leader = match st.store.leader().await {
+        Ok(found) => found.map(|(record, _)| record),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the leader key");
+            None
+        }
+    };
     Ok(Json(LeaderView {
         leader,
         this: st.leadership.identity.to_string(),
@@ -126,14 +134,30 @@ async fn leader(State(st): State<ApiState>) -> ApiResult<LeaderView> {
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
-    if st.desired.is_synced() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
+    match st.health.not_ready(st.desired.is_synced()) {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: desired state not synced from etcd\n",
+            format!("not ready: {why}\n"),
         )
-            .into_response()
+            .into_response(),
+    }
+}
+
+impl ApiState {
+    /// A write while etcd does not answer fails now, saying so, instead of waiting out
+    /// the client's timeout.
+    fn writable(&self) -> Result<(), ApiError> {
+        if self.health.etcd() {
+            return Ok(());
+        }
+        Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorBody {
+                error: "etcd does not answer: nothing was written; retry once it is back (capstan keeps the running replicas going meanwhile)".into(),
+                details: vec![],
+            },
+        ))
     }
 }
 
@@ -153,6 +177,7 @@ async fn apply(
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    st.writable()?;
     if q.dry_run {
         return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
     }
@@ -203,6 +228,7 @@ async fn delete_stack(
     Path(stack): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    st.writable()?;
     st.store.request_deletion(&stack, q.volumes).await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
     Ok((
@@ -245,6 +271,7 @@ async fn scale(
         })
         .into());
     }
+    st.writable()?;
     st.store.scale(&stack, &service, req.replicas).await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
     get_service(State(st), Path((stack, service))).await
@@ -361,6 +388,7 @@ mod tests {
             desired: crate::watch::Writer::default().reader(),
             blocked: Arc::default(),
             leadership: crate::leader::Leadership::always(),
+            health: Arc::new(crate::health::Health::answering()),
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
         };

@@ -185,6 +185,18 @@ impl Etcd {
         });
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to etcd: a frozen etcd answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("etcd is running");
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{signal} of etcd failed");
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }

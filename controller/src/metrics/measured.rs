@@ -125,6 +125,9 @@ impl Runtime for MeasuredRuntime {
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         measured!(self, "remove_volume", self.inner.remove_volume(name))
     }
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        measured!(self, "ping", self.inner.ping())
+    }
     fn events(
         &self,
         since_nano: Option<i64>,

@@ -95,6 +95,7 @@ pub struct Metrics {
     etcd_duration: Family<OpLabels, Histogram>,
     etcd_errors: Family<OpLabels, Counter>,
     etcd_connected: Gauge,
+    docker_connected: Gauge,
     /// 1 while this daemon holds the leader lease.
     leader: Gauge,
     leader_transitions: Counter,
@@ -134,6 +135,7 @@ impl Default for Metrics {
             etcd_duration: Family::new_with_constructor(latency_histogram),
             etcd_errors: Family::default(),
             etcd_connected: Gauge::default(),
+            docker_connected: Gauge::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
             docker_duration: Family::new_with_constructor(latency_histogram),
@@ -238,8 +240,13 @@ impl Metrics {
         );
         r.register(
             "capstan_etcd_connected",
-            "1 while capstan is synced with etcd",
+            "1 while etcd answers (asked twice a second, 0.9 s timeout)",
             self.etcd_connected.clone(),
+        );
+        r.register(
+            "capstan_docker_connected",
+            "1 while the Docker engine answers (asked every second, 0.9 s timeout)",
+            self.docker_connected.clone(),
         );
         r.register(
             "capstan_leader",
@@ -453,6 +460,16 @@ impl Metrics {
 
     pub fn set_etcd_connected(&self, connected: bool) {
         self.etcd_connected.set(connected as i64);
+    }
+
+    /// While the engine cannot be asked, no replica is reported running or ready: the
+    /// series return with the next reconcile once it answers.
+    pub fn set_docker_connected(&self, connected: bool) {
+        self.docker_connected.set(connected as i64);
+        if !connected {
+            self.running.clear();
+            self.ready.clear();
+        }
     }
 
     /// The text exposition.

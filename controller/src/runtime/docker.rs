@@ -179,6 +179,10 @@ fn label_filter(stack: Option<&str>, service: Option<&str>) -> HashMap<String, V
 
 #[async_trait]
 impl Runtime for DockerRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker.ping().await.map(|_| ()).map_err(engine("ping"))
+    }
+
     async fn list(
         &self,
         stack: Option<&str>,

@@ -95,6 +95,10 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Change, "remove_volume")?;
         self.inner.remove_volume(name).await
     }
+    /// Not an action: readiness asks on followers too.
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.inner.ping().await
+    }
     /// The stream is opened by the events task, which runs only while this daemon may act.
     fn events(
         &self,

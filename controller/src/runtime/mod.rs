@@ -248,6 +248,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Whether the engine answers now (`GET /_ping`).
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        Ok(())
+    }
     /// Container events of capstan-owned containers from `since_nano` (or now).
     fn events(
         &self,

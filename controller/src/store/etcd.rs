@@ -203,12 +203,14 @@ impl Kv for EtcdKv {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
-        let (mut keeper, mut stream) = self
-            .client
-            .clone()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(unavailable)?;
+        let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(lease).await {
+            Ok(pair) => pair,
+            // etcd answered: the lease is gone (the client reports a TTL of 0 this way).
+            Err(etcd_client::Error::LeaseKeepAliveError(e)) if e == "lease not found" => {
+                return Ok(None)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         keeper.keep_alive().await.map_err(unavailable)?;
         match stream.message().await.map_err(unavailable)? {
             Some(resp) if resp.ttl() > 0 => Ok(Some(Duration::from_secs(resp.ttl() as u64))),

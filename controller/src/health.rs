@@ -1,0 +1,104 @@
+//! Whether etcd and the engine answer *now*. Asked twice a second (the engine once a
+//! second) with a short timeout, so an unreachable or frozen peer shows in `/readyz`,
+//! `capstan_etcd_connected` and `capstan_docker_connected` within 2 s: a request that hangs
+//! is not an answer. Followers ask too: readiness is about the daemon, not the leader.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::runtime::Runtime;
+use crate::store::Store;
+
+const PERIOD: Duration = Duration::from_millis(500);
+/// Longer than a healthy answer takes by far; short enough that period + timeout < 2 s.
+const TIMEOUT: Duration = Duration::from_millis(900);
+
+/// The last answers. Both start false: nothing has answered yet.
+#[derive(Default)]
+pub struct Health {
+    etcd: AtomicBool,
+    docker: AtomicBool,
+}
+
+impl Health {
+    /// Both answering (tests of the API without a probe).
+    pub fn answering() -> Self {
+        Health {
+            etcd: AtomicBool::new(true),
+            docker: AtomicBool::new(true),
+        }
+    }
+
+    pub fn etcd(&self) -> bool {
+        self.etcd.load(Ordering::SeqCst)
+    }
+
+    pub fn docker(&self) -> bool {
+        self.docker.load(Ordering::SeqCst)
+    }
+
+    /// Why the daemon is not ready, if it is not; `synced` is the reflector's.
+    pub fn not_ready(&self, synced: bool) -> Option<&'static str> {
+        if !self.etcd() {
+            Some("etcd does not answer")
+        } else if !self.docker() {
+            Some("the Docker engine does not answer")
+        } else if !synced {
+            Some("desired state not synced from etcd")
+        } else {
+            None
+        }
+    }
+
+    /// Asks until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        runtime: Arc<dyn Runtime>,
+        metrics: Arc<Metrics>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = 0u64;
+        loop {
+            let etcd = async {
+                matches!(
+                    tokio::time::timeout(TIMEOUT, store.leader()).await,
+                    Ok(Ok(_))
+                )
+            };
+            let docker = async {
+                if tick.is_multiple_of(2) {
+                    Some(matches!(
+                        tokio::time::timeout(TIMEOUT, runtime.ping()).await,
+                        Ok(Ok(()))
+                    ))
+                } else {
+                    None
+                }
+            };
+            let (etcd, docker) = tokio::join!(etcd, docker);
+            self.record(etcd, docker, &metrics);
+            tick += 1;
+            tokio::select! {
+                _ = tokio::time::sleep(PERIOD) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn record(&self, etcd: bool, docker: Option<bool>, metrics: &Metrics) {
+        if self.etcd.swap(etcd, Ordering::SeqCst) != etcd {
+            tracing::warn!(answers = etcd, "etcd reachability changed");
+        }
+        metrics.set_etcd_connected(etcd);
+        if let Some(docker) = docker {
+            if self.docker.swap(docker, Ordering::SeqCst) != docker {
+                tracing::warn!(answers = docker, "Docker engine reachability changed");
+            }
+            metrics.set_docker_connected(docker);
+        }
+    }
+}
