@@ -78,9 +78,13 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Kv(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Conflict(_) | StoreError::Stale { .. } => StatusCode::CONFLICT,
+            StoreError::Kv(_) | StoreError::ReadRaced(_) | StoreError::StatusRaced(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Corrupt { .. } | StoreError::Dangling { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let details = match &e {
             StoreError::Invalid(inv) => inv.errors.clone(),
@@ -183,6 +187,16 @@ async fn get_stack(
 struct DeleteQuery {
     #[serde(default)]
     volumes: bool,
+    /// The stack's resourceVersion the caller read: 409 if it changed since.
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ScaleQuery {
+    /// The service's resourceVersion the caller read: 409 if it changed since.
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<i64>,
 }
 
 async fn delete_stack(
@@ -190,11 +204,18 @@ async fn delete_stack(
     Path(stack): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    st.store.request_deletion(&stack, q.volumes).await?;
+    let rv = (st.store)
+        .request_deletion(&stack, q.volumes, q.resource_version)
+        .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "stack": stack, "phase": "Deleting", "volumes": q.volumes })),
+        Json(serde_json::json!({
+            "stack": stack,
+            "phase": "Deleting",
+            "volumes": q.volumes,
+            "resourceVersion": rv,
+        })),
     ))
 }
 
@@ -217,6 +238,7 @@ async fn get_service(
 async fn scale(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<ScaleQuery>,
     Json(req): Json<ScaleRequest>,
 ) -> ApiResult<ServiceView> {
     if req.replicas > capstan_api::compose::MAX_REPLICAS {
@@ -232,8 +254,11 @@ async fn scale(
         })
         .into());
     }
-    st.store.scale(&stack, &service, req.replicas).await?;
+    (st.store)
+        .scale(&stack, &service, req.replicas, q.resource_version)
+        .await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
+    // Reads are linearizable: the view shows this scale (or a later change, with its version).
     get_service(State(st), Path((stack, service))).await
 }
 
