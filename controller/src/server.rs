@@ -419,4 +419,42 @@ mod tests {
         );
         assert_eq!(kv.writes(), 0);
     }
+
+    #[tokio::test]
+    async fn a_stale_resource_version_is_a_409_for_apply_scale_and_delete_and_nothing_is_written() {
+        let (st, kv) = state();
+        let body = || "services: {web: {image: web:1}}".to_string();
+        let Json(first) = apply(State(st.clone()), Path("shop".into()), query(false), body())
+            .await
+            .ok()
+            .unwrap();
+        let svc = st.store.service("shop", "web").await.unwrap().unwrap();
+        st.store.scale("shop", "web", 2, None).await.unwrap();
+        let writes = kv.writes();
+        let stale = Query(ApplyQuery {
+            resource_version: Some(first.resource_version),
+            dry_run: false,
+        });
+        let applied = apply(State(st.clone()), Path("shop".into()), stale, body()).await;
+        assert!(matches!(applied, Err(ApiError(StatusCode::CONFLICT, _))));
+        let q = Query(ScaleQuery {
+            resource_version: Some(svc.resource_version),
+        });
+        let path = Path(("shop".to_string(), "web".to_string()));
+        let scaled = scale(
+            State(st.clone()),
+            path,
+            q,
+            Json(ScaleRequest { replicas: 3 }),
+        )
+        .await;
+        assert!(matches!(scaled, Err(ApiError(StatusCode::CONFLICT, _))));
+        let q = Query(DeleteQuery {
+            volumes: false,
+            resource_version: Some(first.resource_version),
+        });
+        let deleted = delete_stack(State(st), Path("shop".into()), q).await;
+        assert!(matches!(deleted, Err(ApiError(StatusCode::CONFLICT, _))));
+        assert_eq!(kv.writes(), writes);
+    }
 }
