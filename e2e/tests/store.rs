@@ -240,3 +240,84 @@ fn of_twenty_racing_puts_naming_one_resource_version_exactly_one_wins_and_its_st
         get(&h.d, &format!("/v1/stacks/{name}")).0 == 404
     });
 }
+
+/// SIGKILLs the daemon once etcd has seen `puts` writes under `prefix` since revision `from`
+/// (read with `etcdctl watch`, which replays from `from`, so none is missed).
+fn kill_after_puts(etcd: &Etcd, d: &Daemon, prefix: &str, from: i64, puts: usize) {
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &etcd.url(), "watch", "--prefix"])
+        .args(["--rev", &from.to_string(), prefix])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run etcdctl watch (make deps)");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            if line.map_or(true, |l| l == "PUT" && tx.send(()).is_err()) {
+                return;
+            }
+        }
+    });
+    for seen in 0..puts {
+        rx.recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("the apply staged only {seen} of {puts} versions"));
+    }
+    let pid = d.pid().expect("the daemon runs").to_string();
+    let killed = Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    assert!(killed.success());
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
+#[test]
+fn a_daemon_killed_half_way_through_a_large_apply_leaves_the_old_or_the_new_stack_and_the_next_apply_cleans_up(
+) {
+    let mut h = Harness::start("kill");
+    let name = h.s.name.clone();
+    timed_put(&h, &many(2000, IMAGE, "v0"), "apply 2,000 services");
+    let mut before = "v0".to_string();
+    // Kill at a few points of an apply that changes every service (after its first staged
+    // version, half-way, after the last): whatever the point, a reader sees all of one
+    // version, and the next apply leaves no stray key.
+    let prefix = format!("{}/v1/services/{name}/", h.d.prefix);
+    for (round, staged) in [1usize, 1000, 2000].into_iter().enumerate() {
+        let next = format!("v{}", round + 1);
+        let (url, name2, body) = (h.d.url(), name.clone(), many(2000, IMAGE, &next));
+        let from = revision(&h.etcd) + 1;
+        let writer = std::thread::spawn(move || {
+            reqwest::blocking::Client::new()
+                .put(format!("{url}/v1/stacks/{name2}"))
+                .body(body)
+                .send()
+                .map(|r| r.status().as_u16())
+        });
+        kill_after_puts(&h.etcd, &h.d, &prefix, from, staged);
+        let answered = writer.join().unwrap();
+        h.d.restart();
+
+        let seen = envs(&stack(&h.d, &name));
+        assert_eq!(seen.len(), 2000);
+        let all = |v: &str| seen.iter().all(|e| e == v);
+        assert!(
+            all(&before) || all(&next),
+            "a mix after a kill at {staged} staged"
+        );
+        if answered.is_ok_and(|s| s == 200) {
+            assert!(all(&next), "an apply that answered 200 is visible");
+        }
+        eprintln!(
+            "killed after {staged} staged: {} visible, {} version keys",
+            if all(&next) { "new" } else { "old" },
+            version_keys(&h)
+        );
+
+        let again = format!("{next}-again");
+        timed_put(&h, &many(2000, IMAGE, &again), "the next apply");
+        assert!(envs(&stack(&h.d, &name)).iter().all(|e| *e == again));
+        assert_eq!(version_keys(&h), 2000, "no stray version is left");
+        before = again;
+    }
+}
