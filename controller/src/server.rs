@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::reconcile::scratch::BlockedDeletions;
-use crate::store::{Store, StoreError};
+use crate::store::{KvError, Store, StoreError};
 use crate::watch::Desired;
 
 /// The largest Compose file the API accepts.
@@ -79,6 +79,8 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Conflict(_) | StoreError::Stale { .. } => StatusCode::CONFLICT,
+            // etcd refused the request itself: retrying will not help.
+            StoreError::Kv(KvError::Rejected(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Kv(_) | StoreError::ReadRaced(_) | StoreError::StatusRaced(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

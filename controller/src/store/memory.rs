@@ -291,3 +291,43 @@ fn tokio_stream_from(
     })
     .boxed()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn puts(n: usize, size: usize) -> Vec<Op> {
+        (0..n)
+            .map(|i| Op::Put(format!("k{i}"), vec![b'x'; size]))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_over_etcds_default_limits_is_refused_and_writes_nothing() {
+        let kv = MemKv::default();
+        let too_many = kv.txn(vec![], puts(ETCD_MAX_TXN_OPS + 1, 1)).await;
+        assert!(matches!(too_many, Err(KvError::Rejected(_))));
+        let compares = (0..=ETCD_MAX_TXN_OPS)
+            .map(|i| Compare::ModRevision(format!("k{i}"), 0))
+            .collect();
+        let too_many = kv.txn(compares, puts(1, 1)).await;
+        assert!(matches!(too_many, Err(KvError::Rejected(_))));
+        let too_big = kv.txn(vec![], puts(2, ETCD_MAX_REQUEST_BYTES / 2)).await;
+        assert!(matches!(too_big, Err(KvError::Rejected(_))));
+        assert_eq!(kv.writes(), 0);
+        assert!(kv.txn(vec![], puts(ETCD_MAX_TXN_OPS, 1)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_k_writes_fails_every_call_until_the_restart() {
+        let kv = MemKv::default();
+        kv.fail_after_writes(2);
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert!(kv.txn(vec![], puts(1, 1)).await.is_err());
+        assert!(kv.get("k0").await.is_err());
+        kv.set_down(false);
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert_eq!(kv.writes(), 3);
+    }
+}
