@@ -47,6 +47,11 @@ impl Store {
             check_applicable(spec, &current, expected)?;
             let mut plan = self.plan(spec, &current);
             if plan.record.is_none() {
+                // Nothing to commit; versions a crash left before the record's last commit
+                // can go all the same.
+                if let Err(e) = self.collect(plan.retired).await {
+                    tracing::warn!(stack = %spec.name, error = %e, "stray service versions not collected yet");
+                }
                 return Ok(plan.result);
             }
             if let Some(rev) = self.write(&plan, current.revision()).await? {
@@ -210,21 +215,27 @@ impl Store {
         removed: &[String],
     ) -> Result<(), StoreError> {
         let listing = self.kv.range(&self.services_prefix(&record.name)).await?;
-        let dead: Vec<Op> = listing
+        let dead: Vec<String> = listing
             .items
             .into_iter()
             .filter(|kv| kv.mod_revision < rev && !self.named_by(record, &kv.key))
-            .map(|kv| Op::Delete(kv.key))
+            .map(|kv| kv.key)
             .collect();
-        for batch in batches(dead) {
-            self.kv.txn(vec![], batch).await?;
-        }
+        self.collect(dead).await?;
         let guard = || vec![Compare::ModRevision(self.stack_key(&record.name), rev)];
         let forgotten = self.forgotten(&record.name, removed);
         for batch in batches(forgotten.into_iter().map(Op::Delete).collect()) {
             if !self.kv.txn(guard(), batch).await? {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes version keys no record can name again, in bounded transactions.
+    async fn collect(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        for batch in batches(keys.into_iter().map(Op::Delete).collect()) {
+            self.kv.txn(vec![], batch).await?;
         }
         Ok(())
     }

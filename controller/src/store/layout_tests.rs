@@ -322,3 +322,17 @@ async fn a_status_is_written_while_another_service_of_its_stack_changes_but_not_
         .await
         .unwrap());
 }
+
+#[tokio::test]
+async fn old_versions_a_crash_left_after_the_commit_are_collected_even_by_an_identical_apply() {
+    let (store, kv) = store();
+    store.apply(&many(300, "img:1"), None).await.unwrap();
+    // 3 transactions stage 300 versions, the 4th commits; the crash hits the collection.
+    kv.fail_after_writes(4);
+    store.apply(&many(300, "img:2"), None).await.unwrap();
+    kv.set_down(false);
+    assert_eq!(version_keys(&store, "big").await.len(), 600);
+    let res = store.apply(&many(300, "img:2"), None).await.unwrap();
+    assert!(res.services.values().all(|o| *o == ApplyOutcome::Unchanged));
+    assert_eq!(version_keys(&store, "big").await.len(), 300);
+}
