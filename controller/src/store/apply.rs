@@ -201,7 +201,7 @@ impl Store {
     /// record can name it: a later apply stages after reading a record at `rev` or later),
     /// then the status and endpoints of `removed` services while `record` is still the
     /// latest. Best effort: the apply has committed; what is left is collected by the next.
-    async fn sweep(&self, record: &Stack, rev: i64, removed: &[String]) {
+    pub(super) async fn sweep(&self, record: &Stack, rev: i64, removed: &[String]) {
         if let Err(e) = self.try_sweep(record, rev, removed).await {
             tracing::warn!(stack = %record.name, error = %e,
                 "old service versions not collected yet; the next apply collects them");

@@ -336,3 +336,20 @@ async fn old_versions_a_crash_left_after_the_commit_are_collected_even_by_an_ide
     assert!(res.services.values().all(|o| *o == ApplyOutcome::Unchanged));
     assert_eq!(version_keys(&store, "big").await.len(), 300);
 }
+
+#[tokio::test]
+async fn versions_a_crash_staged_are_collected_by_the_next_scale() {
+    let (store, kv) = store();
+    store.apply(&many(300, "img:1"), None).await.unwrap();
+    kv.fail_after_writes(2);
+    assert!(store.apply(&many(300, "img:2"), None).await.is_err());
+    kv.set_down(false);
+    assert_eq!(
+        version_keys(&store, "big").await.len(),
+        500,
+        "two batches staged"
+    );
+    store.scale("big", "s0007", 2, None).await.unwrap();
+    assert_eq!(version_keys(&store, "big").await.len(), 300);
+    assert!(images(&store, "big").await.values().all(|i| i == "img:1"));
+}

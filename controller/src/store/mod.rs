@@ -329,6 +329,9 @@ impl Store {
             let guard = vec![Compare::ModRevision(stack_key.clone(), current.revision())];
             if let Some(rev) = self.kv.txn_at(guard, ops).await? {
                 let rev = self.committed_at(rev, &stack_key, &commit).await?;
+                if !current.loose.is_empty() {
+                    self.sweep(&record, rev, &[]).await;
+                }
                 return Ok(Service {
                     resource_version: rev,
                     ..next
