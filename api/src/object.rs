@@ -19,11 +19,17 @@ pub struct Stack {
     pub name: String,
     /// Grows when the stack's own part (networks, volumes, the set of services) changes.
     pub generation: i64,
-    /// etcd's `mod_revision` of this key; not stored, filled on read.
+    /// etcd's `mod_revision` of this record; not stored, filled on read. Every change to the
+    /// stack or to one of its services commits through the record, so this changes with each.
     #[serde(default, skip_serializing)]
     pub resource_version: i64,
     pub created_at: String,
     pub services: Vec<String>,
+    /// The committed version of each service: the token its spec key ends with
+    /// (`services/<stack>/<service>/<token>`). A service's keys are invisible until the stack
+    /// record names them here, so a stack of any size changes in one small commit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, String>,
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkSpec>,
     #[serde(default)]
@@ -49,8 +55,13 @@ pub struct Service {
     pub name: String,
     /// Grows only when `spec` really changes.
     pub generation: i64,
+    /// etcd's `mod_revision` of this version's key (each change writes a new key); filled on read.
     #[serde(default, skip_serializing)]
     pub resource_version: i64,
+    /// The token of this version's key, which the stack record names once it is committed;
+    /// filled on read from the key.
+    #[serde(skip)]
+    pub version: String,
     pub created_at: String,
     pub spec: ServiceSpec,
 }

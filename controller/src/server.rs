@@ -13,7 +13,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use crate::reconcile::scratch::BlockedDeletions;
-use crate::store::{Store, StoreError};
+use crate::store::{KvError, Store, StoreError};
 use crate::watch::Desired;
 
 /// The largest Compose file the API accepts.
@@ -83,9 +83,15 @@ impl From<StoreError> for ApiError {
         let status = match &e {
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Kv(_) => StatusCode::SERVICE_UNAVAILABLE,
-            StoreError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Conflict(_) | StoreError::Stale { .. } => StatusCode::CONFLICT,
+            // etcd refused the request itself: retrying will not help.
+            StoreError::Kv(KvError::Rejected(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Kv(_) | StoreError::ReadRaced(_) | StoreError::StatusRaced(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            StoreError::Corrupt { .. } | StoreError::Dangling { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let details = match &e {
             StoreError::Invalid(inv) => inv.errors.clone(),
@@ -221,6 +227,16 @@ async fn get_stack(
 struct DeleteQuery {
     #[serde(default)]
     volumes: bool,
+    /// The stack's resourceVersion the caller read: 409 if it changed since.
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct ScaleQuery {
+    /// The service's resourceVersion the caller read: 409 if it changed since.
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<i64>,
 }
 
 async fn delete_stack(
@@ -229,11 +245,18 @@ async fn delete_stack(
     Query(q): Query<DeleteQuery>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     st.writable()?;
-    st.store.request_deletion(&stack, q.volumes).await?;
+    let rv = (st.store)
+        .request_deletion(&stack, q.volumes, q.resource_version)
+        .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "stack": stack, "phase": "Deleting", "volumes": q.volumes })),
+        Json(serde_json::json!({
+            "stack": stack,
+            "phase": "Deleting",
+            "volumes": q.volumes,
+            "resourceVersion": rv,
+        })),
     ))
 }
 
@@ -256,6 +279,7 @@ async fn get_service(
 async fn scale(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<ScaleQuery>,
     Json(req): Json<ScaleRequest>,
 ) -> ApiResult<ServiceView> {
     if req.replicas > capstan_api::compose::MAX_REPLICAS {
@@ -272,8 +296,11 @@ async fn scale(
         .into());
     }
     st.writable()?;
-    st.store.scale(&stack, &service, req.replicas).await?;
+    (st.store)
+        .scale(&stack, &service, req.replicas, q.resource_version)
+        .await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
+    // Reads are linearizable: the view shows this scale (or a later change, with its version).
     get_service(State(st), Path((stack, service))).await
 }
 
@@ -435,5 +462,43 @@ mod tests {
             ]
         );
         assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stale_resource_version_is_a_409_for_apply_scale_and_delete_and_nothing_is_written() {
+        let (st, kv) = state();
+        let body = || "services: {web: {image: web:1}}".to_string();
+        let Json(first) = apply(State(st.clone()), Path("shop".into()), query(false), body())
+            .await
+            .ok()
+            .unwrap();
+        let svc = st.store.service("shop", "web").await.unwrap().unwrap();
+        st.store.scale("shop", "web", 2, None).await.unwrap();
+        let writes = kv.writes();
+        let stale = Query(ApplyQuery {
+            resource_version: Some(first.resource_version),
+            dry_run: false,
+        });
+        let applied = apply(State(st.clone()), Path("shop".into()), stale, body()).await;
+        assert!(matches!(applied, Err(ApiError(StatusCode::CONFLICT, _))));
+        let q = Query(ScaleQuery {
+            resource_version: Some(svc.resource_version),
+        });
+        let path = Path(("shop".to_string(), "web".to_string()));
+        let scaled = scale(
+            State(st.clone()),
+            path,
+            q,
+            Json(ScaleRequest { replicas: 3 }),
+        )
+        .await;
+        assert!(matches!(scaled, Err(ApiError(StatusCode::CONFLICT, _))));
+        let q = Query(DeleteQuery {
+            volumes: false,
+            resource_version: Some(first.resource_version),
+        });
+        let deleted = delete_stack(State(st), Path("shop".into()), q).await;
+        assert!(matches!(deleted, Err(ApiError(StatusCode::CONFLICT, _))));
+        assert_eq!(kv.writes(), writes);
     }
 }

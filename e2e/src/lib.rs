@@ -215,7 +215,8 @@ impl Etcd {
         self.spawn();
     }
 
-    /// Keys under `prefix`, read with etcdctl (not through capstan).
+    /// Keys under `prefix`, read with etcdctl (not through capstan), but the leader key:
+    /// what the stacks left behind.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
@@ -236,7 +237,7 @@ impl Etcd {
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|l| !l.is_empty())
+            .filter(|l| !l.is_empty() && !l.ends_with("/v1/leader"))
             .map(str::to_string)
             .collect()
     }

@@ -38,6 +38,12 @@ impl Kv for MeasuredKv {
         self.metrics.etcd("txn", t, &r);
         r
     }
+    async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
+        let t = Instant::now();
+        let r = self.inner.txn_at(compares, ops).await;
+        self.metrics.etcd("txn", t, &r);
+        r
+    }
     async fn watch(
         &self,
         prefix: &str,

@@ -13,6 +13,10 @@ use super::kv::*;
 /// Above etcd's default --grpc-keepalive-min-time of 5 s.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The largest list or watch response read. gRPC's default of 4 MiB is less than a stack
+/// of 2,000 services (each up to etcd's request limit, which bounds writes, not reads).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
 /// An etcd client. Cloning is cheap (one shared channel that reconnects by itself).
 #[derive(Clone)]
 pub struct EtcdKv {
@@ -81,7 +85,8 @@ impl Kv for EtcdKv {
     async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
         let resp = self
             .client
-            .clone()
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .get(prefix, Some(GetOptions::new().with_prefix()))
             .await
             .map_err(unavailable)?;
@@ -103,6 +108,10 @@ impl Kv for EtcdKv {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        Ok(self.txn_at(compares, ops).await?.is_some())
+    }
+
+    async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
         let when: Vec<EC> = compares
             .into_iter()
             .map(|Compare::ModRevision(key, rev)| EC::mod_revision(key, CompareOp::Equal, rev))
@@ -126,7 +135,8 @@ impl Kv for EtcdKv {
             .txn(Txn::new().when(when).and_then(then))
             .await
             .map_err(unavailable)?;
-        Ok(resp.succeeded())
+        let revision = resp.header().map_or(0, |h| h.revision());
+        Ok(resp.succeeded().then_some(revision))
     }
 
     async fn watch(
@@ -140,7 +150,8 @@ impl Kv for EtcdKv {
             .with_progress_notify();
         let stream = self
             .client
-            .clone()
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .watch(prefix, Some(opts))
             .await
             .map_err(unavailable)?;

@@ -33,20 +33,28 @@ impl Kv for FencedKv {
         self.inner.get(key).await
     }
 
-    async fn txn(&self, mut compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+    async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        Ok(self.txn_at(compares, ops).await?.is_some())
+    }
+
+    async fn txn_at(
+        &self,
+        mut compares: Vec<Compare>,
+        ops: Vec<Op>,
+    ) -> Result<Option<i64>, KvError> {
         let Some(token) = self.fence.write_token() else {
             return Err(KvError::Fenced(
                 "this daemon does not hold the leader lease".into(),
             ));
         };
         compares.push(Compare::ModRevision(self.leader_key.clone(), token));
-        if self.inner.txn(compares, ops).await? {
-            return Ok(true);
+        if let Some(rev) = self.inner.txn_at(compares, ops).await? {
+            return Ok(Some(rev));
         }
         // A failed compare: the caller's own, or the fence's. Only the first is the
         // caller's to handle.
         match self.inner.get(&self.leader_key).await? {
-            Some(kv) if kv.mod_revision == token => Ok(false),
+            Some(kv) if kv.mod_revision == token => Ok(None),
             _ => Err(KvError::Fenced(
                 "the leader lease was lost; another daemon may hold it".into(),
             )),

@@ -63,6 +63,12 @@ pub enum KvError {
     Fenced(String),
 }
 
+/// etcd's default `--max-txn-ops`: the most compares, and the most operations, one
+/// transaction may hold.
+pub const ETCD_MAX_TXN_OPS: usize = 128;
+/// etcd's default `--max-request-bytes` (1.5 MiB).
+pub const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
 /// A snapshot of everything under a prefix, at one revision.
 pub struct Listing {
     pub items: Vec<KeyValue>,
@@ -75,6 +81,12 @@ pub trait Kv: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError>;
     /// Applies `ops` if every compare holds. Ok(false) when one did not.
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError>;
+    /// Like [`Kv::txn`], and says at which revision the write committed: `Some(revision)`, or
+    /// `Some(0)` when this implementation cannot tell (a wrapper that only forwards `txn`);
+    /// None when a compare did not hold.
+    async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
+        Ok(self.txn(compares, ops).await?.then_some(0))
+    }
     /// Batches of events under `prefix` from `from_revision` on (inclusive).
     async fn watch(
         &self,

@@ -30,6 +30,8 @@ struct State {
     /// Live leases: when each expires, its TTL, and the keys put with it.
     leases: BTreeMap<LeaseId, Lease>,
     next_lease: LeaseId,
+    /// A crash: once this many writes have committed, every call fails until `set_down(false)`.
+    crash_after: Option<u64>,
 }
 
 struct Lease {
@@ -57,10 +59,24 @@ impl MemKv {
         self.state.lock().unwrap().txns_committed
     }
 
-    /// Makes every call fail as if etcd were unreachable, and ends the open watches.
+    /// Makes every call fail as if etcd were unreachable, and ends the open watches. Coming
+    /// back up also clears [`MemKv::fail_after_writes`].
     pub fn set_down(&self, down: bool) {
-        self.state.lock().unwrap().down = down;
+        let mut st = self.state.lock().unwrap();
+        st.down = down;
+        if !down {
+            st.crash_after = None;
+        }
+        drop(st);
         self.down.send_replace(down);
+    }
+
+    /// Lets `writes` more transactions commit, then fails every call (the next write
+    /// included) as if the writer had crashed there: a half-done multi-transaction write stays
+    /// half done. `set_down(false)` is the restart.
+    pub fn fail_after_writes(&self, writes: u64) {
+        let mut st = self.state.lock().unwrap();
+        st.crash_after = Some(st.txns_committed + writes);
     }
 
     fn check(&self) -> Result<(), KvError> {
@@ -139,38 +155,27 @@ impl Kv for MemKv {
     }
 
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
+        Ok(self.txn_at(compares, ops).await?.is_some())
+    }
+
+    async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
         self.check()?;
+        check_limits(&compares, &ops)?;
         let mut st = self.state.lock().unwrap();
+        if st.crash_after.is_some_and(|n| st.txns_committed >= n) {
+            st.down = true;
+            drop(st);
+            self.down.send_replace(true);
+            return Err(KvError::Unavailable("memory kv crashed".into()));
+        }
         for Compare::ModRevision(key, rev) in &compares {
             if st.data.get(key).map_or(0, |kv| kv.mod_revision) != *rev {
-                return Ok(false);
+                return Ok(None);
             }
         }
-        // Like etcd: one transaction may not touch a key twice (a put and a delete of it, or
-        // two puts).
-        let mut touched = std::collections::BTreeSet::new();
-        for op in &ops {
-            let overlaps = match op {
-                Op::Put(k, _) | Op::Delete(k) | Op::PutWithLease(k, _, _) => {
-                    !touched.insert(k.clone())
-                }
-                Op::DeletePrefix(p) => {
-                    let hit = touched.iter().any(|k: &String| k.starts_with(p.as_str()))
-                        || ops
-                            .iter()
-                            .any(|o| matches!(o, Op::Put(k, _) | Op::PutWithLease(k, _, _) if k.starts_with(p.as_str())));
-                    touched.insert(p.clone());
-                    hit
-                }
-            };
-            if overlaps {
-                return Err(KvError::Rejected(
-                    "duplicate key given in txn request".into(),
-                ));
-            }
-        }
+        check_overlaps(&ops)?;
         if ops.is_empty() {
-            return Ok(true);
+            return Ok(Some(st.revision));
         }
         for op in &ops {
             if let Op::PutWithLease(_, _, lease) = op {
@@ -181,59 +186,11 @@ impl Kv for MemKv {
         }
         st.revision += 1;
         let rev = st.revision;
-        let mut batch = vec![];
-        for op in ops {
-            match op {
-                Op::Put(key, value) => {
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value,
-                        mod_revision: rev,
-                    };
-                    st.data.insert(key, kv.clone());
-                    batch.push(WatchEvent::Put(kv));
-                }
-                Op::PutWithLease(key, value, lease) => {
-                    let kv = KeyValue {
-                        key: key.clone(),
-                        value,
-                        mod_revision: rev,
-                    };
-                    st.data.insert(key.clone(), kv.clone());
-                    if let Some(l) = st.leases.get_mut(&lease) {
-                        l.keys.push(key);
-                    }
-                    batch.push(WatchEvent::Put(kv));
-                }
-                Op::Delete(key) => {
-                    if st.data.remove(&key).is_some() {
-                        batch.push(WatchEvent::Delete {
-                            key,
-                            mod_revision: rev,
-                        });
-                    }
-                }
-                Op::DeletePrefix(prefix) => {
-                    let keys: Vec<String> = st
-                        .data
-                        .keys()
-                        .filter(|k| k.starts_with(&prefix))
-                        .cloned()
-                        .collect();
-                    for key in keys {
-                        st.data.remove(&key);
-                        batch.push(WatchEvent::Delete {
-                            key,
-                            mod_revision: rev,
-                        });
-                    }
-                }
-            }
-        }
+        let batch = apply_ops(&mut st, ops, rev);
         st.txns_committed += 1;
         st.history.extend(batch.iter().cloned());
         let _ = self.events.send(batch);
-        Ok(true)
+        Ok(Some(rev))
     }
 
     async fn watch(
@@ -317,6 +274,111 @@ impl Kv for MemKv {
     }
 }
 
+/// etcd's default limits: at most [`ETCD_MAX_TXN_OPS`] compares and as many operations, and
+/// a request of at most [`ETCD_MAX_REQUEST_BYTES`] (counted as the bytes of keys and values,
+/// a little less than etcd counts), so tests catch a write that a real etcd would refuse.
+fn check_limits(compares: &[Compare], ops: &[Op]) -> Result<(), KvError> {
+    if compares.len() > ETCD_MAX_TXN_OPS || ops.len() > ETCD_MAX_TXN_OPS {
+        return Err(KvError::Rejected(
+            "etcdserver: too many operations in txn request".into(),
+        ));
+    }
+    let compared: usize = compares
+        .iter()
+        .map(|Compare::ModRevision(k, _)| k.len() + 8)
+        .sum();
+    let written: usize = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(k, v) | Op::PutWithLease(k, v, _) => k.len() + v.len(),
+            Op::Delete(k) | Op::DeletePrefix(k) => k.len(),
+        })
+        .sum();
+    if compared + written > ETCD_MAX_REQUEST_BYTES {
+        return Err(KvError::Rejected("etcdserver: request is too large".into()));
+    }
+    Ok(())
+}
+
+/// Like etcd: one transaction may not touch a key twice (a put and a delete of it, or two
+/// puts).
+fn check_overlaps(ops: &[Op]) -> Result<(), KvError> {
+    let mut touched = std::collections::BTreeSet::new();
+    for op in ops {
+        let overlaps = match op {
+            Op::Put(k, _) | Op::Delete(k) | Op::PutWithLease(k, _, _) => !touched.insert(k.clone()),
+            Op::DeletePrefix(p) => {
+                let hit = touched.iter().any(|k: &String| k.starts_with(p.as_str()))
+                    || ops
+                        .iter()
+                        .any(|o| matches!(o, Op::Put(k, _) | Op::PutWithLease(k, _, _) if k.starts_with(p.as_str())));
+                touched.insert(p.clone());
+                hit
+            }
+        };
+        if overlaps {
+            return Err(KvError::Rejected(
+                "duplicate key given in txn request".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Applies `ops` at revision `rev`; returns the events they make.
+fn apply_ops(st: &mut State, ops: Vec<Op>, rev: i64) -> Vec<WatchEvent> {
+    let mut batch = vec![];
+    for op in ops {
+        match op {
+            Op::Put(key, value) => {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value,
+                    mod_revision: rev,
+                };
+                st.data.insert(key, kv.clone());
+                batch.push(WatchEvent::Put(kv));
+            }
+            Op::PutWithLease(key, value, lease) => {
+                let kv = KeyValue {
+                    key: key.clone(),
+                    value,
+                    mod_revision: rev,
+                };
+                st.data.insert(key.clone(), kv.clone());
+                if let Some(l) = st.leases.get_mut(&lease) {
+                    l.keys.push(key);
+                }
+                batch.push(WatchEvent::Put(kv));
+            }
+            Op::Delete(key) => {
+                if st.data.remove(&key).is_some() {
+                    batch.push(WatchEvent::Delete {
+                        key,
+                        mod_revision: rev,
+                    });
+                }
+            }
+            Op::DeletePrefix(prefix) => {
+                let keys: Vec<String> = st
+                    .data
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for key in keys {
+                    st.data.remove(&key);
+                    batch.push(WatchEvent::Delete {
+                        key,
+                        mod_revision: rev,
+                    });
+                }
+            }
+        }
+    }
+    batch
+}
+
 /// Like etcd, a watcher that falls too far behind is cancelled (as compacted), never fed a
 /// stream with holes: the watcher then relists.
 fn tokio_stream_from(
@@ -337,4 +399,44 @@ fn tokio_stream_from(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn puts(n: usize, size: usize) -> Vec<Op> {
+        (0..n)
+            .map(|i| Op::Put(format!("k{i}"), vec![b'x'; size]))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_transaction_over_etcds_default_limits_is_refused_and_writes_nothing() {
+        let kv = MemKv::default();
+        let too_many = kv.txn(vec![], puts(ETCD_MAX_TXN_OPS + 1, 1)).await;
+        assert!(matches!(too_many, Err(KvError::Rejected(_))));
+        let compares = (0..=ETCD_MAX_TXN_OPS)
+            .map(|i| Compare::ModRevision(format!("k{i}"), 0))
+            .collect();
+        let too_many = kv.txn(compares, puts(1, 1)).await;
+        assert!(matches!(too_many, Err(KvError::Rejected(_))));
+        let too_big = kv.txn(vec![], puts(2, ETCD_MAX_REQUEST_BYTES / 2)).await;
+        assert!(matches!(too_big, Err(KvError::Rejected(_))));
+        assert_eq!(kv.writes(), 0);
+        assert!(kv.txn(vec![], puts(ETCD_MAX_TXN_OPS, 1)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_k_writes_fails_every_call_until_the_restart() {
+        let kv = MemKv::default();
+        kv.fail_after_writes(2);
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert!(kv.txn(vec![], puts(1, 1)).await.is_err());
+        assert!(kv.get("k0").await.is_err());
+        kv.set_down(false);
+        assert!(kv.txn(vec![], puts(1, 1)).await.unwrap());
+        assert_eq!(kv.writes(), 3);
+    }
 }

@@ -1,12 +1,19 @@
-//! The desired state in etcd: typed keys, apply as one compare-and-swap transaction, and
-//! status writes guarded by the spec they were computed for.
+//! The desired state in etcd: typed keys, apply committed by one compare-and-swap of the
+//! stack record whatever the stack's size, and status writes guarded by the spec they were
+//! computed for.
 //!
-//! Keys (under `<prefix>/v1/`): `stacks/<stack>`, `services/<stack>/<service>`,
-//! `status/<stack>/<service>`.
+//! Keys (under `<prefix>/v1/`): `stacks/<stack>` (the record: the stack's own part and the
+//! committed version of each service), `services/<stack>/<service>/<token>` (one immutable
+//! key per version of a service's spec; see [`layout`]), `status/<stack>/<service>`,
+//! `endpoints/<stack>/<service>`.
 
+mod apply;
 pub mod etcd;
 pub mod fence;
 pub mod kv;
+pub mod layout;
+#[cfg(test)]
+mod layout_tests;
 pub mod lease;
 pub mod memory;
 
@@ -25,9 +32,30 @@ pub enum StoreError {
     Invalid(#[from] InvalidStack),
     #[error("{0}")]
     NotFound(String),
-    /// A named resourceVersion no longer matches, or a concurrent writer kept winning.
+    /// A concurrent writer won, or the stack is being deleted.
     #[error("{0}")]
     Conflict(String),
+    /// The caller named a resourceVersion that is no longer current. Terminal: read again.
+    #[error("{what} is at resourceVersion {current}, not {named}: it changed since you read it; read it again and retry")]
+    Stale {
+        what: String,
+        current: i64,
+        named: i64,
+    },
+    /// A stack record names a service version that is not stored: a bug or a foreign writer.
+    #[error("stack {stack} commits version {token} of service {service}, which is not stored")]
+    Dangling {
+        stack: String,
+        service: String,
+        token: String,
+    },
+    /// A stack kept being committed and collected between the two reads of one view.
+    /// Retryable.
+    #[error("stack {0} kept changing while it was read; try again")]
+    ReadRaced(String),
+    /// A status write kept losing to commits of other services of its stack. Retryable.
+    #[error("the status of {0} kept racing changes to its stack; will try again")]
+    StatusRaced(String),
     #[error(transparent)]
     Kv(#[from] KvError),
     /// A stored value did not decode: a bug or a foreign writer under our prefix.
@@ -38,7 +66,12 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Kv(KvError::Unavailable(_)))
+        matches!(
+            self,
+            StoreError::Kv(KvError::Unavailable(_))
+                | StoreError::ReadRaced(_)
+                | StoreError::StatusRaced(_)
+        )
     }
 }
 
@@ -46,7 +79,8 @@ impl StoreError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyKind {
     Stack(String),
-    Service(String, String),
+    /// `services/<stack>/<service>/<token>`: one version of a service's spec.
+    ServiceVersion(String, String, String),
     Status(String, String),
     Endpoints(String, String),
 }
@@ -73,7 +107,7 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, StoreError> {
     serde_json::from_slice(&kv.value).map_err(|e| StoreError::Corrupt {
         key: kv.key.clone(),
         reason: e.to_string(),
@@ -84,8 +118,23 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("capstan objects always serialise")
 }
 
-/// How many times apply re-reads and retries when a concurrent writer changed the stack.
-const APPLY_ATTEMPTS: usize = 5;
+use apply::APPLY_ATTEMPTS;
+
+/// A stack as stored now: its record, the services it commits, and every other version key of
+/// the stack (staged by an apply in flight, or left by one that failed), with its revision.
+#[derive(Default)]
+pub(crate) struct Current {
+    record: Option<Stack>,
+    services: Vec<Service>,
+    loose: Vec<(String, i64)>,
+}
+
+impl Current {
+    /// The record's revision; 0 when there is none.
+    fn revision(&self) -> i64 {
+        self.record.as_ref().map_or(0, |r| r.resource_version)
+    }
+}
 
 impl Store {
     pub fn new(kv: Arc<dyn Kv>, prefix: &str) -> Self {
@@ -118,8 +167,8 @@ impl Store {
     fn services_prefix(&self, stack: &str) -> String {
         format!("{}services/{stack}/", self.root)
     }
-    fn service_key(&self, stack: &str, svc: &str) -> String {
-        format!("{}services/{stack}/{svc}", self.root)
+    fn version_key(&self, stack: &str, svc: &str, token: &str) -> String {
+        format!("{}services/{stack}/{svc}/{token}", self.root)
     }
     fn status_prefix(&self, stack: &str) -> String {
         format!("{}status/{stack}/", self.root)
@@ -140,7 +189,11 @@ impl Store {
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             ["stacks", s] => Some(KeyKind::Stack(s.to_string())),
-            ["services", s, v] => Some(KeyKind::Service(s.to_string(), v.to_string())),
+            ["services", s, v, t] => Some(KeyKind::ServiceVersion(
+                s.to_string(),
+                v.to_string(),
+                t.to_string(),
+            )),
             ["status", s, v] => Some(KeyKind::Status(s.to_string(), v.to_string())),
             ["endpoints", s, v] => Some(KeyKind::Endpoints(s.to_string(), v.to_string())),
             _ => None,
@@ -156,6 +209,7 @@ impl Store {
     pub fn decode_service(kv: &KeyValue) -> Result<Service, StoreError> {
         let mut s: Service = decode(kv)?;
         s.resource_version = kv.mod_revision;
+        s.version = kv.key.rsplit('/').next().unwrap_or_default().to_string();
         Ok(s)
     }
 
@@ -174,229 +228,133 @@ impl Store {
 
     /// Everything, at one revision: the reflector's initial list.
     pub async fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Ok(self.resolved_snapshot().await?.1)
+    }
+
+    /// Everything at one revision, and the [`layout::Resolver`] that follows it: the
+    /// watcher's list.
+    pub async fn resolved_snapshot(&self) -> Result<(layout::Resolver, Snapshot), StoreError> {
         let listing = self.kv.range(&self.root).await?;
-        let mut snap = Snapshot {
-            revision: listing.revision,
-            ..Default::default()
-        };
-        for kv in &listing.items {
-            match self.classify(&kv.key) {
-                Some(KeyKind::Stack(_)) => snap.stacks.push(Self::decode_stack(kv)?),
-                Some(KeyKind::Service(..)) => snap.services.push(Self::decode_service(kv)?),
-                Some(KeyKind::Status(s, v)) => snap.statuses.push((s, v, Self::decode_status(kv)?)),
-                Some(KeyKind::Endpoints(..)) => snap.endpoints.push(decode(kv)?),
-                None => {}
-            }
-        }
-        Ok(snap)
+        layout::Resolver::from_listing(self, &listing.items, listing.revision)
     }
 
-    async fn read_stack(&self, stack: &str) -> Result<Option<(Stack, Vec<Service>)>, StoreError> {
-        let Some(kv) = self.kv.get(&self.stack_key(stack)).await? else {
-            return Ok(None);
-        };
-        let st = Self::decode_stack(&kv)?;
-        let services = self
-            .kv
-            .range(&self.services_prefix(stack))
-            .await?
-            .items
-            .iter()
-            .map(Self::decode_service)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some((st, services)))
-    }
-
-    /// Declares `spec` as the whole desired state of its stack, in one transaction: changed
-    /// services get a new generation, services the spec no longer names are removed, and an
-    /// identical apply writes nothing. With `expected`, the stack's resourceVersion must still
-    /// be that (409 otherwise).
-    pub async fn apply(
-        &self,
-        spec: &StackSpec,
-        expected: Option<i64>,
-    ) -> Result<ApplyResult, StoreError> {
+    /// A stack's record and its committed services. The record is read first and the
+    /// versions second; if a newer commit collected a version the record named in between,
+    /// both are read again.
+    pub(crate) async fn read_stack(&self, stack: &str) -> Result<Current, StoreError> {
         for _ in 0..APPLY_ATTEMPTS {
-            let current = self.read_stack(&spec.name).await?;
-            check_applicable(spec, current.as_ref(), expected)?;
-            let (compares, ops, mut result) = self.apply_txn(spec, current);
-            if ops.is_empty() {
-                return Ok(result);
-            }
-            if self.kv.txn(compares, ops).await? {
-                if let Some(kv) = self.kv.get(&self.stack_key(&spec.name)).await? {
-                    result.resource_version = kv.mod_revision;
-                }
-                return Ok(result);
-            }
-            if expected.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "stack {} changed while it was being applied; read it again and retry",
-                    spec.name
-                )));
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "stack {} kept changing under concurrent writers; try again",
-            spec.name
-        )))
-    }
-
-    /// A put of the stack's record, if its own part (services, networks, volumes) changed.
-    fn stack_record(
-        &self,
-        spec: &StackSpec,
-        current_rv: i64,
-        old: &Stack,
-        now: String,
-    ) -> Option<Op> {
-        let services: Vec<String> = spec.services.keys().cloned().collect();
-        let changed = current_rv == 0
-            || old.services != services
-            || old.networks != spec.networks
-            || old.volumes != spec.volumes;
-        let next = Stack {
-            name: spec.name.clone(),
-            generation: old.generation + 1,
-            resource_version: 0,
-            created_at: if current_rv == 0 {
-                now
-            } else {
-                old.created_at.clone()
-            },
-            services,
-            networks: spec.networks.clone(),
-            volumes: spec.volumes.clone(),
-            deletion: None,
-        };
-        changed.then(|| Op::Put(self.stack_key(&spec.name), encode(&next)))
-    }
-
-    /// The transaction that turns `current` into `spec`: a compare on every key it read, a
-    /// put for every new or changed service (and the stack record, if its own part
-    /// changed), deletes for the services `spec` no longer names; and the outcome per service.
-    fn apply_txn(
-        &self,
-        spec: &StackSpec,
-        current: Option<(Stack, Vec<Service>)>,
-    ) -> (Vec<Compare>, Vec<Op>, ApplyResult) {
-        let current_rv = current.as_ref().map_or(0, |(s, _)| s.resource_version);
-        let now = now_rfc3339();
-        let (old_stack, old_services) = current.unwrap_or_default();
-        let old: BTreeMap<&str, &Service> =
-            old_services.iter().map(|s| (s.name.as_str(), s)).collect();
-        let mut compares = vec![Compare::ModRevision(self.stack_key(&spec.name), current_rv)];
-        let mut ops = vec![];
-        let mut result = ApplyResult {
-            stack: spec.name.clone(),
-            resource_version: current_rv,
-            services: BTreeMap::new(),
-            dry_run: false,
-        };
-        for (name, svc_spec) in &spec.services {
-            let key = self.service_key(&spec.name, name);
-            let (outcome, next) = match old.get(name.as_str()) {
-                Some(prev) if prev.spec == *svc_spec => (ApplyOutcome::Unchanged, None),
-                Some(prev) => {
-                    compares.push(Compare::ModRevision(key.clone(), prev.resource_version));
-                    let next = Service {
-                        generation: prev.generation + 1,
-                        spec: svc_spec.clone(),
-                        ..(*prev).clone()
-                    };
-                    (ApplyOutcome::Configured, Some(next))
-                }
-                None => {
-                    compares.push(Compare::ModRevision(key.clone(), 0));
-                    let next = Service {
-                        stack: spec.name.clone(),
-                        name: name.clone(),
-                        generation: 1,
-                        resource_version: 0,
-                        created_at: now.clone(),
-                        spec: svc_spec.clone(),
-                    };
-                    (ApplyOutcome::Created, Some(next))
-                }
+            let record = match self.kv.get(&self.stack_key(stack)).await? {
+                Some(kv) => Some(Self::decode_stack(&kv)?),
+                None => None,
             };
-            ops.extend(next.map(|next| Op::Put(key, encode(&next))));
-            result.services.insert(name.clone(), outcome);
+            let listing = self.kv.range(&self.services_prefix(stack)).await?;
+            if let Some(current) = self.resolve(record, &listing.items)? {
+                return Ok(current);
+            }
         }
-        for prev in old_services
-            .iter()
-            .filter(|p| !spec.services.contains_key(&p.name))
-        {
-            let key = self.service_key(&spec.name, &prev.name);
-            compares.push(Compare::ModRevision(key.clone(), prev.resource_version));
-            ops.push(Op::Delete(key));
-            ops.push(Op::Delete(self.status_key(&spec.name, &prev.name)));
-            ops.push(Op::Delete(self.endpoints_key(&spec.name, &prev.name)));
-            result
-                .services
-                .insert(prev.name.clone(), ApplyOutcome::Removed);
-        }
-        ops.extend(self.stack_record(spec, current_rv, &old_stack, now));
-        (compares, ops, result)
+        Err(StoreError::ReadRaced(stack.to_string()))
     }
 
-    /// What [`Store::apply`] would do, checked the same way and computed by the same
-    /// transaction builder, with nothing written (`capstan apply --dry-run`).
-    pub async fn dry_run(
+    /// `record` with the versions it names out of `items`; None when one is missing.
+    fn resolve(
         &self,
-        spec: &StackSpec,
-        expected: Option<i64>,
-    ) -> Result<ApplyResult, StoreError> {
-        let current = self.read_stack(&spec.name).await?;
-        check_applicable(spec, current.as_ref(), expected)?;
-        let (_, _, mut result) = self.apply_txn(spec, current);
-        result.dry_run = true;
-        Ok(result)
+        record: Option<Stack>,
+        items: &[KeyValue],
+    ) -> Result<Option<Current>, StoreError> {
+        let mut current = Current::default();
+        let empty = BTreeMap::new();
+        let named = record.as_ref().map_or(&empty, |r| &r.versions);
+        for kv in items {
+            match self.classify(&kv.key) {
+                Some(KeyKind::ServiceVersion(_, svc, token)) if named.get(&svc) == Some(&token) => {
+                    current.services.push(Self::decode_service(kv)?)
+                }
+                Some(KeyKind::ServiceVersion(..)) => {
+                    current.loose.push((kv.key.clone(), kv.mod_revision))
+                }
+                _ => {}
+            }
+        }
+        if current.services.len() != named.len() {
+            return Ok(None);
+        }
+        current.record = record;
+        Ok(Some(current))
     }
 
-    /// Sets one service's replica count (a declarative change of one field).
+    /// One committed service, read from etcd.
+    pub async fn service(&self, stack: &str, name: &str) -> Result<Option<Service>, StoreError> {
+        let current = self.read_stack(stack).await?;
+        Ok(current.services.into_iter().find(|s| s.name == name))
+    }
+
+    /// The revision a write committed at: `rev`, or when the [`Kv`] could not tell (0), the
+    /// record's revision if it still holds what was written.
+    async fn committed_at(&self, rev: i64, key: &str, written: &Op) -> Result<i64, StoreError> {
+        if rev != 0 {
+            return Ok(rev);
+        }
+        let now = self.kv.get(key).await?;
+        match (now, written) {
+            (Some(kv), Op::Put(_, value)) if kv.value == *value => Ok(kv.mod_revision),
+            (now, _) => {
+                tracing::warn!(%key, "the store cannot tell the revision of a write; reporting the latest");
+                Ok(now.map_or(0, |kv| kv.mod_revision))
+            }
+        }
+    }
+    /// Sets one service's replica count (a declarative change of one field), committed
+    /// through the stack record like an apply. With `expected`, the service's resourceVersion
+    /// must still be that (409 otherwise, with nothing changed).
     pub async fn scale(
         &self,
         stack: &str,
         service: &str,
         replicas: u32,
+        expected: Option<i64>,
     ) -> Result<Service, StoreError> {
         for _ in 0..APPLY_ATTEMPTS {
-            let (st, services) = self
-                .read_stack(stack)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("stack {stack} not found")))?;
-            if st.deletion.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "stack {stack} is being deleted"
-                )));
-            }
-            let prev = services
-                .into_iter()
-                .find(|s| s.name == service)
-                .ok_or_else(|| {
-                    StoreError::NotFound(format!("service {service} not found in stack {stack}"))
-                })?;
+            let current = self.read_stack(stack).await?;
+            let (record, prev) = scale_target(stack, service, &current, expected)?;
             let mut svc_spec = prev.spec.clone();
             svc_spec.replicas = replicas;
             check_ports(stack, service, &svc_spec)?;
             if prev.spec.replicas == replicas {
-                return Ok(prev);
+                return Ok(prev.clone());
             }
             let next = Service {
                 generation: prev.generation + 1,
                 spec: svc_spec,
+                version: layout::new_token(),
                 ..prev.clone()
             };
-            let key = self.service_key(stack, service);
-            if self
-                .kv
-                .txn(
-                    vec![Compare::ModRevision(key.clone(), prev.resource_version)],
-                    vec![Op::Put(key.clone(), encode(&next))],
-                )
-                .await?
-            {
-                return Ok(next);
+            let mut record = record.clone();
+            record.versions.insert(service.into(), next.version.clone());
+            let stack_key = self.stack_key(stack);
+            let commit = Op::Put(stack_key.clone(), encode(&record));
+            let ops = vec![
+                Op::Put(
+                    self.version_key(stack, service, &next.version),
+                    encode(&next),
+                ),
+                Op::Delete(self.version_key(stack, service, &prev.version)),
+                commit.clone(),
+            ];
+            let guard = vec![Compare::ModRevision(stack_key.clone(), current.revision())];
+            if let Some(rev) = self.kv.txn_at(guard, ops).await? {
+                let rev = self.committed_at(rev, &stack_key, &commit).await?;
+                if !current.loose.is_empty() {
+                    self.sweep(&record, rev, &[]).await;
+                }
+                return Ok(Service {
+                    resource_version: rev,
+                    ..next
+                });
+            }
+            if expected.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "stack {stack} changed while {service} was being scaled; read it again and retry"
+                )));
             }
         }
         Err(StoreError::Conflict(format!(
@@ -404,32 +362,35 @@ impl Store {
         )))
     }
 
-    /// Records the deletion of a stack. The controller tears it down and then removes its keys.
-    pub async fn request_deletion(&self, stack: &str, volumes: bool) -> Result<(), StoreError> {
+    /// Records the deletion of a stack; returns the record's new resourceVersion. The
+    /// controller tears it down and then removes its keys. With `expected`, the stack's
+    /// resourceVersion must still be that (409 otherwise).
+    pub async fn request_deletion(
+        &self,
+        stack: &str,
+        volumes: bool,
+        expected: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let key = self.stack_key(stack);
         for _ in 0..APPLY_ATTEMPTS {
             let kv = self
                 .kv
-                .get(&self.stack_key(stack))
+                .get(&key)
                 .await?
                 .ok_or_else(|| StoreError::NotFound(format!("stack {stack} not found")))?;
+            check_expected(&format!("stack {stack}"), kv.mod_revision, expected)?;
             let mut st = Self::decode_stack(&kv)?;
             if st.deletion.as_ref().is_some_and(|d| d.volumes || !volumes) {
-                return Ok(());
+                return Ok(kv.mod_revision);
             }
             st.deletion = Some(Deletion {
                 requested_at: now_rfc3339(),
                 volumes,
             });
-            let key = self.stack_key(stack);
-            if self
-                .kv
-                .txn(
-                    vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
-                    vec![Op::Put(key, encode(&st))],
-                )
-                .await?
-            {
-                return Ok(());
+            let put = Op::Put(key.clone(), encode(&st));
+            let guard = vec![Compare::ModRevision(key.clone(), kv.mod_revision)];
+            if let Some(rev) = self.kv.txn_at(guard, vec![put.clone()]).await? {
+                return self.committed_at(rev, &key, &put).await;
             }
         }
         Err(StoreError::Conflict(format!(
@@ -457,27 +418,37 @@ impl Store {
             .await?)
     }
 
-    /// Writes a status computed for `service` at its resourceVersion. If the spec changed
-    /// meanwhile the write is skipped (Ok(false)): that status is already stale.
+    /// Writes a status computed for `service` at its version. If the service's spec changed
+    /// meanwhile (its stack record commits another version of it, or none) the write is
+    /// skipped (Ok(false)): that status is already stale. The write is guarded by the record
+    /// it was checked against.
     pub async fn write_status(
         &self,
         service: &Service,
         status: &ServiceStatus,
     ) -> Result<bool, StoreError> {
-        let guard = Compare::ModRevision(
-            self.service_key(&service.stack, &service.name),
-            service.resource_version,
-        );
-        Ok(self
-            .kv
-            .txn(
-                vec![guard],
-                vec![Op::Put(
-                    self.status_key(&service.stack, &service.name),
-                    encode(status),
-                )],
-            )
-            .await?)
+        let key = self.stack_key(&service.stack);
+        for _ in 0..APPLY_ATTEMPTS {
+            let Some(kv) = self.kv.get(&key).await? else {
+                return Ok(false);
+            };
+            let record = Self::decode_stack(&kv)?;
+            if record.versions.get(&service.name) != Some(&service.version) {
+                return Ok(false);
+            }
+            let put = Op::Put(
+                self.status_key(&service.stack, &service.name),
+                encode(status),
+            );
+            let guard = vec![Compare::ModRevision(key.clone(), kv.mod_revision)];
+            if self.kv.txn(guard, vec![put]).await? {
+                return Ok(true);
+            }
+        }
+        Err(StoreError::StatusRaced(format!(
+            "{}/{}",
+            service.stack, service.name
+        )))
     }
 
     pub fn decode_endpoints(kv: &KeyValue) -> Result<Endpoints, StoreError> {
@@ -532,7 +503,8 @@ impl Store {
 
     /// One stack with its services and their status, read from etcd.
     pub async fn stack_view(&self, stack: &str) -> Result<Option<StackView>, StoreError> {
-        let Some((st, services)) = self.read_stack(stack).await? else {
+        let current = self.read_stack(stack).await?;
+        let (Some(st), services) = (current.record, current.services) else {
             return Ok(None);
         };
         let statuses = self.statuses(stack).await?;
@@ -613,23 +585,61 @@ fn view_of(
 /// one), and not being deleted.
 fn check_applicable(
     spec: &StackSpec,
-    current: Option<&(Stack, Vec<Service>)>,
+    current: &Current,
     expected: Option<i64>,
 ) -> Result<(), StoreError> {
-    let current_rv = current.map_or(0, |(s, _)| s.resource_version);
-    if let Some(rv) = expected.filter(|rv| *rv != current_rv) {
-        return Err(StoreError::Conflict(format!(
-            "stack {} is at resourceVersion {current_rv}, not {rv}: it changed since you read it; read it again and retry",
-            spec.name
-        )));
-    }
-    if current.is_some_and(|(st, _)| st.deletion.is_some()) {
+    check_expected(
+        &format!("stack {}", spec.name),
+        current.revision(),
+        expected,
+    )?;
+    if current
+        .record
+        .as_ref()
+        .is_some_and(|st| st.deletion.is_some())
+    {
         return Err(StoreError::Conflict(format!(
             "stack {} is being deleted; apply again once it is gone",
             spec.name
         )));
     }
     Ok(())
+}
+
+/// A 409 when the caller named a version other than `current`.
+fn check_expected(what: &str, current: i64, expected: Option<i64>) -> Result<(), StoreError> {
+    match expected {
+        Some(named) if named != current => Err(StoreError::Stale {
+            what: what.to_string(),
+            current,
+            named,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The record and the service a scale changes, if it may.
+fn scale_target<'a>(
+    stack: &str,
+    service: &str,
+    current: &'a Current,
+    expected: Option<i64>,
+) -> Result<(&'a Stack, &'a Service), StoreError> {
+    let record = (current.record.as_ref())
+        .ok_or_else(|| StoreError::NotFound(format!("stack {stack} not found")))?;
+    if record.deletion.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "stack {stack} is being deleted"
+        )));
+    }
+    let prev = (current.services.iter())
+        .find(|s| s.name == service)
+        .ok_or_else(|| {
+            StoreError::NotFound(format!("service {service} not found in stack {stack}"))
+        })?;
+    let what = format!("service {stack}/{service}");
+    check_expected(&what, prev.resource_version, expected)?;
+    Ok((record, prev))
 }
 
 /// The rules a scale must keep: as many host ports as replicas, and one replica for a
@@ -780,7 +790,7 @@ mod tests {
             .apply(&parse_stack("shop", WEB).unwrap(), None)
             .await
             .unwrap();
-        store.scale("shop", "web", 5).await.unwrap();
+        store.scale("shop", "web", 5, None).await.unwrap();
         store
             .apply(
                 &parse_stack(
@@ -800,7 +810,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+        assert!(matches!(err, StoreError::Stale { .. }), "{err}");
         assert_eq!(kv.writes(), writes);
     }
 
@@ -818,14 +828,28 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(store.scale("shop", "web", 2).await.unwrap().generation, 2);
-        assert_eq!(store.scale("shop", "web", 2).await.unwrap().generation, 2);
+        assert_eq!(
+            store
+                .scale("shop", "web", 2, None)
+                .await
+                .unwrap()
+                .generation,
+            2
+        );
+        assert_eq!(
+            store
+                .scale("shop", "web", 2, None)
+                .await
+                .unwrap()
+                .generation,
+            2
+        );
         assert!(matches!(
-            store.scale("shop", "web", 3).await.unwrap_err(),
+            store.scale("shop", "web", 3, None).await.unwrap_err(),
             StoreError::Invalid(_)
         ));
         assert!(matches!(
-            store.scale("shop", "nope", 3).await.unwrap_err(),
+            store.scale("shop", "nope", 3, None).await.unwrap_err(),
             StoreError::NotFound(_)
         ));
     }
@@ -840,11 +864,18 @@ mod tests {
             )
             .await
             .unwrap();
-        match store.scale("shop", "web", 2).await.unwrap_err() {
+        match store.scale("shop", "web", 2, None).await.unwrap_err() {
             StoreError::Invalid(e) => assert_eq!(e.errors[0].field, "services.web.container_name"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(store.scale("shop", "web", 0).await.unwrap().generation, 2);
+        assert_eq!(
+            store
+                .scale("shop", "web", 0, None)
+                .await
+                .unwrap()
+                .generation,
+            2
+        );
     }
 
     #[tokio::test]
@@ -854,7 +885,7 @@ mod tests {
             .apply(&parse_stack("shop", WEB).unwrap(), None)
             .await
             .unwrap();
-        store.request_deletion("shop", false).await.unwrap();
+        store.request_deletion("shop", false, None).await.unwrap();
         assert!(matches!(
             store
                 .apply(&parse_stack("shop", WEB).unwrap(), None)
@@ -886,7 +917,7 @@ mod tests {
             .into_iter()
             .find(|s| s.name == "web")
             .unwrap();
-        store.scale("shop", "web", 1).await.unwrap();
+        store.scale("shop", "web", 1, None).await.unwrap();
         assert!(!store
             .write_status(&old, &ServiceStatus::default())
             .await

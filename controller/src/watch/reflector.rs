@@ -21,8 +21,14 @@ pub enum Event {
     /// The watch or the list failed: the copy may be stale, so nothing acts on it until the
     /// next [`Event::Relisted`].
     Lost,
-    Stack(String, Option<Stack>),
-    Service(String, String, Option<Service>),
+    /// A stack's record was committed (None: removed) with every service whose committed
+    /// version changed in that commit (None: gone). Applied whole, so no reader sees a stack
+    /// half old and half new.
+    Commit {
+        stack: String,
+        record: Option<Stack>,
+        services: Vec<(String, Option<Service>)>,
+    },
     Status(String, String, Option<ServiceStatus>),
     Endpoints(String, String, Option<Endpoints>),
 }
@@ -92,21 +98,11 @@ impl Writer {
                     changed = replace(&mut st, snap);
                 }
                 Event::Lost => st.synced = false,
-                Event::Stack(name, stack) => {
-                    let old = match stack {
-                        Some(s) => st.stacks.insert(name.clone(), Arc::new(s)),
-                        None => st.stacks.remove(&name),
-                    };
-                    let services = st.stacks.get(&name).into_iter().chain(old.as_ref());
-                    for svc in services.flat_map(|s| s.services.iter()) {
-                        changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
-                    }
-                    changed.insert(ObjectKey::Stack(name));
-                }
-                Event::Service(stack, name, svc) => {
-                    put(&mut st.services, (stack.clone(), name.clone()), svc);
-                    changed.insert(ObjectKey::Service(stack, name));
-                }
+                Event::Commit {
+                    stack,
+                    record,
+                    services,
+                } => changed = commit(&mut st, stack, record, services),
                 Event::Status(stack, name, status) => put(&mut st.statuses, (stack, name), status),
                 Event::Endpoints(stack, name, eps) => {
                     put(&mut st.endpoints, (stack.clone(), name.clone()), eps);
@@ -119,6 +115,39 @@ impl Writer {
         }
         changed.into_iter().collect()
     }
+}
+
+/// Applies one commit; returns the keys to reconcile: the services it changed and, when the
+/// stack's own part changed (its set of services, networks, volumes, or its deletion), the
+/// stack and all of its services, old and new.
+fn commit(
+    st: &mut State,
+    name: String,
+    record: Option<Stack>,
+    services: Vec<(String, Option<Service>)>,
+) -> BTreeSet<ObjectKey> {
+    let mut changed = BTreeSet::new();
+    for (svc, value) in services {
+        put(&mut st.services, (name.clone(), svc.clone()), value);
+        changed.insert(ObjectKey::Service(name.clone(), svc));
+    }
+    let old = match record {
+        Some(s) => st.stacks.insert(name.clone(), Arc::new(s)),
+        None => st.stacks.remove(&name),
+    };
+    let new = st.stacks.get(&name);
+    let own = |s: Option<&Arc<Stack>>| s.map(|s| (s.generation, s.deletion.clone()));
+    if own(old.as_ref()) != own(new) {
+        for svc in new
+            .into_iter()
+            .chain(old.as_ref())
+            .flat_map(|s| &s.services)
+        {
+            changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
+        }
+        changed.insert(ObjectKey::Stack(name));
+    }
+    changed
 }
 
 fn put<V>(map: &mut HashMap<ServiceKey, Arc<V>>, key: ServiceKey, value: Option<V>) {
@@ -143,8 +172,12 @@ fn replace(st: &mut State, snap: Snapshot) -> BTreeSet<ObjectKey> {
         .collect();
     let mut changed = BTreeSet::new();
     for (name, s) in stacks.iter().chain(st.stacks.iter()) {
-        let rv = |m: &HashMap<String, Arc<Stack>>| m.get(name).map(|s| s.resource_version);
-        if rv(&stacks) != rv(&st.stacks) || !st.synced {
+        // The record's revision moves with every service's change; the stack's own part is
+        // its generation and deletion.
+        let own = |m: &HashMap<String, Arc<Stack>>| {
+            m.get(name).map(|s| (s.generation, s.deletion.clone()))
+        };
+        if own(&stacks) != own(&st.stacks) || !st.synced {
             changed.insert(ObjectKey::Stack(name.clone()));
             for svc in &s.services {
                 changed.insert(ObjectKey::Service(name.clone(), svc.clone()));
@@ -301,22 +334,56 @@ mod tests {
         );
     }
 
+    fn commit(name: &str, record: Option<Stack>, services: &[(&str, Option<i64>)]) -> Event {
+        Event::Commit {
+            stack: name.into(),
+            record,
+            services: services
+                .iter()
+                .map(|(svc, rv)| (svc.to_string(), rv.map(|rv| service(name, svc, rv))))
+                .collect(),
+        }
+    }
+
     #[test]
     fn a_stack_change_reconciles_its_services_old_and_new_and_a_status_reconciles_nothing() {
         let mut w = Writer::default();
-        w.apply(Event::Stack(
-            "s".into(),
-            Some(stack("s", &["web", "db"], 1)),
-        ));
-        let keys = w.apply(Event::Stack("s".into(), Some(stack("s", &["web"], 2))));
+        let first = Some(stack("s", &["web", "db"], 1));
+        w.apply(commit("s", first, &[("web", Some(1)), ("db", Some(1))]));
+        let mut next = stack("s", &["web"], 2);
+        next.generation = 1;
+        let keys = w.apply(commit("s", Some(next), &[("db", None)]));
         assert!(
             keys.contains(&ObjectKey::Service("s".into(), "db".into())),
             "{keys:?}"
         );
+        assert!(keys.contains(&ObjectKey::Stack("s".into())), "{keys:?}");
+        assert!(w.reader().service("s", "db").is_none());
         let status = ServiceStatus::default();
         let keys = w.apply(Event::Status("s".into(), "web".into(), Some(status)));
         assert!(keys.is_empty());
         assert!(w.reader().status("s", "web").is_some());
+    }
+
+    #[test]
+    fn a_commit_that_changes_one_service_reconciles_only_that_service_and_shows_all_of_it_at_once()
+    {
+        let mut w = Writer::default();
+        let r = w.reader();
+        w.apply(commit(
+            "s",
+            Some(stack("s", &["web", "db"], 1)),
+            &[("web", Some(1)), ("db", Some(1))],
+        ));
+        let keys = w.apply(commit(
+            "s",
+            Some(stack("s", &["web", "db"], 3)),
+            &[("web", Some(2))],
+        ));
+        assert_eq!(keys, vec![ObjectKey::Service("s".into(), "web".into())]);
+        assert_eq!(r.stack("s").unwrap().resource_version, 3);
+        assert_eq!(r.service("s", "web").unwrap().resource_version, 2);
+        assert_eq!(r.service("s", "db").unwrap().resource_version, 1);
     }
 
     #[tokio::test]

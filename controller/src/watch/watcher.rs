@@ -11,7 +11,8 @@ use tokio::sync::watch;
 use super::reflector::{Event, Writer};
 use crate::key::ObjectKey;
 use crate::scheduler::Scheduler;
-use crate::store::{KeyKind, KvError, Store, StoreError, WatchEvent};
+use crate::store::layout::{Change, Resolver};
+use crate::store::{KvError, Store, StoreError};
 
 enum Phase {
     /// Read everything, replace the copy.
@@ -31,6 +32,8 @@ pub struct Watcher {
     pub scheduler: Arc<Scheduler<ObjectKey>>,
     /// Consecutive failures, for the back-off and for logging only the first.
     failures: u32,
+    /// Resolves the versioned layout's keys into commits; rebuilt by every list.
+    resolver: Resolver,
 }
 
 impl Watcher {
@@ -40,6 +43,7 @@ impl Watcher {
             writer,
             scheduler,
             failures: 0,
+            resolver: Resolver::default(),
         }
     }
 
@@ -68,8 +72,9 @@ impl Watcher {
     }
 
     async fn list(&mut self) -> Phase {
-        match self.store.snapshot().await {
-            Ok(snap) => {
+        match self.store.resolved_snapshot().await {
+            Ok((resolver, snap)) => {
+                self.resolver = resolver;
                 let from = snap.revision + 1;
                 if self.failures > 0 {
                     tracing::info!(
@@ -94,9 +99,15 @@ impl Watcher {
         loop {
             match stream.next().await {
                 Some(Ok(batch)) => {
-                    for ev in &batch {
-                        if let Some(event) = decode(&self.store, ev) {
-                            self.emit(event);
+                    for change in self.resolver.apply_batch(&self.store, &batch) {
+                        match change {
+                            Ok(change) => self.emit(event(change)),
+                            Err(e @ StoreError::Dangling { .. }) => {
+                                return self.failed("a commit names a version never seen", &e)
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "ignoring a record that does not decode")
+                            }
                         }
                     }
                 }
@@ -126,36 +137,21 @@ impl Watcher {
     }
 }
 
-/// One raw key change as a typed event; `None` for keys capstan does not own, and for a
-/// record that does not decode (logged: it is left out rather than guessed at).
-pub fn decode(store: &Store, ev: &WatchEvent) -> Option<Event> {
-    let (key, kv) = match ev {
-        WatchEvent::Put(kv) => (kv.key.as_str(), Some(kv)),
-        WatchEvent::Delete { key, .. } => (key.as_str(), None),
-    };
-    fn value<T>(key: &str, decoded: Option<Result<T, StoreError>>) -> Result<Option<T>, ()> {
-        match decoded {
-            None => Ok(None),
-            Some(Ok(v)) => Ok(Some(v)),
-            Some(Err(e)) => {
-                tracing::error!(%key, error = %e, "ignoring a record that does not decode");
-                Err(())
-            }
-        }
+/// A resolved change as the reflector's event.
+fn event(change: Change) -> Event {
+    match change {
+        Change::Commit {
+            stack,
+            record,
+            services,
+        } => Event::Commit {
+            stack,
+            record,
+            services,
+        },
+        Change::Status(s, v, status) => Event::Status(s, v, status),
+        Change::Endpoints(s, v, eps) => Event::Endpoints(s, v, eps),
     }
-    let event = match store.classify(key)? {
-        KeyKind::Stack(s) => Event::Stack(s, value(key, kv.map(Store::decode_stack)).ok()?),
-        KeyKind::Service(s, v) => {
-            Event::Service(s, v, value(key, kv.map(Store::decode_service)).ok()?)
-        }
-        KeyKind::Status(s, v) => {
-            Event::Status(s, v, value(key, kv.map(Store::decode_status)).ok()?)
-        }
-        KeyKind::Endpoints(s, v) => {
-            Event::Endpoints(s, v, value(key, kv.map(Store::decode_endpoints)).ok()?)
-        }
-    };
-    Some(event)
 }
 
 fn backoff(failures: u32) -> Duration {
@@ -166,41 +162,103 @@ fn backoff(failures: u32) -> Duration {
 mod tests {
     use super::*;
     use crate::store::memory::MemKv;
-    use crate::store::KeyValue;
+    use crate::store::{KeyValue, WatchEvent};
 
-    fn put(key: &str, value: &str) -> WatchEvent {
+    fn put(key: &str, value: &str, rev: i64) -> WatchEvent {
         WatchEvent::Put(KeyValue {
             key: key.into(),
             value: value.as_bytes().to_vec(),
-            mod_revision: 7,
+            mod_revision: rev,
         })
     }
 
+    fn record(versions: &[(&str, &str)]) -> String {
+        let st = capstan_api::object::Stack {
+            name: "s".into(),
+            services: versions.iter().map(|(v, _)| v.to_string()).collect(),
+            versions: versions
+                .iter()
+                .map(|(v, t)| (v.to_string(), t.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        serde_json::to_string(&st).unwrap()
+    }
+
     #[test]
-    fn keys_are_decoded_into_typed_events_and_foreign_or_broken_ones_are_dropped() {
+    fn a_staged_version_is_invisible_until_the_stack_record_commits_it_and_foreign_keys_are_dropped(
+    ) {
         let store = Store::new(Arc::new(MemKv::default()), "/capstan");
+        let mut r = Resolver::default();
         let svc = capstan_api::object::Service {
             stack: "s".into(),
             name: "web".into(),
             ..Default::default()
         };
         let svc = serde_json::to_string(&svc).unwrap();
-        match decode(&store, &put("/capstan/v1/services/s/web", &svc)) {
-            Some(Event::Service(s, v, Some(svc))) => {
-                assert_eq!((s.as_str(), v.as_str()), ("s", "web"));
-                assert_eq!(svc.resource_version, 7, "the revision is the version");
+        let staged = put("/capstan/v1/services/s/web/t1", &svc, 7);
+        let commit = put("/capstan/v1/stacks/s", &record(&[("web", "t1")]), 8);
+        assert!(
+            r.apply_batch(&store, &[staged]).is_empty(),
+            "staged: invisible"
+        );
+        match r.apply_batch(&store, &[commit]).pop() {
+            Some(Ok(Change::Commit {
+                stack,
+                record,
+                services,
+            })) => {
+                assert_eq!(stack, "s");
+                assert_eq!(record.unwrap().resource_version, 8);
+                let (name, svc) = &services[0];
+                assert_eq!(name, "web");
+                let svc = svc.as_ref().unwrap();
+                assert_eq!((svc.resource_version, svc.version.as_str()), (7, "t1"));
             }
             other => panic!("{other:?}"),
         }
         let gone = WatchEvent::Delete {
             key: "/capstan/v1/stacks/s".into(),
-            mod_revision: 8,
+            mod_revision: 9,
         };
-        assert_eq!(decode(&store, &gone), Some(Event::Stack("s".into(), None)));
-        assert_eq!(decode(&store, &put("/other/v1/stacks/s", "{}")), None);
-        assert_eq!(
-            decode(&store, &put("/capstan/v1/stacks/s", "not json")),
-            None
+        match r.apply_batch(&store, &[gone]).pop() {
+            Some(Ok(Change::Commit {
+                record: None,
+                services,
+                ..
+            })) => {
+                assert_eq!(services, vec![("web".to_string(), None)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r
+            .apply_batch(&store, &[put("/other/v1/stacks/s", "{}", 10)])
+            .is_empty());
+        let broken = put("/capstan/v1/stacks/s", "not json", 11);
+        assert!(matches!(
+            r.apply_batch(&store, &[broken]).pop(),
+            Some(Err(StoreError::Corrupt { .. }))
+        ));
+        let dangling = put("/capstan/v1/stacks/s", &record(&[("web", "nope")]), 12);
+        assert!(matches!(
+            r.apply_batch(&store, &[dangling]).pop(),
+            Some(Err(StoreError::Dangling { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_record_and_the_versions_it_names_in_one_revision_resolve_whatever_their_order() {
+        let store = Store::new(Arc::new(MemKv::default()), "/capstan");
+        let mut r = Resolver::default();
+        let svc = serde_json::to_string(&capstan_api::object::Service::default()).unwrap();
+        let batch = [
+            put("/capstan/v1/stacks/s", &record(&[("web", "t1")]), 7),
+            put("/capstan/v1/services/s/web/t1", &svc, 7),
+        ];
+        let out = r.apply_batch(&store, &batch);
+        assert!(
+            matches!(out.as_slice(), [Ok(Change::Commit { .. })]),
+            "{out:?}"
         );
     }
 

@@ -1,0 +1,299 @@
+//! Apply on the versioned layout (see [`super::layout`]): new versions of the changed
+//! services are staged in bounded transactions, each guarded by the record's revision (so a
+//! loser of a race stops early); then one small transaction swaps the record, which is the
+//! commit; then the versions no record names any more are collected in bounded transactions.
+//! A small apply does all of it in one transaction.
+
+use capstan_api::object::*;
+use capstan_api::spec::StackSpec;
+use std::collections::BTreeMap;
+
+use super::layout::{batches, fits, new_token};
+use super::{check_applicable, encode, now_rfc3339, Compare, Current, Op, Store, StoreError};
+
+/// How many times apply re-reads and retries when a concurrent writer changed the stack.
+pub(super) const APPLY_ATTEMPTS: usize = 5;
+
+/// What an apply writes.
+pub(super) struct Plan {
+    pub result: ApplyResult,
+    /// The next record; None when nothing changes.
+    pub record: Option<Stack>,
+    /// The new versions of created and changed services.
+    pub staged: Vec<Service>,
+    /// Version keys no record will name once this commits: the old versions of changed and
+    /// removed services, and versions older than the record read that it never named (left
+    /// by a failed apply).
+    pub retired: Vec<String>,
+    /// Services the spec no longer names (their status and endpoints go too).
+    pub removed: Vec<String>,
+    /// Version keys newer than the record read exist: another apply staging, or one that
+    /// failed after the record was read. Collectable only once this commits.
+    pub sweep_after: bool,
+}
+
+impl Store {
+    /// Declares `spec` as the whole desired state of its stack, atomically for every reader:
+    /// changed services get a new generation, services the spec no longer names are removed,
+    /// and an identical apply writes nothing. With `expected`, the stack's resourceVersion must
+    /// still be that (409 otherwise, with nothing changed).
+    pub async fn apply(
+        &self,
+        spec: &StackSpec,
+        expected: Option<i64>,
+    ) -> Result<ApplyResult, StoreError> {
+        for _ in 0..APPLY_ATTEMPTS {
+            let current = self.read_stack(&spec.name).await?;
+            check_applicable(spec, &current, expected)?;
+            let mut plan = self.plan(spec, &current);
+            if plan.record.is_none() {
+                // Nothing to commit; versions a crash left before the record's last commit
+                // can go all the same.
+                if let Err(e) = self.collect(plan.retired).await {
+                    tracing::warn!(stack = %spec.name, error = %e, "stray service versions not collected yet");
+                }
+                return Ok(plan.result);
+            }
+            if let Some(rev) = self.write(&plan, current.revision()).await? {
+                plan.result.resource_version = rev;
+                return Ok(plan.result);
+            }
+            if expected.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "stack {} changed while it was being applied; read it again and retry",
+                    spec.name
+                )));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "stack {} kept changing under concurrent writers; try again",
+            spec.name
+        )))
+    }
+
+    /// What [`Store::apply`] would do, checked the same way and computed by the same
+    /// planner, with nothing written (`capstan apply --dry-run`).
+    pub async fn dry_run(
+        &self,
+        spec: &StackSpec,
+        expected: Option<i64>,
+    ) -> Result<ApplyResult, StoreError> {
+        let current = self.read_stack(&spec.name).await?;
+        check_applicable(spec, &current, expected)?;
+        let mut result = self.plan(spec, &current).result;
+        result.dry_run = true;
+        Ok(result)
+    }
+
+    /// Turns `current` into `spec`: the outcome per service, and what to write.
+    fn plan(&self, spec: &StackSpec, current: &Current) -> Plan {
+        let now = now_rfc3339();
+        let old: BTreeMap<&str, &Service> = current
+            .services
+            .iter()
+            .map(|s| (s.name.as_str(), s))
+            .collect();
+        let mut plan = Plan {
+            result: ApplyResult {
+                stack: spec.name.clone(),
+                resource_version: current.revision(),
+                services: BTreeMap::new(),
+                dry_run: false,
+            },
+            record: None,
+            staged: vec![],
+            retired: vec![],
+            removed: vec![],
+            sweep_after: current
+                .loose
+                .iter()
+                .any(|(_, rev)| *rev > current.revision()),
+        };
+        for (name, svc_spec) in &spec.services {
+            let prev = old.get(name.as_str()).copied();
+            let outcome = match prev {
+                Some(prev) if prev.spec == *svc_spec => ApplyOutcome::Unchanged,
+                Some(_) => ApplyOutcome::Configured,
+                None => ApplyOutcome::Created,
+            };
+            if outcome != ApplyOutcome::Unchanged {
+                plan.staged.push(next_version(spec, name, prev, &now));
+                plan.retired.extend(prev.map(|p| self.key_of(p)));
+            }
+            plan.result.services.insert(name.clone(), outcome);
+        }
+        for prev in old
+            .values()
+            .filter(|p| !spec.services.contains_key(&p.name))
+        {
+            plan.retired.push(self.key_of(prev));
+            plan.removed.push(prev.name.clone());
+            let outcome = ApplyOutcome::Removed;
+            plan.result.services.insert(prev.name.clone(), outcome);
+        }
+        let stale = current
+            .loose
+            .iter()
+            .filter(|(_, r)| *r < current.revision());
+        plan.retired.extend(stale.map(|(key, _)| key.clone()));
+        plan.record = next_record(spec, current, &plan, now);
+        plan
+    }
+
+    fn key_of(&self, svc: &Service) -> String {
+        self.version_key(&svc.stack, &svc.name, &svc.version)
+    }
+
+    /// Writes `plan` over the record read at `r0`; the commit's revision, or None when the
+    /// record changed meanwhile (nothing visible was written).
+    async fn write(&self, plan: &Plan, r0: i64) -> Result<Option<i64>, StoreError> {
+        let record = plan
+            .record
+            .as_ref()
+            .expect("a plan that writes has a record");
+        let stack_key = self.stack_key(&record.name);
+        let guard = || vec![Compare::ModRevision(stack_key.clone(), r0)];
+        let staged: Vec<Op> = (plan.staged.iter())
+            .map(|s| Op::Put(self.key_of(s), encode(s)))
+            .collect();
+        let commit = Op::Put(stack_key.clone(), encode(record));
+        let mut whole = staged.clone();
+        whole.extend(plan.retired.iter().cloned().map(Op::Delete));
+        whole.extend(
+            self.forgotten(&record.name, &plan.removed)
+                .into_iter()
+                .map(Op::Delete),
+        );
+        whole.push(commit.clone());
+        if fits(&whole) {
+            let Some(rev) = self.kv.txn_at(guard(), whole).await? else {
+                return Ok(None);
+            };
+            let rev = self.committed_at(rev, &stack_key, &commit).await?;
+            if plan.sweep_after {
+                self.sweep(record, rev, &[]).await;
+            }
+            return Ok(Some(rev));
+        }
+        for batch in batches(staged) {
+            if !self.kv.txn(guard(), batch).await? {
+                return Ok(None);
+            }
+        }
+        let Some(rev) = self.kv.txn_at(guard(), vec![commit.clone()]).await? else {
+            return Ok(None);
+        };
+        let rev = self.committed_at(rev, &stack_key, &commit).await?;
+        self.sweep(record, rev, &plan.removed).await;
+        Ok(Some(rev))
+    }
+
+    /// The status and endpoints keys of `removed` services of `stack`.
+    fn forgotten(&self, stack: &str, removed: &[String]) -> Vec<String> {
+        removed
+            .iter()
+            .flat_map(|svc| [self.status_key(stack, svc), self.endpoints_key(stack, svc)])
+            .collect()
+    }
+
+    /// After the commit of `record` at `rev`: removes, in bounded transactions, every version
+    /// key of the stack that `record` does not name and that is older than `rev` (no later
+    /// record can name it: a later apply stages after reading a record at `rev` or later),
+    /// then the status and endpoints of `removed` services while `record` is still the
+    /// latest. Best effort: the apply has committed; what is left is collected by the next.
+    pub(super) async fn sweep(&self, record: &Stack, rev: i64, removed: &[String]) {
+        if let Err(e) = self.try_sweep(record, rev, removed).await {
+            tracing::warn!(stack = %record.name, error = %e,
+                "old service versions not collected yet; the next apply collects them");
+        }
+    }
+
+    async fn try_sweep(
+        &self,
+        record: &Stack,
+        rev: i64,
+        removed: &[String],
+    ) -> Result<(), StoreError> {
+        let listing = self.kv.range(&self.services_prefix(&record.name)).await?;
+        let dead: Vec<String> = listing
+            .items
+            .into_iter()
+            .filter(|kv| kv.mod_revision < rev && !self.named_by(record, &kv.key))
+            .map(|kv| kv.key)
+            .collect();
+        self.collect(dead).await?;
+        let guard = || vec![Compare::ModRevision(self.stack_key(&record.name), rev)];
+        let forgotten = self.forgotten(&record.name, removed);
+        for batch in batches(forgotten.into_iter().map(Op::Delete).collect()) {
+            if !self.kv.txn(guard(), batch).await? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes version keys no record can name again, in bounded transactions.
+    async fn collect(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        for batch in batches(keys.into_iter().map(Op::Delete).collect()) {
+            self.kv.txn(vec![], batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `key` is a version key that `record` commits.
+    fn named_by(&self, record: &Stack, key: &str) -> bool {
+        match self.classify(key) {
+            Some(super::KeyKind::ServiceVersion(_, svc, token)) => {
+                record.versions.get(&svc) == Some(&token)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// A new version of service `name`: generation 1 when created, one more when changed.
+fn next_version(spec: &StackSpec, name: &str, prev: Option<&Service>, now: &str) -> Service {
+    Service {
+        stack: spec.name.clone(),
+        name: name.to_string(),
+        generation: prev.map_or(0, |p| p.generation) + 1,
+        resource_version: 0,
+        version: new_token(),
+        created_at: prev.map_or_else(|| now.to_string(), |p| p.created_at.clone()),
+        spec: spec.services[name].clone(),
+    }
+}
+
+/// The record after `plan`, or None when nothing at all changes. Its generation grows only
+/// when the stack's own part (the set of services, networks, volumes) changes.
+fn next_record(spec: &StackSpec, current: &Current, plan: &Plan, now: String) -> Option<Stack> {
+    let old = current.record.clone().unwrap_or_default();
+    let services: Vec<String> = spec.services.keys().cloned().collect();
+    let own_changed = current.record.is_none()
+        || old.services != services
+        || old.networks != spec.networks
+        || old.volumes != spec.volumes;
+    if !own_changed && plan.staged.is_empty() && plan.removed.is_empty() {
+        return None;
+    }
+    let mut versions = old.versions.clone();
+    versions.retain(|name, _| spec.services.contains_key(name));
+    for s in &plan.staged {
+        versions.insert(s.name.clone(), s.version.clone());
+    }
+    Some(Stack {
+        name: spec.name.clone(),
+        generation: old.generation + i64::from(own_changed),
+        resource_version: 0,
+        created_at: if current.record.is_none() {
+            now
+        } else {
+            old.created_at
+        },
+        services,
+        versions,
+        networks: spec.networks.clone(),
+        volumes: spec.volumes.clone(),
+        deletion: None,
+    })
+}
