@@ -90,6 +90,11 @@ impl Client {
         Ok(Some(serde_json::from_slice(&bytes)?))
     }
 
+    pub async fn leader(&self) -> anyhow::Result<capstan_api::object::LeaderView> {
+        self.send(self.http.get(format!("{}/v1/leader", self.base)))
+            .await
+    }
+
     pub async fn stacks(&self) -> anyhow::Result<Vec<StackView>> {
         self.send(self.http.get(format!("{}/v1/stacks", self.base)))
             .await

@@ -48,6 +48,8 @@ pub enum Format {
 enum Kind {
     Stacks,
     Services,
+    /// Which daemon holds the leader lease, and what the one asked is.
+    Leader,
 }
 
 #[derive(Subcommand)]
@@ -294,6 +296,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let services = api.services(stack.as_deref()).await?;
             output::services(&services, output)?;
+            Ok(0)
+        }
+        Command::Get {
+            kind: Kind::Leader,
+            output,
+            ..
+        } => {
+            output::leader(&api.leader().await?, output)?;
             Ok(0)
         }
         Command::Describe { target } => {

@@ -102,6 +102,25 @@ pub fn stacks(stacks: &[StackView], format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn leader(view: &capstan_api::object::LeaderView, format: Format) -> anyhow::Result<()> {
+    if format != Format::Table {
+        return structured(view, format);
+    }
+    let (holder, since, ttl) = match &view.leader {
+        Some(l) => (
+            l.holder.clone(),
+            age(&l.since),
+            format!("{}s", l.lease_ttl_seconds),
+        ),
+        None => ("<none>".into(), "-".into(), "-".into()),
+    };
+    table(
+        &["LEADER", "FOR", "LEASE TTL", "ASKED", "ITS ROLE"],
+        vec![vec![holder, since, ttl, view.this.clone(), view.role.clone()]],
+    );
+    Ok(())
+}
+
 pub fn describe(s: &ServiceView) {
     println!("Service:      {}/{}", s.stack, s.name);
     println!("Image:        {}", s.image);

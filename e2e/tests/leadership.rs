@@ -97,6 +97,12 @@ fn two_daemons_applying_a_new_stack_at_once_make_one_network_and_each_replica_on
     assert!(engine_changes(leader) > 0.0);
     let view = follower.leader();
     assert_eq!(view["leader"]["holder"], leader.leader()["this"], "{view}");
+    let table = follower.cli_ok(&["get", "leader"]);
+    let holder = view["leader"]["holder"].as_str().unwrap();
+    assert!(
+        table.contains(holder) && table.contains("follower"),
+        "{table}"
+    );
 }
 
 #[test]
