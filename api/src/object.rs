@@ -263,8 +263,23 @@ pub struct ReplicaState {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub health: String,
     pub updated: bool,
+    /// Restarts capstan made of this replica (kept across daemon restarts).
     #[serde(default)]
     pub restarts: u32,
+    /// While the replica is in a crash loop: where its back-off stands, so a restarted or
+    /// newly elected daemon goes on from there instead of restarting it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_loop: Option<CrashLoop>,
+}
+
+/// The back-off position of a replica in a crash loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CrashLoop {
+    /// Restarts in the current window (the next wait doubles with each).
+    pub restarts: u32,
+    /// When the last of them was made (RFC 3339, milliseconds).
+    pub last_restart_at: String,
 }
 
 impl Condition {

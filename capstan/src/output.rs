@@ -116,7 +116,13 @@ pub fn leader(view: &capstan_api::object::LeaderView, format: Format) -> anyhow:
     };
     table(
         &["LEADER", "FOR", "LEASE TTL", "ASKED", "ITS ROLE"],
-        vec![vec![holder, since, ttl, view.this.clone(), view.role.clone()]],
+        vec![vec![
+            holder,
+            since,
+            ttl,
+            view.this.clone(),
+            view.role.clone(),
+        ]],
     );
     Ok(())
 }

@@ -378,3 +378,41 @@ async fn a_replica_never_healthy_since_it_started_is_healed_only_after_its_start
         "{reason}"
     );
 }
+
+/// The back-off position lives in the status in etcd: a restarted (or newly elected)
+/// daemon goes on with a crash loop's back-off instead of hammering the engine again.
+#[tokio::test(start_paused = true)]
+async fn a_crash_looping_replica_keeps_its_back_off_across_a_daemon_restart() {
+    let mut f = Fixture::start().await;
+    f.fake.on_start(
+        "s-crash-*",
+        OnStart::Exit {
+            after: Duration::ZERO,
+            code: 1,
+        },
+    );
+    f.apply("services:\n  crash:\n    image: web:1\n").await;
+    let name = replica("crash", 1);
+    // Starts at 0, 0, 1, 3, 7 and 15 s; the next is due 16 s later.
+    f.until("six starts", || starts_of(&f, &name).len() == 6)
+        .await;
+    f.run_for(Duration::from_secs(1)).await;
+    let stored = f.status(STACK, "crash").await.unwrap();
+    let loop_ = stored.replica_states[0].crash_loop.clone();
+    assert_eq!(loop_.map(|l| l.restarts), Some(5), "{stored:?}");
+
+    f.restart_daemon().await;
+    let restarted = f.elapsed();
+    f.until("the next start", || starts_of(&f, &name).len() == 7)
+        .await;
+    let waited = starts_of(&f, &name)[6].saturating_sub(restarted);
+    assert!(
+        waited >= Duration::from_secs(10),
+        "the new daemon restarted the crash loop {waited:?} after it started"
+    );
+    let status = f.status(STACK, "crash").await.unwrap();
+    assert!(
+        status.replica_states[0].restarts >= 6,
+        "the count goes on: {status:?}"
+    );
+}

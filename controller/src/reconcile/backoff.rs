@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::plan::RestartHistory;
 use crate::runtime::{Health, Observed};
+use capstan_api::object::{CrashLoop, ServiceStatus};
 use capstan_api::spec::ServiceSpec;
 
 pub const BACKOFF_START: Duration = Duration::from_secs(1);
@@ -83,6 +84,8 @@ pub struct RestartBook {
     /// Per replica, the container last seen healthy: an unhealthy container not listed here
     /// has not been healthy since it started, and gets its start-up grace.
     healthy: Mutex<HashMap<Key, String>>,
+    /// Services whose stored crash-loop positions were taken over ([`Self::adopt`]).
+    adopted: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// The book's view of one service, for the planner.
@@ -101,6 +104,7 @@ impl Default for RestartBook {
             started: Instant::now(),
             entries: Mutex::default(),
             healthy: Mutex::default(),
+            adopted: Mutex::default(),
         }
     }
 }
@@ -162,6 +166,57 @@ impl RestartBook {
         );
     }
 
+    /// Takes over the crash-loop positions a previous daemon wrote in `status`, once per
+    /// service and only for replicas this daemon has no entry of: a restarted or newly
+    /// elected daemon goes on with the back-off instead of restarting a crash loop at once.
+    pub fn adopt(&self, stack: &str, service: &str, status: &ServiceStatus) {
+        if !self
+            .adopted
+            .lock()
+            .unwrap()
+            .insert((stack.into(), service.into()))
+        {
+            return;
+        }
+        let now = Instant::now();
+        let mut entries = self.entries.lock().unwrap();
+        for r in status.replica_states.iter().filter(|r| r.restarts > 0) {
+            let key = (stack.to_string(), service.to_string(), r.ordinal);
+            if entries.contains_key(&key) {
+                continue;
+            }
+            let (restarts, last) = match &r.crash_loop {
+                Some(cl) => (cl.restarts, self.instant_of(&cl.last_restart_at, now)),
+                None => (0, self.started.min(now)),
+            };
+            entries.insert(
+                key,
+                Entry {
+                    restarts,
+                    total: r.restarts,
+                    last,
+                },
+            );
+        }
+    }
+
+    /// The runtime clock's instant of a wall-clock time (now, if it does not parse or lies
+    /// before this process).
+    fn instant_of(&self, rfc3339: &str, now: Instant) -> Instant {
+        let Ok(at) = humantime::parse_rfc3339_weak(rfc3339) else {
+            return now;
+        };
+        let wall_now = self.epoch + now.duration_since(self.started);
+        let ago = wall_now.duration_since(at).unwrap_or_default();
+        now.checked_sub(ago).unwrap_or(now)
+    }
+
+    /// The wall-clock time of a runtime instant, RFC 3339 with milliseconds.
+    fn wall_of(&self, at: Instant) -> String {
+        let wall = self.epoch + at.duration_since(self.started);
+        humantime::format_rfc3339_millis(wall).to_string()
+    }
+
     /// Notes the containers of a service that are healthy now.
     pub fn saw(&self, stack: &str, service: &str, containers: &[Observed]) {
         let mut healthy = self.healthy.lock().unwrap();
@@ -182,6 +237,10 @@ impl RestartBook {
             .lock()
             .unwrap()
             .retain(|(s, v, _), _| !(s == stack && v == service));
+        self.adopted
+            .lock()
+            .unwrap()
+            .remove(&(stack.to_string(), service.to_string()));
     }
 }
 
@@ -201,6 +260,16 @@ impl RestartHistory for ServiceHistory<'_> {
         self.book
             .entry((self.stack, self.service, ordinal), &self.timing, self.now)
             .map_or(0, |e| e.restarts)
+    }
+
+    fn crash_loop(&self, ordinal: u32) -> Option<CrashLoop> {
+        let e = self
+            .book
+            .entry((self.stack, self.service, ordinal), &self.timing, self.now)?;
+        (e.restarts > 0).then(|| CrashLoop {
+            restarts: e.restarts,
+            last_restart_at: self.book.wall_of(e.last),
+        })
     }
 
     fn backoff_left(&self, ordinal: u32) -> Option<Duration> {

@@ -133,9 +133,7 @@ async fn reconcile_service(
                 .await
         }
     };
-    let history = ctx
-        .restarts
-        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
+    let history = history(ctx, stack, name, &obs);
     let plan = plan::plan(
         stack,
         name,
@@ -148,6 +146,21 @@ async fn reconcile_service(
     report::report(ctx, &obs, &plan, outcome).await
 }
 
+/// The service's restart history, continued from the crash-loop positions its stored
+/// status carries when this daemon has none of its own yet.
+fn history<'a>(
+    ctx: &'a Context,
+    stack: &'a str,
+    name: &'a str,
+    obs: &observe::Observation,
+) -> backoff::ServiceHistory<'a> {
+    if let Some(stored) = ctx.desired.status(stack, name) {
+        ctx.restarts.adopt(stack, name, &stored);
+    }
+    ctx.restarts
+        .for_service(stack, name, backoff::Timing::of(&obs.service.spec))
+}
+
 /// While etcd is unreachable: restart the replicas of what the last synced cache says that
 /// exited or turned unhealthy (as the restart policy and back-off allow), and nothing else:
 /// no create, no removal, no status. The statuses owed are written once etcd is back.
@@ -157,9 +170,7 @@ async fn heal_only(stack: &str, name: &str, ctx: &Context) -> Result<Action, Rec
         Seen::Present(obs) => obs,
         _ => return again,
     };
-    let history = ctx
-        .restarts
-        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
+    let history = history(ctx, stack, name, &obs);
     let full = plan::plan(
         stack,
         name,

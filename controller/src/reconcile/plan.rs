@@ -63,6 +63,10 @@ pub trait RestartHistory {
     fn total_restarts(&self, ordinal: u32) -> u32 {
         self.restarts(ordinal)
     }
+    /// Where the replica's back-off stands, for the status (None outside a crash loop).
+    fn crash_loop(&self, _ordinal: u32) -> Option<capstan_api::object::CrashLoop> {
+        None
+    }
     /// For an unhealthy replica: how much of its start-up grace is left, if it has not been
     /// healthy since it started. `None`: it may be healed now.
     fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {

@@ -153,6 +153,7 @@ fn replica_states(i: &Inputs) -> Vec<ReplicaState> {
                 health: c.health.name().to_string(),
                 updated: c.spec_hash == hash,
                 restarts: i.history.total_restarts(ordinal),
+                crash_loop: i.history.crash_loop(ordinal),
             }
         })
         .collect();
