@@ -200,6 +200,8 @@ pub enum Reason {
     ExternalMissing,
     EngineError,
     PortInUse,
+    /// The engine could not attach a replica to its network.
+    NetworkError,
 }
 
 impl Reason {
@@ -224,6 +226,7 @@ impl Reason {
             Reason::ExternalMissing => "ExternalMissing",
             Reason::EngineError => "EngineError",
             Reason::PortInUse => "PortInUse",
+            Reason::NetworkError => "NetworkError",
         }
     }
 }

@@ -310,3 +310,42 @@ fn a_dependent_with_restart_true_is_restarted_when_its_dependency_is_replaced() 
         "{events}"
     );
 }
+
+/// A host port held by another process: the engine refuses to start the replica. Capstan
+/// backs off per replica as for a crash loop (it used to remove and recreate it 67 times
+/// in 10 s), names the cause, and converges once the port is free.
+#[test]
+fn a_replica_whose_host_port_is_taken_backs_off_and_starts_once_the_port_is_free() {
+    let h = Harness::start("porttaken");
+    let (d, s) = (&h.d, &h.s);
+    let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let yaml = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    ports:\n      - {{target: 80, published: \"{port}\", mode: host}}\n"
+    );
+    d.apply_nowait(s, &yaml);
+    let creates = || {
+        metric_sum(
+            &d.metrics(),
+            "capstan_docker_request_duration_seconds_count",
+            &["op=\"create\""],
+        )
+    };
+    wait_until(Duration::from_secs(30), "a first failed start", || {
+        creates() >= 1.0
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    let tries = creates();
+    println!("creates in the first 10 s with the port taken: {tries}");
+    assert!(tries <= 8.0, "{tries} creates in 10 s: no back-off");
+    let (reason, message) = condition(d, &s.name, "web", "Degraded");
+    assert_eq!(reason, "PortInUse", "{message}");
+    assert!(message.contains(&port.to_string()), "{message}");
+
+    drop(holder);
+    wait_until(
+        CONVERGE,
+        "the replica to start once the port is free",
+        || d.converged(&s.name, "web", 1),
+    );
+}

@@ -262,3 +262,54 @@ fn readyz_and_the_etcd_gauge_turn_within_two_seconds_of_a_frozen_etcd() {
         readyz() == 200
     });
 }
+
+/// Creates a network through the engine's API, which (unlike `docker network create`)
+/// lets a second network take a name already in use.
+fn create_network_allowing_duplicates(name: &str, stack: &str) {
+    let body = serde_json::json!({
+        "Name": name,
+        "CheckDuplicate": false,
+        "Labels": {"capstan.stack": stack},
+    });
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--unix-socket",
+            "/var/run/docker.sock",
+            "-H",
+            "Content-Type: application/json",
+            "-X",
+            "POST",
+            "-d",
+            &body.to_string(),
+            "http://localhost/v1.41/networks/create",
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What two racing daemons once left behind: two networks of the stack's name. Capstan
+/// finds the duplicate, removes it and converges, instead of failing every reconcile on
+/// an ambiguous name.
+#[test]
+fn a_network_that_exists_twice_is_repaired_and_the_stack_converges() {
+    let h = Harness::start("dupnet");
+    let network = format!("{}_default", h.s.name);
+    create_network_allowing_duplicates(&network, &h.s.name);
+    create_network_allowing_duplicates(&network, &h.s.name);
+    assert_eq!(h.s.networks().len(), 2, "the engine holds two of the name");
+
+    h.d.apply(&h.s, &web(2));
+    assert_eq!(h.s.networks(), vec![network.clone()]);
+    assert_eq!(h.s.running().len(), 2);
+    assert!(
+        h.d.log().contains("two networks share a name"),
+        "the repair is reported"
+    );
+}

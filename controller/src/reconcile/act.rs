@@ -406,6 +406,8 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
+        e if e.is_port_in_use() => Reason::PortInUse,
+        e if e.is_network_error() => Reason::NetworkError,
         RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {
             Reason::EngineError
         }

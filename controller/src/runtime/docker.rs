@@ -42,6 +42,77 @@ fn engine(op: &'static str) -> impl Fn(BollardError) -> RuntimeError {
 }
 
 impl DockerRuntime {
+    /// IDs of the networks called exactly `name`, oldest first.
+    async fn networks_named(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let mut found: Vec<(String, String)> = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(engine("list networks"))?
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .collect();
+        found.sort();
+        Ok(found.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Keeps the network of `name` with the most containers (the oldest of equals) and
+    /// removes the others, with the capstan replicas on them (the reconcile makes them
+    /// again on the one kept). A container capstan does not own on a duplicate stops the
+    /// repair, named in the error.
+    async fn repair_duplicates(&self, name: &str) -> Result<(), RuntimeError> {
+        let mut nets = vec![];
+        for id in self.networks_named(name).await? {
+            let net = self
+                .docker
+                .inspect_network(&id, None)
+                .await
+                .map_err(engine("inspect network"))?;
+            nets.push((id, net.containers.unwrap_or_default()));
+        }
+        // Stable: the oldest of those with the most containers comes first.
+        nets.sort_by_key(|(_, containers)| std::cmp::Reverse(containers.len()));
+        let kept = nets[0].0.clone();
+        for (id, containers) in nets.into_iter().skip(1) {
+            tracing::warn!(network = name, duplicate = %id, kept = %kept, containers = containers.len(), "two networks share a name; removing the duplicate");
+            for cid in containers.keys() {
+                self.remove_replica_on_duplicate(name, cid).await?;
+            }
+            match self.docker.remove_network(&id).await {
+                Ok(()) => {}
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(engine("remove duplicate network")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_replica_on_duplicate(
+        &self,
+        network: &str,
+        id: &str,
+    ) -> Result<(), RuntimeError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(engine("inspect"))?;
+        let labels = info.config.and_then(|c| c.labels).unwrap_or_default();
+        if !labels.contains_key(names::STACK) {
+            return Err(RuntimeError::Engine {
+                op: "repair duplicate network",
+                message: format!(
+                    "network {network} exists twice and the duplicate holds container {} that capstan does not own; disconnect it",
+                    info.name.unwrap_or_default().trim_start_matches('/')
+                ),
+            });
+        }
+        self.remove(id, Duration::from_secs(10)).await
+    }
+
     /// Connects to the local engine and negotiates the API version (an API-1.41 engine
     /// refuses bollard's newer default).
     pub async fn connect() -> Result<Self, RuntimeError> {
@@ -291,12 +362,14 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    /// The engine lets two networks share a name (two daemons, or a retry after a
+    /// timeout, could each make one): a duplicate found here is reported and repaired.
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
         let _guard = self.resource_lock.lock().await;
-        match self.docker.inspect_network(&plan.name, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if status_of(&e) == Some(404) => {}
-            Err(e) => return Err(engine("inspect network")(e)),
+        match self.networks_named(&plan.name).await?.len() {
+            0 => {}
+            1 => return Ok(()),
+            _ => return self.repair_duplicates(&plan.name).await,
         }
         if plan.external {
             return Err(RuntimeError::ExternalMissing {
@@ -360,12 +433,16 @@ impl Runtime for DockerRuntime {
             .collect())
     }
 
+    /// By ID, every network of the name: duplicates go too.
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        match self.docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if status_of(&e) == Some(404) => Ok(()),
-            Err(e) => Err(engine("remove network")(e)),
+        for id in self.networks_named(name).await? {
+            match self.docker.remove_network(&id).await {
+                Ok(()) => {}
+                Err(e) if status_of(&e) == Some(404) => {}
+                Err(e) => return Err(engine("remove network")(e)),
+            }
         }
+        Ok(())
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {

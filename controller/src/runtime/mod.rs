@@ -226,6 +226,22 @@ pub enum RuntimeError {
     Engine { op: &'static str, message: String },
 }
 
+impl RuntimeError {
+    /// The engine could not bind a published host port: another process (or container)
+    /// holds it. The engine says so only in words.
+    pub fn is_port_in_use(&self) -> bool {
+        matches!(self, RuntimeError::Engine { message, .. }
+            if message.contains("address already in use") || message.contains("port is already allocated"))
+    }
+
+    /// The engine could not attach the container to a network (gone, full, or refusing it).
+    pub fn is_network_error(&self) -> bool {
+        matches!(self, RuntimeError::Engine { message, .. }
+            if (message.contains("network") && (message.contains("not found") || message.contains("could not attach") || message.contains("no available IPv4 addresses") || message.contains("Address already in use")))
+                || message.contains("failed to create endpoint"))
+    }
+}
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Containers carrying capstan's labels, filtered by stack and service when given.
@@ -257,4 +273,30 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         since_nano: Option<i64>,
     ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RuntimeError;
+
+    fn engine(message: &str) -> RuntimeError {
+        RuntimeError::Engine {
+            op: "start",
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn the_engines_words_for_a_taken_port_and_a_network_failure_are_recognised() {
+        let taken = engine("driver failed programming external connectivity on endpoint x: Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use");
+        assert!(taken.is_port_in_use() && !taken.is_network_error());
+        assert!(engine("Bind for 0.0.0.0:80 failed: port is already allocated").is_port_in_use());
+        let gone = engine("network 3f2a not found");
+        assert!(gone.is_network_error() && !gone.is_port_in_use());
+        assert!(engine(
+            "failed to create endpoint web on network s_default: Address already in use"
+        )
+        .is_network_error());
+        assert!(!engine("OCI runtime create failed").is_network_error());
+    }
 }
