@@ -132,6 +132,11 @@ impl Controller {
             shutdown.clone(),
             move |stop| triggers::periodic_resync(t.clone(), period, stop),
         ));
+        tasks.spawn(close_proxies_when_not_acting(
+            ctx.clone(),
+            leadership.clone(),
+            shutdown.clone(),
+        ));
         for _ in 0..options.workers.max(1) {
             tasks.spawn(reconcile::worker(ctx.clone(), shutdown.clone()));
         }
@@ -176,6 +181,28 @@ async fn while_acting<F, Fut>(
         }
         if *shutdown.borrow() {
             return;
+        }
+    }
+}
+
+/// A daemon that stops leading closes its proxy's listeners, so the new leader on the same
+/// host can bind the ports. An isolated leader (etcd away) keeps serving.
+async fn close_proxies_when_not_acting(
+    ctx: Arc<Context>,
+    mut leadership: Leadership,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = leadership.acting() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = leadership.stopped_acting() => {
+                tracing::info!("no longer leading: closing the proxy's listeners");
+                ctx.traffic.close();
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
         }
     }
 }

@@ -111,7 +111,9 @@ fn when_the_leader_is_killed_the_follower_takes_over_and_converges_a_change() {
     let a = Daemon::start_with(&etcd, TTL);
     let b = a.start_peer(TTL);
     let s = StackGuard::new("failover");
-    a.apply(&s, &web(2));
+    let port = free_port();
+    let published = |n: u32| format!("{}    ports: [\"127.0.0.1:{port}:80\"]\n", web(n));
+    a.apply(&s, &published(2));
     let (mut leader, follower) = if a_leads(&a, &b) { (a, b) } else { (b, a) };
 
     leader.kill();
@@ -128,6 +130,11 @@ fn when_the_leader_is_killed_the_follower_takes_over_and_converges_a_change() {
         killed.elapsed().as_secs_f64()
     );
     assert!(follower.leads());
+    let answer = reqwest::blocking::get(format!("http://127.0.0.1:{port}/"));
+    assert!(
+        answer.is_ok_and(|r| r.status().is_success()),
+        "the new leader's proxy serves the port"
+    );
     assert_eq!(s.running().len(), 4, "{:?}", s.containers());
     let ordinals: Vec<String> = s.containers().into_iter().map(|c| c.0).collect();
     assert_eq!(
