@@ -4,9 +4,13 @@
 //! Following one service key: [`watch`] → [`scheduler`] → [`reconcile`]'s pipeline
 //! (`observe` → `plan` → `act` → `report`) → [`runtime`] and [`traffic`].
 //!
-//! - [`store`]: desired state in etcd: typed keys, apply as one compare-and-swap
-//!   transaction, status guarded by the spec it describes. Behind the small [`store::Kv`]
-//!   trait, with an in-memory twin for tests.
+//! - [`store`]: desired state in etcd: typed keys, apply committed by one compare-and-swap
+//!   of the stack record, status guarded by the spec it describes, the leader key and the
+//!   fence on the reconciler's writes. Behind the small [`store::Kv`] trait, with an
+//!   in-memory twin for tests.
+//! - [`leader`]: the election; its [`leader::Leadership`] gates the workers, fences the
+//!   reconciler's etcd writes and engine calls. [`health`]: whether etcd and the engine
+//!   answer now (`/readyz`).
 //! - [`watch`]: the watcher (list, watch, relist on compaction; decodes keys into typed
 //!   events) and the reflector it alone writes, read through a cheap [`watch::Desired`].
 //! - [`runtime`]: the container engine as a few verbs over labelled objects
