@@ -88,7 +88,7 @@ enum Command {
     /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
     /// resolved here, as Compose does; the server stores the resolved document.
     Apply {
-        /// Compose files, merged in order; without -f, compose.yaml (or compose.yml,
+        /// Compose files, merged in order (`-`: standard input); without -f, compose.yaml (or compose.yml,
         /// docker-compose.yaml, docker-compose.yml) and its override file.
         #[arg(short = 'f', long = "file")]
         file: Vec<PathBuf>,

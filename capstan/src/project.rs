@@ -42,10 +42,25 @@ pub struct Loaded {
     pub stack: String,
 }
 
-/// Resolves the project; a Compose error is returned as the server would word it.
+/// Resolves the project; a Compose error is returned as the server would word it. `-f -`
+/// reads that file from standard input, as Compose does (its folder is the current one).
 pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
+    let stdin = if opts.files.iter().any(|f| f.as_os_str() == "-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the Compose file from standard input (-f -)")?;
+        Some(text)
+    } else {
+        None
+    };
+    load_with_stdin(opts, stdin)
+}
+
+/// [`load`], with what standard input held.
+fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir()?;
     let files = compose_files(&cwd, opts)?;
+    let stdin_path = cwd.join("-");
     let dir = match &opts.project_directory {
         Some(d) => absolute(&cwd, d),
         None => files[0]
@@ -65,10 +80,15 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
                 .map(String::from),
         );
     }
-    let load = |p: &Path| match std::fs::read_to_string(p) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+    let load = |p: &Path| {
+        if p == stdin_path && stdin.is_some() {
+            return Ok(stdin.clone());
+        }
+        match std::fs::read_to_string(p) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
     };
     let project = Project {
         files,
@@ -337,6 +357,25 @@ mod tests {
         );
         assert_eq!(loaded.stack, "shop");
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn dash_f_dash_reads_the_file_from_standard_input_with_the_current_folder_as_project() {
+        let cwd = std::env::current_dir().unwrap();
+        let loaded = load_with_stdin(
+            &Options {
+                files: vec![PathBuf::from("-")],
+                ..Default::default()
+            },
+            Some("services: {web: {image: \"web:${NO_SUCH_VAR_HERE:-9}\", volumes: ['./html:/www']}}\n".into()),
+        )
+        .unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(web.get("image").unwrap().as_str(), Some("web:9"));
+        assert_eq!(
+            web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some(format!("{}/html:/www", cwd.display()).as_str())
+        );
     }
 
     #[test]
