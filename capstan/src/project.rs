@@ -71,15 +71,7 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
     let process: BTreeMap<String, String> = std::env::vars().collect();
     let dotenv = env_files(&dir, &cwd, &opts.env_files, &process)?;
     let lookup = |name: &str| process.get(name).or_else(|| dotenv.get(name)).cloned();
-    let mut profiles = opts.profiles.clone();
-    if let Some(p) = lookup("COMPOSE_PROFILES") {
-        profiles.extend(
-            p.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from),
-        );
-    }
+    let profiles = active_profiles(&opts.profiles, lookup("COMPOSE_PROFILES"));
     let load = |p: &Path| {
         if p == stdin_path && stdin.is_some() {
             return Ok(stdin.clone());
@@ -120,6 +112,20 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
         warnings: resolved.warnings,
         stack,
     })
+}
+
+/// `--profile` flags if any were given, else `COMPOSE_PROFILES` (comma-separated), as Compose
+/// decides it: the flags replace the variable, they do not add to it.
+fn active_profiles(flags: &[String], env: Option<String>) -> Vec<String> {
+    if !flags.is_empty() {
+        return flags.to_vec();
+    }
+    env.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
@@ -376,6 +382,14 @@ mod tests {
             web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
             Some(format!("{}/html:/www", cwd.display()).as_str())
         );
+    }
+
+    #[test]
+    fn profile_flags_replace_compose_profiles_instead_of_adding_to_it() {
+        let env = Some(" metrics, ,debug".to_string());
+        assert_eq!(active_profiles(&[], env.clone()), vec!["metrics", "debug"]);
+        assert_eq!(active_profiles(&["tools".into()], env), vec!["tools"]);
+        assert!(active_profiles(&[], None).is_empty());
     }
 
     #[test]
