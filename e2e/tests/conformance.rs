@@ -25,7 +25,7 @@
 //! ```
 //!
 //! `{stack}`, `{dir}` (the case folder) and `{port}` (a free port, one per case) are replaced
-//! in every value. `COMPOSE_PROJECT_NAME` is the stack's name. Every case is first applied with
+//! in every value and template. `COMPOSE_PROJECT_NAME` is the stack's name. Every case is first applied with
 //! `--dry-run` (exit 0, the expected services, and etcd's revision unchanged: nothing
 //! written), then for real with `--wait`, inspected, and deleted. Adding a case is adding a
 //! folder. `CAPSTAN_CONFORMANCE=a,b` runs only those cases.
@@ -268,7 +268,7 @@ fn check_all(run: &Run, target: &str, inspect: &[&str], checks: &Value, wrong: &
         }
     };
     for (key, want) in checks.as_object().into_iter().flatten() {
-        let (format, pick) = sugar(key);
+        let (format, pick) = sugar(&run.subst(key));
         let got = read(&format).map(|raw| pick(&raw));
         let got = match got {
             Ok(got) => got,
