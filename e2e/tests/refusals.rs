@@ -57,6 +57,8 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("deploy.resources.reservations.devices", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}}}", "services.web.deploy.resources.reservations.devices"),
     ("volumes[].type: npipe", "services: {web: {image: {IMAGE}, volumes: [{type: npipe, source: //./pipe/x, target: /x}]}}", "services.web.volumes[0].type"),
     ("network_mode: service:", "services: {web: {image: {IMAGE}, network_mode: 'service:db'}, db: {image: {IMAGE}}}", "services.web.network_mode"),
+    ("networks.*.enable_ipv4", "services: {web: {image: {IMAGE}}}\nnetworks: {default: {enable_ipv4: true}}", "networks.default.enable_ipv4"),
+    ("services.*.networks.*.gw_priority", "services: {web: {image: {IMAGE}, networks: {default: {gw_priority: 1}}}}", "services.web.networks.default.gw_priority"),
     ("include entry key", "include: [{path: other.yaml, extra: 1}]\nservices: {web: {image: {IMAGE}}}", "include[0].extra"),
     ("a key Compose does not have", "services: {web: {image: {IMAGE}, imgae: typo}}", "services.web.imgae"),
 ];
