@@ -248,8 +248,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 env_files: env_file,
                 profiles: profile,
                 project_directory,
+                stack,
             };
-            client::apply(&api, &opts, stack, dry_run, wait, timeout).await
+            client::apply(&api, &opts, dry_run, wait, timeout).await
         }
         Command::Get {
             kind: Kind::Stacks,

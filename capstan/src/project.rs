@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context as _};
 use capstan_api::compose::env::parse_env_file;
+use capstan_api::compose::interpolate::expand;
 use capstan_api::compose::resolve::{resolve, Project};
 use capstan_api::compose::yaml::Value;
 use std::collections::BTreeMap;
@@ -32,13 +33,15 @@ pub struct Options {
     pub env_files: Vec<PathBuf>,
     pub profiles: Vec<String>,
     pub project_directory: Option<PathBuf>,
+    /// `--stack`: the stack's name, winning over every other source.
+    pub stack: Option<String>,
 }
 
 /// A resolved project, ready to send.
 pub struct Loaded {
     pub doc: Value,
     pub warnings: Vec<String>,
-    /// `COMPOSE_PROJECT_NAME`, else the file's `name:`, else the folder's name.
+    /// `--stack`, else `COMPOSE_PROJECT_NAME`, else the files' `name:`, else the folder's name.
     pub stack: String,
 }
 
@@ -82,6 +85,12 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
             Err(e) => Err(e.to_string()),
         }
     };
+    let stack = stack_name(opts, &lookup, &files, &load, &dir)?;
+    // Compose sets COMPOSE_PROJECT_NAME for interpolation to the name it settled on.
+    let lookup = |name: &str| match name {
+        "COMPOSE_PROJECT_NAME" => Some(stack.clone()),
+        other => lookup(other),
+    };
     let project = Project {
         files,
         dir: dir.clone(),
@@ -103,10 +112,6 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
     })?;
     let mut doc = resolved.doc;
     resolve_relative_binds(&dir, &mut doc);
-    let stack = match lookup("COMPOSE_PROJECT_NAME") {
-        Some(name) if !name.is_empty() => name,
-        _ => default_stack_name(&dir, &doc)?,
-    };
     Ok(Loaded {
         doc,
         warnings: resolved.warnings,
@@ -205,10 +210,31 @@ fn env_files(
     Ok(out)
 }
 
-/// The stack name Compose would use: the file's `name:`, else its folder's name.
-fn default_stack_name(dir: &Path, doc: &Value) -> anyhow::Result<String> {
-    if let Some(name) = doc.get("name").and_then(Value::as_str) {
-        return Ok(name.to_string());
+/// The stack name, decided as Compose decides the project name: `--stack` (Compose's `-p`),
+/// else `COMPOSE_PROJECT_NAME`, else the last `name:` the files declare (interpolated), else
+/// the project folder's name.
+fn stack_name(
+    opts: &Options,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    files: &[PathBuf],
+    load: &dyn Fn(&Path) -> Result<Option<String>, String>,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    if let Some(name) = opts.stack.clone().filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    if let Some(name) = lookup("COMPOSE_PROJECT_NAME").filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    let declared = files
+        .iter()
+        .filter_map(|f| load(f).ok().flatten())
+        .filter_map(|text| capstan_api::compose::declared_name(&text))
+        .filter_map(|name| expand(&name, lookup, &mut vec![]).ok())
+        .filter(|name| !name.is_empty())
+        .last();
+    if let Some(name) = declared {
+        return Ok(name);
     }
     let raw = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = capstan_api::names::normalize_stack_name(raw);
@@ -390,6 +416,36 @@ mod tests {
         assert_eq!(active_profiles(&[], env.clone()), vec!["metrics", "debug"]);
         assert_eq!(active_profiles(&["tools".into()], env), vec!["tools"]);
         assert!(active_profiles(&[], None).is_empty());
+    }
+
+    #[test]
+    fn compose_project_name_is_set_for_interpolation_to_the_stack_name() {
+        let tmp = TempDir::new("project-name");
+        tmp.write(
+            "compose.yaml",
+            "name: ${SITE:-blog}\nservices: {web: {image: x, container_name: \"${COMPOSE_PROJECT_NAME}-web\"}}\n",
+        );
+        let name = |opts: Options| {
+            let loaded = load(&opts).unwrap();
+            let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+            let container = web
+                .get("container_name")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            (loaded.stack, container)
+        };
+        assert_eq!(
+            name(options_in(&tmp.0)),
+            ("blog".to_string(), "blog-web".to_string()),
+            "the file's name:, interpolated"
+        );
+        let opts = Options {
+            stack: Some("shop".into()),
+            ..options_in(&tmp.0)
+        };
+        assert_eq!(name(opts), ("shop".to_string(), "shop-web".to_string()));
     }
 
     #[test]

@@ -25,7 +25,8 @@
 //! ```
 //!
 //! `{stack}`, `{dir}` (the case folder) and `{port}` (a free port, one per case) are replaced
-//! in every value and template. `COMPOSE_PROJECT_NAME` is the stack's name. Every case is first applied with
+//! in every value and template. The stack is named with `--stack`, which Compose files see as
+//! `${COMPOSE_PROJECT_NAME}` (as with `docker compose -p`). Every case is first applied with
 //! `--dry-run` (exit 0, the expected services, and etcd's revision unchanged: nothing
 //! written), then for real with `--wait`, inspected, and deleted. Adding a case is adding a
 //! folder. `CAPSTAN_CONFORMANCE=a,b` runs only those cases.
@@ -99,7 +100,6 @@ impl Run<'_> {
         cmd.current_dir(&self.case.dir)
             .env_clear()
             .env("CAPSTAN_SERVER", d.url())
-            .env("COMPOSE_PROJECT_NAME", &self.stack)
             .env("HOME", std::env::var("HOME").unwrap_or_default());
         if let Some(env) = apply["env"].as_object() {
             for (k, v) in env {
