@@ -138,7 +138,7 @@ fn absolute(cwd: &Path, p: &Path) -> PathBuf {
 }
 
 /// `-f` files as given, else `COMPOSE_FILE` (`:`-separated), else the first default name in
-/// the project folder and its override.
+/// the project folder (or the nearest folder above it that has one) and its override.
 fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
     if !opts.files.is_empty() {
         return Ok(opts.files.iter().map(|f| absolute(cwd, f)).collect());
@@ -158,17 +158,21 @@ fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
         .project_directory
         .as_deref()
         .map_or(cwd.to_path_buf(), |d| absolute(cwd, d));
-    let Some(main) = DEFAULT_FILES
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-    else {
+    // As Compose, the nearest folder up from here that has one.
+    let found = dir.ancestors().find_map(|folder| {
+        DEFAULT_FILES
+            .iter()
+            .map(|f| folder.join(f))
+            .find(|p| p.is_file())
+    });
+    let Some(main) = found else {
         bail!(
-            "no Compose file in {}: looked for {}; name one with -f",
+            "no Compose file in {} or a folder above it: looked for {}; name one with -f",
             dir.display(),
             DEFAULT_FILES.join(", ")
         );
     };
+    let dir = main.parent().unwrap_or(&dir).to_path_buf();
     let mut files = vec![main];
     files.extend(
         OVERRIDE_FILES
@@ -446,6 +450,30 @@ mod tests {
             ..options_in(&tmp.0)
         };
         assert_eq!(name(opts), ("shop".to_string(), "shop-web".to_string()));
+    }
+
+    #[test]
+    fn without_f_the_compose_file_of_the_nearest_folder_above_is_read() {
+        let tmp = TempDir::new("parents");
+        tmp.write(
+            "compose.yaml",
+            "services: {web: {image: x, volumes: ['./html:/www']}}\n",
+        );
+        tmp.write("compose.override.yaml", "services: {web: {user: \"7\"}}\n");
+        let sub = tmp.0.join("src/deep");
+        std::fs::create_dir_all(&sub).unwrap();
+        let loaded = load(&options_in(&sub)).unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(
+            web.get("user").unwrap().as_str(),
+            Some("7"),
+            "its override too"
+        );
+        assert_eq!(
+            web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some(format!("{}/html:/www", sub.display()).as_str()),
+            "a --project-directory given stays the project folder, as in Compose"
+        );
     }
 
     #[test]
