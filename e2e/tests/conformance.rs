@@ -7,7 +7,8 @@
 //!
 //! ```yaml
 //! apply:                 # how `capstan apply` is run (all optional)
-//!   files: [a.yaml]      # -f files in order; none: Compose's own discovery in the folder
+//!   cwd: sub/dir         # the folder apply runs in, within the case (default: the case's)
+//!   files: [a.yaml]      # -f files in order; none: Compose's own discovery from `cwd`
 //!   stdin: a.yaml        # -f - with this file on standard input
 //!   args: [--profile, debug]
 //!   env: {KEY: value}    # the client's whole environment (nothing else is inherited)
@@ -97,7 +98,7 @@ impl Run<'_> {
     fn apply(&self, d: &Daemon, extra: &[&str]) -> Output {
         let apply = &self.case.expect["apply"];
         let mut cmd = Command::new(capstan_bin());
-        cmd.current_dir(&self.case.dir)
+        cmd.current_dir(self.case.dir.join(apply["cwd"].as_str().unwrap_or(".")))
             .env_clear()
             .env("CAPSTAN_SERVER", d.url())
             .env("HOME", std::env::var("HOME").unwrap_or_default());
