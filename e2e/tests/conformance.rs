@@ -28,8 +28,9 @@
 //! `{stack}`, `{dir}` (the case folder) and `{port}` (a free port, one per case) are replaced
 //! in every value and template. The stack is named with `--stack`, which Compose files see as
 //! `${COMPOSE_PROJECT_NAME}` (as with `docker compose -p`). Every case is first applied with
-//! `--dry-run` (exit 0, the expected services, and etcd's revision unchanged: nothing
-//! written), then for real with `--wait`, inspected, and deleted. Adding a case is adding a
+//! `--dry-run` (exit 0, each expected service "created", and etcd's revision unchanged:
+//! nothing written), then for real with `--wait`, inspected, dry-run again (each service
+//! "unchanged": the resolved file is stable), and deleted. Adding a case is adding a
 //! folder. `CAPSTAN_CONFORMANCE=a,b` runs only those cases.
 
 use capstan_e2e::*;
@@ -150,28 +151,7 @@ fn said(out: &Output) -> String {
 /// The dry run: valid, the expected services, and nothing written.
 fn dry_run(d: &Daemon, etcd: &Etcd, run: &Run) -> Result<(), String> {
     let before = etcd.revision();
-    let out = run.apply(d, &["--dry-run"]);
-    if !out.status.success() {
-        return Err(format!("the dry run failed:\n{}", said(&out)));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let prefix = format!("{}/", run.stack);
-    let mut listed = BTreeSet::new();
-    for line in stdout.lines() {
-        let Some(rest) = line.strip_prefix(&prefix) else {
-            return Err(format!("unexpected dry-run line {line:?}"));
-        };
-        if !line.ends_with("(dry run)") {
-            return Err(format!("a dry-run line not marked as one: {line:?}"));
-        }
-        listed.insert(rest.split_whitespace().next().unwrap_or("").to_string());
-    }
-    if listed != run.services() {
-        return Err(format!(
-            "the dry run lists {listed:?}, the case expects {:?}",
-            run.services()
-        ));
-    }
+    dry_run_says(d, run, "created")?;
     let after = etcd.revision();
     if after != before {
         return Err(format!(
@@ -181,6 +161,37 @@ fn dry_run(d: &Daemon, etcd: &Etcd, run: &Run) -> Result<(), String> {
     let stacks = d.cli_ok(&["get", "stacks", "-o", "json"]);
     if stacks.contains(&format!("\"{}\"", run.stack)) {
         return Err(format!("the dry run left a stack behind: {stacks}"));
+    }
+    Ok(())
+}
+
+/// `apply --dry-run` succeeds and says `outcome` for exactly the expected services.
+fn dry_run_says(d: &Daemon, run: &Run, outcome: &str) -> Result<(), String> {
+    let out = run.apply(d, &["--dry-run"]);
+    if !out.status.success() {
+        return Err(format!("the dry run failed:\n{}", said(&out)));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{}/", run.stack);
+    let mut listed = BTreeSet::new();
+    for line in stdout.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match (line.strip_prefix(&prefix), words.as_slice()) {
+            (Some(_), [_, said, "(dry", "run)"]) if *said == outcome => {}
+            _ => {
+                return Err(format!(
+                    "a dry-run line that is not \"<service> {outcome} (dry run)\": {line:?}"
+                ))
+            }
+        }
+        let service = words[0].strip_prefix(&prefix).unwrap_or_default();
+        listed.insert(service.to_string());
+    }
+    if listed != run.services() {
+        return Err(format!(
+            "the dry run lists {listed:?}, the case expects {:?}",
+            run.services()
+        ));
     }
     Ok(())
 }
@@ -234,6 +245,9 @@ fn apply_and_inspect(d: &Daemon, run: &Run) -> Result<(), String> {
         if let Err(e) = answered {
             wrong.push(format!("GET {url}: {e}"));
         }
+    }
+    if let Err(e) = dry_run_says(d, run, "unchanged") {
+        wrong.push(format!("applied again: {e}"));
     }
     if wrong.is_empty() {
         Ok(())
