@@ -67,11 +67,38 @@ fn cases() -> Vec<Case> {
         let text = std::fs::read_to_string(&file).unwrap();
         let expect: Value = serde_saphyr::from_str(&text)
             .unwrap_or_else(|e| panic!("{}: not valid YAML: {e}", file.display()));
+        check_keys(&file, &expect);
         let dir = dir.canonicalize().unwrap();
         out.push(Case { name, dir, expect });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// An expect.yaml with a misspelt key would check less than it says: refuse it.
+fn check_keys(file: &Path, expect: &Value) {
+    let allowed = [
+        "apply",
+        "services",
+        "containers",
+        "networks",
+        "volumes",
+        "http",
+    ];
+    let apply = ["cwd", "files", "stdin", "args", "env"];
+    let top = expect.as_object().into_iter().flatten();
+    let under = expect["apply"].as_object().into_iter().flatten();
+    for (key, known) in top
+        .map(|(k, _)| (k, &allowed[..]))
+        .chain(under.map(|(k, _)| (k, &apply[..])))
+    {
+        assert!(
+            known.contains(&key.as_str()),
+            "{}: unknown key {key:?} (known: {})",
+            file.display(),
+            known.join(", ")
+        );
+    }
 }
 
 /// One case's run: its stack and the values its placeholders stand for.
