@@ -155,7 +155,6 @@ pub fn split_target(target: &str) -> anyhow::Result<(&str, &str)> {
 pub async fn apply(
     api: &Client,
     opts: &crate::project::Options,
-    stack: Option<String>,
     dry_run: bool,
     wait: bool,
     timeout: Duration,
@@ -164,7 +163,7 @@ pub async fn apply(
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    let stack = stack.unwrap_or(loaded.stack);
+    let stack = loaded.stack;
     // JSON is YAML, and writes every resolved value exactly.
     let body = serde_json::to_string(&loaded.doc)?;
     // Parsed here too, for the notices; the server validates again and has the last word.

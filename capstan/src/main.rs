@@ -97,7 +97,7 @@ enum Command {
     /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
     /// resolved here, as Compose does; the server stores the resolved document.
     Apply {
-        /// Compose files, merged in order; without -f, compose.yaml (or compose.yml,
+        /// Compose files, merged in order (`-`: standard input); without -f, compose.yaml (or compose.yml,
         /// docker-compose.yaml, docker-compose.yml) and its override file.
         #[arg(short = 'f', long = "file")]
         file: Vec<PathBuf>,
@@ -277,8 +277,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 env_files: env_file,
                 profiles: profile,
                 project_directory,
+                stack,
             };
-            client::apply(&api, &opts, stack, dry_run, wait, timeout).await
+            client::apply(&api, &opts, dry_run, wait, timeout).await
         }
         Command::Get {
             kind: Kind::Stacks,

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Context as _};
 use capstan_api::compose::env::parse_env_file;
+use capstan_api::compose::interpolate::expand;
 use capstan_api::compose::resolve::{resolve, Project};
 use capstan_api::compose::yaml::Value;
 use std::collections::BTreeMap;
@@ -32,20 +33,37 @@ pub struct Options {
     pub env_files: Vec<PathBuf>,
     pub profiles: Vec<String>,
     pub project_directory: Option<PathBuf>,
+    /// `--stack`: the stack's name, winning over every other source.
+    pub stack: Option<String>,
 }
 
 /// A resolved project, ready to send.
 pub struct Loaded {
     pub doc: Value,
     pub warnings: Vec<String>,
-    /// `COMPOSE_PROJECT_NAME`, else the file's `name:`, else the folder's name.
+    /// `--stack`, else `COMPOSE_PROJECT_NAME`, else the files' `name:`, else the folder's name.
     pub stack: String,
 }
 
-/// Resolves the project; a Compose error is returned as the server would word it.
+/// Resolves the project; a Compose error is returned as the server would word it. `-f -`
+/// reads that file from standard input, as Compose does (its folder is the current one).
 pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
+    let stdin = if opts.files.iter().any(|f| f.as_os_str() == "-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the Compose file from standard input (-f -)")?;
+        Some(text)
+    } else {
+        None
+    };
+    load_with_stdin(opts, stdin)
+}
+
+/// [`load`], with what standard input held.
+fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir()?;
     let files = compose_files(&cwd, opts)?;
+    let stdin_path = cwd.join("-");
     let dir = match &opts.project_directory {
         Some(d) => absolute(&cwd, d),
         None => files[0]
@@ -56,19 +74,22 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
     let process: BTreeMap<String, String> = std::env::vars().collect();
     let dotenv = env_files(&dir, &cwd, &opts.env_files, &process)?;
     let lookup = |name: &str| process.get(name).or_else(|| dotenv.get(name)).cloned();
-    let mut profiles = opts.profiles.clone();
-    if let Some(p) = lookup("COMPOSE_PROFILES") {
-        profiles.extend(
-            p.split(',')
-                .map(str::trim)
-                .filter(|p| !p.is_empty())
-                .map(String::from),
-        );
-    }
-    let load = |p: &Path| match std::fs::read_to_string(p) {
-        Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+    let profiles = active_profiles(&opts.profiles, lookup("COMPOSE_PROFILES"));
+    let load = |p: &Path| {
+        if p == stdin_path && stdin.is_some() {
+            return Ok(stdin.clone());
+        }
+        match std::fs::read_to_string(p) {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let stack = stack_name(opts, &lookup, &files, &load, &dir)?;
+    // Compose sets COMPOSE_PROJECT_NAME for interpolation to the name it settled on.
+    let lookup = |name: &str| match name {
+        "COMPOSE_PROJECT_NAME" => Some(stack.clone()),
+        other => lookup(other),
     };
     let project = Project {
         files,
@@ -91,10 +112,6 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
     })?;
     let mut doc = resolved.doc;
     resolve_relative_binds(&dir, &mut doc);
-    let stack = match lookup("COMPOSE_PROJECT_NAME") {
-        Some(name) if !name.is_empty() => name,
-        _ => default_stack_name(&dir, &doc)?,
-    };
     Ok(Loaded {
         doc,
         warnings: resolved.warnings,
@@ -102,12 +119,26 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
     })
 }
 
+/// `--profile` flags if any were given, else `COMPOSE_PROFILES` (comma-separated), as Compose
+/// decides it: the flags replace the variable, they do not add to it.
+fn active_profiles(flags: &[String], env: Option<String>) -> Vec<String> {
+    if !flags.is_empty() {
+        return flags.to_vec();
+    }
+    env.unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 fn absolute(cwd: &Path, p: &Path) -> PathBuf {
     cwd.join(p).components().collect()
 }
 
 /// `-f` files as given, else `COMPOSE_FILE` (`:`-separated), else the first default name in
-/// the project folder and its override.
+/// the project folder (or the nearest folder above it that has one) and its override.
 fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
     if !opts.files.is_empty() {
         return Ok(opts.files.iter().map(|f| absolute(cwd, f)).collect());
@@ -127,17 +158,21 @@ fn compose_files(cwd: &Path, opts: &Options) -> anyhow::Result<Vec<PathBuf>> {
         .project_directory
         .as_deref()
         .map_or(cwd.to_path_buf(), |d| absolute(cwd, d));
-    let Some(main) = DEFAULT_FILES
-        .iter()
-        .map(|f| dir.join(f))
-        .find(|p| p.is_file())
-    else {
+    // As Compose, the nearest folder up from here that has one.
+    let found = dir.ancestors().find_map(|folder| {
+        DEFAULT_FILES
+            .iter()
+            .map(|f| folder.join(f))
+            .find(|p| p.is_file())
+    });
+    let Some(main) = found else {
         bail!(
-            "no Compose file in {}: looked for {}; name one with -f",
+            "no Compose file in {} or a folder above it: looked for {}; name one with -f",
             dir.display(),
             DEFAULT_FILES.join(", ")
         );
     };
+    let dir = main.parent().unwrap_or(&dir).to_path_buf();
     let mut files = vec![main];
     files.extend(
         OVERRIDE_FILES
@@ -179,10 +214,31 @@ fn env_files(
     Ok(out)
 }
 
-/// The stack name Compose would use: the file's `name:`, else its folder's name.
-fn default_stack_name(dir: &Path, doc: &Value) -> anyhow::Result<String> {
-    if let Some(name) = doc.get("name").and_then(Value::as_str) {
-        return Ok(name.to_string());
+/// The stack name, decided as Compose decides the project name: `--stack` (Compose's `-p`),
+/// else `COMPOSE_PROJECT_NAME`, else the last `name:` the files declare (interpolated), else
+/// the project folder's name.
+fn stack_name(
+    opts: &Options,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    files: &[PathBuf],
+    load: &dyn Fn(&Path) -> Result<Option<String>, String>,
+    dir: &Path,
+) -> anyhow::Result<String> {
+    if let Some(name) = opts.stack.clone().filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    if let Some(name) = lookup("COMPOSE_PROJECT_NAME").filter(|n| !n.is_empty()) {
+        return Ok(name);
+    }
+    let declared = files
+        .iter()
+        .filter_map(|f| load(f).ok().flatten())
+        .filter_map(|text| capstan_api::compose::declared_name(&text))
+        .filter_map(|name| expand(&name, lookup, &mut vec![]).ok())
+        .filter(|name| !name.is_empty())
+        .last();
+    if let Some(name) = declared {
+        return Ok(name);
     }
     let raw = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
     let name = capstan_api::names::normalize_stack_name(raw);
@@ -337,6 +393,87 @@ mod tests {
         );
         assert_eq!(loaded.stack, "shop");
         assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    }
+
+    #[test]
+    fn dash_f_dash_reads_the_file_from_standard_input_with_the_current_folder_as_project() {
+        let cwd = std::env::current_dir().unwrap();
+        let loaded = load_with_stdin(
+            &Options {
+                files: vec![PathBuf::from("-")],
+                ..Default::default()
+            },
+            Some("services: {web: {image: \"web:${NO_SUCH_VAR_HERE:-9}\", volumes: ['./html:/www']}}\n".into()),
+        )
+        .unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(web.get("image").unwrap().as_str(), Some("web:9"));
+        assert_eq!(
+            web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some(format!("{}/html:/www", cwd.display()).as_str())
+        );
+    }
+
+    #[test]
+    fn profile_flags_replace_compose_profiles_instead_of_adding_to_it() {
+        let env = Some(" metrics, ,debug".to_string());
+        assert_eq!(active_profiles(&[], env.clone()), vec!["metrics", "debug"]);
+        assert_eq!(active_profiles(&["tools".into()], env), vec!["tools"]);
+        assert!(active_profiles(&[], None).is_empty());
+    }
+
+    #[test]
+    fn compose_project_name_is_set_for_interpolation_to_the_stack_name() {
+        let tmp = TempDir::new("project-name");
+        tmp.write(
+            "compose.yaml",
+            "name: ${SITE:-blog}\nservices: {web: {image: x, container_name: \"${COMPOSE_PROJECT_NAME}-web\"}}\n",
+        );
+        let name = |opts: Options| {
+            let loaded = load(&opts).unwrap();
+            let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+            let container = web
+                .get("container_name")
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string();
+            (loaded.stack, container)
+        };
+        assert_eq!(
+            name(options_in(&tmp.0)),
+            ("blog".to_string(), "blog-web".to_string()),
+            "the file's name:, interpolated"
+        );
+        let opts = Options {
+            stack: Some("shop".into()),
+            ..options_in(&tmp.0)
+        };
+        assert_eq!(name(opts), ("shop".to_string(), "shop-web".to_string()));
+    }
+
+    #[test]
+    fn without_f_the_compose_file_of_the_nearest_folder_above_is_read() {
+        let tmp = TempDir::new("parents");
+        tmp.write(
+            "compose.yaml",
+            "services: {web: {image: x, volumes: ['./html:/www']}}\n",
+        );
+        tmp.write("compose.override.yaml", "services: {web: {user: \"7\"}}\n");
+        let sub = tmp.0.join("src/deep");
+        std::fs::create_dir_all(&sub).unwrap();
+        let loaded = load(&options_in(&sub)).unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(
+            web.get("user").unwrap().as_str(),
+            Some("7"),
+            "its override too"
+        );
+        assert_eq!(
+            web.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some(format!("{}/html:/www", sub.display()).as_str()),
+            "a --project-directory given stays the project folder, as in Compose"
+        );
     }
 
     #[test]

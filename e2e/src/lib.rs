@@ -215,6 +215,32 @@ impl Etcd {
         self.spawn();
     }
 
+    /// etcd's current revision, read with etcdctl: it grows with every write, so an
+    /// unchanged revision proves that nothing was written in between.
+    pub fn revision(&self) -> u64 {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &self.url(),
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("run etcdctl (make deps)");
+        assert!(
+            out.status.success(),
+            "etcdctl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status[0]["Status"]["header"]["revision"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no revision in etcdctl's answer: {status}"))
+    }
+
     /// Keys under `prefix`, read with etcdctl (not through capstan), but the leader key:
     /// what the stacks left behind.
     pub fn keys(&self, prefix: &str) -> Vec<String> {

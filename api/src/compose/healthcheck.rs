@@ -63,7 +63,7 @@ impl Parser {
 
     /// The engine stores retries as a signed 64-bit number: anything larger would wrap.
     fn retries(&mut self, path: &str, v: &Value) -> Option<i64> {
-        match v.as_u64().map(i64::try_from) {
+        match v.as_whole_number().map(i64::try_from) {
             Some(Ok(n)) => Some(n),
             _ => {
                 self.err(

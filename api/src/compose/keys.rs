@@ -41,6 +41,25 @@ const SERVICE_OPTIONS: &[&str] = &[
     "secrets",
 ];
 
+/// Keys of the Compose specification for a top-level network (`enable_ipv4`) or a service's
+/// attachment to one (the rest) that capstan does not honour yet.
+const NETWORK_OPTIONS: &[&str] = &[
+    "enable_ipv4",
+    "mac_address",
+    "driver_opts",
+    "gw_priority",
+    "interface_name",
+];
+
+/// Whether `path` is a top-level network or a service's attachment to one.
+fn network_path(path: &str) -> bool {
+    let parts: Vec<&str> = path.split('.').collect();
+    matches!(
+        parts.as_slice(),
+        ["networks", _] | ["services", _, "networks", _]
+    )
+}
+
 /// The reason `key` at `path` is refused.
 pub(super) fn unsupported(path: &str, key: &str) -> String {
     if CLIENT_SIDE.contains(&key) {
@@ -66,6 +85,10 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
         (p, "update_config" | "rollback_config") if p.ends_with(".deploy") => format!(
             "unsupported key {key:?}: capstan rolls replicas one at a time and does not take \
              rollout settings yet"
+        ),
+        (p, k) if network_path(p) && NETWORK_OPTIONS.contains(&k) => format!(
+            "unsupported key {k:?}: a Compose network option capstan does not honour yet, \
+             refused rather than ignored"
         ),
         (p, k) if p.starts_with("services.") && p.matches('.').count() == 1 && SERVICE_OPTIONS.contains(&k) => {
             format!("unsupported key {k:?}: a Compose option capstan does not honour yet, refused rather than ignored")
@@ -104,5 +127,18 @@ mod tests {
         assert!(errors("services: {web: {image: x}}\nsecrets: {}")[0]
             .reason
             .contains("does not manage secrets"));
+        let errs = errors(
+            "services: {web: {image: x, networks: {back: {gw_priority: 1}}}}\nnetworks: {back: {enable_ipv4: true}}",
+        );
+        assert_eq!(
+            (errs[0].field.as_str(), errs[1].field.as_str()),
+            (
+                "networks.back.enable_ipv4",
+                "services.web.networks.back.gw_priority"
+            )
+        );
+        assert!(errs.iter().all(|e| e
+            .reason
+            .contains("network option capstan does not honour yet")));
     }
 }

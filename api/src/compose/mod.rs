@@ -10,8 +10,9 @@
 //! - **The file layer**, run by the client (`capstan apply`), see [`resolve::resolve`]:
 //!   [`yaml`] (reading, bounded; anchors and `<<`), [`interpolate`] (`${VAR}` and friends),
 //!   [`merge`] (override files, `extends`, `!reset`/`!override`), `profiles`, [`env`](mod@env)
-//!   (`.env`, `env_file`, valueless entries), and [`resolve`] tying them together (`include`,
-//!   `extends`). Its output is one plain document.
+//!   (`.env`, `env_file`, valueless entries), `include` (other projects, with their own folder
+//!   and env files), and [`resolve`] tying them together (`extends`). Its output is one plain
+//!   document.
 //! - **The model**, run by the server on that document ([`parse_stack`]): `stack` (top level
 //!   and cross-checks), `services`, `ports`, `volumes`, `networks`, `healthcheck`, `values`
 //!   (the typed readers every file uses), and `keys` (why a key is refused).
@@ -23,6 +24,7 @@ use crate::spec::*;
 mod deploy;
 pub mod env;
 mod healthcheck;
+mod include;
 pub mod interpolate;
 mod keys;
 pub mod merge;

@@ -42,6 +42,8 @@ pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
         project,
         errors: vec![],
         warnings: vec![],
+        overlay: vec![],
+        dirs: vec![],
     };
     let mut doc = Value::Null;
     for file in &project.files {
@@ -68,10 +70,15 @@ pub(super) struct Resolver<'a, 'p> {
     pub(super) project: &'a Project<'p>,
     pub(super) errors: Vec<FieldError>,
     pub(super) warnings: Vec<String>,
+    /// Variables from the `env_file`s (or `.env`) of the `include` entries being read,
+    /// outermost first: they fill in what the project's environment does not set.
+    pub(super) overlay: Vec<std::collections::BTreeMap<String, String>>,
+    /// The project folders of the `include` entries being read, innermost last.
+    pub(super) dirs: Vec<PathBuf>,
 }
 
-/// How deep `extends` may chain before it is taken for a loop.
-const MAX_EXTENDS: usize = 32;
+/// How deep `extends` (and `include`) may chain before it is taken for a loop.
+pub(super) const MAX_EXTENDS: usize = 32;
 
 impl Resolver<'_, '_> {
     pub(super) fn err(&mut self, field: impl Into<String>, reason: impl Into<String>) {
@@ -85,15 +92,34 @@ impl Resolver<'_, '_> {
         self.project.dir.clone()
     }
 
+    /// The folder relative paths are read against: the project's, or inside an `include`,
+    /// that entry's `project_directory`.
+    pub(super) fn working_dir(&self) -> PathBuf {
+        self.dirs
+            .last()
+            .cloned()
+            .unwrap_or_else(|| self.project_dir())
+    }
+
+    /// A variable as interpolation sees it here: the project's environment first, then the
+    /// env files of the `include` entries being read.
+    pub(super) fn var(&self, name: &str) -> Option<String> {
+        (self.project.lookup)(name).or_else(|| {
+            self.overlay
+                .iter()
+                .find_map(|layer| layer.get(name).cloned())
+        })
+    }
+
     /// One file, read, interpolated, with its `extends` resolved.
     fn file(&mut self, path: &Path) -> Option<Value> {
         self.file_at(path, 0)
     }
 
-    fn file_at(&mut self, path: &Path, depth: usize) -> Option<Value> {
+    pub(super) fn file_at(&mut self, path: &Path, depth: usize) -> Option<Value> {
         let mut doc = self.read(path, &path.display().to_string())?;
         if let Some(include) = doc.as_mapping_mut().and_then(|m| m.remove("include")) {
-            self.include(path, &include, &mut doc, depth);
+            self.include(&include, &mut doc, depth);
         }
         let Some(services) = doc.get("services").and_then(Value::as_mapping).cloned() else {
             return Some(doc);
@@ -109,83 +135,6 @@ impl Resolver<'_, '_> {
             m.insert("services", Value::Mapping(resolved));
         }
         Some(doc)
-    }
-
-    /// `include`: other Compose files whose services, networks and volumes join this one's.
-    /// A name defined twice is an error, as in Compose.
-    fn include(&mut self, path: &Path, include: &Value, doc: &mut Value, depth: usize) {
-        let items = match include {
-            Value::Sequence(items) => items.clone(),
-            other => vec![other.clone()],
-        };
-        for (i, item) in items.iter().enumerate() {
-            let field = format!("include[{i}]");
-            if let Some(m) = item.as_mapping() {
-                if let Some((k, _)) = m.iter().find(|(k, _)| k.as_str() != Some("path")) {
-                    let key = k.scalar_text().unwrap_or_default();
-                    self.err(
-                        format!("{field}.{key}"),
-                        format!("unsupported key {key:?}: capstan reads an included file with this project's folder and environment"),
-                    );
-                    continue;
-                }
-            }
-            let Some(rel) = item
-                .scalar_text()
-                .or_else(|| item.get("path").and_then(Value::scalar_text))
-            else {
-                self.err(
-                    field,
-                    "must be a file path or a map with `path` (capstan reads one path per entry)",
-                );
-                continue;
-            };
-            if depth >= MAX_EXTENDS {
-                self.err(field, "includes nest too deep: is there a loop?");
-                continue;
-            }
-            let full = path.parent().unwrap_or(Path::new("")).join(&rel);
-            let Some(mut included) = self.file_at(&full, depth + 1) else {
-                continue;
-            };
-            if let Some(Value::Mapping(services)) = included.get_mut("services") {
-                for (_, svc) in services.iter_mut() {
-                    self.rebase_paths(&full, svc);
-                }
-            }
-            self.import(&field, &full, included, doc);
-        }
-    }
-
-    fn import(&mut self, field: &str, from: &Path, included: Value, doc: &mut Value) {
-        let Value::Mapping(included) = included else {
-            return;
-        };
-        let Some(target) = doc.as_mapping_mut() else {
-            return;
-        };
-        for section in ["services", "networks", "volumes"] {
-            let Some(Value::Mapping(items)) = included.get(section) else {
-                continue;
-            };
-            if target.get(section).is_none_or(Value::is_null) {
-                target.insert(section, Value::Mapping(Mapping::default()));
-            }
-            let Some(Value::Mapping(mine)) = target.get_mut(section) else {
-                continue;
-            };
-            for (name, item) in items.iter() {
-                let key = name.scalar_text().unwrap_or_default();
-                if mine.get(&key).is_some() {
-                    self.errors.push(FieldError {
-                        field: format!("{section}.{key}"),
-                        reason: format!("is defined both here and in {} ({field})", from.display()),
-                    });
-                } else {
-                    mine.0.push((name.clone(), item.clone()));
-                }
-            }
-        }
     }
 
     /// Reads and interpolates a file; errors name `field`.
@@ -208,7 +157,8 @@ impl Resolver<'_, '_> {
                 return None;
             }
         };
-        let (warnings, errors) = interpolate::interpolate(&mut doc, self.project.lookup);
+        let lookup = |name: &str| self.var(name);
+        let (warnings, errors) = interpolate::interpolate(&mut doc, &lookup);
         let suffix = self.in_file(path);
         self.warnings
             .extend(warnings.into_iter().map(|w| format!("{w}{suffix}")));
@@ -288,24 +238,19 @@ impl Resolver<'_, '_> {
         let mut base = base.clone();
         self.extends(&base_path, &base_services, &base_name, &mut base, depth + 1);
         if base_path != file {
-            self.rebase_paths(&base_path, &mut base);
+            self.rebase_paths(base_path.parent().unwrap_or(Path::new("")), &mut base);
         }
         merge_service(&mut base, svc.clone());
         *svc = base;
     }
 
     /// Relative bind sources and env files of a service from another file are relative to
-    /// that file: rewrite them relative to the project folder.
-    fn rebase_paths(&self, from: &Path, svc: &mut Value) {
-        let dir = from.parent().unwrap_or(Path::new(""));
+    /// `dir` (that file's folder, or an `include`'s project folder): rewrite them absolute.
+    pub(super) fn rebase_paths(&self, dir: &Path, svc: &mut Value) {
+        let absolute = |p: &str| dir.join(p).components().collect::<PathBuf>();
         let rebase = |p: &str| -> Option<String> {
-            (p.starts_with("./") || p.starts_with("../") || p == ".").then(|| {
-                dir.join(p)
-                    .components()
-                    .collect::<PathBuf>()
-                    .display()
-                    .to_string()
-            })
+            (p.starts_with("./") || p.starts_with("../") || p == ".")
+                .then(|| absolute(p).display().to_string())
         };
         if let Some(Value::Sequence(vols)) = svc.get_mut("volumes") {
             for v in vols.iter_mut() {
@@ -323,10 +268,21 @@ impl Resolver<'_, '_> {
                 }
             }
         }
-        if let Some(Value::String(s)) = svc.get_mut("env_file") {
-            if let Some(abs) = rebase(s) {
-                *s = abs;
+        // An env file's path is a path even without `./`: `env_file: app.env`, a list of
+        // those, or `{path, required}` entries.
+        let env_file = |v: &mut Value| {
+            let slot = match v {
+                Value::Mapping(m) => m.get_mut("path"),
+                other => Some(other),
+            };
+            if let Some(Value::String(p)) = slot {
+                *p = absolute(p).display().to_string();
             }
+        };
+        match svc.get_mut("env_file") {
+            Some(Value::Sequence(items)) => items.iter_mut().for_each(env_file),
+            Some(one) => env_file(one),
+            None => {}
         }
     }
 }
@@ -465,48 +421,65 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn include_brings_services_from_another_file_and_refuses_a_name_defined_twice() {
+    fn extends_is_resolved_in_each_file_before_the_files_merge_as_compose_does() {
+        let main = "services:\n  base: {image: b, environment: [LEVEL=main]}\n  app: {extends: base, command: [a]}\n";
         let r = project_files(
             &[
-                ("compose.yaml", "include: [db/compose.yml]\nservices: {web: {image: w, depends_on: [db]}}"),
-                ("db/compose.yml", "services: {db: {image: \"pg:${TAG}\", volumes: ['./init:/init', 'data:/var/lib/pg']}}\nvolumes: {data: {}}"),
+                ("compose.yaml", main),
+                (
+                    "compose.override.yaml",
+                    "services:\n  base: {environment: [LEVEL=override]}\n  app: {user: \"1000\"}\n  tool: {extends: {file: compose.yaml, service: base}, command: [t]}\n  job: {extends: tool}\n  tool2: {extends: {service: job}}\n",
+                ),
             ],
             &[],
-        )
-        .unwrap();
-        let db = service(&r, "db");
-        assert_eq!(db.get("image").unwrap().as_str(), Some("pg:2"));
-        assert_eq!(
-            db.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
-            Some("/p/db/init:/init")
         );
-        assert!(r.doc.get("volumes").unwrap().get("data").is_some());
+        // `job` extends `tool` of the same override file, itself from compose.yaml's `base`.
+        let r = r.unwrap();
+        let env = |svc: &str| {
+            service(&r, svc)
+                .get("environment")
+                .and_then(|e| e.get("LEVEL"))
+                .and_then(Value::scalar_text)
+        };
+        assert_eq!(
+            env("app").as_deref(),
+            Some("main"),
+            "an override of the base does not reach a service extended before the merge"
+        );
+        assert_eq!(
+            service(&r, "app").get("user").unwrap().as_str(),
+            Some("1000")
+        );
+        assert_eq!(env("base").as_deref(), Some("override"));
+        assert_eq!(
+            env("tool").as_deref(),
+            Some("main"),
+            "read from the file itself"
+        );
+        assert_eq!(
+            service(&r, "tool2")
+                .get("command")
+                .unwrap()
+                .as_sequence()
+                .unwrap()[0]
+                .as_str(),
+            Some("t")
+        );
         let errs = project_files(
             &[
-                (
-                    "compose.yaml",
-                    "include: [{path: other.yml}]\nservices: {web: {image: w}}",
-                ),
-                ("other.yml", "services: {web: {image: other}}"),
+                ("compose.yaml", main),
+                ("compose.override.yaml", "services: {tool: {extends: base}}"),
             ],
             &[],
         )
         .unwrap_err()
         .errors;
-        assert_eq!(errs[0].field, "services.web");
-        let errs = project_files(
-            &[
-                (
-                    "compose.yaml",
-                    "include: [{path: other.yml, env_file: o.env}]\nservices: {web: {image: w}}",
-                ),
-                ("other.yml", "services: {db: {image: d}}"),
-            ],
-            &[],
-        )
-        .unwrap_err()
-        .errors;
-        assert_eq!(errs[0].field, "include[0].env_file");
+        assert_eq!(errs[0].field, "services.tool.extends");
+        assert!(
+            errs[0].reason.contains("compose.override.yaml"),
+            "a bare name is looked up in the override file itself: {}",
+            errs[0].reason
+        );
     }
 
     #[test]

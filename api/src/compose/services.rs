@@ -252,7 +252,7 @@ impl Parser {
     }
 
     pub(super) fn replicas(&mut self, path: &str, v: &Value) -> Option<u32> {
-        match v.as_u64() {
+        match v.as_whole_number() {
             Some(n) if n <= MAX_REPLICAS as u64 => Some(n as u32),
             Some(n) => {
                 self.err(
@@ -346,6 +346,24 @@ mod tests {
         );
         assert_eq!(
             fields("services: {web: {image: x, scale: 2, deploy: {replicas: 3}}}"),
+            vec!["services.web.deploy.replicas"]
+        );
+    }
+
+    #[test]
+    fn counts_left_as_strings_by_interpolation_are_numbers_as_compose_casts_them() {
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, deploy: {replicas: \"3\"}, healthcheck: {test: [CMD, t], retries: \"4\"}}}",
+        )
+        .unwrap();
+        assert_eq!(spec.services["web"].replicas, 3);
+        assert_eq!(
+            spec.services["web"].healthcheck.as_ref().unwrap().retries,
+            Some(4)
+        );
+        assert_eq!(
+            fields("services: {web: {image: x, deploy: {replicas: \"3.5\"}}}"),
             vec!["services.web.deploy.replicas"]
         );
     }

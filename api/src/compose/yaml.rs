@@ -187,6 +187,15 @@ impl Value {
         }
     }
 
+    /// A whole number, also written as a string: interpolation leaves strings
+    /// (`replicas: ${N:-3}`), and Compose casts them where its schema wants a number.
+    pub fn as_whole_number(&self) -> Option<u64> {
+        match self {
+            Value::String(s) => s.trim().parse().ok(),
+            other => other.as_u64(),
+        }
+    }
+
     pub fn as_mapping(&self) -> Option<&Mapping> {
         match self {
             Value::Mapping(m) => Some(m),

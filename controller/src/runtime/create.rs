@@ -232,12 +232,25 @@ fn ports(plan: &ContainerPlan) -> (Vec<String>, Bindings) {
             .get_or_insert_with(Vec::new)
             .push(binding);
     }
-    for e in &plan.options.expose {
-        if !exposed.contains(e) {
-            exposed.push(e.clone());
+    for e in plan.options.expose.iter().flat_map(|e| expand_range(e)) {
+        if !exposed.contains(&e) {
+            exposed.push(e);
         }
     }
     (exposed, bindings)
+}
+
+/// `8000-8002/tcp` → `8000/tcp`, `8001/tcp`, `8002/tcp`: the engine takes one port per key
+/// (the docker CLI and Compose expand ranges the same way); a single port is itself.
+fn expand_range(spec: &str) -> Vec<String> {
+    let (ports, proto) = spec.split_once('/').unwrap_or((spec, "tcp"));
+    match ports
+        .split_once('-')
+        .map(|(a, b)| (a.parse::<u16>(), b.parse::<u16>()))
+    {
+        Some((Ok(a), Ok(b))) if a <= b => (a..=b).map(|p| format!("{p}/{proto}")).collect(),
+        _ => vec![format!("{ports}/{proto}")],
+    }
 }
 
 /// Binds (`source:target[:opts]`, what `-v` takes), mounts (what `Binds` cannot say: tmpfs,
@@ -434,7 +447,7 @@ mod tests {
         let b = create(
             r#"services: {web: {image: w, container_name: front, hostname: h, domainname: example.org,
                user: "1000:1000", working_dir: /srv, stop_signal: SIGINT, tty: true, stdin_open: true,
-               expose: ["9000", "53/udp"], ports: ["8080-8081:80"]}}"#,
+               expose: ["9000", "53/udp", "7000-7002/udp"], ports: ["8080-8081:80"]}}"#,
         );
         assert_eq!(b.hostname.as_deref(), Some("h"));
         assert_eq!(b.domainname.as_deref(), Some("example.org"));
@@ -444,7 +457,8 @@ mod tests {
         assert_eq!((b.tty, b.open_stdin), (Some(true), Some(true)));
         assert_eq!(
             b.exposed_ports.unwrap(),
-            vec!["80/tcp", "9000/tcp", "53/udp"]
+            vec!["80/tcp", "9000/tcp", "53/udp", "7000/udp", "7001/udp", "7002/udp"],
+            "a range is one key per port, as the engine wants them"
         );
         let (plan, _, _) = shaped("services: {web: {image: w, container_name: front}}");
         assert_eq!(plan.name, "front");

@@ -1,0 +1,1 @@
+<?php $wgSitename = "Team wiki";

@@ -1,0 +1,253 @@
+//! Issue 10: every Compose key capstan refuses is refused by its field path and a reason, and
+//! a refused file changes nothing: etcd's revision is the same before and after, no stack is
+//! listed, no container exists. One small file per refused key, one daemon for all of them.
+//!
+//! Keys the engine of this machine is too old for (`annotations`, `mac_address`,
+//! `volume.subpath`) are accepted at apply and refused at create: the service's status names
+//! the key and the API version it needs, and the rest of the stack runs.
+
+use capstan_e2e::*;
+use std::time::Duration;
+
+/// (refused key, Compose file, the field path the error must name). `{IMAGE}` is the test
+/// image. Each file is otherwise valid.
+const REFUSED: &[(&str, &str, &str)] = &[
+    ("build", "services: {web: {image: {IMAGE}, build: .}}", "services.web.build"),
+    ("attach", "services: {web: {image: {IMAGE}, attach: false}}", "services.web.attach"),
+    ("blkio_config", "services: {web: {image: {IMAGE}, blkio_config: {weight: 300}}}", "services.web.blkio_config"),
+    ("cgroup", "services: {web: {image: {IMAGE}, cgroup: host}}", "services.web.cgroup"),
+    ("cgroup_parent", "services: {web: {image: {IMAGE}, cgroup_parent: m-executor}}", "services.web.cgroup_parent"),
+    ("cpu_count", "services: {web: {image: {IMAGE}, cpu_count: 2}}", "services.web.cpu_count"),
+    ("cpu_percent", "services: {web: {image: {IMAGE}, cpu_percent: 50}}", "services.web.cpu_percent"),
+    ("cpu_period", "services: {web: {image: {IMAGE}, cpu_period: 100000}}", "services.web.cpu_period"),
+    ("cpu_quota", "services: {web: {image: {IMAGE}, cpu_quota: 50000}}", "services.web.cpu_quota"),
+    ("cpu_rt_period", "services: {web: {image: {IMAGE}, cpu_rt_period: 1000000}}", "services.web.cpu_rt_period"),
+    ("cpu_rt_runtime", "services: {web: {image: {IMAGE}, cpu_rt_runtime: 950000}}", "services.web.cpu_rt_runtime"),
+    ("credential_spec", "services: {web: {image: {IMAGE}, credential_spec: {file: spec.json}}}", "services.web.credential_spec"),
+    ("develop", "services: {web: {image: {IMAGE}, develop: {watch: [{path: ./src, action: sync, target: /app}]}}}", "services.web.develop"),
+    ("device_cgroup_rules", "services: {web: {image: {IMAGE}, device_cgroup_rules: ['c 1:3 mr']}}", "services.web.device_cgroup_rules"),
+    ("driver_opts", "services: {web: {image: {IMAGE}, driver_opts: {a: b}}}", "services.web.driver_opts"),
+    ("external_links", "services: {web: {image: {IMAGE}, external_links: [redis]}}", "services.web.external_links"),
+    ("gpus", "services: {web: {image: {IMAGE}, gpus: all}}", "services.web.gpus"),
+    ("ipc", "services: {web: {image: {IMAGE}, ipc: host}}", "services.web.ipc"),
+    ("isolation", "services: {web: {image: {IMAGE}, isolation: default}}", "services.web.isolation"),
+    ("mem_swappiness", "services: {web: {image: {IMAGE}, mem_swappiness: 0}}", "services.web.mem_swappiness"),
+    ("pid", "services: {web: {image: {IMAGE}, pid: host}}", "services.web.pid"),
+    ("post_start", "services: {web: {image: {IMAGE}, post_start: [{command: 'echo up'}]}}", "services.web.post_start"),
+    ("pre_stop", "services: {web: {image: {IMAGE}, pre_stop: [{command: 'echo down'}]}}", "services.web.pre_stop"),
+    ("provider", "services: {web: {image: {IMAGE}, provider: {type: model, options: {model: ai/x}}}}", "services.web.provider"),
+    ("pull_policy", "services: {web: {image: {IMAGE}, pull_policy: always}}", "services.web.pull_policy"),
+    ("storage_opt", "services: {web: {image: {IMAGE}, storage_opt: {size: 1G}}}", "services.web.storage_opt"),
+    ("use_api_socket", "services: {web: {image: {IMAGE}, use_api_socket: true}}", "services.web.use_api_socket"),
+    ("userns_mode", "services: {web: {image: {IMAGE}, userns_mode: host}}", "services.web.userns_mode"),
+    ("uts", "services: {web: {image: {IMAGE}, uts: host}}", "services.web.uts"),
+    ("volumes_from", "services: {web: {image: {IMAGE}, volumes_from: [db]}, db: {image: {IMAGE}}}", "services.web.volumes_from"),
+    ("models", "services: {web: {image: {IMAGE}, models: [llm]}}", "services.web.models"),
+    ("label_file", "services: {web: {image: {IMAGE}, label_file: ./web.labels}}", "services.web.label_file"),
+    ("services.*.configs", "services: {web: {image: {IMAGE}, configs: [site]}}", "services.web.configs"),
+    ("services.*.secrets", "services: {web: {image: {IMAGE}, secrets: [password]}}", "services.web.secrets"),
+    ("secrets", "services: {web: {image: {IMAGE}}}\nsecrets: {password: {file: ./password.txt}}", "secrets"),
+    ("configs", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {file: ./site.conf}}", "configs"),
+    ("models (top level)", "services: {web: {image: {IMAGE}}}\nmodels: {llm: {model: ai/x}}", "models"),
+    ("deploy.placement", "services: {web: {image: {IMAGE}, deploy: {placement: {constraints: [node.role==manager]}}}}", "services.web.deploy.placement"),
+    ("deploy.endpoint_mode", "services: {web: {image: {IMAGE}, deploy: {endpoint_mode: vip}}}", "services.web.deploy.endpoint_mode"),
+    ("deploy.update_config", "services: {web: {image: {IMAGE}, deploy: {update_config: {parallelism: 2}}}}", "services.web.deploy.update_config"),
+    ("deploy.rollback_config", "services: {web: {image: {IMAGE}, deploy: {rollback_config: {parallelism: 1}}}}", "services.web.deploy.rollback_config"),
+    ("deploy.resources.reservations.cpus", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {cpus: '0.5'}}}}}", "services.web.deploy.resources.reservations.cpus"),
+    ("deploy.resources.reservations.devices", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}}}", "services.web.deploy.resources.reservations.devices"),
+    ("volumes[].type: npipe", "services: {web: {image: {IMAGE}, volumes: [{type: npipe, source: //./pipe/x, target: /x}]}}", "services.web.volumes[0].type"),
+    ("network_mode: service:", "services: {web: {image: {IMAGE}, network_mode: 'service:db'}, db: {image: {IMAGE}}}", "services.web.network_mode"),
+    ("networks.*.enable_ipv4", "services: {web: {image: {IMAGE}}}\nnetworks: {default: {enable_ipv4: true}}", "networks.default.enable_ipv4"),
+    ("services.*.networks.*.gw_priority", "services: {web: {image: {IMAGE}, networks: {default: {gw_priority: 1}}}}", "services.web.networks.default.gw_priority"),
+    ("include entry key", "include: [{path: other.yaml, extra: 1}]\nservices: {web: {image: {IMAGE}}}", "include[0].extra"),
+    ("a key Compose does not have", "services: {web: {image: {IMAGE}, imgae: typo}}", "services.web.imgae"),
+];
+
+/// Keys `capstan apply` resolves on the client: a document sent straight to the API with
+/// them is refused, by field path.
+const CLIENT_SIDE: &[(&str, &str, &str)] = &[
+    (
+        "extends",
+        "services: {web: {image: {IMAGE}, extends: base}, base: {image: {IMAGE}}}",
+        "services.web.extends",
+    ),
+    (
+        "profiles",
+        "services: {web: {image: {IMAGE}, profiles: [debug]}}",
+        "services.web.profiles",
+    ),
+    (
+        "env_file",
+        "services: {web: {image: {IMAGE}, env_file: app.env}}",
+        "services.web.env_file",
+    ),
+    (
+        "include",
+        "include: [other.yaml]\nservices: {web: {image: {IMAGE}}}",
+        "include",
+    ),
+];
+
+/// Nothing of `stack` exists anywhere: not in etcd, not in the API, not on the engine.
+fn nothing_stored(h: &Harness, revision: u64, key: &str) -> Result<(), String> {
+    let after = h.etcd.revision();
+    if after != revision {
+        return Err(format!(
+            "{key}: etcd changed: revision {revision} → {after}"
+        ));
+    }
+    let stacks = h.d.cli_ok(&["get", "stacks", "-o", "json"]);
+    if stacks.contains(&h.s.name) {
+        return Err(format!("{key}: a stack is listed: {stacks}"));
+    }
+    if !h.s.containers().is_empty() {
+        return Err(format!("{key}: containers exist: {:?}", h.s.containers()));
+    }
+    Ok(())
+}
+
+#[test]
+fn every_refused_key_is_named_by_its_field_path_and_leaves_etcd_unchanged() {
+    let h = Harness::start("refusals");
+    let mut wrong = vec![];
+    for (key, yaml, field) in REFUSED {
+        let file = h.s.file(&yaml.replace("{IMAGE}", IMAGE));
+        let revision = h.etcd.revision();
+        let out = h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let reason = err
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("  {field}: ")))
+            .unwrap_or_default();
+        if out.status.success() {
+            wrong.push(format!("{key}: apply succeeded"));
+        } else if reason.trim().is_empty() {
+            wrong.push(format!(
+                "{key}: no error names {field} with a reason:\n{err}"
+            ));
+        }
+        if let Err(e) = nothing_stored(&h, revision, key) {
+            wrong.push(e);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} refusals are wrong:\n{}",
+        wrong.len(),
+        REFUSED.len(),
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn keys_resolved_by_the_client_are_refused_over_the_raw_api_by_field_path() {
+    let h = Harness::start("raw-refusals");
+    let http = reqwest::blocking::Client::new();
+    let mut wrong = vec![];
+    for (key, yaml, field) in CLIENT_SIDE {
+        let revision = h.etcd.revision();
+        let resp = http
+            .put(format!("{}/v1/stacks/{}", h.d.url(), h.s.name))
+            .header("content-type", "application/yaml")
+            .body(yaml.replace("{IMAGE}", IMAGE))
+            .send()
+            .unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().unwrap_or_default();
+        let named = body["details"].as_array().is_some_and(|ds| {
+            ds.iter().any(|d| {
+                d["field"] == *field
+                    && d["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains(key) && r.contains("capstan apply"))
+            })
+        });
+        if status != reqwest::StatusCode::BAD_REQUEST || !named {
+            wrong.push(format!("{key}: {status} {body}"));
+        }
+        if let Err(e) = nothing_stored(&h, revision, key) {
+            wrong.push(e);
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// Docker API versions as numbers: `1.41` → (1, 41).
+fn api_version() -> (u32, u32) {
+    let v = docker(&["version", "-f", "{{.Server.APIVersion}}"]);
+    let (major, minor) = v.trim().split_once('.').expect("a Docker API version");
+    (major.parse().unwrap(), minor.parse().unwrap())
+}
+
+#[test]
+fn keys_newer_than_the_engine_are_refused_at_create_in_the_status_and_the_rest_runs() {
+    let h = Harness::start("too-new-keys");
+    let (d, s) = (&h.d, &h.s);
+    const IDLE: &str = r#"["sh", "-c", "trap 'exit 0' TERM INT; while true; do sleep 1; done"]"#;
+    d.apply_nowait(
+        s,
+        &format!(
+            r#"
+services:
+  annotated:
+    image: {IMAGE}
+    command: {IDLE}
+    annotations: {{com.example.team: core}}
+  fixed-mac:
+    image: {IMAGE}
+    command: {IDLE}
+    mac_address: "02:42:ac:11:00:99"
+  subpathed:
+    image: {IMAGE}
+    command: {IDLE}
+    volumes:
+      - {{type: volume, source: data, target: /data, volume: {{subpath: app}}}}
+  plain:
+    image: {IMAGE}
+volumes:
+  data: {{}}
+"#
+        ),
+    );
+    let api = api_version();
+    let timeout = Duration::from_secs(90);
+    wait_until(timeout, "the service without new keys to run", || {
+        d.converged(&s.name, "plain", 1)
+    });
+    for (service, key, needs) in [
+        ("annotated", "`annotations`", (1, 43)),
+        ("fixed-mac", "`mac_address`", (1, 44)),
+        ("subpathed", "`volume.subpath`", (1, 45)),
+    ] {
+        if api >= needs {
+            wait_until(timeout, &format!("{service} to run"), || {
+                d.converged(&s.name, service, 1)
+            });
+            continue;
+        }
+        let text = format!("{}.{}", needs.0, needs.1);
+        wait_until(
+            timeout,
+            &format!("{service}'s status to name {key}"),
+            || {
+                let svc = d.service(&s.name, service);
+                svc["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains(key) && m.contains(&text))
+                    })
+                })
+            },
+        );
+        let replica = s.replica(service, 1);
+        assert!(
+            !s.containers().iter().any(|(name, _, _)| *name == replica),
+            "nothing half-made of {service} is left"
+        );
+    }
+    assert!(
+        d.converged(&s.name, "plain", 1),
+        "the rest of the stack still runs"
+    );
+}
