@@ -82,37 +82,13 @@ impl Controller {
             metrics.clone(),
             shutdown.clone(),
         );
-        let store = store.fenced(Arc::new(leadership.clone()));
-        let runtime: Arc<dyn Runtime> = Arc::new(FencedRuntime {
-            inner: runtime,
-            gate: Arc::new(leadership.clone()),
-        });
         let writer = Writer::default();
-        let desired = writer.reader();
-        let scheduler = Arc::new(Scheduler::default());
-        let containers = Arc::new(Containers::new(runtime.clone()));
-        let ctx = Arc::new(Context {
-            store: store.clone(),
-            desired: desired.clone(),
-            containers: containers.clone(),
-            runtime: runtime.clone(),
-            scheduler: scheduler.clone(),
-            failures: Default::default(),
-            restarts: Default::default(),
-            scratch: Default::default(),
-            traffic: Traffic::new(
-                store.clone(),
-                desired.clone(),
-                options.traefik_root,
-                metrics.clone(),
-            ),
-            metrics,
-            engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
-            leadership: leadership.clone(),
-        });
+        let ctx = fenced_context(store, runtime, metrics, &options, &leadership, &writer);
+        let scheduler = ctx.scheduler.clone();
+        let runtime = ctx.runtime.clone();
         let triggers = Triggers {
-            desired,
-            containers,
+            desired: ctx.desired.clone(),
+            containers: ctx.containers.clone(),
             scheduler: scheduler.clone(),
         };
         let mut tasks = JoinSet::new();
@@ -156,6 +132,43 @@ impl Controller {
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         tokio::time::timeout(timeout, drain).await.is_ok()
     }
+}
+
+/// The reconcilers' shared context, whose etcd writes and engine calls are fenced by
+/// `leadership`.
+fn fenced_context(
+    store: Store,
+    runtime: Arc<dyn Runtime>,
+    metrics: Arc<Metrics>,
+    options: &Options,
+    leadership: &Leadership,
+    writer: &Writer,
+) -> Arc<Context> {
+    let store = store.fenced(Arc::new(leadership.clone()));
+    let runtime: Arc<dyn Runtime> = Arc::new(FencedRuntime {
+        inner: runtime,
+        gate: Arc::new(leadership.clone()),
+    });
+    let desired = writer.reader();
+    Arc::new(Context {
+        store: store.clone(),
+        desired: desired.clone(),
+        containers: Arc::new(Containers::new(runtime.clone())),
+        runtime,
+        scheduler: Arc::new(Scheduler::default()),
+        failures: Default::default(),
+        restarts: Default::default(),
+        scratch: Default::default(),
+        traffic: Traffic::new(
+            store,
+            desired,
+            options.traefik_root.clone(),
+            metrics.clone(),
+        ),
+        metrics,
+        engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
+        leadership: leadership.clone(),
+    })
 }
 
 /// Runs `task` whenever this daemon may act, and stops it (drops it) as soon as it may not,
