@@ -134,12 +134,13 @@ fn a_crash_looping_replica_is_restarted_with_growing_back_off() {
         starts.len() >= 5
     });
     let gaps: Vec<f64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
-    // No wait before the first restart, then 1 s, 2 s, 4 s: each gap at least the documented
-    // delay, and growing.
+    // No wait before the first restart, then 1 s, 2 s, 4 s: each gap near the documented
+    // delay, and growing. The delay runs from capstan's restart call, the gap between the
+    // engine's start events: on a loaded engine a slow start shortens the next gap.
     for (i, gap) in gaps.iter().enumerate().skip(1) {
         let expected = 2f64.powi(i as i32 - 1);
         assert!(
-            *gap >= expected - 0.3,
+            *gap >= expected * 0.7,
             "restart {i} came after {gap:.2}s, before its {expected}s back-off: {gaps:?}"
         );
     }
