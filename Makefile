@@ -39,7 +39,7 @@ e2e: deps images
 	$(CARGO) build -p capstan
 	$(CARGO) test -p capstan-e2e
 
-## bench: every benchmark (scale without Docker; convergence, heal, idle cost and proxy
+## bench: every benchmark (scale without Docker; convergence, heal, idle cost, proxy and auth
 ## against the real engine), release build; prints tables and writes
 ## bench/results/latest.json. Never part of `make test`. Takes about 20 minutes.
 bench: images
