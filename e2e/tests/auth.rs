@@ -150,6 +150,18 @@ fn on_tcp_a_caller_needs_a_token_and_a_read_token_may_get_but_not_apply() {
     let stacks = h.d.cli_ok(&["get", "stacks", "-o", "json"]);
     assert_eq!(stacks.trim(), "[]", "nothing applied");
 
+    let scratch = Scratch::new("token");
+    let file = scratch.path("token");
+    std::fs::write(&file, format!("{read}\n")).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = file.to_string_lossy();
+    let from_file = [("CAPSTAN_TOKEN_FILE", &*file)];
+    let out = cli_at(&tcp, &from_file, &["get", "stacks"]);
+    assert!(text(&out).contains("readable by others"), "{}", text(&out));
+    std::fs::set_permissions(&*file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cli_at(&tcp, &from_file, &["get", "stacks"]);
+    assert!(out.status.success(), "a 0600 token file: {}", text(&out));
+
     let list = h.d.cli_ok(&["token", "list"]);
     assert!(list.contains("reader") && list.contains("read"), "{list}");
     assert!(!list.contains(&read[8..]), "the secret is never listed");
