@@ -3,7 +3,13 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 RELEASE_BIN := target/release/capstan
-export CAPSTAN_SERVER ?= http://127.0.0.1:7878
+# The API is a Unix socket (scripts/capstan.sh): root's default, else one under .data/.
+ifeq ($(shell id -u),0)
+export CAPSTAN_SOCKET ?= /run/capstan/capstan.sock
+else
+export CAPSTAN_SOCKET ?= $(CURDIR)/.data/run/capstan.sock
+endif
+export CAPSTAN_SERVER ?= unix://$(CAPSTAN_SOCKET)
 
 .PHONY: up down test unit e2e bench images deps build lint
 
@@ -16,7 +22,7 @@ up: build images
 
 ## down: delete the demo stack, stop capstan and etcd
 down:
-	@if curl -fsS $(CAPSTAN_SERVER)/healthz >/dev/null 2>&1; then $(RELEASE_BIN) delete web --volumes || true; fi
+	@if curl -fsS --unix-socket $(CAPSTAN_SOCKET) http://capstan/healthz >/dev/null 2>&1; then $(RELEASE_BIN) delete web --volumes || true; fi
 	@bash scripts/capstan.sh stop
 	@bash scripts/etcd.sh stop
 
@@ -33,7 +39,7 @@ e2e: deps images
 	$(CARGO) build -p capstan
 	$(CARGO) test -p capstan-e2e
 
-## bench: every benchmark (scale without Docker; convergence, heal, idle cost and proxy
+## bench: every benchmark (scale without Docker; convergence, heal, idle cost, proxy and auth
 ## against the real engine), release build; prints tables and writes
 ## bench/results/latest.json. Never part of `make test`. Takes about 20 minutes.
 bench: images

@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
 # Starts or stops `capstan serve` in the background, log under .data/capstan.log.
+#
+# The API is the Unix socket $CAPSTAN_SOCKET (as root: /run/capstan/capstan.sock, the
+# CLI's default; otherwise .data/run/capstan.sock, and the Makefile points CAPSTAN_SERVER
+# at it). The socket is 0660, of group $CAPSTAN_SOCKET_GROUP (default: root as root, else
+# your primary group): whoever may open it is an admin. Metrics and probes, without
+# authentication, on $CAPSTAN_METRICS_LISTEN (default 127.0.0.1:7879).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=.data
 BIN=${CAPSTAN_BIN:-target/release/capstan}
+if [ "$(id -u)" = 0 ]; then
+  SOCKET=${CAPSTAN_SOCKET:-/run/capstan/capstan.sock}
+  GROUP=${CAPSTAN_SOCKET_GROUP:-root}
+else
+  SOCKET=${CAPSTAN_SOCKET:-$PWD/$DATA/run/capstan.sock}
+  GROUP=${CAPSTAN_SOCKET_GROUP:-$(id -gn)}
+fi
+METRICS=${CAPSTAN_METRICS_LISTEN:-127.0.0.1:7879}
 mkdir -p "$DATA"
+chmod 0750 "$DATA"
 pidfile="$DATA/capstan.pid"
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 case "${1:-start}" in
   start)
     if running; then echo "capstan already running (pid $(cat "$pidfile"))"; exit 0; fi
-    nohup "$BIN" serve --etcd http://127.0.0.1:2379 --listen 127.0.0.1:7878 >>"$DATA/capstan.log" 2>&1 &
+    umask 027
+    nohup "$BIN" serve --etcd "http://127.0.0.1:${ETCD_PORT:-2379}" --socket "$SOCKET" --socket-group "$GROUP" \
+      --metrics-listen "$METRICS" >>"$DATA/capstan.log" 2>&1 &
     echo $! >"$pidfile"
     for _ in $(seq 100); do
-      if curl -fsS http://127.0.0.1:7878/readyz >/dev/null 2>&1; then
-        echo "capstan serving on 127.0.0.1:7878 (pid $(cat "$pidfile"), log $DATA/capstan.log)"; exit 0
+      if curl -fsS --unix-socket "$SOCKET" http://capstan/readyz >/dev/null 2>&1; then
+        echo "capstan serving on unix://$SOCKET (group $GROUP; metrics on $METRICS; pid $(cat "$pidfile"), log $DATA/capstan.log)"
+        [ "$SOCKET" = /run/capstan/capstan.sock ] || echo "  export CAPSTAN_SERVER=unix://$SOCKET"
+        exit 0
       fi
       running || { echo "error: capstan exited; see $DATA/capstan.log" >&2; tail -5 "$DATA/capstan.log" >&2; exit 1; }
       sleep 0.1

@@ -8,48 +8,106 @@ use std::time::{Duration, Instant};
 
 pub struct Client {
     base: String,
+    /// Where the requests go, for messages (the socket's path, or `base`).
+    server: String,
     http: reqwest::Client,
 }
 
-impl Client {
-    pub fn new(server: &str) -> Self {
-        Client {
-            base: server.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("HTTP client"),
+/// How the client proves who it is on TCP, and which CA it trusts for TLS.
+#[derive(Default)]
+pub struct Credentials {
+    /// `--token` / `CAPSTAN_TOKEN`.
+    pub token: Option<String>,
+    /// `--token-file` / `CAPSTAN_TOKEN_FILE`: mode 0600 or stricter.
+    pub token_file: Option<std::path::PathBuf>,
+    /// `--cacert` / `CAPSTAN_CACERT`: PEM; the only roots trusted when given.
+    pub cacert: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    /// The token, from the flag or variable, else the file; a file others can read is refused.
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()));
         }
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "the token file {} is readable by others: `chmod 600 {0}`",
+                path.display()
+            );
+        }
+        Ok(Some(std::fs::read_to_string(path)?.trim().to_string()))
+    }
+}
+
+impl Client {
+    /// A client of `server`: `unix:///PATH` (the default socket), `http://` or `https://`.
+    pub fn new(server: &str, creds: &Credentials) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
+        let (base, shown) = match server.strip_prefix("unix://") {
+            Some(path) => {
+                builder = builder.unix_socket(std::path::Path::new(path));
+                ("http://capstan".to_string(), path.to_string())
+            }
+            None => {
+                let base = server.trim_end_matches('/').to_string();
+                (base.clone(), base)
+            }
+        };
+        if !server.starts_with("unix://") {
+            builder = tls_and_token(builder, creds)?;
+        }
+        Ok(Client {
+            base,
+            server: shown,
+            http: builder.build().context("building the HTTP client")?,
+        })
+    }
+
+    /// `POST /v1/tokens`.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: capstan_controller::auth::Role,
+    ) -> anyhow::Result<capstan_controller::auth::CreatedToken> {
+        let body = capstan_controller::auth::CreateToken {
+            name: name.into(),
+            role,
+        };
+        let req = self.http.post(format!("{}/v1/tokens", self.base));
+        self.send(req.json(&body)).await
+    }
+
+    pub async fn tokens(&self) -> anyhow::Result<Vec<capstan_controller::auth::TokenRecord>> {
+        self.send(self.http.get(format!("{}/v1/tokens", self.base)))
+            .await
+    }
+
+    pub async fn revoke_token(&self, name: &str) -> anyhow::Result<()> {
+        let req = self.http.delete(format!("{}/v1/tokens/{name}", self.base));
+        self.send::<serde_json::Value>(req).await.map(|_| ())
     }
 
     async fn send<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
-        let resp = req.send().await.with_context(|| {
-            format!(
-                "cannot reach capstan at {} (is `capstan serve` running?)",
-                self.base
-            )
-        })?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await?;
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return serde_json::from_slice(b"null").context("unexpected response from capstan");
+        }
         if status.is_success() {
             return serde_json::from_slice(&bytes).context("unexpected response from capstan");
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => {
-                let mut msg = body.error;
-                for d in body.details {
-                    msg.push_str(&format!("\n  {}: {}", d.field, d.reason));
-                }
-                bail!("{msg}")
-            }
-            Err(_) => bail!(
-                "capstan answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            ),
-        }
+        Err(api_error(status, &bytes))
     }
 
     pub async fn apply(
@@ -75,17 +133,14 @@ impl Client {
             .get(format!("{}/v1/stacks/{stack}", self.base))
             .send()
             .await
-            .with_context(|| format!("cannot reach capstan at {}", self.base))?;
+            .map_err(|e| self.unreachable(e))?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            bail!(
-                "capstan answered {status}: {}",
-                String::from_utf8_lossy(&bytes)
-            );
+            return Err(api_error(status, &bytes));
         }
         Ok(Some(serde_json::from_slice(&bytes)?))
     }
@@ -140,6 +195,64 @@ impl Client {
                 .query(&[("volumes", volumes)]),
         )
         .await
+    }
+}
+
+impl Client {
+    /// Why a request got no answer: the socket's permissions, a missing daemon, or TLS.
+    fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
+        let mut cause = String::new();
+        let mut source: Option<&dyn std::error::Error> = Some(&e);
+        while let Some(s) = source {
+            cause = s.to_string();
+            source = s.source();
+        }
+        let hint = if cause.contains("ermission denied") {
+            " (the socket is only for root and its group: run as root, or join the group given to `serve --socket-group`)"
+        } else {
+            " (is `capstan serve` running? set --server or CAPSTAN_SERVER)"
+        };
+        anyhow::anyhow!("cannot reach capstan at {}: {cause}{hint}", self.server)
+    }
+}
+
+/// TLS roots (`--cacert`) and the bearer token, for TCP servers.
+fn tls_and_token(
+    mut builder: reqwest::ClientBuilder,
+    creds: &Credentials,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    if let Some(path) = &creds.cacert {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the CA certificate {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    if let Some(token) = creds.token()? {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder)
+}
+
+/// The documented JSON error, as one message with a line per field.
+fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => {
+            let mut msg = body.error;
+            for d in body.details {
+                msg.push_str(&format!("\n  {}: {}", d.field, d.reason));
+            }
+            anyhow::anyhow!("{msg}")
+        }
+        Err(_) => anyhow::anyhow!(
+            "capstan answered {status}: {}",
+            String::from_utf8_lossy(bytes)
+        ),
     }
 }
 

@@ -19,16 +19,120 @@ use std::time::Duration;
     about = "Keeps a Docker host converged on declared Compose stacks"
 )]
 struct Cli {
-    /// The capstan API to talk to (client commands).
+    /// The capstan API to talk to (client commands): `unix:///PATH`, `http://` or `https://`.
     #[arg(
         long,
         global = true,
         env = "CAPSTAN_SERVER",
-        default_value = "http://127.0.0.1:7878"
+        default_value = "unix:///run/capstan/capstan.sock"
     )]
     server: String,
+    /// Bearer token for a TCP server (`capstan token create`).
+    #[arg(long, global = true, env = "CAPSTAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the token (mode 0600 or stricter), if --token is not given.
+    #[arg(long, global = true, env = "CAPSTAN_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to trust for an https:// server, instead of the system's.
+    #[arg(long, global = true, env = "CAPSTAN_CACERT")]
+    cacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// etcd endpoints, comma-separated.
+    #[arg(
+        long,
+        env = "CAPSTAN_ETCD",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    etcd: Vec<String>,
+    /// The API's Unix socket (folder 0750 if created here, socket 0660); whoever may
+    /// open it is an admin.
+    #[arg(
+        long,
+        env = "CAPSTAN_SOCKET",
+        default_value = "/run/capstan/capstan.sock"
+    )]
+    socket: PathBuf,
+    /// The group owning the socket (name or gid): its members may call the API.
+    #[arg(long, default_value = "root")]
+    socket_group: String,
+    /// Also serve the API on TCP; bearer tokens required, and TLS off loopback.
+    #[arg(long, env = "CAPSTAN_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// PEM certificate chain for the TCP listener (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for the TCP listener (with --tls-cert).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz here without authentication (Prometheus).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Key prefix in etcd; installations with different prefixes share an etcd safely.
+    #[arg(long, env = "CAPSTAN_PREFIX", default_value = "/capstan")]
+    prefix: String,
+    /// How often every service is reconciled without a trigger.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    resync: Duration,
+    /// Services reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    workers: usize,
+    /// Replica operations (create+start, stop+remove, restart) in flight on the engine
+    /// (Compose's default limit is 64 too).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
+    engine_parallelism: u16,
+    /// Also write Traefik's etcd KV layout under this root (e.g. `traefik`).
+    #[arg(long)]
+    traefik_etcd_root: Option<String>,
+    /// This daemon's identity in the leader election; unique among the daemons sharing
+    /// an etcd prefix. Default: `<hostname>:<socket path>`.
+    #[arg(long, env = "CAPSTAN_ID")]
+    id: Option<String>,
+    /// The leader lease's time to live: a dead leader is replaced within it (2s..5m).
+    #[arg(long, default_value = "10s", value_parser = parse_lease_ttl)]
+    lease_ttl: Duration,
+    /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is shown once (only its SHA-256 is stored).
+    Create {
+        name: String,
+        #[arg(long, value_enum, default_value = "read")]
+        role: RoleArg,
+    },
+    /// List tokens: names, roles, creation times.
+    List,
+    /// Revoke a token by name.
+    Revoke { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    /// GETs: stacks, services, endpoints, metrics.
+    Read,
+    /// Also apply, scale and delete stacks.
+    Deploy,
+    /// Also tokens.
+    Admin,
+}
+
+impl From<RoleArg> for capstan_controller::auth::Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Read => Self::Read,
+            RoleArg::Deploy => Self::Deploy,
+            RoleArg::Admin => Self::Admin,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -55,43 +159,11 @@ enum Kind {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: store in etcd, reconcile against the local Docker engine, serve the API.
-    Serve {
-        /// etcd endpoints, comma-separated.
-        #[arg(
-            long,
-            env = "CAPSTAN_ETCD",
-            default_value = "http://127.0.0.1:2379",
-            value_delimiter = ','
-        )]
-        etcd: Vec<String>,
-        #[arg(long, env = "CAPSTAN_LISTEN", default_value = "127.0.0.1:7878")]
-        listen: SocketAddr,
-        /// Key prefix in etcd; installations with different prefixes share an etcd safely.
-        #[arg(long, env = "CAPSTAN_PREFIX", default_value = "/capstan")]
-        prefix: String,
-        /// How often every service is reconciled without a trigger.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        resync: Duration,
-        /// Services reconciled at once.
-        #[arg(long, default_value_t = 8)]
-        workers: usize,
-        /// Replica operations (create+start, stop+remove, restart) in flight on the engine
-        /// (Compose's default limit is 64 too).
-        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
-        engine_parallelism: u16,
-        /// Also write Traefik's etcd KV layout under this root (e.g. `traefik`).
-        #[arg(long)]
-        traefik_etcd_root: Option<String>,
-        /// This daemon's identity in the leader election; unique among the daemons sharing
-        /// an etcd prefix. Default: `<hostname>:<listen address>`.
-        #[arg(long, env = "CAPSTAN_ID")]
-        id: Option<String>,
-        /// The leader lease's time to live: a dead leader is replaced within it (2s..5m).
-        #[arg(long, default_value = "10s", value_parser = parse_lease_ttl)]
-        lease_ttl: Duration,
-        /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: LogFormat,
+    Serve(Box<ServeArgs>),
+    /// API tokens for the TCP listener (admin; over the Unix socket as its owner or group).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
     },
     /// Declare a stack from a Compose project: what the files no longer name is removed.
     /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
@@ -200,6 +272,53 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
     Ok(0)
 }
 
+fn serve_config(a: ServeArgs) -> capstan_controller::daemon::Config {
+    init_logging(a.log_format);
+    capstan_controller::daemon::Config {
+        identity: (a.id).unwrap_or_else(|| format!("{}:{}", hostname(), a.socket.display())),
+        lease_ttl: a.lease_ttl,
+        etcd_endpoints: a.etcd,
+        socket: a.socket,
+        socket_group: a.socket_group,
+        listen: a.listen,
+        tls: a.tls_cert.zip(a.tls_key),
+        metrics_listen: a.metrics_listen,
+        prefix: a.prefix,
+        resync: a.resync,
+        workers: a.workers,
+        engine_parallelism: a.engine_parallelism.into(),
+        traefik_root: a.traefik_etcd_root,
+    }
+}
+
+/// `capstan token create|list|revoke`.
+async fn token(api: &client::Client, action: TokenCommand) -> anyhow::Result<i32> {
+    match action {
+        TokenCommand::Create { name, role } => {
+            let created = api.create_token(&name, role.into()).await?;
+            eprintln!(
+                "token {} (role {}) created; it is shown only now:",
+                created.name,
+                created.role.name()
+            );
+            println!("{}", created.token);
+        }
+        TokenCommand::List => {
+            println!("{:<24} {:<8} CREATED", "NAME", "ROLE");
+            for t in api.tokens().await? {
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(t.created);
+                let at = humantime::format_rfc3339_seconds(at);
+                println!("{:<24} {:<8} {at}", t.name, t.role.name());
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            api.revoke_token(&name).await?;
+            println!("token {name} revoked");
+        }
+    }
+    Ok(0)
+}
+
 /// `capstan scale STACK/SERVICE=N`.
 async fn scale(api: &client::Client, target: &str) -> anyhow::Result<i32> {
     let (target, n) = target
@@ -234,34 +353,18 @@ fn hostname() -> String {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let api = client::Client::new(&cli.server);
+    let creds = client::Credentials {
+        token: cli.token,
+        token_file: cli.token_file,
+        cacert: cli.cacert,
+    };
+    if let Command::Serve(args) = cli.command {
+        return serve(serve_config(*args)).await;
+    }
+    let api = client::Client::new(&cli.server, &creds)?;
     match cli.command {
-        Command::Serve {
-            etcd,
-            listen,
-            prefix,
-            resync,
-            workers,
-            engine_parallelism,
-            traefik_etcd_root,
-            id,
-            lease_ttl,
-            log_format,
-        } => {
-            init_logging(log_format);
-            let config = capstan_controller::daemon::Config {
-                identity: id.unwrap_or_else(|| format!("{}:{listen}", hostname())),
-                lease_ttl,
-                etcd_endpoints: etcd,
-                listen,
-                prefix,
-                resync,
-                workers,
-                engine_parallelism: engine_parallelism.into(),
-                traefik_root: traefik_etcd_root,
-            };
-            serve(config).await
-        }
+        Command::Serve(_) => unreachable!("served above"),
+        Command::Token { action } => token(&api, action).await,
         Command::Apply {
             file,
             env_file,

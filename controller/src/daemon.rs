@@ -1,12 +1,18 @@
 //! `capstan serve`: wires the store, the runtime, the triggers, the workers and the HTTP
 //! server together, and shuts them all down on one signal.
 
+use futures::future::BoxFuture;
+use futures::FutureExt as _;
+use std::future::IntoFuture as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+use crate::auth::Peer;
 use crate::controller::Controller;
+use crate::listen::{self, ListenError, TlsListener};
 use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
@@ -17,7 +23,16 @@ use crate::store::Store;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
-    pub listen: SocketAddr,
+    /// The API's Unix socket (`--socket`); its caller is an admin.
+    pub socket: PathBuf,
+    /// The socket's group (`--socket-group`): a name or a gid.
+    pub socket_group: String,
+    /// A TCP API listener (`--listen`), bearer tokens required.
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain and key, PEM (`--tls-cert`, `--tls-key`): the TCP listener speaks TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `/metrics`, `/healthz`, `/readyz` without authentication (`--metrics-listen`).
+    pub metrics_listen: Option<SocketAddr>,
     /// Key prefix, so installations can share an etcd.
     pub prefix: String,
     /// How often everything is reconciled without a trigger (the safety net).
@@ -38,17 +53,16 @@ pub struct Config {
 pub enum DaemonError {
     #[error("cannot reach the Docker engine at /var/run/docker.sock: {0}")]
     Docker(#[source] RuntimeError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
 
 /// Runs the daemon until `shutdown` turns true.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let acceptor = config.checked_tls()?;
+    let gid = listen::group_id(&config.socket_group)?;
     let runtime = DockerRuntime::connect()
         .await
         .map_err(DaemonError::Docker)?;
@@ -59,13 +73,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         metrics: metrics.clone(),
     });
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            addr: config.listen,
-            source,
-        })?;
-    tracing::info!(listen = %config.listen, "API listening");
+    let listeners = Listeners::bind(&config, gid, acceptor).await?;
 
     let kv = loop {
         match EtcdKv::connect(&config.etcd_endpoints).await {
@@ -102,7 +110,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         },
         shutdown.clone(),
     );
-    let app = server::router(ApiState {
+    let state = ApiState {
         store,
         desired: controller.ctx.desired.clone(),
         blocked: controller.ctx.scratch.blocked.clone(),
@@ -110,15 +118,120 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         health: controller.health.clone(),
         stop: shutdown.clone(),
         metrics,
-    });
-    let mut http_shutdown = shutdown.clone();
-    let http = axum::serve(listener, app).with_graceful_shutdown(async move {
-        let _ = http_shutdown.wait_for(|s| *s).await;
-    });
-    let result = http.await.map_err(DaemonError::Http);
+        tokens: Arc::default(),
+    };
+    let result = listeners.serve(state, &shutdown).await;
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");
     if !controller.stopped(Duration::from_secs(30)).await {
         tracing::warn!("some tasks did not stop within 30 s");
     }
     result
+}
+
+impl Config {
+    /// Refuses a TCP listener off loopback without TLS, and loads the TLS files, before
+    /// anything starts.
+    fn checked_tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ListenError> {
+        if let Some(addr) = self.listen {
+            listen::check_tcp(addr, self.tls.is_some())?;
+        }
+        match &self.tls {
+            Some((cert, key)) => Ok(Some(listen::tls_acceptor(cert, key)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+enum Tcp {
+    Plain(tokio::net::TcpListener),
+    Tls(TlsListener),
+}
+
+/// Every listener, bound before the daemon starts working.
+struct Listeners {
+    socket: tokio::net::UnixListener,
+    tcp: Option<Tcp>,
+    metrics: Option<tokio::net::TcpListener>,
+}
+
+impl Listeners {
+    async fn bind(
+        config: &Config,
+        gid: u32,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<Listeners, ListenError> {
+        let socket = listen::unix(&config.socket, gid).await?;
+        tracing::info!(socket = %config.socket.display(), group = %config.socket_group, "API listening on the Unix socket");
+        let tcp = match (config.listen, acceptor) {
+            (None, _) => None,
+            (Some(addr), None) => Some(Tcp::Plain(listen::tcp(addr).await?)),
+            (Some(addr), Some(acceptor)) => {
+                let l = listen::tcp(addr).await?;
+                let tls = TlsListener::new(l, acceptor)
+                    .map_err(|source| ListenError::Tcp { addr, source })?;
+                Some(Tcp::Tls(tls))
+            }
+        };
+        if let Some(addr) = config.listen {
+            let tls = matches!(tcp, Some(Tcp::Tls(_)));
+            tracing::info!(listen = %addr, tls, "API listening on TCP (bearer tokens required)");
+        }
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(listen::tcp(addr).await?),
+            None => None,
+        };
+        if let Some(addr) = config.metrics_listen {
+            tracing::info!(listen = %addr, "metrics and probes listening (no authentication)");
+        }
+        Ok(Listeners {
+            socket,
+            tcp,
+            metrics,
+        })
+    }
+
+    /// Serves every listener until `shutdown` turns true.
+    async fn serve(
+        self,
+        state: ApiState,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), DaemonError> {
+        let stop = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let api = server::router(state.clone()).into_make_service_with_connect_info::<Peer>();
+        let mut all: Vec<BoxFuture<'static, std::io::Result<()>>> = vec![];
+        let unix = axum::serve(self.socket, api.clone());
+        all.push(
+            unix.with_graceful_shutdown(stop(shutdown.clone()))
+                .into_future()
+                .boxed(),
+        );
+        match self.tcp {
+            Some(Tcp::Plain(l)) => all.push(
+                (axum::serve(l, api.clone()).with_graceful_shutdown(stop(shutdown.clone())))
+                    .into_future()
+                    .boxed(),
+            ),
+            Some(Tcp::Tls(l)) => all.push(
+                (axum::serve(l, api).with_graceful_shutdown(stop(shutdown.clone())))
+                    .into_future()
+                    .boxed(),
+            ),
+            None => {}
+        }
+        if let Some(l) = self.metrics {
+            let probes = axum::serve(l, server::probes(state));
+            all.push(
+                probes
+                    .with_graceful_shutdown(stop(shutdown.clone()))
+                    .into_future()
+                    .boxed(),
+            );
+        }
+        futures::future::try_join_all(all)
+            .await
+            .map(|_| ())
+            .map_err(DaemonError::Http)
+    }
 }

@@ -24,14 +24,19 @@
 //!   the pipeline stages, the pure planner, status and drift, the stack's own part.
 //! - [`traffic`]: publishing endpoints (proxy, etcd, Traefik) behind one call.
 //! - [`metrics`]: the Prometheus registry, and the decorators that measure etcd and Docker.
-//! - [`controller`]: the loop's tasks wired around one context; [`server`]: the HTTP API;
+//! - [`controller`]: the loop's tasks wired around one context; [`server`]: the HTTP API,
+//!   behind [`auth`] (who may call: socket peers, bearer tokens, roles) and [`audit`];
+//!   [`listen`]: its Unix socket, TCP and TLS listeners;
 //!   [`daemon`]: `capstan serve`.
 
+pub mod audit;
+pub mod auth;
 pub mod controller;
 pub mod daemon;
 pub mod health;
 pub mod key;
 pub mod leader;
+pub mod listen;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;

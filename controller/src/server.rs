@@ -33,13 +33,31 @@ pub struct ApiState {
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The API tokens, cached ([`crate::auth`]).
+    pub tokens: Arc<crate::auth::Tokens>,
 }
 
+/// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
 pub fn router(state: ApiState) -> Router {
+    let guard = axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard);
+    routes().layer(guard).with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics` alone, without authentication (`--metrics-listen`).
+pub fn probes(state: ApiState) -> Router {
+    probe_routes().with_state(state)
+}
+
+fn probe_routes() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+fn routes() -> Router<ApiState> {
+    probe_routes()
+        .merge(crate::auth::routes())
         .route("/v1/stacks", get(list_stacks))
         .route(
             "/v1/stacks/{stack}",
@@ -55,7 +73,6 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/leader", get(leader))
         .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -196,7 +213,9 @@ async fn apply(
         .collect();
     if changed.is_empty() {
         tracing::info!(stack = %stack, "apply: unchanged");
+        crate::audit::note("unchanged");
     } else {
+        crate::audit::note(changed.join(","));
         tracing::info!(stack = %stack, changes = %changed.join(","), "apply");
     }
     Ok(Json(result))
@@ -249,6 +268,7 @@ async fn delete_stack(
         .request_deletion(&stack, q.volumes, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
+    crate::audit::note(format!("delete (volumes: {})", q.volumes));
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
@@ -300,6 +320,7 @@ async fn scale(
         .scale(&stack, &service, req.replicas, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
+    crate::audit::note(format!("service {service} replicas={}", req.replicas));
     // Reads are linearizable: the view shows this scale (or a later change, with its version).
     get_service(State(st), Path((stack, service))).await
 }
@@ -418,6 +439,7 @@ mod tests {
             health: Arc::new(crate::health::Health::answering()),
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
+            tokens: Arc::default(),
         };
         (st, kv)
     }

@@ -255,15 +255,11 @@ fn observe_by_polling() -> bool {
 }
 
 /// Follows `url?watch=true` (server-sent events) until it lists `n` endpoints.
-fn wait_endpoints(url: &str, n: usize) {
+fn wait_endpoints(client: reqwest::blocking::Client, url: &str, n: usize) {
     let (tx, rx) = std::sync::mpsc::channel();
     let stream = format!("{url}?watch=true");
     std::thread::spawn(move || {
         use std::io::BufRead;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(None)
-            .build()
-            .unwrap();
         loop {
             // 404 until the daemon's cache has the service the apply just wrote.
             let resp = match client.get(&stream).send() {
@@ -311,16 +307,12 @@ fn capstan_run(
 ) -> Run {
     stacks.push(StackGuard::new("bench-conv"));
     let s = stacks.last().unwrap();
-    let http = reqwest::blocking::Client::new();
+    let http = d.api();
     let get = |path: &str| -> serde_json::Value {
-        http.get(format!(
-            "{}/v1/stacks/{}/services/web{path}",
-            d.url(),
-            s.name
-        ))
-        .send()
-        .and_then(|r| r.json())
-        .unwrap_or_default()
+        http.get(format!("{API}/v1/stacks/{}/services/web{path}", s.name))
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_default()
     };
     let filter = format!("label=capstan.stack={}", s.name);
     let file = s.file(&format!(
@@ -349,7 +341,8 @@ fn capstan_run(
         }
     } else {
         wait_endpoints(
-            &format!("{}/v1/stacks/{}/services/web/endpoints", d.url(), s.name),
+            d.api_without_timeout(),
+            &format!("{API}/v1/stacks/{}/services/web/endpoints", s.name),
             n,
         );
         while !ready() {

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 pub const IMAGE: &str = "capstan-demo/web:1";
 pub const IMAGE_V2: &str = "capstan-demo/web:2";
 
+/// The base of API URLs sent through [`Daemon::api`], which connects to the daemon's socket.
+pub const API: &str = "http://capstan";
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -279,6 +282,7 @@ impl Drop for Etcd {
 /// A `capstan serve` of the test's own.
 pub struct Daemon {
     dir: PathBuf,
+    /// `--metrics-listen`'s port: probes and metrics, without authentication.
     port: u16,
     etcd_url: String,
     pub prefix: String,
@@ -317,7 +321,9 @@ impl Daemon {
                 "serve",
                 "--etcd",
                 &self.etcd_url,
-                "--listen",
+                "--socket",
+                &self.socket().to_string_lossy(),
+                "--metrics-listen",
                 &format!("127.0.0.1:{}", self.port),
                 "--prefix",
                 &self.prefix,
@@ -339,8 +345,35 @@ impl Daemon {
         });
     }
 
+    /// `/healthz`, `/readyz` and `/metrics`, unauthenticated (`--metrics-listen`); the API
+    /// itself is on [`Self::socket`] (reach it with [`Self::api`] or [`Self::cli`]).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The API's Unix socket, in the daemon's scratch folder (the daemon creates `run/`).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("run/capstan.sock")
+    }
+
+    /// `CAPSTAN_SERVER` for this daemon.
+    pub fn server(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    /// An HTTP client of the API over the socket: request `{API}/v1/...`.
+    pub fn api(&self) -> reqwest::blocking::Client {
+        (reqwest::blocking::Client::builder().unix_socket(self.socket()))
+            .build()
+            .unwrap()
+    }
+
+    /// [`Self::api`] for long-lived streams (watches).
+    pub fn api_without_timeout(&self) -> reqwest::blocking::Client {
+        (reqwest::blocking::Client::builder().unix_socket(self.socket()))
+            .timeout(None)
+            .build()
+            .unwrap()
     }
 
     /// The daemon's process ID (benchmarks read its CPU time and memory from /proc).
@@ -414,7 +447,7 @@ impl Daemon {
 
     /// `GET /v1/leader`.
     pub fn leader(&self) -> serde_json::Value {
-        reqwest::blocking::get(format!("{}/v1/leader", self.url()))
+        (self.api().get(format!("{API}/v1/leader")).send())
             .and_then(|r| r.json())
             .unwrap_or(serde_json::Value::Null)
     }
@@ -428,7 +461,7 @@ impl Daemon {
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(capstan_bin())
             .args(args)
-            .env("CAPSTAN_SERVER", self.url())
+            .env("CAPSTAN_SERVER", self.server())
             .output()
             .expect("run capstan")
     }
@@ -522,11 +555,10 @@ impl Daemon {
     /// per service when it reached them all. A call that lands inside a resync (milliseconds
     /// of reconciles every period) can return when that one is done.
     pub fn wait_for_resync(&self) {
-        let stacks: Vec<serde_json::Value> =
-            reqwest::blocking::get(format!("{}/v1/stacks", self.url()))
-                .and_then(|r| r.error_for_status())
-                .and_then(|r| r.json())
-                .unwrap_or_else(|e| panic!("GET /v1/stacks: {e}"));
+        let stacks: Vec<serde_json::Value> = (self.api().get(format!("{API}/v1/stacks")).send())
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| panic!("GET /v1/stacks: {e}"));
         let services: u64 = stacks
             .iter()
             .map(|s| s["services"].as_array().map_or(0, |v| v.len() as u64))

@@ -128,7 +128,7 @@ impl Run<'_> {
         let mut cmd = Command::new(capstan_bin());
         cmd.current_dir(self.case.dir.join(apply["cwd"].as_str().unwrap_or(".")))
             .env_clear()
-            .env("CAPSTAN_SERVER", d.url())
+            .env("CAPSTAN_SERVER", d.server())
             .env("HOME", std::env::var("HOME").unwrap_or_default());
         if let Some(env) = apply["env"].as_object() {
             for (k, v) in env {

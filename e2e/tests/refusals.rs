@@ -142,12 +142,12 @@ fn every_refused_key_is_named_by_its_field_path_and_leaves_etcd_unchanged() {
 #[test]
 fn keys_resolved_by_the_client_are_refused_over_the_raw_api_by_field_path() {
     let h = Harness::start("raw-refusals");
-    let http = reqwest::blocking::Client::new();
+    let http = h.d.api();
     let mut wrong = vec![];
     for (key, yaml, field) in CLIENT_SIDE {
         let revision = h.etcd.revision();
         let resp = http
-            .put(format!("{}/v1/stacks/{}", h.d.url(), h.s.name))
+            .put(format!("{API}/v1/stacks/{}", h.s.name))
             .header("content-type", "application/yaml")
             .body(yaml.replace("{IMAGE}", IMAGE))
             .send()

@@ -207,8 +207,9 @@ fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
     let h = Harness::start("invalid");
     let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
     let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    ipc: host\n");
-    let resp = reqwest::blocking::Client::new()
-        .put(format!("{}/v1/stacks/{}", d.url(), s.name))
+    let resp = d
+        .api()
+        .put(format!("{API}/v1/stacks/{}", s.name))
         .body(body.clone())
         .send()
         .unwrap();

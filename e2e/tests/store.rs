@@ -26,11 +26,12 @@ fn many_with(n: usize, image: &str, env: impl Fn(usize) -> String) -> String {
 }
 
 fn delete(d: &Daemon, stack: &str, rv: Option<i64>) -> (u16, serde_json::Value) {
-    let mut url = format!("{}/v1/stacks/{stack}", d.url());
+    let mut url = format!("{API}/v1/stacks/{stack}");
     if let Some(rv) = rv {
         url.push_str(&format!("?resourceVersion={rv}"));
     }
-    let resp = reqwest::blocking::Client::new()
+    let resp = d
+        .api()
         .delete(url)
         .send()
         .unwrap_or_else(|e| panic!("DELETE {stack}: {e}"));
@@ -39,11 +40,12 @@ fn delete(d: &Daemon, stack: &str, rv: Option<i64>) -> (u16, serde_json::Value) 
 }
 
 fn put(d: &Daemon, stack: &str, rv: Option<i64>, body: &str) -> (u16, serde_json::Value) {
-    let mut url = format!("{}/v1/stacks/{stack}", d.url());
+    let mut url = format!("{API}/v1/stacks/{stack}");
     if let Some(rv) = rv {
         url.push_str(&format!("?resourceVersion={rv}"));
     }
-    let resp = reqwest::blocking::Client::new()
+    let resp = d
+        .api()
         .put(url)
         .body(body.to_string())
         .send()
@@ -53,8 +55,8 @@ fn put(d: &Daemon, stack: &str, rv: Option<i64>, body: &str) -> (u16, serde_json
 }
 
 fn get(d: &Daemon, path: &str) -> (u16, serde_json::Value) {
-    let resp = reqwest::blocking::get(format!("{}{path}", d.url()))
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let resp =
+        (d.api().get(format!("{API}{path}")).send()).unwrap_or_else(|e| panic!("GET {path}: {e}"));
     let status = resp.status().as_u16();
     (status, resp.json().unwrap_or(serde_json::Value::Null))
 }
@@ -178,13 +180,12 @@ fn of_twenty_racing_puts_naming_one_resource_version_exactly_one_wins_and_its_st
     let start = Arc::new(Barrier::new(20));
     let racers: Vec<_> = (1..=20)
         .map(|i| {
-            let (url, name, start) = (h.d.url(), name.clone(), start.clone());
+            let (client, name, start) = (h.d.api(), name.clone(), start.clone());
             std::thread::spawn(move || {
                 let body = many(3, IMAGE, &i.to_string());
-                let client = reqwest::blocking::Client::new();
                 start.wait();
                 let resp = client
-                    .put(format!("{url}/v1/stacks/{name}?resourceVersion={rv}"))
+                    .put(format!("{API}/v1/stacks/{name}?resourceVersion={rv}"))
                     .body(body)
                     .send()
                     .unwrap_or_else(|e| panic!("PUT: {e}"));
@@ -211,12 +212,11 @@ fn of_twenty_racing_puts_naming_one_resource_version_exactly_one_wins_and_its_st
     // A stale version is refused by apply, scale and delete too, and changes nothing.
     let (status, _) = put(&h.d, &name, Some(rv), &many(3, IMAGE, "late"));
     assert_eq!(status, 409);
-    let client = reqwest::blocking::Client::new();
+    let client = h.d.api();
     let svc_rv = view["services"][0]["resourceVersion"].as_i64().unwrap();
     let scale = client
         .put(format!(
-            "{}/v1/stacks/{name}/services/s0000/scale?resourceVersion={}",
-            h.d.url(),
+            "{API}/v1/stacks/{name}/services/s0000/scale?resourceVersion={}",
             svc_rv - 1
         ))
         .json(&serde_json::json!({ "replicas": 0 }))
@@ -285,11 +285,10 @@ fn a_daemon_killed_half_way_through_a_large_apply_leaves_the_old_or_the_new_stac
     let prefix = format!("{}/v1/services/{name}/", h.d.prefix);
     for (round, staged) in [1usize, 1000, 2000].into_iter().enumerate() {
         let next = format!("v{}", round + 1);
-        let (url, name2, body) = (h.d.url(), name.clone(), many(2000, IMAGE, &next));
+        let (api, name2, body) = (h.d.api(), name.clone(), many(2000, IMAGE, &next));
         let from = revision(&h.etcd) + 1;
         let writer = std::thread::spawn(move || {
-            reqwest::blocking::Client::new()
-                .put(format!("{url}/v1/stacks/{name2}"))
+            api.put(format!("{API}/v1/stacks/{name2}"))
                 .body(body)
                 .send()
                 .map(|r| r.status().as_u16())

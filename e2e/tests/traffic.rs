@@ -165,8 +165,8 @@ fn the_endpoints_in_etcd_and_the_api_agree_with_the_containers() {
             })
             .collect()
     };
-    let url = format!("{}/v1/stacks/{}/services/web/endpoints", d.url(), s.name);
-    let api: serde_json::Value = reqwest::blocking::get(&url).unwrap().json().unwrap();
+    let url = format!("{API}/v1/stacks/{}/services/web/endpoints", s.name);
+    let api: serde_json::Value = d.api().get(&url).send().unwrap().json().unwrap();
     assert_eq!(of(&api), truth);
     let key = format!("{}/v1/endpoints/{}/web", d.prefix, s.name);
     let out = std::process::Command::new("etcdctl")
@@ -190,10 +190,7 @@ fn the_endpoints_in_etcd_and_the_api_agree_with_the_containers() {
     );
 
     // A watcher gets the current endpoints, then the change.
-    let mut watch = reqwest::blocking::Client::new()
-        .get(format!("{url}?watch=true"))
-        .send()
-        .unwrap();
+    let mut watch = d.api().get(format!("{url}?watch=true")).send().unwrap();
     d.cli_ok(&["scale", &format!("{}/web=2", s.name)]);
     let mut text = String::new();
     let mut buf = [0u8; 4096];
@@ -224,7 +221,7 @@ fn traefik_gets_routers_and_ready_servers_for_two_services() {
     );
     d.apply(s, &yaml);
     let ip = |svc: &str, n: u32| s.ip(svc, n);
-    let cfg: serde_json::Value = reqwest::blocking::get(format!("{}/v1/traefik", d.url()))
+    let cfg: serde_json::Value = (d.api().get(format!("{API}/v1/traefik")).send())
         .unwrap()
         .json()
         .unwrap();

@@ -71,6 +71,12 @@ pub struct OpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub verb: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -101,6 +107,8 @@ pub struct Metrics {
     leader_transitions: Counter,
     docker_duration: Family<OpLabels, Histogram>,
     docker_errors: Family<OpLabels, Counter>,
+    /// API requests by verb and result ([`crate::audit`]).
+    api_requests: Family<ApiLabels, Counter>,
     /// When each unconverged service stopped being converged (generation change or drift).
     unconverged_since: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -140,6 +148,7 @@ impl Default for Metrics {
             leader_transitions: Counter::default(),
             docker_duration: Family::new_with_constructor(latency_histogram),
             docker_errors: Family::default(),
+            api_requests: Family::default(),
             unconverged_since: Mutex::default(),
             registry: Registry::default(),
         };
@@ -203,6 +212,11 @@ impl Metrics {
 
     /// The control loop's own families, etcd's and the engine's, and the build.
     fn register_loop(&self, r: &mut Registry) {
+        r.register(
+            "capstan_api_requests",
+            "API requests by verb and result (ok, unauthorized, forbidden, client_error, server_error)",
+            self.api_requests.clone(),
+        );
         r.register(
             "capstan_reconciles",
             "Reconciles by kind of key and result",
@@ -377,6 +391,15 @@ impl Metrics {
             .lock()
             .unwrap()
             .remove(&(stack.into(), service.into()));
+    }
+
+    pub fn api_request(&self, verb: &str, result: &str) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                verb: verb.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     pub fn heal(&self, stack: &str, service: &str, reason: HealCause) {

@@ -16,6 +16,7 @@ pub mod layout;
 mod layout_tests;
 pub mod lease;
 pub mod memory;
+mod tokens;
 
 use capstan_api::object::*;
 use capstan_api::spec::StackSpec;

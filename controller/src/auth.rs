@@ -1,0 +1,380 @@
+//! Who may call the API. The Unix socket's caller is an admin (the socket's file mode and
+//! group are the check, as for Docker's socket); a TCP caller presents a bearer token,
+//! whose SHA-256 is looked up among the tokens in etcd. Roles: `read` (GETs), `deploy`
+//! (apply, scale, delete), `admin` (tokens). Every request then goes through
+//! [`crate::audit`]: counted, and logged when it changes something.
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use axum::Json;
+use capstan_api::object::ErrorBody;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use crate::server::ApiState;
+use crate::store::{Store, StoreError};
+
+/// What a caller may do; each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Read,
+    Deploy,
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Deploy => "deploy",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is on the other end of a connection (axum's connect info).
+#[derive(Clone, Debug)]
+pub enum Peer {
+    /// A Unix-socket peer, by `SO_PEERCRED` (`None` if the kernel did not say).
+    Unix(Option<(u32, u32)>),
+    Tcp(SocketAddr),
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        Peer::Unix(cred.map(|c| (c.uid(), c.gid())))
+    }
+}
+
+impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer::Tcp(*stream.remote_addr())
+    }
+}
+
+/// The authenticated caller of one request, as the audit log names it.
+#[derive(Clone, Debug)]
+pub enum Caller {
+    Unix(Option<(u32, u32)>),
+    Token { name: String, role: Role },
+}
+
+impl Caller {
+    pub fn role(&self) -> Role {
+        match self {
+            Caller::Unix(_) => Role::Admin,
+            Caller::Token { role, .. } => *role,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Unix(Some((uid, gid))) => write!(f, "uid={uid} gid={gid}"),
+            Caller::Unix(None) => write!(f, "unix:unknown"),
+            Caller::Token { name, .. } => write!(f, "token={name}"),
+        }
+    }
+}
+
+/// A token as stored in etcd: never the token itself, only its SHA-256.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// A new token's secret: `capstan_` and 48 hex digits (192 random bits).
+pub fn new_secret() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("capstan_{}", hex(&bytes)))
+}
+
+pub fn hash(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long a daemon trusts its copy of the token list: a token revoked through another
+/// daemon sharing the etcd stops working here within this.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
+
+/// Name and role by SHA-256, as loaded at an instant.
+type ByHash = (Instant, HashMap<String, (String, Role)>);
+
+/// The tokens by hash, reloaded from etcd when older than [`TOKEN_CACHE_TTL`].
+#[derive(Default)]
+pub struct Tokens {
+    cached: RwLock<Option<ByHash>>,
+}
+
+impl Tokens {
+    /// The name and role of the token whose SHA-256 is `sha256`, if it exists.
+    pub async fn lookup(
+        &self,
+        store: &Store,
+        sha256: &str,
+    ) -> Result<Option<(String, Role)>, StoreError> {
+        if let Some((at, map)) = &*self.cached.read().expect("token cache") {
+            if at.elapsed() < TOKEN_CACHE_TTL {
+                return Ok(map.get(sha256).cloned());
+            }
+        }
+        let map: HashMap<_, _> = (store.tokens().await?.into_iter())
+            .map(|t| (t.sha256, (t.name, t.role)))
+            .collect();
+        let found = map.get(sha256).cloned();
+        *self.cached.write().expect("token cache") = Some((Instant::now(), map));
+        Ok(found)
+    }
+
+    /// Forget the cached list (after a create or revoke through this daemon).
+    pub fn invalidate(&self) {
+        *self.cached.write().expect("token cache") = None;
+    }
+}
+
+/// The role a request needs.
+pub fn required_role(method: &Method, path: &str) -> Role {
+    if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
+        Role::Admin
+    } else if method == Method::GET || method == Method::HEAD {
+        Role::Read
+    } else {
+        Role::Deploy
+    }
+}
+
+pub fn error(status: StatusCode, error: String) -> Response {
+    let mut resp = (
+        status,
+        Json(ErrorBody {
+            error,
+            details: vec![],
+        }),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        let v = header::HeaderValue::from_static("Bearer realm=\"capstan\"");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// The caller of `req`, or the response refusing it (401, or 503 if etcd does not answer).
+async fn identify(
+    st: &ApiState,
+    peer: Option<Peer>,
+    bearer: Option<String>,
+) -> Result<Caller, Response> {
+    if let Some(Peer::Unix(cred)) = peer {
+        return Ok(Caller::Unix(cred));
+    }
+    let Some(secret) = bearer else {
+        let why = "authentication required: send `Authorization: Bearer <token>` (capstan --token, CAPSTAN_TOKEN); create one with `capstan token create NAME` over the Unix socket";
+        return Err(error(StatusCode::UNAUTHORIZED, why.into()));
+    };
+    match st.tokens.lookup(&st.store, &hash(&secret)).await {
+        Ok(Some((name, role))) => Ok(Caller::Token { name, role }),
+        Ok(None) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid or revoked token".into(),
+        )),
+        Err(e) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot check the token: {e}"),
+        )),
+    }
+}
+
+/// The API's middleware: authenticate, authorise by role, then run and audit the request.
+pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let entry = crate::audit::Entry::of(&req);
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|c| c.0.clone());
+    let bearer = (req.headers().get(header::AUTHORIZATION))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let caller = match identify(&st, peer, bearer).await {
+        Ok(caller) => caller,
+        Err(resp) => {
+            entry.record(&st.metrics, None, resp.status());
+            return resp;
+        }
+    };
+    let needed = required_role(req.method(), req.uri().path());
+    if caller.role() < needed {
+        let why = format!(
+            "{caller} has role {}; {} {} needs role {}",
+            caller.role().name(),
+            req.method(),
+            req.uri().path(),
+            needed.name()
+        );
+        let resp = error(StatusCode::FORBIDDEN, why);
+        entry.record(&st.metrics, Some(&caller), resp.status());
+        return resp;
+    }
+    let (resp, summary) = crate::audit::with_note(next.run(req)).await;
+    entry
+        .with_summary(summary)
+        .record(&st.metrics, Some(&caller), resp.status());
+    resp
+}
+
+/// `POST /v1/tokens`'s body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreateToken {
+    pub name: String,
+    pub role: Role,
+}
+
+/// `POST /v1/tokens`'s answer: the only time the secret is shown.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedToken {
+    pub name: String,
+    pub role: Role,
+    pub token: String,
+}
+
+/// `/v1/tokens`: create, list, revoke (admin only, by [`required_role`]).
+pub fn routes() -> axum::Router<ApiState> {
+    use axum::routing::{delete, get};
+    axum::Router::new()
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", delete(revoke_token))
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.len() <= 63
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+fn store_error(e: StoreError) -> Response {
+    let status = match &e {
+        StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+        StoreError::Conflict(_) => StatusCode::CONFLICT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
+}
+
+async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) -> Response {
+    if !valid_name(&req.name) {
+        let why = format!("token name {:?}: lowercase letters, digits, '-', '_', '.'; at most 63, starting with a letter or digit", req.name);
+        return error(StatusCode::BAD_REQUEST, why);
+    }
+    let secret = match new_secret() {
+        Ok(s) => s,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no randomness: {e}"),
+            )
+        }
+    };
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = TokenRecord {
+        name: req.name.clone(),
+        role: req.role,
+        sha256: hash(&secret),
+        created,
+    };
+    if let Err(e) = st.store.create_token(&record).await {
+        return store_error(e);
+    }
+    st.tokens.invalidate();
+    crate::audit::note(format!(
+        "create token {} role {}",
+        req.name,
+        req.role.name()
+    ));
+    let body = CreatedToken {
+        name: req.name,
+        role: req.role,
+        token: secret,
+    };
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn list_tokens(State(st): State<ApiState>) -> Response {
+    match st.store.tokens().await {
+        Ok(mut tokens) => {
+            tokens.iter_mut().for_each(|t| t.sha256.clear());
+            Json(tokens).into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+async fn revoke_token(
+    State(st): State<ApiState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match st.store.revoke_token(&name).await {
+        Ok(()) => {
+            st.tokens.invalidate();
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_need_read_writes_need_deploy_and_tokens_need_admin() {
+        assert_eq!(required_role(&Method::GET, "/v1/stacks"), Role::Read);
+        assert_eq!(required_role(&Method::GET, "/metrics"), Role::Read);
+        assert_eq!(required_role(&Method::PUT, "/v1/stacks/a"), Role::Deploy);
+        assert_eq!(required_role(&Method::DELETE, "/v1/stacks/a"), Role::Deploy);
+        assert_eq!(required_role(&Method::GET, "/v1/tokens"), Role::Admin);
+        assert_eq!(required_role(&Method::DELETE, "/v1/tokens/x"), Role::Admin);
+        assert!(Role::Admin > Role::Deploy && Role::Deploy > Role::Read);
+    }
+
+    #[test]
+    fn token_names_are_short_lowercase_words() {
+        assert!(valid_name("ci-deploy.1"));
+        for bad in ["", "-x", "Upper", "a/b", "a b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_secret_is_random_and_only_its_hash_is_kept() {
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "capstan_".len() + 48);
+        assert_eq!(hash(&a).len(), 64);
+        assert_eq!(hash(&a), hash(&a));
+        assert!(!hash(&a).contains(&a[8..]));
+    }
+}
