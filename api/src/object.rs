@@ -187,6 +187,8 @@ pub enum Reason {
     ScalingUp,
     ScalingDown,
     RollingUpdate,
+    /// A rolling update stopped by `update_config.failure_action: pause`.
+    Paused,
     WaitingForReady,
     WaitingForDependencies,
     // Degraded
@@ -214,6 +216,7 @@ impl Reason {
             Reason::ScalingUp => "ScalingUp",
             Reason::ScalingDown => "ScalingDown",
             Reason::RollingUpdate => "RollingUpdate",
+            Reason::Paused => "Paused",
             Reason::WaitingForReady => "WaitingForReady",
             Reason::WaitingForDependencies => "WaitingForDependencies",
             Reason::AsExpected => "AsExpected",

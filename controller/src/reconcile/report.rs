@@ -69,7 +69,11 @@ pub async fn report(
             ));
         }
     }
-    let waiting = plan.backing_off.values().chain(plan.settling.values());
+    let waiting = plan
+        .backing_off
+        .values()
+        .chain(plan.settling.values())
+        .chain(plan.rollout_wait.iter());
     Ok(match waiting.min() {
         Some(left) => Action::Requeue(*left),
         None if status.is_ready() => Action::AwaitChange,

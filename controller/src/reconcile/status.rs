@@ -97,7 +97,7 @@ pub fn compute(i: Inputs) -> ServiceStatus {
     let degraded = degraded(&i);
     let mut conditions = vec![
         ready_condition(&counts, degraded.as_ref(), i.gate),
-        progressing_condition(&counts, i.gate),
+        progressing_condition(&counts, i.gate, i.plan.paused.as_deref()),
         match &degraded {
             None => Condition::new(
                 ConditionType::Degraded,
@@ -256,7 +256,7 @@ fn ready_condition(c: &Counts, degraded: Option<&(Reason, String)>, gate: &Gate)
     Condition::new(ConditionType::Ready, status, reason, message)
 }
 
-fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
+fn progressing_condition(c: &Counts, gate: &Gate, paused: Option<&str>) -> Condition {
     let (desired, existing, updated) = (c.desired, c.existing, c.updated);
     let (status, reason, message) = if c.all_ready() {
         (
@@ -266,6 +266,15 @@ fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
         )
     } else if let Gate::Closed { reason, message } = gate {
         (true, *reason, message.clone())
+    } else if let Some(failed) = paused {
+        (
+            true,
+            Reason::Paused,
+            format!(
+                "rollout paused at {updated}/{desired} replicas updated ({} ready): {failed}",
+                c.ready
+            ),
+        )
     } else if existing > desired {
         (
             true,
@@ -276,7 +285,7 @@ fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
         (
             true,
             Reason::RollingUpdate,
-            format!("{updated}/{desired} replicas updated"),
+            format!("{updated}/{desired} replicas updated, {} ready", c.ready),
         )
     } else if existing < desired {
         (
