@@ -65,6 +65,9 @@ pub struct ServiceSpec {
     /// `deploy.update_config`. Enforced by capstan, so not part of the container hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_config: Option<UpdateConfig>,
+    /// `deploy.rollback_config`: how an automatic rollback rolls. Not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
     /// `deploy.labels`: labels of the service, not of its containers (as Compose).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deploy_labels: BTreeMap<String, String>,
@@ -348,6 +351,8 @@ pub enum FailureAction {
     Pause,
     /// Carry on: failed replicas do not hold the rollout up.
     Continue,
+    /// Return to the previous revision's spec (`update_config` only).
+    Rollback,
 }
 
 /// Monitor when the file gives none: Swarm's 5 s, or the service's start-up grace if longer
@@ -586,6 +591,7 @@ impl ServiceSpec {
         shape.deploy_labels.clear();
         shape.restart_timing = None;
         shape.update_config = None;
+        shape.rollback_config = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

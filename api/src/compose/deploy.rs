@@ -1,6 +1,6 @@
 //! A service's `deploy` section: `replicas`, `mode`, `resources`, `labels`, `restart_policy`,
-//! `update_config`. What only a cluster scheduler could honour (`placement`, ...) is refused
-//! by name, and so is `rollback_config` until capstan rolls back on its own.
+//! `update_config`, `rollback_config`. What only a cluster scheduler could honour
+//! (`placement`, ...) is refused by name.
 
 use super::yaml::Value;
 use super::{join, Parser};
@@ -18,6 +18,7 @@ pub(super) struct Deploy {
     /// `deploy.resources`, in the same fields as `mem_limit`, `cpus`, ...
     pub resources: ContainerOptions,
     pub update: Option<UpdateConfig>,
+    pub rollback: Option<UpdateConfig>,
 }
 
 impl Parser {
@@ -30,6 +31,7 @@ impl Parser {
             "labels",
             "restart_policy",
             "update_config",
+            "rollback_config",
         ];
         for (key, val) in self.map(path, v, &keys) {
             let field = join(path, &key);
@@ -43,7 +45,8 @@ impl Parser {
                 },
                 "labels" => s.deploy_labels = self.key_values(&field, val, "label"),
                 "resources" => d.resources = self.resources(&field, val),
-                "update_config" => d.update = Some(self.update_config(&field, val)),
+                "update_config" => d.update = Some(self.update_config(&field, val, true)),
+                "rollback_config" => d.rollback = Some(self.update_config(&field, val, false)),
                 _ => (d.restart, d.timing) = self.restart_policy(&field, val),
             }
         }
@@ -117,8 +120,9 @@ impl Parser {
         (policy, timing)
     }
 
-    /// `deploy.update_config`, Swarm's fields; what is left out keeps capstan's default.
-    fn update_config(&mut self, path: &str, v: &Value) -> UpdateConfig {
+    /// `deploy.update_config` (`rollback_config` without `failure_action: rollback`),
+    /// Swarm's fields; what is left out keeps capstan's default.
+    fn update_config(&mut self, path: &str, v: &Value, update: bool) -> UpdateConfig {
         let keys = [
             "parallelism",
             "delay",
@@ -139,7 +143,7 @@ impl Parser {
                 "delay" => u.delay_ms = self.duration_ms(&field, val),
                 "monitor" => u.monitor_ms = self.duration_ms(&field, val),
                 "order" => u.order = self.update_order(&field, val),
-                "failure_action" => u.failure_action = self.failure_action(&field, val),
+                "failure_action" => u.failure_action = self.failure_action(&field, val, update),
                 _ => u.max_failure_permille = self.ratio_permille(&field, val),
             }
         }
@@ -160,21 +164,22 @@ impl Parser {
         }
     }
 
-    fn failure_action(&mut self, path: &str, v: &Value) -> Option<FailureAction> {
+    fn failure_action(&mut self, path: &str, v: &Value, update: bool) -> Option<FailureAction> {
         match self.string(path, v)?.as_str() {
             "pause" => Some(FailureAction::Pause),
             "continue" => Some(FailureAction::Continue),
+            "rollback" if update => Some(FailureAction::Rollback),
             "rollback" => {
                 self.err(
                     path,
-                    "automatic rollback is not supported yet: use pause (the default) or continue",
+                    "a rollback cannot itself roll back: pause or continue",
                 );
                 None
             }
             other => {
                 self.err(
                     path,
-                    format!("{other:?} is not a failure action: pause or continue"),
+                    format!("{other:?} is not a failure action: pause, continue or rollback"),
                 );
                 None
             }
@@ -318,7 +323,7 @@ services:
       update_config: {parallelism: 2, delay: 1500ms, order: stop-first, failure_action: continue, monitor: 20s, max_failure_ratio: 0.25}
   api:
     image: x
-    deploy: {update_config: {parallelism: 0}}
+    deploy: {update_config: {parallelism: 0, failure_action: rollback}, rollback_config: {parallelism: 2}}
 "#,
         )
         .unwrap();
@@ -339,7 +344,11 @@ services:
         let all = spec.services["api"].update_config.unwrap();
         assert_eq!(
             (all.batch(10), all.order(), all.failure_action()),
-            (10, UpdateOrder::StartFirst, FailureAction::Pause)
+            (10, UpdateOrder::StartFirst, FailureAction::Rollback)
+        );
+        assert_eq!(
+            spec.services["api"].rollback_config.unwrap().parallelism,
+            Some(2)
         );
         let none = UpdateConfig::default();
         assert_eq!(
@@ -370,13 +379,12 @@ services:
     fn a_wrong_update_config_field_is_named_by_its_path() {
         let f = fields(
             r#"services: {web: {image: x, deploy: {update_config: {parallelism: -1, delay: soon,
-               order: sideways, failure_action: rollback, max_failure_ratio: 1.5, monitor: 2d, surge: 1},
-               rollback_config: {parallelism: 1}}}}"#,
+               order: sideways, failure_action: undo, max_failure_ratio: 1.5, monitor: 2d, surge: 1},
+               rollback_config: {failure_action: rollback}}}}"#,
         );
         assert_eq!(
             f,
             vec![
-                "services.web.deploy.rollback_config",
                 "services.web.deploy.update_config.surge",
                 "services.web.deploy.update_config.parallelism",
                 "services.web.deploy.update_config.delay",
@@ -384,6 +392,7 @@ services:
                 "services.web.deploy.update_config.failure_action",
                 "services.web.deploy.update_config.max_failure_ratio",
                 "services.web.deploy.update_config.monitor",
+                "services.web.deploy.rollback_config.failure_action",
             ]
         );
     }

@@ -120,6 +120,7 @@ impl Parser {
         }
         s.restart_timing = d.timing;
         s.update_config = d.update;
+        s.rollback_config = d.rollback;
     }
 
     /// Options that name one container (a fixed name or address) allow one replica only.

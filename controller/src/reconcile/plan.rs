@@ -43,6 +43,8 @@ pub struct Plan {
     pub gated: bool,
     /// A rolling update stopped by `failure_action: pause`: which updated replicas failed.
     pub paused: Option<String>,
+    /// A rolling update that failed under `failure_action: rollback`: which replicas failed.
+    pub rollback: Option<String>,
     /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
     pub rollout_wait: Option<Duration>,
 }
@@ -165,7 +167,8 @@ fn failure(c: &Observed, age: Duration, monitor: Duration) -> Option<String> {
 /// How many outdated replicas that still serve may be replaced now: the parallelism less
 /// the updated replicas still in flight (missing, not ready yet within `monitor`, or ready
 /// less than `delay` after they were made). Failed ones free their slot unless they are
-/// more than `max_failure_ratio`, and `failure_action: pause` then stops the rollout.
+/// more than `max_failure_ratio`; then `failure_action: pause` stops the rollout and
+/// `rollback` asks for the previous revision.
 fn rollout_budget(
     spec: &ServiceSpec,
     hash: &str,
@@ -205,10 +208,12 @@ fn rollout_budget(
         }
     }
     plan.rollout_wait = wait;
-    if cfg.failure_action() == FailureAction::Pause
-        && cfg.too_many_failures(failed.len() as u32, spec.replicas)
-    {
-        plan.paused = Some(failed.join("; "));
+    if cfg.too_many_failures(failed.len() as u32, spec.replicas) {
+        match cfg.failure_action() {
+            FailureAction::Pause => plan.paused = Some(failed.join("; ")),
+            FailureAction::Rollback => plan.rollback = Some(failed.join("; ")),
+            FailureAction::Continue => return cfg.batch(spec.replicas).saturating_sub(busy),
+        }
         return 0;
     }
     cfg.batch(spec.replicas).saturating_sub(busy)
