@@ -408,6 +408,9 @@ pub struct ServiceView {
     pub replica_states: Vec<ReplicaState>,
     pub recent_events: Vec<HealEvent>,
     pub spec: ServiceSpec,
+    /// The stored spec is an automatic rollback's (see [`Service::rolled_back`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
 }
 
 impl ServiceView {
@@ -431,6 +434,7 @@ impl ServiceView {
             replica_states: st.replica_states,
             recent_events: st.recent_events,
             spec: svc.spec.clone(),
+            rolled_back: svc.rolled_back.clone(),
         }
     }
 

@@ -1,0 +1,80 @@
+//! Issue 13, end to end: `deploy.update_config` against the real engine and etcd. An update
+//! whose replicas exit at once is rolled back to the previous revision on its own.
+
+use capstan_e2e::*;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn web(image: &str, extra: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    scale: 3\n{extra}    deploy:\n      update_config: {{parallelism: 1, failure_action: rollback, monitor: 10s}}\n      rollback_config: {{parallelism: 0}}\n"
+    )
+}
+
+fn condition(svc: &serde_json::Value, type_: &str) -> (String, String) {
+    let c = svc["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default();
+    (
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn an_update_whose_replicas_exit_is_rolled_back_automatically_with_the_reason() {
+    let h = Harness::start("roll-back");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &web(IMAGE, ""));
+    wait_until(CONVERGE, "web to converge on the first revision", || {
+        d.converged(&s.name, "web", 3)
+    });
+
+    // The second revision runs the new image with a command that exits 3 at once.
+    let applied = Instant::now();
+    d.apply_nowait(
+        s,
+        &web(IMAGE_V2, "    command: [\"sh\", \"-c\", \"exit 3\"]\n"),
+    );
+    let svc = wait_for(CONVERGE, "the update to be rolled back", || {
+        let svc = d.service(&s.name, "web");
+        if svc["rolledBack"].is_object() {
+            Ok(svc)
+        } else {
+            Err(format!("{svc}"))
+        }
+    });
+    println!(
+        "rolled back {:?} after the apply (monitor 10s)",
+        applied.elapsed()
+    );
+    wait_until(CONVERGE, "web to converge on the rolled-back spec", || {
+        d.converged(&s.name, "web", 3)
+    });
+    println!("converged again {:?} after the apply", applied.elapsed());
+
+    let rb = &svc["rolledBack"];
+    assert_eq!(
+        (rb["fromGeneration"].as_i64(), rb["toGeneration"].as_i64()),
+        (Some(2), Some(1)),
+        "{rb}"
+    );
+    assert_eq!(svc["generation"], 3, "{svc}");
+    assert_eq!(svc["image"], IMAGE, "etcd says what runs: {svc}");
+    assert!(svc["spec"]["command"].is_null(), "{svc}");
+    for n in 1..=3 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+    let svc = d.service(&s.name, "web");
+    let (reason, message) = condition(&svc, "Degraded");
+    assert_eq!(reason, "RolledBack", "{svc}");
+    // The replica is caught exited (code 3), or restarted and still not ready.
+    assert!(message.contains(&s.replica("web", 1)), "{message}");
+    assert!(
+        message.contains("exited with code 3") || message.contains("not ready"),
+        "{message}"
+    );
+    println!("{message}");
+}
