@@ -179,6 +179,7 @@ async fn roll_back(
         .map_err(ReconcileError::Status)?;
     if written.is_some() {
         tracing::warn!(stack = %service.stack, service = %service.name, "{message}");
+        ctx.metrics.rolled_back(&service.stack, &service.name);
     }
     Ok(true)
 }

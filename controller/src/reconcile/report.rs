@@ -51,6 +51,8 @@ pub async fn report(
     });
     let drift = Drift::of(service, &outcome.containers, outcome.changed_outside);
     ctx.metrics.observe_service(service, &status, drift);
+    ctx.metrics
+        .observe_rollout(service, &status, plan.paused.is_some());
     if obs.previous.as_deref() != Some(&status) {
         // Guarded by the spec's resourceVersion: a status for a superseded spec is dropped.
         let written = ctx
