@@ -2,6 +2,7 @@
 //! is in `capstan-controller`; this file parses arguments and reports errors.
 
 mod client;
+mod diff;
 mod output;
 mod project;
 
@@ -122,6 +123,21 @@ enum Command {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Show what `apply` would change, field by field per service, against what is stored.
+    /// Exit code: 0 no changes, 1 changes, 2 an error.
+    Diff {
+        /// Compose files, as for apply.
+        #[arg(short = 'f', long = "file")]
+        file: Vec<PathBuf>,
+        #[arg(long = "env-file")]
+        env_file: Vec<PathBuf>,
+        #[arg(long)]
+        profile: Vec<String>,
+        #[arg(long)]
+        project_directory: Option<PathBuf>,
+        #[arg(long)]
+        stack: Option<String>,
     },
     /// List stacks or services.
     Get {
@@ -280,6 +296,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 stack,
             };
             client::apply(&api, &opts, dry_run, wait, timeout).await
+        }
+        Command::Diff {
+            file,
+            env_file,
+            profile,
+            project_directory,
+            stack,
+        } => {
+            let opts = project::Options {
+                files: file,
+                env_files: env_file,
+                profiles: profile,
+                project_directory,
+                stack,
+            };
+            Ok(diff::run(&api, &opts).await)
         }
         Command::Get {
             kind: Kind::Stacks,

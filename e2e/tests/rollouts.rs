@@ -78,3 +78,50 @@ fn an_update_whose_replicas_exit_is_rolled_back_automatically_with_the_reason() 
     );
     println!("{message}");
 }
+
+#[test]
+fn diff_exits_0_without_changes_1_with_changes_and_2_on_an_error_and_changes_nothing() {
+    let h = Harness::start("roll-diff");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = |image: &str| format!("services:\n  web:\n    image: {image}\n    scale: 2\n");
+    d.apply(s, &yaml(IMAGE));
+    let diff = |yaml: &str| {
+        let file = s.file(yaml);
+        let out = d.cli(&["diff", "-f", &file, "--stack", &s.name]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = diff(&yaml(IMAGE));
+    assert_eq!((code, stdout.as_str()), (Some(0), ""));
+
+    let (code, stdout, _) = diff(&format!(
+        "services:\n  web:\n    image: {IMAGE_V2}\n    scale: 2\n  api:\n    image: {IMAGE}\n"
+    ));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "~ {}/web (changed)\n    image:\n      - \"{IMAGE}\"\n      + \"{IMAGE_V2}\"\n",
+            s.name
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("+ {}/api (new service)", s.name)),
+        "{stdout}"
+    );
+    println!("{stdout}");
+
+    let (code, _, stderr) = diff("services: {web: {image: x, imgae: y}}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("services.web.imgae"), "{stderr}");
+
+    assert_eq!(
+        d.service(&s.name, "web")["image"],
+        IMAGE,
+        "diff applies nothing"
+    );
+}
