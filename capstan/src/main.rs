@@ -153,6 +153,11 @@ enum Command {
         /// STACK/SERVICE
         target: String,
     },
+    /// Manage a service's rollout.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
     /// Set a service's replica count: STACK/SERVICE=N.
     Scale { target: String },
     /// Delete a stack: its containers and networks (and named volumes with --volumes).
@@ -166,6 +171,12 @@ enum Command {
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Go back to the previous revision's spec (the replica count stays): STACK/SERVICE.
+    Undo { target: String },
 }
 
 fn init_logging(format: LogFormat) {
@@ -346,6 +357,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
+        Command::Rollout {
+            action: RolloutCommand::Undo { target },
+        } => {
+            let (stack, service) = client::split_target(&target)?;
+            let view = api.undo(stack, service).await?;
+            println!(
+                "{}/{} rolled back to the previous revision (generation {}, image {})",
+                view.stack, view.name, view.generation, view.image
+            );
+            Ok(0)
+        }
         Command::Delete {
             stack,
             volumes,

@@ -97,3 +97,37 @@ async fn a_failing_first_revision_is_not_rolled_back_since_nothing_came_before()
     assert!(svc.rolled_back.is_none());
     assert_eq!(svc.spec.image, "web:1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn undo_goes_back_to_the_previous_revision_and_a_second_undo_forward_again() {
+    let f = Fixture::start().await;
+    healthy_after_one_second(&f);
+    for image in ["web:1", "web:2"] {
+        f.apply(&web(image)).await;
+        f.until_converged(STACK, "web", 3).await;
+    }
+    f.settle().await;
+
+    let svc = f.store.undo(STACK, "web").await.unwrap();
+    assert_eq!((svc.spec.image.as_str(), svc.generation), ("web:1", 3));
+    assert_eq!(svc.previous.as_ref().unwrap().spec.image, "web:2");
+    f.until_converged(STACK, "web", 3).await;
+    f.settle().await;
+    for n in 1..=3 {
+        assert_eq!(
+            f.fake.image_of(&replica("web", n)).as_deref(),
+            Some("web:1")
+        );
+    }
+    let again = f.store.undo(STACK, "web").await.unwrap();
+    assert_eq!((again.spec.image.as_str(), again.generation), ("web:2", 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn undo_without_a_previous_revision_is_refused() {
+    let f = Fixture::start().await;
+    healthy_after_one_second(&f);
+    f.apply(&web("web:1")).await;
+    let err = f.store.undo(STACK, "web").await.unwrap_err();
+    assert!(err.to_string().contains("no previous revision"), "{err}");
+}

@@ -125,3 +125,26 @@ fn diff_exits_0_without_changes_1_with_changes_and_2_on_an_error_and_changes_not
         "diff applies nothing"
     );
 }
+
+#[test]
+fn rollout_undo_returns_the_service_to_the_previous_image() {
+    let h = Harness::start("roll-undo");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = |image: &str| format!("services:\n  web:\n    image: {image}\n    scale: 2\n");
+    d.apply(s, &yaml(IMAGE));
+    d.apply(s, &yaml(IMAGE_V2));
+    let out = d.cli_ok(&["rollout", "undo", &format!("{}/web", s.name)]);
+    assert!(out.contains("generation 3"), "{out}");
+    wait_until(CONVERGE, "web to converge on the first image again", || {
+        d.converged(&s.name, "web", 2)
+    });
+    let svc = d.service(&s.name, "web");
+    assert_eq!(
+        (&svc["image"], &svc["generation"]),
+        (&IMAGE.into(), &3.into()),
+        "{svc}"
+    );
+    for n in 1..=2 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+}

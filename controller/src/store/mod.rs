@@ -393,6 +393,42 @@ impl Store {
         )))
     }
 
+    /// `capstan rollout undo`: the service's previous revision's spec becomes its desired
+    /// spec again (the replica count stays), under a new generation; the spec it replaces
+    /// becomes the previous revision, so a second undo goes back again. Committed like a
+    /// scale; clears a recorded automatic rollback, since a person decided.
+    pub async fn undo(&self, stack: &str, service: &str) -> Result<Service, StoreError> {
+        for _ in 0..APPLY_ATTEMPTS {
+            let current = self.read_stack(stack).await?;
+            let (record, prev) = scale_target(stack, service, &current, None)?;
+            let to = prev.previous.as_ref().ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "service {stack}/{service} has no previous revision to go back to"
+                ))
+            })?;
+            let mut spec = (*to.spec).clone();
+            spec.replicas = prev.spec.replicas;
+            check_ports(stack, service, &spec)?;
+            let next = Service {
+                generation: prev.generation + 1,
+                spec,
+                version: layout::new_token(),
+                previous: Some(Revision {
+                    generation: prev.generation,
+                    spec: Box::new(prev.spec.clone()),
+                }),
+                rolled_back: None,
+                ..prev.clone()
+            };
+            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
+                return Ok(committed);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "service {stack}/{service} kept changing under concurrent writers; try again"
+        )))
+    }
+
     /// Swaps `prev` for `next` in the stack record, guarded by the record's revision;
     /// None when another writer changed the stack first.
     async fn commit_version(
