@@ -148,3 +148,55 @@ fn rollout_undo_returns_the_service_to_the_previous_image() {
         assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
     }
 }
+
+#[test]
+fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_automatic_rollback() {
+    let h = Harness::start("roll-nofail");
+    let (d, s) = (&h.d, &h.s);
+    let port = free_port();
+    let yaml = |image: &str, extra: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    scale: 4\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 2s\n{extra}    deploy:\n      update_config: {{parallelism: 2, failure_action: rollback, monitor: 10s}}\n"
+        )
+    };
+    d.apply(s, &yaml(IMAGE, ""));
+    let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
+
+    d.apply(s, &yaml(IMAGE_V2, ""));
+    let updated = d.service(&s.name, "web");
+    assert_eq!(updated["image"], IMAGE_V2, "{updated}");
+
+    // The next update exits at once and is rolled back to IMAGE_V2.
+    d.apply_nowait(
+        s,
+        &yaml(IMAGE, "    command: [\"sh\", \"-c\", \"exit 3\"]\n"),
+    );
+    wait_until(CONVERGE, "the rollback to be stored", || {
+        d.service(&s.name, "web")["rolledBack"].is_object()
+    });
+    wait_until(CONVERGE, "web to converge on the rolled-back spec", || {
+        d.converged(&s.name, "web", 4)
+    });
+    let samples = load.finish();
+    let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
+    println!(
+        "{} requests, {} failed, during an update with parallelism 2 and a rollback",
+        samples.len(),
+        failures.len()
+    );
+    assert!(
+        samples.len() > 100,
+        "the loop ran: {} requests",
+        samples.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        samples.len(),
+        failures.first()
+    );
+    for n in 1..=4 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
+    }
+}
