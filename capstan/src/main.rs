@@ -5,6 +5,7 @@ mod client;
 mod diff;
 mod output;
 mod project;
+mod rollout;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -177,6 +178,13 @@ enum Command {
 enum RolloutCommand {
     /// Go back to the previous revision's spec (the replica count stays): STACK/SERVICE.
     Undo { target: String },
+    /// Follow the rollout until it is done: exit 0 when every replica is updated and ready,
+    /// 1 when it was rolled back, paused, or not done within --timeout.
+    Status {
+        target: String,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -357,6 +365,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
+        Command::Rollout {
+            action: RolloutCommand::Status { target, timeout },
+        } => {
+            let (stack, service) = client::split_target(&target)?;
+            rollout::status(&api, stack, service, timeout).await
+        }
         Command::Rollout {
             action: RolloutCommand::Undo { target },
         } => {

@@ -55,6 +55,13 @@ fn an_update_whose_replicas_exit_is_rolled_back_automatically_with_the_reason() 
     });
     println!("converged again {:?} after the apply", applied.elapsed());
 
+    let status = d.cli(&["rollout", "status", &format!("{}/web", s.name)]);
+    let said = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("rolled back: update to generation 2 failed"),
+        "{said}"
+    );
     let rb = &svc["rolledBack"];
     assert_eq!(
         (rb["fromGeneration"].as_i64(), rb["toGeneration"].as_i64()),
@@ -138,6 +145,11 @@ fn rollout_undo_returns_the_service_to_the_previous_image() {
     wait_until(CONVERGE, "web to converge on the first image again", || {
         d.converged(&s.name, "web", 2)
     });
+    let said = d.cli_ok(&["rollout", "status", &format!("{}/web", s.name)]);
+    assert!(
+        said.contains("successfully rolled out (generation 3)"),
+        "{said}"
+    );
     let svc = d.service(&s.name, "web");
     assert_eq!(
         (&svc["image"], &svc["generation"]),
