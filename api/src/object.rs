@@ -64,6 +64,32 @@ pub struct Service {
     pub version: String,
     pub created_at: String,
     pub spec: ServiceSpec,
+    /// The revision this one replaced: what an automatic rollback returns to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Revision>,
+    /// Set when the controller rolled this service back; the next apply clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
+}
+
+/// One earlier spec of a service, with the generation it had.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    pub generation: i64,
+    pub spec: Box<ServiceSpec>,
+}
+
+/// An automatic rollback: the stored spec is the one of `toGeneration` again (under a new
+/// generation), because the update of `fromGeneration` failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    pub from_generation: i64,
+    pub to_generation: i64,
+    pub at: String,
+    /// Which replicas failed, and how.
+    pub message: String,
 }
 
 /// What the controller last observed of a service. Written last in a reconcile, and only
@@ -187,6 +213,10 @@ pub enum Reason {
     ScalingUp,
     ScalingDown,
     RollingUpdate,
+    /// A rolling update stopped by `update_config.failure_action: pause`.
+    Paused,
+    /// An automatic rollback replaces the replicas of a failed update.
+    RollbackInProgress,
     WaitingForReady,
     WaitingForDependencies,
     // Degraded
@@ -202,6 +232,8 @@ pub enum Reason {
     PortInUse,
     /// The engine could not attach a replica to its network.
     NetworkError,
+    /// An update failed and was rolled back automatically.
+    RolledBack,
 }
 
 impl Reason {
@@ -214,6 +246,8 @@ impl Reason {
             Reason::ScalingUp => "ScalingUp",
             Reason::ScalingDown => "ScalingDown",
             Reason::RollingUpdate => "RollingUpdate",
+            Reason::Paused => "Paused",
+            Reason::RollbackInProgress => "RollbackInProgress",
             Reason::WaitingForReady => "WaitingForReady",
             Reason::WaitingForDependencies => "WaitingForDependencies",
             Reason::AsExpected => "AsExpected",
@@ -227,6 +261,7 @@ impl Reason {
             Reason::EngineError => "EngineError",
             Reason::PortInUse => "PortInUse",
             Reason::NetworkError => "NetworkError",
+            Reason::RolledBack => "RolledBack",
         }
     }
 }
@@ -373,6 +408,9 @@ pub struct ServiceView {
     pub replica_states: Vec<ReplicaState>,
     pub recent_events: Vec<HealEvent>,
     pub spec: ServiceSpec,
+    /// The stored spec is an automatic rollback's (see [`Service::rolled_back`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<RolledBack>,
 }
 
 impl ServiceView {
@@ -396,6 +434,7 @@ impl ServiceView {
             replica_states: st.replica_states,
             recent_events: st.recent_events,
             spec: svc.spec.clone(),
+            rolled_back: svc.rolled_back.clone(),
         }
     }
 

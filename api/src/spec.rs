@@ -62,6 +62,12 @@ pub struct ServiceSpec {
     /// The options passed through to the engine's container config.
     #[serde(default, skip_serializing_if = "ContainerOptions::is_empty")]
     pub options: ContainerOptions,
+    /// `deploy.update_config`. Enforced by capstan, so not part of the container hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    /// `deploy.rollback_config`: how an automatic rollback rolls. Not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
     /// `deploy.labels`: labels of the service, not of its containers (as Compose).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deploy_labels: BTreeMap<String, String>,
@@ -297,6 +303,99 @@ pub struct RestartTiming {
     pub window_ms: Option<u64>,
 }
 
+/// `deploy.update_config`: how a changed spec replaces the replicas, with Swarm's fields.
+/// Enforced by capstan, so not part of the container hash. Every field left out takes
+/// capstan's default (see the accessors), which keeps the service serving while it rolls.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateConfig {
+    /// Replicas replaced at once; 0: all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// Wait after a replaced replica is ready before its slot takes the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<UpdateOrder>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<FailureAction>,
+    /// How long after it started an updated replica has to become ready before it counts
+    /// as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor_ms: Option<u64>,
+    /// The share of replicas that may fail before `failure_action` is taken, in thousandths
+    /// (Compose's `max_failure_ratio: 0.2` is 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_permille: Option<u32>,
+}
+
+/// Swarm's `order`. Replica names are fixed (`<stack>-<service>-<n>`), so a replica is
+/// always stopped and removed before its successor is created: both orders replace a batch
+/// in place while the rest of the service serves. A surge replica (Swarm's start-first, a
+/// successor running next to the replica it replaces) is not implemented yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// capstan's default.
+    #[default]
+    StartFirst,
+    /// Swarm's default.
+    StopFirst,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop replacing replicas; the updated ones are still healed.
+    #[default]
+    Pause,
+    /// Carry on: failed replicas do not hold the rollout up.
+    Continue,
+    /// Return to the previous revision's spec (`update_config` only).
+    Rollback,
+}
+
+/// Monitor when the file gives none: Swarm's 5 s, or the service's start-up grace if longer
+/// (a replica still inside its healthcheck's `start_period` has not failed).
+pub const DEFAULT_MONITOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl UpdateConfig {
+    /// Replicas replaced at once out of `replicas`. Default: a quarter of them, rounded up
+    /// (Kubernetes' `maxUnavailable` default), so 1 for up to 4 replicas and 3 for 10.
+    pub fn batch(&self, replicas: u32) -> u32 {
+        match self.parallelism {
+            Some(0) => replicas.max(1),
+            Some(n) => n,
+            None => replicas.div_ceil(4).max(1),
+        }
+    }
+
+    pub fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.delay_ms.unwrap_or(0))
+    }
+
+    pub fn order(&self) -> UpdateOrder {
+        self.order.unwrap_or_default()
+    }
+
+    pub fn failure_action(&self) -> FailureAction {
+        self.failure_action.unwrap_or_default()
+    }
+
+    /// How long a started replica may take to be ready; `grace` is the service's start-up
+    /// grace, the default's floor.
+    pub fn monitor(&self, grace: std::time::Duration) -> std::time::Duration {
+        self.monitor_ms
+            .map_or(DEFAULT_MONITOR.max(grace), std::time::Duration::from_millis)
+    }
+
+    /// Whether `failed` of `replicas` is more than the tolerated share (default 0: any).
+    pub fn too_many_failures(&self, failed: u32, replicas: u32) -> bool {
+        let permille = self.max_failure_permille.unwrap_or(0) as u64;
+        failed > 0 && failed as u64 * 1000 > permille * replicas.max(1) as u64
+    }
+}
+
 /// The engine's health config, in its own units (nanoseconds) so it passes through as is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -491,6 +590,8 @@ impl ServiceSpec {
         shape.depends_on.clear();
         shape.deploy_labels.clear();
         shape.restart_timing = None;
+        shape.update_config = None;
+        shape.rollback_config = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

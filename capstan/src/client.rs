@@ -188,6 +188,15 @@ impl Client {
         .await
     }
 
+    /// `capstan rollout undo`.
+    pub async fn undo(&self, stack: &str, service: &str) -> anyhow::Result<ServiceView> {
+        self.send(self.http.post(format!(
+            "{}/v1/stacks/{stack}/services/{service}/undo",
+            self.base
+        )))
+        .await
+    }
+
     pub async fn delete(&self, stack: &str, volumes: bool) -> anyhow::Result<serde_json::Value> {
         self.send(
             self.http

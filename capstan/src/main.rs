@@ -2,8 +2,10 @@
 //! is in `capstan-controller`; this file parses arguments and reports errors.
 
 mod client;
+mod diff;
 mod output;
 mod project;
+mod rollout;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -195,6 +197,21 @@ enum Command {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Show what `apply` would change, field by field per service, against what is stored.
+    /// Exit code: 0 no changes, 1 changes, 2 an error.
+    Diff {
+        /// Compose files, as for apply.
+        #[arg(short = 'f', long = "file")]
+        file: Vec<PathBuf>,
+        #[arg(long = "env-file")]
+        env_file: Vec<PathBuf>,
+        #[arg(long)]
+        profile: Vec<String>,
+        #[arg(long)]
+        project_directory: Option<PathBuf>,
+        #[arg(long)]
+        stack: Option<String>,
+    },
     /// List stacks or services.
     Get {
         #[arg(value_enum)]
@@ -209,6 +226,11 @@ enum Command {
         /// STACK/SERVICE
         target: String,
     },
+    /// Manage a service's rollout.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutCommand,
+    },
     /// Set a service's replica count: STACK/SERVICE=N.
     Scale { target: String },
     /// Delete a stack: its containers and networks (and named volumes with --volumes).
@@ -220,6 +242,19 @@ enum Command {
         #[arg(long)]
         no_wait: bool,
         #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Go back to the previous revision's spec (the replica count stays): STACK/SERVICE.
+    Undo { target: String },
+    /// Follow the rollout until it is done: exit 0 when every replica is updated and ready,
+    /// 1 when it was rolled back, paused, or not done within --timeout.
+    Status {
+        target: String,
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
 }
@@ -384,6 +419,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             client::apply(&api, &opts, dry_run, wait, timeout).await
         }
+        Command::Diff {
+            file,
+            env_file,
+            profile,
+            project_directory,
+            stack,
+        } => {
+            let opts = project::Options {
+                files: file,
+                env_files: env_file,
+                profiles: profile,
+                project_directory,
+                stack,
+            };
+            Ok(diff::run(&api, &opts).await)
+        }
         Command::Get {
             kind: Kind::Stacks,
             output,
@@ -417,6 +468,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
+        Command::Rollout {
+            action: RolloutCommand::Status { target, timeout },
+        } => {
+            let (stack, service) = client::split_target(&target)?;
+            rollout::status(&api, stack, service, timeout).await
+        }
+        Command::Rollout {
+            action: RolloutCommand::Undo { target },
+        } => {
+            let (stack, service) = client::split_target(&target)?;
+            let view = api.undo(stack, service).await?;
+            println!(
+                "{}/{} rolled back to the previous revision (generation {}, image {})",
+                view.stack, view.name, view.generation, view.image
+            );
+            Ok(0)
+        }
         Command::Delete {
             stack,
             volumes,

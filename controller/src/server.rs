@@ -66,6 +66,10 @@ fn routes() -> Router<ApiState> {
         .route("/v1/stacks/{stack}/services/{service}", get(get_service))
         .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
         .route(
+            "/v1/stacks/{stack}/services/{service}/undo",
+            axum::routing::post(undo),
+        )
+        .route(
             "/v1/stacks/{stack}/services/{service}/endpoints",
             get(endpoints),
         )
@@ -322,6 +326,17 @@ async fn scale(
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
     crate::audit::note(format!("service {service} replicas={}", req.replicas));
     // Reads are linearizable: the view shows this scale (or a later change, with its version).
+    get_service(State(st), Path((stack, service))).await
+}
+
+/// `capstan rollout undo`: back to the previous revision's spec.
+async fn undo(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<ServiceView> {
+    st.writable()?;
+    let svc = st.store.undo(&stack, &service).await?;
+    tracing::info!(stack = %stack, service = %service, generation = svc.generation, "rollout undo");
     get_service(State(st), Path((stack, service))).await
 }
 

@@ -128,10 +128,10 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     let prom = Prometheus::start(d.url().trim_start_matches("http://"));
 
     let port = free_port();
-    let yaml = |n: u32| {
-        format!("services:\n  web:\n    image: {IMAGE}\n    scale: {n}\n    ports: [\"127.0.0.1:{port}:80\"]\n")
+    let yaml = |image: &str, n: u32| {
+        format!("services:\n  web:\n    image: {image}\n    scale: {n}\n    ports: [\"127.0.0.1:{port}:80\"]\n")
     };
-    d.apply(s, &yaml(2));
+    d.apply(s, &yaml(IMAGE, 2));
     d.cli_ok(&["scale", &format!("{}/web=3", s.name)]);
     wait_until(Duration::from_secs(60), "3 replicas", || {
         d.converged(&s.name, "web", 3)
@@ -140,6 +140,8 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     wait_until(Duration::from_secs(60), "the heal", || {
         d.converged(&s.name, "web", 3) && s.running().len() == 3
     });
+    // A rollout, for the rollout panels and alerts.
+    d.apply(s, &yaml(IMAGE_V2, 3));
 
     // The daemon's own exposition says what the dashboard expects, before Prometheus does.
     let text = d.metrics();
@@ -151,6 +153,11 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
         heal.contains("reason=\"removed\"") && heal.ends_with(" 1"),
         "{heal}"
     );
+    let completed = text
+        .lines()
+        .find(|l| l.starts_with("capstan_rollouts_total{") && l.contains("result=\"completed\""))
+        .unwrap_or_else(|| panic!("no rollout counted:\n{text}"));
+    assert!(completed.ends_with(" 1"), "{completed}");
 
     wait_until(
         Duration::from_secs(30),

@@ -51,8 +51,6 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("models (top level)", "services: {web: {image: {IMAGE}}}\nmodels: {llm: {model: ai/x}}", "models"),
     ("deploy.placement", "services: {web: {image: {IMAGE}, deploy: {placement: {constraints: [node.role==manager]}}}}", "services.web.deploy.placement"),
     ("deploy.endpoint_mode", "services: {web: {image: {IMAGE}, deploy: {endpoint_mode: vip}}}", "services.web.deploy.endpoint_mode"),
-    ("deploy.update_config", "services: {web: {image: {IMAGE}, deploy: {update_config: {parallelism: 2}}}}", "services.web.deploy.update_config"),
-    ("deploy.rollback_config", "services: {web: {image: {IMAGE}, deploy: {rollback_config: {parallelism: 1}}}}", "services.web.deploy.rollback_config"),
     ("deploy.resources.reservations.cpus", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {cpus: '0.5'}}}}}", "services.web.deploy.resources.reservations.cpus"),
     ("deploy.resources.reservations.devices", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}}}", "services.web.deploy.resources.reservations.devices"),
     ("volumes[].type: npipe", "services: {web: {image: {IMAGE}, volumes: [{type: npipe, source: //./pipe/x, target: /x}]}}", "services.web.volumes[0].type"),

@@ -1,6 +1,6 @@
-//! A service's `deploy` section: `replicas`, `mode`, `resources`, `labels`, `restart_policy`.
-//! What only a cluster scheduler could honour (`placement`, `update_config`, ...) is refused
-//! by name.
+//! A service's `deploy` section: `replicas`, `mode`, `resources`, `labels`, `restart_policy`,
+//! `update_config`, `rollback_config`. What only a cluster scheduler could honour
+//! (`placement`, ...) is refused by name.
 
 use super::yaml::Value;
 use super::{join, Parser};
@@ -17,12 +17,22 @@ pub(super) struct Deploy {
     pub timing: Option<RestartTiming>,
     /// `deploy.resources`, in the same fields as `mem_limit`, `cpus`, ...
     pub resources: ContainerOptions,
+    pub update: Option<UpdateConfig>,
+    pub rollback: Option<UpdateConfig>,
 }
 
 impl Parser {
     pub(super) fn deploy(&mut self, path: &str, v: &Value, s: &mut ServiceSpec) -> Deploy {
         let mut d = Deploy::default();
-        let keys = ["replicas", "mode", "resources", "labels", "restart_policy"];
+        let keys = [
+            "replicas",
+            "mode",
+            "resources",
+            "labels",
+            "restart_policy",
+            "update_config",
+            "rollback_config",
+        ];
         for (key, val) in self.map(path, v, &keys) {
             let field = join(path, &key);
             match key.as_str() {
@@ -35,6 +45,8 @@ impl Parser {
                 },
                 "labels" => s.deploy_labels = self.key_values(&field, val, "label"),
                 "resources" => d.resources = self.resources(&field, val),
+                "update_config" => d.update = Some(self.update_config(&field, val, true)),
+                "rollback_config" => d.rollback = Some(self.update_config(&field, val, false)),
                 _ => (d.restart, d.timing) = self.restart_policy(&field, val),
             }
         }
@@ -106,6 +118,87 @@ impl Parser {
             }
         };
         (policy, timing)
+    }
+
+    /// `deploy.update_config` (`rollback_config` without `failure_action: rollback`),
+    /// Swarm's fields; what is left out keeps capstan's default.
+    fn update_config(&mut self, path: &str, v: &Value, update: bool) -> UpdateConfig {
+        let keys = [
+            "parallelism",
+            "delay",
+            "order",
+            "failure_action",
+            "monitor",
+            "max_failure_ratio",
+        ];
+        let mut u = UpdateConfig::default();
+        for (key, val) in self.map(path, v, &keys) {
+            let field = join(path, &key);
+            match key.as_str() {
+                "parallelism" => {
+                    u.parallelism = self
+                        .integer(&field, val, 0, u32::MAX as i64)
+                        .map(|n| n as u32)
+                }
+                "delay" => u.delay_ms = self.duration_ms(&field, val),
+                "monitor" => u.monitor_ms = self.duration_ms(&field, val),
+                "order" => u.order = self.update_order(&field, val),
+                "failure_action" => u.failure_action = self.failure_action(&field, val, update),
+                _ => u.max_failure_permille = self.ratio_permille(&field, val),
+            }
+        }
+        u
+    }
+
+    fn update_order(&mut self, path: &str, v: &Value) -> Option<UpdateOrder> {
+        match self.string(path, v)?.as_str() {
+            "start-first" => Some(UpdateOrder::StartFirst),
+            "stop-first" => Some(UpdateOrder::StopFirst),
+            other => {
+                self.err(
+                    path,
+                    format!("{other:?} is not an order: start-first or stop-first"),
+                );
+                None
+            }
+        }
+    }
+
+    fn failure_action(&mut self, path: &str, v: &Value, update: bool) -> Option<FailureAction> {
+        match self.string(path, v)?.as_str() {
+            "pause" => Some(FailureAction::Pause),
+            "continue" => Some(FailureAction::Continue),
+            "rollback" if update => Some(FailureAction::Rollback),
+            "rollback" => {
+                self.err(
+                    path,
+                    "a rollback cannot itself roll back: pause or continue",
+                );
+                None
+            }
+            other => {
+                self.err(
+                    path,
+                    format!("{other:?} is not a failure action: pause, continue or rollback"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A share from 0 to 1, in thousandths.
+    fn ratio_permille(&mut self, path: &str, v: &Value) -> Option<u32> {
+        let text = self.string(path, v)?;
+        match text.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Some((r * 1000.0).round() as u32),
+            _ => {
+                self.err(
+                    path,
+                    format!("{text:?} is not a ratio: a number from 0 to 1, such as 0.2"),
+                );
+                None
+            }
+        }
     }
 
     /// A duration of at most a day, in milliseconds.
@@ -214,6 +307,92 @@ services:
                 "services.web.deploy.restart_policy.max_attempts",
                 "services.web.deploy.mode",
                 "services.web.deploy.resources.limits.memory",
+            ]
+        );
+    }
+
+    #[test]
+    fn update_config_takes_swarms_fields_and_leaves_the_rest_to_capstans_defaults() {
+        let spec = parse_stack(
+            "s",
+            r#"
+services:
+  web:
+    image: x
+    deploy:
+      update_config: {parallelism: 2, delay: 1500ms, order: stop-first, failure_action: continue, monitor: 20s, max_failure_ratio: 0.25}
+  api:
+    image: x
+    deploy: {update_config: {parallelism: 0, failure_action: rollback}, rollback_config: {parallelism: 2}}
+"#,
+        )
+        .unwrap();
+        let u = spec.services["web"].update_config.unwrap();
+        assert_eq!(
+            u,
+            UpdateConfig {
+                parallelism: Some(2),
+                delay_ms: Some(1500),
+                order: Some(UpdateOrder::StopFirst),
+                failure_action: Some(FailureAction::Continue),
+                monitor_ms: Some(20_000),
+                max_failure_permille: Some(250),
+            }
+        );
+        assert_eq!(u.batch(10), 2);
+        assert!(!u.too_many_failures(1, 4) && u.too_many_failures(2, 4));
+        let all = spec.services["api"].update_config.unwrap();
+        assert_eq!(
+            (all.batch(10), all.order(), all.failure_action()),
+            (10, UpdateOrder::StartFirst, FailureAction::Rollback)
+        );
+        assert_eq!(
+            spec.services["api"].rollback_config.unwrap().parallelism,
+            Some(2)
+        );
+        let none = UpdateConfig::default();
+        assert_eq!(
+            (none.batch(1), none.batch(4), none.batch(10)),
+            (1, 1, 3),
+            "a quarter, rounded up"
+        );
+        assert!(
+            none.too_many_failures(1, 10),
+            "by default any failure counts"
+        );
+        assert_eq!(
+            none.monitor(std::time::Duration::from_secs(30)),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            spec.services["web"].container_hash(),
+            ServiceSpec {
+                update_config: None,
+                ..spec.services["web"].clone()
+            }
+            .container_hash(),
+            "a rollout setting does not outdate the replicas"
+        );
+    }
+
+    #[test]
+    fn a_wrong_update_config_field_is_named_by_its_path() {
+        let f = fields(
+            r#"services: {web: {image: x, deploy: {update_config: {parallelism: -1, delay: soon,
+               order: sideways, failure_action: undo, max_failure_ratio: 1.5, monitor: 2d, surge: 1},
+               rollback_config: {failure_action: rollback}}}}"#,
+        );
+        assert_eq!(
+            f,
+            vec![
+                "services.web.deploy.update_config.surge",
+                "services.web.deploy.update_config.parallelism",
+                "services.web.deploy.update_config.delay",
+                "services.web.deploy.update_config.order",
+                "services.web.deploy.update_config.failure_action",
+                "services.web.deploy.update_config.max_failure_ratio",
+                "services.web.deploy.update_config.monitor",
+                "services.web.deploy.rollback_config.failure_action",
             ]
         );
     }

@@ -82,10 +82,6 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
         (p, "placement" | "endpoint_mode") if p.ends_with(".deploy") => format!(
             "unsupported key {key:?}: a Swarm cluster setting; capstan runs on one Docker host"
         ),
-        (p, "update_config" | "rollback_config") if p.ends_with(".deploy") => format!(
-            "unsupported key {key:?}: capstan rolls replicas one at a time and does not take \
-             rollout settings yet"
-        ),
         (p, k) if network_path(p) && NETWORK_OPTIONS.contains(&k) => format!(
             "unsupported key {k:?}: a Compose network option capstan does not honour yet, \
              refused rather than ignored"

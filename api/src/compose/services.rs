@@ -119,6 +119,8 @@ impl Parser {
             s.restart = d.restart;
         }
         s.restart_timing = d.timing;
+        s.update_config = d.update;
+        s.rollback_config = d.rollback;
     }
 
     /// Options that name one container (a fixed name or address) allow one replica only.

@@ -39,6 +39,17 @@ pub struct DriftLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub stack: String,
+    pub service: String,
+    /// `completed`, `rolled_back`, `paused`.
+    pub result: String,
+}
+
+/// The results of a rollout `capstan_rollouts_total` counts.
+pub const ROLLOUT_RESULTS: [&str; 3] = ["completed", "rolled_back", "paused"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HealLabels {
     pub stack: String,
     pub service: String,
@@ -111,6 +122,11 @@ pub struct Metrics {
     api_requests: Family<ApiLabels, Counter>,
     /// When each unconverged service stopped being converged (generation change or drift).
     unconverged_since: Mutex<HashMap<(String, String), Instant>>,
+    rollouts: Family<RolloutLabels, Counter>,
+    rollout_duration: Family<ServiceLabels, Histogram>,
+    /// Services with outdated replicas: when their rollout began, and whether its pause
+    /// was counted.
+    rolling_since: Mutex<HashMap<(String, String), (Instant, bool)>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -150,6 +166,9 @@ impl Default for Metrics {
             docker_errors: Family::default(),
             api_requests: Family::default(),
             unconverged_since: Mutex::default(),
+            rollouts: Family::default(),
+            rollout_duration: Family::new_with_constructor(convergence_histogram),
+            rolling_since: Mutex::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -192,6 +211,16 @@ impl Metrics {
             "capstan_convergence_seconds",
             "From a generation change or detected drift to Ready again",
             self.convergence.clone(),
+        );
+        r.register(
+            "capstan_rollouts",
+            "Rollouts (replicas replaced for a changed spec) by result: completed, rolled_back, paused",
+            self.rollouts.clone(),
+        );
+        r.register(
+            "capstan_rollout_duration_seconds",
+            "From the first outdated replica seen to every replica updated and ready",
+            self.rollout_duration.clone(),
         );
         r.register(
             "capstan_heal_actions",
@@ -359,6 +388,59 @@ impl Metrics {
         }
     }
 
+    /// Follows a service's rollout: it starts when replicas are outdated, is counted
+    /// `paused` once when `failure_action: pause` stops it, and ends when the service
+    /// converges (counted `completed`, unless it was an automatic rollback, counted when
+    /// it was decided by [`Self::rolled_back`]).
+    pub fn observe_rollout(&self, service: &Service, status: &ServiceStatus, paused: bool) {
+        let key = (service.stack.clone(), service.name.clone());
+        let l = svc_labels(&service.stack, &service.name);
+        let mut rolling = self.rolling_since.lock().unwrap();
+        if status.is_converged(service.generation, service.spec.replicas) {
+            if let Some((t0, _)) = rolling.remove(&key) {
+                self.rollout_duration
+                    .get_or_create(&l)
+                    .observe(t0.elapsed().as_secs_f64());
+                if service.rolled_back.is_none() {
+                    self.count_rollout(&service.stack, &service.name, "completed");
+                }
+            }
+            return;
+        }
+        if status.updated >= service.spec.replicas.min(status.replicas) {
+            return;
+        }
+        let entry = rolling.entry(key).or_insert_with(|| {
+            for result in ROLLOUT_RESULTS {
+                let _ = self.rollouts.get_or_create(&RolloutLabels {
+                    stack: service.stack.clone(),
+                    service: service.name.clone(),
+                    result: result.into(),
+                });
+            }
+            (Instant::now(), false)
+        });
+        if paused && !entry.1 {
+            entry.1 = true;
+            self.count_rollout(&service.stack, &service.name, "paused");
+        }
+    }
+
+    /// An automatic rollback was stored.
+    pub fn rolled_back(&self, stack: &str, service: &str) {
+        self.count_rollout(stack, service, "rolled_back");
+    }
+
+    fn count_rollout(&self, stack: &str, service: &str, result: &str) {
+        self.rollouts
+            .get_or_create(&RolloutLabels {
+                stack: stack.into(),
+                service: service.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
     /// A new generation was seen: convergence time counts from now if it was converged.
     pub fn generation_changed(&self, stack: &str, service: &str) {
         self.unconverged_since
@@ -391,6 +473,18 @@ impl Metrics {
             .lock()
             .unwrap()
             .remove(&(stack.into(), service.into()));
+        self.rolling_since
+            .lock()
+            .unwrap()
+            .remove(&(stack.into(), service.into()));
+        self.rollout_duration.remove(&l);
+        for result in ROLLOUT_RESULTS {
+            self.rollouts.remove(&RolloutLabels {
+                stack: stack.into(),
+                service: service.into(),
+                result: result.into(),
+            });
+        }
     }
 
     pub fn api_request(&self, verb: &str, result: &str) {
@@ -611,6 +705,49 @@ mod tests {
             line(&text, family);
         }
         assert!(line(&text, "capstan_heal_actions_total{").contains("reason=\"unhealthy\""));
+    }
+
+    #[test]
+    fn a_rollout_is_counted_once_by_how_it_ended_and_a_pause_once() {
+        let m = Metrics::default();
+        let s = svc(3);
+        let rolling = ServiceStatus {
+            replicas: 3,
+            updated: 1,
+            ..status(2, false)
+        };
+        m.observe_rollout(&s, &rolling, false);
+        m.observe_rollout(&s, &rolling, true);
+        m.observe_rollout(&s, &rolling, true);
+        let text = m.encode();
+        let count = |result: &str| {
+            let prefix = format!(
+                "capstan_rollouts_total{{stack=\"shop\",service=\"web\",result=\"{result}\"}}"
+            );
+            line(&text, &prefix).rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(
+            (count("paused"), count("completed")),
+            ("1".into(), "0".into())
+        );
+        let done = ServiceStatus {
+            replicas: 3,
+            ..status(3, true)
+        };
+        m.observe_rollout(&s, &done, false);
+        m.observe_rollout(&s, &done, false);
+        let text = m.encode();
+        let count = |result: &str| {
+            let prefix = format!(
+                "capstan_rollouts_total{{stack=\"shop\",service=\"web\",result=\"{result}\"}}"
+            );
+            line(&text, &prefix).rsplit(' ').next().unwrap().to_string()
+        };
+        assert_eq!(
+            (count("completed"), count("rolled_back")),
+            ("1".into(), "0".into())
+        );
+        assert!(line(&text, "capstan_rollout_duration_seconds_count{").ends_with(" 1"));
     }
 
     #[test]

@@ -294,6 +294,11 @@ impl RestartHistory for ServiceHistory<'_> {
         let age = Duration::from_secs(now.saturating_sub(replica.created).max(0) as u64);
         grace.checked_sub(age).filter(|left| !left.is_zero())
     }
+
+    fn age(&self, replica: &Observed) -> Duration {
+        let now = self.book.unix_now();
+        Duration::from_secs(now.saturating_sub(replica.created).max(0) as u64)
+    }
 }
 
 #[cfg(test)]

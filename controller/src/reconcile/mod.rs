@@ -134,7 +134,7 @@ async fn reconcile_service(
         }
     };
     let history = history(ctx, stack, name, &obs);
-    let plan = plan::plan(
+    let mut plan = plan::plan(
         stack,
         name,
         &obs.service.spec,
@@ -142,8 +142,46 @@ async fn reconcile_service(
         &history,
         obs.gate.is_open(),
     );
+    if let Some(failed) = plan.rollback.take() {
+        if roll_back(ctx, &obs, &failed).await? {
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
+        plan.paused = Some(failed);
+    }
     let outcome = act::act(ctx, &obs, &plan).await?;
     report::report(ctx, &obs, &plan, outcome).await
+}
+
+/// `failure_action: rollback`: the previous revision's spec is stored again, recording the
+/// rollback, and the rollout that follows replaces the failed replicas. False when there is
+/// nothing to return to (a first revision, or a rollback that failed too): the rollout pauses.
+async fn roll_back(
+    ctx: &Context,
+    obs: &observe::Observation,
+    failed: &str,
+) -> Result<bool, ReconcileError> {
+    let service = &obs.service;
+    let Some(to) = service
+        .previous
+        .as_ref()
+        .filter(|_| service.rolled_back.is_none())
+    else {
+        return Ok(false);
+    };
+    let message = format!(
+        "update to generation {} failed and was rolled back to the spec of generation {}: {failed}",
+        service.generation, to.generation
+    );
+    let written = ctx
+        .store
+        .roll_back(&service.stack, &service.name, service.generation, &message)
+        .await
+        .map_err(ReconcileError::Status)?;
+    if written.is_some() {
+        tracing::warn!(stack = %service.stack, service = %service.name, "{message}");
+        ctx.metrics.rolled_back(&service.stack, &service.name);
+    }
+    Ok(true)
 }
 
 /// The service's restart history, continued from the crash-loop positions its stored

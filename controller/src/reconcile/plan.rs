@@ -2,7 +2,7 @@
 //! same inputs always give the same plan, and nothing here touches the engine.
 
 pub use capstan_api::object::{HealAction, HealCause};
-use capstan_api::spec::ServiceSpec;
+use capstan_api::spec::{FailureAction, ServiceSpec};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -41,6 +41,12 @@ pub struct Plan {
     pub held: BTreeMap<u32, i64>,
     /// Dependencies are not met: nothing is created or started.
     pub gated: bool,
+    /// A rolling update stopped by `failure_action: pause`: which updated replicas failed.
+    pub paused: Option<String>,
+    /// A rolling update that failed under `failure_action: rollback`: which replicas failed.
+    pub rollback: Option<String>,
+    /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
+    pub rollout_wait: Option<Duration>,
 }
 
 impl Plan {
@@ -71,6 +77,10 @@ pub trait RestartHistory {
     /// healthy since it started. `None`: it may be healed now.
     fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {
         None
+    }
+    /// How long ago the replica was made (a rollout's `monitor` and `delay` count from it).
+    fn age(&self, _replica: &Observed) -> Duration {
+        Duration::ZERO
     }
 }
 
@@ -138,6 +148,77 @@ fn heal_or_hold(plan: &mut Plan, c: &Observed, spec: &ServiceSpec, history: &dyn
     }
 }
 
+/// Why an updated replica counts as failed for the rollout, if it does: it exited, turned
+/// unhealthy, or is not ready `monitor` after it was made.
+fn failure(c: &Observed, age: Duration, monitor: Duration) -> Option<String> {
+    match (c.state, c.health) {
+        (State::Exited { code }, _) => Some(format!("{} exited with code {code}", c.name)),
+        (State::Dead, _) => Some(format!("{} is dead", c.name)),
+        (State::Running, Health::Unhealthy) => Some(format!("{} is unhealthy", c.name)),
+        _ if !c.is_ready() && age >= monitor => Some(format!(
+            "{} is not ready {}s after it started",
+            c.name,
+            monitor.as_secs()
+        )),
+        _ => None,
+    }
+}
+
+/// How many outdated replicas that still serve may be replaced now: the parallelism less
+/// the updated replicas still in flight (missing, not ready yet within `monitor`, or ready
+/// less than `delay` after they were made). Failed ones free their slot unless they are
+/// more than `max_failure_ratio`; then `failure_action: pause` stops the rollout and
+/// `rollback` asks for the previous revision.
+fn rollout_budget(
+    spec: &ServiceSpec,
+    hash: &str,
+    by_ordinal: &BTreeMap<u32, &Observed>,
+    history: &dyn RestartHistory,
+    plan: &mut Plan,
+) -> u32 {
+    let cfg = spec.update_config.unwrap_or_default();
+    let (monitor, delay) = (cfg.monitor(spec.startup_grace()), cfg.delay());
+    let outdated = by_ordinal
+        .iter()
+        .any(|(n, c)| spec.is_current(Some(*n)) && c.spec_hash != hash);
+    if !outdated {
+        return 0;
+    }
+    let mut busy = (1..=spec.replicas)
+        .filter(|n| !by_ordinal.contains_key(n))
+        .count() as u32;
+    let mut failed = vec![];
+    let mut wait: Option<Duration> = None;
+    let updated = by_ordinal
+        .iter()
+        .filter(|(n, c)| spec.is_current(Some(**n)) && c.spec_hash == hash);
+    for (_, c) in updated {
+        let age = history.age(c);
+        if let Some(why) = failure(c, age, monitor) {
+            failed.push(why);
+            continue;
+        }
+        let left = if c.is_ready() { delay } else { monitor }.saturating_sub(age);
+        if !c.is_ready() || !left.is_zero() {
+            busy += 1;
+            wait = Some(
+                wait.map_or(left, |w| w.min(left))
+                    .max(Duration::from_millis(100)),
+            );
+        }
+    }
+    plan.rollout_wait = wait;
+    if cfg.too_many_failures(failed.len() as u32, spec.replicas) {
+        match cfg.failure_action() {
+            FailureAction::Pause => plan.paused = Some(failed.join("; ")),
+            FailureAction::Rollback => plan.rollback = Some(failed.join("; ")),
+            FailureAction::Continue => return cfg.batch(spec.replicas).saturating_sub(busy),
+        }
+        return 0;
+    }
+    cfg.batch(spec.replicas).saturating_sub(busy)
+}
+
 /// `gate_open`: the service's dependencies meet their conditions. While they do not, no
 /// replica is created or (re)started; running ones are left running.
 pub fn plan(
@@ -157,13 +238,9 @@ pub fn plan(
 
     let by_ordinal = sort_out(stack, service, spec, observed, &mut plan);
 
-    // Rolling update, one replica at a time: an outdated replica that still serves is only
-    // replaced once every updated replica is ready.
-    let updated_settling = by_ordinal
-        .iter()
-        .filter(|(n, _)| spec.is_current(Some(**n)))
-        .any(|(_, c)| c.spec_hash == hash && !c.is_ready());
-    let mut rolling_one = false;
+    // Rolling update: an outdated replica that still serves is replaced only while the
+    // rollout has a free slot (update_config's parallelism).
+    let mut budget = rollout_budget(spec, &hash, &by_ordinal, history, &mut plan);
 
     for n in 1..=spec.replicas {
         let Some(c) = by_ordinal.get(&n) else {
@@ -190,8 +267,8 @@ pub fn plan(
         if c.spec_hash != hash || c.state == State::Dead {
             if !c.is_ready() || c.state == State::Dead {
                 plan.recreate.push((*c).clone());
-            } else if !updated_settling && !rolling_one {
-                rolling_one = true;
+            } else if budget > 0 {
+                budget -= 1;
                 plan.recreate.push((*c).clone());
             }
             continue;
@@ -475,5 +552,39 @@ mod tests {
             (HealCause::Unhealthy, HealAction::Restart)
         );
         assert_eq!(p.start[0].ordinal, Some(2));
+    }
+
+    struct Aged(Duration);
+    impl RestartHistory for Aged {
+        fn restarts(&self, _: u32) -> u32 {
+            0
+        }
+        fn backoff_left(&self, _: u32) -> Option<Duration> {
+            None
+        }
+        fn age(&self, _: &Observed) -> Duration {
+            self.0
+        }
+    }
+
+    #[test]
+    fn an_updated_replica_holds_its_slot_for_the_delay_after_it_started() {
+        let old = spec(3);
+        let new = ServiceSpec {
+            image: "web:2".into(),
+            update_config: Some(capstan_api::spec::UpdateConfig {
+                parallelism: Some(1),
+                delay_ms: Some(10_000),
+                ..Default::default()
+            }),
+            ..spec(3)
+        };
+        let mut all = vec![running(1, &new)];
+        all.extend((2..=3).map(|n| running(n, &old)));
+        let young = plan("s", "web", &new, &all, &Aged(Duration::from_secs(4)), true);
+        assert!(young.recreate.is_empty());
+        assert_eq!(young.rollout_wait, Some(Duration::from_secs(6)));
+        let done = plan("s", "web", &new, &all, &Aged(Duration::from_secs(10)), true);
+        assert_eq!(done.recreate.len(), 1);
     }
 }

@@ -51,6 +51,8 @@ pub async fn report(
     });
     let drift = Drift::of(service, &outcome.containers, outcome.changed_outside);
     ctx.metrics.observe_service(service, &status, drift);
+    ctx.metrics
+        .observe_rollout(service, &status, plan.paused.is_some());
     if obs.previous.as_deref() != Some(&status) {
         // Guarded by the spec's resourceVersion: a status for a superseded spec is dropped.
         let written = ctx
@@ -69,7 +71,11 @@ pub async fn report(
             ));
         }
     }
-    let waiting = plan.backing_off.values().chain(plan.settling.values());
+    let waiting = plan
+        .backing_off
+        .values()
+        .chain(plan.settling.values())
+        .chain(plan.rollout_wait.iter());
     Ok(match waiting.min() {
         Some(left) => Action::Requeue(*left),
         None if status.is_ready() => Action::AwaitChange,

@@ -97,7 +97,12 @@ pub fn compute(i: Inputs) -> ServiceStatus {
     let degraded = degraded(&i);
     let mut conditions = vec![
         ready_condition(&counts, degraded.as_ref(), i.gate),
-        progressing_condition(&counts, i.gate),
+        progressing_condition(
+            &counts,
+            i.gate,
+            i.plan.paused.as_deref(),
+            i.service.rolled_back.is_some(),
+        ),
         match &degraded {
             None => Condition::new(
                 ConditionType::Degraded,
@@ -167,6 +172,9 @@ fn degraded(i: &Inputs) -> Option<(Reason, String)> {
     let spec = &i.service.spec;
     if let Some(p) = i.problems.first() {
         return Some((p.reason, p.message.clone()));
+    }
+    if let Some(r) = &i.service.rolled_back {
+        return Some((Reason::RolledBack, r.message.clone()));
     }
     if let Gate::Closed {
         reason: Reason::DependencyFailed,
@@ -256,7 +264,12 @@ fn ready_condition(c: &Counts, degraded: Option<&(Reason, String)>, gate: &Gate)
     Condition::new(ConditionType::Ready, status, reason, message)
 }
 
-fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
+fn progressing_condition(
+    c: &Counts,
+    gate: &Gate,
+    paused: Option<&str>,
+    rolling_back: bool,
+) -> Condition {
     let (desired, existing, updated) = (c.desired, c.existing, c.updated);
     let (status, reason, message) = if c.all_ready() {
         (
@@ -266,17 +279,35 @@ fn progressing_condition(c: &Counts, gate: &Gate) -> Condition {
         )
     } else if let Gate::Closed { reason, message } = gate {
         (true, *reason, message.clone())
+    } else if let Some(failed) = paused {
+        (
+            true,
+            Reason::Paused,
+            format!(
+                "rollout paused at {updated}/{desired} replicas updated ({} ready): {failed}",
+                c.ready
+            ),
+        )
     } else if existing > desired {
         (
             true,
             Reason::ScalingDown,
             format!("removing {} surplus replica(s)", existing - desired),
         )
+    } else if updated < existing.min(desired) && rolling_back {
+        (
+            true,
+            Reason::RollbackInProgress,
+            format!(
+                "{updated}/{desired} replicas rolled back, {} ready",
+                c.ready
+            ),
+        )
     } else if updated < existing.min(desired) {
         (
             true,
             Reason::RollingUpdate,
-            format!("{updated}/{desired} replicas updated"),
+            format!("{updated}/{desired} replicas updated, {} ready", c.ready),
         )
     } else if existing < desired {
         (

@@ -112,7 +112,10 @@ impl Store {
         for (name, svc_spec) in &spec.services {
             let prev = old.get(name.as_str()).copied();
             let outcome = match prev {
-                Some(prev) if prev.spec == *svc_spec => ApplyOutcome::Unchanged,
+                // Applying the spec a rollback returned to acknowledges the rollback.
+                Some(prev) if prev.spec == *svc_spec && prev.rolled_back.is_none() => {
+                    ApplyOutcome::Unchanged
+                }
                 Some(_) => ApplyOutcome::Configured,
                 None => ApplyOutcome::Created,
             };
@@ -261,6 +264,16 @@ fn next_version(spec: &StackSpec, name: &str, prev: Option<&Service>, now: &str)
         version: new_token(),
         created_at: prev.map_or_else(|| now.to_string(), |p| p.created_at.clone()),
         spec: spec.services[name].clone(),
+        previous: match prev {
+            // Acknowledging a rollback keeps what it returned from (not itself) as previous.
+            Some(p) if p.spec == spec.services[name] => p.previous.clone(),
+            Some(p) => Some(Revision {
+                generation: p.generation,
+                spec: Box::new(p.spec.clone()),
+            }),
+            None => None,
+        },
+        rolled_back: None,
     }
 }
 

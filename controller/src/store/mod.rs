@@ -329,28 +329,8 @@ impl Store {
                 version: layout::new_token(),
                 ..prev.clone()
             };
-            let mut record = record.clone();
-            record.versions.insert(service.into(), next.version.clone());
-            let stack_key = self.stack_key(stack);
-            let commit = Op::Put(stack_key.clone(), encode(&record));
-            let ops = vec![
-                Op::Put(
-                    self.version_key(stack, service, &next.version),
-                    encode(&next),
-                ),
-                Op::Delete(self.version_key(stack, service, &prev.version)),
-                commit.clone(),
-            ];
-            let guard = vec![Compare::ModRevision(stack_key.clone(), current.revision())];
-            if let Some(rev) = self.kv.txn_at(guard, ops).await? {
-                let rev = self.committed_at(rev, &stack_key, &commit).await?;
-                if !current.loose.is_empty() {
-                    self.sweep(&record, rev, &[]).await;
-                }
-                return Ok(Service {
-                    resource_version: rev,
-                    ..next
-                });
+            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
+                return Ok(committed);
             }
             if expected.is_some() {
                 return Err(StoreError::Conflict(format!(
@@ -361,6 +341,129 @@ impl Store {
         Err(StoreError::Conflict(format!(
             "service {stack}/{service} kept changing under concurrent writers; try again"
         )))
+    }
+
+    /// The controller's automatic rollback: the service's previous revision's spec becomes
+    /// its desired spec again, under a new generation that records the rollback (the failed
+    /// spec becomes the previous revision). The replica count stays; the failed spec's
+    /// `rollback_config` (if any) steers the rollback. Nothing is written (Ok(None)) when the
+    /// service is no longer at `failed_generation` or has no previous revision.
+    pub async fn roll_back(
+        &self,
+        stack: &str,
+        service: &str,
+        failed_generation: i64,
+        message: &str,
+    ) -> Result<Option<Service>, StoreError> {
+        for _ in 0..APPLY_ATTEMPTS {
+            let current = self.read_stack(stack).await?;
+            let (record, prev) = scale_target(stack, service, &current, None)?;
+            let Some(to) = prev.previous.as_ref() else {
+                return Ok(None);
+            };
+            if prev.generation != failed_generation || prev.rolled_back.is_some() {
+                return Ok(None);
+            }
+            let mut spec = (*to.spec).clone();
+            spec.replicas = prev.spec.replicas;
+            if let Some(config) = prev.spec.rollback_config {
+                spec.update_config = Some(config);
+            }
+            let next = Service {
+                generation: prev.generation + 1,
+                spec,
+                version: layout::new_token(),
+                previous: Some(capstan_api::object::Revision {
+                    generation: prev.generation,
+                    spec: Box::new(prev.spec.clone()),
+                }),
+                rolled_back: Some(capstan_api::object::RolledBack {
+                    from_generation: prev.generation,
+                    to_generation: to.generation,
+                    at: now_rfc3339(),
+                    message: message.to_string(),
+                }),
+                ..prev.clone()
+            };
+            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
+                return Ok(Some(committed));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "service {stack}/{service} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// `capstan rollout undo`: the service's previous revision's spec becomes its desired
+    /// spec again (the replica count stays), under a new generation; the spec it replaces
+    /// becomes the previous revision, so a second undo goes back again. Committed like a
+    /// scale; clears a recorded automatic rollback, since a person decided.
+    pub async fn undo(&self, stack: &str, service: &str) -> Result<Service, StoreError> {
+        for _ in 0..APPLY_ATTEMPTS {
+            let current = self.read_stack(stack).await?;
+            let (record, prev) = scale_target(stack, service, &current, None)?;
+            let to = prev.previous.as_ref().ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "service {stack}/{service} has no previous revision to go back to"
+                ))
+            })?;
+            let mut spec = (*to.spec).clone();
+            spec.replicas = prev.spec.replicas;
+            check_ports(stack, service, &spec)?;
+            let next = Service {
+                generation: prev.generation + 1,
+                spec,
+                version: layout::new_token(),
+                previous: Some(Revision {
+                    generation: prev.generation,
+                    spec: Box::new(prev.spec.clone()),
+                }),
+                rolled_back: None,
+                ..prev.clone()
+            };
+            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
+                return Ok(committed);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "service {stack}/{service} kept changing under concurrent writers; try again"
+        )))
+    }
+
+    /// Swaps `prev` for `next` in the stack record, guarded by the record's revision;
+    /// None when another writer changed the stack first.
+    async fn commit_version(
+        &self,
+        current: &Current,
+        record: &Stack,
+        prev: &Service,
+        next: Service,
+    ) -> Result<Option<Service>, StoreError> {
+        let (stack, service) = (prev.stack.as_str(), prev.name.as_str());
+        let mut record = record.clone();
+        record.versions.insert(service.into(), next.version.clone());
+        let stack_key = self.stack_key(stack);
+        let commit = Op::Put(stack_key.clone(), encode(&record));
+        let ops = vec![
+            Op::Put(
+                self.version_key(stack, service, &next.version),
+                encode(&next),
+            ),
+            Op::Delete(self.version_key(stack, service, &prev.version)),
+            commit.clone(),
+        ];
+        let guard = vec![Compare::ModRevision(stack_key.clone(), current.revision())];
+        if let Some(rev) = self.kv.txn_at(guard, ops).await? {
+            let rev = self.committed_at(rev, &stack_key, &commit).await?;
+            if !current.loose.is_empty() {
+                self.sweep(&record, rev, &[]).await;
+            }
+            return Ok(Some(Service {
+                resource_version: rev,
+                ..next
+            }));
+        }
+        Ok(None)
     }
 
     /// Records the deletion of a stack; returns the record's new resourceVersion. The

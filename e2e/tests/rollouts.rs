@@ -1,0 +1,214 @@
+//! Issue 13, end to end: `deploy.update_config` against the real engine and etcd. An update
+//! whose replicas exit at once is rolled back to the previous revision on its own.
+
+use capstan_e2e::*;
+use std::time::{Duration, Instant};
+
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn web(image: &str, extra: &str) -> String {
+    format!(
+        "services:\n  web:\n    image: {image}\n    scale: 3\n{extra}    deploy:\n      update_config: {{parallelism: 1, failure_action: rollback, monitor: 10s}}\n      rollback_config: {{parallelism: 0}}\n"
+    )
+}
+
+fn condition(svc: &serde_json::Value, type_: &str) -> (String, String) {
+    let c = svc["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or_default();
+    (
+        c["reason"].as_str().unwrap_or_default().to_string(),
+        c["message"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn an_update_whose_replicas_exit_is_rolled_back_automatically_with_the_reason() {
+    let h = Harness::start("roll-back");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &web(IMAGE, ""));
+    wait_until(CONVERGE, "web to converge on the first revision", || {
+        d.converged(&s.name, "web", 3)
+    });
+
+    // The second revision runs the new image with a command that exits 3 at once.
+    let applied = Instant::now();
+    d.apply_nowait(
+        s,
+        &web(IMAGE_V2, "    command: [\"sh\", \"-c\", \"exit 3\"]\n"),
+    );
+    let svc = wait_for(CONVERGE, "the update to be rolled back", || {
+        let svc = d.service(&s.name, "web");
+        if svc["rolledBack"].is_object() {
+            Ok(svc)
+        } else {
+            Err(format!("{svc}"))
+        }
+    });
+    println!(
+        "rolled back {:?} after the apply (monitor 10s)",
+        applied.elapsed()
+    );
+    wait_until(CONVERGE, "web to converge on the rolled-back spec", || {
+        d.converged(&s.name, "web", 3)
+    });
+    println!("converged again {:?} after the apply", applied.elapsed());
+
+    let status = d.cli(&["rollout", "status", &format!("{}/web", s.name)]);
+    let said = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert_eq!(status.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("rolled back: update to generation 2 failed"),
+        "{said}"
+    );
+    let rb = &svc["rolledBack"];
+    assert_eq!(
+        (rb["fromGeneration"].as_i64(), rb["toGeneration"].as_i64()),
+        (Some(2), Some(1)),
+        "{rb}"
+    );
+    assert_eq!(svc["generation"], 3, "{svc}");
+    assert_eq!(svc["image"], IMAGE, "etcd says what runs: {svc}");
+    assert!(svc["spec"]["command"].is_null(), "{svc}");
+    for n in 1..=3 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+    let svc = d.service(&s.name, "web");
+    let (reason, message) = condition(&svc, "Degraded");
+    assert_eq!(reason, "RolledBack", "{svc}");
+    // The replica is caught exited (code 3), or restarted and still not ready.
+    assert!(message.contains(&s.replica("web", 1)), "{message}");
+    assert!(
+        message.contains("exited with code 3") || message.contains("not ready"),
+        "{message}"
+    );
+    println!("{message}");
+}
+
+#[test]
+fn diff_exits_0_without_changes_1_with_changes_and_2_on_an_error_and_changes_nothing() {
+    let h = Harness::start("roll-diff");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = |image: &str| format!("services:\n  web:\n    image: {image}\n    scale: 2\n");
+    d.apply(s, &yaml(IMAGE));
+    let diff = |yaml: &str| {
+        let file = s.file(yaml);
+        let out = d.cli(&["diff", "-f", &file, "--stack", &s.name]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, stdout, _) = diff(&yaml(IMAGE));
+    assert_eq!((code, stdout.as_str()), (Some(0), ""));
+
+    let (code, stdout, _) = diff(&format!(
+        "services:\n  web:\n    image: {IMAGE_V2}\n    scale: 2\n  api:\n    image: {IMAGE}\n"
+    ));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "~ {}/web (changed)\n    image:\n      - \"{IMAGE}\"\n      + \"{IMAGE_V2}\"\n",
+            s.name
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("+ {}/api (new service)", s.name)),
+        "{stdout}"
+    );
+    println!("{stdout}");
+
+    let (code, _, stderr) = diff("services: {web: {image: x, imgae: y}}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("services.web.imgae"), "{stderr}");
+
+    assert_eq!(
+        d.service(&s.name, "web")["image"],
+        IMAGE,
+        "diff applies nothing"
+    );
+}
+
+#[test]
+fn rollout_undo_returns_the_service_to_the_previous_image() {
+    let h = Harness::start("roll-undo");
+    let (d, s) = (&h.d, &h.s);
+    let yaml = |image: &str| format!("services:\n  web:\n    image: {image}\n    scale: 2\n");
+    d.apply(s, &yaml(IMAGE));
+    d.apply(s, &yaml(IMAGE_V2));
+    let out = d.cli_ok(&["rollout", "undo", &format!("{}/web", s.name)]);
+    assert!(out.contains("generation 3"), "{out}");
+    wait_until(CONVERGE, "web to converge on the first image again", || {
+        d.converged(&s.name, "web", 2)
+    });
+    let said = d.cli_ok(&["rollout", "status", &format!("{}/web", s.name)]);
+    assert!(
+        said.contains("successfully rolled out (generation 3)"),
+        "{said}"
+    );
+    let svc = d.service(&s.name, "web");
+    assert_eq!(
+        (&svc["image"], &svc["generation"]),
+        (&IMAGE.into(), &3.into()),
+        "{svc}"
+    );
+    for n in 1..=2 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+}
+
+#[test]
+fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_automatic_rollback() {
+    let h = Harness::start("roll-nofail");
+    let (d, s) = (&h.d, &h.s);
+    let port = free_port();
+    let yaml = |image: &str, extra: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    scale: 4\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 2s\n{extra}    deploy:\n      update_config: {{parallelism: 2, failure_action: rollback, monitor: 10s}}\n"
+        )
+    };
+    d.apply(s, &yaml(IMAGE, ""));
+    let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
+
+    d.apply(s, &yaml(IMAGE_V2, ""));
+    let updated = d.service(&s.name, "web");
+    assert_eq!(updated["image"], IMAGE_V2, "{updated}");
+
+    // The next update exits at once and is rolled back to IMAGE_V2.
+    d.apply_nowait(
+        s,
+        &yaml(IMAGE, "    command: [\"sh\", \"-c\", \"exit 3\"]\n"),
+    );
+    wait_until(CONVERGE, "the rollback to be stored", || {
+        d.service(&s.name, "web")["rolledBack"].is_object()
+    });
+    wait_until(CONVERGE, "web to converge on the rolled-back spec", || {
+        d.converged(&s.name, "web", 4)
+    });
+    let samples = load.finish();
+    let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
+    println!(
+        "{} requests, {} failed, during an update with parallelism 2 and a rollback",
+        samples.len(),
+        failures.len()
+    );
+    assert!(
+        samples.len() > 100,
+        "the loop ran: {} requests",
+        samples.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        samples.len(),
+        failures.first()
+    );
+    for n in 1..=4 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
+    }
+}
