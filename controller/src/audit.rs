@@ -49,6 +49,9 @@ impl Entry {
             }
             (&Method::PUT, ["v1", "stacks", s]) => ("apply", Some(*s)),
             (&Method::PUT, ["v1", "stacks", s, "services", _, "scale"]) => ("scale", Some(*s)),
+            (&Method::POST, ["v1", "stacks", s, "services", _, "undo"]) => {
+                ("rollout-undo", Some(*s))
+            }
             (&Method::DELETE, ["v1", "stacks", s]) => ("delete", Some(*s)),
             (&Method::POST, ["v1", "tokens"]) => ("token-create", None),
             (&Method::DELETE, ["v1", "tokens", _]) => ("token-revoke", None),
@@ -58,7 +61,9 @@ impl Entry {
         };
         let summary = match (verb, parts.as_slice()) {
             ("token-revoke", [.., name]) => Some(format!("revoke token {name}")),
-            ("scale", [_, _, _, _, service, _]) => Some(format!("service {service}")),
+            ("scale" | "rollout-undo", [_, _, _, _, service, _]) => {
+                Some(format!("service {service}"))
+            }
             _ => None,
         };
         Entry {
@@ -127,6 +132,11 @@ mod tests {
         assert_eq!((e.verb, e.stack.as_deref()), ("apply", Some("shop")));
         let e = entry(Method::PUT, "/v1/stacks/shop?dryRun=true");
         assert_eq!(e.verb, "apply-dry-run");
+        let e = entry(Method::POST, "/v1/stacks/shop/services/web/undo");
+        assert_eq!(
+            (e.verb, e.summary.as_deref()),
+            ("rollout-undo", Some("service web"))
+        );
         let e = entry(Method::PUT, "/v1/stacks/shop/services/web/scale");
         assert_eq!(
             (e.verb, e.summary.as_deref()),

@@ -67,11 +67,15 @@ fn etcd_writes(d: &Daemon) -> f64 {
 
 #[test]
 fn two_daemons_applying_a_new_stack_at_once_make_one_network_and_each_replica_once() {
+    // Guards first: locals drop in reverse, so the daemons stop before the guards clean
+    // up (a live leader would make the removed replicas again).
+    let stacks: Vec<StackGuard> = (0..3)
+        .map(|r| StackGuard::new(&format!("two{r}")))
+        .collect();
     let etcd = Etcd::start();
     let a = Daemon::start(&etcd);
     let b = a.start_peer(&[]);
-    for round in 0..3 {
-        let s = StackGuard::new(&format!("two{round}"));
+    for s in &stacks {
         let file = s.file(&web(3));
         let apply = |d: &Daemon| d.cli_ok(&["apply", "-f", &file, "--stack", &s.name]);
         std::thread::scope(|scope| {
@@ -107,10 +111,10 @@ fn two_daemons_applying_a_new_stack_at_once_make_one_network_and_each_replica_on
 
 #[test]
 fn when_the_leader_is_killed_the_follower_takes_over_and_converges_a_change() {
+    let s = StackGuard::new("failover");
     let etcd = Etcd::start();
     let a = Daemon::start_with(&etcd, TTL);
     let b = a.start_peer(TTL);
-    let s = StackGuard::new("failover");
     let port = free_port();
     let published = |n: u32| format!("{}    ports: [\"127.0.0.1:{port}:80\"]\n", web(n));
     a.apply(&s, &published(2));
@@ -147,10 +151,10 @@ fn when_the_leader_is_killed_the_follower_takes_over_and_converges_a_change() {
 /// runs again it must not act on what it believed: no engine change, no etcd write.
 #[test]
 fn a_leader_paused_past_its_lease_makes_no_engine_call_and_no_write_when_it_resumes() {
+    let s = StackGuard::new("fence");
     let etcd = Etcd::start();
     let a = Daemon::start_with(&etcd, TTL);
     let b = a.start_peer(TTL);
-    let s = StackGuard::new("fence");
     a.apply(&s, &web(2));
     let (old, new) = leader_of(&a, &b);
     wait_until(CONVERGE, "the stack to converge", || {
