@@ -5,7 +5,7 @@ CARGO ?= cargo
 RELEASE_BIN := target/release/capstan
 export CAPSTAN_SERVER ?= http://127.0.0.1:7878
 
-.PHONY: up down test unit e2e bench images deps build lint
+.PHONY: up down test unit e2e bench chaos images deps build lint
 
 ## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
 up: build images
@@ -45,6 +45,12 @@ bench: images
 	  r = {os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob("bench/results/*.json")) if not f.endswith("latest.json")}; \
 	  r["machine"] = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}; \
 	  json.dump(r, open("bench/results/latest.json", "w"), indent=2)' && echo "wrote bench/results/latest.json"
+
+## chaos: the crash-consistency soak (50 SIGKILLs of the daemon during scale 0 <-> 20,
+## prints a table and its seed; CAPSTAN_CHAOS_SEED replays one). Never part of `make test`.
+chaos: deps images
+	$(CARGO) build -p capstan
+	CAPSTAN_CHAOS_ITERATIONS=$${CAPSTAN_CHAOS_ITERATIONS:-50} $(CARGO) test -p capstan-e2e --test chaos -- --nocapture
 
 deps:
 	@bash scripts/deps.sh
