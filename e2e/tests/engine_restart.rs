@@ -286,6 +286,7 @@ fn the_time_to_all_replicas_back_after_an_engine_restart_is_measured_over_three_
             "runs": 3,
             "all_running_s": {"median": m_run, "samples": running},
             "all_ready_s": {"median": m_ready, "samples": ready},
+            "capstan_bin": capstan_bin().display().to_string(),
         }),
     );
 }

@@ -128,5 +128,9 @@ fn failover_after_a_leader_kill_is_measured_for_a_short_and_the_default_lease_tt
     for (ttl, f, c) in &table {
         println!("{ttl:>9}  {f:>24.2}  {c:>26.2}");
     }
+    json.insert(
+        "capstan_bin".into(),
+        capstan_bin().display().to_string().into(),
+    );
     write_results("failover", &serde_json::Value::Object(json));
 }
