@@ -231,5 +231,38 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
         median(times.clone()),
         times.iter().cloned().fold(0.0, f64::max)
     );
+    deletes_cleanly(&d, &s);
     drop(d);
+}
+
+/// The end state is also one a user can delete: `capstan delete --volumes` removes every
+/// container, the network and the volume. One engine bug is told apart and reported, not
+/// failed on: Docker 20.10 can keep a phantom endpoint in a network whose containers were
+/// removed concurrently (moby/moby#43286, "has active endpoints" with no container
+/// attached; only a dockerd restart clears it). Seen once in a 50-kill soak.
+fn deletes_cleanly(d: &Daemon, s: &StackGuard) {
+    let out = d.cli(&["delete", &s.name, "--volumes", "--timeout", "60s"]);
+    let (containers, networks, volumes) = (s.containers(), s.networks(), s.volumes());
+    if out.status.success() && containers.is_empty() && networks.is_empty() && volumes.is_empty() {
+        return;
+    }
+    let phantom = |net: &str| {
+        let attached = inspect(net, "{{len .Containers}}");
+        let rm = std::process::Command::new("docker")
+            .args(["network", "rm", net])
+            .output()
+            .expect("docker network rm");
+        attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
+    };
+    assert!(
+        containers.is_empty() && volumes.is_empty() && networks.len() == 1 && phantom(&networks[0]),
+        "capstan delete left {containers:?} {networks:?} {volumes:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "WARNING: the engine keeps a phantom endpoint in {} (no container attached; \
+         moby/moby#43286): it stays until dockerd restarts",
+        networks[0]
+    );
 }
