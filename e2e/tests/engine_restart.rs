@@ -192,6 +192,8 @@ struct Recovery {
 /// while it is down, starts it, and waits until every replica runs and then is ready again.
 fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
     let before = s.containers();
+    let started = |name: &str| inspect(name, "{{.State.StartedAt}}");
+    let started_before: Vec<String> = before.iter().map(|(n, _, _)| started(n)).collect();
     engine.stop();
     std::thread::sleep(Duration::from_secs(3));
     let (ready, connected) = daemon_view(d);
@@ -219,6 +221,14 @@ fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
     let ready_s = back.elapsed().as_secs_f64();
     all_back(s).unwrap();
     let after = s.containers();
+    // They did go down with the engine (no live restore): each was started again since.
+    for ((name, _, _), was) in before.iter().zip(&started_before) {
+        assert_ne!(
+            &started(name),
+            was,
+            "{name} was started again after the engine restart"
+        );
+    }
     let recreated = after
         .iter()
         .filter(|(n, id, _)| !before.iter().any(|(bn, bid, _)| bn == n && bid == id))
