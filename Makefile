@@ -11,7 +11,7 @@ export CAPSTAN_SOCKET ?= $(CURDIR)/.data/run/capstan.sock
 endif
 export CAPSTAN_SERVER ?= unix://$(CAPSTAN_SOCKET)
 
-.PHONY: up down test unit e2e bench images deps build lint
+.PHONY: up down test unit e2e bench chaos images deps build lint
 
 ## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
 up: build images
@@ -51,6 +51,18 @@ bench: images
 	  r = {os.path.basename(f)[:-5]: json.load(open(f)) for f in sorted(glob.glob("bench/results/*.json")) if not f.endswith("latest.json")}; \
 	  r["machine"] = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}; \
 	  json.dump(r, open("bench/results/latest.json", "w"), indent=2)' && echo "wrote bench/results/latest.json"
+
+## chaos: the crash-consistency soak (50 SIGKILLs of the daemon during scale 0 <-> 20,
+## prints a table and its seed; CAPSTAN_CHAOS_SEED replays one), failover times (leader
+## kill -9, lease TTL 3s and 10s, medians of 5) and the time to all replicas back after
+## an engine restart (median of 3: it stops dockerd, so it waits for a machine where no
+## other container runs). Writes bench/results/{failover,engine_restart}.json.
+## Never part of `make test`; about 10 minutes.
+chaos: deps images
+	$(CARGO) build -p capstan
+	CAPSTAN_CHAOS_ITERATIONS=$${CAPSTAN_CHAOS_ITERATIONS:-50} $(CARGO) test -p capstan-e2e --test chaos -- --nocapture
+	$(CARGO) test -p capstan-e2e --test failover -- --ignored --nocapture
+	$(CARGO) test -p capstan-e2e --test engine_restart -- --ignored --nocapture
 
 deps:
 	@bash scripts/deps.sh

@@ -24,15 +24,19 @@ pub struct Triggers {
 
 /// Follows the engine's container events for capstan-owned containers. After a broken
 /// stream it resumes from the last event seen and resyncs everything, since the engine
-/// only replays a bounded history.
+/// only replays a bounded history. While the engine is gone (restarting, stopped) it tries
+/// again with a [`Reconnect`] back-off: 250 ms, doubling to 2 s.
 pub async fn docker_events(
     runtime: Arc<dyn Runtime>,
     t: Triggers,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut since = None;
+    let mut reconnect = Reconnect::default();
     loop {
         let mut stream = runtime.events(since);
+        let opened = tokio::time::Instant::now();
+        let mut delivered = false;
         loop {
             let next = tokio::select! {
                 n = stream.next() => n,
@@ -40,6 +44,7 @@ pub async fn docker_events(
             };
             match next {
                 Some(Ok(ev)) => {
+                    delivered = true;
                     if !means_drift(&ev.action) {
                         continue;
                     }
@@ -70,13 +75,52 @@ pub async fn docker_events(
                 None => break,
             }
         }
+        let wait = reconnect.after(delivered, opened.elapsed());
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => return,
         }
         if let Err(e) = resync_once(&t).await {
-            tracing::warn!(error = %e, "resync after event stream loss failed");
+            tracing::warn!(error = %e, retry_in = ?reconnect.peek(), "resync after event stream loss failed");
         }
+    }
+}
+
+/// The event stream's reconnection back-off. An engine that went away refuses at once, so a
+/// fixed short wait would hammer its socket (and relist) while it restarts; a long one would
+/// leave the replicas it stopped down after it is back. The wait starts at
+/// [`Self::FIRST`] and doubles to [`Self::CAP`]; a stream that delivered an event or stayed
+/// open for [`Self::HEALTHY`] was a working connection, and the next loss starts over.
+#[derive(Debug)]
+pub struct Reconnect {
+    next: Duration,
+}
+
+impl Reconnect {
+    pub const FIRST: Duration = Duration::from_millis(250);
+    pub const CAP: Duration = Duration::from_secs(2);
+    pub const HEALTHY: Duration = Duration::from_secs(10);
+
+    /// How long to wait after a stream ended that delivered an event (or not) and was open
+    /// for `lived`.
+    pub fn after(&mut self, delivered: bool, lived: Duration) -> Duration {
+        if delivered || lived >= Self::HEALTHY {
+            self.next = Self::FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        wait
+    }
+
+    /// The wait after the next failed attempt.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect { next: Self::FIRST }
     }
 }
 
@@ -202,6 +246,26 @@ mod tests {
             assert_eq!(after - before, 1, "each follow-up lists the service again");
         }
         assert_eq!(runs, FOLLOW_UPS);
+    }
+
+    #[test]
+    fn a_stream_that_keeps_failing_is_retried_after_250_ms_doubling_to_2_s_and_a_working_one_starts_over(
+    ) {
+        let mut r = Reconnect::default();
+        let quick = Duration::from_millis(5);
+        let waits: Vec<Duration> = (0..6).map(|_| r.after(false, quick)).collect();
+        let ms = |v: u64| Duration::from_millis(v);
+        assert_eq!(
+            waits,
+            [ms(250), ms(500), ms(1000), ms(2000), ms(2000), ms(2000)]
+        );
+        assert_eq!(r.after(true, quick), ms(250), "it delivered an event");
+        assert_eq!(r.after(false, quick), ms(500));
+        assert_eq!(
+            r.after(false, Reconnect::HEALTHY),
+            ms(250),
+            "it stayed open long enough to count as connected"
+        );
     }
 
     #[test]

@@ -618,6 +618,11 @@ pub struct StackGuard {
 
 impl StackGuard {
     pub fn new(tag: &str) -> StackGuard {
+        StackGuard::prefixed("e2e", tag)
+    }
+
+    /// A stack named `<prefix>-<tag>-<unique>` (the chaos tests use `chaos`).
+    pub fn prefixed(prefix: &str, tag: &str) -> StackGuard {
         static N: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -625,7 +630,7 @@ impl StackGuard {
             .subsec_nanos()
             % 100_000;
         let name = format!(
-            "e2e-{tag}-{}{}{}",
+            "{prefix}-{tag}-{}{}{}",
             std::process::id() % 1000,
             N.fetch_add(1, Ordering::SeqCst),
             nanos
@@ -932,7 +937,6 @@ impl Drop for Events {
     }
 }
 
-/// The median of some samples (benchmarks).
 /// Writes one benchmark's results to `bench/results/<name>.json` (`make bench` merges them).
 pub fn write_results(name: &str, results: &serde_json::Value) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
@@ -941,6 +945,7 @@ pub fn write_results(name: &str, results: &serde_json::Value) {
     std::fs::write(dir.join(format!("{name}.json")), text).unwrap();
 }
 
+/// The median of some samples (benchmarks).
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -997,5 +1002,33 @@ impl Drop for LeftoverGuard {
         for net in lines(&docker(&["network", "ls", "-q", "--filter", &self.filter])) {
             docker(&["network", "rm", &net]);
         }
+    }
+}
+
+/// A small seeded random source (SplitMix64) for the chaos tests: print the seed, and
+/// `CAPSTAN_CHAOS_SEED` replays a run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `CAPSTAN_CHAOS_SEED` when set, else from the clock; returns the seed too.
+    pub fn from_env() -> (Rng, u64) {
+        let seed = std::env::var("CAPSTAN_CHAOS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| now_ns() as u64);
+        (Rng(seed), seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
     }
 }

@@ -1,0 +1,268 @@
+//! Issue 14, crash consistency: the daemon killed with SIGKILL at random points of a scale
+//! 0 → 20 and 20 → 0, then started again, every time ends at exactly the desired replicas,
+//! with no duplicate ordinal, no orphan container, network or volume, and a status that
+//! converged at the current generation (nothing half-written in etcd).
+//!
+//! `make test` runs 5 iterations; `make chaos` runs the same scenario 50 times
+//! (`CAPSTAN_CHAOS_ITERATIONS`). Every run prints its seed and a table;
+//! `CAPSTAN_CHAOS_SEED=<seed>` replays the same kill points.
+
+use capstan_e2e::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+const SCALE: u64 = 20;
+/// The kill comes this long after the scale request at most: a scale of 20 busybox replicas
+/// takes 1-3 s here, so the kills land before, during and after the engine work.
+const MAX_KILL_MS: u64 = 2500;
+const CONVERGE: Duration = Duration::from_secs(180);
+
+fn iterations() -> u32 {
+    std::env::var("CAPSTAN_CHAOS_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// One service of busybox replicas without a healthcheck (running is ready), on the stack's
+/// default network, all mounting one named volume: a network and a volume to leak.
+fn stack(replicas: u64) -> String {
+    format!(
+        "services:\n  web:\n    image: {IMAGE}\n    scale: {replicas}\n    healthcheck: {{disable: true}}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+    )
+}
+
+/// What the engine holds for the stack, judged against `desired` replicas of `web`.
+#[derive(Debug, Default)]
+struct Census {
+    containers: usize,
+    duplicates: Vec<String>,
+    orphans: Vec<String>,
+    not_running: Vec<String>,
+}
+
+fn census(s: &StackGuard, desired: u64) -> Census {
+    let rows = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=capstan.stack={}", s.name),
+        "--format",
+        "{{.Names}}\t{{.State}}\t{{.Label \"capstan.service\"}}\t{{.Label \"capstan.replica\"}}",
+    ]);
+    let mut c = Census::default();
+    let mut by_ordinal: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for row in rows.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = row.split('\t').collect();
+        let (name, state, service, replica) = (f[0], f[1], f[2], f[3]);
+        c.containers += 1;
+        match replica.parse::<u64>() {
+            Ok(n) if service == "web" && (1..=desired).contains(&n) => {
+                by_ordinal.entry(n).or_default().push(name.to_string());
+                if name != s.replica("web", n as u32) {
+                    c.orphans
+                        .push(format!("{name} (replica {n} under another name)"));
+                }
+            }
+            _ => c
+                .orphans
+                .push(format!("{name} (service {service:?}, replica {replica:?})")),
+        }
+        if state != "running" {
+            c.not_running.push(format!("{name} ({state})"));
+        }
+    }
+    for (n, names) in by_ordinal {
+        if names.len() > 1 {
+            c.duplicates.push(format!("ordinal {n}: {names:?}"));
+        }
+    }
+    // Anything named after the stack without its label would be a leak the label hides.
+    let named = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name=^{}-", s.name),
+        "--format",
+        "{{.Names}}",
+    ]);
+    let unlabelled = named.lines().filter(|l| !l.is_empty()).count();
+    if unlabelled != c.containers {
+        c.orphans.push(format!(
+            "{unlabelled} containers named after the stack, {} labelled",
+            c.containers
+        ));
+    }
+    // The stack declares one network and one volume: exactly those, once each.
+    let want_net = format!("{}_default", s.name);
+    let nets = s.networks();
+    if nets != [want_net.clone()] {
+        c.orphans
+            .push(format!("networks {nets:?}, want [{want_net:?}]"));
+    }
+    let want_vol = format!("{}_data", s.name);
+    let vols = s.volumes();
+    if vols != [want_vol.clone()] {
+        c.orphans
+            .push(format!("volumes {vols:?}, want [{want_vol:?}]"));
+    }
+    c
+}
+
+/// Converged at `desired` in the API (status at the current generation) and on the engine
+/// (exactly `desired` containers, all running).
+fn settled(d: &Daemon, s: &StackGuard, desired: u64) -> Result<(), String> {
+    let svc = d.services(&s.name);
+    if svc.len() != 1 {
+        return Err(format!("services listed: {svc:?}"));
+    }
+    let w = &svc[0];
+    let api_ok = w["name"] == "web"
+        && w["replicas"] == desired
+        && w["running"] == desired
+        && w["ready"] == desired
+        && w["observedGeneration"] == w["generation"];
+    let c = census(s, desired);
+    if api_ok && c.containers as u64 == desired && c.not_running.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "api: replicas {} running {} ready {} generation {} observed {}; engine: {c:?}",
+            w["replicas"], w["running"], w["ready"], w["generation"], w["observedGeneration"]
+        ))
+    }
+}
+
+struct Row {
+    iteration: u32,
+    direction: &'static str,
+    kill_ms: u64,
+    at_kill: usize,
+    converge_s: f64,
+    census: Census,
+}
+
+#[test]
+fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactly_the_desired_replicas(
+) {
+    let s = StackGuard::prefixed("chaos", "kill");
+    let etcd = Etcd::start();
+    let mut d = Daemon::start(&etcd);
+    let (mut rng, seed) = Rng::from_env();
+    let n = iterations();
+    println!("chaos: {n} iterations, seed {seed} (replay: CAPSTAN_CHAOS_SEED={seed})");
+    d.apply(&s, &stack(0));
+
+    let mut rows = vec![];
+    for i in 1..=n {
+        let desired = if i % 2 == 1 { SCALE } else { 0 };
+        let kill_ms = rng.below(MAX_KILL_MS);
+        d.cli_ok(&["scale", &format!("{}/web={desired}", s.name)]);
+        std::thread::sleep(Duration::from_millis(kill_ms));
+        d.kill();
+        let at_kill = s.containers().len();
+        let restarted = Instant::now();
+        d.start_again();
+        wait_for(
+            CONVERGE,
+            &format!(
+                "iteration {i} (seed {seed}): {desired} replicas after a kill at {kill_ms} ms"
+            ),
+            || settled(&d, &s, desired),
+        );
+        let converge_s = restarted.elapsed().as_secs_f64();
+        let c = census(&s, desired);
+        println!(
+            "  iteration {i:>2}: to {desired:>2}, killed at {kill_ms:>4} ms with {at_kill:>2} containers, converged {converge_s:.1} s after the restart"
+        );
+        assert!(
+            c.containers as u64 == desired && c.duplicates.is_empty() && c.orphans.is_empty(),
+            "iteration {i} (seed {seed}), scale to {desired}, killed at {kill_ms} ms: {c:?}"
+        );
+        rows.push(Row {
+            iteration: i,
+            direction: if desired == SCALE {
+                "0 -> 20"
+            } else {
+                "20 -> 0"
+            },
+            kill_ms,
+            at_kill,
+            converge_s,
+            census: c,
+        });
+    }
+
+    // The last state holds: one more full resync changes nothing.
+    let last = if n % 2 == 1 { SCALE } else { 0 };
+    let before = s.containers();
+    d.wait_for_resync();
+    assert_eq!(s.containers(), before, "a resync after the last restart");
+    settled(&d, &s, last).unwrap();
+
+    println!("\nchaos: seed {seed}");
+    println!(
+        "{:>4}  {:<8} {:>9} {:>8} {:>12} {:>10} {:>10} {:>7}",
+        "iter",
+        "scale",
+        "kill (ms)",
+        "at kill",
+        "converge (s)",
+        "containers",
+        "duplicates",
+        "orphans"
+    );
+    for r in &rows {
+        println!(
+            "{:>4}  {:<8} {:>9} {:>8} {:>12.1} {:>10} {:>10} {:>7}",
+            r.iteration,
+            r.direction,
+            r.kill_ms,
+            r.at_kill,
+            r.converge_s,
+            r.census.containers,
+            r.census.duplicates.len(),
+            r.census.orphans.len()
+        );
+    }
+    let times: Vec<f64> = rows.iter().map(|r| r.converge_s).collect();
+    println!(
+        "converge after restart: median {:.1} s, max {:.1} s",
+        median(times.clone()),
+        times.iter().cloned().fold(0.0, f64::max)
+    );
+    deletes_cleanly(&d, &s);
+    drop(d);
+}
+
+/// The end state is also one a user can delete: `capstan delete --volumes` removes every
+/// container, the network and the volume. One engine bug is told apart and reported, not
+/// failed on: Docker 20.10 can keep a phantom endpoint in a network whose containers were
+/// removed concurrently (moby/moby#43286, "has active endpoints" with no container
+/// attached; only a dockerd restart clears it). Seen once in a 50-kill soak.
+fn deletes_cleanly(d: &Daemon, s: &StackGuard) {
+    let out = d.cli(&["delete", &s.name, "--volumes", "--timeout", "60s"]);
+    let (containers, networks, volumes) = (s.containers(), s.networks(), s.volumes());
+    if out.status.success() && containers.is_empty() && networks.is_empty() && volumes.is_empty() {
+        return;
+    }
+    let phantom = |net: &str| {
+        let attached = inspect(net, "{{len .Containers}}");
+        let rm = std::process::Command::new("docker")
+            .args(["network", "rm", net])
+            .output()
+            .expect("docker network rm");
+        attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
+    };
+    assert!(
+        containers.is_empty() && volumes.is_empty() && networks.len() == 1 && phantom(&networks[0]),
+        "capstan delete left {containers:?} {networks:?} {volumes:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "WARNING: the engine keeps a phantom endpoint in {} (no container attached; \
+         moby/moby#43286): it stays until dockerd restarts",
+        networks[0]
+    );
+}
