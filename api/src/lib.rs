@@ -17,6 +17,7 @@ pub mod duration;
 pub mod names;
 pub mod object;
 pub mod options;
+pub mod policy;
 pub mod spec;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

@@ -92,6 +92,11 @@ enum Command {
         /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
+        /// What stacks may do to the host (privileged, host network, binds, ports, ...): a
+        /// YAML file naming the rules it changes. Without it, the safe default policy
+        /// (`api/src/policy.rs`, README "Policy").
+        #[arg(long, env = "CAPSTAN_POLICY")]
+        policy: Option<std::path::PathBuf>,
     },
     /// Declare a stack from a Compose project: what the files no longer name is removed.
     /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
@@ -227,6 +232,17 @@ fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The policy file given to `serve`, or the default policy.
+fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<capstan_api::policy::Policy> {
+    let Some(path) = path else {
+        return Ok(capstan_api::policy::Policy::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+    capstan_api::policy::Policy::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -247,8 +263,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             id,
             lease_ttl,
             log_format,
+            policy,
         } => {
             init_logging(log_format);
+            let policy = load_policy(policy.as_deref())?;
             let config = capstan_controller::daemon::Config {
                 identity: id.unwrap_or_else(|| format!("{}:{listen}", hostname())),
                 lease_ttl,
@@ -259,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 workers,
                 engine_parallelism: engine_parallelism.into(),
                 traefik_root: traefik_etcd_root,
+                policy,
             };
             serve(config).await
         }

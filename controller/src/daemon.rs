@@ -32,6 +32,8 @@ pub struct Config {
     pub identity: String,
     /// The leader lease's TTL (`--lease-ttl`).
     pub lease_ttl: Duration,
+    /// What stacks may do to the host (`--policy`).
+    pub policy: capstan_api::policy::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +112,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         health: controller.health.clone(),
         stop: shutdown.clone(),
         metrics,
+        policy: Arc::new(config.policy.clone()),
     });
     let mut http_shutdown = shutdown.clone();
     let http = axum::serve(listener, app).with_graceful_shutdown(async move {

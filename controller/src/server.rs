@@ -33,6 +33,8 @@ pub struct ApiState {
     /// Ends long-lived streams on shutdown.
     pub stop: tokio::sync::watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What stacks may do to the host, checked at apply, dry-run and scale.
+    pub policy: Arc<capstan_api::policy::Policy>,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -106,6 +108,27 @@ impl From<StoreError> for ApiError {
         };
         ApiError(status, ErrorBody { error, details })
     }
+}
+
+/// A stack the policy refuses is a 400 naming each field and the rule; nothing is written.
+fn policy_allows(
+    policy: &capstan_api::policy::Policy,
+    spec: &capstan_api::spec::StackSpec,
+) -> Result<(), ApiError> {
+    let errors = policy.check(spec);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::BAD_REQUEST,
+        ErrorBody {
+            error: format!(
+                "refused by policy: {} problem(s); nothing was applied",
+                errors.len()
+            ),
+            details: errors,
+        },
+    ))
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -183,6 +206,7 @@ async fn apply(
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    policy_allows(&st.policy, &spec)?;
     st.writable()?;
     if q.dry_run {
         return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
@@ -294,6 +318,15 @@ async fn scale(
             }],
         })
         .into());
+    }
+    if let Some(refused) = st.policy.check_replicas("replicas", req.replicas) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorBody {
+                error: "refused by policy: 1 problem(s); nothing was applied".into(),
+                details: vec![refused],
+            },
+        ));
     }
     st.writable()?;
     (st.store)
@@ -418,6 +451,7 @@ mod tests {
             health: Arc::new(crate::health::Health::answering()),
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
+            policy: Arc::default(),
         };
         (st, kv)
     }
@@ -439,6 +473,39 @@ mod tests {
             .unwrap();
         assert!(res.dry_run);
         assert_eq!(res.services["web"], ApplyOutcome::Created);
+        assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stack_the_policy_refuses_is_a_400_naming_the_rule_and_nothing_is_written() {
+        let (st, kv) = state();
+        let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
+        for dry_run in [true, false] {
+            let Err(ApiError(status, err)) = apply(
+                State(st.clone()),
+                Path("shop".into()),
+                query(dry_run),
+                body.into(),
+            )
+            .await
+            else {
+                panic!("the policy let a privileged stack through");
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(err.error.starts_with("refused by policy"), "{}", err.error);
+            let fields: Vec<(&str, bool)> = err
+                .details
+                .iter()
+                .map(|d| (d.field.as_str(), d.reason.starts_with("policy rule ")))
+                .collect();
+            assert_eq!(
+                fields,
+                vec![
+                    ("services.web.privileged", true),
+                    ("services.web.volumes[0]", true)
+                ]
+            );
+        }
         assert_eq!(kv.writes(), 0);
     }
 
