@@ -29,6 +29,7 @@
 
 pub mod controller;
 pub mod daemon;
+pub mod guard;
 pub mod health;
 pub mod key;
 pub mod leader;

@@ -38,7 +38,8 @@ pub struct ApiState {
 }
 
 pub fn router(state: ApiState) -> Router {
-    Router::new()
+    let counters = state.metrics.clone();
+    let routes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -57,7 +58,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/leader", get(leader))
         .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .with_state(state);
+    crate::guard::harden(routes, counters, crate::guard::AllowedHosts::local())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);

@@ -99,6 +99,8 @@ pub struct Metrics {
     /// 1 while this daemon holds the leader lease.
     leader: Gauge,
     leader_transitions: Counter,
+    /// API handlers that panicked (each answered with a 500).
+    api_panics: Counter,
     docker_duration: Family<OpLabels, Histogram>,
     docker_errors: Family<OpLabels, Counter>,
     /// When each unconverged service stopped being converged (generation change or drift).
@@ -138,6 +140,7 @@ impl Default for Metrics {
             docker_connected: Gauge::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
+            api_panics: Counter::default(),
             docker_duration: Family::new_with_constructor(latency_histogram),
             docker_errors: Family::default(),
             unconverged_since: Mutex::default(),
@@ -257,6 +260,11 @@ impl Metrics {
             "capstan_leader_transitions",
             "Times this daemon became or stopped being the leader",
             self.leader_transitions.clone(),
+        );
+        r.register(
+            "capstan_api_panics",
+            "API request handlers that panicked (each answered with a 500 and logged)",
+            self.api_panics.clone(),
         );
         r.register(
             "capstan_docker_request_duration_seconds",
@@ -456,6 +464,10 @@ impl Metrics {
             self.leader.set(leading as i64);
             self.leader_transitions.inc();
         }
+    }
+
+    pub fn api_panic(&self) {
+        self.api_panics.inc();
     }
 
     pub fn set_etcd_connected(&self, connected: bool) {
