@@ -14,6 +14,7 @@
 
 pub mod compose;
 pub mod duration;
+pub mod isolation;
 pub mod names;
 pub mod object;
 pub mod options;

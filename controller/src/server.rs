@@ -133,6 +133,26 @@ fn policy_allows(
     ))
 }
 
+/// A stack that would own another stack's container, network or volume name is a 400
+/// naming the field and the other stack (`capstan_api::isolation`).
+async fn isolated(store: &Store, spec: &capstan_api::spec::StackSpec) -> Result<(), ApiError> {
+    let others = store.snapshot().await?.stacks;
+    let errors = capstan_api::isolation::collisions(spec, &others);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::BAD_REQUEST,
+        ErrorBody {
+            error: format!(
+                "names taken by other stacks: {} problem(s); nothing was applied",
+                errors.len()
+            ),
+            details: errors,
+        },
+    ))
+}
+
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Prometheus text exposition (OpenMetrics).
@@ -210,6 +230,7 @@ async fn apply(
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
     policy_allows(&st.policy, &spec)?;
     st.writable()?;
+    isolated(&st.store, &spec).await?;
     if q.dry_run {
         return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
     }
@@ -509,6 +530,30 @@ mod tests {
             );
         }
         assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stack_spelling_another_stacks_container_name_is_refused_and_nothing_is_written() {
+        let (st, kv) = state();
+        let first = "services: {web: {image: x}}".to_string();
+        let applied = apply(
+            State(st.clone()),
+            Path("s6col-a".into()),
+            query(false),
+            first,
+        )
+        .await;
+        assert!(applied.is_ok());
+        let writes = kv.writes();
+        let body = "services: {a-web: {image: x}}".to_string();
+        let Err(ApiError(status, err)) =
+            apply(State(st), Path("s6col".into()), query(false), body).await
+        else {
+            panic!("a colliding stack was accepted");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.details[0].field, "services.a-web");
+        assert_eq!(kv.writes(), writes);
     }
 
     #[tokio::test]
