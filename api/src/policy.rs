@@ -528,6 +528,20 @@ mod tests {
     }
 
     #[test]
+    fn every_example_passes_the_default_policy() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = crate::compose::declared_name(&text).unwrap();
+                let spec = parse_stack(&name, &text).unwrap();
+                assert_eq!(Policy::default().check(&spec), vec![], "{}", path.display());
+            }
+        }
+    }
+
+    #[test]
     fn a_policy_file_with_an_unknown_rule_or_an_empty_range_is_an_error() {
         assert!(Policy::from_yaml("privilegd: true").is_err());
         assert!(Policy::from_yaml("ports: {min: 2000, max: 1000}").is_err());
