@@ -11,7 +11,7 @@ export CAPSTAN_SOCKET ?= $(CURDIR)/.data/run/capstan.sock
 endif
 export CAPSTAN_SERVER ?= unix://$(CAPSTAN_SOCKET)
 
-.PHONY: up down test unit e2e bench chaos images deps build lint
+.PHONY: up down test unit e2e bench chaos images deps build lint fuzz fuzz-deps
 
 ## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
 up: build images
@@ -31,6 +31,7 @@ down:
 test: deps images lint
 	$(CARGO) build -p capstan
 	$(CARGO) test --workspace
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_TEST_SECONDS)
 
 unit:
 	$(CARGO) test --workspace --exclude capstan-e2e
@@ -66,6 +67,24 @@ chaos: deps images
 
 deps:
 	@bash scripts/deps.sh
+
+## fuzz: each cargo-fuzz target (fuzz/: the Compose parser, the apply handler's request
+## decoding) for FUZZ_SECONDS, seeded with examples/ and e2e/conformance/. Needs the nightly
+## toolchain; installs cargo-fuzz if missing. A crash is saved under fuzz/artifacts/ and
+## fails the run: turn it into a regression test.
+FUZZ_SECONDS ?= 60
+FUZZ_TEST_SECONDS ?= 30
+FUZZ_TARGETS := compose_parse apply_request
+
+fuzz-deps:
+	@cargo +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+
+fuzz: fuzz-deps
+	@bash fuzz/seed.sh
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "fuzzing $$t for $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && cargo +nightly fuzz run $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048) || exit 1; \
+	done
 
 images: deps
 	@bash scripts/images.sh

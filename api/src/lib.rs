@@ -14,9 +14,11 @@
 
 pub mod compose;
 pub mod duration;
+pub mod isolation;
 pub mod names;
 pub mod object;
 pub mod options;
+pub mod policy;
 pub mod spec;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

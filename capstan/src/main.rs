@@ -101,6 +101,11 @@ struct ServeArgs {
     /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// What stacks may do to the host (privileged, host network, binds, ports, ...): a
+    /// YAML file naming the rules it changes. Without it, the safe default policy
+    /// (`api/src/policy.rs`, README "Policy").
+    #[arg(long, env = "CAPSTAN_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -307,9 +312,10 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
     Ok(0)
 }
 
-fn serve_config(a: ServeArgs) -> capstan_controller::daemon::Config {
+fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
     init_logging(a.log_format);
-    capstan_controller::daemon::Config {
+    Ok(capstan_controller::daemon::Config {
+        policy: load_policy(a.policy.as_deref())?,
         identity: (a.id).unwrap_or_else(|| format!("{}:{}", hostname(), a.socket.display())),
         lease_ttl: a.lease_ttl,
         etcd_endpoints: a.etcd,
@@ -323,7 +329,7 @@ fn serve_config(a: ServeArgs) -> capstan_controller::daemon::Config {
         workers: a.workers,
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
-    }
+    })
 }
 
 /// `capstan token create|list|revoke`.
@@ -381,6 +387,17 @@ fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// The policy file given to `serve`, or the default policy.
+fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<capstan_api::policy::Policy> {
+    let Some(path) = path else {
+        return Ok(capstan_api::policy::Policy::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the policy file {}", path.display()))?;
+    capstan_api::policy::Policy::from_yaml(&text)
+        .map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -394,7 +411,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         cacert: cli.cacert,
     };
     if let Command::Serve(args) = cli.command {
-        return serve(serve_config(*args)).await;
+        return serve(serve_config(*args)?).await;
     }
     let api = client::Client::new(&cli.server, &creds)?;
     match cli.command {

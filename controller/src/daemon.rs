@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::auth::Peer;
 use crate::controller::Controller;
+use crate::guard::AllowedHosts;
 use crate::listen::{self, ListenError, TlsListener};
 use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::runtime::docker::DockerRuntime;
@@ -47,6 +48,8 @@ pub struct Config {
     pub identity: String,
     /// The leader lease's TTL (`--lease-ttl`).
     pub lease_ttl: Duration,
+    /// What stacks may do to the host (`--policy`).
+    pub policy: capstan_api::policy::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         stop: shutdown.clone(),
         metrics,
         tokens: Arc::default(),
+        policy: Arc::new(config.policy.clone()),
     };
     let result = listeners.serve(state, &shutdown).await;
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");
@@ -199,9 +203,11 @@ impl Listeners {
         let stop = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let api = server::router(state.clone()).into_make_service_with_connect_info::<Peer>();
+        let api = |hosts| {
+            server::router(state.clone(), hosts).into_make_service_with_connect_info::<Peer>()
+        };
         let mut all: Vec<BoxFuture<'static, std::io::Result<()>>> = vec![];
-        let unix = axum::serve(self.socket, api.clone());
+        let unix = axum::serve(self.socket, api(AllowedHosts::any()));
         all.push(
             unix.with_graceful_shutdown(stop(shutdown.clone()))
                 .into_future()
@@ -209,14 +215,16 @@ impl Listeners {
         );
         match self.tcp {
             Some(Tcp::Plain(l)) => all.push(
-                (axum::serve(l, api.clone()).with_graceful_shutdown(stop(shutdown.clone())))
-                    .into_future()
-                    .boxed(),
+                (axum::serve(l, api(AllowedHosts::local()))
+                    .with_graceful_shutdown(stop(shutdown.clone())))
+                .into_future()
+                .boxed(),
             ),
             Some(Tcp::Tls(l)) => all.push(
-                (axum::serve(l, api).with_graceful_shutdown(stop(shutdown.clone())))
-                    .into_future()
-                    .boxed(),
+                (axum::serve(l, api(AllowedHosts::local()))
+                    .with_graceful_shutdown(stop(shutdown.clone())))
+                .into_future()
+                .boxed(),
             ),
             None => {}
         }

@@ -33,6 +33,7 @@ pub mod audit;
 pub mod auth;
 pub mod controller;
 pub mod daemon;
+pub mod guard;
 pub mod health;
 pub mod key;
 pub mod leader;

@@ -35,17 +35,23 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The API tokens, cached ([`crate::auth`]).
     pub tokens: Arc<crate::auth::Tokens>,
+    /// What stacks may do to the host, checked at apply, dry-run and scale.
+    pub policy: Arc<capstan_api::policy::Policy>,
 }
 
 /// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
-pub fn router(state: ApiState) -> Router {
+/// `hosts`: the `Host` names accepted (DNS rebinding guard on TCP; any on the Unix socket).
+pub fn router(state: ApiState, hosts: crate::guard::AllowedHosts) -> Router {
+    let counters = state.metrics.clone();
     let guard = axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard);
-    routes().layer(guard).with_state(state)
+    crate::guard::harden(routes().layer(guard).with_state(state), counters, hosts)
 }
 
 /// `/healthz`, `/readyz` and `/metrics` alone, without authentication (`--metrics-listen`).
 pub fn probes(state: ApiState) -> Router {
-    probe_routes().with_state(state)
+    let counters = state.metrics.clone();
+    let hosts = crate::guard::AllowedHosts::local();
+    crate::guard::harden(probe_routes().with_state(state), counters, hosts)
 }
 
 fn probe_routes() -> Router<ApiState> {
@@ -129,6 +135,47 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A stack the policy refuses is a 400 naming each field and the rule; nothing is written.
+fn policy_allows(
+    policy: &capstan_api::policy::Policy,
+    spec: &capstan_api::spec::StackSpec,
+) -> Result<(), ApiError> {
+    let errors = policy.check(spec);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::BAD_REQUEST,
+        ErrorBody {
+            error: format!(
+                "refused by policy: {} problem(s); nothing was applied",
+                errors.len()
+            ),
+            details: errors,
+        },
+    ))
+}
+
+/// A stack that would own another stack's container, network or volume name is a 400
+/// naming the field and the other stack (`capstan_api::isolation`).
+async fn isolated(store: &Store, spec: &capstan_api::spec::StackSpec) -> Result<(), ApiError> {
+    let others = store.snapshot().await?.stacks;
+    let errors = capstan_api::isolation::collisions(spec, &others);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::BAD_REQUEST,
+        ErrorBody {
+            error: format!(
+                "names taken by other stacks: {} problem(s); nothing was applied",
+                errors.len()
+            ),
+            details: errors,
+        },
+    ))
+}
+
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
 /// Prometheus text exposition (OpenMetrics).
@@ -204,7 +251,9 @@ async fn apply(
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    policy_allows(&st.policy, &spec)?;
     st.writable()?;
+    isolated(&st.store, &spec).await?;
     if q.dry_run {
         return Ok(Json(st.store.dry_run(&spec, q.resource_version).await?));
     }
@@ -318,6 +367,15 @@ async fn scale(
             }],
         })
         .into());
+    }
+    if let Some(refused) = st.policy.check_replicas("replicas", req.replicas) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorBody {
+                error: "refused by policy: 1 problem(s); nothing was applied".into(),
+                details: vec![refused],
+            },
+        ));
     }
     st.writable()?;
     (st.store)
@@ -455,6 +513,7 @@ mod tests {
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
             tokens: Arc::default(),
+            policy: Arc::default(),
         };
         (st, kv)
     }
@@ -477,6 +536,63 @@ mod tests {
         assert!(res.dry_run);
         assert_eq!(res.services["web"], ApplyOutcome::Created);
         assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stack_the_policy_refuses_is_a_400_naming_the_rule_and_nothing_is_written() {
+        let (st, kv) = state();
+        let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
+        for dry_run in [true, false] {
+            let Err(ApiError(status, err)) = apply(
+                State(st.clone()),
+                Path("shop".into()),
+                query(dry_run),
+                body.into(),
+            )
+            .await
+            else {
+                panic!("the policy let a privileged stack through");
+            };
+            assert_eq!(status, StatusCode::BAD_REQUEST);
+            assert!(err.error.starts_with("refused by policy"), "{}", err.error);
+            let fields: Vec<(&str, bool)> = err
+                .details
+                .iter()
+                .map(|d| (d.field.as_str(), d.reason.starts_with("policy rule ")))
+                .collect();
+            assert_eq!(
+                fields,
+                vec![
+                    ("services.web.privileged", true),
+                    ("services.web.volumes[0]", true)
+                ]
+            );
+        }
+        assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stack_spelling_another_stacks_container_name_is_refused_and_nothing_is_written() {
+        let (st, kv) = state();
+        let first = "services: {web: {image: x}}".to_string();
+        let applied = apply(
+            State(st.clone()),
+            Path("s6col-a".into()),
+            query(false),
+            first,
+        )
+        .await;
+        assert!(applied.is_ok());
+        let writes = kv.writes();
+        let body = "services: {a-web: {image: x}}".to_string();
+        let Err(ApiError(status, err)) =
+            apply(State(st), Path("s6col".into()), query(false), body).await
+        else {
+            panic!("a colliding stack was accepted");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(err.details[0].field, "services.a-web");
+        assert_eq!(kv.writes(), writes);
     }
 
     #[tokio::test]

@@ -250,6 +250,16 @@ volumes: {db_data: {}}
     }
 
     #[test]
+    fn durations_too_long_for_the_engine_are_field_errors_not_panics() {
+        for d in ["1e20", "3000000000h", "-1s", "99999999999999999999s"] {
+            let errs = errors(&format!(
+                "services: {{web: {{image: x, stop_grace_period: {d}}}}}"
+            ));
+            assert_eq!(errs[0].field, "services.web.stop_grace_period", "{d}");
+        }
+    }
+
+    #[test]
     fn json_bodies_parse_like_yaml() {
         let spec = parse_stack(
             "s",

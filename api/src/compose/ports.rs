@@ -102,6 +102,13 @@ fn parse_port(text: &str) -> Result<PortSpec, String> {
         [c, h, ip] => (*c, Some(*h), Some(ip.trim_matches(['[', ']']).to_string())),
         _ => unreachable!(),
     };
+    if let Some(ip) = ip.as_deref().filter(|ip| !ip.is_empty()) {
+        if ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "host IP {ip:?} is not an IP address (the port would not bind what the file says)"
+            ));
+        }
+    }
     if container.contains('-') {
         return Err(format!("container port ranges ({container:?}) are not supported; map one container port per entry"));
     }
@@ -190,6 +197,34 @@ mod tests {
         assert_eq!(
             errs[0].field, "services.web.ports[0]",
             "UDP is never proxied"
+        );
+    }
+
+    #[test]
+    fn a_host_ip_that_is_not_an_ip_is_a_field_error() {
+        for bad in [
+            "${BIND_IP:-127.0.0.1}:8080:80",
+            "localhost:8080:80",
+            "300.1.1.1:8080:80",
+        ] {
+            let errs = errors(&format!(
+                "services: {{web: {{image: x, ports: [{bad:?}]}}}}"
+            ));
+            assert_eq!(errs[0].field, "services.web.ports[0]", "{bad}");
+            assert!(errs[0].reason.contains("not an IP address"), "{bad}");
+        }
+        let errs = errors(
+            "services: {web: {image: x, ports: [{target: 80, published: 8080, host_ip: my-host}]}}",
+        );
+        assert_eq!(errs[0].field, "services.web.ports[0]");
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, ports: ['[::1]:8080:80', '127.0.0.1:8081:80']}}",
+        )
+        .unwrap();
+        assert_eq!(
+            spec.services["web"].ports[0].host_ip.as_deref(),
+            Some("::1")
         );
     }
 

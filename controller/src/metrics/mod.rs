@@ -116,6 +116,8 @@ pub struct Metrics {
     /// 1 while this daemon holds the leader lease.
     leader: Gauge,
     leader_transitions: Counter,
+    /// API handlers that panicked (each answered with a 500).
+    api_panics: Counter,
     docker_duration: Family<OpLabels, Histogram>,
     docker_errors: Family<OpLabels, Counter>,
     /// API requests by verb and result ([`crate::audit`]).
@@ -162,6 +164,7 @@ impl Default for Metrics {
             docker_connected: Gauge::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
+            api_panics: Counter::default(),
             docker_duration: Family::new_with_constructor(latency_histogram),
             docker_errors: Family::default(),
             api_requests: Family::default(),
@@ -300,6 +303,11 @@ impl Metrics {
             "capstan_leader_transitions",
             "Times this daemon became or stopped being the leader",
             self.leader_transitions.clone(),
+        );
+        r.register(
+            "capstan_api_panics",
+            "API request handlers that panicked (each answered with a 500 and logged)",
+            self.api_panics.clone(),
         );
         r.register(
             "capstan_docker_request_duration_seconds",
@@ -573,6 +581,10 @@ impl Metrics {
             self.leader.set(leading as i64);
             self.leader_transitions.inc();
         }
+    }
+
+    pub fn api_panic(&self) {
+        self.api_panics.inc();
     }
 
     pub fn set_etcd_connected(&self, connected: bool) {

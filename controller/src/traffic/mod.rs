@@ -159,13 +159,23 @@ impl Traffic {
         let mut keep = vec![];
         for p in service.spec.ports.iter().filter(|p| p.proxied()) {
             let (host_port, _) = p.host_ports.unwrap_or_default();
-            let ip: IpAddr = p
-                .host_ip
-                .as_deref()
-                .unwrap_or("0.0.0.0")
-                .parse()
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
             keep.push(host_port);
+            // Never a wider address than the file says: a host IP stored before it was
+            // validated is a condition, not a listener on every interface.
+            let ip = match p.host_ip.as_deref().map(str::parse::<IpAddr>) {
+                None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                Some(Ok(ip)) => ip,
+                Some(Err(_)) => {
+                    unserved.push(Unserved {
+                        bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), host_port),
+                        error: std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("host IP {:?} is not an IP address", p.host_ip),
+                        ),
+                    });
+                    continue;
+                }
+            };
             let bind = SocketAddr::new(ip, host_port);
             let backends = endpoints::backends(eps, p.container_port);
             if let Err(error) = self

@@ -1,0 +1,550 @@
+//! What a stack may do to the host: the policy `capstan serve --policy FILE` enforces at
+//! apply (and dry-run), before anything is written.
+//!
+//! Pure: [`Policy::check`] takes a parsed [`StackSpec`] and returns one [`FieldError`] per
+//! violation, each naming the field and, in its reason, the policy rule that refused it
+//! (`policy rule privileged: ...`).
+//!
+//! # The default policy
+//! Without `--policy`, [`Policy::default`] applies, which is this file:
+//!
+//! ```yaml
+//! privileged: false          # privileged: true
+//! host_network: false        # network_mode: host, or an external network named `host`
+//! cap_add: [NET_ADMIN, SYS_PTRACE]  # capabilities beyond Docker's default set
+//! devices: [/dev/null, /dev/zero, /dev/random, /dev/urandom, /dev/fuse]
+//! unconfined: false          # security_opt seccomp=unconfined, apparmor=unconfined, label=disable
+//! sysctls: [net.]            # allowed sysctl prefixes (net.* is per container)
+//! bind_mounts: [/home, /srv, /opt, /mnt, /media, /tmp, /var/tmp, /work, /data]
+//! ports: {min: 1024, max: 65535}  # published host ports
+//! max_replicas: 100          # per service
+//! max_services: 2000         # per stack (the store is tested with 2,000)
+//! ```
+//!
+//! A file names only the rules it changes; the others keep their defaults. Whatever
+//! `bind_mounts` says, `/` and the Docker socket (`/var/run/docker.sock`,
+//! `/run/docker.sock`) are refused unless listed themselves, and so is any bind that
+//! contains them (mounting `/run` exposes the socket).
+//!
+//! `pid`, `ipc` and `userns_mode` are refused by the Compose parser as unsupported, so no
+//! stack reaches host namespaces through them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::compose::FieldError;
+use crate::spec::{MountKind, NetworkMode, StackSpec};
+
+/// Capabilities the engine grants every container (Docker's default set): adding them is a
+/// no-op, so the policy never refuses them.
+pub const DOCKER_DEFAULT_CAPS: &[&str] = &[
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "NET_RAW",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
+/// Host paths no bind may reach unless the policy lists them themselves.
+pub const SENSITIVE_PATHS: &[&str] = &["/", "/var/run/docker.sock", "/run/docker.sock"];
+
+/// `security_opt` entries that turn confinement off.
+const UNCONFINED: &[&str] = &["seccomp=unconfined", "apparmor=unconfined", "label=disable"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// `privileged: true`.
+    pub privileged: bool,
+    /// `network_mode: host`, or an external network whose engine name is `host`.
+    pub host_network: bool,
+    /// Capabilities beyond Docker's default set that `cap_add` may name (`ALL` for any).
+    pub cap_add: Vec<String>,
+    /// Host device paths `devices` may map.
+    pub devices: Vec<String>,
+    /// `security_opt` that disables seccomp, AppArmor or SELinux labelling.
+    pub unconfined: bool,
+    /// Sysctl name prefixes (`net.`) a service may set.
+    pub sysctls: Vec<String>,
+    /// Host path prefixes a bind mount may come from.
+    pub bind_mounts: Vec<String>,
+    /// Published host ports.
+    pub ports: PortRange,
+    /// The most replicas one service may have.
+    pub max_replicas: u32,
+    /// The most services one stack may have.
+    pub max_services: usize,
+}
+
+/// An inclusive range of host ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        Policy {
+            privileged: false,
+            host_network: false,
+            cap_add: strings(&["NET_ADMIN", "SYS_PTRACE"]),
+            devices: strings(&[
+                "/dev/null",
+                "/dev/zero",
+                "/dev/random",
+                "/dev/urandom",
+                "/dev/fuse",
+            ]),
+            unconfined: false,
+            sysctls: strings(&["net."]),
+            bind_mounts: strings(&[
+                "/home", "/srv", "/opt", "/mnt", "/media", "/tmp", "/var/tmp", "/work", "/data",
+            ]),
+            ports: PortRange {
+                min: 1024,
+                max: 65535,
+            },
+            max_replicas: 100,
+            max_services: 2000,
+        }
+    }
+}
+
+/// Whether `path` is `dir` or beneath it (lexically; `/` contains everything).
+fn under(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    dir.is_empty()
+        || path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `path` without `.`, `..`, repeated or trailing slashes; `None` when it is not absolute.
+pub fn normalize_path(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = vec![];
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
+impl Policy {
+    /// Reads a policy file (YAML); rules it leaves out keep their defaults.
+    pub fn from_yaml(text: &str) -> Result<Policy, String> {
+        if text.trim().is_empty() {
+            return Ok(Policy::default());
+        }
+        let policy: Policy = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        if policy.ports.min > policy.ports.max {
+            return Err(format!(
+                "ports: min {} is above max {}",
+                policy.ports.min, policy.ports.max
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// Every violation of this policy in `spec`; empty when the stack may be applied.
+    pub fn check(&self, spec: &StackSpec) -> Vec<FieldError> {
+        let mut out = Violations(vec![]);
+        if spec.services.len() > self.max_services {
+            out.refuse(
+                "services",
+                "max_services",
+                format!(
+                    "the stack has {} services, more than the {} allowed",
+                    spec.services.len(),
+                    self.max_services
+                ),
+            );
+        }
+        for (name, svc) in &spec.services {
+            let path = format!("services.{name}");
+            self.check_service(&path, svc, &mut out);
+        }
+        self.check_networks(spec, &mut out);
+        out.0
+    }
+
+    /// Whether a service may have `replicas` replicas (for scale).
+    pub fn check_replicas(&self, field: &str, replicas: u32) -> Option<FieldError> {
+        let mut out = Violations(vec![]);
+        self.replicas(field, replicas, &mut out);
+        out.0.pop()
+    }
+
+    fn replicas(&self, field: &str, replicas: u32, out: &mut Violations) {
+        if replicas > self.max_replicas {
+            out.refuse(
+                field,
+                "max_replicas",
+                format!(
+                    "{replicas} replicas, more than the {} allowed",
+                    self.max_replicas
+                ),
+            );
+        }
+    }
+
+    fn check_service(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
+        let o = &svc.options;
+        self.replicas(&format!("{path}.deploy.replicas"), svc.replicas, out);
+        if o.privileged == Some(true) && !self.privileged {
+            out.refuse(
+                format!("{path}.privileged"),
+                "privileged",
+                "a privileged container is root on the host".into(),
+            );
+        }
+        if o.network_mode == Some(NetworkMode::Host) && !self.host_network {
+            out.refuse(
+                format!("{path}.network_mode"),
+                "host_network",
+                "host networking shares the host's network stack".into(),
+            );
+        }
+        self.check_caps(path, &o.cap_add, out);
+        for (i, d) in o.devices.iter().enumerate() {
+            let host = normalize_path(&d.host).unwrap_or_default();
+            if !self.devices.contains(&host) {
+                out.refuse(
+                    format!("{path}.devices[{i}]"),
+                    "devices",
+                    format!("device {} is not among the allowed devices", d.host),
+                );
+            }
+        }
+        for (i, opt) in o.security_opt.iter().enumerate() {
+            let normal = opt.replace(':', "=").replace(' ', "");
+            if !self.unconfined && UNCONFINED.contains(&normal.as_str()) {
+                out.refuse(
+                    format!("{path}.security_opt[{i}]"),
+                    "unconfined",
+                    format!("{opt:?} turns the container's confinement off"),
+                );
+            }
+        }
+        for key in o.sysctls.keys() {
+            if !self.sysctls.iter().any(|p| key.starts_with(p.as_str())) {
+                out.refuse(
+                    format!("{path}.sysctls.{key}"),
+                    "sysctls",
+                    format!("sysctl {key} is not under an allowed prefix"),
+                );
+            }
+        }
+        self.check_binds(path, svc, out);
+        self.check_ports(path, svc, out);
+    }
+
+    fn check_caps(&self, path: &str, caps: &[String], out: &mut Violations) {
+        let allowed = |cap: &str| {
+            DOCKER_DEFAULT_CAPS.contains(&cap)
+                || self
+                    .cap_add
+                    .iter()
+                    .any(|a| a == "ALL" || a.trim_start_matches("CAP_") == cap)
+        };
+        for (i, cap) in caps.iter().enumerate() {
+            let bare = cap.to_ascii_uppercase();
+            let bare = bare.trim_start_matches("CAP_");
+            if !allowed(bare) {
+                out.refuse(
+                    format!("{path}.cap_add[{i}]"),
+                    "cap_add",
+                    format!("capability {cap} is beyond Docker's default set and not allowed"),
+                );
+            }
+        }
+    }
+
+    /// Whether a bind from host path `source` is allowed.
+    pub fn bind_allowed(&self, source: &str) -> Result<(), String> {
+        let Some(path) = normalize_path(source) else {
+            return Err(format!("host path {source:?} is not absolute"));
+        };
+        let listed = |p: &str| {
+            self.bind_mounts
+                .iter()
+                .any(|a| normalize_path(a).as_deref() == Some(p))
+        };
+        for sensitive in SENSITIVE_PATHS {
+            let reaches = under(sensitive, &path) || (*sensitive != "/" && under(&path, sensitive));
+            if reaches && !listed(sensitive) {
+                return Err(format!(
+                    "{path} reaches {sensitive}, which is refused unless the policy lists it"
+                ));
+            }
+        }
+        if self
+            .bind_mounts
+            .iter()
+            .filter_map(|a| normalize_path(a))
+            .any(|a| under(&path, &a))
+        {
+            Ok(())
+        } else {
+            Err(format!("{path} is not under an allowed host path prefix"))
+        }
+    }
+
+    fn check_binds(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
+        for (i, m) in svc.volumes.iter().enumerate() {
+            if m.kind != MountKind::Bind {
+                continue;
+            }
+            let source = m.source.as_deref().unwrap_or_default();
+            if let Err(why) = self.bind_allowed(source) {
+                out.refuse(format!("{path}.volumes[{i}]"), "bind_mounts", why);
+            }
+        }
+    }
+
+    fn check_ports(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
+        let PortRange { min, max } = self.ports;
+        for (i, p) in svc.ports.iter().enumerate() {
+            let Some((start, end)) = p.host_ports else {
+                continue;
+            };
+            if start < min || end > max {
+                out.refuse(
+                    format!("{path}.ports[{i}]"),
+                    "ports",
+                    format!("host port {start} to {end} is outside the allowed {min} to {max}"),
+                );
+            }
+        }
+    }
+
+    fn check_networks(&self, spec: &StackSpec, out: &mut Violations) {
+        for (key, net) in &spec.networks {
+            if net.external && net.engine_name(&spec.name, key) == "host" && !self.host_network {
+                out.refuse(
+                    format!("networks.{key}"),
+                    "host_network",
+                    "the external network `host` is host networking".into(),
+                );
+            }
+        }
+    }
+}
+
+struct Violations(Vec<FieldError>);
+
+impl Violations {
+    fn refuse(&mut self, field: impl Into<String>, rule: &str, why: String) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: format!("policy rule {rule}: {why}"),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_stack;
+
+    fn refusals(policy: &Policy, services: &str) -> Vec<(String, String)> {
+        let spec = parse_stack("s", services).unwrap();
+        policy
+            .check(&spec)
+            .into_iter()
+            .map(|e| {
+                let rule = e.reason["policy rule ".len()..]
+                    .split(':')
+                    .next()
+                    .unwrap()
+                    .to_string();
+                (e.field, rule)
+            })
+            .collect()
+    }
+
+    fn refused_by_default(services: &str) -> Vec<(String, String)> {
+        refusals(&Policy::default(), services)
+    }
+
+    fn one(field: &str, rule: &str) -> Vec<(String, String)> {
+        vec![(field.to_string(), rule.to_string())]
+    }
+
+    #[test]
+    fn a_typical_web_stack_passes_the_default_policy() {
+        let ok = refused_by_default(
+            "services: {web: {image: x, ports: ['8080:80', '80'], volumes: ['data:/d', '/srv/html:/h:ro'],
+               cap_add: [CHOWN, NET_ADMIN], sysctls: {net.core.somaxconn: 1024},
+               security_opt: ['no-new-privileges:true'], devices: ['/dev/null:/dev/x:r']}}\nvolumes: {data: {}}",
+        );
+        assert_eq!(ok, vec![]);
+    }
+
+    #[test]
+    fn privileged_is_refused_unless_allowed() {
+        let yaml = "services: {web: {image: x, privileged: true}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            one("services.web.privileged", "privileged")
+        );
+        let open = Policy::from_yaml("privileged: true").unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
+    }
+
+    #[test]
+    fn host_networking_is_refused_by_network_mode_and_by_the_external_host_network() {
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, network_mode: host}}"),
+            one("services.web.network_mode", "host_network")
+        );
+        let external = "services: {web: {image: x, networks: [h]}}\nnetworks: {h: {external: true, name: host}}";
+        assert_eq!(
+            refused_by_default(external),
+            one("networks.h", "host_network")
+        );
+        let open = Policy::from_yaml("host_network: true").unwrap();
+        assert_eq!(refusals(&open, external), vec![]);
+    }
+
+    #[test]
+    fn capabilities_beyond_the_default_set_need_the_policy() {
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, cap_add: [CAP_CHOWN, SYS_ADMIN]}}"),
+            one("services.web.cap_add[1]", "cap_add")
+        );
+        let all = Policy::from_yaml("cap_add: [ALL]").unwrap();
+        assert_eq!(
+            refusals(&all, "services: {web: {image: x, cap_add: [SYS_ADMIN]}}"),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn devices_outside_the_list_are_refused() {
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, devices: ['/dev/sda:/dev/sda']}}"),
+            one("services.web.devices[0]", "devices")
+        );
+    }
+
+    #[test]
+    fn security_options_that_unconfine_are_refused() {
+        let yaml = "services: {web: {image: x, security_opt: ['seccomp:unconfined', 'apparmor=unconfined', 'label:disable', 'no-new-privileges']}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                ("services.web.security_opt[0]".into(), "unconfined".into()),
+                ("services.web.security_opt[1]".into(), "unconfined".into()),
+                ("services.web.security_opt[2]".into(), "unconfined".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn sysctls_outside_the_allowed_prefixes_are_refused() {
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, sysctls: {kernel.shmmax: 1}}}"),
+            one("services.web.sysctls.kernel.shmmax", "sysctls")
+        );
+    }
+
+    #[test]
+    fn binds_of_root_the_docker_socket_or_unlisted_paths_are_refused() {
+        for bind in [
+            "/:/host",
+            "/var/run/docker.sock:/s",
+            "/run/docker.sock:/s",
+            "/run:/r",
+            "/etc:/e",
+            "/srv/../etc:/e",
+        ] {
+            let yaml = format!("services: {{web: {{image: x, volumes: ['{bind}']}}}}");
+            assert_eq!(
+                refused_by_default(&yaml),
+                one("services.web.volumes[0]", "bind_mounts"),
+                "{bind}"
+            );
+        }
+        let root_only = Policy::from_yaml("bind_mounts: [/]").unwrap();
+        let yaml = "services: {web: {image: x, volumes: ['/:/host']}}";
+        assert_eq!(
+            refusals(&root_only, yaml),
+            one("services.web.volumes[0]", "bind_mounts"),
+            "/ still reaches the socket"
+        );
+        let open =
+            Policy::from_yaml("bind_mounts: [/, /var/run/docker.sock, /run/docker.sock]").unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
+    }
+
+    #[test]
+    fn published_ports_outside_the_range_are_refused() {
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, ports: ['80:80', '1023-1025:80']}}"),
+            vec![
+                ("services.web.ports[0]".into(), "ports".into()),
+                ("services.web.ports[1]".into(), "ports".into()),
+            ]
+        );
+        let low = Policy::from_yaml("ports: {min: 80, max: 90}").unwrap();
+        assert_eq!(
+            refusals(&low, "services: {web: {image: x, ports: ['80:80']}}"),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn replicas_and_services_are_limited_per_stack() {
+        let small = Policy::from_yaml("max_replicas: 2\nmax_services: 1").unwrap();
+        assert_eq!(
+            refusals(&small, "services: {a: {image: x, scale: 3}, b: {image: x}}"),
+            vec![
+                ("services".into(), "max_services".into()),
+                ("services.a.deploy.replicas".into(), "max_replicas".into()),
+            ]
+        );
+        assert!(small.check_replicas("replicas", 3).is_some());
+        assert!(small.check_replicas("replicas", 2).is_none());
+    }
+
+    #[test]
+    fn every_example_passes_the_default_policy() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let name = crate::compose::declared_name(&text).unwrap();
+                let spec = parse_stack(&name, &text).unwrap();
+                assert_eq!(Policy::default().check(&spec), vec![], "{}", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_file_with_an_unknown_rule_or_an_empty_range_is_an_error() {
+        assert!(Policy::from_yaml("privilegd: true").is_err());
+        assert!(Policy::from_yaml("ports: {min: 2000, max: 1000}").is_err());
+        assert_eq!(Policy::from_yaml("").unwrap(), Policy::default());
+    }
+}

@@ -1,0 +1,160 @@
+//! Issue 12 ("what a stack may do" and "hostile input"): the default policy refuses stacks
+//! that would own the host, naming the rule, and `serve --policy` can allow them; a host IP
+//! that is not an IP is a field error; hostile nesting is refused at once while `/healthz`
+//! keeps answering; a foreign `Host:` header is refused.
+//!
+//! Nothing here starts a container: refusals write nothing, and what a permissive policy
+//! accepts is checked with a dry run (a privileged container with the host's `/` must not
+//! run on a shared engine).
+
+use capstan_e2e::*;
+use std::io::{Read, Write};
+use std::time::Instant;
+
+/// (what, Compose file, the field the refusal names, the policy rule).
+const HOST_OWNING: &[(&str, &str, &str, &str)] = &[
+    (
+        "a bind mount of /",
+        "services: {web: {image: {IMAGE}, volumes: ['/:/host']}}",
+        "services.web.volumes[0]",
+        "bind_mounts",
+    ),
+    (
+        "privileged",
+        "services: {web: {image: {IMAGE}, privileged: true}}",
+        "services.web.privileged",
+        "privileged",
+    ),
+    (
+        "the Docker socket",
+        "services: {web: {image: {IMAGE}, volumes: ['/var/run/docker.sock:/var/run/docker.sock']}}",
+        "services.web.volumes[0]",
+        "bind_mounts",
+    ),
+    (
+        "host networking",
+        "services: {web: {image: {IMAGE}, network_mode: host}}",
+        "services.web.network_mode",
+        "host_network",
+    ),
+    (
+        "the external host network",
+        "services: {web: {image: {IMAGE}, networks: [h]}}\nnetworks: {h: {external: true, name: host}}",
+        "networks.h",
+        "host_network",
+    ),
+];
+
+const PERMISSIVE: &str = "privileged: true\nhost_network: true\nbind_mounts: [/, /var/run/docker.sock, /run/docker.sock]\n";
+
+fn apply(d: &Daemon, s: &StackGuard, yaml: &str, dry_run: bool) -> std::process::Output {
+    let file = s.file(&yaml.replace("{IMAGE}", IMAGE));
+    let mut args = vec!["apply", "-f", &file, "--stack", &s.name];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    d.cli(&args)
+}
+
+#[test]
+fn the_default_policy_refuses_host_owning_stacks_naming_the_rule_and_a_policy_file_allows_them() {
+    let h = Harness::start("hard-policy");
+    for (what, yaml, field, rule) in HOST_OWNING {
+        let revision = h.etcd.revision();
+        let out = apply(&h.d, &h.s, yaml, false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was accepted");
+        let line = format!("  {field}: policy rule {rule}: ");
+        assert!(err.contains(&line), "{what}: no {line:?} in:\n{err}");
+        assert_eq!(h.etcd.revision(), revision, "{what}: etcd changed");
+    }
+    let policy = std::env::temp_dir().join(format!("hard-policy-{}.yaml", std::process::id()));
+    std::fs::write(&policy, PERMISSIVE).unwrap();
+    let open = Daemon::start_with(&h.etcd, &["--policy", policy.to_str().unwrap()]);
+    for (what, yaml, _, _) in HOST_OWNING {
+        let out = apply(&open, &h.s, yaml, true);
+        assert!(
+            out.status.success(),
+            "{what} refused by a policy allowing it:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_file(&policy).unwrap();
+}
+
+fn put(d: &Daemon, stack: &str, body: String) -> (u16, serde_json::Value) {
+    let resp = reqwest::blocking::Client::new()
+        .put(format!("{}/v1/stacks/{stack}", d.url()))
+        .body(body)
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn a_host_ip_that_is_not_an_ip_is_a_field_error() {
+    let h = Harness::start("hard-hostip");
+    let body = format!(
+        "services: {{web: {{image: {IMAGE}, ports: ['${{BIND_IP:-127.0.0.1}}:{}:80']}}}}",
+        free_port()
+    );
+    let (status, err) = put(&h.d, &h.s.name, body);
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["details"][0]["field"], "services.web.ports[0]", "{err}");
+    assert!(err["details"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("not an IP address"));
+}
+
+#[test]
+fn hostile_nesting_is_refused_quickly_and_healthz_keeps_answering() {
+    let h = Harness::start("hard-nesting");
+    for body in ["[".repeat(100_000), "{\"a\":".repeat(100_000)] {
+        let start = Instant::now();
+        let (status, err) = put(&h.d, &h.s.name, body);
+        println!(
+            "{} {}: refused in {:?}",
+            status,
+            err["details"][0]["reason"],
+            start.elapsed()
+        );
+        assert_eq!(status, 400, "{err}");
+        let reason = err["details"][0]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("levels deep"), "{err}");
+        let healthz = reqwest::blocking::get(format!("{}/healthz", h.d.url())).unwrap();
+        assert!(healthz.status().is_success());
+    }
+}
+
+/// One raw HTTP/1.1 request with `host` as its Host header; the status code.
+fn status_with_host(d: &Daemon, host: &str) -> (u16, String) {
+    let addr = d.url().trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /v1/stacks HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+#[test]
+fn a_foreign_host_header_is_refused_and_the_listeners_own_names_are_served() {
+    let h = Harness::start("hard-host");
+    let (status, answer) = status_with_host(&h.d, "rebind.attacker.example:7878");
+    assert_eq!(status, 421, "{answer}");
+    assert!(answer.contains("\"error\""), "{answer}");
+    let port = h.d.url().rsplit(':').next().unwrap().to_string();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(status_with_host(&h.d, &host).0, 200, "{host}");
+    }
+}
