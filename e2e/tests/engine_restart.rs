@@ -205,6 +205,13 @@ fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
         alive,
         "the daemon still answers /healthz while the engine is gone"
     );
+    assert_eq!(ready, 503, "/readyz says the engine does not answer");
+    assert_eq!(connected, Some(0.0), "capstan_docker_connected is 0");
+    assert_eq!(
+        metric_sum(&d.metrics(), "capstan_service_replicas_ready", &[]),
+        0.0,
+        "no replica is reported ready while the engine cannot be asked"
+    );
 
     let back = engine.start();
     wait_for(
