@@ -195,9 +195,22 @@ fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
     let started = |name: &str| inspect(name, "{{.State.StartedAt}}");
     let started_before: Vec<String> = before.iter().map(|(n, _, _)| started(n)).collect();
     engine.stop();
-    std::thread::sleep(Duration::from_secs(3));
+    let gone = Instant::now();
+    wait_until(Duration::from_secs(10), "/readyz to say 503", || {
+        daemon_view(d).0 == 503
+    });
+    let turned = gone.elapsed();
+    println!(
+        "engine stopped answering -> /readyz 503 after {:.2} s",
+        turned.as_secs_f64()
+    );
+    assert!(
+        turned <= Duration::from_secs(2),
+        "/readyz turned {turned:?} after the engine stopped answering"
+    );
+    std::thread::sleep(Duration::from_secs(1));
     let (ready, connected) = daemon_view(d);
-    println!("engine down 3 s: /readyz {ready}, capstan_docker_connected {connected:?}");
+    println!("engine down: /readyz {ready}, capstan_docker_connected {connected:?}");
     let alive = reqwest::blocking::get(format!("{}/healthz", d.url()))
         .map(|r| r.status().is_success())
         .unwrap_or(false);

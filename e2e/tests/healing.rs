@@ -350,3 +350,47 @@ fn a_replica_whose_host_port_is_taken_backs_off_and_starts_once_the_port_is_free
         || d.converged(&s.name, "web", 1),
     );
 }
+
+/// The back-off position is in the status in etcd: a restarted daemon goes on with a
+/// crash loop's back-off instead of restarting the replica at once.
+#[test]
+fn a_crash_looping_replica_keeps_its_back_off_across_a_daemon_restart() {
+    let mut h = Harness::start("crashkeep");
+    let name = h.s.replica("crash", 1);
+    let events = Events::follow(&name);
+    h.d.apply_nowait(
+        &h.s,
+        &format!(
+            "services:\n  crash:\n    image: {IMAGE}\n    command: [\"sh\", \"-c\", \"exit 1\"]\n"
+        ),
+    );
+    // Starts at about 0, 0, 1, 3 and 7 s: the next is due 8 s after the last.
+    let mut starts: Vec<i64> = vec![];
+    wait_until(CONVERGE, "the first start and four restarts", || {
+        starts.extend(events.drain("start"));
+        starts.len() >= 5
+    });
+    wait_until(CONVERGE, "the status to carry the crash loop", || {
+        let svc = h.d.service(&h.s.name, "crash");
+        svc["replicaStates"][0]["crashLoop"]["restarts"].as_u64() >= Some(4)
+    });
+    h.d.restart();
+    starts.extend(events.drain("start"));
+    let last = *starts.last().unwrap();
+    let next = events.next("start", CONVERGE);
+    let gap = (next - last) as f64 / 1e9;
+    println!(
+        "across the daemon restart, the crash loop's next start came {gap:.1} s after the last"
+    );
+    // A daemon that forgot the crash loop restarts it as soon as it is up (1-3 s here);
+    // one that kept it waits out the 8 s back-off.
+    assert!(
+        gap >= 5.0,
+        "the restarted daemon did not keep the back-off: {gap:.1} s between starts"
+    );
+    let svc = h.d.service(&h.s.name, "crash");
+    assert!(
+        svc["replicaStates"][0]["restarts"].as_u64() >= Some(5),
+        "the RESTARTS count goes on: {svc}"
+    );
+}
