@@ -404,6 +404,40 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// `capstan get stacks|services|leader`.
+async fn get(
+    api: &client::Client,
+    kind: Kind,
+    stack: Option<&str>,
+    output: Format,
+) -> anyhow::Result<i32> {
+    match kind {
+        Kind::Stacks => output::stacks(&api.stacks().await?, output)?,
+        Kind::Services => output::services(&api.services(stack).await?, output)?,
+        Kind::Leader => output::leader(&api.leader().await?, output)?,
+    }
+    Ok(0)
+}
+
+/// `capstan rollout status|undo STACK/SERVICE`.
+async fn rollout(api: &client::Client, action: RolloutCommand) -> anyhow::Result<i32> {
+    match action {
+        RolloutCommand::Status { target, timeout } => {
+            let (stack, service) = client::split_target(&target)?;
+            rollout::status(api, stack, service, timeout).await
+        }
+        RolloutCommand::Undo { target } => {
+            let (stack, service) = client::split_target(&target)?;
+            let view = api.undo(stack, service).await?;
+            println!(
+                "{}/{} rolled back to the previous revision (generation {}, image {})",
+                view.stack, view.name, view.generation, view.image
+            );
+            Ok(0)
+        }
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let creds = client::Credentials {
         token: cli.token,
@@ -453,31 +487,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(diff::run(&api, &opts).await)
         }
         Command::Get {
-            kind: Kind::Stacks,
-            output,
-            ..
-        } => {
-            let stacks = api.stacks().await?;
-            output::stacks(&stacks, output)?;
-            Ok(0)
-        }
-        Command::Get {
-            kind: Kind::Services,
+            kind,
             stack,
             output,
-        } => {
-            let services = api.services(stack.as_deref()).await?;
-            output::services(&services, output)?;
-            Ok(0)
-        }
-        Command::Get {
-            kind: Kind::Leader,
-            output,
-            ..
-        } => {
-            output::leader(&api.leader().await?, output)?;
-            Ok(0)
-        }
+        } => get(&api, kind, stack.as_deref(), output).await,
         Command::Describe { target } => {
             let (stack, service) = client::split_target(&target)?;
             let view = api.service(stack, service).await?;
@@ -485,23 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
-        Command::Rollout {
-            action: RolloutCommand::Status { target, timeout },
-        } => {
-            let (stack, service) = client::split_target(&target)?;
-            rollout::status(&api, stack, service, timeout).await
-        }
-        Command::Rollout {
-            action: RolloutCommand::Undo { target },
-        } => {
-            let (stack, service) = client::split_target(&target)?;
-            let view = api.undo(stack, service).await?;
-            println!(
-                "{}/{} rolled back to the previous revision (generation {}, image {})",
-                view.stack, view.name, view.generation, view.image
-            );
-            Ok(0)
-        }
+        Command::Rollout { action } => rollout(&api, action).await,
         Command::Delete {
             stack,
             volumes,

@@ -242,7 +242,7 @@ impl Metrics {
         );
     }
 
-    /// The control loop's own families, etcd's and the engine's, and the build.
+    /// The control loop's own families.
     fn register_loop(&self, r: &mut Registry) {
         r.register(
             "capstan_api_requests",
@@ -274,6 +274,11 @@ impl Metrics {
             "How long a failing key waits before its next reconcile (exponential per key)",
             self.reconcile_backoff.clone(),
         );
+        self.register_peers(r);
+    }
+
+    /// etcd's and the engine's families, the leadership, the API's own, and the build.
+    fn register_peers(&self, r: &mut Registry) {
         r.register(
             "capstan_etcd_request_duration_seconds",
             "etcd request latency by operation",
