@@ -135,45 +135,37 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// A stack the policy refuses is a 400 naming each field and the rule; nothing is written.
-fn policy_allows(
-    policy: &capstan_api::policy::Policy,
-    spec: &capstan_api::spec::StackSpec,
-) -> Result<(), ApiError> {
-    let errors = policy.check(spec);
+/// `errors` found by the check called `what`: none, or a 400 naming each field; nothing
+/// is written either way.
+fn refused(what: &str, errors: Vec<capstan_api::FieldError>) -> Result<(), ApiError> {
     if errors.is_empty() {
         return Ok(());
     }
     Err(ApiError(
         StatusCode::BAD_REQUEST,
         ErrorBody {
-            error: format!(
-                "refused by policy: {} problem(s); nothing was applied",
-                errors.len()
-            ),
+            error: format!("{what}: {} problem(s); nothing was applied", errors.len()),
             details: errors,
         },
     ))
+}
+
+/// A stack the policy refuses is a 400 naming each field and the rule.
+fn policy_allows(
+    policy: &capstan_api::policy::Policy,
+    spec: &capstan_api::spec::StackSpec,
+) -> Result<(), ApiError> {
+    refused("refused by policy", policy.check(spec))
 }
 
 /// A stack that would own another stack's container, network or volume name is a 400
 /// naming the field and the other stack (`capstan_api::isolation`).
 async fn isolated(store: &Store, spec: &capstan_api::spec::StackSpec) -> Result<(), ApiError> {
     let others = store.snapshot().await?.stacks;
-    let errors = capstan_api::isolation::collisions(spec, &others);
-    if errors.is_empty() {
-        return Ok(());
-    }
-    Err(ApiError(
-        StatusCode::BAD_REQUEST,
-        ErrorBody {
-            error: format!(
-                "names taken by other stacks: {} problem(s); nothing was applied",
-                errors.len()
-            ),
-            details: errors,
-        },
-    ))
+    refused(
+        "names taken by other stacks",
+        capstan_api::isolation::collisions(spec, &others),
+    )
 }
 
 type ApiResult<T> = Result<Json<T>, ApiError>;

@@ -133,15 +133,7 @@ async fn reconcile_service(
                 .await
         }
     };
-    let history = history(ctx, stack, name, &obs);
-    let mut plan = plan::plan(
-        stack,
-        name,
-        &obs.service.spec,
-        &obs.containers,
-        &history,
-        obs.gate.is_open(),
-    );
+    let mut plan = plan_for(ctx, stack, name, &obs);
     if let Some(failed) = plan.rollback.take() {
         if roll_back(ctx, &obs, &failed).await? {
             return Ok(Action::Requeue(Duration::from_secs(1)));
@@ -184,19 +176,23 @@ async fn roll_back(
     Ok(true)
 }
 
-/// The service's restart history, continued from the crash-loop positions its stored
-/// status carries when this daemon has none of its own yet.
-fn history<'a>(
-    ctx: &'a Context,
-    stack: &'a str,
-    name: &'a str,
-    obs: &observe::Observation,
-) -> backoff::ServiceHistory<'a> {
+/// The plan for what `obs` saw, with the service's restart history, continued from the
+/// crash-loop positions its stored status carries when this daemon has none of its own yet.
+fn plan_for(ctx: &Context, stack: &str, name: &str, obs: &observe::Observation) -> plan::Plan {
     if let Some(stored) = ctx.desired.status(stack, name) {
         ctx.restarts.adopt(stack, name, &stored);
     }
-    ctx.restarts
-        .for_service(stack, name, backoff::Timing::of(&obs.service.spec))
+    let history = ctx
+        .restarts
+        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
+    plan::plan(
+        stack,
+        name,
+        &obs.service.spec,
+        &obs.containers,
+        &history,
+        obs.gate.is_open(),
+    )
 }
 
 /// While etcd is unreachable: restart the replicas of what the last synced cache says that
@@ -208,15 +204,7 @@ async fn heal_only(stack: &str, name: &str, ctx: &Context) -> Result<Action, Rec
         Seen::Present(obs) => obs,
         _ => return again,
     };
-    let history = history(ctx, stack, name, &obs);
-    let full = plan::plan(
-        stack,
-        name,
-        &obs.service.spec,
-        &obs.containers,
-        &history,
-        obs.gate.is_open(),
-    );
+    let full = plan_for(ctx, stack, name, &obs);
     let heals = plan::Plan {
         heal: full
             .heal
