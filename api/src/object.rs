@@ -232,6 +232,8 @@ pub enum Reason {
     PortInUse,
     /// The engine could not attach a replica to its network.
     NetworkError,
+    /// The Docker engine does not answer: the replicas cannot be observed or healed.
+    EngineUnreachable,
     /// An update failed and was rolled back automatically.
     RolledBack,
 }
@@ -261,6 +263,7 @@ impl Reason {
             Reason::EngineError => "EngineError",
             Reason::PortInUse => "PortInUse",
             Reason::NetworkError => "NetworkError",
+            Reason::EngineUnreachable => "EngineUnreachable",
             Reason::RolledBack => "RolledBack",
         }
     }

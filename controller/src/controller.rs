@@ -83,7 +83,14 @@ impl Controller {
             shutdown.clone(),
         );
         let writer = Writer::default();
-        let ctx = fenced_context(store, runtime, metrics, &options, &leadership, &writer);
+        let ctx = fenced_context(
+            store,
+            runtime,
+            metrics,
+            &options,
+            (&leadership, &health),
+            &writer,
+        );
         let scheduler = ctx.scheduler.clone();
         let runtime = ctx.runtime.clone();
         let triggers = Triggers {
@@ -141,7 +148,7 @@ fn fenced_context(
     runtime: Arc<dyn Runtime>,
     metrics: Arc<Metrics>,
     options: &Options,
-    leadership: &Leadership,
+    (leadership, health): (&Leadership, &Arc<Health>),
     writer: &Writer,
 ) -> Arc<Context> {
     let store = store.fenced(Arc::new(leadership.clone()));
@@ -168,6 +175,7 @@ fn fenced_context(
         metrics,
         engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
         leadership: leadership.clone(),
+        health: health.clone(),
     })
 }
 

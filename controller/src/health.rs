@@ -3,7 +3,7 @@
 //! `capstan_etcd_connected` and `capstan_docker_connected` within 2 s: a request that hangs
 //! is not an answer. Followers ask too: readiness is about the daemon, not the leader.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -16,11 +16,24 @@ const PERIOD: Duration = Duration::from_millis(500);
 /// Longer than a healthy answer takes by far; short enough that period + timeout < 2 s.
 const TIMEOUT: Duration = Duration::from_millis(900);
 
-/// The last answers. Both start false: nothing has answered yet.
-#[derive(Default)]
+/// The engine's answer: not asked yet, answering, or not.
+const UNASKED: u8 = 0;
+const ANSWERS: u8 = 1;
+const SILENT: u8 = 2;
+
+/// The last answers. Nothing has answered before the first probe.
 pub struct Health {
     etcd: AtomicBool,
-    docker: AtomicBool,
+    docker: AtomicU8,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            etcd: AtomicBool::new(false),
+            docker: AtomicU8::new(UNASKED),
+        }
+    }
 }
 
 impl Health {
@@ -28,7 +41,7 @@ impl Health {
     pub fn answering() -> Self {
         Health {
             etcd: AtomicBool::new(true),
-            docker: AtomicBool::new(true),
+            docker: AtomicU8::new(ANSWERS),
         }
     }
 
@@ -37,7 +50,12 @@ impl Health {
     }
 
     pub fn docker(&self) -> bool {
-        self.docker.load(Ordering::SeqCst)
+        self.docker.load(Ordering::SeqCst) == ANSWERS
+    }
+
+    /// The engine was asked and did not answer (not merely: not asked yet).
+    pub fn docker_down(&self) -> bool {
+        self.docker.load(Ordering::SeqCst) == SILENT
     }
 
     /// Why the daemon is not ready, if it is not; `synced` is the reflector's.
@@ -95,7 +113,8 @@ impl Health {
         }
         metrics.set_etcd_connected(etcd);
         if let Some(docker) = docker {
-            if self.docker.swap(docker, Ordering::SeqCst) != docker {
+            let state = if docker { ANSWERS } else { SILENT };
+            if self.docker.swap(state, Ordering::SeqCst) != state {
                 tracing::warn!(answers = docker, "Docker engine reachability changed");
             }
             metrics.set_docker_connected(docker);

@@ -184,7 +184,18 @@ pub fn means_drift(action: &str) -> bool {
 /// resync costs one engine list in all.
 pub async fn resync_once(t: &Triggers) -> Result<(), crate::runtime::RuntimeError> {
     let mut keys: BTreeSet<ObjectKey> = t.desired.keys().into_iter().collect();
-    for (stack, service) in t.containers.relist().await? {
+    let listed = match t.containers.relist().await {
+        Ok(listed) => listed,
+        Err(e) => {
+            // What is desired is looked at even when the engine cannot be listed: the
+            // statuses then say so.
+            for key in keys {
+                t.scheduler.enqueue(key);
+            }
+            return Err(e);
+        }
+    };
+    for (stack, service) in listed {
         // Containers of known stacks only: those of services the stack no longer names are
         // orphans to remove; those of unknown stacks are never ours to judge.
         if !service.is_empty() && t.desired.stack(&stack).is_some() {

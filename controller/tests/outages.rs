@@ -204,3 +204,32 @@ async fn a_missing_image_is_reported_as_image_not_found() {
     f.fake.set_image_missing("web:9", false);
     f.until_converged(STACK, "web", 1).await;
 }
+
+/// While the engine does not answer, the stored status says so (no replica counted ready)
+/// instead of the last good news; once it answers, the service is judged afresh.
+#[tokio::test(start_paused = true)]
+async fn while_the_engine_does_not_answer_the_status_says_so_and_recovers_after() {
+    let f = Fixture::start().await;
+    f.apply(&web(2)).await;
+    f.until_converged(STACK, "web", 2).await;
+    f.settle().await;
+
+    f.fake.set_down(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while f.condition(STACK, "web", "Degraded").await.0 != "EngineUnreachable" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no EngineUnreachable condition: {:?}",
+            f.status(STACK, "web").await
+        );
+        f.run_for(Duration::from_millis(200)).await;
+    }
+    let status = f.status(STACK, "web").await.unwrap();
+    assert_eq!(status.ready, 0, "{status:?}");
+    let (reason, _) = f.condition(STACK, "web", "Ready").await;
+    assert_eq!(reason, "EngineUnreachable");
+
+    f.fake.set_down(false);
+    f.until_converged(STACK, "web", 2).await;
+    assert_eq!(f.condition(STACK, "web", "Degraded").await.0, "AsExpected");
+}

@@ -219,6 +219,20 @@ fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
         "the daemon still answers /healthz while the engine is gone"
     );
     assert_eq!(ready, 503, "/readyz says the engine does not answer");
+    wait_for(
+        Duration::from_secs(20),
+        "the service's status to say the engine does not answer",
+        || {
+            let svc = d.service(&s.name, "web");
+            let degraded = svc["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Degraded").cloned())
+                .unwrap_or_default();
+            (degraded["reason"] == "EngineUnreachable" && svc["ready"] == 0)
+                .then_some(())
+                .ok_or_else(|| svc.to_string())
+        },
+    );
     assert_eq!(connected, Some(0.0), "capstan_docker_connected is 0");
     assert_eq!(
         metric_sum(&d.metrics(), "capstan_service_replicas_ready", &[]),

@@ -77,6 +77,8 @@ pub struct Context {
     /// Whether this daemon may act, and how: workers wait while it follows; an isolated
     /// leader (etcd unreachable) only heals.
     pub leadership: crate::leader::Leadership,
+    /// Whether the engine answers: while it does not, statuses say so and nothing is tried.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// When to look at a key again, besides events.
@@ -97,6 +99,14 @@ pub async fn reconcile(key: &ObjectKey, ctx: &Context) -> Result<Action, Reconci
     if !ctx.desired.is_synced() {
         // Frozen: never act on desired state we could not read.
         return Ok(Action::Requeue(Duration::from_secs(1)));
+    }
+    if ctx.health.docker_down() {
+        return match key {
+            ObjectKey::Service(stack, service) => {
+                report::engine_unreachable(ctx, stack, service).await
+            }
+            ObjectKey::Stack(_) => Ok(Action::Requeue(Duration::from_secs(2))),
+        };
     }
     match key {
         ObjectKey::Service(stack, service) => reconcile_service(stack, service, ctx).await,

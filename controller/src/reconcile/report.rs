@@ -82,3 +82,29 @@ pub async fn report(
         None => Action::Requeue(UNCONVERGED_RECHECK),
     })
 }
+
+/// While the engine does not answer: the service's status says so (written once, as it
+/// changes), and the key looks again soon.
+pub async fn engine_unreachable(
+    ctx: &Context,
+    stack: &str,
+    name: &str,
+) -> Result<Action, ReconcileError> {
+    let again = Ok(Action::Requeue(Duration::from_secs(2)));
+    let Some(service) = ctx.desired.service(stack, name) else {
+        return again;
+    };
+    let previous = ctx.scratch.last_status(&ctx.desired, stack, name);
+    let status = status::engine_unreachable(previous.as_deref(), &now_rfc3339());
+    if previous.as_deref() != Some(&status) {
+        let written = ctx
+            .store
+            .write_status(&service, &status)
+            .await
+            .map_err(ReconcileError::Status)?;
+        if written {
+            ctx.scratch.wrote_status(stack, name, status);
+        }
+    }
+    again
+}

@@ -326,6 +326,38 @@ fn progressing_condition(
 }
 
 /// Keeps the transition time of a condition whose status did not flip.
+/// The status while the engine does not answer: the last one, no replica counted ready,
+/// and `Ready`/`Degraded` saying why. Nothing else is known until the engine answers.
+pub fn engine_unreachable(previous: Option<&ServiceStatus>, now: &str) -> ServiceStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    status.ready = 0;
+    let why = "the Docker engine does not answer: the replicas cannot be observed or healed until it does";
+    let mut conditions = vec![
+        Condition::new(
+            ConditionType::Ready,
+            false,
+            Reason::EngineUnreachable,
+            why.into(),
+        ),
+        Condition::new(
+            ConditionType::Degraded,
+            true,
+            Reason::EngineUnreachable,
+            why.into(),
+        ),
+    ];
+    conditions.extend(
+        status
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == ConditionType::Progressing.as_str())
+            .cloned(),
+    );
+    keep_transition_times(&mut conditions, previous, now);
+    status.conditions = conditions;
+    status
+}
+
 fn keep_transition_times(
     conditions: &mut [Condition],
     previous: Option<&ServiceStatus>,

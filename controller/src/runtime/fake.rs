@@ -246,6 +246,8 @@ struct Inner {
     volumes: BTreeMap<String, Resource>,
     log: Vec<Record>,
     faults: Vec<Fault>,
+    /// The engine is gone: every call and ping fails (`set_down`).
+    down: bool,
     behaviours: Vec<(String, OnStart)>,
     /// Overrides the health a container starts with.
     new_health: Option<Health>,
@@ -449,11 +451,15 @@ impl FakeRuntime {
             std::process::abort();
         }
         let (op, target) = (call.op(), call.target().to_string());
-        let mut err = None;
+        let mut err = st.down.then(|| RuntimeError::Engine {
+            op: "request",
+            message: "Cannot connect to the Docker daemon at unix:///var/run/docker.sock".into(),
+        });
         if let Some(i) = st
             .faults
             .iter()
             .position(|f| f.op == op && matches(&f.pattern, &target))
+            .filter(|_| err.is_none())
         {
             let f = &mut st.faults[i];
             err = Some(clone_err(&f.err));
@@ -744,6 +750,11 @@ impl FakeRuntime {
     }
 
     /// Every create of a container named by `pattern` fails with `err`.
+    /// The engine goes away (every call and ping fails) or comes back.
+    pub fn set_down(&self, down: bool) {
+        self.shared.lock().down = down;
+    }
+
     pub fn fail_create(&self, pattern: &str, err: RuntimeError, times: Times) {
         self.fail(Op::Create, pattern, err, times);
     }
@@ -776,6 +787,16 @@ fn address(n: u64) -> String {
 
 #[async_trait]
 impl Runtime for FakeRuntime {
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        if self.shared.lock().down {
+            return Err(RuntimeError::Engine {
+                op: "ping",
+                message: "Cannot connect to the Docker daemon".into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn list(
         &self,
         stack: Option<&str>,
