@@ -42,6 +42,40 @@ struct Cli {
     command: Command,
 }
 
+/// Which Compose project `apply` and `diff` read, as `docker compose` finds it.
+#[derive(clap::Args)]
+struct ProjectArgs {
+    /// Compose files, merged in order (`-`: standard input); without -f, compose.yaml (or
+    /// compose.yml, docker-compose.yaml, docker-compose.yml) and its override file.
+    #[arg(short = 'f', long = "file")]
+    file: Vec<PathBuf>,
+    /// Environment files for interpolation, instead of the project's `.env`.
+    #[arg(long = "env-file")]
+    env_file: Vec<PathBuf>,
+    /// Profiles to enable (also COMPOSE_PROFILES, comma-separated).
+    #[arg(long)]
+    profile: Vec<String>,
+    /// The project folder (default: the first file's folder).
+    #[arg(long)]
+    project_directory: Option<PathBuf>,
+    /// Stack name; defaults to COMPOSE_PROJECT_NAME, the file's `name:`, else the
+    /// project folder's name.
+    #[arg(long)]
+    stack: Option<String>,
+}
+
+impl From<ProjectArgs> for project::Options {
+    fn from(a: ProjectArgs) -> Self {
+        project::Options {
+            files: a.file,
+            env_files: a.env_file,
+            profiles: a.profile,
+            project_directory: a.project_directory,
+            stack: a.stack,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
     /// etcd endpoints, comma-separated.
@@ -176,23 +210,8 @@ enum Command {
     /// Interpolation, `.env`, overrides, `extends`, `include`, profiles and `env_file` are
     /// resolved here, as Compose does; the server stores the resolved document.
     Apply {
-        /// Compose files, merged in order (`-`: standard input); without -f, compose.yaml (or compose.yml,
-        /// docker-compose.yaml, docker-compose.yml) and its override file.
-        #[arg(short = 'f', long = "file")]
-        file: Vec<PathBuf>,
-        /// Environment files for interpolation, instead of the project's `.env`.
-        #[arg(long = "env-file")]
-        env_file: Vec<PathBuf>,
-        /// Profiles to enable (also COMPOSE_PROFILES, comma-separated).
-        #[arg(long)]
-        profile: Vec<String>,
-        /// The project folder (default: the first file's folder).
-        #[arg(long)]
-        project_directory: Option<PathBuf>,
-        /// Stack name; defaults to COMPOSE_PROJECT_NAME, the file's `name:`, else the
-        /// project folder's name.
-        #[arg(long)]
-        stack: Option<String>,
+        #[command(flatten)]
+        project: ProjectArgs,
         /// Validate on the server and show what would change, without changing anything.
         #[arg(long)]
         dry_run: bool,
@@ -205,17 +224,8 @@ enum Command {
     /// Show what `apply` would change, field by field per service, against what is stored.
     /// Exit code: 0 no changes, 1 changes, 2 an error.
     Diff {
-        /// Compose files, as for apply.
-        #[arg(short = 'f', long = "file")]
-        file: Vec<PathBuf>,
-        #[arg(long = "env-file")]
-        env_file: Vec<PathBuf>,
-        #[arg(long)]
-        profile: Vec<String>,
-        #[arg(long)]
-        project_directory: Option<PathBuf>,
-        #[arg(long)]
-        stack: Option<String>,
+        #[command(flatten)]
+        project: ProjectArgs,
     },
     /// List stacks or services.
     Get {
@@ -452,40 +462,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(_) => unreachable!("served above"),
         Command::Token { action } => token(&api, action).await,
         Command::Apply {
-            file,
-            env_file,
-            profile,
-            project_directory,
-            stack,
+            project,
             dry_run,
             wait,
             timeout,
-        } => {
-            let opts = project::Options {
-                files: file,
-                env_files: env_file,
-                profiles: profile,
-                project_directory,
-                stack,
-            };
-            client::apply(&api, &opts, dry_run, wait, timeout).await
-        }
-        Command::Diff {
-            file,
-            env_file,
-            profile,
-            project_directory,
-            stack,
-        } => {
-            let opts = project::Options {
-                files: file,
-                env_files: env_file,
-                profiles: profile,
-                project_directory,
-                stack,
-            };
-            Ok(diff::run(&api, &opts).await)
-        }
+        } => client::apply(&api, &project.into(), dry_run, wait, timeout).await,
+        Command::Diff { project } => Ok(diff::run(&api, &project.into()).await),
         Command::Get {
             kind,
             stack,

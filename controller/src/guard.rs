@@ -21,9 +21,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Names a request's `Host` may carry besides IP literals.
+/// Names a request's `Host` may carry besides IP literals; `None`: any name.
 #[derive(Clone, Debug)]
-pub struct AllowedHosts(Arc<Vec<String>>);
+pub struct AllowedHosts(Option<Arc<Vec<String>>>);
 
 impl AllowedHosts {
     /// `localhost` and this machine's hostname.
@@ -32,20 +32,20 @@ impl AllowedHosts {
         if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
             names.push(h.trim().to_ascii_lowercase());
         }
-        AllowedHosts(Arc::new(names))
+        AllowedHosts(Some(Arc::new(names)))
     }
 
     /// Any name: a Unix socket cannot be reached from a browser, so there is no DNS
     /// rebinding to guard against (and clients name it as they like).
     pub fn any() -> Self {
-        AllowedHosts(Arc::new(vec!["*".to_string()]))
+        AllowedHosts(None)
     }
 
     /// Whether a `Host` header value names this listener.
     pub fn allows(&self, host: &str) -> bool {
-        if self.0.iter().any(|a| a == "*") {
+        let Some(names) = &self.0 else {
             return true;
-        }
+        };
         let host = host.trim().to_ascii_lowercase();
         let name = match host.strip_prefix('[') {
             Some(v6) => {
@@ -56,7 +56,7 @@ impl AllowedHosts {
             }
             None => host.rsplit_once(':').map_or(host.as_str(), |(n, _)| n),
         };
-        name.parse::<IpAddr>().is_ok() || self.0.iter().any(|a| a == name)
+        name.parse::<IpAddr>().is_ok() || names.iter().any(|a| a == name)
     }
 }
 
@@ -188,7 +188,7 @@ mod tests {
         harden(
             r,
             Arc::default(),
-            AllowedHosts(Arc::new(vec!["localhost".into()])),
+            AllowedHosts(Some(Arc::new(vec!["localhost".into()]))),
         )
     }
 
@@ -265,5 +265,14 @@ mod tests {
         ] {
             assert_eq!(call(get_req("/ok", host)).await.0, StatusCode::OK, "{host}");
         }
+    }
+
+    #[test]
+    fn the_unix_socket_takes_any_host_name_and_tcp_only_its_own() {
+        assert!(AllowedHosts::any().allows("capstan"));
+        assert!(AllowedHosts::any().allows("rebind.attacker.example:80"));
+        assert!(!AllowedHosts::local().allows("rebind.attacker.example:80"));
+        assert!(AllowedHosts::local().allows("localhost:7878"));
+        assert!(AllowedHosts::local().allows("[::1]:7878"));
     }
 }

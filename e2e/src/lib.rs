@@ -130,6 +130,17 @@ pub fn metric_sum(exposition: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// `kill -SIGNAL` of a process the harness started; `what` names it if that fails.
+fn send_signal(child: &Child, signal: &str, what: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{signal} of {what} failed");
+}
+
 /// A single-node etcd on loopback, with its data in a temp dir.
 pub struct Etcd {
     dir: PathBuf,
@@ -190,14 +201,11 @@ impl Etcd {
 
     /// Sends `signal` (`STOP`, `CONT`, ...) to etcd: a frozen etcd answers nothing.
     pub fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("etcd is running");
-        let ok = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill -{signal} of etcd failed");
+        send_signal(
+            self.child.as_ref().expect("etcd is running"),
+            signal,
+            "etcd",
+        );
     }
 
     pub fn url(&self) -> String {
@@ -420,15 +428,11 @@ impl Daemon {
 
     /// Sends `signal` (`KILL`, `STOP`, `CONT`, ...) to the daemon.
     pub fn signal(&self, signal: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(c.id().to_string())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "kill -{signal} of capstan serve failed");
-        }
+        send_signal(
+            self.child.as_ref().expect("capstan serve is running"),
+            signal,
+            "capstan serve",
+        );
     }
 
     /// `kill -9`, and waits for the process to be gone; [`Self::start_again`] brings it back.

@@ -737,14 +737,14 @@ mod tests {
         m.observe_rollout(&s, &rolling, true);
         m.observe_rollout(&s, &rolling, true);
         let text = m.encode();
-        let count = |result: &str| {
+        let count = |text: &str, result: &str| {
             let prefix = format!(
                 "capstan_rollouts_total{{stack=\"shop\",service=\"web\",result=\"{result}\"}}"
             );
-            line(&text, &prefix).rsplit(' ').next().unwrap().to_string()
+            line(text, &prefix).rsplit(' ').next().unwrap().to_string()
         };
         assert_eq!(
-            (count("paused"), count("completed")),
+            (count(&text, "paused"), count(&text, "completed")),
             ("1".into(), "0".into())
         );
         let done = ServiceStatus {
@@ -754,14 +754,8 @@ mod tests {
         m.observe_rollout(&s, &done, false);
         m.observe_rollout(&s, &done, false);
         let text = m.encode();
-        let count = |result: &str| {
-            let prefix = format!(
-                "capstan_rollouts_total{{stack=\"shop\",service=\"web\",result=\"{result}\"}}"
-            );
-            line(&text, &prefix).rsplit(' ').next().unwrap().to_string()
-        };
         assert_eq!(
-            (count("completed"), count("rolled_back")),
+            (count(&text, "completed"), count(&text, "rolled_back")),
             ("1".into(), "0".into())
         );
         assert!(line(&text, "capstan_rollout_duration_seconds_count{").ends_with(" 1"));
