@@ -45,13 +45,16 @@ fn main() {
             "op=\"txn\"",
         )
     };
-    let docker_calls = || metric(d, "capstan_docker_request_duration_seconds_count", "");
+    let docker_count = |filter| metric(d, "capstan_docker_request_duration_seconds_count", filter);
+    // The readiness probe's /_ping (one a second) is counted apart from the loop's calls.
+    let pings = || docker_count("op=\"ping\"");
+    let docker_calls = || docker_count("") - pings();
     let reconciles = || metric(d, "capstan_reconciles_total", "");
     let (cpu0, _) = cpu_and_rss(pid);
-    let (w0, c0, r0) = (writes(), docker_calls(), reconciles());
+    let (w0, c0, r0, p0) = (writes(), docker_calls(), reconciles(), pings());
     std::thread::sleep(IDLE);
     let (cpu1, rss) = cpu_and_rss(pid);
-    let (w1, c1, r1) = (writes(), docker_calls(), reconciles());
+    let (w1, c1, r1, p1) = (writes(), docker_calls(), reconciles(), pings());
     let minutes = IDLE.as_secs_f64() / 60.0;
 
     println!(
@@ -67,10 +70,15 @@ fn main() {
     println!("  etcd writes                {:>8.0}   (target 0)", w1 - w0);
     println!("  Docker API calls / minute  {:>8.1}   (per resync: one container list for all services, and the stack's network check)", (c1 - c0) / minutes);
     println!("  reconciles / minute        {:>8.1}", (r1 - r0) / minutes);
+    println!(
+        "  readiness pings / minute   {:>8.1}   (GET /_ping, so /readyz turns within 2 s)",
+        (p1 - p0) / minutes
+    );
     let json = serde_json::json!({
         "replicas": 100, "seconds": IDLE.as_secs(),
         "cpu_s": cpu1 - cpu0, "rss_mib": rss, "etcd_writes": w1 - w0,
         "docker_calls_per_min": (c1 - c0) / minutes, "reconciles_per_min": (r1 - r0) / minutes,
+        "docker_pings_per_min": (p1 - p0) / minutes,
     });
     write_results("idle", &json);
 }
