@@ -30,7 +30,7 @@ down:
 ## Docker engine and etcd (each e2e test starts its own etcd and daemon)
 test: deps images lint
 	$(CARGO) build -p capstan
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_TEST_SECONDS)
 
 unit:

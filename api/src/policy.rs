@@ -305,7 +305,11 @@ impl Policy {
         {
             Ok(())
         } else {
-            Err(format!("{path} is not under an allowed host path prefix"))
+            Err(format!(
+                "{path} is not under an allowed host path prefix ({}); an operator allows it \
+                 with `bind_mounts:` in the file given to `capstan serve --policy`",
+                self.bind_mounts.join(", ")
+            ))
         }
     }
 
