@@ -9,10 +9,13 @@
 //! - [`object`]: the stored objects (spec plus `generation`/`resourceVersion`), the status
 //!   written by the controller, and the views the HTTP API returns.
 //! - [`names`]: deterministic names and the ownership labels of what capstan creates.
+//! - [`diff`]: field-level differences between service specs (`capstan diff`, revision
+//!   change summaries).
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 
 pub mod compose;
+pub mod diff;
 pub mod duration;
 pub mod isolation;
 pub mod names;

@@ -64,20 +64,82 @@ pub struct Service {
     pub version: String,
     pub created_at: String,
     pub spec: ServiceSpec,
-    /// The revision this one replaced: what an automatic rollback returns to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<Revision>,
+    /// Which revision `spec` is. A new one starts when anything but `replicas` or a
+    /// rollout's pause changes (as a Deployment's revisions); a scale keeps it.
+    #[serde(default)]
+    pub revision: RevisionMeta,
+    /// The revisions before this one, oldest first, at most the store's history limit
+    /// (`serve --revision-history-limit`): what `rollout undo` and an automatic rollback
+    /// return to, and what `rollout history` lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
     /// Set when the controller rolled this service back; the next apply clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,
 }
 
-/// One earlier spec of a service, with the generation it had.
+impl Service {
+    /// The revision before this one: what `rollout undo` and a rollback return to.
+    pub fn previous(&self) -> Option<&Revision> {
+        self.history.last()
+    }
+}
+
+/// A revision's number, when it became the desired spec, and what it changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionMeta {
+    /// 1 for a service's first spec, one more for each new revision.
+    pub number: i64,
+    #[serde(default)]
+    pub at: String,
+    /// What changed from the revision before ([`crate::diff::summary`]), or how it came to
+    /// be (`rollout undo`, `rollout restart`, a rollback).
+    #[serde(default)]
+    pub change: String,
+}
+
+/// One earlier spec of a service, with the generation it had when it was replaced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
+    #[serde(flatten)]
+    pub meta: RevisionMeta,
     pub generation: i64,
     pub spec: Box<ServiceSpec>,
+}
+
+/// A line of `capstan rollout history` (`GET .../history`), oldest first; the last is the
+/// current revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionView {
+    pub revision: i64,
+    pub generation: i64,
+    pub at: String,
+    pub image: String,
+    pub change: String,
+    pub current: bool,
+}
+
+impl RevisionView {
+    /// Every revision of `svc`, the current one last.
+    pub fn list(svc: &Service) -> Vec<RevisionView> {
+        let line =
+            |meta: &RevisionMeta, generation: i64, spec: &ServiceSpec, current| RevisionView {
+                revision: meta.number,
+                generation,
+                at: meta.at.clone(),
+                image: spec.image.clone(),
+                change: meta.change.clone(),
+                current,
+            };
+        svc.history
+            .iter()
+            .map(|r| line(&r.meta, r.generation, &r.spec, false))
+            .chain([line(&svc.revision, svc.generation, &svc.spec, true)])
+            .collect()
+    }
 }
 
 /// An automatic rollback: the stored spec is the one of `toGeneration` again (under a new
@@ -404,6 +466,9 @@ pub struct ServiceView {
     pub restarts: u32,
     pub completed: u32,
     pub generation: i64,
+    /// The revision of the desired spec (`rollout history` lists them).
+    #[serde(default)]
+    pub revision: i64,
     pub observed_generation: i64,
     pub resource_version: i64,
     pub created_at: String,
@@ -430,6 +495,7 @@ impl ServiceView {
             restarts: st.restarts,
             completed: st.completed,
             generation: svc.generation,
+            revision: svc.revision.number,
             observed_generation: st.observed_generation,
             resource_version: svc.resource_version,
             created_at: svc.created_at.clone(),

@@ -71,6 +71,30 @@ pub struct ServiceSpec {
     /// `deploy.labels`: labels of the service, not of its containers (as Compose).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deploy_labels: BTreeMap<String, String>,
+    /// Set by `capstan rollout pause|resume|restart`, never by a Compose file: an apply
+    /// keeps the stored one.
+    #[serde(default, skip_serializing_if = "RolloutControl::is_unset")]
+    pub rollout: RolloutControl,
+}
+
+/// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and
+/// its restart annotation do in Kubernetes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutControl {
+    /// No outdated replica that still serves is replaced (scaling and healing go on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// When `rollout restart` asked for every replica anew: part of the container hash, so
+    /// each replica is replaced as `update_config` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<String>,
+}
+
+impl RolloutControl {
+    pub fn is_unset(&self) -> bool {
+        *self == RolloutControl::default()
+    }
 }
 
 /// One `depends_on` entry.
@@ -580,8 +604,23 @@ impl ServiceSpec {
         self.restart.unwrap_or(RestartPolicy::Always)
     }
 
+    /// Whether `other` is the same revision of the service: equal but for `replicas` and a
+    /// rollout's pause, which never start a new revision (as a Deployment's scale and pause).
+    pub fn same_revision(&self, other: &ServiceSpec) -> bool {
+        let plain = |s: &ServiceSpec| ServiceSpec {
+            replicas: 0,
+            rollout: RolloutControl {
+                paused: false,
+                ..s.rollout.clone()
+            },
+            ..s.clone()
+        };
+        plain(self) == plain(other)
+    }
+
     /// A short hash of everything that shapes a container: all but `replicas` and what capstan
-    /// itself enforces (`restart`, `depends_on`). A replica whose label differs is outdated
+    /// itself enforces (`restart`, `depends_on`, a rollout's pause; a restart request is in
+    /// it). A replica whose label differs is outdated
     /// and gets recreated.
     pub fn container_hash(&self) -> String {
         let mut shape = self.clone();
@@ -592,6 +631,7 @@ impl ServiceSpec {
         shape.restart_timing = None;
         shape.update_config = None;
         shape.rollback_config = None;
+        shape.rollout.paused = false;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

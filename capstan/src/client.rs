@@ -189,11 +189,55 @@ impl Client {
     }
 
     /// `capstan rollout undo`.
-    pub async fn undo(&self, stack: &str, service: &str) -> anyhow::Result<ServiceView> {
+    /// `rollout undo`: to revision `to` (None: the previous one).
+    pub async fn undo(
+        &self,
+        stack: &str,
+        service: &str,
+        to: Option<i64>,
+    ) -> anyhow::Result<ServiceView> {
+        let url = format!("{}/v1/stacks/{stack}/services/{service}/undo", self.base);
+        let query: Vec<(&str, i64)> = to.map(|n| ("toRevision", n)).into_iter().collect();
+        self.send(self.http.post(url).query(&query)).await
+    }
+
+    /// `rollout pause|resume|restart`.
+    pub async fn rollout(
+        &self,
+        stack: &str,
+        service: &str,
+        verb: &str,
+    ) -> anyhow::Result<ServiceView> {
         self.send(self.http.post(format!(
-            "{}/v1/stacks/{stack}/services/{service}/undo",
+            "{}/v1/stacks/{stack}/services/{service}/rollout/{verb}",
             self.base
         )))
+        .await
+    }
+
+    pub async fn history(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> anyhow::Result<Vec<capstan_api::object::RevisionView>> {
+        self.send(self.http.get(format!(
+            "{}/v1/stacks/{stack}/services/{service}/history",
+            self.base
+        )))
+        .await
+    }
+
+    /// What applying `body` (a resolved Compose document) would change, per service.
+    pub async fn diff(
+        &self,
+        stack: &str,
+        body: String,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, capstan_api::diff::ServiceDiff>> {
+        self.send(
+            self.http
+                .post(format!("{}/v1/stacks/{stack}/diff", self.base))
+                .body(body),
+        )
         .await
     }
 

@@ -129,6 +129,10 @@ struct ServeArgs {
     /// an etcd prefix. Default: `<hostname>:<socket path>`.
     #[arg(long, env = "CAPSTAN_ID")]
     id: Option<String>,
+    /// Earlier revisions each service keeps for `rollout history` and `rollout undo`
+    /// (a Deployment's revisionHistoryLimit).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    revision_history_limit: u16,
     /// The leader lease's time to live: a dead leader is replaced within it (2s..5m).
     #[arg(long, default_value = "10s", value_parser = parse_lease_ttl)]
     lease_ttl: Duration,
@@ -262,9 +266,15 @@ enum Command {
 }
 
 #[derive(Subcommand)]
-enum RolloutCommand {
-    /// Go back to the previous revision's spec (the replica count stays): STACK/SERVICE.
-    Undo { target: String },
+pub enum RolloutCommand {
+    /// Go back to an earlier revision's spec (the replica count stays): STACK/SERVICE.
+    Undo {
+        target: String,
+        /// The revision to go back to (`rollout history` lists them); the previous one
+        /// when not given.
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
     /// Follow the rollout until it is done: exit 0 when every replica is updated and ready,
     /// 1 when it was rolled back, paused, or not done within --timeout.
     Status {
@@ -272,6 +282,14 @@ enum RolloutCommand {
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// The service's revisions, oldest first, the current one last: STACK/SERVICE.
+    History { target: String },
+    /// Replace no more outdated replicas until `resume` (scaling and healing go on).
+    Pause { target: String },
+    /// Continue a paused rollout.
+    Resume { target: String },
+    /// Replace every replica with the same spec, as its update_config says.
+    Restart { target: String },
 }
 
 fn init_logging(format: LogFormat) {
@@ -339,6 +357,7 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         workers: a.workers,
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
+        revision_history_limit: a.revision_history_limit.into(),
     })
 }
 
@@ -429,25 +448,6 @@ async fn get(
     Ok(0)
 }
 
-/// `capstan rollout status|undo STACK/SERVICE`.
-async fn rollout(api: &client::Client, action: RolloutCommand) -> anyhow::Result<i32> {
-    match action {
-        RolloutCommand::Status { target, timeout } => {
-            let (stack, service) = client::split_target(&target)?;
-            rollout::status(api, stack, service, timeout).await
-        }
-        RolloutCommand::Undo { target } => {
-            let (stack, service) = client::split_target(&target)?;
-            let view = api.undo(stack, service).await?;
-            println!(
-                "{}/{} rolled back to the previous revision (generation {}, image {})",
-                view.stack, view.name, view.generation, view.image
-            );
-            Ok(0)
-        }
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     let creds = client::Credentials {
         token: cli.token,
@@ -480,7 +480,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
-        Command::Rollout { action } => rollout(&api, action).await,
+        Command::Rollout { action } => rollout::run(&api, action).await,
         Command::Delete {
             stack,
             volumes,

@@ -47,6 +47,30 @@ fn structured<T: serde::Serialize>(value: &T, format: Format) -> anyhow::Result<
     Ok(())
 }
 
+/// `capstan rollout history`: one line a revision, the current one marked.
+pub fn history(revisions: &[capstan_api::object::RevisionView]) {
+    let rows = revisions
+        .iter()
+        .map(|r| {
+            vec![
+                format!(
+                    "{}{}",
+                    r.revision,
+                    if r.current { " (current)" } else { "" }
+                ),
+                r.generation.to_string(),
+                r.at.clone(),
+                r.image.clone(),
+                r.change.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["REVISION", "GENERATION", "SINCE", "IMAGE", "CHANGE"],
+        rows,
+    );
+}
+
 pub fn services(services: &[ServiceView], format: Format) -> anyhow::Result<()> {
     if format != Format::Table {
         return structured(&services, format);

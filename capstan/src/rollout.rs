@@ -1,8 +1,51 @@
-//! `capstan rollout status STACK/SERVICE`: follows the service's rollout until it is done,
-//! as `kubectl rollout status` does; the exit code says how it ended.
+//! `capstan rollout status|history|undo|pause|resume|restart STACK/SERVICE`, as `kubectl
+//! rollout` does them. `status` follows the service's rollout until it is done; the exit
+//! code says how it ended.
 
 use capstan_api::object::ServiceView;
 use std::time::{Duration, Instant};
+
+use crate::client::{split_target, Client};
+use crate::RolloutCommand;
+
+pub async fn run(api: &Client, action: RolloutCommand) -> anyhow::Result<i32> {
+    match action {
+        RolloutCommand::Status { target, timeout } => {
+            let (stack, service) = split_target(&target)?;
+            status(api, stack, service, timeout).await
+        }
+        RolloutCommand::History { target } => {
+            let (stack, service) = split_target(&target)?;
+            crate::output::history(&api.history(stack, service).await?);
+            Ok(0)
+        }
+        RolloutCommand::Undo {
+            target,
+            to_revision,
+        } => {
+            let (stack, service) = split_target(&target)?;
+            let v = api.undo(stack, service, to_revision).await?;
+            println!(
+                "{}/{} rolled back: now revision {} (generation {}, image {})",
+                v.stack, v.name, v.revision, v.generation, v.image
+            );
+            Ok(0)
+        }
+        RolloutCommand::Pause { target } => verb(api, &target, "pause", "paused").await,
+        RolloutCommand::Resume { target } => verb(api, &target, "resume", "resumed").await,
+        RolloutCommand::Restart { target } => verb(api, &target, "restart", "restarting").await,
+    }
+}
+
+async fn verb(api: &Client, target: &str, verb: &str, done: &str) -> anyhow::Result<i32> {
+    let (stack, service) = split_target(target)?;
+    let v = api.rollout(stack, service, verb).await?;
+    println!(
+        "{}/{} {done} (revision {}, generation {})",
+        v.stack, v.name, v.revision, v.generation
+    );
+    Ok(0)
+}
 
 /// How a rollout stands, from the service's view.
 #[derive(Debug, PartialEq)]
@@ -32,7 +75,7 @@ pub fn outcome(v: &ServiceView) -> Outcome {
 
 /// Polls until the rollout is done (0), failed (1), or `timeout` passes (1).
 pub async fn status(
-    api: &crate::client::Client,
+    api: &Client,
     stack: &str,
     service: &str,
     timeout: Duration,

@@ -152,11 +152,17 @@ impl Tokens {
     }
 }
 
+/// `POST /v1/stacks/{stack}/diff`: a read, though it carries a document.
+fn is_diff(method: &Method, path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    method == Method::POST && matches!(parts.as_slice(), ["", "v1", "stacks", _, "diff"])
+}
+
 /// The role a request needs.
 pub fn required_role(method: &Method, path: &str) -> Role {
     if path == "/v1/tokens" || path.starts_with("/v1/tokens/") {
         Role::Admin
-    } else if method == Method::GET || method == Method::HEAD {
+    } else if method == Method::GET || method == Method::HEAD || is_diff(method, path) {
         Role::Read
     } else {
         Role::Deploy
@@ -354,6 +360,15 @@ mod tests {
         assert_eq!(required_role(&Method::GET, "/v1/stacks"), Role::Read);
         assert_eq!(required_role(&Method::GET, "/metrics"), Role::Read);
         assert_eq!(required_role(&Method::PUT, "/v1/stacks/a"), Role::Deploy);
+        assert_eq!(
+            required_role(&Method::POST, "/v1/stacks/a/diff"),
+            Role::Read
+        );
+        assert_eq!(required_role(&Method::PUT, "/v1/stacks/diff"), Role::Deploy);
+        assert_eq!(
+            required_role(&Method::POST, "/v1/stacks/a/services/b/rollout/restart"),
+            Role::Deploy
+        );
         assert_eq!(required_role(&Method::DELETE, "/v1/stacks/a"), Role::Deploy);
         assert_eq!(required_role(&Method::GET, "/v1/tokens"), Role::Admin);
         assert_eq!(required_role(&Method::DELETE, "/v1/tokens/x"), Role::Admin);

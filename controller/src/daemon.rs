@@ -50,6 +50,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// What stacks may do to the host (`--policy`).
     pub policy: capstan_api::policy::Policy,
+    /// Earlier revisions each service keeps (`--revision-history-limit`).
+    pub revision_history_limit: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +98,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
             metrics: metrics.clone(),
         }),
         &config.prefix,
-    );
+    )
+    .with_history_limit(config.revision_history_limit);
     let controller = Controller::start(
         store.clone(),
         runtime,

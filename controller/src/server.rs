@@ -7,13 +7,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use capstan_api::object::{Endpoints, ErrorBody, LeaderView, ScaleRequest, ServiceView};
+use capstan_api::object::{
+    Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest, ServiceView,
+};
 use futures::StreamExt;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::reconcile::scratch::BlockedDeletions;
-use crate::store::{KvError, Store, StoreError};
+use crate::store::{KvError, RolloutVerb, Store, StoreError};
 use crate::watch::Desired;
 
 /// The largest Compose file the API accepts.
@@ -71,9 +74,18 @@ fn routes() -> Router<ApiState> {
         )
         .route("/v1/stacks/{stack}/services/{service}", get(get_service))
         .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
+        .route("/v1/stacks/{stack}/diff", axum::routing::post(diff))
         .route(
             "/v1/stacks/{stack}/services/{service}/undo",
             axum::routing::post(undo),
+        )
+        .route(
+            "/v1/stacks/{stack}/services/{service}/rollout/{verb}",
+            axum::routing::post(rollout),
+        )
+        .route(
+            "/v1/stacks/{stack}/services/{service}/history",
+            get(history),
         )
         .route(
             "/v1/stacks/{stack}/services/{service}/endpoints",
@@ -379,15 +391,80 @@ async fn scale(
     get_service(State(st), Path((stack, service))).await
 }
 
-/// `capstan rollout undo`: back to the previous revision's spec.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UndoQuery {
+    to_revision: Option<i64>,
+}
+
+/// `capstan rollout undo [--to-revision N]`: back to revision N's spec (the previous one's
+/// without N).
 async fn undo(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<UndoQuery>,
 ) -> ApiResult<ServiceView> {
     st.writable()?;
-    let svc = st.store.undo(&stack, &service).await?;
-    tracing::info!(stack = %stack, service = %service, generation = svc.generation, "rollout undo");
+    let svc = st.store.undo(&stack, &service, q.to_revision).await?;
+    tracing::info!(stack = %stack, service = %service, revision = svc.revision.number, "rollout undo");
+    crate::audit::note(format!(
+        "service {service} undo to revision {} ({})",
+        svc.revision.number, svc.revision.change
+    ));
     get_service(State(st), Path((stack, service))).await
+}
+
+/// `capstan rollout pause|resume|restart`.
+async fn rollout(
+    State(st): State<ApiState>,
+    Path((stack, service, verb)): Path<(String, String, String)>,
+) -> ApiResult<ServiceView> {
+    let verb = match verb.as_str() {
+        "pause" => RolloutVerb::Pause,
+        "resume" => RolloutVerb::Resume,
+        "restart" => RolloutVerb::Restart,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no rollout verb {other:?}: pause, resume or restart"
+            )))
+        }
+    };
+    st.writable()?;
+    let svc = st.store.rollout(&stack, &service, verb).await?;
+    tracing::info!(stack = %stack, service = %service, ?verb, generation = svc.generation, "rollout");
+    crate::audit::note(format!("service {service} rollout {verb:?}").to_lowercase());
+    get_service(State(st), Path((stack, service))).await
+}
+
+/// `capstan rollout history`: every revision the service keeps, the current one last.
+async fn history(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<Vec<RevisionView>> {
+    let svc = st.store.service(&stack, &service).await?.ok_or_else(|| {
+        ApiError::not_found(format!("service {service} not found in stack {stack}"))
+    })?;
+    Ok(Json(RevisionView::list(&svc)))
+}
+
+/// `capstan diff`: what applying the document (as `PUT /v1/stacks/{stack}` takes it) would
+/// change, per service, field by field; nothing is written.
+async fn diff(
+    State(st): State<ApiState>,
+    Path(stack): Path<String>,
+    body: String,
+) -> ApiResult<BTreeMap<String, capstan_api::diff::ServiceDiff>> {
+    let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    let stored: BTreeMap<String, capstan_api::spec::ServiceSpec> = st
+        .store
+        .stack_view(&stack)
+        .await?
+        .map(|v| v.services.into_iter().map(|s| (s.name, s.spec)).collect())
+        .unwrap_or_default();
+    Ok(Json(capstan_api::diff::stack_changes(
+        &stored,
+        &spec.services,
+    )))
 }
 
 #[derive(Deserialize)]

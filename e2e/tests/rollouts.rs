@@ -161,6 +161,115 @@ fn rollout_undo_returns_the_service_to_the_previous_image() {
     }
 }
 
+/// `rollout history` as a list of (revision, image, current).
+fn history(d: &Daemon, target: &str) -> Vec<(i64, String, bool)> {
+    let out = d.cli_ok(&["rollout", "history", target]);
+    println!("{out}");
+    assert!(
+        out.starts_with("REVISION") && out.contains(" (current)"),
+        "{out}"
+    );
+    let v: serde_json::Value = d
+        .api()
+        .get(format!(
+            "{API}/v1/stacks/{}/history",
+            target.replace('/', "/services/")
+        ))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["revision"].as_i64().unwrap(),
+                r["image"].as_str().unwrap().to_string(),
+                r["current"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every replica ready and on the current spec.
+fn rolled_out(d: &Daemon, s: &StackGuard, n: u64) -> bool {
+    d.converged(&s.name, "web", n) && d.service(&s.name, "web")["updated"] == n
+}
+
+fn replica_ids(s: &StackGuard, n: u32) -> Vec<String> {
+    (1..=n)
+        .map(|i| inspect(&s.replica("web", i), "{{.Id}}"))
+        .collect()
+}
+
+#[test]
+fn history_undo_to_a_revision_restart_and_pause_resume_act_on_the_real_replicas() {
+    let h = Harness::start("roll-hist");
+    let (d, s) = (&h.d, &h.s);
+    let target = format!("{}/web", s.name);
+    let yaml = |image: &str, scale: u32| {
+        format!("services:\n  web:\n    image: {image}\n    scale: {scale}\n")
+    };
+    d.apply(s, &yaml(IMAGE, 2));
+    d.apply(s, &yaml(IMAGE_V2, 2));
+    d.apply(s, &yaml(IMAGE_V2, 3));
+    assert_eq!(
+        history(d, &target),
+        [(1, IMAGE.into(), false), (2, IMAGE_V2.into(), true)],
+        "a scale is no revision"
+    );
+
+    // Back to revision 1: a new revision 3, and 1 leaves the history (it is current).
+    d.cli_ok(&["rollout", "undo", &target, "--to-revision", "1"]);
+    wait_until(CONVERGE, "web back on revision 1's image", || {
+        rolled_out(d, s, 3)
+    });
+    for n in 1..=3 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+    assert_eq!(
+        history(d, &target),
+        [(2, IMAGE_V2.into(), false), (3, IMAGE.into(), true)]
+    );
+    let out = d.cli(&["rollout", "undo", &target, "--to-revision", "9"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("revision 9"), "{err}");
+
+    // A restart: every replica anew, same image, honouring update_config.
+    let before = replica_ids(s, 3);
+    d.cli_ok(&["rollout", "restart", &target]);
+    wait_until(CONVERGE, "every replica replaced", || {
+        rolled_out(d, s, 3) && replica_ids(s, 3).iter().zip(&before).all(|(a, b)| a != b)
+    });
+    assert_eq!(inspect(&s.replica("web", 2), "{{.Config.Image}}"), IMAGE);
+
+    // Paused: an apply of a new image replaces nothing until resumed.
+    d.cli_ok(&["rollout", "pause", &target]);
+    let paused = replica_ids(s, 3);
+    d.apply_nowait(s, &yaml(IMAGE_V2, 3));
+    wait_until(CONVERGE, "the service to say its rollout is paused", || {
+        let svc = d.service(&s.name, "web");
+        svc["observedGeneration"] == svc["generation"]
+            && condition(&svc, "Progressing").0 == "Paused"
+    });
+    assert_eq!(
+        replica_ids(s, 3),
+        paused,
+        "a paused rollout replaced a replica"
+    );
+    let out = d.cli(&["rollout", "status", &target, "--timeout", "5s"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("paused"), "{said}");
+    d.cli_ok(&["rollout", "resume", &target]);
+    wait_until(CONVERGE, "the resumed rollout to finish", || {
+        rolled_out(d, s, 3)
+    });
+    for n in 1..=3 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
+    }
+}
+
 #[test]
 fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_automatic_rollback() {
     let h = Harness::start("roll-nofail");

@@ -163,16 +163,15 @@ async fn roll_back(
     failed: &str,
 ) -> Result<bool, ReconcileError> {
     let service = &obs.service;
-    let Some(to) = service
-        .previous
-        .as_ref()
-        .filter(|_| service.rolled_back.is_none())
-    else {
+    let Some(to) = service.previous().filter(|_| service.rolled_back.is_none()) else {
         return Ok(false);
     };
     let message = format!(
-        "update to generation {} failed and was rolled back to the spec of generation {}: {failed}",
-        service.generation, to.generation
+        "update to generation {} failed and was rolled back to revision {} (generation {}): {failed}{}",
+        service.generation,
+        to.meta.number,
+        to.generation,
+        health_notes(ctx, obs).await
     );
     let written = ctx
         .store
@@ -184,6 +183,27 @@ async fn roll_back(
         ctx.metrics.rolled_back(&service.stack, &service.name);
     }
     Ok(true)
+}
+
+/// The last health-check output of each unhealthy replica of the current spec, for a
+/// rollback's message ("; last health check of web-2: ...").
+async fn health_notes(ctx: &Context, obs: &observe::Observation) -> String {
+    let hash = obs.service.spec.container_hash();
+    let mut notes = String::new();
+    let unhealthy = obs
+        .containers
+        .iter()
+        .filter(|c| c.spec_hash == hash && c.health == crate::runtime::Health::Unhealthy);
+    for c in unhealthy {
+        if let Ok(Some(out)) = ctx.runtime.inspect(&c.id).await.map(|d| d.health_output) {
+            notes.push_str(&format!(
+                "; last health check of {}: {}",
+                c.name,
+                out.trim()
+            ));
+        }
+    }
+    notes
 }
 
 /// The plan for what `obs` saw, with the service's restart history, continued from the

@@ -164,7 +164,11 @@ fn failure(c: &Observed, age: Duration, monitor: Duration) -> Option<String> {
     }
 }
 
-/// How many outdated replicas that still serve may be replaced now: the parallelism less
+/// Why a rollout stands still after `capstan rollout pause`.
+pub const PAUSED_BY_REQUEST: &str =
+    "paused by `capstan rollout pause`; `capstan rollout resume` continues it";
+
+/// How many outdated replicas that still serve may be replaced now (none while paused): the parallelism less
 /// the updated replicas still in flight (missing, not ready yet within `monitor`, or ready
 /// less than `delay` after they were made). Failed ones free their slot unless they are
 /// more than `max_failure_ratio`; then `failure_action: pause` stops the rollout and
@@ -182,6 +186,10 @@ fn rollout_budget(
         .iter()
         .any(|(n, c)| spec.is_current(Some(*n)) && c.spec_hash != hash);
     if !outdated {
+        return 0;
+    }
+    if spec.rollout.paused {
+        plan.paused = Some(PAUSED_BY_REQUEST.to_string());
         return 0;
     }
     let mut busy = (1..=spec.replicas)

@@ -5,7 +5,7 @@
 //! A small apply does all of it in one transaction.
 
 use capstan_api::object::*;
-use capstan_api::spec::StackSpec;
+use capstan_api::spec::{ServiceSpec, StackSpec};
 use std::collections::BTreeMap;
 
 use super::layout::{batches, fits, new_token};
@@ -111,16 +111,22 @@ impl Store {
         };
         for (name, svc_spec) in &spec.services {
             let prev = old.get(name.as_str()).copied();
+            // What `capstan rollout` set is not the file's to change.
+            let wanted = ServiceSpec {
+                rollout: prev.map(|p| p.spec.rollout.clone()).unwrap_or_default(),
+                ..svc_spec.clone()
+            };
             let outcome = match prev {
                 // Applying the spec a rollback returned to acknowledges the rollback.
-                Some(prev) if prev.spec == *svc_spec && prev.rolled_back.is_none() => {
+                Some(prev) if prev.spec == wanted && prev.rolled_back.is_none() => {
                     ApplyOutcome::Unchanged
                 }
                 Some(_) => ApplyOutcome::Configured,
                 None => ApplyOutcome::Created,
             };
             if outcome != ApplyOutcome::Unchanged {
-                plan.staged.push(next_version(spec, name, prev, &now));
+                let next = next_version(&spec.name, name, wanted, prev, &now, self.history_limit);
+                plan.staged.push(next);
                 plan.retired.extend(prev.map(|p| self.key_of(p)));
             }
             plan.result.services.insert(name.clone(), outcome);
@@ -254,26 +260,38 @@ impl Store {
     }
 }
 
-/// A new version of service `name`: generation 1 when created, one more when changed.
-fn next_version(spec: &StackSpec, name: &str, prev: Option<&Service>, now: &str) -> Service {
-    Service {
-        stack: spec.name.clone(),
-        name: name.to_string(),
-        generation: prev.map_or(0, |p| p.generation) + 1,
-        resource_version: 0,
-        version: new_token(),
-        created_at: prev.map_or_else(|| now.to_string(), |p| p.created_at.clone()),
-        spec: spec.services[name].clone(),
-        previous: match prev {
-            // Acknowledging a rollback keeps what it returned from (not itself) as previous.
-            Some(p) if p.spec == spec.services[name] => p.previous.clone(),
-            Some(p) => Some(Revision {
-                generation: p.generation,
-                spec: Box::new(p.spec.clone()),
-            }),
-            None => None,
+/// A new version of service `name`: generation and revision 1 when created; else the
+/// successor of `prev` ([`super::revisions::successor`]).
+fn next_version(
+    stack: &str,
+    name: &str,
+    spec: ServiceSpec,
+    prev: Option<&Service>,
+    now: &str,
+    history_limit: usize,
+) -> Service {
+    let version = new_token();
+    match prev {
+        Some(p) => Service {
+            version,
+            ..super::revisions::successor(p, spec, None, now, history_limit)
         },
-        rolled_back: None,
+        None => Service {
+            stack: stack.to_string(),
+            name: name.to_string(),
+            generation: 1,
+            resource_version: 0,
+            version,
+            created_at: now.to_string(),
+            spec,
+            revision: RevisionMeta {
+                number: 1,
+                at: now.to_string(),
+                change: "created".into(),
+            },
+            history: vec![],
+            rolled_back: None,
+        },
     }
 }
 

@@ -16,7 +16,10 @@ pub mod layout;
 mod layout_tests;
 pub mod lease;
 pub mod memory;
+mod revisions;
 mod tokens;
+
+pub use revisions::{RolloutVerb, DEFAULT_HISTORY_LIMIT};
 
 use capstan_api::object::*;
 use capstan_api::spec::StackSpec;
@@ -92,6 +95,8 @@ pub struct Store {
     kv: Arc<dyn Kv>,
     /// `<prefix>/v1/`, so two installations can share one etcd.
     root: String,
+    /// How many earlier revisions each service keeps (`serve --revision-history-limit`).
+    history_limit: usize,
 }
 
 /// Everything under the prefix at one revision, decoded.
@@ -142,6 +147,15 @@ impl Store {
         Store {
             kv,
             root: format!("{}/v1/", prefix.trim_end_matches('/')),
+            history_limit: DEFAULT_HISTORY_LIMIT,
+        }
+    }
+
+    /// The same store, keeping `limit` earlier revisions of each service.
+    pub fn with_history_limit(self, limit: usize) -> Store {
+        Store {
+            history_limit: limit,
+            ..self
         }
     }
 
@@ -154,6 +168,7 @@ impl Store {
                 fence,
             }),
             root: self.root.clone(),
+            history_limit: self.history_limit,
         }
     }
 
@@ -314,115 +329,55 @@ impl Store {
         replicas: u32,
         expected: Option<i64>,
     ) -> Result<Service, StoreError> {
-        for _ in 0..APPLY_ATTEMPTS {
-            let current = self.read_stack(stack).await?;
-            let (record, prev) = scale_target(stack, service, &current, expected)?;
-            let mut svc_spec = prev.spec.clone();
-            svc_spec.replicas = replicas;
-            check_ports(stack, service, &svc_spec)?;
-            if prev.spec.replicas == replicas {
-                return Ok(prev.clone());
-            }
-            let next = Service {
-                generation: prev.generation + 1,
-                spec: svc_spec,
-                version: layout::new_token(),
-                ..prev.clone()
-            };
-            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
-                return Ok(committed);
-            }
-            if expected.is_some() {
-                return Err(StoreError::Conflict(format!(
-                    "stack {stack} changed while {service} was being scaled; read it again and retry"
-                )));
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "service {stack}/{service} kept changing under concurrent writers; try again"
-        )))
+        let (svc, _) = self
+            .modify(stack, service, expected, |prev| {
+                let mut spec = prev.spec.clone();
+                spec.replicas = replicas;
+                check_ports(stack, service, &spec)?;
+                if prev.spec.replicas == replicas {
+                    return Ok(None);
+                }
+                let now = now_rfc3339();
+                Ok(Some(revisions::successor(
+                    prev,
+                    spec,
+                    None,
+                    &now,
+                    self.history_limit,
+                )))
+            })
+            .await?;
+        Ok(svc)
     }
 
-    /// The controller's automatic rollback: the service's previous revision's spec becomes
-    /// its desired spec again, under a new generation that records the rollback (the failed
-    /// spec becomes the previous revision). The replica count stays; the failed spec's
-    /// `rollback_config` (if any) steers the rollback. Nothing is written (Ok(None)) when the
-    /// service is no longer at `failed_generation` or has no previous revision.
-    pub async fn roll_back(
+    /// One service changed by `change` (given the committed one; None: nothing to write),
+    /// committed through the stack record as a new version, and tried again when another
+    /// writer committed first; with `expected`, that is a conflict instead. Returns the
+    /// service as committed, and whether this call wrote it.
+    async fn modify(
         &self,
         stack: &str,
         service: &str,
-        failed_generation: i64,
-        message: &str,
-    ) -> Result<Option<Service>, StoreError> {
+        expected: Option<i64>,
+        change: impl Fn(&Service) -> Result<Option<Service>, StoreError>,
+    ) -> Result<(Service, bool), StoreError> {
         for _ in 0..APPLY_ATTEMPTS {
             let current = self.read_stack(stack).await?;
-            let (record, prev) = scale_target(stack, service, &current, None)?;
-            let Some(to) = prev.previous.as_ref() else {
-                return Ok(None);
+            let (record, prev) = scale_target(stack, service, &current, expected)?;
+            let Some(next) = change(prev)? else {
+                return Ok((prev.clone(), false));
             };
-            if prev.generation != failed_generation || prev.rolled_back.is_some() {
-                return Ok(None);
-            }
-            let mut spec = (*to.spec).clone();
-            spec.replicas = prev.spec.replicas;
-            if let Some(config) = prev.spec.rollback_config {
-                spec.update_config = Some(config);
-            }
             let next = Service {
-                generation: prev.generation + 1,
-                spec,
                 version: layout::new_token(),
-                previous: Some(capstan_api::object::Revision {
-                    generation: prev.generation,
-                    spec: Box::new(prev.spec.clone()),
-                }),
-                rolled_back: Some(capstan_api::object::RolledBack {
-                    from_generation: prev.generation,
-                    to_generation: to.generation,
-                    at: now_rfc3339(),
-                    message: message.to_string(),
-                }),
-                ..prev.clone()
+                ..next
             };
             if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
-                return Ok(Some(committed));
+                return Ok((committed, true));
             }
-        }
-        Err(StoreError::Conflict(format!(
-            "service {stack}/{service} kept changing under concurrent writers; try again"
-        )))
-    }
-
-    /// `capstan rollout undo`: the service's previous revision's spec becomes its desired
-    /// spec again (the replica count stays), under a new generation; the spec it replaces
-    /// becomes the previous revision, so a second undo goes back again. Committed like a
-    /// scale; clears a recorded automatic rollback, since a person decided.
-    pub async fn undo(&self, stack: &str, service: &str) -> Result<Service, StoreError> {
-        for _ in 0..APPLY_ATTEMPTS {
-            let current = self.read_stack(stack).await?;
-            let (record, prev) = scale_target(stack, service, &current, None)?;
-            let to = prev.previous.as_ref().ok_or_else(|| {
-                StoreError::Conflict(format!(
-                    "service {stack}/{service} has no previous revision to go back to"
-                ))
-            })?;
-            let mut spec = (*to.spec).clone();
-            spec.replicas = prev.spec.replicas;
-            check_ports(stack, service, &spec)?;
-            let next = Service {
-                generation: prev.generation + 1,
-                spec,
-                version: layout::new_token(),
-                previous: Some(Revision {
-                    generation: prev.generation,
-                    spec: Box::new(prev.spec.clone()),
-                }),
-                rolled_back: None,
-                ..prev.clone()
-            };
-            if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
-                return Ok(committed);
+            if expected.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "stack {stack} changed while {service} was being changed; read it again and retry"
+                )));
             }
         }
         Err(StoreError::Conflict(format!(
