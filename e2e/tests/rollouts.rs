@@ -84,6 +84,44 @@ fn an_update_whose_replicas_exit_is_rolled_back_automatically_with_the_reason() 
         "{message}"
     );
     println!("{message}");
+    assert_eq!(
+        history(d, &format!("{}/web", s.name)),
+        [(2, IMAGE_V2.into(), false), (3, IMAGE.into(), true)],
+        "the failed revision stays in the history"
+    );
+}
+
+#[test]
+fn an_update_that_never_becomes_healthy_is_rolled_back_with_its_last_health_output() {
+    let h = Harness::start("roll-unhealthy");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &web(IMAGE, ""));
+    wait_until(CONVERGE, "web to converge on the first revision", || {
+        d.converged(&s.name, "web", 3)
+    });
+    let probe = "    healthcheck:\n      test: [\"CMD-SHELL\", \"echo probe-says-no; exit 1\"]\n      interval: 1s\n      retries: 1\n";
+    d.apply_nowait(s, &web(IMAGE_V2, probe));
+    wait_until(CONVERGE, "the update to be rolled back", || {
+        d.service(&s.name, "web")["rolledBack"].is_object()
+    });
+    wait_until(CONVERGE, "web to converge on the rolled-back spec", || {
+        rolled_out(d, s, 3)
+    });
+    for n in 1..=3 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE);
+    }
+    let svc = d.service(&s.name, "web");
+    let (reason, message) = condition(&svc, "Degraded");
+    assert_eq!(reason, "RolledBack", "{svc}");
+    assert!(message.contains("is unhealthy"), "{message}");
+    assert!(
+        message.contains("last health check of") && message.contains("probe-says-no"),
+        "{message}"
+    );
+    assert_eq!(
+        history(d, &format!("{}/web", s.name)),
+        [(2, IMAGE_V2.into(), false), (3, IMAGE.into(), true)]
+    );
 }
 
 #[test]
