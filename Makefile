@@ -41,7 +41,7 @@ e2e: deps images
 	$(CARGO) test -p capstan-e2e
 
 ## bench: every benchmark (scale without Docker; convergence, heal, idle cost, proxy and auth
-## against the real engine), release build; prints tables and writes
+## against the real engine, rolling updates against Swarm), release build; prints tables and writes
 ## bench/results/latest.json. Never part of `make test`. Takes about 20 minutes.
 bench: images
 	@bash scripts/deps.sh bench
