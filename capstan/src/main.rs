@@ -86,6 +86,20 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     etcd: Vec<String>,
+    /// The CA certificate (PEM) that signed etcd's: needed for `https://` endpoints.
+    #[arg(long)]
+    etcd_cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for an etcd with `--client-cert-auth` (with --etcd-key).
+    #[arg(long, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    #[arg(long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user (an etcd with `auth enable`). The password comes from
+    /// --etcd-password-file or CAPSTAN_ETCD_PASSWORD, never from a flag (ps shows flags).
+    #[arg(long)]
+    etcd_user: Option<String>,
+    #[arg(long, requires = "etcd_user")]
+    etcd_password_file: Option<PathBuf>,
     /// The API's Unix socket (folder 0750 if created here, socket 0660); whoever may
     /// open it is an admin.
     #[arg(
@@ -342,11 +356,12 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
 
 fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
     init_logging(a.log_format);
+    let etcd = etcd_access(&a)?;
     Ok(capstan_controller::daemon::Config {
         policy: load_policy(a.policy.as_deref())?,
         identity: (a.id).unwrap_or_else(|| format!("{}:{}", hostname(), a.socket.display())),
         lease_ttl: a.lease_ttl,
-        etcd_endpoints: a.etcd,
+        etcd,
         socket: a.socket,
         socket_group: a.socket_group,
         listen: a.listen,
@@ -358,6 +373,45 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
         revision_history_limit: a.revision_history_limit.into(),
+    })
+}
+
+/// How to reach etcd, with the files named read now: a missing one fails the start.
+fn etcd_access(a: &ServeArgs) -> anyhow::Result<capstan_controller::store::etcd::EtcdAccess> {
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    if a.etcd.iter().any(|e| e.starts_with("https://")) && a.etcd_cacert.is_none() {
+        anyhow::bail!("--etcd names an https:// endpoint: give etcd's CA with --etcd-cacert");
+    }
+    let password = match (&a.etcd_user, &a.etcd_password_file) {
+        (None, _) => None,
+        (Some(_), Some(f)) => Some(
+            String::from_utf8(read(f, "etcd password file")?)?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+        ),
+        (Some(_), None) => Some(std::env::var("CAPSTAN_ETCD_PASSWORD").map_err(|_| {
+            anyhow::anyhow!(
+                "--etcd-user needs a password: --etcd-password-file or CAPSTAN_ETCD_PASSWORD"
+            )
+        })?),
+    };
+    Ok(capstan_controller::store::etcd::EtcdAccess {
+        endpoints: a.etcd.clone(),
+        ca: a
+            .etcd_cacert
+            .as_ref()
+            .map(|p| read(p, "etcd CA"))
+            .transpose()?,
+        identity: match (&a.etcd_cert, &a.etcd_key) {
+            (Some(c), Some(k)) => Some((
+                read(c, "etcd client certificate")?,
+                read(k, "etcd client key")?,
+            )),
+            _ => None,
+        },
+        user: a.etcd_user.clone().zip(password),
     })
 }
 

@@ -18,12 +18,13 @@ use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::server::{self, ApiState};
-use crate::store::etcd::EtcdKv;
-use crate::store::Store;
+use crate::store::etcd::{EtcdAccess, EtcdKv};
+use crate::store::{KvError, Store};
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub etcd_endpoints: Vec<String>,
+    /// etcd's endpoints and the credentials to reach it (`--etcd`, `--etcd-cacert`, ...).
+    pub etcd: EtcdAccess,
     /// The API's Unix socket (`--socket`); its caller is an admin.
     pub socket: PathBuf,
     /// The socket's group (`--socket-group`): a name or a gid.
@@ -56,6 +57,10 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// etcd answered but refused us (wrong user or password, no permission): retrying
+    /// cannot help.
+    #[error("etcd refused capstan's credentials: {0}")]
+    EtcdRefused(String),
     #[error("cannot reach the Docker engine at /var/run/docker.sock: {0}")]
     Docker(#[source] RuntimeError),
     #[error(transparent)]
@@ -81,10 +86,11 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let listeners = Listeners::bind(&config, gid, acceptor).await?;
 
     let kv = loop {
-        match EtcdKv::connect(&config.etcd_endpoints).await {
+        match EtcdKv::connect(&config.etcd).await {
             Ok(kv) => break kv,
+            Err(KvError::Rejected(why)) => return Err(DaemonError::EtcdRefused(why)),
             Err(e) => {
-                tracing::warn!(error = %e, endpoints = ?config.etcd_endpoints, "etcd not reachable yet; retrying");
+                tracing::warn!(error = %e, endpoints = ?config.etcd.endpoints, "etcd not reachable yet; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = shutdown.changed() => return Ok(()),

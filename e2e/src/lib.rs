@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -146,24 +146,83 @@ pub struct Etcd {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// Clients must come over TLS with a certificate of the test's CA ([`Self::start_tls`]).
+    tls: bool,
     child: Option<Child>,
 }
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_as(false)
+    }
+
+    /// An etcd that takes only TLS clients with a certificate signed by a CA the test makes
+    /// (openssl, in etcd's temp dir): `ca.pem`, `server.pem`, `client.pem` and their keys.
+    pub fn start_tls() -> Etcd {
+        Etcd::start_as(true)
+    }
+
+    fn start_as(tls: bool) -> Etcd {
         preflight();
         let mut etcd = Etcd {
             dir: scratch_dir("etcd"),
             client_port: free_port(),
             peer_port: free_port(),
+            tls,
             child: None,
         };
+        if tls {
+            make_certificates(&etcd.dir);
+        }
         etcd.spawn();
         etcd
     }
 
+    /// A file of the test's CA ([`Self::start_tls`]).
+    pub fn pki(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// `etcdctl` against this etcd (with the client certificate when it takes TLS only).
+    pub fn etcdctl(&self) -> Command {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url()]);
+        if self.tls {
+            cmd.args(["--cacert", &self.pki("ca.pem")])
+                .args(["--cert", &self.pki("client.pem")])
+                .args(["--key", &self.pki("client-key.pem")]);
+        }
+        cmd
+    }
+
+    fn tls_args(&self) -> Vec<String> {
+        if !self.tls {
+            return vec![];
+        }
+        [
+            ("--cert-file", "server.pem"),
+            ("--key-file", "server-key.pem"),
+            ("--trusted-ca-file", "ca.pem"),
+        ]
+        .iter()
+        .flat_map(|(flag, file)| [flag.to_string(), self.pki(file)])
+        .chain(["--client-cert-auth".to_string()])
+        .collect()
+    }
+
+    fn healthy(&self) -> bool {
+        if self.tls {
+            let out = self.etcdctl().args(["endpoint", "health"]).output();
+            return out.map(|o| o.status.success()).unwrap_or(false);
+        }
+        reqwest::blocking::get(format!("{}/health", self.url()))
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    }
+
     fn spawn(&mut self) {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -186,16 +245,14 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("e2e={peer}")])
+            .args(self.tls_args())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        let health = format!("{client}/health");
         wait_until(Duration::from_secs(20), "etcd to become healthy", || {
-            reqwest::blocking::get(&health)
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
+            self.healthy()
         });
     }
 
@@ -209,7 +266,8 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Kills etcd (its data stays): the outage tests.
@@ -229,16 +287,9 @@ impl Etcd {
     /// etcd's current revision, read with etcdctl: it grows with every write, so an
     /// unchanged revision proves that nothing was written in between.
     pub fn revision(&self) -> u64 {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.url(),
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-            ])
+        let out = self
+            .etcdctl()
+            .args(["endpoint", "status", "-w", "json"])
             .output()
             .expect("run etcdctl (make deps)");
         assert!(
@@ -255,16 +306,9 @@ impl Etcd {
     /// Keys under `prefix`, read with etcdctl (not through capstan), but the leader key:
     /// what the stacks left behind.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args([
-                "--endpoints",
-                &self.url(),
-                "get",
-                "--prefix",
-                "--keys-only",
-                prefix,
-            ])
+        let out = self
+            .etcdctl()
+            .args(["get", "--prefix", "--keys-only", prefix])
             .output()
             .expect("run etcdctl (make deps)");
         assert!(
@@ -284,6 +328,91 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (CN `capstan-e2e`),
+/// P-256 keys, valid for a day, made with openssl in `dir`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("run openssl (make deps)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &key,
+        &[
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=capstan-e2e-ca",
+        ],
+    ]
+    .concat());
+    for (name, cn, usage) in [
+        (
+            "server",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        ),
+        ("client", "capstan-e2e", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        std::fs::write(dir.join(format!("{name}.ext")), usage).unwrap();
+        let (keyout, csr, pem, ext) = (
+            format!("{name}-key.pem"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        run(&[
+            &["req"][..],
+            &key,
+            &[
+                "-keyout",
+                &keyout,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN={cn}"),
+            ],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &ext,
+        ]);
     }
 }
 

@@ -42,11 +42,58 @@ fn unavailable(e: etcd_client::Error) -> KvError {
     KvError::Unavailable(e.to_string())
 }
 
+/// How to reach etcd: where, and with which credentials (`serve --etcd-cacert`,
+/// `--etcd-cert`/`--etcd-key`, `--etcd-user` with its password from a file or the
+/// environment). Read once at start, so a missing file fails the start, not every retry.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    pub endpoints: Vec<String>,
+    /// The CA that signed etcd's server certificate (PEM): required for `https://`.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for an etcd with `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// etcd's user and password (etcd's `auth enable`).
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    /// Never the password, nor the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.ca.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdAccess {
+    /// Plain endpoints, no credentials (tests, the in-process fixtures).
+    pub fn plain(endpoints: &[String]) -> EtcdAccess {
+        EtcdAccess {
+            endpoints: endpoints.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn tls(&self) -> Option<etcd_client::TlsOptions> {
+        let ca = self.ca.as_ref()?;
+        let mut tls =
+            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(ca));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        Some(tls)
+    }
+}
+
 impl EtcdKv {
-    /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`). Every request times out after
-    /// 5 s so an unreachable etcd is reported rather than waited on forever.
-    pub async fn connect(endpoints: &[String]) -> Result<Self, KvError> {
-        let opts = ConnectOptions::new()
+    /// Connects to `access.endpoints` (e.g. `http://127.0.0.1:2379`, or `https://` with a
+    /// CA). Every request times out after 5 s so an unreachable etcd is reported rather than
+    /// waited on forever. Refused credentials are [`KvError::Rejected`]: no retry mends them.
+    pub async fn connect(access: &EtcdAccess) -> Result<Self, KvError> {
+        let mut opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             // etcd hangs up on clients that ping more often than its
@@ -55,7 +102,16 @@ impl EtcdKv {
             // once anyway (the connection resets); the pings only catch silent partitions.
             .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(opts))
+        if let Some(tls) = access.tls() {
+            opts = opts.with_tls(tls);
+        }
+        if let Some((user, password)) = &access.user {
+            // etcd's simple tokens expire (and die with an etcd restart): get a new one.
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        let client = Client::connect(&access.endpoints, Some(opts))
             .await
             .map_err(unavailable)?;
         Ok(EtcdKv { client })
