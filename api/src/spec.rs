@@ -71,6 +71,10 @@ pub struct ServiceSpec {
     /// `deploy.labels`: labels of the service, not of its containers (as Compose).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deploy_labels: BTreeMap<String, String>,
+    /// `build:`: the image was built by capstan from this context ([`crate::build`]); such
+    /// an image is never pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::build::BuildSpec>,
 }
 
 /// One `depends_on` entry.
