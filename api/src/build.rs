@@ -99,6 +99,51 @@ pub fn is_built_image(image: &str) -> bool {
     image.starts_with(BUILT_IMAGE_PREFIX)
 }
 
+/// Label of a built image: the stack it was built for (tests and operators clean up by it).
+pub const LABEL_STACK: &str = "capstan.build.stack";
+/// Label of a built image: the service it was built for.
+pub const LABEL_SERVICE: &str = "capstan.build.service";
+
+/// `POST /v1/builds?options=<this, as JSON>`: the body is the context as a tar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRequest {
+    pub stack: String,
+    pub service: String,
+    /// The deterministic tag ([`built_tag`]); the image is built under it.
+    pub tag: String,
+    /// More names the image gets once built (the service's `image`, `build.tags`).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The options; `dockerfile` is the Dockerfile's path inside the tar.
+    pub spec: BuildSpec,
+}
+
+/// `GET /v1/images?tag=`: whether the engine has that image, and how large a context this
+/// daemon accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageView {
+    pub tag: String,
+    pub exists: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `serve --max-build-context`, in bytes.
+    pub max_build_context: u64,
+}
+
+/// One line of the build route's NDJSON answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BuildEvent {
+    /// Output of the builder (`Step 2/4 : RUN ...`, the step's own output).
+    Stream(String),
+    /// The build failed: the engine's message. Nothing was tagged.
+    Error(String),
+    /// The build succeeded: the image's id, and every name it now has.
+    Built { id: String, names: Vec<String> },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

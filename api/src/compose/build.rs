@@ -2,8 +2,18 @@
 //! meaning; what the client added (`x-capstan-digest`, `x-capstan-image`) is read back.
 
 use super::yaml::Value;
-use super::{join, kind, Parser};
+use super::{join, kind, InvalidStack, Parser};
 use crate::build::BuildSpec;
+
+/// The `build:` value at `path`, read alone: what the client packs and builds.
+pub fn parse_build(path: &str, v: &Value) -> Result<BuildSpec, InvalidStack> {
+    let mut p = Parser::default();
+    let spec = p.build(path, v);
+    match spec {
+        Some(spec) if p.errors.is_empty() => Ok(spec),
+        _ => Err(InvalidStack { errors: p.errors }),
+    }
+}
 
 /// The long form's keys capstan honours.
 const BUILD_KEYS: &[&str] = &[

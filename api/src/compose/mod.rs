@@ -43,6 +43,7 @@ pub mod yaml;
 
 use yaml::Value;
 
+pub use build::parse_build;
 pub use values::split_shell_words;
 
 /// One problem in a Compose file.
