@@ -187,6 +187,9 @@ fn check(req: &BuildRequest) -> Result<(), String> {
     if !is_built_image(&req.tag) || !req.tag.starts_with(&own) {
         return Err(format!("tag {:?} is not {own}<digest>", req.tag));
     }
+    if req.spec.extra_hosts.len() > 1 {
+        return Err("spec.extraHosts: one entry at most (the engine client sends one)".into());
+    }
     match req
         .names
         .iter()

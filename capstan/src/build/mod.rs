@@ -51,6 +51,13 @@ pub fn plan(stack: &str, dir: &Path, doc: &mut Value, only: &[String]) -> anyhow
                 lines.join("\n")
             )
         })?;
+        if spec.extra_hosts.len() > 1 {
+            bail!(
+                "{path}.extra_hosts: one entry at most for now: the engine's build API takes \
+                 each host as a repeated query parameter, which capstan's engine client cannot \
+                 send yet; nothing was built"
+            );
+        }
         let job = job(stack, &service, dir, svc, &mut spec)
             .with_context(|| format!("{path}: packing the context"))?;
         rewrite(svc, &job);
