@@ -27,6 +27,9 @@ use crate::server::ApiState;
 /// The default `--max-build-context`: 256 MiB.
 pub const DEFAULT_MAX_CONTEXT: u64 = 256 << 20;
 
+/// How long one build (one engine request) may take.
+const BUILD_TIMEOUT_SECS: u64 = 3600;
+
 /// The engine the builds go to, and how large a context is accepted.
 #[derive(Clone)]
 pub struct Builds {
@@ -45,10 +48,17 @@ impl Default for Builds {
 }
 
 impl Builds {
-    /// Builds on the local engine (`/var/run/docker.sock`, or `DOCKER_HOST`).
+    /// Builds on the local engine (`/var/run/docker.sock`, or a `unix://` `DOCKER_HOST`),
+    /// with an hour per request instead of bollard's 2 minutes: a build is one request.
     pub fn local(max_context: u64) -> Result<Builds, bollard::errors::Error> {
+        let host = std::env::var("DOCKER_HOST").ok();
+        let socket = (host.as_deref())
+            .filter(|h| h.starts_with("unix://"))
+            .unwrap_or("unix:///var/run/docker.sock");
+        let docker =
+            Docker::connect_with_unix(socket, BUILD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?;
         Ok(Builds {
-            docker: Some(Docker::connect_with_local_defaults()?),
+            docker: Some(docker),
             max_context,
         })
     }
