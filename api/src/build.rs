@@ -158,6 +158,22 @@ mod tests {
     }
 
     #[test]
+    fn the_build_summary_does_not_change_the_container_hash_the_image_tag_does() {
+        let mut a = crate::spec::ServiceSpec {
+            image: "capstan.local/s/web:01".into(),
+            ..Default::default()
+        };
+        let plain = a.container_hash();
+        a.build = Some(BuildSpec {
+            context: "/moved/here".into(),
+            ..Default::default()
+        });
+        assert_eq!(a.container_hash(), plain);
+        a.image = "capstan.local/s/web:02".into();
+        assert_ne!(a.container_hash(), plain);
+    }
+
+    #[test]
     fn content_options_leave_out_the_context_path_and_the_names() {
         let a = BuildSpec {
             context: "/a".into(),

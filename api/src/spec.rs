@@ -596,6 +596,9 @@ impl ServiceSpec {
         shape.restart_timing = None;
         shape.update_config = None;
         shape.rollback_config = None;
+        // A built image's tag already carries its content and options; where the context
+        // lives or what else the image is called does not shape the container.
+        shape.build = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
