@@ -246,3 +246,57 @@ fn a_context_over_the_limit_is_refused_naming_the_limit_by_the_client_and_the_da
     let stacks = h.d.cli_ok(&["get", "stacks", "-o", "json"]);
     assert!(!stacks.contains(&h.s.name), "nothing stored: {stacks}");
 }
+
+#[test]
+fn capstan_build_builds_without_applying_and_names_the_image_as_compose_does() {
+    let images = Images::default();
+    let h = Harness::start("buildonly");
+    images.track(&h.s.name);
+    let (name, extra) = (
+        format!("{}-named/app:v1", h.s.name),
+        format!("{}-extra/app:v1", h.s.name),
+    );
+    let file = h.s.file(&format!(
+        "services:\n  app:\n    image: {name}\n    build:\n      context: ./ctx\n      tags: [\"{extra}\"]\n"
+    ));
+    context(&file, DOCKERFILE);
+
+    let out =
+        h.d.cli(&["build", "-f", &file, "--stack", &h.s.name, "app"]);
+    images.seen(&out);
+    assert_ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tag = stdout
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(tag.starts_with("capstan.local/"), "{stdout}");
+    let id = inspect(&tag, "{{.Id}}");
+    assert_eq!(
+        inspect(&name, "{{.Id}}"),
+        id,
+        "`image` names the built image"
+    );
+    assert_eq!(
+        inspect(&extra, "{{.Id}}"),
+        id,
+        "and so does each of `build.tags`"
+    );
+    let stacks = h.d.cli_ok(&["get", "stacks", "-o", "json"]);
+    assert!(
+        !stacks.contains(&h.s.name),
+        "build applies nothing: {stacks}"
+    );
+
+    let out =
+        h.d.cli(&["build", "-f", &file, "--stack", &h.s.name, "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `build:`"));
+
+    let applied = apply(&h, &file);
+    let stderr = assert_ok(&applied);
+    assert!(stderr.contains("up to date, not built"), "{stderr}");
+    assert_eq!(builds_in_log(&h.d), 1);
+    assert_eq!(inspect(&h.s.replica("app", 1), "{{.Config.Image}}"), tag);
+}

@@ -237,3 +237,74 @@ impl Lines {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_the_built_tag_and_keeps_the_options_with_the_digest_and_compose_name() {
+        let dir = std::env::temp_dir().join(format!("capstan-plan-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::write(dir.join("app/Dockerfile"), "FROM scratch\n").unwrap();
+        let yaml = "services:\n  web:\n    image: shop/web:1\n    build: {context: app, args: {V: 1}}\n  db:\n    image: db:1\n  api:\n    build: app\n";
+        let mut doc = capstan_api::compose::yaml::parse(yaml).unwrap();
+        let jobs = plan("shop", &dir, &mut doc, &[]).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(jobs.len(), 2);
+        let web = doc.get("services").unwrap().get("web").unwrap();
+        let tag = web.get("image").unwrap().as_str().unwrap();
+        assert!(tag.starts_with("capstan.local/shop/web:"), "{tag}");
+        assert_eq!(tag, jobs[0].tag);
+        let build = web.get("build").unwrap();
+        let context = build.get("context").unwrap().as_str().unwrap();
+        assert_eq!(context, dir.join("app").display().to_string());
+        assert_eq!(
+            build.get("x-capstan-image").unwrap().as_str(),
+            Some("shop/web:1")
+        );
+        let digest = build.get("x-capstan-digest").unwrap().as_str().unwrap();
+        assert!(digest.starts_with("sha256:") && tag.ends_with(&digest[7..23]));
+        assert_eq!(
+            jobs[1].names,
+            vec!["shop-api".to_string()],
+            "Compose v2's name"
+        );
+        assert_ne!(
+            jobs[0].tag.rsplit(':').next(),
+            jobs[1].tag.rsplit(':').next(),
+            "args count"
+        );
+        let spec = capstan_api::parse_stack("shop", &serde_json::to_string(&doc).unwrap()).unwrap();
+        let stored = spec.services["web"].build.clone().unwrap();
+        assert_eq!(stored.digest.as_deref(), Some(digest));
+        assert_eq!(spec.services["db"].image, "db:1");
+    }
+
+    #[test]
+    fn a_remote_context_and_several_extra_hosts_are_refused_before_packing() {
+        let dir = std::env::temp_dir();
+        let mut doc = capstan_api::compose::yaml::parse(
+            "services: {web: {build: 'https://github.com/x/y.git'}}",
+        )
+        .unwrap();
+        let err = plan("s", &dir, &mut doc, &[]).err().unwrap();
+        assert!(format!("{err:#}").contains("remote context"), "{err:#}");
+        let mut doc = capstan_api::compose::yaml::parse(
+            "services: {web: {build: {context: ., extra_hosts: ['a:1.2.3.4', 'b:1.2.3.5']}}}",
+        )
+        .unwrap();
+        let err = plan("s", &dir, &mut doc, &[]).err().unwrap().to_string();
+        assert!(err.contains("services.web.build.extra_hosts"), "{err}");
+    }
+
+    #[test]
+    fn lines_are_split_across_chunks() {
+        let mut l = Lines::default();
+        assert!(l.push(b"{\"stream\":").is_empty());
+        assert_eq!(
+            l.push(b"\"a\"}\n{\"b\"\n"),
+            vec!["{\"stream\":\"a\"}", "{\"b\""]
+        );
+    }
+}
