@@ -171,6 +171,8 @@ async fn build(
         Err(_) => return too_large(format!("more than {max} bytes, or an upload that broke")),
     };
     tracing::info!(tag = %req.tag, bytes = tar.len(), "building an image");
+    // The audit entry is written when the stream starts; the build's end is logged.
+    crate::audit::note(format!("{}/{} build {}", req.stack, req.service, req.tag));
     let (tx, rx) = tokio::sync::mpsc::channel::<BuildEvent>(64);
     tokio::spawn(run(docker, req, tar, tx));
     let lines = futures::stream::unfold(rx, |mut rx| async move {
