@@ -1,6 +1,7 @@
 //! Capstan's resource model and the Compose dialect it accepts. Pure: no I/O.
 //!
 //! # Layout
+//! - [`build`]: a service's `build:` as stored, and the deterministic names of built images.
 //! - [`spec`]: the desired state of a stack and its services, as stored in etcd.
 //! - [`compose`]: a Compose project resolved as Compose does it (interpolation, overrides,
 //!   `extends`, `include`, profiles, env files), then a document (YAML or JSON) into a
@@ -14,6 +15,7 @@
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 
+pub mod build;
 pub mod compose;
 pub mod diff;
 pub mod duration;

@@ -75,6 +75,10 @@ pub struct ServiceSpec {
     /// keeps the stored one.
     #[serde(default, skip_serializing_if = "RolloutControl::is_unset")]
     pub rollout: RolloutControl,
+    /// `build:`: the image was built by capstan from this context ([`crate::build`]); such
+    /// an image is never pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<crate::build::BuildSpec>,
 }
 
 /// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and
@@ -632,6 +636,9 @@ impl ServiceSpec {
         shape.update_config = None;
         shape.rollback_config = None;
         shape.rollout.paused = false;
+        // A built image's tag already carries its content and options; where the context
+        // lives or what else the image is called does not shape the container.
+        shape.build = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()

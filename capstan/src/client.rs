@@ -127,6 +127,32 @@ impl Client {
         self.send(req).await
     }
 
+    /// `GET /v1/images?tag=`: whether the engine has a built image, and the context limit.
+    pub async fn image(&self, tag: &str) -> anyhow::Result<capstan_api::build::ImageView> {
+        let req = self.http.get(format!("{}/v1/images", self.base));
+        self.send(req.query(&[("tag", tag)])).await
+    }
+
+    /// `POST /v1/builds`: uploads a context; the answer streams NDJSON build events. Builds
+    /// may take long: no overall timeout.
+    pub async fn build(
+        &self,
+        request: &capstan_api::build::BuildRequest,
+        tar: Vec<u8>,
+    ) -> anyhow::Result<reqwest::Response> {
+        let req = (self.http.post(format!("{}/v1/builds", self.base)))
+            .query(&[("options", serde_json::to_string(request)?)])
+            .header("content-type", "application/x-tar")
+            .timeout(Duration::from_secs(24 * 3600))
+            .body(tar);
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        Err(api_error(status, &resp.bytes().await?))
+    }
+
     pub async fn stack(&self, stack: &str) -> anyhow::Result<Option<StackView>> {
         let resp = self
             .http
@@ -325,11 +351,17 @@ pub async fn apply(
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<i32> {
-    let loaded = crate::project::load(opts)?;
+    let mut loaded = crate::project::load(opts)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
     let stack = loaded.stack;
+    // Built services: their images are built first (unless the engine has them); a failed
+    // build returns here, before anything is applied.
+    let jobs = crate::build::plan(&stack, &loaded.dir, &mut loaded.doc, &[])?;
+    if !dry_run {
+        crate::build::ensure(api, &stack, &jobs).await?;
+    }
     // JSON is YAML, and writes every resolved value exactly.
     let body = serde_json::to_string(&loaded.doc)?;
     // Parsed here too, for the notices; the server validates again and has the last word.

@@ -48,7 +48,9 @@ pub async fn run(api: &crate::client::Client, opts: &crate::project::Options) ->
 }
 
 async fn diff(api: &crate::client::Client, opts: &crate::project::Options) -> anyhow::Result<bool> {
-    let loaded = crate::project::load(opts)?;
+    let mut loaded = crate::project::load(opts)?;
+    // Built services are compared by the tag their context would get (nothing is built).
+    crate::build::plan(&loaded.stack, &loaded.dir, &mut loaded.doc, &[])?;
     let body = serde_json::to_string(&loaded.doc)?;
     let d = api.diff(&loaded.stack, body).await?;
     print!(

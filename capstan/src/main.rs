@@ -1,6 +1,7 @@
 //! `capstan`: the daemon (`serve`) and the client commands, in one binary. Thin: the work
 //! is in `capstan-controller`; this file parses arguments and reports errors.
 
+mod build;
 mod client;
 mod diff;
 mod output;
@@ -158,6 +159,10 @@ struct ServeArgs {
     /// (`api/src/policy.rs`, README "Policy").
     #[arg(long, env = "CAPSTAN_POLICY")]
     policy: Option<PathBuf>,
+    /// The largest build context `POST /v1/builds` accepts (bytes, or with k/m/g: powers
+    /// of 1024, as Compose sizes); a larger one is refused with 413.
+    #[arg(long, default_value = "256m", value_parser = parse_size)]
+    max_build_context: u64,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +243,13 @@ enum Command {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Build the images of the project's services that have `build:` (all, or those named),
+    /// without applying anything; an image the engine already has is not built again.
+    Build {
+        #[command(flatten)]
+        project: ProjectArgs,
+        services: Vec<String>,
     },
     /// Show what `apply` would change, field by field per service, against what is stored.
     /// Exit code: 0 no changes, 1 changes, 2 an error.
@@ -373,6 +385,7 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
         revision_history_limit: a.revision_history_limit.into(),
+        max_build_context: a.max_build_context,
     })
 }
 
@@ -470,6 +483,23 @@ fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--max-build-context`: a size as Compose writes sizes (`256m`, `1g`, bytes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 10),
+        Some((i, 'm')) => (&t[..i], 20),
+        Some((i, 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a size: bytes, or a number with k, m or g"))
+}
+
 /// The policy file given to `serve`, or the default policy.
 fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<capstan_api::policy::Policy> {
     let Some(path) = path else {
@@ -521,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             wait,
             timeout,
         } => client::apply(&api, &project.into(), dry_run, wait, timeout).await,
+        Command::Build { project, services } => build::run(&api, &project.into(), &services).await,
         Command::Diff { project } => Ok(diff::run(&api, &project.into()).await),
         Command::Get {
             kind,

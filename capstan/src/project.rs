@@ -43,6 +43,8 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// `--stack`, else `COMPOSE_PROJECT_NAME`, else the files' `name:`, else the folder's name.
     pub stack: String,
+    /// The project folder: relative build contexts are in it.
+    pub dir: PathBuf,
 }
 
 /// Resolves the project; a Compose error is returned as the server would word it. `-f -`
@@ -116,6 +118,7 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
         doc,
         warnings: resolved.warnings,
         stack,
+        dir,
     })
 }
 

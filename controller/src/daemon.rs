@@ -53,6 +53,8 @@ pub struct Config {
     pub policy: capstan_api::policy::Policy,
     /// Earlier revisions each service keeps (`--revision-history-limit`).
     pub revision_history_limit: usize,
+    /// The largest build context accepted (`--max-build-context`), in bytes.
+    pub max_build_context: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ pub enum DaemonError {
     Docker(#[source] RuntimeError),
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error("cannot reach the Docker engine for builds: {0}")]
+    Builds(#[source] bollard::errors::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
 }
@@ -132,6 +136,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         metrics,
         tokens: Arc::default(),
         policy: Arc::new(config.policy.clone()),
+        builds: crate::build::Builds::local(config.max_build_context)
+            .map_err(DaemonError::Builds)?,
     };
     let result = listeners.serve(state, &shutdown).await;
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");

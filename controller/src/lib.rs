@@ -31,6 +31,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod build;
 pub mod controller;
 pub mod daemon;
 pub mod guard;

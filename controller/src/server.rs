@@ -40,6 +40,8 @@ pub struct ApiState {
     pub tokens: Arc<crate::auth::Tokens>,
     /// What stacks may do to the host, checked at apply, dry-run and scale.
     pub policy: Arc<capstan_api::policy::Policy>,
+    /// The engine `build:` contexts are built on, and their size limit ([`crate::build`]).
+    pub builds: crate::build::Builds,
 }
 
 /// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
@@ -95,6 +97,7 @@ fn routes() -> Router<ApiState> {
         .route("/v1/leader", get(leader))
         .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .merge(crate::build::routes())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -583,6 +586,7 @@ mod tests {
             metrics: Arc::default(),
             tokens: Arc::default(),
             policy: Arc::default(),
+            builds: Default::default(),
         };
         (st, kv)
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// (refused key, Compose file, the field path the error must name). `{IMAGE}` is the test
 /// image. Each file is otherwise valid.
 const REFUSED: &[(&str, &str, &str)] = &[
-    ("build", "services: {web: {image: {IMAGE}, build: .}}", "services.web.build"),
+    ("build.ssh", "services: {web: {image: {IMAGE}, build: {context: ., ssh: [default]}}}", "services.web.build.ssh"),
     ("attach", "services: {web: {image: {IMAGE}, attach: false}}", "services.web.attach"),
     ("blkio_config", "services: {web: {image: {IMAGE}, blkio_config: {weight: 300}}}", "services.web.blkio_config"),
     ("cgroup", "services: {web: {image: {IMAGE}, cgroup: host}}", "services.web.cgroup"),

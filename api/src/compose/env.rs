@@ -64,8 +64,8 @@ fn env_value(v: &str, lookup: Lookup) -> Result<String, String> {
 }
 
 impl Resolver<'_, '_> {
-    /// For every service: `env_file` read into `environment`, valueless entries looked up,
-    /// valueless labels made empty.
+    /// For every service: `env_file` read into `environment`, valueless entries (and
+    /// `build.args`) looked up, valueless labels made empty.
     pub(super) fn environments(&mut self, doc: &mut Value) {
         let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) else {
             return;
@@ -92,6 +92,13 @@ impl Resolver<'_, '_> {
             }
             if let Some(labels) = svc.get_mut("labels") {
                 *labels = empty_labels(keyed(labels));
+            }
+            // `build.args` without a value come from the environment too, as in Compose.
+            if let Some(args) = svc.get_mut("build").and_then(|b| b.get_mut("args")) {
+                if let Value::Mapping(mut m) = keyed(args) {
+                    m.0.retain_mut(|(k, v)| self.fill(k, v));
+                    *args = Value::Mapping(m);
+                }
             }
         }
     }
@@ -224,6 +231,30 @@ mod tests {
             Some("db:1"),
             "the environment wins over the file"
         );
+    }
+
+    #[test]
+    fn valueless_build_args_come_from_the_client_and_unset_ones_are_left_out() {
+        let doc = project_files(
+            &[(
+                "compose.yaml",
+                "services:\n  web:\n    image: x\n    build: {context: ., args: [TZ, UNSET_ONE, V=1]}\n",
+            )],
+            &[],
+        )
+        .unwrap()
+        .doc;
+        let build = doc
+            .get("services")
+            .unwrap()
+            .get("web")
+            .unwrap()
+            .get("build")
+            .unwrap();
+        let args = build.get("args").unwrap();
+        assert_eq!(args.get("TZ").unwrap().as_str(), Some("Europe/Paris"));
+        assert_eq!(args.get("V").unwrap().as_str(), Some("1"));
+        assert!(args.get("UNSET_ONE").is_none());
     }
 
     #[test]

@@ -72,9 +72,10 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
         (_, "<<") => "a YAML merge key that was not expanded: its value must be an alias \
                       (`<<: *name`) or a list of aliases (`<<: [*a, *b]`) to maps"
             .into(),
-        (_, "build") => "unsupported key \"build\": capstan runs images and does not build \
-                         them; build and push the image, then name it in `image`"
-            .into(),
+        (p, k) if p.starts_with("services.") && p.ends_with(".build") => format!(
+            "unsupported key {k:?}: a Compose build option capstan does not honour yet (the \
+             engine's classic builder is used), refused rather than ignored"
+        ),
         ("", "secrets" | "configs" | "models") => format!(
             "unsupported key {key:?}: capstan does not manage {key} yet; mount a file with a \
              bind volume instead"

@@ -15,12 +15,13 @@
 //!   document.
 //! - **The model**, run by the server on that document ([`parse_stack`]): `stack` (top level
 //!   and cross-checks), `services`, `ports`, `volumes`, `networks`, `healthcheck`, `values`
-//!   (the typed readers every file uses), and `keys` (why a key is refused).
+//!   (the typed readers every file uses), `build`, and `keys` (why a key is refused).
 
 use serde::{Deserialize, Serialize};
 
 use crate::spec::*;
 
+mod build;
 mod deploy;
 pub mod env;
 mod healthcheck;
@@ -42,6 +43,7 @@ pub mod yaml;
 
 use yaml::Value;
 
+pub use build::parse_build;
 pub use values::split_shell_words;
 
 /// One problem in a Compose file.
@@ -214,9 +216,9 @@ volumes: {db_data: {}}
 
     #[test]
     fn an_unknown_key_is_an_error_naming_it() {
-        let errs = errors("services: {web: {image: x, build: .}}");
-        assert_eq!(errs[0].field, "services.web.build");
-        assert!(errs[0].reason.contains("unsupported key \"build\""));
+        let errs = errors("services: {web: {image: x, ipc: host}}");
+        assert_eq!(errs[0].field, "services.web.ipc");
+        assert!(errs[0].reason.contains("unsupported key \"ipc\""));
         assert_eq!(
             fields("services: {web: {image: x}}\nsecrets: {}"),
             vec!["secrets"]

@@ -288,7 +288,7 @@ impl Parser {
     }
 
     /// `["host:ip"]`, `["host=ip"]` or `{host: ip}`, given to the engine as `host:ip`.
-    fn extra_hosts(&mut self, path: &str, v: &Value) -> Vec<String> {
+    pub(super) fn extra_hosts(&mut self, path: &str, v: &Value) -> Vec<String> {
         let pairs: Vec<(String, String, String)> = match v {
             Value::Mapping(_) => self
                 .key_values(path, v, "host")

@@ -25,6 +25,7 @@ impl Parser {
         "healthcheck",
         "depends_on",
         "links",
+        "build",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -76,6 +77,7 @@ impl Parser {
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
                 "links" => self.service_links(path, &field, val),
+                "build" => s.build = self.build(&field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
@@ -326,7 +328,8 @@ fn missing_image(service: &Value) -> &'static str {
         "is required; this service's merge key `<<` was not expanded, so nothing it names \
          (such as `image`) reached the service"
     } else if service.get("build").is_some() {
-        "is required: capstan runs images and does not build them"
+        "is required with `build`: `capstan apply` builds the context and names the image it \
+         built here (a document sent to the API must name it already)"
     } else {
         "is required: the image the service runs"
     }
