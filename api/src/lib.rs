@@ -11,6 +11,7 @@
 //! - [`names`]: deterministic names and the ownership labels of what capstan creates.
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
+//! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
 
 pub mod compose;
 pub mod duration;
@@ -19,6 +20,7 @@ pub mod names;
 pub mod object;
 pub mod options;
 pub mod policy;
+pub mod pull;
 pub mod spec;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

@@ -71,6 +71,10 @@ pub struct ServiceSpec {
     /// `deploy.labels`: labels of the service, not of its containers (as Compose).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deploy_labels: BTreeMap<String, String>,
+    /// `pull_policy`; `None` is Compose's default, `missing`. Decides when the image is
+    /// pulled, not what a container is: not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<crate::pull::PullPolicy>,
 }
 
 /// One `depends_on` entry.
@@ -592,6 +596,7 @@ impl ServiceSpec {
         shape.restart_timing = None;
         shape.update_config = None;
         shape.rollback_config = None;
+        shape.pull_policy = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -641,6 +646,8 @@ mod tests {
         assert_ne!(a.container_hash(), b.container_hash());
         let mut c = a.clone();
         c.deploy_labels.insert("team".into(), "web".into());
+        assert_eq!(a.container_hash(), c.container_hash());
+        c.pull_policy = Some(crate::pull::PullPolicy::Always);
         assert_eq!(a.container_hash(), c.container_hash());
     }
 

@@ -25,6 +25,7 @@ impl Parser {
         "healthcheck",
         "depends_on",
         "links",
+        "pull_policy",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -76,6 +77,7 @@ impl Parser {
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
                 "links" => self.service_links(path, &field, val),
+                "pull_policy" => s.pull_policy = self.pull_policy(&field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
