@@ -140,6 +140,11 @@ struct ServeArgs {
     /// (`api/src/policy.rs`, README "Policy").
     #[arg(long, env = "CAPSTAN_POLICY")]
     policy: Option<PathBuf>,
+    /// Registry credentials for pulls, in the Docker config format (`{"auths": {HOST:
+    /// {"auth": base64(USER:PASS)}}}`), over the operator's own Docker config
+    /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    #[arg(long, env = "CAPSTAN_REGISTRY_AUTH")]
+    registry_auth: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -339,6 +344,9 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         workers: a.workers,
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
+        registry_auth: capstan_controller::runtime::registry::RegistryAuth::load(
+            a.registry_auth.as_deref(),
+        )?,
     })
 }
 
