@@ -256,7 +256,9 @@ fn an_image_only_in_a_registry_without_auth_is_pulled_and_runs() {
     images.push(IMAGE, &reference);
     images.untag(&reference);
 
+    let t = std::time::Instant::now();
     h.d.apply(&h.s, &stack(&reference, 2, None));
+    let applied = t.elapsed();
     assert_eq!(h.s.running().len(), 2);
     assert!(present(&reference), "the daemon pulled it");
     assert_eq!(image_id(&h.s.replica("web", 1)), inspect(IMAGE, "{{.Id}}"));
@@ -264,6 +266,23 @@ fn an_image_only_in_a_registry_without_auth_is_pulled_and_runs() {
         h.d.log().contains("pulled image"),
         "the pull is in the daemon's log"
     );
+    // For the record, not asserted: the same pull by the docker CLI.
+    images.untag(&reference);
+    let t = std::time::Instant::now();
+    images.docker(&["pull", "-q", &reference]);
+    let metrics = h.d.metrics();
+    let op = ["op=\"pull\""];
+    let pulls = metric_sum(
+        &metrics,
+        "capstan_docker_request_duration_seconds_count",
+        &op,
+    );
+    let pulling = metric_sum(&metrics, "capstan_docker_request_duration_seconds_sum", &op);
+    eprintln!(
+        "apply --wait with a pull, 2 replicas: {applied:?}; the daemon's {pulls} pull(s): {pulling:.3} s; docker pull alone: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(pulls, 1.0, "one pull for both replicas");
 }
 
 #[test]

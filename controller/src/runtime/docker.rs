@@ -148,7 +148,10 @@ impl DockerRuntime {
             username: c.username.clone(),
             password: c.password.clone(),
             identitytoken: c.identity_token.clone(),
-            serveraddress: Some(super::registry::registry_of(image)),
+            serveraddress: Some(match super::registry::registry_of(image) {
+                hub if hub == super::registry::DOCKER_HUB => "https://index.docker.io/v1/".into(),
+                host => host,
+            }),
             ..Default::default()
         })
     }

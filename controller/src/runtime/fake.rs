@@ -842,22 +842,27 @@ impl Runtime for FakeRuntime {
         self.call(Call::Pull {
             name: image.to_string(),
         })?;
-        let took = self.shared.lock().pull_time;
-        if !took.is_zero() {
-            tokio::time::sleep(took).await;
-        }
-        let mut st = self.shared.lock();
-        if !st.registry.iter().any(|i| i == image) {
-            drop(st);
-            return self.failed(RuntimeError::Pull {
+        let (took, found) = {
+            let st = self.shared.lock();
+            (st.pull_time, st.registry.iter().any(|i| i == image))
+        };
+        // Marked failed now, while the pull is still the last call logged.
+        let result = match found {
+            true => Ok(()),
+            false => self.failed(RuntimeError::Pull {
                 image: image.to_string(),
                 message: format!(
                     "manifest for {image} not found: manifest unknown: manifest unknown"
                 ),
-            });
+            }),
+        };
+        if !took.is_zero() {
+            tokio::time::sleep(took).await;
         }
-        st.missing_images.retain(|i| i != image);
-        Ok(())
+        if result.is_ok() {
+            self.shared.lock().missing_images.retain(|i| i != image);
+        }
+        result
     }
 
     async fn list(
