@@ -163,3 +163,24 @@ async fn an_image_that_cannot_be_pulled_keeps_the_old_replicas_of_a_rollout_serv
     );
     assert_eq!(f.running().len(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_duration_pulls_again_only_once_the_last_pull_is_older_than_it() {
+    let f = Fixture::start().await;
+    f.fake.push_to_registry(IMAGE);
+    f.fake.set_image_missing(IMAGE, true);
+    f.apply(&service(1, Some("every_1m"))).await;
+    f.until_converged(STACK, "web", 1).await;
+    assert_eq!(f.fake.count(is_pull), 1, "missing: pulled");
+    f.scale(STACK, "web", 2).await;
+    f.until_converged(STACK, "web", 2).await;
+    assert_eq!(f.fake.count(is_pull), 1, "pulled less than a minute ago");
+    f.run_for(Duration::from_secs(61)).await;
+    f.scale(STACK, "web", 3).await;
+    f.until_converged(STACK, "web", 3).await;
+    assert_eq!(
+        f.fake.count(is_pull),
+        2,
+        "the last pull is older than a minute"
+    );
+}

@@ -240,7 +240,34 @@ pub fn pulling(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::fake::{Call, FakeRuntime};
+    use crate::runtime::fence::{FencedRuntime, Gate, Verb};
+    use crate::runtime::Runtime;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_follower_may_look_for_an_image_but_never_pulls_one() {
+        struct Follower;
+        impl Gate for Follower {
+            fn permits(&self, verb: Verb) -> bool {
+                verb == Verb::Read
+            }
+        }
+        let fake = Arc::new(FakeRuntime::default());
+        fake.push_to_registry("web:1");
+        let fenced = FencedRuntime {
+            inner: fake.clone(),
+            gate: Arc::new(Follower),
+        };
+        assert!(fenced.has_image("web:1").await.is_ok());
+        let pulled = fenced.pull("web:1").await;
+        assert!(
+            matches!(pulled, Err(RuntimeError::Fenced { op: "pull" })),
+            "{pulled:?}"
+        );
+        assert_eq!(fake.count(|c| matches!(c, Call::Pull { .. })), 0);
+    }
 
     #[test]
     fn each_policy_pulls_when_compose_would() {
