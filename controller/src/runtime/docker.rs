@@ -263,6 +263,10 @@ fn observed(c: ContainerSummary) -> Option<Observed> {
     })
 }
 
+/// A pull that takes longer (a registry that stopped answering mid-pull) is given up: it
+/// holds a reconcile worker meanwhile.
+const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
 /// `name[:tag][@digest]` as the engine's pull wants it: the name, and the tag or digest
 /// (`latest` when neither is given; an empty tag would pull every tag).
 fn pull_reference(image: &str) -> (&str, &str) {
@@ -320,15 +324,23 @@ impl Runtime for DockerRuntime {
         let mut progress = self
             .docker
             .create_image(Some(opts), None, self.credentials_for(image));
-        while let Some(step) = progress.next().await {
-            if let Err(e) = step {
-                return Err(RuntimeError::Pull {
-                    image: image.to_string(),
-                    message: pull_message(e),
-                });
+        let follow = async {
+            while let Some(step) = progress.next().await {
+                step.map_err(pull_message)?;
             }
+            Ok(())
+        };
+        let failed = |message| RuntimeError::Pull {
+            image: image.to_string(),
+            message,
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, follow).await {
+            Ok(done) => done.map_err(failed),
+            Err(_) => Err(failed(format!(
+                "not finished after {} minutes; given up, to be tried again",
+                PULL_TIMEOUT.as_secs() / 60
+            ))),
         }
-        Ok(())
     }
 
     async fn list(
