@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what capstan needs from Debian, if it is missing: etcd, static busybox (for the
-# local images), protoc and the well-known protos (etcd-client compiles etcd's protos).
+# local images), protoc and the well-known protos (etcd-client compiles etcd's protos), and
+# for the pull tests a registry (docker-registry) and htpasswd (apache2-utils).
 set -euo pipefail
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
@@ -8,6 +9,9 @@ command -v etcdctl >/dev/null || missing+=(etcd-client)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
 command -v prometheus >/dev/null || missing+=(prometheus)
+# The pull tests run a real registry on loopback, with htpasswd (bcrypt) auth.
+[ -x /usr/bin/docker-registry ] || missing+=(docker-registry)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || missing+=(wrk)
   command -v haproxy >/dev/null || missing+=(haproxy)

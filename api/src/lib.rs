@@ -14,6 +14,7 @@
 //!   change summaries).
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
+//! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
 
 pub mod build;
 pub mod compose;
@@ -24,6 +25,7 @@ pub mod names;
 pub mod object;
 pub mod options;
 pub mod policy;
+pub mod pull;
 pub mod spec;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

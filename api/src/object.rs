@@ -281,6 +281,8 @@ pub enum Reason {
     RollbackInProgress,
     WaitingForReady,
     WaitingForDependencies,
+    /// The service's image is being pulled before its replicas are created.
+    PullingImage,
     // Degraded
     AsExpected,
     DependencyFailed,
@@ -298,6 +300,10 @@ pub enum Reason {
     EngineUnreachable,
     /// An update failed and was rolled back automatically.
     RolledBack,
+    /// The image could not be pulled; retried with back-off.
+    ImagePullBackOff,
+    /// The image is missing and `pull_policy` (`never`, `build`) forbids pulling it.
+    ErrImageNeverPull,
 }
 
 impl Reason {
@@ -327,6 +333,9 @@ impl Reason {
             Reason::NetworkError => "NetworkError",
             Reason::EngineUnreachable => "EngineUnreachable",
             Reason::RolledBack => "RolledBack",
+            Reason::PullingImage => "PullingImage",
+            Reason::ImagePullBackOff => "ImagePullBackOff",
+            Reason::ErrImageNeverPull => "ErrImageNeverPull",
         }
     }
 }

@@ -79,6 +79,10 @@ pub struct ServiceSpec {
     /// an image is never pulled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<crate::build::BuildSpec>,
+    /// `pull_policy`; `None` is Compose's default, `missing`. Decides when the image is
+    /// pulled, not what a container is: not part of the hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_policy: Option<crate::pull::PullPolicy>,
 }
 
 /// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and
@@ -639,6 +643,7 @@ impl ServiceSpec {
         // A built image's tag already carries its content and options; where the context
         // lives or what else the image is called does not shape the container.
         shape.build = None;
+        shape.pull_policy = None;
         let bytes = serde_json::to_vec(&shape).expect("a spec always serialises");
         let digest = Sha256::digest(&bytes);
         digest[..6].iter().map(|b| format!("{b:02x}")).collect()
@@ -688,6 +693,8 @@ mod tests {
         assert_ne!(a.container_hash(), b.container_hash());
         let mut c = a.clone();
         c.deploy_labels.insert("team".into(), "web".into());
+        assert_eq!(a.container_hash(), c.container_hash());
+        c.pull_policy = Some(crate::pull::PullPolicy::Always);
         assert_eq!(a.container_hash(), c.container_hash());
     }
 

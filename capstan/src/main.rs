@@ -163,6 +163,11 @@ struct ServeArgs {
     /// of 1024, as Compose sizes); a larger one is refused with 413.
     #[arg(long, default_value = "256m", value_parser = parse_size)]
     max_build_context: u64,
+    /// Registry credentials for pulls, in the Docker config format (`{"auths": {HOST:
+    /// {"auth": base64(USER:PASS)}}}`), over the operator's own Docker config
+    /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
+    #[arg(long, env = "CAPSTAN_REGISTRY_AUTH")]
+    registry_auth: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -386,6 +391,9 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         traefik_root: a.traefik_etcd_root,
         revision_history_limit: a.revision_history_limit.into(),
         max_build_context: a.max_build_context,
+        registry_auth: capstan_controller::runtime::registry::RegistryAuth::load(
+            a.registry_auth.as_deref(),
+        )?,
     })
 }
 

@@ -176,6 +176,7 @@ fn fenced_context(
         engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
         leadership: leadership.clone(),
         health: health.clone(),
+        pulls: Default::default(),
     })
 }
 

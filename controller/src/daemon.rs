@@ -55,6 +55,8 @@ pub struct Config {
     pub revision_history_limit: usize,
     /// The largest build context accepted (`--max-build-context`), in bytes.
     pub max_build_context: u64,
+    /// Credentials for pulls: the operator's Docker config and `--registry-auth`.
+    pub registry_auth: crate::runtime::registry::RegistryAuth,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,8 +81,10 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let gid = listen::group_id(&config.socket_group)?;
     let runtime = DockerRuntime::connect()
         .await
-        .map_err(DaemonError::Docker)?;
-    tracing::info!(api = %runtime.api_version(), "connected to the Docker engine");
+        .map_err(DaemonError::Docker)?
+        .with_registry_auth(config.registry_auth.clone());
+    // Hosts only: a credential is never logged.
+    tracing::info!(api = %runtime.api_version(), registries_with_credentials = ?config.registry_auth.hosts(), "connected to the Docker engine");
     let metrics = Arc::new(Metrics::default());
     let runtime: Arc<dyn Runtime> = Arc::new(MeasuredRuntime {
         inner: Arc::new(runtime),

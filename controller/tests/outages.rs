@@ -191,13 +191,13 @@ async fn a_replica_that_keeps_failing_to_start_is_not_retried_in_a_hot_loop() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_missing_image_is_reported_as_image_not_found() {
+async fn a_missing_image_that_cannot_be_pulled_is_reported_as_image_pull_back_off() {
     let f = Fixture::start().await;
     f.fake.set_image_missing("web:9", true);
     f.apply("services:\n  web:\n    image: web:9\n").await;
-    f.settle().await;
+    f.run_for(Duration::from_secs(5)).await;
     let (reason, message) = f.condition(STACK, "web", "Degraded").await;
-    assert_eq!(reason, "ImageNotFound", "{message}");
+    assert_eq!(reason, "ImagePullBackOff", "{message}");
     assert!(message.contains("web:9"), "{message}");
     assert!(f.fake.containers().is_empty());
 

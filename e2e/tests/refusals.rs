@@ -36,7 +36,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("post_start", "services: {web: {image: {IMAGE}, post_start: [{command: 'echo up'}]}}", "services.web.post_start"),
     ("pre_stop", "services: {web: {image: {IMAGE}, pre_stop: [{command: 'echo down'}]}}", "services.web.pre_stop"),
     ("provider", "services: {web: {image: {IMAGE}, provider: {type: model, options: {model: ai/x}}}}", "services.web.provider"),
-    ("pull_policy", "services: {web: {image: {IMAGE}, pull_policy: always}}", "services.web.pull_policy"),
+    ("pull_policy (an unknown value)", "services: {web: {image: {IMAGE}, pull_policy: sometimes}}", "services.web.pull_policy"),
     ("storage_opt", "services: {web: {image: {IMAGE}, storage_opt: {size: 1G}}}", "services.web.storage_opt"),
     ("use_api_socket", "services: {web: {image: {IMAGE}, use_api_socket: true}}", "services.web.use_api_socket"),
     ("userns_mode", "services: {web: {image: {IMAGE}, userns_mode: host}}", "services.web.userns_mode"),

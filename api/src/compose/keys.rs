@@ -29,7 +29,6 @@ const SERVICE_OPTIONS: &[&str] = &[
     "post_start",
     "pre_stop",
     "provider",
-    "pull_policy",
     "storage_opt",
     "use_api_socket",
     "userns_mode",

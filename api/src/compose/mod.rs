@@ -34,6 +34,7 @@ pub mod notices;
 mod options;
 mod ports;
 mod profiles;
+mod pull;
 pub mod resolve;
 mod services;
 mod stack;

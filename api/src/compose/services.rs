@@ -26,6 +26,7 @@ impl Parser {
         "depends_on",
         "links",
         "build",
+        "pull_policy",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -78,6 +79,7 @@ impl Parser {
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
                 "links" => self.service_links(path, &field, val),
                 "build" => s.build = self.build(&field, val),
+                "pull_policy" => s.pull_policy = self.pull_policy(&field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }

@@ -131,6 +131,12 @@ impl Runtime for MeasuredRuntime {
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
         measured!(self, "remove_volume", self.inner.remove_volume(name))
     }
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        measured!(self, "inspect_image", self.inner.has_image(image))
+    }
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        measured!(self, "pull", self.inner.pull(image))
+    }
     async fn ping(&self) -> Result<(), RuntimeError> {
         measured!(self, "ping", self.inner.ping())
     }

@@ -256,6 +256,12 @@ async fn execute(
     if needs_create {
         stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
     }
+    // No image, no replacement: an outdated replica keeps serving until one can be made.
+    let image = match needs_create {
+        true => super::pull::ensure_image(ctx, obs).await.err(),
+        false => None,
+    };
+    let creating = image.is_none();
 
     let now = now_rfc3339();
     let mut jobs: Vec<BoxFuture<'_, JobResult>> = vec![];
@@ -263,20 +269,23 @@ async fn execute(
         jobs.push(Box::pin(start_job(ctx, c)));
     }
     for (c, reason, action) in &plan.heal {
+        if *action == HealAction::Replace && !creating {
+            continue;
+        }
         jobs.push(Box::pin(heal_job(
             ctx, obs, c, *reason, *action, details, &now,
         )));
     }
-    for c in &plan.recreate {
+    for c in plan.recreate.iter().filter(|_| creating) {
         jobs.push(Box::pin(recreate_job(ctx, obs, c)));
     }
-    for n in &plan.create {
+    for n in plan.create.iter().filter(|_| creating) {
         jobs.push(Box::pin(async move {
             let made = create_and_start(ctx, obs, *n).await;
             (made.err().map(|e| failed_to_make(ctx, obs, *n, e)), None)
         }));
     }
-    let mut problems = vec![];
+    let mut problems: Vec<Problem> = image.into_iter().collect();
     for (p, e) in with_slots(&ctx.engine_slots, jobs).await {
         problems.extend(p);
         events.extend(e);
@@ -405,6 +414,7 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
     let reason = match &e {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
+        RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
         e if e.is_port_in_use() => Reason::PortInUse,
         e if e.is_network_error() => Reason::NetworkError,

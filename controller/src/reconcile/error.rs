@@ -32,6 +32,12 @@ pub enum ReconcileError {
     Finalize { stack: String, source: StoreError },
     #[error(transparent)]
     Endpoints(#[from] TrafficError),
+    /// The service's image could not be pulled, or `pull_policy` forbids pulling it.
+    #[error("{reason}: {message}")]
+    Image {
+        reason: capstan_api::object::Reason,
+        message: String,
+    },
     /// A bug: reconcile panicked.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
@@ -47,11 +53,12 @@ pub enum ErrorKind {
     Finalize,
     Endpoints,
     Panic,
+    Image,
 }
 
 impl ErrorKind {
     /// Every kind, pre-created at 0 so rates exist before the first error.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::List,
         ErrorKind::Resource,
         ErrorKind::Remove,
@@ -59,6 +66,7 @@ impl ErrorKind {
         ErrorKind::Finalize,
         ErrorKind::Endpoints,
         ErrorKind::Panic,
+        ErrorKind::Image,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -70,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Finalize => "finalize",
             ErrorKind::Endpoints => "endpoints",
             ErrorKind::Panic => "panic",
+            ErrorKind::Image => "image",
         }
     }
 }
@@ -99,6 +108,7 @@ impl ReconcileError {
             ReconcileError::Finalize { .. } => ErrorKind::Finalize,
             ReconcileError::Endpoints(_) => ErrorKind::Endpoints,
             ReconcileError::Panicked(_) => ErrorKind::Panic,
+            ReconcileError::Image { .. } => ErrorKind::Image,
         }
     }
 
@@ -107,6 +117,10 @@ impl ReconcileError {
         !matches!(
             self,
             ReconcileError::Panicked(_)
+                | ReconcileError::Image {
+                    reason: capstan_api::object::Reason::ErrImageNeverPull,
+                    ..
+                }
                 | ReconcileError::Resource {
                     source: RuntimeError::ExternalMissing { .. },
                     ..

@@ -15,7 +15,8 @@
 //! A stack key reconciles the stack's own part ([`stack`]). Around them: [`shape`] (the
 //! engine objects a spec becomes), [`status`] and [`drift`] (pure), [`deps`] (the gate),
 //! [`backoff`] (per-replica crash-loop back-off), [`scratch`] (what this process wrote
-//! last), [`error`] (failures, and how long a failing key waits).
+//! last), [`error`] (failures, and how long a failing key waits), [`pull`] (the image made
+//! present per `pull_policy` before replicas are created).
 
 pub mod act;
 pub mod backoff;
@@ -24,6 +25,7 @@ pub mod drift;
 pub mod error;
 pub mod observe;
 pub mod plan;
+pub mod pull;
 pub mod report;
 pub mod scratch;
 pub mod shape;
@@ -79,6 +81,8 @@ pub struct Context {
     pub leadership: crate::leader::Leadership,
     /// Whether the engine answers: while it does not, statuses say so and nothing is tried.
     pub health: Arc<crate::health::Health>,
+    /// When each image was last pulled, and its failed pulls' back-off.
+    pub pulls: pull::Pulls,
 }
 
 /// When to look at a key again, besides events.
@@ -151,7 +155,21 @@ async fn reconcile_service(
         plan.paused = Some(failed);
     }
     let outcome = act::act(ctx, &obs, &plan).await?;
-    report::report(ctx, &obs, &plan, outcome).await
+    let mut obs = obs;
+    if ctx.pulls.take_announced(stack, name) {
+        // A `PullingImage` status was written meanwhile: the report compares against it.
+        obs.previous = ctx.scratch.last_status(&ctx.desired, stack, name);
+    }
+    let image_problem = outcome.problems.iter().find(|p| p.is_image()).cloned();
+    let action = report::report(ctx, &obs, &plan, outcome).await?;
+    match image_problem {
+        // The status says why; the key backs off like any failing one.
+        Some(p) => Err(ReconcileError::Image {
+            reason: p.reason,
+            message: p.message,
+        }),
+        None => Ok(action),
+    }
 }
 
 /// `failure_action: rollback`: the previous revision's spec is stored again, recording the

@@ -20,6 +20,16 @@ pub struct Problem {
     pub message: String,
 }
 
+impl Problem {
+    /// The service's image could not be made present (pulled, or allowed to be pulled).
+    pub fn is_image(&self) -> bool {
+        matches!(
+            self.reason,
+            Reason::ImagePullBackOff | Reason::ErrImageNeverPull
+        )
+    }
+}
+
 /// Restarts (within the back-off window) after which a replica that is not ready counts as
 /// crash looping.
 pub const CRASH_LOOP_RESTARTS: u32 = 2;

@@ -1,12 +1,13 @@
 //! [`Runtime`] on the Docker Engine API (bollard).
 
 use async_trait::async_trait;
+use bollard::auth::DockerCredentials;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, ListVolumesOptionsBuilder, RemoveContainerOptionsBuilder,
-    RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use capstan_api::names;
@@ -15,6 +16,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::create::{self, ApiVersion};
+use super::registry::RegistryAuth;
 use super::*;
 
 pub struct DockerRuntime {
@@ -25,6 +27,8 @@ pub struct DockerRuntime {
     /// Serialises network and volume creation: the engine does not refuse a second network
     /// with the same name, so two reconciles racing would make an ambiguous pair.
     resource_lock: tokio::sync::Mutex<()>,
+    /// Credentials for pulls, by registry host (`serve --registry-auth`, the Docker config).
+    registry_auth: RegistryAuth,
 }
 
 fn status_of(e: &BollardError) -> Option<u16> {
@@ -127,6 +131,28 @@ impl DockerRuntime {
             docker,
             api: ApiVersion(v.major_version, v.minor_version),
             resource_lock: tokio::sync::Mutex::new(()),
+            registry_auth: RegistryAuth::default(),
+        })
+    }
+
+    /// Pulls with these credentials.
+    pub fn with_registry_auth(mut self, auth: RegistryAuth) -> Self {
+        self.registry_auth = auth;
+        self
+    }
+
+    /// What the engine gets as `X-Registry-Auth` for `image`, if anything.
+    fn credentials_for(&self, image: &str) -> Option<DockerCredentials> {
+        let c = self.registry_auth.for_image(image)?;
+        Some(DockerCredentials {
+            username: c.username.clone(),
+            password: c.password.clone(),
+            identitytoken: c.identity_token.clone(),
+            serveraddress: Some(match super::registry::registry_of(image) {
+                hub if hub == super::registry::DOCKER_HUB => "https://index.docker.io/v1/".into(),
+                host => host,
+            }),
+            ..Default::default()
         })
     }
 
@@ -237,6 +263,32 @@ fn observed(c: ContainerSummary) -> Option<Observed> {
     })
 }
 
+/// A pull that takes longer (a registry that stopped answering mid-pull) is given up: it
+/// holds a reconcile worker meanwhile.
+const PULL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// `name[:tag][@digest]` as the engine's pull wants it: the name, and the tag or digest
+/// (`latest` when neither is given; an empty tag would pull every tag).
+fn pull_reference(image: &str) -> (&str, &str) {
+    if let Some((name, digest)) = image.split_once('@') {
+        return (name, digest);
+    }
+    let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[last_slash..].rfind(':') {
+        Some(i) => (&image[..last_slash + i], &image[last_slash + i + 1..]),
+        None => (image, "latest"),
+    }
+}
+
+/// The registry's words in a failed pull, without bollard's wrapping.
+fn pull_message(e: BollardError) -> String {
+    match e {
+        BollardError::DockerStreamError { error } => error,
+        BollardError::DockerResponseServerError { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 fn label_filter(stack: Option<&str>, service: Option<&str>) -> HashMap<String, Vec<String>> {
     let mut labels = vec![match stack {
         Some(s) => format!("{}={s}", names::STACK),
@@ -252,6 +304,43 @@ fn label_filter(stack: Option<&str>, service: Option<&str>) -> HashMap<String, V
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map(|_| ()).map_err(engine("ping"))
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status_of(&e) == Some(404) => Ok(false),
+            Err(e) => Err(engine("inspect image")(e)),
+        }
+    }
+
+    /// Follows the pull's progress stream to its end: an error in it is the registry's.
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        let (name, tag) = pull_reference(image);
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut progress = self
+            .docker
+            .create_image(Some(opts), None, self.credentials_for(image));
+        let follow = async {
+            while let Some(step) = progress.next().await {
+                step.map_err(pull_message)?;
+            }
+            Ok(())
+        };
+        let failed = |message| RuntimeError::Pull {
+            image: image.to_string(),
+            message,
+        };
+        match tokio::time::timeout(PULL_TIMEOUT, follow).await {
+            Ok(done) => done.map_err(failed),
+            Err(_) => Err(failed(format!(
+                "not finished after {} minutes; given up, to be tried again",
+                PULL_TIMEOUT.as_secs() / 60
+            ))),
+        }
     }
 
     async fn list(
@@ -492,6 +581,24 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_names_the_tag_or_digest_and_latest_when_none_is_given() {
+        assert_eq!(pull_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(pull_reference("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(
+            pull_reference("127.0.0.1:5000/web"),
+            ("127.0.0.1:5000/web", "latest")
+        );
+        assert_eq!(
+            pull_reference("127.0.0.1:5000/team/web:2"),
+            ("127.0.0.1:5000/team/web", "2")
+        );
+        assert_eq!(
+            pull_reference("ghcr.io/a/b@sha256:0123"),
+            ("ghcr.io/a/b", "sha256:0123")
+        );
+    }
 
     #[test]
     fn health_and_exit_codes_are_read_from_the_status_line() {

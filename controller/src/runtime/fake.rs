@@ -69,6 +69,14 @@ pub enum Call {
     RemoveVolume {
         name: String,
     },
+    /// Whether the engine has an image (the image's name).
+    InspectImage {
+        name: String,
+    },
+    /// A pull of an image (the image's name).
+    Pull {
+        name: String,
+    },
 }
 
 /// The kind of a [`Call`], to aim a failure at.
@@ -86,6 +94,8 @@ pub enum Op {
     StackVolumes,
     RemoveNetwork,
     RemoveVolume,
+    InspectImage,
+    Pull,
 }
 
 impl Call {
@@ -103,6 +113,8 @@ impl Call {
             Call::StackVolumes { .. } => Op::StackVolumes,
             Call::RemoveNetwork { .. } => Op::RemoveNetwork,
             Call::RemoveVolume { .. } => Op::RemoveVolume,
+            Call::InspectImage { .. } => Op::InspectImage,
+            Call::Pull { .. } => Op::Pull,
         }
     }
 
@@ -119,12 +131,14 @@ impl Call {
             | Call::EnsureNetwork { name }
             | Call::EnsureVolume { name }
             | Call::RemoveNetwork { name }
-            | Call::RemoveVolume { name } => name,
+            | Call::RemoveVolume { name }
+            | Call::InspectImage { name }
+            | Call::Pull { name } => name,
         }
     }
 
-    /// Whether the call is one that changes the world: creates, starts, restarts and
-    /// removals. Lists, inspects and lookups are not, and neither are `ensure_*`, which the
+    /// Whether the call is one that changes the world: creates, starts, restarts,
+    /// removals and pulls. Lists, inspects and lookups are not, and neither are `ensure_*`, which the
     /// daemon makes on every stack reconcile and which only create what is missing (see
     /// [`FakeRuntime::networks`]).
     pub fn mutates(&self) -> bool {
@@ -136,6 +150,7 @@ impl Call {
                 | Op::Remove
                 | Op::RemoveNetwork
                 | Op::RemoveVolume
+                | Op::Pull
         )
     }
 }
@@ -197,6 +212,10 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             has: has.clone(),
         },
         RuntimeError::Fenced { op } => RuntimeError::Fenced { op },
+        RuntimeError::Pull { image, message } => RuntimeError::Pull {
+            image: image.clone(),
+            message: message.clone(),
+        },
     }
 }
 
@@ -252,6 +271,10 @@ struct Inner {
     /// Overrides the health a container starts with.
     new_health: Option<Health>,
     missing_images: Vec<String>,
+    /// Images a pull finds in "the registry" (anything else: `manifest unknown`).
+    registry: Vec<String>,
+    /// How long a pull takes.
+    pull_time: Duration,
     history: VecDeque<ContainerEvent>,
     last_event_nano: i64,
     /// Calls made at the same instant: (that instant, how many).
@@ -706,6 +729,17 @@ impl FakeRuntime {
         }
     }
 
+    /// The registry has `image`: a pull of it succeeds and makes it present (until then,
+    /// a pull fails with the registry's `manifest unknown`).
+    pub fn push_to_registry(&self, image: &str) {
+        self.shared.lock().registry.push(image.to_string());
+    }
+
+    /// How long each pull takes from now on (none by default).
+    pub fn set_pull_time(&self, d: Duration) {
+        self.shared.lock().pull_time = d;
+    }
+
     /// The health containers started from now on begin with, whatever their healthcheck
     /// (`Some(Health::Starting)`: as if every container had one). `None`: by healthcheck
     /// (`starting` with one, no health without).
@@ -795,6 +829,40 @@ impl Runtime for FakeRuntime {
             });
         }
         Ok(())
+    }
+
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.call(Call::InspectImage {
+            name: image.to_string(),
+        })?;
+        Ok(!self.shared.lock().missing_images.iter().any(|i| i == image))
+    }
+
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        self.call(Call::Pull {
+            name: image.to_string(),
+        })?;
+        let (took, found) = {
+            let st = self.shared.lock();
+            (st.pull_time, st.registry.iter().any(|i| i == image))
+        };
+        // Marked failed now, while the pull is still the last call logged.
+        let result = match found {
+            true => Ok(()),
+            false => self.failed(RuntimeError::Pull {
+                image: image.to_string(),
+                message: format!(
+                    "manifest for {image} not found: manifest unknown: manifest unknown"
+                ),
+            }),
+        };
+        if !took.is_zero() {
+            tokio::time::sleep(took).await;
+        }
+        if result.is_ok() {
+            self.shared.lock().missing_images.retain(|i| i != image);
+        }
+        result
     }
 
     async fn list(

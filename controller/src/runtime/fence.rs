@@ -95,6 +95,15 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Change, "remove_volume")?;
         self.inner.remove_volume(name).await
     }
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
+        self.check(Verb::Read, "inspect_image")?;
+        self.inner.has_image(image).await
+    }
+    /// A pull changes the engine's images: a follower must not make it.
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "pull")?;
+        self.inner.pull(image).await
+    }
     /// Not an action: readiness asks on followers too.
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.inner.ping().await

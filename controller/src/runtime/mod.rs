@@ -6,6 +6,7 @@ pub mod docker;
 pub mod fake;
 pub mod fence;
 pub mod reflector;
+pub mod registry;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -221,6 +222,10 @@ pub enum RuntimeError {
     /// is unreachable).
     #[error("docker {op} not made: this daemon does not hold the leader lease")]
     Fenced { op: &'static str },
+    /// A pull of `image` failed; `message` is the registry's (or the engine's) words.
+    /// Credentials never appear in it.
+    #[error("pulling image {image}: {message}")]
+    Pull { image: String, message: String },
     /// Any other engine failure; retryable.
     #[error("docker {op} failed: {message}")]
     Engine { op: &'static str, message: String },
@@ -264,6 +269,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError>;
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Whether the engine has `image` (`GET /images/{name}/json`).
+    async fn has_image(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Pulls `image` from its registry, with the daemon's credentials for that registry if
+    /// it has some; returns when the pull is complete.
+    async fn pull(&self, image: &str) -> Result<(), RuntimeError>;
     /// Whether the engine answers now (`GET /_ping`).
     async fn ping(&self) -> Result<(), RuntimeError> {
         Ok(())
