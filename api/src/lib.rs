@@ -10,10 +10,12 @@
 //!   written by the controller, and the views the HTTP API returns.
 //! - [`names`]: deterministic names and the ownership labels of what capstan creates.
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
+//! - [`files`]: secrets and configs: digests in specs, content kept apart.
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 
 pub mod compose;
 pub mod duration;
+pub mod files;
 pub mod isolation;
 pub mod names;
 pub mod object;

@@ -34,7 +34,9 @@ mod options;
 mod ports;
 mod profiles;
 pub mod resolve;
+mod secrets;
 mod services;
+mod sources;
 mod stack;
 mod values;
 mod volumes;
@@ -218,8 +220,8 @@ volumes: {db_data: {}}
         assert_eq!(errs[0].field, "services.web.build");
         assert!(errs[0].reason.contains("unsupported key \"build\""));
         assert_eq!(
-            fields("services: {web: {image: x}}\nsecrets: {}"),
-            vec!["secrets"]
+            fields("services: {web: {image: x}}\nmodels: {}"),
+            vec!["models"]
         );
         assert_eq!(
             fields("services: {web: {image: x, deploy: {placement: {}}}}"),

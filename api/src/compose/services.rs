@@ -25,6 +25,8 @@ impl Parser {
         "healthcheck",
         "depends_on",
         "links",
+        "secrets",
+        "configs",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -76,6 +78,8 @@ impl Parser {
                 "healthcheck" => s.healthcheck = self.healthcheck(&field, val),
                 "depends_on" => s.depends_on = self.depends_on(&field, val),
                 "links" => self.service_links(path, &field, val),
+                "secrets" => s.secrets = self.file_mounts(FileKind::Secret, &field, val),
+                "configs" => s.configs = self.file_mounts(FileKind::Config, &field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
