@@ -1,4 +1,4 @@
-//! `include`: other Compose projects whose services, networks, volumes , secrets and
+//! `include`: other Compose projects whose services, networks, volumes, secrets and
 //! configs join this one, read as Compose reads them:
 //! - `path`: one file, or a list of files (the first, then its overrides), relative to the
 //!   including project's folder;
