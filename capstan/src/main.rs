@@ -140,6 +140,15 @@ struct ServeArgs {
     /// (`api/src/policy.rs`, README "Policy").
     #[arg(long, env = "CAPSTAN_POLICY")]
     policy: Option<PathBuf>,
+    /// Where secrets and configs are written for the replicas (folders 0700). Default:
+    /// /var/lib/capstan as root, else `$XDG_DATA_HOME/capstan` (~/.local/share/capstan).
+    #[arg(long, env = "CAPSTAN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The keys sealing secret values in etcd: one base64 256-bit key a line, the first
+    /// seals; created 0600 when absent, refused when group or others may read it.
+    /// Default: `<state-dir>/encryption.key`.
+    #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -324,7 +333,11 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
 
 fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
     init_logging(a.log_format);
+    let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
     Ok(capstan_controller::daemon::Config {
+        encryption_key_file: (a.encryption_key_file)
+            .unwrap_or_else(|| state_dir.join("encryption.key")),
+        state_dir,
         policy: load_policy(a.policy.as_deref())?,
         identity: (a.id).unwrap_or_else(|| format!("{}:{}", hostname(), a.socket.display())),
         lease_ttl: a.lease_ttl,
@@ -340,6 +353,20 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
     })
+}
+
+/// `/var/lib/capstan` as root, else the user's data folder.
+fn default_state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return PathBuf::from("/var/lib/capstan");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    data.join("capstan")
 }
 
 /// `capstan token create|list|revoke`.

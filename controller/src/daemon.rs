@@ -50,6 +50,10 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// What stacks may do to the host (`--policy`).
     pub policy: capstan_api::policy::Policy,
+    /// Where the daemon writes secrets and configs for the replicas (`--state-dir`).
+    pub state_dir: PathBuf,
+    /// The keys that seal secret values in etcd (`--encryption-key-file`).
+    pub encryption_key_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +64,27 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Key(#[from] crate::seal::KeyFileError),
+    #[error("state folder {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the daemon until `shutdown` turns true.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let acceptor = config.checked_tls()?;
+    let sealer = Arc::new(crate::seal::Sealer::load_or_create(
+        &config.encryption_key_file,
+    )?);
+    tracing::info!(key_id = %sealer.key_id(), file = %config.encryption_key_file.display(),
+        "secret values are sealed at rest");
+    private_dir(&config.state_dir.join("files")).map_err(|source| DaemonError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
     let gid = listen::group_id(&config.socket_group)?;
     let runtime = DockerRuntime::connect()
         .await
@@ -96,7 +116,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
             metrics: metrics.clone(),
         }),
         &config.prefix,
-    );
+    )
+    .with_sealer(sealer);
     let controller = Controller::start(
         store.clone(),
         runtime,
@@ -110,6 +131,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
                 identity: config.identity.clone(),
                 ttl: config.lease_ttl,
             },
+            state_dir: Some(config.state_dir.clone()),
         },
         shutdown.clone(),
     );
@@ -130,6 +152,17 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         tracing::warn!("some tasks did not stop within 30 s");
     }
     result
+}
+
+/// Creates `dir` (and its parents) 0700 and makes it 0700 if it was not: secret files
+/// live under it.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl Config {

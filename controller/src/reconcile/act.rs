@@ -256,6 +256,9 @@ async fn execute(
     if needs_create {
         stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
     }
+    if needs_create || !plan.start.is_empty() || !plan.heal.is_empty() {
+        ctx.files.write(&ctx.store, service).await?;
+    }
 
     let now = now_rfc3339();
     let mut jobs: Vec<BoxFuture<'_, JobResult>> = vec![];
@@ -391,7 +394,8 @@ async fn create_and_start(
     obs: &Observation,
     ordinal: u32,
 ) -> Result<(), RuntimeError> {
-    let plan = shape::container(&obs.stack, &obs.service, ordinal);
+    let mut plan = shape::container(&obs.stack, &obs.service, ordinal);
+    plan.mounts.extend(ctx.files.binds(&obs.service));
     let id = ctx.runtime.create(&plan).await?;
     if let Err(e) = ctx.runtime.start(&id).await {
         // A replica that cannot start is removed rather than left half-made.

@@ -32,6 +32,9 @@ pub enum ReconcileError {
     Finalize { stack: String, source: StoreError },
     #[error(transparent)]
     Endpoints(#[from] TrafficError),
+    /// Writing a service's secrets and configs on the host.
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     /// A bug: reconcile panicked.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
@@ -91,7 +94,7 @@ impl ReconcileError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReconcileError::List(_) => ErrorKind::List,
-            ReconcileError::Resource { .. } => ErrorKind::Resource,
+            ReconcileError::Resource { .. } | ReconcileError::Files(_) => ErrorKind::Resource,
             ReconcileError::Remove { .. } | ReconcileError::RemoveResource { .. } => {
                 ErrorKind::Remove
             }
@@ -104,6 +107,9 @@ impl ReconcileError {
 
     /// Whether retrying soon can help.
     pub fn is_retryable(&self) -> bool {
+        if let ReconcileError::Files(e) = self {
+            return !e.waits_on_a_person();
+        }
         !matches!(
             self,
             ReconcileError::Panicked(_)

@@ -79,6 +79,8 @@ pub struct Context {
     pub leadership: crate::leader::Leadership,
     /// Whether the engine answers: while it does not, statuses say so and nothing is tried.
     pub health: Arc<crate::health::Health>,
+    /// Secrets and configs written on the host for the replicas.
+    pub files: crate::files::HostFiles,
 }
 
 /// When to look at a key again, besides events.

@@ -10,6 +10,7 @@
 mod apply;
 pub mod etcd;
 pub mod fence;
+pub mod files;
 pub mod kv;
 pub mod layout;
 #[cfg(test)]
@@ -62,6 +63,12 @@ pub enum StoreError {
     /// A stored value did not decode: a bug or a foreign writer under our prefix.
     #[error("stored value at {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A sealed secret value that this daemon's keys cannot open.
+    #[error("cannot decrypt the secret value at {key}: {source}")]
+    Unsealed {
+        key: String,
+        source: crate::seal::SealError,
+    },
 }
 
 impl StoreError {
@@ -92,6 +99,8 @@ pub struct Store {
     kv: Arc<dyn Kv>,
     /// `<prefix>/v1/`, so two installations can share one etcd.
     root: String,
+    /// Seals secret values at rest ([`Store::with_sealer`]); without it they are stored clear.
+    sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 /// Everything under the prefix at one revision, decoded.
@@ -142,6 +151,7 @@ impl Store {
         Store {
             kv,
             root: format!("{}/v1/", prefix.trim_end_matches('/')),
+            sealer: None,
         }
     }
 
@@ -154,6 +164,7 @@ impl Store {
                 fence,
             }),
             root: self.root.clone(),
+            sealer: self.sealer.clone(),
         }
     }
 
@@ -509,6 +520,7 @@ impl Store {
             Op::DeletePrefix(self.services_prefix(&stack.name)),
             Op::DeletePrefix(self.status_prefix(&stack.name)),
             Op::DeletePrefix(self.endpoints_prefix(&stack.name)),
+            Op::DeletePrefix(self.files_prefix(&stack.name)),
         ];
         Ok(self
             .kv
