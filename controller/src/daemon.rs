@@ -76,15 +76,7 @@ pub enum DaemonError {
 /// Runs the daemon until `shutdown` turns true.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let acceptor = config.checked_tls()?;
-    let sealer = Arc::new(crate::seal::Sealer::load_or_create(
-        &config.encryption_key_file,
-    )?);
-    tracing::info!(key_id = %sealer.key_id(), file = %config.encryption_key_file.display(),
-        "secret values are sealed at rest");
-    private_dir(&config.state_dir.join("files")).map_err(|source| DaemonError::StateDir {
-        path: config.state_dir.clone(),
-        source,
-    })?;
+    let sealer = config.sealer()?;
     let gid = listen::group_id(&config.socket_group)?;
     let runtime = DockerRuntime::connect()
         .await
@@ -166,6 +158,19 @@ fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Config {
+    /// The encryption keys (the file created if absent, refused if others may read it) and
+    /// the state folder for secrets and configs, made private.
+    fn sealer(&self) -> Result<Arc<crate::seal::Sealer>, DaemonError> {
+        let sealer = crate::seal::Sealer::load_or_create(&self.encryption_key_file)?;
+        tracing::info!(key_id = %sealer.key_id(), file = %self.encryption_key_file.display(),
+            "secret values are sealed at rest");
+        private_dir(&self.state_dir.join("files")).map_err(|source| DaemonError::StateDir {
+            path: self.state_dir.clone(),
+            source,
+        })?;
+        Ok(Arc::new(sealer))
+    }
+
     /// Refuses a TCP listener off loopback without TLS, and loads the TLS files, before
     /// anything starts.
     fn checked_tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ListenError> {
