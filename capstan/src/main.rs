@@ -86,6 +86,22 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     etcd: Vec<String>,
+    /// PEM CA certificate(s) to check etcd's certificate against (`https://` endpoints).
+    #[arg(long, env = "CAPSTAN_ETCD_CACERT")]
+    etcd_cacert: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long, requires = "etcd_key", env = "CAPSTAN_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert", env = "CAPSTAN_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
+    /// etcd user; its password comes from --etcd-password-file or CAPSTAN_ETCD_PASSWORD,
+    /// never from a flag (other users could read it in `ps`).
+    #[arg(long, env = "CAPSTAN_ETCD_USER")]
+    etcd_user: Option<String>,
+    /// A file holding the etcd user's password (refused unless 0600 or stricter).
+    #[arg(long, requires = "etcd_user", env = "CAPSTAN_ETCD_PASSWORD_FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// The API's Unix socket (folder 0750 if created here, socket 0660); whoever may
     /// open it is an admin.
     #[arg(
@@ -333,8 +349,10 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
 
 fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
     init_logging(a.log_format);
+    let etcd_access = etcd_access(&a)?;
     let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
     Ok(capstan_controller::daemon::Config {
+        etcd_access,
         encryption_key_file: (a.encryption_key_file)
             .unwrap_or_else(|| state_dir.join("encryption.key")),
         state_dir,
@@ -352,6 +370,48 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         workers: a.workers,
         engine_parallelism: a.engine_parallelism.into(),
         traefik_root: a.traefik_etcd_root,
+    })
+}
+
+/// TLS files and the user for etcd, read now so that a mistake stops `serve` at once.
+fn etcd_access(a: &ServeArgs) -> anyhow::Result<capstan_controller::store::etcd::EtcdAccess> {
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
+    };
+    let password = match (&a.etcd_user, &a.etcd_password_file) {
+        (None, _) => None,
+        (Some(_), Some(file)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file)
+                .with_context(|| format!("reading --etcd-password-file {}", file.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "--etcd-password-file {}: mode {:o} lets its group or others read it; `chmod 600` it",
+                    file.display(),
+                    mode & 0o777
+                );
+            }
+            let text = String::from_utf8(read(file, "--etcd-password-file")?)
+                .context("the etcd password file is not UTF-8")?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        (Some(user), None) => Some(std::env::var("CAPSTAN_ETCD_PASSWORD").with_context(|| {
+            format!("--etcd-user {user} needs a password: --etcd-password-file or CAPSTAN_ETCD_PASSWORD")
+        })?),
+    };
+    Ok(capstan_controller::store::etcd::EtcdAccess {
+        ca: a
+            .etcd_cacert
+            .as_ref()
+            .map(|p| read(p, "--etcd-cacert"))
+            .transpose()?,
+        identity: match (&a.etcd_cert, &a.etcd_key) {
+            (Some(c), Some(k)) => Some((read(c, "--etcd-cert")?, read(k, "--etcd-key")?)),
+            _ => None,
+        },
+        user: a.etcd_user.clone().zip(password),
     })
 }
 

@@ -24,6 +24,8 @@ use crate::store::Store;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub etcd_endpoints: Vec<String>,
+    /// TLS and user for etcd (`--etcd-cacert`, `--etcd-cert`, `--etcd-key`, `--etcd-user`).
+    pub etcd_access: crate::store::etcd::EtcdAccess,
     /// The API's Unix socket (`--socket`); its caller is an admin.
     pub socket: PathBuf,
     /// The socket's group (`--socket-group`): a name or a gid.
@@ -91,7 +93,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let listeners = Listeners::bind(&config, gid, acceptor).await?;
 
     let kv = loop {
-        match EtcdKv::connect(&config.etcd_endpoints).await {
+        match EtcdKv::connect_with(&config.etcd_endpoints, &config.etcd_access).await {
             Ok(kv) => break kv,
             Err(e) => {
                 tracing::warn!(error = %e, endpoints = ?config.etcd_endpoints, "etcd not reachable yet; retrying");

@@ -308,13 +308,18 @@ impl Daemon {
 
     /// With extra `serve` flags.
     pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Daemon {
+        Daemon::start_at(&etcd.url(), extra)
+    }
+
+    /// Against the etcd at `etcd_url` (one the test started itself, with TLS or auth).
+    pub fn start_at(etcd_url: &str, extra: &[&str]) -> Daemon {
         let prefix = format!("/capstan-e2e-{}", free_port());
         let dir = scratch_dir("daemon");
         let mut d = Daemon {
             state_dir: dir.join("state"),
             dir,
             port: free_port(),
-            etcd_url: etcd.url(),
+            etcd_url: etcd_url.to_string(),
             prefix,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,

@@ -42,10 +42,58 @@ fn unavailable(e: etcd_client::Error) -> KvError {
     KvError::Unavailable(e.to_string())
 }
 
+/// How the daemon proves itself to etcd and checks etcd: TLS (`https://` endpoints) with a
+/// CA and optionally a client certificate, and a user with its password.
+#[derive(Clone, Default)]
+pub struct EtcdAccess {
+    /// PEM CA certificate(s) etcd's certificate must chain to (`--etcd-cacert`).
+    pub ca: Option<Vec<u8>>,
+    /// PEM client certificate and key (`--etcd-cert`, `--etcd-key`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// User and password (`--etcd-user`, the password from a file or the environment).
+    pub user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for EtcdAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAccess")
+            .field("ca", &self.ca.is_some())
+            .field("client_cert", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .finish()
+    }
+}
+
+impl EtcdAccess {
+    fn apply(&self, mut opts: ConnectOptions) -> ConnectOptions {
+        if self.ca.is_some() || self.identity.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            opts = opts.with_tls(tls);
+        }
+        if let Some((user, password)) = &self.user {
+            opts = opts
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        opts
+    }
+}
+
 impl EtcdKv {
     /// Connects to `endpoints` (e.g. `http://127.0.0.1:2379`). Every request times out after
     /// 5 s so an unreachable etcd is reported rather than waited on forever.
     pub async fn connect(endpoints: &[String]) -> Result<Self, KvError> {
+        Self::connect_with(endpoints, &EtcdAccess::default()).await
+    }
+
+    /// [`EtcdKv::connect`] with TLS and a user.
+    pub async fn connect_with(endpoints: &[String], access: &EtcdAccess) -> Result<Self, KvError> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
@@ -55,7 +103,7 @@ impl EtcdKv {
             // once anyway (the connection resets); the pings only catch silent partitions.
             .with_keep_alive(KEEPALIVE_INTERVAL, Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
-        let client = Client::connect(endpoints, Some(opts))
+        let client = Client::connect(endpoints, Some(access.apply(opts)))
             .await
             .map_err(unavailable)?;
         Ok(EtcdKv { client })
