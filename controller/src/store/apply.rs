@@ -54,6 +54,9 @@ impl Store {
                 if let Err(e) = self.collect(plan.retired).await {
                     tracing::warn!(stack = %spec.name, error = %e, "stray service versions not collected yet");
                 }
+                if let Err(e) = self.reseal(spec).await {
+                    tracing::warn!(stack = %spec.name, error = %e, "secret values not sealed with the new key yet");
+                }
                 return Ok(plan.result);
             }
             if let Some(rev) = self.write(&plan, current.revision()).await? {

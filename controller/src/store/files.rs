@@ -95,6 +95,34 @@ impl Store {
         ops
     }
 
+    /// Key rotation: the values of `spec` stored sealed with another key than the sealing
+    /// one are sealed again (an apply that changes nothing else writes nothing otherwise).
+    pub(super) async fn reseal(&self, spec: &StackSpec) -> Result<(), StoreError> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(());
+        };
+        let prefix = format!("{}secret/", self.files_prefix(&spec.name));
+        let stored = self.kv.range(&prefix).await?.items;
+        let stale = |key: &str| {
+            stored.iter().any(|kv| {
+                kv.key == key
+                    && decode::<StoredFile>(kv)
+                        .ok()
+                        .and_then(|f| f.sealed)
+                        .is_some_and(|s| s.key_id != sealer.key_id())
+            })
+        };
+        let puts: Vec<Op> = self
+            .file_puts(spec)
+            .into_iter()
+            .filter(|op| matches!(op, Op::Put(key, _) if stale(key)))
+            .collect();
+        for batch in super::layout::batches(puts) {
+            self.kv.txn(vec![], batch).await?;
+        }
+        Ok(())
+    }
+
     /// The value a service mounts, checked against its digest.
     pub async fn file_content(
         &self,
@@ -242,5 +270,11 @@ mod tests {
                 .contains("not in this daemon's encryption key file"),
             "{err}"
         );
+        // Rotation: with the new key first, applying the same stack again seals it anew.
+        let rotated = Store::new(kv.clone(), "/capstan")
+            .with_sealer(Arc::new(Sealer::from_keys(&[[8; 32], [7; 32]])));
+        rotated.apply(&stack("hunter4"), None).await.unwrap();
+        let content = other.file_content("shop", FileKind::Secret, d).await;
+        assert_eq!(content.unwrap(), b"hunter4");
     }
 }
