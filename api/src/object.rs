@@ -236,6 +236,9 @@ pub enum Reason {
     EngineUnreachable,
     /// An update failed and was rolled back automatically.
     RolledBack,
+    /// The secrets or configs a replica mounts cannot be read (a value sealed with a key
+    /// this daemon lacks) or written on the host.
+    FilesUnavailable,
 }
 
 impl Reason {
@@ -265,6 +268,7 @@ impl Reason {
             Reason::NetworkError => "NetworkError",
             Reason::EngineUnreachable => "EngineUnreachable",
             Reason::RolledBack => "RolledBack",
+            Reason::FilesUnavailable => "FilesUnavailable",
         }
     }
 }

@@ -156,6 +156,14 @@ fn a_daemon_with_another_key_cannot_read_the_secrets_and_says_so_without_crashin
             .contains("not in this daemon's encryption key file")
     });
     assert!(!other.log().contains(SECRET));
+    let target = format!("{}/app", s.name);
+    wait_for(Duration::from_secs(60), "the status to say why", || {
+        let describe = other.cli_ok(&["describe", &target]);
+        describe
+            .contains("FilesUnavailable")
+            .then_some(())
+            .ok_or(describe)
+    });
     let healthz = reqwest::blocking::get(format!("{}/healthz", other.url())).unwrap();
     assert!(healthz.status().is_success(), "the daemon keeps serving");
     assert!(

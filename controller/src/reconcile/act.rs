@@ -257,7 +257,14 @@ async fn execute(
         stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
     }
     if needs_create || !plan.start.is_empty() || !plan.heal.is_empty() {
-        ctx.files.write(&ctx.store, service).await?;
+        if let Err(e) = ctx.files.write(&ctx.store, service).await {
+            if !e.waits_on_a_person() {
+                return Err(e.into());
+            }
+            // Nothing is replaced or created without its files; the replicas that run keep
+            // running, and the status says why the others wait.
+            return Ok(files_problems(plan, &e));
+        }
     }
 
     let now = now_rfc3339();
@@ -290,6 +297,25 @@ async fn execute(
         tracing::warn!(stack = %service.stack, service = %service.name, ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
     }
     Ok(problems)
+}
+
+/// One problem per replica to create or replace, when the service's files cannot be written.
+fn files_problems(plan: &Plan, e: &crate::files::FilesError) -> Vec<Problem> {
+    let recreate = plan.recreate.iter().filter_map(|c| c.ordinal);
+    let mut ordinals: Vec<u32> = plan.create.iter().copied().chain(recreate).collect();
+    ordinals.sort_unstable();
+    let problems: Vec<Problem> = ordinals
+        .into_iter()
+        .map(|ordinal| Problem {
+            ordinal,
+            reason: Reason::FilesUnavailable,
+            message: e.to_string(),
+        })
+        .collect();
+    for p in &problems {
+        tracing::warn!(ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
+    }
+    problems
 }
 
 async fn start_job(ctx: &Context, c: &Observed) -> JobResult {
