@@ -59,6 +59,18 @@ fn mounts(service: &Service) -> impl Iterator<Item = (FileKind, &FileMount)> {
     s.chain(service.spec.configs.iter().map(|m| (FileKind::Config, m)))
 }
 
+/// The owner a file gets: the mount's `uid`/`gid`, else the service's numeric `user`
+/// (`1000` or `1000:1000`), so that a 0400 file is readable by the process that needs it;
+/// else root.
+fn owner(service: &Service, m: &FileMount) -> (Option<u32>, Option<u32>) {
+    let user = service.spec.options.user.as_deref().unwrap_or_default();
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    (
+        m.uid.or_else(|| u.parse().ok()),
+        m.gid.or_else(|| g.parse().ok()),
+    )
+}
+
 impl HostFiles {
     pub fn new(state_dir: Option<&Path>) -> Self {
         HostFiles {
@@ -103,6 +115,12 @@ impl HostFiles {
             let path = self.path(service, kind, m).ok_or_else(|| {
                 FilesError::NoStateDir(format!("{}/{}", service.stack, service.name))
             })?;
+            let (uid, gid) = owner(service, m);
+            let m = &FileMount {
+                uid,
+                gid,
+                ..m.clone()
+            };
             if up_to_date(&path, m) {
                 continue;
             }
@@ -200,7 +218,7 @@ mod tests {
         let files = HostFiles::new(Some(&dir));
         let store = Store::new(Arc::new(MemKv::default()), "/capstan");
         let text = |pw: &str| {
-            format!("services: {{app: {{image: x, secrets: [{{source: pw, mode: 0440}}], configs: [c]}}}}\nsecrets: {{pw: {{content: {pw}}}}}\nconfigs: {{c: {{content: conf}}}}")
+            format!("services: {{app: {{image: x, user: \"4321\", secrets: [{{source: pw, mode: 0440}}], configs: [{{source: c, uid: \"0\"}}]}}}}\nsecrets: {{pw: {{content: {pw}}}}}\nconfigs: {{c: {{content: conf}}}}")
         };
         for pw in ["one", "two"] {
             let spec = capstan_api::parse_stack("shop", &text(pw)).unwrap();
@@ -221,16 +239,15 @@ mod tests {
             assert_eq!(std::fs::read_to_string(source).unwrap(), pw);
             let meta = std::fs::metadata(source).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+            assert_eq!(meta.uid(), 4321, "owned by the service's numeric user");
             let folder = std::fs::metadata(Path::new(source).parent().unwrap()).unwrap();
             assert_eq!(folder.permissions().mode() & 0o777, 0o700);
             let Mount::Bind { source, target, .. } = &binds[1] else {
                 panic!()
             };
             assert_eq!(target, "/c");
-            assert_eq!(
-                std::fs::metadata(source).unwrap().permissions().mode() & 0o777,
-                0o400
-            );
+            let meta = std::fs::metadata(source).unwrap();
+            assert_eq!((meta.permissions().mode() & 0o777, meta.uid()), (0o400, 0));
         }
         files.remove_stack("shop");
         assert!(!dir.join("files/shop").exists());
