@@ -8,6 +8,8 @@ command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v curl >/dev/null || missing+=(curl)
+# The etcd TLS test makes its certificates with openssl.
+command -v openssl >/dev/null || missing+=(openssl)
 command -v prometheus >/dev/null || missing+=(prometheus)
 # The pull tests run a real registry on loopback, with htpasswd (bcrypt) auth.
 [ -x /usr/bin/docker-registry ] || missing+=(docker-registry)

@@ -13,6 +13,7 @@
 //! - [`diff`]: field-level differences between service specs (`capstan diff`, revision
 //!   change summaries).
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
+//! - [`files`]: secrets and configs: digests in specs, content kept apart.
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 //! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
 
@@ -20,6 +21,7 @@ pub mod build;
 pub mod compose;
 pub mod diff;
 pub mod duration;
+pub mod files;
 pub mod isolation;
 pub mod names;
 pub mod object;

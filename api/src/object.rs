@@ -304,6 +304,9 @@ pub enum Reason {
     ImagePullBackOff,
     /// The image is missing and `pull_policy` (`never`, `build`) forbids pulling it.
     ErrImageNeverPull,
+    /// The secrets or configs a replica mounts cannot be read (a value sealed with a key
+    /// this daemon lacks) or written on the host.
+    FilesUnavailable,
 }
 
 impl Reason {
@@ -336,6 +339,7 @@ impl Reason {
             Reason::PullingImage => "PullingImage",
             Reason::ImagePullBackOff => "ImagePullBackOff",
             Reason::ErrImageNeverPull => "ErrImageNeverPull",
+            Reason::FilesUnavailable => "FilesUnavailable",
         }
     }
 }

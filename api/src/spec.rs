@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+pub use crate::files::{FileKind, FileMount, FileObject};
 use crate::names;
 pub use crate::options::*;
 
@@ -20,6 +21,12 @@ pub struct StackSpec {
     pub networks: BTreeMap<String, NetworkSpec>,
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeSpec>,
+    /// Top-level `secrets`: digests (content only in memory, see [`FileObject`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, FileObject>,
+    /// Top-level `configs`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, FileObject>,
 }
 
 /// One Compose service, replicated `replicas` times.
@@ -83,6 +90,12 @@ pub struct ServiceSpec {
     /// pulled, not what a container is: not part of the hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_policy: Option<crate::pull::PullPolicy>,
+    /// `secrets`: files mounted read-only under `/run/secrets/` (by digest, never content).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileMount>,
+    /// `configs`: files mounted read-only at their target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileMount>,
 }
 
 /// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and

@@ -87,19 +87,21 @@ struct ServeArgs {
         value_delimiter = ','
     )]
     etcd: Vec<String>,
-    /// The CA certificate (PEM) that signed etcd's: needed for `https://` endpoints.
-    #[arg(long)]
+    /// PEM CA certificate(s) to check etcd's certificate against (`https://` endpoints).
+    #[arg(long, env = "CAPSTAN_ETCD_CACERT")]
     etcd_cacert: Option<PathBuf>,
-    /// A client certificate (PEM) for an etcd with `--client-cert-auth` (with --etcd-key).
-    #[arg(long, requires = "etcd_key")]
+    /// PEM client certificate for etcd (with --etcd-key).
+    #[arg(long, requires = "etcd_key", env = "CAPSTAN_ETCD_CERT")]
     etcd_cert: Option<PathBuf>,
-    #[arg(long, requires = "etcd_cert")]
+    /// PEM private key of --etcd-cert.
+    #[arg(long, requires = "etcd_cert", env = "CAPSTAN_ETCD_KEY")]
     etcd_key: Option<PathBuf>,
-    /// etcd user (an etcd with `auth enable`). The password comes from
-    /// --etcd-password-file or CAPSTAN_ETCD_PASSWORD, never from a flag (ps shows flags).
-    #[arg(long)]
+    /// etcd user; its password comes from --etcd-password-file or CAPSTAN_ETCD_PASSWORD,
+    /// never from a flag (other users could read it in `ps`).
+    #[arg(long, env = "CAPSTAN_ETCD_USER")]
     etcd_user: Option<String>,
-    #[arg(long, requires = "etcd_user")]
+    /// A file holding the etcd user's password (refused unless 0600 or stricter).
+    #[arg(long, requires = "etcd_user", env = "CAPSTAN_ETCD_PASSWORD_FILE")]
     etcd_password_file: Option<PathBuf>,
     /// The API's Unix socket (folder 0750 if created here, socket 0660); whoever may
     /// open it is an admin.
@@ -168,6 +170,15 @@ struct ServeArgs {
     /// (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`).
     #[arg(long, env = "CAPSTAN_REGISTRY_AUTH")]
     registry_auth: Option<PathBuf>,
+    /// Where secrets and configs are written for the replicas (folders 0700). Default:
+    /// /var/lib/capstan as root, else `$XDG_DATA_HOME/capstan` (~/.local/share/capstan).
+    #[arg(long, env = "CAPSTAN_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// The keys sealing secret values in etcd: one base64 256-bit key a line, the first
+    /// seals; created 0600 when absent, refused when group or others may read it.
+    /// Default: `<state-dir>/encryption.key`.
+    #[arg(long, env = "CAPSTAN_ENCRYPTION_KEY_FILE")]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -374,7 +385,11 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
 fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
     init_logging(a.log_format);
     let etcd = etcd_access(&a)?;
+    let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
     Ok(capstan_controller::daemon::Config {
+        encryption_key_file: (a.encryption_key_file)
+            .unwrap_or_else(|| state_dir.join("encryption.key")),
+        state_dir,
         policy: load_policy(a.policy.as_deref())?,
         identity: (a.id).unwrap_or_else(|| format!("{}:{}", hostname(), a.socket.display())),
         lease_ttl: a.lease_ttl,
@@ -397,25 +412,35 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
     })
 }
 
-/// How to reach etcd, with the files named read now: a missing one fails the start.
+/// TLS files and the user for etcd, read now so that a mistake stops `serve` at once.
 fn etcd_access(a: &ServeArgs) -> anyhow::Result<capstan_controller::store::etcd::EtcdAccess> {
     let read = |p: &PathBuf, what: &str| {
-        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+        std::fs::read(p).with_context(|| format!("reading {what} {}", p.display()))
     };
     if a.etcd.iter().any(|e| e.starts_with("https://")) && a.etcd_cacert.is_none() {
         anyhow::bail!("--etcd names an https:// endpoint: give etcd's CA with --etcd-cacert");
     }
     let password = match (&a.etcd_user, &a.etcd_password_file) {
         (None, _) => None,
-        (Some(_), Some(f)) => Some(
-            String::from_utf8(read(f, "etcd password file")?)?
-                .trim_end_matches(['\n', '\r'])
-                .to_string(),
-        ),
-        (Some(_), None) => Some(std::env::var("CAPSTAN_ETCD_PASSWORD").map_err(|_| {
-            anyhow::anyhow!(
-                "--etcd-user needs a password: --etcd-password-file or CAPSTAN_ETCD_PASSWORD"
-            )
+        (Some(_), Some(file)) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file)
+                .with_context(|| format!("reading --etcd-password-file {}", file.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                anyhow::bail!(
+                    "--etcd-password-file {}: mode {:o} lets its group or others read it; `chmod 600` it",
+                    file.display(),
+                    mode & 0o777
+                );
+            }
+            let text = String::from_utf8(read(file, "--etcd-password-file")?)
+                .context("the etcd password file is not UTF-8")?;
+            Some(text.trim_end_matches(['\n', '\r']).to_string())
+        }
+        (Some(user), None) => Some(std::env::var("CAPSTAN_ETCD_PASSWORD").with_context(|| {
+            format!("--etcd-user {user} needs a password: --etcd-password-file or CAPSTAN_ETCD_PASSWORD")
         })?),
     };
     Ok(capstan_controller::store::etcd::EtcdAccess {
@@ -423,17 +448,28 @@ fn etcd_access(a: &ServeArgs) -> anyhow::Result<capstan_controller::store::etcd:
         ca: a
             .etcd_cacert
             .as_ref()
-            .map(|p| read(p, "etcd CA"))
+            .map(|p| read(p, "--etcd-cacert"))
             .transpose()?,
         identity: match (&a.etcd_cert, &a.etcd_key) {
-            (Some(c), Some(k)) => Some((
-                read(c, "etcd client certificate")?,
-                read(k, "etcd client key")?,
-            )),
+            (Some(c), Some(k)) => Some((read(c, "--etcd-cert")?, read(k, "--etcd-key")?)),
             _ => None,
         },
         user: a.etcd_user.clone().zip(password),
     })
+}
+
+/// `/var/lib/capstan` as root, else the user's data folder.
+fn default_state_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        return PathBuf::from("/var/lib/capstan");
+    }
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    data.join("capstan")
 }
 
 /// `capstan token create|list|revoke`.

@@ -34,6 +34,8 @@ pub struct Options {
     pub traefik_root: Option<String>,
     /// Who this daemon is in the leader election, and the lease's TTL.
     pub election: Election,
+    /// Where secrets and configs are written for the replicas (`serve --state-dir`).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             engine_parallelism: 64,
             traefik_root: None,
             election: Election::default(),
+            state_dir: None,
         }
     }
 }
@@ -177,6 +180,7 @@ fn fenced_context(
         leadership: leadership.clone(),
         health: health.clone(),
         pulls: Default::default(),
+        files: crate::files::HostFiles::new(options.state_dir.as_deref()),
     })
 }
 

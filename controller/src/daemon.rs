@@ -57,6 +57,10 @@ pub struct Config {
     pub max_build_context: u64,
     /// Credentials for pulls: the operator's Docker config and `--registry-auth`.
     pub registry_auth: crate::runtime::registry::RegistryAuth,
+    /// Where the daemon writes secrets and configs for the replicas (`--state-dir`).
+    pub state_dir: PathBuf,
+    /// The keys that seal secret values in etcd (`--encryption-key-file`).
+    pub encryption_key_file: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,11 +77,19 @@ pub enum DaemonError {
     Builds(#[source] bollard::errors::Error),
     #[error("HTTP server failed: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Key(#[from] crate::seal::KeyFileError),
+    #[error("state folder {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the daemon until `shutdown` turns true.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
     let acceptor = config.checked_tls()?;
+    let sealer = config.sealer()?;
     let gid = listen::group_id(&config.socket_group)?;
     let runtime = DockerRuntime::connect()
         .await
@@ -113,7 +125,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         }),
         &config.prefix,
     )
-    .with_history_limit(config.revision_history_limit);
+    .with_history_limit(config.revision_history_limit)
+    .with_sealer(sealer);
     let controller = Controller::start(
         store.clone(),
         runtime,
@@ -127,6 +140,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
                 identity: config.identity.clone(),
                 ttl: config.lease_ttl,
             },
+            state_dir: Some(config.state_dir.clone()),
         },
         shutdown.clone(),
     );
@@ -151,7 +165,31 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     result
 }
 
+/// Creates `dir` (and its parents) 0700 and makes it 0700 if it was not: secret files
+/// live under it.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 impl Config {
+    /// The encryption keys (the file created if absent, refused if others may read it) and
+    /// the state folder for secrets and configs, made private.
+    fn sealer(&self) -> Result<Arc<crate::seal::Sealer>, DaemonError> {
+        let sealer = crate::seal::Sealer::load_or_create(&self.encryption_key_file)?;
+        tracing::info!(key_id = %sealer.key_id(), file = %self.encryption_key_file.display(),
+            "secret values are sealed at rest");
+        private_dir(&self.state_dir.join("files")).map_err(|source| DaemonError::StateDir {
+            path: self.state_dir.clone(),
+            source,
+        })?;
+        Ok(Arc::new(sealer))
+    }
+
     /// Refuses a TCP listener off loopback without TLS, and loads the TLS files, before
     /// anything starts.
     fn checked_tls(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ListenError> {

@@ -28,12 +28,15 @@
 //!   behind [`auth`] (who may call: socket peers, bearer tokens, roles) and [`audit`];
 //!   [`listen`]: its Unix socket, TCP and TLS listeners;
 //!   [`daemon`]: `capstan serve`.
+//! - [`files`]: secrets and configs written on the host for the replicas to bind-mount.
+//! - [`seal`]: secret values encrypted at rest (the key file, AES-256-GCM, key ids).
 
 pub mod audit;
 pub mod auth;
 pub mod build;
 pub mod controller;
 pub mod daemon;
+pub mod files;
 pub mod guard;
 pub mod health;
 pub mod key;
@@ -43,6 +46,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod runtime;
 pub mod scheduler;
+pub mod seal;
 pub mod server;
 pub mod store;
 pub mod traffic;

@@ -131,9 +131,9 @@ impl From<StoreError> for ApiError {
             StoreError::Kv(_) | StoreError::ReadRaced(_) | StoreError::StatusRaced(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            StoreError::Corrupt { .. } | StoreError::Dangling { .. } => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            StoreError::Corrupt { .. }
+            | StoreError::Dangling { .. }
+            | StoreError::Unsealed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let details = match &e {
             StoreError::Invalid(inv) => inv.errors.clone(),

@@ -423,6 +423,9 @@ pub struct Daemon {
     port: u16,
     etcd_url: String,
     pub prefix: String,
+    /// `--state-dir` (unless the test's flags name one): secrets, configs and the encryption
+    /// key, in the first daemon's scratch folder; its peers share it, as daemons of one host.
+    pub state_dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -434,11 +437,18 @@ impl Daemon {
 
     /// With extra `serve` flags.
     pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Daemon {
+        Daemon::start_at(&etcd.url(), extra)
+    }
+
+    /// Against the etcd at `etcd_url` (one the test started itself, with TLS or auth).
+    pub fn start_at(etcd_url: &str, extra: &[&str]) -> Daemon {
         let prefix = format!("/capstan-e2e-{}", free_port());
+        let dir = scratch_dir("daemon");
         let mut d = Daemon {
-            dir: scratch_dir("daemon"),
+            state_dir: dir.join("state"),
+            dir,
             port: free_port(),
-            etcd_url: etcd.url(),
+            etcd_url: etcd_url.to_string(),
             prefix,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -468,6 +478,12 @@ impl Daemon {
                 &format!("{}s", RESYNC.as_secs()),
             ])
             .args(&self.extra)
+            .args(
+                (!self.extra.iter().any(|a| a == "--state-dir"))
+                    .then(|| ["--state-dir".into(), self.state_dir.display().to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("RUST_LOG", "info,capstan_controller=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -548,6 +564,7 @@ impl Daemon {
             port: free_port(),
             etcd_url: self.etcd_url.clone(),
             prefix: self.prefix.clone(),
+            state_dir: self.state_dir.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };

@@ -1,8 +1,8 @@
 //! Issue 12, "Secrets at rest" (its etcd part): capstan reaches an etcd that takes only TLS
 //! clients with a certificate and has authentication on, with `--etcd-cacert`,
-//! `--etcd-cert`/`--etcd-key` and `--etcd-user` (the password from a file). Without the
-//! credentials etcd refuses, and wrong ones stop the daemon with a clear error instead of a
-//! retry loop.
+//! `--etcd-cert`/`--etcd-key` and `--etcd-user` (the password from a 0600 file), and runs
+//! a stack with a secret through it, sealed in etcd. Without the credentials etcd refuses,
+//! and wrong ones stop the daemon with a clear error instead of a retry loop.
 
 use capstan_e2e::*;
 use std::process::Command;
@@ -41,14 +41,33 @@ fn capstan_runs_a_stack_on_an_etcd_with_tls_client_certificates_and_authenticati
     let etcd = Etcd::start_tls();
     enable_auth(&etcd, "capstan-secret");
     let password = s.file("capstan-secret\n");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut flags = tls_flags(&etcd);
     flags.extend(["--etcd-user", "capstan", "--etcd-password-file", &password].map(String::from));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let d = Daemon::start_with(&etcd, &flags);
 
-    d.apply(&s, &format!("services:\n  web:\n    image: {IMAGE}\n"));
-    assert_eq!(inspect(&s.replica("web", 1), "{{.State.Running}}"), "true");
+    let compose = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    secrets: [pw]\nsecrets:\n  pw: {{file: ./pw.txt}}\n"
+    );
+    let file = s.file(&compose);
+    let folder = std::path::Path::new(&file).parent().unwrap();
+    std::fs::write(folder.join("pw.txt"), "tls-guarded-secret").unwrap();
+    d.apply(&s, &compose);
     assert_eq!(d.service(&s.name, "web")["ready"], 1);
+    let cat = docker(&["exec", &s.replica("web", 1), "cat", "/run/secrets/pw"]);
+    assert_eq!(cat.trim(), "tls-guarded-secret");
+    let out = etcd
+        .etcdctl()
+        .args(["--user", "root:root-secret", "get", "--prefix", &d.prefix])
+        .output()
+        .unwrap();
+    let stored = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stored.contains("\"sealed\"") && !stored.contains("tls-guarded-secret"),
+        "{stored}"
+    );
 
     // The client certificate alone is no etcd user: without a password etcd refuses.
     let out = etcd

@@ -44,10 +44,11 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("volumes_from", "services: {web: {image: {IMAGE}, volumes_from: [db]}, db: {image: {IMAGE}}}", "services.web.volumes_from"),
     ("models", "services: {web: {image: {IMAGE}, models: [llm]}}", "services.web.models"),
     ("label_file", "services: {web: {image: {IMAGE}, label_file: ./web.labels}}", "services.web.label_file"),
-    ("services.*.configs", "services: {web: {image: {IMAGE}, configs: [site]}}", "services.web.configs"),
-    ("services.*.secrets", "services: {web: {image: {IMAGE}, secrets: [password]}}", "services.web.secrets"),
-    ("secrets", "services: {web: {image: {IMAGE}}}\nsecrets: {password: {file: ./password.txt}}", "secrets"),
-    ("configs", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {file: ./site.conf}}", "configs"),
+    ("services.*.configs: an undeclared config", "services: {web: {image: {IMAGE}, configs: [site]}}", "services.web.configs[0]"),
+    ("services.*.secrets: an undeclared secret", "services: {web: {image: {IMAGE}, secrets: [password]}}", "services.web.secrets[0]"),
+    ("secrets.*.external (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {password: {external: true}}", "secrets.password.external"),
+    ("configs.*.file: a missing file", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {file: ./site.conf}}", "configs.site.file"),
+    ("secrets.*.mode: not octal", "services: {web: {image: {IMAGE}, secrets: [{source: pw, mode: rw}]}}\nsecrets: {pw: {environment: HOME}}", "services.web.secrets[0].mode"),
     ("models (top level)", "services: {web: {image: {IMAGE}}}\nmodels: {llm: {model: ai/x}}", "models"),
     ("deploy.placement", "services: {web: {image: {IMAGE}, deploy: {placement: {constraints: [node.role==manager]}}}}", "services.web.deploy.placement"),
     ("deploy.endpoint_mode", "services: {web: {image: {IMAGE}, deploy: {endpoint_mode: vip}}}", "services.web.deploy.endpoint_mode"),
@@ -83,6 +84,12 @@ const CLIENT_SIDE: &[(&str, &str, &str)] = &[
         "include",
         "include: [other.yaml]\nservices: {web: {image: {IMAGE}}}",
         "include",
+    ),
+    (
+        // A secret's or config's `file` (the reason names the key and says who reads it).
+        "file",
+        "services: {web: {image: {IMAGE}}}\nsecrets: {pw: {file: ./pw.txt}}",
+        "secrets.pw.file",
     ),
 ];
 

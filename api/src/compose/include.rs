@@ -1,5 +1,5 @@
-//! `include`: other Compose projects whose services, networks, volumes (and secrets and
-//! configs, which the server then refuses by name) join this one, read as Compose reads them:
+//! `include`: other Compose projects whose services, networks, volumes, secrets and
+//! configs join this one, read as Compose reads them:
 //! - `path`: one file, or a list of files (the first, then its overrides), relative to the
 //!   including project's folder;
 //! - `project_directory`: the folder the included files' relative paths point into (default:

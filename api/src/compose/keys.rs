@@ -36,8 +36,6 @@ const SERVICE_OPTIONS: &[&str] = &[
     "volumes_from",
     "models",
     "label_file",
-    "configs",
-    "secrets",
 ];
 
 /// Keys of the Compose specification for a top-level network (`enable_ipv4`) or a service's
@@ -75,7 +73,7 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
             "unsupported key {k:?}: a Compose build option capstan does not honour yet (the \
              engine's classic builder is used), refused rather than ignored"
         ),
-        ("", "secrets" | "configs" | "models") => format!(
+        ("", "models") => format!(
             "unsupported key {key:?}: capstan does not manage {key} yet; mount a file with a \
              bind volume instead"
         ),
@@ -120,9 +118,9 @@ mod tests {
                 .reason
                 .contains("one Docker host")
         );
-        assert!(errors("services: {web: {image: x}}\nsecrets: {}")[0]
+        assert!(errors("services: {web: {image: x}}\nmodels: {}")[0]
             .reason
-            .contains("does not manage secrets"));
+            .contains("does not manage models"));
         let errs = errors(
             "services: {web: {image: x, networks: {back: {gw_priority: 1}}}}\nnetworks: {back: {enable_ipv4: true}}",
         );

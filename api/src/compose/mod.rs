@@ -36,7 +36,9 @@ mod ports;
 mod profiles;
 mod pull;
 pub mod resolve;
+mod secrets;
 mod services;
+mod sources;
 mod stack;
 mod values;
 mod volumes;
@@ -221,8 +223,8 @@ volumes: {db_data: {}}
         assert_eq!(errs[0].field, "services.web.ipc");
         assert!(errs[0].reason.contains("unsupported key \"ipc\""));
         assert_eq!(
-            fields("services: {web: {image: x}}\nsecrets: {}"),
-            vec!["secrets"]
+            fields("services: {web: {image: x}}\nmodels: {}"),
+            vec!["models"]
         );
         assert_eq!(
             fields("services: {web: {image: x, deploy: {placement: {}}}}"),

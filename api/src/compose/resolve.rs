@@ -55,6 +55,7 @@ pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
     if r.errors.is_empty() {
         r.profiles(&mut doc);
         r.environments(&mut doc);
+        r.file_sources(&mut doc);
     }
     if r.errors.is_empty() {
         Ok(Resolved {

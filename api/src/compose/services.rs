@@ -27,6 +27,8 @@ impl Parser {
         "links",
         "build",
         "pull_policy",
+        "secrets",
+        "configs",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -80,6 +82,8 @@ impl Parser {
                 "links" => self.service_links(path, &field, val),
                 "build" => s.build = self.build(&field, val),
                 "pull_policy" => s.pull_policy = self.pull_policy(&field, val),
+                "secrets" => s.secrets = self.file_mounts(FileKind::Secret, &field, val),
+                "configs" => s.configs = self.file_mounts(FileKind::Config, &field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }

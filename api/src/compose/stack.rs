@@ -20,7 +20,9 @@ impl Parser {
         for (key, v) in self.map(
             "",
             doc,
-            &["version", "name", "services", "networks", "volumes"],
+            &[
+                "version", "name", "services", "networks", "volumes", "secrets", "configs",
+            ],
         ) {
             match key.as_str() {
                 "version" | "name" => {
@@ -29,6 +31,8 @@ impl Parser {
                 "services" => services = Some(v),
                 "networks" => spec.networks = self.networks(v),
                 "volumes" => spec.volumes = self.volumes(v),
+                "secrets" => spec.secrets = self.file_objects(FileKind::Secret, v),
+                "configs" => spec.configs = self.file_objects(FileKind::Config, v),
                 _ => unreachable!(),
             }
         }
@@ -50,6 +54,7 @@ impl Parser {
             }
         }
         self.apply_links(&mut spec);
+        self.settle_files(&mut spec);
         self.cross_check(&spec);
         spec
     }

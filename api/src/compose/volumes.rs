@@ -235,7 +235,7 @@ impl Parser {
     }
 
     /// A file mode in octal digits (`1777`, `0755`).
-    fn file_mode(&mut self, path: &str, v: &Value) -> Option<u32> {
+    pub(super) fn file_mode(&mut self, path: &str, v: &Value) -> Option<u32> {
         let text = self.string(path, v)?;
         match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
             Ok(n) if n <= 0o7777 => Some(n),

@@ -256,6 +256,16 @@ async fn execute(
     if needs_create {
         stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
     }
+    if needs_create || !plan.start.is_empty() || !plan.heal.is_empty() {
+        if let Err(e) = ctx.files.write(&ctx.store, service).await {
+            if !e.waits_on_a_person() {
+                return Err(e.into());
+            }
+            // Nothing is replaced or created without its files; the replicas that run keep
+            // running, and the status says why the others wait.
+            return Ok(files_problems(plan, &e));
+        }
+    }
     // No image, no replacement: an outdated replica keeps serving until one can be made.
     let image = match needs_create {
         true => super::pull::ensure_image(ctx, obs).await.err(),
@@ -296,6 +306,25 @@ async fn execute(
         tracing::warn!(stack = %service.stack, service = %service.name, ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
     }
     Ok(problems)
+}
+
+/// One problem per replica to create or replace, when the service's files cannot be written.
+fn files_problems(plan: &Plan, e: &crate::files::FilesError) -> Vec<Problem> {
+    let recreate = plan.recreate.iter().filter_map(|c| c.ordinal);
+    let mut ordinals: Vec<u32> = plan.create.iter().copied().chain(recreate).collect();
+    ordinals.sort_unstable();
+    let problems: Vec<Problem> = ordinals
+        .into_iter()
+        .map(|ordinal| Problem {
+            ordinal,
+            reason: Reason::FilesUnavailable,
+            message: e.to_string(),
+        })
+        .collect();
+    for p in &problems {
+        tracing::warn!(ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
+    }
+    problems
 }
 
 async fn start_job(ctx: &Context, c: &Observed) -> JobResult {
@@ -400,7 +429,8 @@ async fn create_and_start(
     obs: &Observation,
     ordinal: u32,
 ) -> Result<(), RuntimeError> {
-    let plan = shape::container(&obs.stack, &obs.service, ordinal);
+    let mut plan = shape::container(&obs.stack, &obs.service, ordinal);
+    plan.mounts.extend(ctx.files.binds(&obs.service));
     let id = ctx.runtime.create(&plan).await?;
     if let Err(e) = ctx.runtime.start(&id).await {
         // A replica that cannot start is removed rather than left half-made.

@@ -38,6 +38,9 @@ pub enum ReconcileError {
         reason: capstan_api::object::Reason,
         message: String,
     },
+    /// Writing a service's secrets and configs on the host.
+    #[error(transparent)]
+    Files(#[from] crate::files::FilesError),
     /// A bug: reconcile panicked.
     #[error("reconcile panicked: {0}")]
     Panicked(String),
@@ -100,7 +103,7 @@ impl ReconcileError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ReconcileError::List(_) => ErrorKind::List,
-            ReconcileError::Resource { .. } => ErrorKind::Resource,
+            ReconcileError::Resource { .. } | ReconcileError::Files(_) => ErrorKind::Resource,
             ReconcileError::Remove { .. } | ReconcileError::RemoveResource { .. } => {
                 ErrorKind::Remove
             }
@@ -114,6 +117,9 @@ impl ReconcileError {
 
     /// Whether retrying soon can help.
     pub fn is_retryable(&self) -> bool {
+        if let ReconcileError::Files(e) = self {
+            return !e.waits_on_a_person();
+        }
         !matches!(
             self,
             ReconcileError::Panicked(_)

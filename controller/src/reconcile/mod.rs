@@ -83,6 +83,8 @@ pub struct Context {
     pub health: Arc<crate::health::Health>,
     /// When each image was last pulled, and its failed pulls' back-off.
     pub pulls: pull::Pulls,
+    /// Secrets and configs written on the host for the replicas.
+    pub files: crate::files::HostFiles,
 }
 
 /// When to look at a key again, besides events.

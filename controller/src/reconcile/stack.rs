@@ -53,6 +53,7 @@ pub async fn take_down_service(
     }
     ctx.scratch.forget(&stack.name, name);
     ctx.restarts.forget_service(&stack.name, name);
+    ctx.files.remove_service(&stack.name, name);
     if stack.deletion.is_some() {
         ctx.scheduler.enqueue(ObjectKey::Stack(stack.name.clone()));
     }
@@ -125,6 +126,7 @@ async fn tear_down(
             removed.map_err(remove_resource("volume", &vol))?;
         }
     }
+    ctx.files.remove_stack(name);
     ctx.store
         .finalize_deletion(stack)
         .await

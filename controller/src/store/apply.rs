@@ -27,6 +27,8 @@ pub(super) struct Plan {
     pub retired: Vec<String>,
     /// Services the spec no longer names (their status and endpoints go too).
     pub removed: Vec<String>,
+    /// The values of the secrets and configs the new specs mount, staged with them.
+    pub files: Vec<Op>,
     /// Version keys newer than the record read exist: another apply staging, or one that
     /// failed after the record was read. Collectable only once this commits.
     pub sweep_after: bool,
@@ -52,10 +54,16 @@ impl Store {
                 if let Err(e) = self.collect(plan.retired).await {
                     tracing::warn!(stack = %spec.name, error = %e, "stray service versions not collected yet");
                 }
+                if let Err(e) = self.reseal(spec).await {
+                    tracing::warn!(stack = %spec.name, error = %e, "secret values not sealed with the new key yet");
+                }
                 return Ok(plan.result);
             }
             if let Some(rev) = self.write(&plan, current.revision()).await? {
                 plan.result.resource_version = rev;
+                let live = live_services(spec, &plan, &current);
+                let keep = self.file_keys_named(&spec.name, &super::files::live_specs(&live));
+                self.collect_files(&spec.name, &keep, rev).await;
                 return Ok(plan.result);
             }
             if expected.is_some() {
@@ -102,6 +110,7 @@ impl Store {
             },
             record: None,
             staged: vec![],
+            files: self.file_puts(spec),
             retired: vec![],
             removed: vec![],
             sweep_after: current
@@ -164,6 +173,7 @@ impl Store {
         let guard = || vec![Compare::ModRevision(stack_key.clone(), r0)];
         let staged: Vec<Op> = (plan.staged.iter())
             .map(|s| Op::Put(self.key_of(s), encode(s)))
+            .chain(plan.files.iter().cloned())
             .collect();
         let commit = Op::Put(stack_key.clone(), encode(record));
         let mut whole = staged.clone();
@@ -258,6 +268,22 @@ impl Store {
             _ => true,
         }
     }
+}
+
+/// The services the stack commits once `plan` is written: the staged versions and the
+/// unchanged ones.
+fn live_services(spec: &StackSpec, plan: &Plan, current: &Current) -> Vec<Service> {
+    let mut live = plan.staged.clone();
+    live.extend(
+        current
+            .services
+            .iter()
+            .filter(|s| {
+                spec.services.contains_key(&s.name) && !plan.staged.iter().any(|n| n.name == s.name)
+            })
+            .cloned(),
+    );
+    live
 }
 
 /// A new version of service `name`: generation and revision 1 when created; else the

@@ -10,6 +10,7 @@
 mod apply;
 pub mod etcd;
 pub mod fence;
+pub mod files;
 pub mod kv;
 pub mod layout;
 #[cfg(test)]
@@ -65,6 +66,12 @@ pub enum StoreError {
     /// A stored value did not decode: a bug or a foreign writer under our prefix.
     #[error("stored value at {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// A sealed secret value that this daemon's keys cannot open.
+    #[error("cannot decrypt the secret value at {key}: {source}")]
+    Unsealed {
+        key: String,
+        source: crate::seal::SealError,
+    },
 }
 
 impl StoreError {
@@ -97,6 +104,8 @@ pub struct Store {
     root: String,
     /// How many earlier revisions each service keeps (`serve --revision-history-limit`).
     history_limit: usize,
+    /// Seals secret values at rest ([`Store::with_sealer`]); without it they are stored clear.
+    sealer: Option<Arc<crate::seal::Sealer>>,
 }
 
 /// Everything under the prefix at one revision, decoded.
@@ -148,6 +157,7 @@ impl Store {
             kv,
             root: format!("{}/v1/", prefix.trim_end_matches('/')),
             history_limit: DEFAULT_HISTORY_LIMIT,
+            sealer: None,
         }
     }
 
@@ -169,6 +179,7 @@ impl Store {
             }),
             root: self.root.clone(),
             history_limit: self.history_limit,
+            sealer: self.sealer.clone(),
         }
     }
 
@@ -464,6 +475,7 @@ impl Store {
             Op::DeletePrefix(self.services_prefix(&stack.name)),
             Op::DeletePrefix(self.status_prefix(&stack.name)),
             Op::DeletePrefix(self.endpoints_prefix(&stack.name)),
+            Op::DeletePrefix(self.files_prefix(&stack.name)),
         ];
         Ok(self
             .kv
