@@ -170,7 +170,44 @@ fn policy_allows(
     policy: &capstan_api::policy::Policy,
     spec: &capstan_api::spec::StackSpec,
 ) -> Result<(), ApiError> {
-    refused("refused by policy", policy.check(spec))
+    let mut errors = policy.check(spec);
+    if let Some(resolved) = symlinks_resolved(spec) {
+        for mut e in policy.check(&resolved) {
+            if !errors.iter().any(|o| o.field == e.field) {
+                e.reason
+                    .push_str(" (the host path leads there through a symlink)");
+                errors.push(e);
+            }
+        }
+    }
+    refused("refused by policy", errors)
+}
+
+/// `spec` with each bind mount's host path as this host resolves it (symlinks followed),
+/// when any differs: the engine follows them, so `/tmp/x -> /` must not pass as `/tmp/x`.
+/// Paths that do not exist yet stay as written (the engine creates them as folders).
+fn symlinks_resolved(spec: &capstan_api::spec::StackSpec) -> Option<capstan_api::spec::StackSpec> {
+    let mut resolved = spec.clone();
+    let mut changed = false;
+    for svc in resolved.services.values_mut() {
+        let binds = svc
+            .volumes
+            .iter_mut()
+            .filter(|m| m.kind == capstan_api::spec::MountKind::Bind);
+        for m in binds {
+            let Some(real) = (m.source.as_deref())
+                .and_then(|s| std::fs::canonicalize(s).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+            else {
+                continue;
+            };
+            if m.source.as_deref() != Some(real.as_str()) {
+                m.source = Some(real);
+                changed = true;
+            }
+        }
+    }
+    changed.then_some(resolved)
 }
 
 /// A stack that would own another stack's container, network or volume name is a 400
@@ -641,6 +678,32 @@ mod tests {
                 ]
             );
         }
+        assert_eq!(kv.writes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_bind_through_a_symlink_to_the_root_is_refused_as_the_root_and_nothing_is_written() {
+        let (st, kv) = state();
+        let link = std::env::temp_dir().join(format!("capstan-root-link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let body = format!(
+            "services: {{web: {{image: x, volumes: ['{}:/host']}}}}",
+            link.display()
+        );
+        let result = apply(State(st.clone()), Path("shop".into()), query(false), body).await;
+        let _ = std::fs::remove_file(&link);
+        let Err(ApiError(status, err)) = result else {
+            panic!("a symlink to / passed the policy as a path under /tmp");
+        };
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let d = &err.details[0];
+        assert_eq!(d.field, "services.web.volumes[0]");
+        assert!(
+            d.reason.contains("reaches /") && d.reason.contains("symlink"),
+            "{}",
+            d.reason
+        );
         assert_eq!(kv.writes(), 0);
     }
 
