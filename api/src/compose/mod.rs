@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::*;
 
+mod bounds;
 mod build;
 mod deploy;
 pub mod env;
@@ -86,6 +87,10 @@ pub fn parse_stack(stack: &str, text: &str) -> Result<StackSpec, InvalidStack> {
             })
         }
     };
+    let too_long = bounds::check(&doc);
+    if !too_long.is_empty() {
+        return Err(InvalidStack { errors: too_long });
+    }
     let spec = p.stack(stack, &doc);
     if p.errors.is_empty() {
         Ok(spec)
