@@ -16,6 +16,7 @@
 //! - [`files`]: secrets and configs: digests in specs, content kept apart.
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 //! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
+//! - [`stateful`]: the stateful guard (one rule for apply and scale) and per-replica volumes.
 
 pub mod build;
 pub mod compose;
@@ -29,5 +30,6 @@ pub mod options;
 pub mod policy;
 pub mod pull;
 pub mod spec;
+pub mod stateful;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

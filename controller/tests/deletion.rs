@@ -21,7 +21,7 @@ networks:
   front: {}
   back: {}
 volumes:
-  data: {}
+  data: {labels: {capstan.shared: "true"}}
 "#;
 
 async fn applied(f: &Fixture) {
@@ -179,7 +179,7 @@ async fn a_service_dropped_from_the_file_is_removed_with_its_status() {
     f.fake.clear_calls();
 
     let res = f
-        .apply("services:\n  web:\n    image: web:1\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\nnetworks:\n  front: {}\nvolumes:\n  data: {}\n")
+        .apply("services:\n  web:\n    image: web:1\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\nnetworks:\n  front: {}\nvolumes:\n  data: {labels: {capstan.shared: \"true\"}}\n")
         .await;
     assert_eq!(
         res.services["db"],

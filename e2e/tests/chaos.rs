@@ -28,7 +28,7 @@ fn iterations() -> u32 {
 /// default network, all mounting one named volume: a network and a volume to leak.
 fn stack(replicas: u64) -> String {
     format!(
-        "services:\n  web:\n    image: {IMAGE}\n    scale: {replicas}\n    healthcheck: {{disable: true}}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+        "services:\n  web:\n    image: {IMAGE}\n    scale: {replicas}\n    healthcheck: {{disable: true}}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{labels: {{capstan.shared: \"true\"}}}}\n"
     )
 }
 

@@ -309,7 +309,7 @@ fn delete_removes_containers_and_networks_and_volumes_only_when_asked() {
     let h = Harness::start("delete");
     let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
     let yaml = format!(
-        "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\n  db:\n    image: {IMAGE}\n    networks: [front, back]\nnetworks:\n  front: {{}}\n  back: {{}}\nvolumes:\n  data: {{}}\n"
+        "services:\n  web:\n    image: {IMAGE}\n    scale: 2\n    networks: [front]\n    volumes: [\"data:/data\"]\n  db:\n    image: {IMAGE}\n    networks: [front, back]\nnetworks:\n  front: {{}}\n  back: {{}}\nvolumes:\n  data: {{labels: {{capstan.shared: \"true\"}}}}\n"
     );
     d.apply(s, &yaml);
     assert_eq!(s.containers().len(), 3);

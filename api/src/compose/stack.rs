@@ -56,6 +56,7 @@ impl Parser {
         self.apply_links(&mut spec);
         self.settle_files(&mut spec);
         self.cross_check(&spec);
+        self.check_stateful(&spec);
         spec
     }
 
@@ -111,6 +112,19 @@ impl Parser {
                         required: true,
                         restart: false,
                     });
+            }
+        }
+    }
+
+    /// The stateful guard (`crate::stateful`): declarations of per-replica volumes, and
+    /// services with several replicas writing one named volume.
+    fn check_stateful(&mut self, spec: &StackSpec) {
+        for (field, reason) in crate::stateful::declaration_problems(spec) {
+            self.err(field, reason);
+        }
+        for (name, svc) in &spec.services {
+            for (field, reason) in crate::stateful::replica_problems(name, svc, &spec.volumes) {
+                self.err(format!("services.{name}.{field}"), reason);
             }
         }
     }

@@ -2,7 +2,6 @@
 
 use super::yaml::Value;
 use super::{join, kind, Parser};
-use crate::names;
 use crate::spec::*;
 use std::collections::BTreeMap;
 
@@ -85,7 +84,7 @@ fn parse_mount(text: &str) -> Result<MountSpec, String> {
         Some(s) if s.starts_with('.') || s.starts_with('~') => {
             return Err(format!("relative host path {s:?}: `capstan apply -f` resolves it against the file's folder; over the API give an absolute path"))
         }
-        Some(s) if names::valid_member_name(s) => (MountKind::Volume, Some(s.to_string())),
+        Some(s) if crate::stateful::valid_volume_source(s) => (MountKind::Volume, Some(s.to_string())),
         Some(s) => return Err(format!("{s:?} is neither an absolute host path nor a volume name")),
     };
     let mut m = MountSpec::plain(kind, source, target, false);
@@ -268,7 +267,7 @@ impl Parser {
                     );
                 }
             }
-            (MountKind::Volume, Some(s)) if !names::valid_member_name(s) => {
+            (MountKind::Volume, Some(s)) if !crate::stateful::valid_volume_source(s) => {
                 self.err(join(path, "source"), format!("{s:?} is not a volume name"));
             }
             (MountKind::Bind, Some(s)) if s.starts_with('/') => {}

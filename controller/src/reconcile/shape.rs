@@ -5,6 +5,7 @@ use capstan_api::object::{Service, Stack};
 use capstan_api::spec::{
     MountKind, MountSpec, NetworkMode, NetworkSpec, ServiceNetwork, VolumeSpec,
 };
+use capstan_api::stateful;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -63,7 +64,11 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
         labels,
         networks,
         ports,
-        mounts: spec.volumes.iter().map(|m| mount(stack, m)).collect(),
+        mounts: spec
+            .volumes
+            .iter()
+            .map(|m| mount(stack, m, ordinal))
+            .collect(),
         healthcheck: spec.healthcheck.clone(),
         stop_grace: grace(svc),
         addresses,
@@ -105,7 +110,8 @@ fn endpoints(stack: &Stack, svc: &Service) -> (Joined, BTreeMap<String, Addresse
     (networks, addresses)
 }
 
-fn mount(stack: &Stack, m: &MountSpec) -> Mount {
+/// Replica `ordinal`'s mount of `m` (a per-replica volume is the ordinal's own).
+fn mount(stack: &Stack, m: &MountSpec, ordinal: u32) -> Mount {
     let source = m.source.clone().unwrap_or_default();
     let options = MountOptions {
         propagation: m.propagation.clone(),
@@ -118,7 +124,7 @@ fn mount(stack: &Stack, m: &MountSpec) -> Mount {
         MountKind::Volume => {
             let vs = stack.volumes.get(&source).cloned().unwrap_or_default();
             Mount::Volume {
-                name: vs.engine_name(&stack.name, &source),
+                name: vs.engine_name(&stack.name, &stateful::replica_volume(&source, ordinal)),
                 target: m.target.clone(),
                 read_only: m.read_only,
                 options,
@@ -178,9 +184,9 @@ pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
         .collect()
 }
 
-/// The named volumes `services` mount.
+/// The named volumes `services` mount: a per-replica volume once per current ordinal.
 pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
-    let mut keys: Vec<String> = services
+    let mut keys: Vec<(String, String)> = services
         .iter()
         .flat_map(|s| {
             s.spec
@@ -188,13 +194,21 @@ pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
                 .iter()
                 .filter(|m| m.kind == MountKind::Volume)
                 .filter_map(|m| m.source.clone())
+                .flat_map(|source| {
+                    let ordinals = match stateful::is_per_replica(&source) {
+                        true => 1..=s.spec.replicas,
+                        false => 1..=1,
+                    };
+                    let replica = move |n| (source.clone(), stateful::replica_volume(&source, n));
+                    ordinals.map(replica)
+                })
         })
         .collect();
     keys.sort();
     keys.dedup();
     keys.iter()
-        .map(|key| {
-            let v: VolumeSpec = stack.volumes.get(key).cloned().unwrap_or_default();
+        .map(|(declared, key)| {
+            let v: VolumeSpec = stack.volumes.get(declared).cloned().unwrap_or_default();
             ResourcePlan {
                 name: v.engine_name(&stack.name, key),
                 driver: v.driver.clone(),
@@ -275,6 +289,26 @@ mod tests {
             vec!["shop_back", "shared"]
         );
         assert_eq!(nets[0].labels["capstan.stack"], "shop");
+    }
+
+    #[test]
+    fn each_replica_mounts_its_own_per_replica_volume_and_each_is_created() {
+        let (stack, services) = objects(
+            "services: {db: {image: d, scale: 3, volumes: [\"data-{{replica}}:/d\", \"logs:/l:ro\"]}}\nvolumes: {\"data-{{replica}}\": {labels: {tier: db}}, logs: {}}",
+        );
+        let names: Vec<String> = volumes(&stack, &[&services[0]])
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["shop_data-1", "shop_data-2", "shop_data-3", "shop_logs"]
+        );
+        let c = container(&stack, &services[0], 2);
+        let Mount::Volume { name, .. } = &c.mounts[0] else {
+            panic!("{:?}", c.mounts[0]);
+        };
+        assert_eq!(name, "shop_data-2");
     }
 
     #[test]

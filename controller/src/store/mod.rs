@@ -378,6 +378,7 @@ impl Store {
             let Some(next) = change(prev)? else {
                 return Ok((prev.clone(), false));
             };
+            check_stateful(record, prev, &next)?;
             let next = Service {
                 version: layout::new_token(),
                 ..next
@@ -744,6 +745,28 @@ fn check_ports(
     Ok(())
 }
 
+/// The stateful guard, the same rule apply keeps (`capstan_api::stateful`): checked when a
+/// change (scale, undo) alters the replica count or the mounts, so a stack stored before the
+/// guard existed can still be restarted.
+fn check_stateful(record: &Stack, prev: &Service, next: &Service) -> Result<(), StoreError> {
+    let (before, after) = (&prev.spec, &next.spec);
+    if before.replicas == after.replicas && before.volumes == after.volumes {
+        return Ok(());
+    }
+    let errors: Vec<capstan_api::FieldError> =
+        capstan_api::stateful::replica_problems(&next.name, after, &record.volumes)
+            .into_iter()
+            .map(|(field, reason)| capstan_api::FieldError {
+                field: format!("services.{}.{field}", next.name),
+                reason,
+            })
+            .collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    Err(StoreError::Invalid(InvalidStack { errors }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::memory::MemKv;
@@ -883,6 +906,26 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Stale { .. }), "{err}");
         assert_eq!(kv.writes(), writes);
+    }
+
+    #[tokio::test]
+    async fn scaling_a_service_that_writes_a_named_volume_is_refused_and_writes_nothing() {
+        let (store, kv) = store();
+        let yaml = "services: {db: {image: d, volumes: [\"data:/d\"]}, shared: {image: s, volumes: [\"common:/c\"]}, own: {image: o, volumes: [\"o-{{replica}}:/o\"]}}\nvolumes: {data: {}, common: {labels: {capstan.shared: \"true\"}}, \"o-{{replica}}\": {}}";
+        store
+            .apply(&parse_stack("shop", yaml).unwrap(), None)
+            .await
+            .unwrap();
+        let writes = kv.writes();
+        let err = store.scale("shop", "db", 2, None).await.unwrap_err();
+        let StoreError::Invalid(invalid) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(invalid.errors[0].field, "services.db.volumes[0]");
+        assert!(invalid.errors[0].reason.contains("\"data\""), "{err}");
+        assert_eq!(kv.writes(), writes, "a refused scale writes nothing");
+        store.scale("shop", "shared", 3, None).await.unwrap();
+        store.scale("shop", "own", 3, None).await.unwrap();
     }
 
     #[tokio::test]
