@@ -334,40 +334,20 @@ impl Drop for Etcd {
 /// A CA, a server certificate for 127.0.0.1 and a client certificate (CN `capstan-e2e`),
 /// P-256 keys, valid for a day, made with openssl in `dir`.
 fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
+    // Each command as one string: no argument here contains a space.
+    let run = |cmd: &str| {
         let out = Command::new("openssl")
             .current_dir(dir)
-            .args(args)
+            .args(cmd.split(' '))
             .output()
             .expect("run openssl (make deps)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "openssl {cmd}: {err}");
     };
-    let key = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &key,
-        &[
-            "-keyout",
-            "ca-key.pem",
-            "-out",
-            "ca.pem",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=capstan-e2e-ca",
-        ],
-    ]
-    .concat());
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    run(&format!(
+        "req -x509 {key} -keyout ca-key.pem -out ca.pem -days 1 -subj /CN=capstan-e2e-ca"
+    ));
     for (name, cn, usage) in [
         (
             "server",
@@ -377,42 +357,13 @@ fn make_certificates(dir: &Path) {
         ("client", "capstan-e2e", "extendedKeyUsage=clientAuth\n"),
     ] {
         std::fs::write(dir.join(format!("{name}.ext")), usage).unwrap();
-        let (keyout, csr, pem, ext) = (
-            format!("{name}-key.pem"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        run(&[
-            &["req"][..],
-            &key,
-            &[
-                "-keyout",
-                &keyout,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN={cn}"),
-            ],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "1",
-            "-extfile",
-            &ext,
-        ]);
+        run(&format!(
+            "req {key} -keyout {name}-key.pem -out {name}.csr -subj /CN={cn}"
+        ));
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+             -out {name}.pem -days 1 -extfile {name}.ext"
+        ));
     }
 }
 
