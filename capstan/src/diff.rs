@@ -63,31 +63,28 @@ async fn diff(api: &crate::client::Client, opts: &crate::project::Options) -> an
 #[cfg(test)]
 mod tests {
     use super::*;
-    use capstan_api::diff::stack_changes;
-    use capstan_api::spec::ServiceSpec;
-
-    fn spec(image: &str, replicas: u32) -> ServiceSpec {
-        ServiceSpec {
-            image: image.into(),
-            replicas,
-            ..Default::default()
-        }
-    }
+    use capstan_api::diff::Change;
+    use serde_json::json;
 
     #[test]
     fn a_diff_renders_each_changed_field_and_each_new_or_removed_service() {
-        let stored = BTreeMap::from([
-            ("web".to_string(), spec("web:1", 2)),
-            ("old".to_string(), spec("old:1", 1)),
+        let image = Change {
+            path: "image".into(),
+            old: Some(json!("web:1")),
+            new: Some(json!("web:2")),
+        };
+        let d = BTreeMap::from([
+            ("web".to_string(), ServiceDiff::Changed(vec![image])),
+            ("api".to_string(), ServiceDiff::Created(vec![])),
+            ("old".to_string(), ServiceDiff::Removed),
         ]);
-        let mut web = spec("web:2", 2);
-        web.environment.insert("MODE".into(), "fast".into());
-        let file = BTreeMap::from([
-            ("web".to_string(), web),
-            ("api".to_string(), spec("api:1", 1)),
-        ]);
-        let text = render("shop", &stack_changes(&stored, &file), false);
-        assert!(text.contains("~ shop/web (changed)\n    environment:\n      + {\"MODE\":\"fast\"}\n    image:\n      - \"web:1\"\n      + \"web:2\"\n"), "{text}");
+        let text = render("shop", &d, false);
+        assert!(
+            text.contains(
+                "~ shop/web (changed)\n    image:\n      - \"web:1\"\n      + \"web:2\"\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("+ shop/api (new service)\n"), "{text}");
         assert!(text.contains("- shop/old (removed)\n"), "{text}");
     }
