@@ -66,7 +66,7 @@ impl Drop for Follower {
 }
 
 #[test]
-fn logs_follow_shows_every_replicas_stdout_and_stderr_with_padded_prefixes_and_replicas_that_join_later(
+fn logs_follow_shows_every_replicas_stdout_and_stderr_with_padded_prefixes_takes_in_replicas_that_join_and_stops_reading_when_the_client_goes(
 ) {
     let h = Harness::start("logs");
     let (d, s) = (&h.d, &h.s);
@@ -85,6 +85,13 @@ services:
 "#
     );
     d.apply(s, &yaml);
+    // The daemon's open files: its connections to the client and to the engine among them.
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.pid().unwrap()))
+            .unwrap()
+            .count()
+    };
+    let before = fds();
     let follower = Follower::start(d, &[&s.name, "-f"]);
     for n in [1, 2] {
         let host = s.replica("talk", n);
@@ -96,6 +103,21 @@ services:
 
     d.cli_ok(&["scale", &format!("{}/talk=3", s.name)]);
     follower.wait_for(&format!("talk-3 | hello from {}", s.replica("talk", 3)));
+    assert!(fds() > before, "the engine's logs streams are open");
+    drop(follower);
+    // The client gone, the daemon stops reading: every logs connection closes.
+    wait_for(
+        Duration::from_secs(60),
+        "the logs connections closed",
+        || {
+            let now = fds();
+            if now <= before {
+                Ok(())
+            } else {
+                Err(format!("{now} open files, {before} before `logs -f`"))
+            }
+        },
+    );
 
     // One service only: no line of another.
     let one = d.cli_ok(&["logs", &format!("{}/a", s.name)]);
