@@ -181,13 +181,13 @@ impl Target {
             }
             tokio::select! {
                 _ = tx.closed() => return,
-                _ = stop.changed() => return,
+                _ = stopping(&mut stop) => return,
                 _ = tokio::time::sleep(JOIN_POLL) => {}
             }
         }
         tokio::select! {
             _ = tx.closed() => {}
-            _ = stop.changed() => {}
+            _ = stopping(&mut stop) => {}
             _ = async { while readers.join_next().await.is_some() {} } => {}
         }
     }
@@ -218,6 +218,13 @@ impl Target {
             (&a.service, a.ordinal, a.created).cmp(&(&b.service, b.ordinal, b.created))
         });
         found
+    }
+}
+
+/// Resolves once the daemon stops (never, if nobody can tell it to).
+async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|stopped| *stopped).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -401,7 +408,8 @@ mod tests {
             service: None,
         };
         let (tx, mut rx) = mpsc::channel(16);
-        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+        // Nobody can stop this one: it still runs to the end of the output.
+        let stop = tokio::sync::watch::channel(false).1;
         target.stream(LogOptions::default(), tx, stop).await;
         let mut names = vec![];
         while let Some(record) = rx.recv().await {
@@ -410,5 +418,27 @@ mod tests {
             }
         }
         assert_eq!(names, ["db-1", "web-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_followed_stream_ends_when_the_daemon_stops() {
+        let fake = Arc::new(crate::runtime::fake::FakeRuntime::default());
+        fake.create(&plan("s", "web", 1)).await.unwrap();
+        let target = Target {
+            runtime: fake.clone(),
+            stack: "s".into(),
+            service: None,
+        };
+        let (tx, mut rx) = mpsc::channel(16);
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let task = tokio::spawn(target.stream(opts, tx, stop));
+        assert!(matches!(next(&mut rx).await, LogRecord::Replica { .. }));
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        while rx.recv().await.is_some() {}
     }
 }
