@@ -24,6 +24,7 @@ pub mod diff;
 pub mod duration;
 pub mod files;
 pub mod isolation;
+pub mod logs;
 pub mod names;
 pub mod object;
 pub mod options;

@@ -153,6 +153,26 @@ impl Client {
         Err(api_error(status, &resp.bytes().await?))
     }
 
+    /// `GET /v1/stacks/{stack}/logs`: NDJSON log records; followed streams last as long as
+    /// the user wants, so no overall timeout.
+    pub async fn logs(
+        &self,
+        stack: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<reqwest::Response> {
+        let req = (self
+            .http
+            .get(format!("{}/v1/stacks/{stack}/logs", self.base)))
+        .query(query)
+        .timeout(Duration::from_secs(365 * 24 * 3600));
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        Err(api_error(status, &resp.bytes().await?))
+    }
+
     pub async fn stack(&self, stack: &str) -> anyhow::Result<Option<StackView>> {
         let resp = self
             .http

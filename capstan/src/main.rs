@@ -4,6 +4,7 @@
 mod build;
 mod client;
 mod diff;
+mod logs;
 mod output;
 mod project;
 mod rollout;
@@ -294,6 +295,24 @@ enum Command {
     },
     /// Set a service's replica count: STACK/SERVICE=N.
     Scale { target: String },
+    /// Show the output of a stack's replicas (or one service's), each line prefixed
+    /// `service-n |`; read through the daemon, so it works against a remote --server.
+    Logs {
+        /// STACK or STACK/SERVICE
+        target: String,
+        /// Keep streaming new output, and that of replicas that start later.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only output since a duration ago (10m) or a time (RFC 3339, or Unix seconds).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only the last N lines of each replica (`all` for everything).
+        #[arg(short = 'n', long)]
+        tail: Option<String>,
+        /// Show the engine's timestamp before each line.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+    },
     /// Delete a stack: its containers and networks (and named volumes with --volumes).
     Delete {
         stack: String,
@@ -610,6 +629,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Scale { target } => scale(&api, &target).await,
         Command::Rollout { action } => rollout::run(&api, action).await,
+        Command::Logs {
+            target,
+            follow,
+            since,
+            tail,
+            timestamps,
+        } => {
+            let req = logs::Request {
+                target,
+                follow,
+                since,
+                tail,
+                timestamps,
+            };
+            logs::run(&api, &req).await
+        }
         Command::Delete {
             stack,
             volumes,

@@ -129,7 +129,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     .with_sealer(sealer);
     let controller = Controller::start(
         store.clone(),
-        runtime,
+        runtime.clone(),
         metrics.clone(),
         crate::controller::Options {
             resync: config.resync,
@@ -156,6 +156,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         policy: Arc::new(config.policy.clone()),
         builds: crate::build::Builds::local(config.max_build_context)
             .map_err(DaemonError::Builds)?,
+        runtime,
     };
     let result = listeners.serve(state, &shutdown).await;
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");

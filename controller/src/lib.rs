@@ -42,6 +42,7 @@ pub mod health;
 pub mod key;
 pub mod leader;
 pub mod listen;
+pub mod logs;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;

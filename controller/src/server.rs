@@ -42,6 +42,8 @@ pub struct ApiState {
     pub policy: Arc<capstan_api::policy::Policy>,
     /// The engine `build:` contexts are built on, and their size limit ([`crate::build`]).
     pub builds: crate::build::Builds,
+    /// The engine, unfenced: any daemon reads logs ([`crate::logs`]).
+    pub runtime: Arc<dyn crate::runtime::Runtime>,
 }
 
 /// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
@@ -98,6 +100,7 @@ fn routes() -> Router<ApiState> {
         .route("/v1/traefik", get(traefik_config))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .merge(crate::build::routes())
+        .merge(crate::logs::routes())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -624,6 +627,7 @@ mod tests {
             tokens: Arc::default(),
             policy: Arc::default(),
             builds: Default::default(),
+            runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
         };
         (st, kv)
     }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::Metrics;
 use crate::runtime::{
-    ContainerEvent, ContainerPlan, Detail, Observed, ResourcePlan, Runtime, RuntimeError,
+    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, ResourcePlan, Runtime,
+    RuntimeError,
 };
 use crate::store::kv::{Compare, KeyValue, Kv, KvError, LeaseId, Listing, Op, WatchEvent};
 
@@ -145,5 +146,13 @@ impl Runtime for MeasuredRuntime {
         since_nano: Option<i64>,
     ) -> BoxStream<'static, Result<ContainerEvent, RuntimeError>> {
         self.inner.events(since_nano)
+    }
+    /// A stream, not a call: not timed.
+    fn logs(
+        &self,
+        id: &str,
+        opts: &LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        self.inner.logs(id, opts)
     }
 }

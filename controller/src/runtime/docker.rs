@@ -2,12 +2,14 @@
 
 use async_trait::async_trait;
 use bollard::auth::DockerCredentials;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, NetworkConnectRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListVolumesOptionsBuilder,
-    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use capstan_api::names;
@@ -544,6 +546,41 @@ impl Runtime for DockerRuntime {
             Err(e) if status_of(&e) == Some(404) => Ok(()),
             Err(e) => Err(engine("remove volume")(e)),
         }
+    }
+
+    fn logs(
+        &self,
+        id: &str,
+        opts: &LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let mut q = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(opts.follow)
+            .timestamps(opts.timestamps);
+        if let Some(since) = opts.since {
+            q = q.since(since.clamp(0, i32::MAX as i64) as i32);
+        }
+        q = q.tail(&opts.tail.map_or("all".to_string(), |n| n.to_string()));
+        self.docker
+            .logs(id, Some(q.build()))
+            .filter_map(|out| async move {
+                match out {
+                    Err(e) => Some(Err(engine("logs")(e))),
+                    Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+                        stderr: true,
+                        bytes: message.to_vec(),
+                    })),
+                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                        Some(Ok(LogChunk {
+                            stderr: false,
+                            bytes: message.to_vec(),
+                        }))
+                    }
+                    Ok(LogOutput::StdIn { .. }) => None,
+                }
+            })
+            .boxed()
     }
 
     fn events(

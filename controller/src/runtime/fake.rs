@@ -1127,6 +1127,37 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    /// One line, `output of NAME` (on stderr with `timestamps`, to tell the streams apart);
+    /// with `follow` the stream then stays open. An unknown container is a 404's error.
+    fn logs(
+        &self,
+        id: &str,
+        opts: &LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        let name = self
+            .shared
+            .lock()
+            .containers
+            .get(id)
+            .map(|c| c.obs.name.clone());
+        let first = match name {
+            Some(name) => Ok(LogChunk {
+                stderr: opts.timestamps,
+                bytes: format!("output of {name}\n").into_bytes(),
+            }),
+            None => Err(RuntimeError::Engine {
+                op: "logs",
+                message: format!("No such container: {id}"),
+            }),
+        };
+        let once = futures::stream::once(async move { first });
+        if opts.follow {
+            once.chain(futures::stream::pending()).boxed()
+        } else {
+            once.boxed()
+        }
+    }
+
     fn events(
         &self,
         since_nano: Option<i64>,

@@ -4,11 +4,14 @@
 //! have lapsed makes none, from the moment it could have lapsed, not from when it noticed.
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ContainerEvent, ContainerPlan, Detail, Observed, ResourcePlan, Runtime, RuntimeError};
+use super::{
+    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, ResourcePlan, Runtime,
+    RuntimeError,
+};
 
 /// What an engine call does, for the gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +110,17 @@ impl Runtime for FencedRuntime {
     /// Not an action: readiness asks on followers too.
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.inner.ping().await
+    }
+    /// Reading output is a read: refused (as one error) only where lists are.
+    fn logs(
+        &self,
+        id: &str,
+        opts: &LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
+        match self.check(Verb::Read, "logs") {
+            Ok(()) => self.inner.logs(id, opts),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        }
     }
     /// The stream is opened by the events task, which runs only while this daemon may act.
     fn events(

@@ -191,6 +191,26 @@ pub struct Detail {
     pub health_output: Option<String>,
 }
 
+/// What to read of a container's output ([`Runtime::logs`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep the stream open for new output.
+    pub follow: bool,
+    /// Unix seconds: only output written since.
+    pub since: Option<i64>,
+    /// Only the last N lines (of what `since` leaves).
+    pub tail: Option<u64>,
+    /// The engine's RFC 3339 timestamp before each line.
+    pub timestamps: bool,
+}
+
+/// A piece of a container's output, as the engine framed it (not always one line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogChunk {
+    pub stderr: bool,
+    pub bytes: Vec<u8>,
+}
+
 /// A container event that may mean drift.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
@@ -278,6 +298,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), RuntimeError> {
         Ok(())
     }
+    /// The output (stdout and stderr) of container `id`, ending with it unless `follow`.
+    fn logs(
+        &self,
+        id: &str,
+        opts: &LogOptions,
+    ) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
     /// Container events of capstan-owned containers from `since_nano` (or now).
     fn events(
         &self,
