@@ -35,6 +35,8 @@ fn env_or(name: &str, default: usize) -> usize {
 /// Swarm mode for the run: left when dropped.
 struct SwarmGuard {
     service: String,
+    /// Swarm mode makes `docker_gwbridge` and leaves it behind; removed if it was not there.
+    made_gwbridge: bool,
 }
 
 impl SwarmGuard {
@@ -45,9 +47,14 @@ impl SwarmGuard {
             "inactive",
             "the engine is in a swarm already: this benchmark enters and leaves swarm mode itself"
         );
+        let had_gwbridge = Command::new("docker")
+            .args(["network", "inspect", "docker_gwbridge"])
+            .output()
+            .is_ok_and(|o| o.status.success());
         docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
         SwarmGuard {
             service: service.to_string(),
+            made_gwbridge: !had_gwbridge,
         }
     }
 }
@@ -60,6 +67,11 @@ impl Drop for SwarmGuard {
         let _ = Command::new("docker")
             .args(["swarm", "leave", "--force"])
             .output();
+        if self.made_gwbridge {
+            let _ = Command::new("docker")
+                .args(["network", "rm", "docker_gwbridge"])
+                .output();
+        }
     }
 }
 
