@@ -329,30 +329,14 @@ mod tests {
         assert_eq!(q("all", "false").options().unwrap().tail, None);
     }
 
-    fn plan(stack: &str, service: &str, n: u32) -> crate::runtime::ContainerPlan {
-        crate::runtime::ContainerPlan {
-            name: capstan_api::names::container(stack, service, n),
-            hostname: String::new(),
-            image: "x".into(),
-            command: None,
-            entrypoint: None,
-            env: vec![],
-            labels: [
-                (capstan_api::names::STACK, stack.to_string()),
-                (capstan_api::names::SERVICE, service.to_string()),
-                (capstan_api::names::REPLICA, n.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            networks: vec![],
-            ports: vec![],
-            mounts: vec![],
-            healthcheck: None,
-            stop_grace: Duration::ZERO,
-            addresses: Default::default(),
-            options: Default::default(),
-        }
+    use crate::runtime::fake::replica_plan as plan;
+
+    /// A fake engine with replica 1 of `web` and of `db` in stack `s`.
+    async fn web_and_db() -> Arc<crate::runtime::fake::FakeRuntime> {
+        let fake = Arc::new(crate::runtime::fake::FakeRuntime::default());
+        fake.create(&plan("s", "web", 1)).await.unwrap();
+        fake.create(&plan("s", "db", 1)).await.unwrap();
+        fake
     }
 
     async fn next(rx: &mut mpsc::Receiver<LogRecord>) -> LogRecord {
@@ -361,9 +345,7 @@ mod tests {
 
     #[tokio::test]
     async fn following_reads_every_replica_then_those_that_join_and_stops_when_the_reader_goes() {
-        let fake = Arc::new(crate::runtime::fake::FakeRuntime::default());
-        fake.create(&plan("s", "web", 1)).await.unwrap();
-        fake.create(&plan("s", "db", 1)).await.unwrap();
+        let fake = web_and_db().await;
         let target = Target {
             runtime: fake.clone(),
             stack: "s".into(),
@@ -399,9 +381,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_follow_the_stream_ends_with_the_output() {
-        let fake = Arc::new(crate::runtime::fake::FakeRuntime::default());
-        fake.create(&plan("s", "web", 1)).await.unwrap();
-        fake.create(&plan("s", "db", 1)).await.unwrap();
+        let fake = web_and_db().await;
         let target = Target {
             runtime: fake.clone(),
             stack: "s".into(),

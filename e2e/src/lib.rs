@@ -903,6 +903,23 @@ pub struct Sample {
     pub body: String,
 }
 
+/// Fails unless the loop ran (more than 100 requests) and every request got a 200.
+pub fn assert_every_request_answered(samples: &[Sample]) {
+    let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
+    assert!(
+        samples.len() > 100,
+        "the loop ran: {} requests",
+        samples.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed, e.g. {:?}",
+        failures.len(),
+        samples.len(),
+        failures.first()
+    );
+}
+
 impl LoadLoop {
     pub fn start(url: &str) -> LoadLoop {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

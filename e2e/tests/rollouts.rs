@@ -337,24 +337,11 @@ fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_autom
         d.converged(&s.name, "web", 4)
     });
     let samples = load.finish();
-    let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
     println!(
-        "{} requests, {} failed, during an update with parallelism 2 and a rollback",
-        samples.len(),
-        failures.len()
-    );
-    assert!(
-        samples.len() > 100,
-        "the loop ran: {} requests",
+        "{} requests during an update with parallelism 2 and a rollback",
         samples.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
-        failures.len(),
-        samples.len(),
-        failures.first()
-    );
+    assert_every_request_answered(&samples);
     for n in 1..=4 {
         assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
     }

@@ -79,19 +79,7 @@ fn a_steady_request_loop_sees_no_failure_while_scaling_and_rolling_out() {
     });
     let samples = load.finish();
 
-    let failures: Vec<&Sample> = samples.iter().filter(|r| r.status != 200).collect();
-    assert!(
-        samples.len() > 100,
-        "the loop ran: {} requests",
-        samples.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed, e.g. {:?}",
-        failures.len(),
-        samples.len(),
-        failures.first()
-    );
+    assert_every_request_answered(&samples);
     for n in 1..=4 {
         assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
     }

@@ -1247,6 +1247,31 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
     }
 }
 
+/// The smallest plan of replica `n` of `stack/service`: its name and ownership labels.
+#[cfg(test)]
+pub fn replica_plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
+    ContainerPlan {
+        name: names::container(stack, service, n),
+        hostname: String::new(),
+        image: "x".into(),
+        command: None,
+        entrypoint: None,
+        env: vec![],
+        labels: BTreeMap::from([
+            (names::STACK.to_string(), stack.to_string()),
+            (names::SERVICE.to_string(), service.to_string()),
+            (names::REPLICA.to_string(), n.to_string()),
+        ]),
+        networks: vec![],
+        ports: vec![],
+        mounts: vec![],
+        healthcheck: None,
+        stop_grace: Duration::ZERO,
+        addresses: Default::default(),
+        options: Default::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,35 +123,9 @@ impl Containers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::fake::replica_plan as plan;
     use crate::runtime::fake::FakeRuntime;
-    use crate::runtime::ContainerPlan;
     use std::sync::atomic::Ordering;
-
-    fn plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
-        ContainerPlan {
-            name: capstan_api::names::container(stack, service, n),
-            hostname: String::new(),
-            image: "x".into(),
-            command: None,
-            entrypoint: None,
-            env: vec![],
-            labels: [
-                (capstan_api::names::STACK, stack.to_string()),
-                (capstan_api::names::SERVICE, service.to_string()),
-                (capstan_api::names::REPLICA, n.to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-            networks: vec![],
-            ports: vec![],
-            mounts: vec![],
-            healthcheck: None,
-            stop_grace: std::time::Duration::ZERO,
-            addresses: Default::default(),
-            options: Default::default(),
-        }
-    }
 
     #[tokio::test]
     async fn after_one_list_untouched_services_are_read_without_asking_the_engine() {
