@@ -160,7 +160,10 @@ fn a_leader_paused_past_its_lease_makes_no_engine_call_and_no_write_when_it_resu
     wait_until(CONVERGE, "the stack to converge", || {
         old.converged(&s.name, "web", 2)
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Paused right after a resync, so that no call of the leader's own is in flight when it
+    // stops: a resync's idempotent `ensure_network` that completes after `CONT` was made
+    // while it led, and would count as a call made after resuming.
+    old.wait_for_resync();
     let (changes, writes) = (engine_changes(old), etcd_writes(old));
 
     old.signal("STOP");
