@@ -374,10 +374,12 @@ pub struct UpdateConfig {
     pub max_failure_permille: Option<u32>,
 }
 
-/// Swarm's `order`. Replica names are fixed (`<stack>-<service>-<n>`), so a replica is
-/// always stopped and removed before its successor is created: both orders replace a batch
-/// in place while the rest of the service serves. A surge replica (Swarm's start-first, a
-/// successor running next to the replica it replaces) is not implemented yet.
+/// Swarm's `order`. Start-first runs each replaced replica's successor next to it (named
+/// `<replica>-next`) until the successor is ready, then drains and removes the replica and
+/// renames the successor; stop-first removes the replica, then makes its successor. A
+/// service whose replicas cannot run twice at once ([`ServiceSpec::surge_blocker`]: a host
+/// port, a fixed address, a volume written read-write) is replaced stop-first, and its
+/// `Progressing` condition says why.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateOrder {
@@ -592,6 +594,49 @@ impl ServiceSpec {
         }
     }
 
+    /// The engine name of replica `ordinal`'s successor in a start-first update: it runs next
+    /// to the replica until it is ready, then the replica is removed and the successor takes
+    /// its name.
+    pub fn successor_name(&self, stack: &str, service: &str, ordinal: u32) -> String {
+        format!("{}-next", self.replica_name(stack, service, ordinal))
+    }
+
+    /// Why a start-first update cannot run a replica's successor next to it, so that the
+    /// replica is replaced in place (stopped, then made anew) instead; `None` when it can.
+    /// Two containers of one ordinal must not contend for what only one can hold (a name, an
+    /// address, a host port) nor write the same files (a read-write named volume that is not
+    /// declared shared, a per-replica volume, a read-write host path). `volumes`: the stack's.
+    pub fn surge_blocker(&self, volumes: &BTreeMap<String, VolumeSpec>) -> Option<String> {
+        if let Some(name) = &self.options.container_name {
+            return Some(format!("`container_name: {name}` names one container"));
+        }
+        if let Some((net, _)) = (self.networks.iter())
+            .find(|(_, n)| n.ipv4_address.is_some() || n.ipv6_address.is_some())
+        {
+            return Some(format!("`networks.{net}` gives it a fixed address"));
+        }
+        if self.options.network_mode == Some(NetworkMode::Host) {
+            return Some("on the host's network both would listen on the same ports".into());
+        }
+        let bound = self.ports.iter().filter(|p| !p.proxied());
+        if let Some((port, _)) = bound.filter_map(|p| p.host_ports).next() {
+            return Some(format!(
+                "host port {port} is bound by one container at a time"
+            ));
+        }
+        self.volumes.iter().filter(|m| !m.read_only).find_map(|m| {
+            let source = m.source.as_deref().unwrap_or_default();
+            let shared = volumes.get(source).is_some_and(VolumeSpec::shared);
+            match m.kind {
+                MountKind::Volume if !shared => Some(format!(
+                    "named volume {source:?} is mounted read-write and is not declared shared"
+                )),
+                MountKind::Bind => Some(format!("host path {source:?} is mounted read-write")),
+                _ => None,
+            }
+        })
+    }
+
     /// Options that name one container (`container_name`, a fixed address) allow one
     /// replica: each problem with the replica count as (field under the service, reason).
     /// One rule for apply and scale.
@@ -666,6 +711,49 @@ impl ServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_runs_a_successor_next_to_each_replica_unless_two_would_contend() {
+        let volume = |source: &str, kind: MountKind, read_only: bool| {
+            MountSpec::plain(kind, Some(source.into()), "/data", read_only)
+        };
+        let shared = VolumeSpec {
+            labels: [("capstan.shared".to_string(), "true".to_string())].into(),
+            ..Default::default()
+        };
+        let volumes: BTreeMap<String, VolumeSpec> = [("cache".to_string(), shared)].into();
+        let with = |f: &dyn Fn(&mut ServiceSpec)| {
+            let mut s = ServiceSpec {
+                image: "web:1".into(),
+                replicas: 1,
+                ..Default::default()
+            };
+            f(&mut s);
+            s.surge_blocker(&volumes)
+        };
+        assert_eq!(with(&|_| {}), None);
+        assert_eq!(
+            with(&|s| s.volumes = vec![volume("cache", MountKind::Volume, false)]),
+            None,
+            "a volume declared shared"
+        );
+        assert_eq!(
+            with(&|s| s.volumes = vec![volume("db", MountKind::Volume, true)]),
+            None,
+            "read-only"
+        );
+        let blocked = [
+            with(&|s| s.volumes = vec![volume("db", MountKind::Volume, false)]),
+            with(&|s| s.volumes = vec![volume("/srv", MountKind::Bind, false)]),
+            with(&|s| s.options.container_name = Some("front".into())),
+            with(&|s| s.options.network_mode = Some(NetworkMode::Host)),
+        ];
+        assert!(blocked.iter().all(Option::is_some), "{blocked:?}");
+        assert_eq!(
+            with(&|s| s.volumes = vec![volume("data-{{replica}}", MountKind::Volume, false)]),
+            Some("named volume \"data-{{replica}}\" is mounted read-write and is not declared shared".into())
+        );
+    }
 
     #[test]
     fn the_container_hash_ignores_replicas_but_not_the_image() {

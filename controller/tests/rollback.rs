@@ -72,7 +72,10 @@ async fn an_update_whose_replica_exits_is_rolled_back_and_the_store_says_so() {
     }
     let (reason, message) = f.condition(STACK, "web", "Degraded").await;
     assert_eq!(reason, "RolledBack");
-    assert!(message.contains("s-web-1 exited with code 3"), "{message}");
+    assert!(
+        message.contains("s-web-1-next exited with code 3"),
+        "{message}"
+    );
     assert!(message.contains("revision 1 (generation 1)"), "{message}");
     println!("{message}");
 

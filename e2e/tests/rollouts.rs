@@ -346,3 +346,38 @@ fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_autom
         assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
     }
 }
+
+/// Start-first with one replica: its successor serves next to it until ready, so an update
+/// of a single replica behind the proxy fails no request, and the successor ends with the
+/// replica's name.
+#[test]
+fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes_its_name() {
+    let h = Harness::start("roll-surge");
+    let (d, s) = (&h.d, &h.s);
+    let port = free_port();
+    let yaml = |image: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 2s\n    deploy:\n      update_config: {{order: start-first}}\n"
+        )
+    };
+    d.apply(s, &yaml(IMAGE));
+    let before = replica_ids(s, 1);
+    let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
+
+    d.apply(s, &yaml(IMAGE_V2));
+    wait_until(CONVERGE, "web to converge on the new image", || {
+        d.converged(&s.name, "web", 1)
+    });
+    let samples = load.finish();
+    println!(
+        "{} requests during a start-first update of one replica",
+        samples.len()
+    );
+    assert_every_request_answered(&samples);
+    let replica = s.replica("web", 1);
+    let names: Vec<String> = s.containers().into_iter().map(|c| c.0).collect();
+    assert_eq!(names, vec![replica.clone()], "the successor took the name");
+    assert_eq!(inspect(&replica, "{{.Config.Image}}"), IMAGE_V2);
+    assert_eq!(inspect(&replica, "{{.Config.Hostname}}"), replica);
+    assert_ne!(replica_ids(s, 1), before);
+}

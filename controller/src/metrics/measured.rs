@@ -114,6 +114,9 @@ impl Runtime for MeasuredRuntime {
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         measured!(self, "remove", self.inner.remove(id, grace))
     }
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        measured!(self, "rename", self.inner.rename(id, name))
+    }
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
         measured!(self, "ensure_network", self.inner.ensure_network(plan))
     }

@@ -38,6 +38,7 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcom
         .iter()
         .map(|(c, _)| c)
         .chain(plan.recreate.iter())
+        .chain(plan.promote.iter().filter_map(|(c, _)| c.as_ref()))
         .chain(plan.heal.iter().map(|(c, _, _)| c))
         .map(|c| c.id.clone())
         .collect();
@@ -252,6 +253,7 @@ async fn execute(
 
     let needs_create = !plan.create.is_empty()
         || !plan.recreate.is_empty()
+        || !plan.surge.is_empty()
         || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
     if needs_create {
         stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
@@ -274,27 +276,7 @@ async fn execute(
     let creating = image.is_none();
 
     let now = now_rfc3339();
-    let mut jobs: Vec<BoxFuture<'_, JobResult>> = vec![];
-    for c in &plan.start {
-        jobs.push(Box::pin(start_job(ctx, c)));
-    }
-    for (c, reason, action) in &plan.heal {
-        if *action == HealAction::Replace && !creating {
-            continue;
-        }
-        jobs.push(Box::pin(heal_job(
-            ctx, obs, c, *reason, *action, details, &now,
-        )));
-    }
-    for c in plan.recreate.iter().filter(|_| creating) {
-        jobs.push(Box::pin(recreate_job(ctx, obs, c)));
-    }
-    for n in plan.create.iter().filter(|_| creating) {
-        jobs.push(Box::pin(async move {
-            let made = create_and_start(ctx, obs, *n).await;
-            (made.err().map(|e| failed_to_make(ctx, obs, *n, e)), None)
-        }));
-    }
+    let jobs = jobs(ctx, obs, plan, details, &now, creating);
     let mut problems: Vec<Problem> = image.into_iter().collect();
     for (p, e) in with_slots(&ctx.engine_slots, jobs).await {
         problems.extend(p);
@@ -308,10 +290,50 @@ async fn execute(
     Ok(problems)
 }
 
+/// The engine work of `plan`, one job per replica; what needs a new container only when
+/// one can be made (`creating`: the image is there).
+fn jobs<'a>(
+    ctx: &'a Context,
+    obs: &'a Observation,
+    plan: &'a Plan,
+    details: &'a BTreeMap<u32, Detail>,
+    now: &'a str,
+    creating: bool,
+) -> Vec<BoxFuture<'a, JobResult>> {
+    let mut jobs: Vec<BoxFuture<'a, JobResult>> = vec![];
+    for c in &plan.start {
+        jobs.push(Box::pin(start_job(ctx, c)));
+    }
+    for (c, reason, action) in &plan.heal {
+        if *action == HealAction::Replace && !creating {
+            continue;
+        }
+        jobs.push(Box::pin(heal_job(
+            ctx, obs, c, *reason, *action, details, now,
+        )));
+    }
+    for c in plan.recreate.iter().filter(|_| creating) {
+        jobs.push(Box::pin(recreate_job(ctx, obs, c)));
+    }
+    let made = (plan.create.iter().map(|n| (*n, Made::Replica)))
+        .chain(plan.surge.iter().map(|n| (*n, Made::Successor)));
+    for (n, made) in made.filter(|_| creating) {
+        jobs.push(Box::pin(async move {
+            let result = create_and_start(ctx, obs, n, made).await;
+            (result.err().map(|e| failed_to_make(ctx, obs, n, e)), None)
+        }));
+    }
+    for (old, successor) in &plan.promote {
+        jobs.push(Box::pin(promote_job(ctx, obs, old.as_ref(), successor)));
+    }
+    jobs
+}
+
 /// One problem per replica to create or replace, when the service's files cannot be written.
 fn files_problems(plan: &Plan, e: &crate::files::FilesError) -> Vec<Problem> {
     let recreate = plan.recreate.iter().filter_map(|c| c.ordinal);
-    let mut ordinals: Vec<u32> = plan.create.iter().copied().chain(recreate).collect();
+    let made = plan.create.iter().chain(&plan.surge).copied();
+    let mut ordinals: Vec<u32> = made.chain(recreate).collect();
     ordinals.sort_unstable();
     let problems: Vec<Problem> = ordinals
         .into_iter()
@@ -402,12 +424,42 @@ fn failed_to_make(ctx: &Context, obs: &Observation, ordinal: u32, e: RuntimeErro
     problem
 }
 
+/// A start-first successor takes over: the outdated replica (already drained) is stopped
+/// and removed, and the successor takes its name.
+async fn promote_job(
+    ctx: &Context,
+    obs: &Observation,
+    old: Option<&Observed>,
+    successor: &Observed,
+) -> JobResult {
+    let service = &obs.service;
+    let n = successor.ordinal.unwrap_or(0);
+    let name = (service.spec).replica_name(&service.stack, &service.name, n);
+    tracing::info!(stack = %service.stack, service = %service.name, replica = %name, successor = %successor.name, "the successor of an outdated replica takes over");
+    let promoted = async {
+        if let Some(old) = old {
+            ctx.runtime.remove(&old.id, shape::grace(service)).await?;
+        }
+        ctx.runtime.rename(&successor.id, &name).await
+    };
+    (promoted.await.err().map(|e| problem(n, e)), None)
+}
+
 /// Removes `c` and creates its ordinal anew.
 async fn replace(ctx: &Context, obs: &Observation, c: &Observed) -> Result<(), RuntimeError> {
     ctx.runtime
         .remove(&c.id, shape::grace(&obs.service))
         .await?;
-    create_and_start(ctx, obs, c.ordinal.unwrap_or(0)).await
+    create_and_start(ctx, obs, c.ordinal.unwrap_or(0), Made::Replica).await
+}
+
+/// What [`create_and_start`] makes of an ordinal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Made {
+    /// The replica, under its own name.
+    Replica,
+    /// A start-first successor, next to the replica (`<replica>-next`).
+    Successor,
 }
 
 /// Runs replica operations concurrently, each holding one of the daemon's engine slots;
@@ -428,8 +480,13 @@ async fn create_and_start(
     ctx: &Context,
     obs: &Observation,
     ordinal: u32,
+    made: Made,
 ) -> Result<(), RuntimeError> {
     let mut plan = shape::container(&obs.stack, &obs.service, ordinal);
+    if made == Made::Successor {
+        let service = &obs.service;
+        plan.name = (service.spec).successor_name(&service.stack, &service.name, ordinal);
+    }
     plan.mounts.extend(ctx.files.binds(&obs.service));
     let id = ctx.runtime.create(&plan).await?;
     if let Err(e) = ctx.runtime.start(&id).await {

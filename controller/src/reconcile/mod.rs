@@ -241,7 +241,10 @@ fn plan_for(ctx: &Context, stack: &str, name: &str, obs: &observe::Observation) 
         &obs.service.spec,
         &obs.containers,
         &history,
-        obs.gate.is_open(),
+        (
+            obs.gate.is_open(),
+            (obs.service.spec).surge_blocker(&obs.stack.volumes),
+        ),
     )
 }
 

@@ -2,7 +2,7 @@
 //! same inputs always give the same plan, and nothing here touches the engine.
 
 pub use capstan_api::object::{HealAction, HealCause};
-use capstan_api::spec::{FailureAction, ServiceSpec};
+use capstan_api::spec::{FailureAction, ServiceSpec, UpdateOrder};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ pub enum RemoveReason {
     Surplus,
     /// Not a proper replica: no or duplicate ordinal.
     Stray,
+    /// A start-first successor no longer wanted: the spec changed again, or was rolled back.
+    Superseded,
 }
 
 /// An unhealthy replica restarted this many times in its back-off window is replaced instead.
@@ -32,6 +34,13 @@ pub struct Plan {
     pub heal: Vec<(Observed, HealCause, HealAction)>,
     /// Outdated (spec hash differs) or dead: remove, then create anew.
     pub recreate: Vec<Observed>,
+    /// Start-first: ordinals whose successor to make next to the outdated replica.
+    pub surge: Vec<u32>,
+    /// Successors that take over: the replica they replace (drained and removed first,
+    /// `None` when it is gone already), and the successor, renamed to the replica's name.
+    pub promote: Vec<(Option<Observed>, Observed)>,
+    /// Why a start-first update replaces this service's replicas in place, while one does.
+    pub in_place: Option<String>,
     /// Replicas waiting out their crash-loop back-off: ordinal → time left.
     pub backing_off: BTreeMap<u32, Duration>,
     /// Unhealthy replicas not yet healthy since they started, within their start-up grace:
@@ -56,6 +65,8 @@ impl Plan {
             && self.start.is_empty()
             && self.heal.is_empty()
             && self.recreate.is_empty()
+            && self.surge.is_empty()
+            && self.promote.is_empty()
     }
 }
 
@@ -84,31 +95,53 @@ pub trait RestartHistory {
     }
 }
 
-/// One container per ordinal: the one with the deterministic name; any other is a stray to
-/// remove, and so is every replica above the count (highest ordinal first).
+/// The service's containers by ordinal.
+#[derive(Default)]
+struct Sorted<'a> {
+    /// The container with the replica's name, one per ordinal.
+    replicas: BTreeMap<u32, &'a Observed>,
+    /// Start-first successors (`<replica>-next`) of current ordinals, of the current spec.
+    successors: BTreeMap<u32, &'a Observed>,
+}
+
+/// One container per ordinal: the one with the deterministic name, and at most one
+/// successor of the current spec; any other is a stray to remove, a successor of an
+/// earlier spec is superseded, and every replica above the count is surplus (highest
+/// ordinal first).
 fn sort_out<'a>(
     stack: &str,
     service: &str,
     spec: &ServiceSpec,
     observed: &'a [Observed],
     plan: &mut Plan,
-) -> BTreeMap<u32, &'a Observed> {
-    let mut by_ordinal: BTreeMap<u32, &Observed> = BTreeMap::new();
+) -> Sorted<'a> {
+    let hash = spec.container_hash();
+    let mut sorted = Sorted::default();
     for c in observed {
         match c.ordinal {
             Some(n)
                 if c.name == spec.replica_name(stack, service, n)
-                    && !by_ordinal.contains_key(&n) =>
+                    && !sorted.replicas.contains_key(&n) =>
             {
-                by_ordinal.insert(n, c);
+                sorted.replicas.insert(n, c);
+            }
+            Some(n) if c.name == spec.successor_name(stack, service, n) => {
+                if spec.is_current(Some(n))
+                    && c.spec_hash == hash
+                    && !sorted.successors.contains_key(&n)
+                {
+                    sorted.successors.insert(n, c);
+                } else {
+                    plan.remove.push((c.clone(), RemoveReason::Superseded));
+                }
             }
             _ => plan.remove.push((c.clone(), RemoveReason::Stray)),
         }
     }
-    let surplus = by_ordinal.range(spec.replicas + 1..).rev();
+    let surplus = sorted.replicas.range(spec.replicas + 1..).rev();
     plan.remove
         .extend(surplus.map(|(_, c)| ((*c).clone(), RemoveReason::Surplus)));
-    by_ordinal
+    sorted
 }
 
 /// A current, up-to-date replica: started if never started, restarted per the restart
@@ -168,23 +201,22 @@ fn failure(c: &Observed, age: Duration, monitor: Duration) -> Option<String> {
 pub const PAUSED_BY_REQUEST: &str =
     "paused by `capstan rollout pause`; `capstan rollout resume` continues it";
 
-/// How many outdated replicas that still serve may be replaced now (none while paused): the parallelism less
-/// the updated replicas still in flight (missing, not ready yet within `monitor`, or ready
-/// less than `delay` after they were made). Failed ones free their slot unless they are
-/// more than `max_failure_ratio`; then `failure_action: pause` stops the rollout and
-/// `rollback` asks for the previous revision.
+/// How many outdated replicas that still serve may be replaced now (none while paused): the
+/// parallelism less the updated replicas and successors still in flight (missing, not ready
+/// yet within `monitor`, or ready less than `delay` after they were made). Failed ones free
+/// their slot unless they are more than `max_failure_ratio`; then `failure_action: pause`
+/// stops the rollout and `rollback` asks for the previous revision.
 fn rollout_budget(
     spec: &ServiceSpec,
     hash: &str,
-    by_ordinal: &BTreeMap<u32, &Observed>,
+    sorted: &Sorted,
     history: &dyn RestartHistory,
     plan: &mut Plan,
 ) -> u32 {
     let cfg = spec.update_config.unwrap_or_default();
     let (monitor, delay) = (cfg.monitor(spec.startup_grace()), cfg.delay());
-    let outdated = by_ordinal
-        .iter()
-        .any(|(n, c)| spec.is_current(Some(*n)) && c.spec_hash != hash);
+    let outdated =
+        (sorted.replicas.iter()).any(|(n, c)| spec.is_current(Some(*n)) && c.spec_hash != hash);
     if !outdated {
         return 0;
     }
@@ -193,13 +225,13 @@ fn rollout_budget(
         return 0;
     }
     let mut busy = (1..=spec.replicas)
-        .filter(|n| !by_ordinal.contains_key(n))
+        .filter(|n| !sorted.replicas.contains_key(n) && !sorted.successors.contains_key(n))
         .count() as u32;
     let mut failed = vec![];
     let mut wait: Option<Duration> = None;
-    let updated = by_ordinal
-        .iter()
-        .filter(|(n, c)| spec.is_current(Some(**n)) && c.spec_hash == hash);
+    let updated = (sorted.replicas.iter())
+        .filter(|(n, c)| spec.is_current(Some(**n)) && c.spec_hash == hash)
+        .chain(&sorted.successors);
     for (_, c) in updated {
         let age = history.age(c);
         if let Some(why) = failure(c, age, monitor) {
@@ -227,15 +259,50 @@ fn rollout_budget(
     cfg.batch(spec.replicas).saturating_sub(busy)
 }
 
+/// An outdated (or dead) replica `c`, maybe with a start-first successor: the successor
+/// takes over once it is ready (at once when `c` does not serve, or when it failed and
+/// `failure_action: continue` lets failures pass); without one, a replica that does not
+/// serve is replaced in place at once, and one that serves within the rollout's budget, by
+/// a successor next to it when the update is start-first and `surge` (no blocker).
+fn roll(
+    plan: &mut Plan,
+    spec: &ServiceSpec,
+    (c, successor): (&Observed, Option<&Observed>),
+    budget: &mut u32,
+    history: &dyn RestartHistory,
+) {
+    let serving = c.is_ready() && c.state != State::Dead;
+    let cfg = spec.update_config.unwrap_or_default();
+    if let Some(s) = successor {
+        let failed = failure(s, history.age(s), cfg.monitor(spec.startup_grace())).is_some();
+        let lets_pass = failed && cfg.failure_action() == FailureAction::Continue;
+        if !serving || s.is_ready() || lets_pass {
+            plan.promote.push((Some(c.clone()), s.clone()));
+        } else if s.state == State::Created {
+            plan.start.push(s.clone());
+        }
+    } else if !serving {
+        plan.recreate.push(c.clone());
+    } else if *budget > 0 {
+        *budget -= 1;
+        match (cfg.order(), &plan.in_place) {
+            (UpdateOrder::StartFirst, None) => plan.surge.push(c.ordinal.unwrap_or(0)),
+            _ => plan.recreate.push(c.clone()),
+        }
+    }
+}
+
 /// `gate_open`: the service's dependencies meet their conditions. While they do not, no
-/// replica is created or (re)started; running ones are left running.
+/// replica is created or (re)started; running ones are left running. `surge_blocker`: why
+/// the service's replicas cannot run twice at once ([`ServiceSpec::surge_blocker`]), so a
+/// start-first update replaces them in place.
 pub fn plan(
     stack: &str,
     service: &str,
     spec: &ServiceSpec,
     observed: &[Observed],
     history: &dyn RestartHistory,
-    gate_open: bool,
+    (gate_open, surge_blocker): (bool, Option<String>),
 ) -> Plan {
     let mut plan = Plan {
         gated: !gate_open,
@@ -244,22 +311,27 @@ pub fn plan(
     let hash = spec.container_hash();
     let policy = spec.restart_policy();
 
-    let by_ordinal = sort_out(stack, service, spec, observed, &mut plan);
+    let sorted = sort_out(stack, service, spec, observed, &mut plan);
 
     // Rolling update: an outdated replica that still serves is replaced only while the
     // rollout has a free slot (update_config's parallelism).
-    let mut budget = rollout_budget(spec, &hash, &by_ordinal, history, &mut plan);
+    let mut budget = rollout_budget(spec, &hash, &sorted, history, &mut plan);
+    let start_first = spec.update_config.unwrap_or_default().order() == UpdateOrder::StartFirst;
+    plan.in_place = surge_blocker.filter(|_| start_first);
 
     for n in 1..=spec.replicas {
-        let Some(c) = by_ordinal.get(&n) else {
+        let successor = sorted.successors.get(&n).copied();
+        let Some(c) = sorted.replicas.get(&n) else {
             // A replica whose last create or start failed waits out the same back-off as a
             // crash loop: a taken port or a broken network must not become a hot loop.
-            match history.backoff_left(n) {
+            match (successor, history.backoff_left(n)) {
+                // Its replica went while it started (removed, or a promotion cut short).
+                (Some(s), _) => plan.promote.push((None, s.clone())),
                 _ if !gate_open => {}
-                Some(left) => {
+                (None, Some(left)) => {
                     plan.backing_off.insert(n, left);
                 }
-                None => plan.create.push(n),
+                (None, None) => plan.create.push(n),
             }
             continue;
         };
@@ -273,13 +345,11 @@ pub fn plan(
             continue;
         }
         if c.spec_hash != hash || c.state == State::Dead {
-            if !c.is_ready() || c.state == State::Dead {
-                plan.recreate.push((*c).clone());
-            } else if budget > 0 {
-                budget -= 1;
-                plan.recreate.push((*c).clone());
-            }
+            roll(&mut plan, spec, (c, successor), &mut budget, history);
             continue;
+        }
+        if let Some(s) = successor {
+            plan.remove.push((s.clone(), RemoveReason::Superseded));
         }
         heal_or_hold(&mut plan, c, spec, history);
     }
@@ -335,6 +405,15 @@ mod tests {
         }
     }
 
+    /// `replicas` replicas of `web:1`, and the spec that updates them to `web:2`.
+    fn update(replicas: u32) -> (ServiceSpec, ServiceSpec) {
+        let new = ServiceSpec {
+            image: "web:2".into(),
+            ..spec(replicas)
+        };
+        (spec(replicas), new)
+    }
+
     fn running(n: u32, spec: &ServiceSpec) -> Observed {
         replica(n, spec, State::Running, Health::None)
     }
@@ -342,7 +421,7 @@ mod tests {
     #[test]
     fn missing_replicas_are_created_and_a_converged_service_needs_nothing() {
         let s = spec(3);
-        let p = plan("s", "web", &s, &[running(2, &s)], &NoHistory, true);
+        let p = plan("s", "web", &s, &[running(2, &s)], &NoHistory, (true, None));
         assert_eq!(p.create, vec![1, 3]);
         let p = plan(
             "s",
@@ -350,7 +429,7 @@ mod tests {
             &s,
             &[running(1, &s), running(2, &s), running(3, &s)],
             &NoHistory,
-            true,
+            (true, None),
         );
         assert!(p.is_empty());
     }
@@ -363,9 +442,9 @@ mod tests {
             name: "front".into(),
             ..running(1, &s)
         };
-        assert!(plan("s", "web", &s, &[named], &NoHistory, true).is_empty());
+        assert!(plan("s", "web", &s, &[named], &NoHistory, (true, None)).is_empty());
         let old = running(1, &s);
-        let p = plan("s", "web", &s, &[old], &NoHistory, true);
+        let p = plan("s", "web", &s, &[old], &NoHistory, (true, None));
         assert_eq!(p.remove[0].1, RemoveReason::Stray);
         assert_eq!(p.create, vec![1]);
     }
@@ -374,7 +453,7 @@ mod tests {
     fn scale_down_removes_the_highest_ordinals_first() {
         let s = spec(1);
         let all: Vec<Observed> = (1..=4).map(|n| running(n, &s)).collect();
-        let p = plan("s", "web", &s, &all, &NoHistory, true);
+        let p = plan("s", "web", &s, &all, &NoHistory, (true, None));
         let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
         assert_eq!(removed, vec![4, 3, 2]);
         assert!(p.remove.iter().all(|(_, r)| *r == RemoveReason::Surplus));
@@ -384,7 +463,7 @@ mod tests {
     fn scaling_to_zero_removes_every_replica() {
         let s = spec(0);
         let all: Vec<Observed> = (1..=3).map(|n| running(n, &spec(3))).collect();
-        let p = plan("s", "web", &s, &all, &NoHistory, true);
+        let p = plan("s", "web", &s, &all, &NoHistory, (true, None));
         let removed: Vec<u32> = p.remove.iter().map(|(c, _)| c.ordinal.unwrap()).collect();
         assert_eq!(removed, vec![3, 2, 1]);
         assert!(p.create.is_empty());
@@ -401,20 +480,25 @@ mod tests {
             &s,
             &[running(1, &s), dup.clone()],
             &NoHistory,
-            true,
+            (true, None),
         );
         assert_eq!(p.remove, vec![(dup, RemoveReason::Stray)]);
     }
 
     #[test]
-    fn outdated_replicas_roll_one_at_a_time_while_they_still_serve() {
-        let old = spec(3);
-        let new = ServiceSpec {
-            image: "web:2".into(),
-            ..spec(3)
-        };
+    fn outdated_replicas_that_cannot_run_twice_roll_in_place_one_at_a_time_while_they_still_serve()
+    {
+        let (old, new) = update(3);
         let all: Vec<Observed> = (1..=3).map(|n| running(n, &old)).collect();
-        let p = plan("s", "web", &new, &all, &NoHistory, true);
+        let port = || {
+            (
+                true,
+                Some("host port 8080 is bound by one container at a time".into()),
+            )
+        };
+        let p = plan("s", "web", &new, &all, &NoHistory, port());
+        assert!(p.surge.is_empty());
+        assert!(p.in_place.as_deref().unwrap().contains("8080"));
         assert_eq!(
             p.recreate
                 .iter()
@@ -425,23 +509,113 @@ mod tests {
         // While the new replica 1 is not ready yet, nothing else is replaced.
         let mut settling = vec![replica(1, &new, State::Running, Health::Starting)];
         settling.extend((2..=3).map(|n| running(n, &old)));
-        assert!(plan("s", "web", &new, &settling, &NoHistory, true)
+        assert!(plan("s", "web", &new, &settling, &NoHistory, port())
             .recreate
             .is_empty());
     }
 
+    fn successor(n: u32, spec: &ServiceSpec, state: State, health: Health) -> Observed {
+        Observed {
+            id: format!("next{n}"),
+            name: spec.successor_name("s", "web", n),
+            ..replica(n, spec, state, health)
+        }
+    }
+
+    fn promoted(p: &Plan) -> Vec<(Option<u32>, String)> {
+        (p.promote.iter())
+            .map(|(old, s)| (old.as_ref().and_then(|c| c.ordinal), s.name.clone()))
+            .collect()
+    }
+
     #[test]
-    fn outdated_replicas_that_do_not_serve_are_replaced_at_once() {
+    fn a_start_first_update_runs_a_successor_next_to_the_replica_until_it_is_ready() {
+        let (old, new) = update(3);
+        let mut all: Vec<Observed> = (1..=3).map(|n| running(n, &old)).collect();
+        let p = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert_eq!((p.surge.clone(), p.recreate.len()), (vec![1], 0));
+
+        all.push(successor(1, &new, State::Running, Health::Starting));
+        let starting = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert!(
+            starting.is_empty(),
+            "the replica serves until its successor is ready"
+        );
+
+        all[3] = successor(1, &new, State::Running, Health::Healthy);
+        let ready = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert_eq!(promoted(&ready), vec![(Some(1), "s-web-1-next".into())]);
+        assert_eq!(ready.surge, vec![2], "the slot is free for the next one");
+        assert!(ready.remove.is_empty() && ready.recreate.is_empty());
+    }
+
+    #[test]
+    fn a_failed_successor_leaves_its_replica_serving_and_pauses_the_rollout() {
+        let (old, new) = update(2);
+        let all = vec![
+            running(1, &old),
+            running(2, &old),
+            successor(1, &new, State::Exited { code: 1 }, Health::None),
+        ];
+        let p = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert!(p.is_empty(), "{p:?}");
+        assert!(p
+            .paused
+            .unwrap()
+            .contains("s-web-1-next exited with code 1"));
+    }
+
+    #[test]
+    fn a_successor_of_another_spec_is_superseded_and_a_lone_one_takes_its_replicas_name() {
+        let (old, new) = update(2);
+        // Rolled back to `old`: the successor made for `new` is no longer wanted.
+        let all = vec![
+            running(1, &old),
+            running(2, &old),
+            successor(1, &new, State::Running, Health::None),
+        ];
+        let p = plan("s", "web", &old, &all, &NoHistory, (true, None));
+        let superseded: Vec<_> = p
+            .remove
+            .iter()
+            .map(|(c, r)| (c.name.as_str(), *r))
+            .collect();
+        assert_eq!(superseded, vec![("s-web-1-next", RemoveReason::Superseded)]);
+
+        // Its replica is gone (a promotion cut short after the removal): it is renamed.
+        let all = vec![
+            running(2, &new),
+            successor(1, &new, State::Running, Health::None),
+        ];
+        let p = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert_eq!(promoted(&p), vec![(None, "s-web-1-next".into())]);
+        assert!(p.create.is_empty());
+    }
+
+    #[test]
+    fn a_stop_first_update_replaces_in_place() {
         let old = spec(2);
         let new = ServiceSpec {
             image: "web:2".into(),
+            update_config: Some(capstan_api::spec::UpdateConfig {
+                order: Some(UpdateOrder::StopFirst),
+                ..Default::default()
+            }),
             ..spec(2)
         };
+        let all: Vec<Observed> = (1..=2).map(|n| running(n, &old)).collect();
+        let p = plan("s", "web", &new, &all, &NoHistory, (true, None));
+        assert_eq!((p.recreate.len(), p.surge.len(), p.in_place), (1, 0, None));
+    }
+
+    #[test]
+    fn outdated_replicas_that_do_not_serve_are_replaced_at_once() {
+        let (old, new) = update(2);
         let all: Vec<Observed> = (1..=2)
             .map(|n| replica(n, &old, State::Exited { code: 1 }, Health::None))
             .collect();
         assert_eq!(
-            plan("s", "web", &new, &all, &NoHistory, true)
+            plan("s", "web", &new, &all, &NoHistory, (true, None))
                 .recreate
                 .len(),
             2
@@ -459,7 +633,7 @@ mod tests {
                 &s,
                 std::slice::from_ref(&exited),
                 &NoHistory,
-                true
+                (true, None)
             )
             .heal
             .len(),
@@ -471,7 +645,7 @@ mod tests {
             ..spec(1)
         };
         let exited_no = replica(1, &no, State::Exited { code: 3 }, Health::None);
-        let p = plan("s", "web", &no, &[exited_no], &NoHistory, true);
+        let p = plan("s", "web", &no, &[exited_no], &NoHistory, (true, None));
         assert!(p.heal.is_empty());
         assert_eq!(p.held.get(&1), Some(&3));
         let on_failure = ServiceSpec {
@@ -479,18 +653,23 @@ mod tests {
             ..spec(1)
         };
         let clean_exit = replica(1, &on_failure, State::Exited { code: 0 }, Health::None);
-        assert!(
-            plan("s", "web", &on_failure, &[clean_exit], &NoHistory, true)
-                .heal
-                .is_empty()
-        );
+        assert!(plan(
+            "s",
+            "web",
+            &on_failure,
+            &[clean_exit],
+            &NoHistory,
+            (true, None)
+        )
+        .heal
+        .is_empty());
     }
 
     #[test]
     fn a_crash_looping_replica_waits_out_its_back_off() {
         let s = spec(1);
         let exited = replica(1, &s, State::Exited { code: 1 }, Health::None);
-        let p = plan("s", "web", &s, &[exited], &BackingOff, true);
+        let p = plan("s", "web", &s, &[exited], &BackingOff, (true, None));
         assert!(p.heal.is_empty());
         assert_eq!(p.backing_off.get(&1), Some(&Duration::from_secs(4)));
     }
@@ -514,7 +693,7 @@ mod tests {
             &s,
             &[replica(1, &s, State::Running, Health::Unhealthy)],
             &RestartedTwice,
-            true,
+            (true, None),
         );
         assert_eq!(p.heal[0].2, HealAction::Replace);
     }
@@ -526,14 +705,14 @@ mod tests {
             running(1, &s),
             replica(2, &s, State::Exited { code: 1 }, Health::None),
         ];
-        let p = plan("s", "web", &s, &observed, &NoHistory, false);
+        let p = plan("s", "web", &s, &observed, &NoHistory, (false, None));
         assert!(
             p.create.is_empty() && p.heal.is_empty() && p.start.is_empty() && p.remove.is_empty()
         );
         assert!(p.gated);
         let unhealthy = [replica(1, &s, State::Running, Health::Unhealthy)];
         assert_eq!(
-            plan("s", "web", &s, &unhealthy, &NoHistory, false)
+            plan("s", "web", &s, &unhealthy, &NoHistory, (false, None))
                 .heal
                 .len(),
             1,
@@ -553,7 +732,7 @@ mod tests {
                 replica(2, &s, State::Created, Health::None),
             ],
             &NoHistory,
-            true,
+            (true, None),
         );
         assert_eq!(
             (p.heal[0].1, p.heal[0].2),
@@ -589,10 +768,24 @@ mod tests {
         };
         let mut all = vec![running(1, &new)];
         all.extend((2..=3).map(|n| running(n, &old)));
-        let young = plan("s", "web", &new, &all, &Aged(Duration::from_secs(4)), true);
-        assert!(young.recreate.is_empty());
+        let young = plan(
+            "s",
+            "web",
+            &new,
+            &all,
+            &Aged(Duration::from_secs(4)),
+            (true, None),
+        );
+        assert!(young.surge.is_empty());
         assert_eq!(young.rollout_wait, Some(Duration::from_secs(6)));
-        let done = plan("s", "web", &new, &all, &Aged(Duration::from_secs(10)), true);
-        assert_eq!(done.recreate.len(), 1);
+        let done = plan(
+            "s",
+            "web",
+            &new,
+            &all,
+            &Aged(Duration::from_secs(10)),
+            (true, None),
+        );
+        assert_eq!(done.surge, vec![2]);
     }
 }

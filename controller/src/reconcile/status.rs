@@ -62,6 +62,9 @@ struct Counts {
     updated: u32,
     /// One-shot current replicas that exited 0 under the current spec.
     completed: u32,
+    /// Start-first successors running next to the replicas they replace: counted apart,
+    /// none of the above.
+    successors: u32,
 }
 
 impl Counts {
@@ -69,18 +72,19 @@ impl Counts {
         let spec = &i.service.spec;
         let hash = spec.container_hash();
         let policy = spec.restart_policy();
-        let current: Vec<&Observed> = i
-            .observed
-            .iter()
+        let (stack, service) = (&i.service.stack, &i.service.name);
+        let (successors, replicas): (Vec<&Observed>, Vec<&Observed>) =
+            i.observed.iter().partition(|c| {
+                (c.ordinal).is_some_and(|n| c.name == spec.successor_name(stack, service, n))
+            });
+        let current: Vec<&Observed> = (replicas.iter().copied())
             .filter(|c| spec.is_current(c.ordinal))
             .collect();
         let count = |f: &dyn Fn(&Observed) -> bool| current.iter().filter(|c| f(c)).count() as u32;
         Counts {
             desired: spec.replicas,
-            existing: i.observed.len() as u32,
-            running: i
-                .observed
-                .iter()
+            existing: replicas.len() as u32,
+            running: (replicas.iter())
                 .filter(|c| c.state == State::Running)
                 .count() as u32,
             ready: count(&|c| c.is_ready()),
@@ -91,6 +95,7 @@ impl Counts {
                     && c.spec_hash == hash
                     && !policy.restarts(0, 0)
             }),
+            successors: successors.len() as u32,
         }
     }
 
@@ -99,6 +104,7 @@ impl Counts {
         self.ready + self.completed == self.desired
             && self.updated == self.desired
             && self.existing == self.desired
+            && self.successors == 0
     }
 }
 
@@ -107,12 +113,7 @@ pub fn compute(i: Inputs) -> ServiceStatus {
     let degraded = degraded(&i);
     let mut conditions = vec![
         ready_condition(&counts, degraded.as_ref(), i.gate),
-        progressing_condition(
-            &counts,
-            i.gate,
-            i.plan.paused.as_deref(),
-            i.service.rolled_back.is_some(),
-        ),
+        progressing_condition(&counts, i.gate, i.plan, i.service.rolled_back.is_some()),
         match &degraded {
             None => Condition::new(
                 ConditionType::Degraded,
@@ -274,13 +275,14 @@ fn ready_condition(c: &Counts, degraded: Option<&(Reason, String)>, gate: &Gate)
     Condition::new(ConditionType::Ready, status, reason, message)
 }
 
-fn progressing_condition(
-    c: &Counts,
-    gate: &Gate,
-    paused: Option<&str>,
-    rolling_back: bool,
-) -> Condition {
+fn progressing_condition(c: &Counts, gate: &Gate, plan: &Plan, rolling_back: bool) -> Condition {
     let (desired, existing, updated) = (c.desired, c.existing, c.updated);
+    let paused = plan.paused.as_deref();
+    let how = match (c.successors, &plan.in_place) {
+        (0, None) => String::new(),
+        (0, Some(why)) => format!("; replaced in place (stop-first): {why}"),
+        (n, _) => format!("; {n} successor(s) starting next to the replicas they replace"),
+    };
     let (status, reason, message) = if c.all_ready() {
         (
             false,
@@ -309,7 +311,7 @@ fn progressing_condition(
             true,
             Reason::RollbackInProgress,
             format!(
-                "{updated}/{desired} replicas rolled back, {} ready",
+                "{updated}/{desired} replicas rolled back, {} ready{how}",
                 c.ready
             ),
         )
@@ -317,7 +319,10 @@ fn progressing_condition(
         (
             true,
             Reason::RollingUpdate,
-            format!("{updated}/{desired} replicas updated, {} ready", c.ready),
+            format!(
+                "{updated}/{desired} replicas updated, {} ready{how}",
+                c.ready
+            ),
         )
     } else if existing < desired {
         (

@@ -453,6 +453,24 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        let opts = bollard::query_parameters::RenameContainerOptions {
+            name: name.to_string(),
+        };
+        match self.docker.rename_container(id, opts).await {
+            Ok(()) => Ok(()),
+            Err(e) if status_of(&e) == Some(409) => {
+                let holder = self.docker.inspect_container(name, None).await;
+                let id = holder.ok().and_then(|h| h.id).unwrap_or_default();
+                Err(RuntimeError::NameConflict {
+                    name: name.to_string(),
+                    id: id.chars().take(12).collect(),
+                })
+            }
+            Err(e) => Err(engine("rename")(e)),
+        }
+    }
+
     /// The engine lets two networks share a name (two daemons, or a retry after a
     /// timeout, could each make one): a duplicate found here is reported and repaired.
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {

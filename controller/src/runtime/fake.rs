@@ -51,6 +51,10 @@ pub enum Call {
     Remove {
         name: String,
     },
+    /// A rename (the container's name before it).
+    Rename {
+        name: String,
+    },
     EnsureNetwork {
         name: String,
     },
@@ -88,6 +92,7 @@ pub enum Op {
     Restart,
     Inspect,
     Remove,
+    Rename,
     EnsureNetwork,
     EnsureVolume,
     StackNetworks,
@@ -107,6 +112,7 @@ impl Call {
             Call::Restart { .. } => Op::Restart,
             Call::Inspect { .. } => Op::Inspect,
             Call::Remove { .. } => Op::Remove,
+            Call::Rename { .. } => Op::Rename,
             Call::EnsureNetwork { .. } => Op::EnsureNetwork,
             Call::EnsureVolume { .. } => Op::EnsureVolume,
             Call::StackNetworks { .. } => Op::StackNetworks,
@@ -128,6 +134,7 @@ impl Call {
             | Call::Restart { name }
             | Call::Inspect { name }
             | Call::Remove { name }
+            | Call::Rename { name }
             | Call::EnsureNetwork { name }
             | Call::EnsureVolume { name }
             | Call::RemoveNetwork { name }
@@ -148,6 +155,7 @@ impl Call {
                 | Op::Start
                 | Op::Restart
                 | Op::Remove
+                | Op::Rename
                 | Op::RemoveNetwork
                 | Op::RemoveVolume
                 | Op::Pull
@@ -1008,6 +1016,29 @@ impl Runtime for FakeRuntime {
         })?;
         let mut st = self.shared.lock();
         self.shared.destroy(&mut st, id); // gone already is fine
+        Ok(())
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        self.call(Call::Rename {
+            name: self.name_of(id),
+        })?;
+        let mut st = self.shared.lock();
+        if let Some(holder) = st.names.get(name).filter(|h| *h != id).cloned() {
+            drop(st);
+            return self.failed(RuntimeError::NameConflict {
+                name: name.to_string(),
+                id: holder.chars().take(12).collect(),
+            });
+        }
+        let Some(c) = st.containers.get_mut(id) else {
+            drop(st);
+            return self.failed(no_such("rename", id));
+        };
+        let old = std::mem::replace(&mut c.obs.name, name.to_string());
+        st.names.remove(&old);
+        st.names.insert(name.to_string(), id.to_string());
+        self.shared.emit(&mut st, id, "rename");
         Ok(())
     }
 

@@ -74,6 +74,10 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Change, "remove")?;
         self.inner.remove(id, grace).await
     }
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
+        self.check(Verb::Change, "rename")?;
+        self.inner.rename(id, name).await
+    }
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
         self.check(Verb::Change, "ensure_network")?;
         self.inner.ensure_network(plan).await

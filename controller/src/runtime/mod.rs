@@ -282,6 +282,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError>;
     /// Stops gracefully within `grace`, then removes (with anonymous volumes). Gone is fine.
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Gives a container another name (a start-first successor takes its replica's name);
+    /// a name held by another container is a [`RuntimeError::NameConflict`].
+    async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
     async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
     /// Engine names of the networks labelled with `stack`.
