@@ -292,6 +292,8 @@ pub enum Reason {
     NameConflict,
     ImageNotFound,
     ExternalMissing,
+    /// A network or volume of the name exists, made by capstan for another stack.
+    NotOwned,
     EngineError,
     PortInUse,
     /// The engine could not attach a replica to its network.
@@ -331,6 +333,7 @@ impl Reason {
             Reason::NameConflict => "NameConflict",
             Reason::ImageNotFound => "ImageNotFound",
             Reason::ExternalMissing => "ExternalMissing",
+            Reason::NotOwned => "NotOwned",
             Reason::EngineError => "EngineError",
             Reason::PortInUse => "PortInUse",
             Reason::NetworkError => "NetworkError",

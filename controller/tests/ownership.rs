@@ -158,3 +158,46 @@ async fn containers_of_a_stack_etcd_does_not_know_are_left_alone() {
         State::Exited { code: 1 }
     );
 }
+
+/// The Degraded condition's (reason, message) once its reason is `reason`.
+async fn degraded_with(f: &Fixture, service: &str, reason: &str) -> String {
+    for _ in 0..100 {
+        let (r, message) = f.condition(STACK, service, "Degraded").await;
+        if r == reason {
+            return message;
+        }
+        f.run_for(Duration::from_millis(200)).await;
+    }
+    panic!("{service} never became Degraded/{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_network_or_volume_another_stack_made_is_never_joined_and_the_status_says_whose_it_is() {
+    let f = Fixture::start().await;
+    f.fake.add_owned_by("network", "s_default", "other");
+    f.fake.add_owned_by("volume", "s_data", "other");
+    f.fake.add_volume("s_cache"); // made by hand, or by Compose: used as Compose uses it
+    let yaml = "services:\n  web:\n    image: web:1\n  db:\n    image: db:1\n    volumes: [\"data:/data\", \"cache:/cache\"]\nvolumes:\n  data: {}\n  cache: {}\n";
+    f.apply(yaml).await;
+
+    let message = degraded_with(&f, "web", "NotOwned").await;
+    assert!(
+        message.contains("network s_default belongs to stack other"),
+        "{message}"
+    );
+    assert!(
+        (f.fake.calls().iter()).all(|c| !matches!(c, Call::Create { .. })),
+        "no replica is made on another stack's network"
+    );
+
+    f.fake.remove_network("s_default").await.unwrap();
+    f.until_converged(STACK, "web", 1).await;
+    let message = degraded_with(&f, "db", "NotOwned").await;
+    assert!(
+        message.contains("volume s_data belongs to stack other"),
+        "{message}"
+    );
+    f.fake.remove_volume("s_data").await.unwrap();
+    f.until_converged(STACK, "db", 1).await;
+    assert!(f.fake.volumes().contains(&"s_cache".to_string()));
+}

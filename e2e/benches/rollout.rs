@@ -156,13 +156,15 @@ fn swarm_create(service: &str, n: usize) {
     });
 }
 
-/// Milliseconds from a broken replica's `die` to the `destroy` that starts the rollback.
+/// Milliseconds from a broken replica's `die` to the `destroy` that starts the rollback (of
+/// that replica: a successor of the rolled-back spec is removed first).
 fn rollback_latency(d: &Daemon, s: &StackGuard) -> f64 {
     let cfg = "    deploy:\n      update_config: {parallelism: 1, failure_action: rollback, monitor: 5s}\n";
     let good = stack_yaml(IMAGE, 3, cfg);
     let broken =
         format!("{good}    command: [\"sh\", \"-c\", \"exit 3\"]\n").replace(IMAGE, IMAGE_V2);
-    let events = Events::follow(&s.replica("web", 1));
+    // Start-first: the broken image runs in replica 1's successor, next to it.
+    let events = Events::follow(&format!("{}-next", s.replica("web", 1)));
     d.apply_nowait(s, &broken);
     let died = events.next("die", TIMEOUT);
     let destroyed = events.next("destroy", TIMEOUT);

@@ -180,6 +180,43 @@ fn a_foreign_container_named_like_a_replica_is_left_untouched_across_a_resync() 
     );
 }
 
+/// Ownership compares the stack label, not only the name: a network that capstan made for
+/// another stack is never joined, even when its name is the one this stack would make.
+#[test]
+fn a_network_another_stack_made_under_this_stacks_name_is_never_joined() {
+    let other = StackGuard::new("owner"); // removes the network it labels, last
+    let h = Harness::start("joiner");
+    let (d, s) = (&h.d, &h.s);
+    let net = format!("{}_default", s.name);
+    let owner = format!("capstan.stack={}", other.name);
+    docker(&["network", "create", "--label", &owner, &net]);
+
+    d.apply_nowait(s, &web(1));
+    wait_until(CONVERGE, "a NotOwned condition naming the owner", || {
+        let svc = d.service(&s.name, "web");
+        svc["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == "Degraded"
+                    && c["reason"] == "NotOwned"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains(&other.name))
+            })
+        })
+    });
+    assert!(s.containers().is_empty(), "no replica was made on it");
+    assert_eq!(
+        inspect(&net, "{{index .Labels \"capstan.stack\"}}"),
+        other.name
+    );
+
+    docker(&["network", "rm", &net]);
+    wait_until(CONVERGE, "web to converge on a network of its own", || {
+        d.converged(&s.name, "web", 1)
+    });
+    assert_eq!(inspect(&net, "{{index .Labels \"capstan.stack\"}}"), s.name);
+}
+
 #[test]
 fn a_restarted_daemon_adopts_running_replicas_without_restarting_them_across_a_resync() {
     let mut h = Harness::start("adopt");

@@ -256,7 +256,13 @@ async fn execute(
         || !plan.surge.is_empty()
         || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
     if needs_create {
-        stack::ensure_resources(ctx, &obs.stack, &[service]).await?;
+        if let Err(e) = stack::ensure_resources(ctx, &obs.stack, &[service]).await {
+            // The replicas that run keep running; the status says why the others wait.
+            return match e.blocked_reason() {
+                Some(reason) => Ok(blocked(plan, reason, &e.to_string())),
+                None => Err(e),
+            };
+        }
     }
     if needs_create || !plan.start.is_empty() || !plan.heal.is_empty() {
         if let Err(e) = ctx.files.write(&ctx.store, service).await {
@@ -265,7 +271,7 @@ async fn execute(
             }
             // Nothing is replaced or created without its files; the replicas that run keep
             // running, and the status says why the others wait.
-            return Ok(files_problems(plan, &e));
+            return Ok(blocked(plan, Reason::FilesUnavailable, &e.to_string()));
         }
     }
     // No image, no replacement: an outdated replica keeps serving until one can be made.
@@ -329,8 +335,9 @@ fn jobs<'a>(
     jobs
 }
 
-/// One problem per replica to create or replace, when the service's files cannot be written.
-fn files_problems(plan: &Plan, e: &crate::files::FilesError) -> Vec<Problem> {
+/// One problem per replica to create or replace, when none can be made until a person acts
+/// (the service's files cannot be written, a network or volume is missing or not its own).
+fn blocked(plan: &Plan, reason: Reason, message: &str) -> Vec<Problem> {
     let recreate = plan.recreate.iter().filter_map(|c| c.ordinal);
     let made = plan.create.iter().chain(&plan.surge).copied();
     let mut ordinals: Vec<u32> = made.chain(recreate).collect();
@@ -339,8 +346,8 @@ fn files_problems(plan: &Plan, e: &crate::files::FilesError) -> Vec<Problem> {
         .into_iter()
         .map(|ordinal| Problem {
             ordinal,
-            reason: Reason::FilesUnavailable,
-            message: e.to_string(),
+            reason,
+            message: message.to_string(),
         })
         .collect();
     for p in &problems {
@@ -503,6 +510,7 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
+        RuntimeError::NotOwned { .. } => Reason::NotOwned,
         e if e.is_port_in_use() => Reason::PortInUse,
         e if e.is_network_error() => Reason::NetworkError,
         RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {

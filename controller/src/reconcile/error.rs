@@ -128,10 +128,24 @@ impl ReconcileError {
                     ..
                 }
                 | ReconcileError::Resource {
-                    source: RuntimeError::ExternalMissing { .. },
+                    source: RuntimeError::ExternalMissing { .. } | RuntimeError::NotOwned { .. },
                     ..
                 }
         )
+    }
+
+    /// Why no replica can be made until a person acts on a network or volume (an external
+    /// one missing, another stack's under the name): the service's status says so.
+    pub fn blocked_reason(&self) -> Option<capstan_api::object::Reason> {
+        use capstan_api::object::Reason;
+        match self {
+            ReconcileError::Resource { source, .. } => match source {
+                RuntimeError::ExternalMissing { .. } => Some(Reason::ExternalMissing),
+                RuntimeError::NotOwned { .. } => Some(Reason::NotOwned),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 

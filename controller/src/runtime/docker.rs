@@ -50,19 +50,32 @@ fn engine(op: &'static str) -> impl Fn(BollardError) -> RuntimeError {
 impl DockerRuntime {
     /// IDs of the networks called exactly `name`, oldest first.
     async fn networks_named(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
+        Ok((self.networks_with_labels(name).await?.into_iter())
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// The IDs of the networks called `name`, oldest first, each with its stack label.
+    async fn networks_with_labels(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(String, Option<String>)>, RuntimeError> {
         let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
         let opts = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        let mut found: Vec<(String, String)> = self
+        let mut found: Vec<(String, String, Option<String>)> = self
             .docker
             .list_networks(Some(opts))
             .await
             .map_err(engine("list networks"))?
             .into_iter()
             .filter(|n| n.name.as_deref() == Some(name))
-            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .filter_map(|n| {
+                let stack = n.labels.and_then(|mut l| l.remove(names::STACK));
+                Some((n.created.unwrap_or_default(), n.id?, stack))
+            })
             .collect();
         found.sort();
-        Ok(found.into_iter().map(|(_, id)| id).collect())
+        Ok(found.into_iter().map(|(_, id, s)| (id, s)).collect())
     }
 
     /// Keeps the network of `name` with the most containers (the oldest of equals) and
@@ -475,9 +488,9 @@ impl Runtime for DockerRuntime {
     /// timeout, could each make one): a duplicate found here is reported and repaired.
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
         let _guard = self.resource_lock.lock().await;
-        match self.networks_named(&plan.name).await?.len() {
-            0 => {}
-            1 => return Ok(()),
+        match self.networks_with_labels(&plan.name).await?.as_slice() {
+            [] => {}
+            [(_, owner)] => return plan.check_owner("network", owner.as_ref()),
             _ => return self.repair_duplicates(&plan.name).await,
         }
         if plan.external {
@@ -496,7 +509,7 @@ impl Runtime for DockerRuntime {
     async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
         let _guard = self.resource_lock.lock().await;
         match self.docker.inspect_volume(&plan.name).await {
-            Ok(_) => return Ok(()),
+            Ok(v) => return plan.check_owner("volume", v.labels.get(names::STACK)),
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(engine("inspect volume")(e)),
         }

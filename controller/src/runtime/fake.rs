@@ -210,6 +210,11 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             kind,
             name: name.clone(),
         },
+        RuntimeError::NotOwned { kind, name, owner } => RuntimeError::NotOwned {
+            kind,
+            name: name.clone(),
+            owner: owner.clone(),
+        },
         RuntimeError::Engine { op, message } => RuntimeError::Engine {
             op,
             message: message.clone(),
@@ -718,6 +723,17 @@ impl FakeRuntime {
         );
     }
 
+    /// A network or volume (`kind`) capstan made for stack `owner`.
+    pub fn add_owned_by(&self, kind: &str, name: &str, owner: &str) {
+        let mut st = self.shared.lock();
+        let resources = match kind {
+            "network" => &mut st.networks,
+            _ => &mut st.volumes,
+        };
+        let labels = BTreeMap::from([(names::STACK.to_string(), owner.to_string())]);
+        resources.insert(name.to_string(), Resource { labels });
+    }
+
     /// A volume made outside capstan, without labels.
     pub fn add_volume(&self, name: &str) {
         self.shared.lock().volumes.insert(
@@ -1047,8 +1063,13 @@ impl Runtime for FakeRuntime {
             name: plan.name.clone(),
         })?;
         let mut st = self.shared.lock();
-        if st.networks.contains_key(&plan.name) {
-            return Ok(());
+        if let Some(found) = st.networks.get(&plan.name) {
+            let owner = found.labels.get(names::STACK).cloned();
+            drop(st);
+            return match plan.check_owner("network", owner.as_ref()) {
+                Err(e) => self.failed(e),
+                ok => ok,
+            };
         }
         if plan.external {
             drop(st);
@@ -1071,8 +1092,13 @@ impl Runtime for FakeRuntime {
             name: plan.name.clone(),
         })?;
         let mut st = self.shared.lock();
-        if st.volumes.contains_key(&plan.name) {
-            return Ok(());
+        if let Some(found) = st.volumes.get(&plan.name) {
+            let owner = found.labels.get(names::STACK).cloned();
+            drop(st);
+            return match plan.check_owner("volume", owner.as_ref()) {
+                Err(e) => self.failed(e),
+                ok => ok,
+            };
         }
         if plan.external {
             drop(st);

@@ -182,6 +182,28 @@ pub struct ResourcePlan {
     pub ipam: Option<capstan_api::spec::Ipam>,
 }
 
+impl ResourcePlan {
+    /// Whether a network or volume found under this name may be used: one capstan made
+    /// belongs to the stack its label names, and another stack's is refused; one made
+    /// otherwise (by hand, by Compose) is used as Compose uses it, and a declared `external`
+    /// one whoever made it. The ownership rule of networks and volumes, in one place.
+    pub fn check_owner(
+        &self,
+        kind: &'static str,
+        found: Option<&String>,
+    ) -> Result<(), RuntimeError> {
+        let ours = self.labels.get(capstan_api::names::STACK);
+        match found {
+            Some(owner) if !self.external && Some(owner) != ours => Err(RuntimeError::NotOwned {
+                kind,
+                name: self.name.clone(),
+                owner: owner.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What only an inspect tells: looked up for replicas about to be healed, never polled.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Detail {
@@ -231,6 +253,13 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("external {kind} {name} does not exist; create it first")]
     ExternalMissing { kind: &'static str, name: String },
+    /// A network or volume of the name exists, made by capstan for another stack.
+    #[error("{kind} {name} belongs to stack {owner}, not to this stack; remove it, or declare it `external: true` in the stack that means to share it")]
+    NotOwned {
+        kind: &'static str,
+        name: String,
+        owner: String,
+    },
     /// The service asks for something this engine's API version does not have.
     #[error("{what} needs Docker API {needs} or newer; this engine speaks {has}")]
     TooOld {
