@@ -22,6 +22,11 @@ pub struct Credentials {
     pub token_file: Option<std::path::PathBuf>,
     /// `--cacert` / `CAPSTAN_CACERT`: PEM; the only roots trusted when given.
     pub cacert: Option<std::path::PathBuf>,
+    /// `--client-cert` / `CAPSTAN_CLIENT_CERT`: PEM certificate presented to a server that
+    /// verifies client certificates (`serve --tls-client-ca`), with its key below.
+    pub client_cert: Option<std::path::PathBuf>,
+    /// `--client-key` / `CAPSTAN_CLIENT_KEY`: mode 0600 or stricter.
+    pub client_key: Option<std::path::PathBuf>,
 }
 
 impl Credentials {
@@ -33,17 +38,41 @@ impl Credentials {
         let Some(path) = &self.token_file else {
             return Ok(None);
         };
-        use std::os::unix::fs::PermissionsExt as _;
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("reading the token file {}", path.display()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            bail!(
-                "the token file {} is readable by others: `chmod 600 {0}`",
-                path.display()
-            );
-        }
-        Ok(Some(std::fs::read_to_string(path)?.trim().to_string()))
+        Ok(Some(private_file(path, "token file")?.trim().to_string()))
     }
+
+    /// The client certificate and its key, as one PEM (`--client-cert`, `--client-key`).
+    fn identity(&self) -> anyhow::Result<Option<reqwest::Identity>> {
+        let Some((cert, key)) = self.client_cert.as_ref().zip(self.client_key.as_ref()) else {
+            return Ok(None);
+        };
+        let mut pem = std::fs::read_to_string(cert)
+            .with_context(|| format!("reading the client certificate {}", cert.display()))?;
+        pem.push('\n');
+        pem.push_str(&private_file(key, "client key")?);
+        let identity = reqwest::Identity::from_pem(pem.as_bytes()).with_context(|| {
+            format!(
+                "{} and {} are not a PEM certificate and its key",
+                cert.display(),
+                key.display()
+            )
+        })?;
+        Ok(Some(identity))
+    }
+}
+
+/// A file of secrets: read, unless others than its owner may read it.
+fn private_file(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "the {what} {} is readable by others: `chmod 600 {0}`",
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 
 impl Client {
@@ -315,7 +344,7 @@ impl Client {
     }
 }
 
-/// TLS roots (`--cacert`) and the bearer token, for TCP servers.
+/// TLS roots (`--cacert`), the client certificate and the bearer token, for TCP servers.
 fn tls_and_token(
     mut builder: reqwest::ClientBuilder,
     creds: &Credentials,
@@ -326,6 +355,9 @@ fn tls_and_token(
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
         builder = builder.tls_certs_only(certs);
+    }
+    if let Some(identity) = creds.identity()? {
+        builder = builder.identity(identity);
     }
     if let Some(token) = creds.token()? {
         let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))

@@ -40,6 +40,22 @@ struct Cli {
     /// PEM CA certificate(s) to trust for an https:// server, instead of the system's.
     #[arg(long, global = true, env = "CAPSTAN_CACERT")]
     cacert: Option<PathBuf>,
+    /// PEM client certificate for a server that verifies them (serve --tls-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "CAPSTAN_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's PEM key (mode 0600 or stricter).
+    #[arg(
+        long,
+        global = true,
+        env = "CAPSTAN_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -124,6 +140,10 @@ struct ServeArgs {
     /// PEM private key for the TCP listener (with --tls-cert).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): a client certificate they sign identifies its caller on the
+    /// TLS listener, instead of a token (subject CN: the name; O: admin, deploy or read).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
     /// Serve /metrics, /healthz and /readyz here without authentication (Prometheus).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -417,6 +437,7 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         socket_group: a.socket_group,
         listen: a.listen,
         tls: a.tls_cert.zip(a.tls_key),
+        tls_client_ca: a.tls_client_ca,
         metrics_listen: a.metrics_listen,
         prefix: a.prefix,
         resync: a.resync,
@@ -600,6 +621,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         token: cli.token,
         token_file: cli.token_file,
         cacert: cli.cacert,
+        client_cert: cli.client_cert,
+        client_key: cli.client_key,
     };
     if let Command::Serve(args) = cli.command {
         return serve(serve_config(*args)?).await;

@@ -38,6 +38,41 @@ impl Role {
             Role::Admin => "admin",
         }
     }
+
+    fn parse(name: &str) -> Option<Role> {
+        [Role::Read, Role::Deploy, Role::Admin]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+}
+
+/// Who a verified client certificate says its holder is, as Kubernetes reads a user and
+/// groups from one: the subject's CN names the caller, and its O (organisation) entries
+/// the role (the highest of `admin`, `deploy`, `read` among them). `None`s when the subject
+/// does not say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+}
+
+impl ClientCert {
+    pub fn of(der: &[u8]) -> ClientCert {
+        let parsed = x509_parser::parse_x509_certificate(der).ok();
+        let subject = parsed.as_ref().map(|(_, c)| c.subject());
+        let strings = |attrs: Vec<&x509_parser::x509::AttributeTypeAndValue>| -> Vec<String> {
+            attrs
+                .into_iter()
+                .filter_map(|a| a.as_str().ok().map(str::to_string))
+                .collect()
+        };
+        let names = subject.map_or(vec![], |s| strings(s.iter_common_name().collect()));
+        let orgs = subject.map_or(vec![], |s| strings(s.iter_organization().collect()));
+        ClientCert {
+            name: names.into_iter().next(),
+            role: orgs.iter().filter_map(|o| Role::parse(o)).max(),
+        }
+    }
 }
 
 /// Who is on the other end of a connection (axum's connect info).
@@ -45,7 +80,11 @@ impl Role {
 pub enum Peer {
     /// A Unix-socket peer, by `SO_PEERCRED` (`None` if the kernel did not say).
     Unix(Option<(u32, u32)>),
-    Tcp(SocketAddr),
+    /// A TCP peer, with the client certificate it presented (TLS with `--tls-client-ca`).
+    Tcp {
+        addr: SocketAddr,
+        cert: Option<ClientCert>,
+    },
 }
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
@@ -57,7 +96,10 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::UnixL
 
 impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer::Tcp(*stream.remote_addr())
+        Peer::Tcp {
+            addr: *stream.remote_addr(),
+            cert: None,
+        }
     }
 }
 
@@ -66,13 +108,14 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::TcpLi
 pub enum Caller {
     Unix(Option<(u32, u32)>),
     Token { name: String, role: Role },
+    Certificate { name: String, role: Role },
 }
 
 impl Caller {
     pub fn role(&self) -> Role {
         match self {
             Caller::Unix(_) => Role::Admin,
-            Caller::Token { role, .. } => *role,
+            Caller::Token { role, .. } | Caller::Certificate { role, .. } => *role,
         }
     }
 }
@@ -83,6 +126,7 @@ impl std::fmt::Display for Caller {
             Caller::Unix(Some((uid, gid))) => write!(f, "uid={uid} gid={gid}"),
             Caller::Unix(None) => write!(f, "unix:unknown"),
             Caller::Token { name, .. } => write!(f, "token={name}"),
+            Caller::Certificate { name, .. } => write!(f, "cert={name}"),
         }
     }
 }
@@ -191,8 +235,12 @@ async fn identify(
     peer: Option<Peer>,
     bearer: Option<String>,
 ) -> Result<Caller, Response> {
-    if let Some(Peer::Unix(cred)) = peer {
-        return Ok(Caller::Unix(cred));
+    match peer {
+        Some(Peer::Unix(cred)) => return Ok(Caller::Unix(cred)),
+        Some(Peer::Tcp {
+            cert: Some(cert), ..
+        }) => return certificate_caller(cert).map_err(|why| error(StatusCode::FORBIDDEN, why)),
+        _ => {}
     }
     let Some(secret) = bearer else {
         let why = "authentication required: send `Authorization: Bearer <token>` (capstan --token, CAPSTAN_TOKEN); create one with `capstan token create NAME` over the Unix socket";
@@ -207,6 +255,21 @@ async fn identify(
         Err(e) => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot check the token: {e}"),
+        )),
+    }
+}
+
+/// The caller a verified client certificate names, or why not (a 403) when its subject
+/// lacks a name or a role: the certificate is trusted, but says nothing the API can act on.
+fn certificate_caller(cert: ClientCert) -> Result<Caller, String> {
+    match cert {
+        ClientCert {
+            name: Some(name),
+            role: Some(role),
+        } => Ok(Caller::Certificate { name, role }),
+        ClientCert { name, .. } => Err(format!(
+            "the client certificate (CN {}) needs a CN naming the caller and an O naming its role: admin, deploy or read",
+            name.as_deref().unwrap_or("missing")
         )),
     }
 }
@@ -381,6 +444,27 @@ mod tests {
         for bad in ["", "-x", "Upper", "a/b", "a b", &"x".repeat(64)] {
             assert!(!valid_name(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_client_certificate_names_a_caller_only_with_a_cn_and_a_role() {
+        let cert = |name: Option<&str>, role| ClientCert {
+            name: name.map(str::to_string),
+            role,
+        };
+        let caller = certificate_caller(cert(Some("ci"), Some(Role::Deploy))).unwrap();
+        assert_eq!(
+            (caller.to_string(), caller.role()),
+            ("cert=ci".into(), Role::Deploy)
+        );
+        assert!(certificate_caller(cert(Some("ci"), None)).is_err());
+        assert!(certificate_caller(cert(None, Some(Role::Admin))).is_err());
+        let garbage = ClientCert::of(b"not a certificate");
+        assert_eq!(
+            garbage,
+            cert(None, None),
+            "unparsable says nothing, and never panics"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Certificate chain and key, PEM (`--tls-cert`, `--tls-key`): the TCP listener speaks TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `--tls-client-ca`: PEM CA certificates; a client certificate they sign identifies
+    /// its caller on the TLS listener (CN: the name, O: the role), as a token would.
+    pub tls_client_ca: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz` without authentication (`--metrics-listen`).
     pub metrics_listen: Option<SocketAddr>,
     /// Key prefix, so installations can share an etcd.
@@ -198,7 +201,11 @@ impl Config {
             listen::check_tcp(addr, self.tls.is_some())?;
         }
         match &self.tls {
-            Some((cert, key)) => Ok(Some(listen::tls_acceptor(cert, key)?)),
+            Some((cert, key)) => Ok(Some(listen::tls_acceptor(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?)),
             None => Ok(None),
         }
     }

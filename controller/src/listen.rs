@@ -99,8 +99,14 @@ pub async fn tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
         .map_err(|source| ListenError::Tcp { addr, source })
 }
 
-/// The rustls server configuration from PEM files (certificate chain, private key).
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ListenError> {
+/// The rustls server configuration from PEM files (certificate chain, private key), and the
+/// CA whose client certificates it verifies (`client_ca`; a client may also present none
+/// and send a token instead).
+pub fn tls_acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<TlsAcceptor, ListenError> {
     let bad = |what, path: &Path, reason: String| ListenError::TlsFile {
         what,
         path: path.to_path_buf(),
@@ -114,9 +120,31 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ListenError>
     }
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key_der))
+        .map_err(|e| bad("certificate and key", cert, e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let bad_ca = |reason: String| bad("client CA", ca, reason);
+            let mut roots = rustls::RootCertStore::empty();
+            let found = CertificateDer::pem_file_iter(ca)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| bad_ca(e.to_string()))?;
+            let (added, _) = roots.add_parsable_certificates(found);
+            if added == 0 {
+                return Err(bad_ca("no CA certificate in it".into()));
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| bad_ca(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key_der)
         .map_err(|e| bad("certificate and key", cert, e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -174,8 +202,15 @@ impl axum::serve::Listener for TlsListener {
 }
 
 impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    /// A client certificate, when there is one, was verified in the handshake.
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer::Tcp(*stream.remote_addr())
+        let certs = stream.io().get_ref().1.peer_certificates();
+        Peer::Tcp {
+            addr: *stream.remote_addr(),
+            cert: certs
+                .and_then(|c| c.first())
+                .map(|der| crate::auth::ClientCert::of(der)),
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Who may call the API: the Unix socket's file permissions, bearer tokens and roles on
-//! TCP, TLS off loopback, and the audit log of every change.
+//! TCP, TLS off loopback, client certificates, and the audit log of every change.
 
 use capstan_e2e::*;
 use std::os::unix::fs::PermissionsExt as _;
@@ -39,7 +39,9 @@ fn cli_at(server: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     cmd.args(args)
         .env("CAPSTAN_SERVER", server)
         .env_remove("CAPSTAN_TOKEN")
-        .env_remove("CAPSTAN_CACERT");
+        .env_remove("CAPSTAN_CACERT")
+        .env_remove("CAPSTAN_CLIENT_CERT")
+        .env_remove("CAPSTAN_CLIENT_KEY");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -349,4 +351,126 @@ fn a_tls_listener_with_a_self_signed_certificate_serves_the_cli_given_the_ca() {
         &["get", "stacks"],
     );
     assert!(!out.status.success(), "no plain HTTP on a TLS listener");
+}
+
+/// `openssl` with `args` split at spaces (none of these paths or subjects holds one).
+fn openssl(args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split(' '))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args}: {}", text(&out));
+}
+
+const EC: &str = "-nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1";
+
+/// A self-signed CA of its own in `scratch`: `{name}.pem`, `{name}.key`.
+fn other_ca(scratch: &Scratch, name: &str) {
+    let p = |n: &str| scratch.path(n).to_string_lossy().into_owned();
+    let (pem, key) = (p(&format!("{name}.pem")), p(&format!("{name}.key")));
+    openssl(&format!(
+        "req -x509 -days 2 {EC} -keyout {key} -out {pem} -subj /CN={name}-ca"
+    ));
+}
+
+/// A client certificate with subject `subject`, signed by CA `ca` (`{ca}.pem`, `{ca}.key`
+/// in `scratch`): (certificate, key), the key 0600.
+fn client_certificate(scratch: &Scratch, name: &str, subject: &str, ca: &str) -> (String, String) {
+    let p = |n: &str| scratch.path(n).to_string_lossy().into_owned();
+    let (cert, key, csr, ext) = (
+        p(name) + ".pem",
+        p(name) + ".key",
+        p(name) + ".csr",
+        p("client.ext"),
+    );
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&format!(
+        "req {EC} -keyout {key} -out {csr} -subj {subject}"
+    ));
+    let (ca_pem, ca_key) = (p(ca) + ".pem", p(ca) + ".key");
+    openssl(&format!(
+        "x509 -req -days 2 -in {csr} -CA {ca_pem} -CAkey {ca_key} -CAcreateserial -out {cert} -extfile {ext}"
+    ));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn a_client_certificate_the_client_ca_signed_names_the_caller_and_its_role() {
+    let scratch = Scratch::new("mtls");
+    let (ca, cert, key) = certificates(&scratch);
+    let (ca, cert, key) = (
+        ca.to_string_lossy(),
+        cert.to_string_lossy(),
+        key.to_string_lossy(),
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+        "--log-format",
+        "json",
+    ];
+    let h = Harness::start_with("auth-mtls", &flags);
+    let deployer = client_certificate(&scratch, "deployer", "/CN=ci-pipeline/O=deploy", "ca");
+    let reader = client_certificate(&scratch, "reader", "/CN=dashboard/O=read", "ca");
+    let roleless = client_certificate(&scratch, "roleless", "/CN=someone", "ca");
+    other_ca(&scratch, "rogue");
+    let rogue = client_certificate(&scratch, "mallory", "/CN=mallory/O=admin", "rogue");
+    let server = format!("https://{listen}");
+    let with = |(c, k): &(String, String), args: &[&str]| {
+        let env = [
+            ("CAPSTAN_CACERT", &*ca),
+            ("CAPSTAN_CLIENT_CERT", c.as_str()),
+            ("CAPSTAN_CLIENT_KEY", k.as_str()),
+        ];
+        cli_at(&server, &env, args)
+    };
+    let file =
+        h.s.file(&format!("services:\n  web:\n    image: {IMAGE}\n"));
+    let apply = ["apply", "-f", &file, "--stack", &h.s.name];
+
+    let out = with(&deployer, &apply);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = with(&reader, &apply);
+    assert!(
+        text(&out).contains("cert=dashboard has role read"),
+        "{}",
+        text(&out)
+    );
+    let out = with(&reader, &["get", "stacks"]);
+    assert!(text(&out).contains(&h.s.name), "{}", text(&out));
+    let out = with(&roleless, &["get", "stacks"]);
+    assert!(
+        text(&out).contains("needs a CN naming the caller and an O naming its role"),
+        "{}",
+        text(&out)
+    );
+    let out = with(&rogue, &["get", "stacks"]);
+    assert!(
+        !out.status.success() && !text(&out).contains(&h.s.name),
+        "a certificate another CA signed is refused: {}",
+        text(&out)
+    );
+    let out = cli_at(&server, &[("CAPSTAN_CACERT", &*ca)], &["get", "stacks"]);
+    assert!(
+        text(&out).contains("authentication required"),
+        "without a certificate, a token is still needed: {}",
+        text(&out)
+    );
+    let audited = (h.d.log().lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| l["caller"] == "cert=ci-pipeline" && l["verb"] == "apply" && l["result"] == "ok");
+    assert!(audited, "the audit log names the certificate's CN");
+    h.d.cli_ok(&["delete", &h.s.name]);
 }
