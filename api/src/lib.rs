@@ -30,6 +30,7 @@ pub mod object;
 pub mod options;
 pub mod policy;
 pub mod pull;
+pub mod run;
 pub mod spec;
 pub mod stateful;
 

@@ -13,6 +13,11 @@ pub const REPLICA: &str = "capstan.replica";
 pub const SPEC_HASH: &str = "capstan.spec-hash";
 /// The Compose-level name of a network or volume (`frontend`, `db_data`).
 pub const RESOURCE: &str = "capstan.resource";
+/// The stack of a one-off container (`capstan run`). Not [`STACK`]: the reconciler, the
+/// endpoints and the events never see one-offs.
+pub const ONEOFF_STACK: &str = "capstan.oneoff.stack";
+/// The service a one-off container was made from.
+pub const ONEOFF_SERVICE: &str = "capstan.oneoff.service";
 
 /// `<stack>-<service>-<n>`, the name of replica `n` (1-based).
 pub fn container(stack: &str, service: &str, ordinal: u32) -> String {

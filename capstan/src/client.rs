@@ -202,6 +202,23 @@ impl Client {
         Err(api_error(status, &resp.bytes().await?))
     }
 
+    /// `POST /v1/stacks/{stack}/services/{service}/run`: the stream of the one-off's records.
+    pub async fn run(
+        &self,
+        stack: &str,
+        service: &str,
+        req: &capstan_api::run::RunRequest,
+    ) -> anyhow::Result<reqwest::Response> {
+        let url = format!("{}/v1/stacks/{stack}/services/{service}/run", self.base);
+        let req = (self.http.post(url).json(req)).timeout(Duration::from_secs(365 * 24 * 3600));
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        Err(api_error(status, &resp.bytes().await?))
+    }
+
     pub async fn stack(&self, stack: &str) -> anyhow::Result<Option<StackView>> {
         let resp = self
             .http

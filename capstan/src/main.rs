@@ -8,6 +8,7 @@ mod logs;
 mod output;
 mod project;
 mod rollout;
+mod run;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -315,6 +316,19 @@ enum Command {
     },
     /// Set a service's replica count: STACK/SERVICE=N.
     Scale { target: String },
+    /// Run a one-off container from a service's spec, as `docker compose run`: on its
+    /// networks, with its environment, volumes and secrets, no published port; removed
+    /// afterwards. Exits with the container's exit code.
+    Run {
+        /// STACK/SERVICE
+        target: String,
+        /// An environment variable added to the service's (KEY=VALUE); repeatable.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// The command, instead of the service's (after `--`).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Show the output of a stack's replicas (or one service's), each line prefixed
     /// `service-n |`; read through the daemon, so it works against a remote --server.
     Logs {
@@ -651,6 +665,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Scale { target } => scale(&api, &target).await,
+        Command::Run {
+            target,
+            env,
+            command,
+        } => {
+            let req = capstan_api::run::RunRequest {
+                command: (!command.is_empty()).then_some(command),
+                env,
+            };
+            run::run(&api, &target, &req).await
+        }
         Command::Rollout { action } => rollout::run(&api, action).await,
         Command::Logs {
             target,

@@ -52,6 +52,7 @@ impl Entry {
             (&Method::POST, ["v1", "stacks", s, "services", _, "undo"]) => {
                 ("rollout-undo", Some(*s))
             }
+            (&Method::POST, ["v1", "stacks", s, "services", _, "run"]) => ("run", Some(*s)),
             (&Method::DELETE, ["v1", "stacks", s]) => ("delete", Some(*s)),
             (&Method::POST, ["v1", "tokens"]) => ("token-create", None),
             (&Method::DELETE, ["v1", "tokens", _]) => ("token-revoke", None),
@@ -61,7 +62,7 @@ impl Entry {
         };
         let summary = match (verb, parts.as_slice()) {
             ("token-revoke", [.., name]) => Some(format!("revoke token {name}")),
-            ("scale" | "rollout-undo", [_, _, _, _, service, _]) => {
+            ("scale" | "rollout-undo" | "run", [_, _, _, _, service, _]) => {
                 Some(format!("service {service}"))
             }
             _ => None,

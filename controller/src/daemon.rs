@@ -89,22 +89,32 @@ pub enum DaemonError {
     },
 }
 
-/// Runs the daemon until `shutdown` turns true.
-pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
-    let acceptor = config.checked_tls()?;
-    let sealer = config.sealer()?;
-    let gid = listen::group_id(&config.socket_group)?;
+/// The Docker engine, metered; the one-offs a killed daemon left behind are swept meanwhile.
+async fn engine(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Runtime>, DaemonError> {
     let runtime = DockerRuntime::connect()
         .await
         .map_err(DaemonError::Docker)?
         .with_registry_auth(config.registry_auth.clone());
     // Hosts only: a credential is never logged.
     tracing::info!(api = %runtime.api_version(), registries_with_credentials = ?config.registry_auth.hosts(), "connected to the Docker engine");
-    let metrics = Arc::new(Metrics::default());
     let runtime: Arc<dyn Runtime> = Arc::new(MeasuredRuntime {
         inner: Arc::new(runtime),
         metrics: metrics.clone(),
     });
+    tokio::spawn({
+        let runtime = runtime.clone();
+        async move { crate::run::sweep(&*runtime).await }
+    });
+    Ok(runtime)
+}
+
+/// Runs the daemon until `shutdown` turns true.
+pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    let acceptor = config.checked_tls()?;
+    let sealer = config.sealer()?;
+    let gid = listen::group_id(&config.socket_group)?;
+    let metrics = Arc::new(Metrics::default());
+    let runtime = engine(&config, &metrics).await?;
 
     let listeners = Listeners::bind(&config, gid, acceptor).await?;
 
@@ -159,6 +169,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         policy: Arc::new(config.policy.clone()),
         builds: crate::build::Builds::local(config.max_build_context)
             .map_err(DaemonError::Builds)?,
+        files: controller.ctx.files.clone(),
         runtime,
     };
     let result = listeners.serve(state, &shutdown).await;

@@ -45,6 +45,7 @@ pub mod listen;
 pub mod logs;
 pub mod metrics;
 pub mod reconcile;
+pub mod run;
 pub mod runtime;
 pub mod scheduler;
 pub mod seal;

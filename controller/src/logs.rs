@@ -11,14 +11,15 @@ use axum::routing::get;
 use axum::{Json, Router};
 use capstan_api::logs::{replica_name, LogRecord};
 use capstan_api::object::ErrorBody;
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::runtime::{LogOptions, Observed, Runtime};
+use crate::runtime::{LogChunk, LogOptions, Observed, Runtime, RuntimeError};
 use crate::server::ApiState;
 
 /// How often a followed stack is listed for replicas that joined.
@@ -222,55 +223,86 @@ impl Target {
 }
 
 /// Resolves once the daemon stops (never, if nobody can tell it to).
-async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
     if stop.wait_for(|stopped| *stopped).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
 
-/// One replica's output, cut into lines (the engine's frames are writes, not lines).
-async fn read(
-    mut chunks: futures::stream::BoxStream<
-        'static,
-        Result<crate::runtime::LogChunk, crate::runtime::RuntimeError>,
-    >,
-    replica: String,
-    tx: mpsc::Sender<LogRecord>,
-) {
-    let mut partial: [Vec<u8>; 2] = [vec![], vec![]];
-    while let Some(chunk) = chunks.next().await {
-        let chunk = match chunk {
-            Ok(c) => c,
+type Chunks = BoxStream<'static, Result<LogChunk, RuntimeError>>;
+
+/// One replica's output, as [`lines`] into `tx`; a read that fails ends with an error record.
+async fn read(chunks: Chunks, replica: String, tx: mpsc::Sender<LogRecord>) {
+    let mut lines = lines(chunks);
+    while let Some(line) = lines.next().await {
+        let record = match line {
+            Ok((stderr, text)) => LogRecord::Line {
+                replica: replica.clone(),
+                stderr,
+                text,
+            },
             Err(e) => {
                 let message = e.to_string();
                 let _ = tx.send(LogRecord::Error { replica, message }).await;
                 return;
             }
         };
-        let buf = &mut partial[usize::from(chunk.stderr)];
-        buf.extend_from_slice(&chunk.bytes);
-        for text in complete_lines(buf) {
-            let record = LogRecord::Line {
-                replica: replica.clone(),
-                stderr: chunk.stderr,
-                text,
-            };
-            if tx.send(record).await.is_err() {
-                return;
+        if tx.send(record).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A container's output cut into lines, as `(stderr, text)` (the engine's frames are writes,
+/// not lines); when the output ends, each stream's unfinished last line too. A failed read
+/// is the last item.
+pub(crate) fn lines(chunks: Chunks) -> BoxStream<'static, Result<(bool, String), RuntimeError>> {
+    struct Cut {
+        chunks: Chunks,
+        /// The unfinished line of stdout, and of stderr.
+        partial: [Vec<u8>; 2],
+        ready: VecDeque<Result<(bool, String), RuntimeError>>,
+        done: bool,
+    }
+    let cut = Cut {
+        chunks,
+        partial: [vec![], vec![]],
+        ready: VecDeque::new(),
+        done: false,
+    };
+    let cut_lines = |mut cut: Cut| async move {
+        loop {
+            if let Some(next) = cut.ready.pop_front() {
+                return Some((next, cut));
+            }
+            if cut.done {
+                return None;
+            }
+            match cut.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let buf = &mut cut.partial[usize::from(chunk.stderr)];
+                    buf.extend_from_slice(&chunk.bytes);
+                    let complete = complete_lines(buf).into_iter();
+                    cut.ready
+                        .extend(complete.map(|text| Ok((chunk.stderr, text))));
+                }
+                Some(Err(e)) => {
+                    cut.ready.push_back(Err(e));
+                    cut.done = true;
+                }
+                None => {
+                    for (i, rest) in cut.partial.iter_mut().enumerate() {
+                        if !rest.is_empty() {
+                            let text = String::from_utf8_lossy(rest).into_owned();
+                            cut.ready.push_back(Ok((i == 1, text)));
+                        }
+                    }
+                    cut.done = true;
+                }
             }
         }
-    }
-    for (i, rest) in partial.into_iter().enumerate() {
-        if !rest.is_empty() {
-            let text = String::from_utf8_lossy(&rest).into_owned();
-            let record = LogRecord::Line {
-                replica: replica.clone(),
-                stderr: i == 1,
-                text,
-            };
-            let _ = tx.send(record).await;
-        }
-    }
+    };
+    futures::stream::unfold(cut, cut_lines).boxed()
 }
 
 /// Takes the complete lines out of `buf` (without their `\n` or `\r\n`), leaving the rest.

@@ -42,8 +42,11 @@ pub struct ApiState {
     pub policy: Arc<capstan_api::policy::Policy>,
     /// The engine `build:` contexts are built on, and their size limit ([`crate::build`]).
     pub builds: crate::build::Builds,
-    /// The engine, unfenced: any daemon reads logs ([`crate::logs`]).
+    /// The engine, unfenced: any daemon reads logs ([`crate::logs`]) and runs one-off
+    /// containers ([`crate::run`]).
     pub runtime: Arc<dyn crate::runtime::Runtime>,
+    /// Where the services' secrets and configs are on the host, for one-off containers.
+    pub files: crate::files::HostFiles,
 }
 
 /// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
@@ -101,6 +104,7 @@ fn routes() -> Router<ApiState> {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .merge(crate::build::routes())
         .merge(crate::logs::routes())
+        .merge(crate::run::routes())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -628,6 +632,7 @@ mod tests {
             policy: Arc::default(),
             builds: Default::default(),
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
+            files: Default::default(),
         };
         (st, kv)
     }

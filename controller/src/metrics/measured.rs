@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::Metrics;
 use crate::runtime::{
-    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, ResourcePlan, Runtime,
-    RuntimeError,
+    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, OneOff, ResourcePlan,
+    Runtime, RuntimeError,
 };
 use crate::store::kv::{Compare, KeyValue, Kv, KvError, LeaseId, Listing, Op, WatchEvent};
 
@@ -113,6 +113,12 @@ impl Runtime for MeasuredRuntime {
     }
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         measured!(self, "remove", self.inner.remove(id, grace))
+    }
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        measured!(self, "wait", self.inner.wait(id))
+    }
+    async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
+        measured!(self, "list_oneoffs", self.inner.oneoffs())
     }
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         measured!(self, "rename", self.inner.rename(id, name))

@@ -466,6 +466,44 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        let opts = bollard::query_parameters::WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut answers = self.docker.wait_container(id, Some(opts));
+        match answers.next().await {
+            Some(Ok(done)) => Ok(done.status_code),
+            // bollard makes a non-zero exit an error; it is an answer here.
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(engine("wait")(e)),
+            None => Err(RuntimeError::Engine {
+                op: "wait",
+                message: "the engine closed the wait without an exit code".into(),
+            }),
+        }
+    }
+
+    async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![names::ONEOFF_STACK.to_string()])]);
+        let opts = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list =
+            (self.docker.list_containers(Some(opts)).await).map_err(engine("list containers"))?;
+        Ok((list.into_iter())
+            .filter_map(|c| {
+                Some(OneOff {
+                    id: c.id?,
+                    name: (c.names?.into_iter().next()?)
+                        .trim_start_matches('/')
+                        .to_string(),
+                    running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                })
+            })
+            .collect())
+    }
+
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         let opts = bollard::query_parameters::RenameContainerOptions {
             name: name.to_string(),

@@ -257,6 +257,8 @@ struct Container {
     detail: Detail,
     /// Counts starts, so a behaviour scheduled for an earlier run does not hit a later one.
     starts: u64,
+    /// A `capstan run` container (it carries [`names::ONEOFF_STACK`]).
+    oneoff: bool,
 }
 
 struct Resource {
@@ -708,6 +710,7 @@ impl FakeRuntime {
                 volumes: vec![],
                 detail: Detail::default(),
                 starts: 1,
+                oneoff: false,
             },
         );
         id
@@ -1035,6 +1038,33 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        loop {
+            let state = self.shared.lock().containers.get(id).map(|c| c.obs.state);
+            match state {
+                None => return Err(no_such("wait", id)),
+                Some(State::Running | State::Restarting) => {}
+                Some(State::Exited { code }) => return Ok(code),
+                Some(_) => return Ok(0),
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
+        let st = self.shared.lock();
+        let mut found: Vec<OneOff> = (st.containers.iter())
+            .filter(|(_, c)| c.oneoff)
+            .map(|(id, c)| OneOff {
+                id: id.clone(),
+                name: c.obs.name.clone(),
+                running: c.obs.state == State::Running,
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         self.call(Call::Rename {
             name: self.name_of(id),
@@ -1301,6 +1331,7 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
         volumes,
         detail: Detail::default(),
         starts: 0,
+        oneoff: plan.labels.contains_key(names::ONEOFF_STACK),
     }
 }
 

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, ResourcePlan, Runtime,
-    RuntimeError,
+    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, OneOff, ResourcePlan,
+    Runtime, RuntimeError,
 };
 
 /// What an engine call does, for the gate.
@@ -73,6 +73,14 @@ impl Runtime for FencedRuntime {
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         self.check(Verb::Change, "remove")?;
         self.inner.remove(id, grace).await
+    }
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
+        self.check(Verb::Read, "wait")?;
+        self.inner.wait(id).await
+    }
+    async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
+        self.check(Verb::Read, "list_oneoffs")?;
+        self.inner.oneoffs().await
     }
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         self.check(Verb::Change, "rename")?;

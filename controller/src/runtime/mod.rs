@@ -108,6 +108,14 @@ pub struct ContainerPlan {
     pub options: capstan_api::spec::ContainerOptions,
 }
 
+/// A one-off container of `capstan run`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OneOff {
+    pub id: String,
+    pub name: String,
+    pub running: bool,
+}
+
 /// A replica's fixed addresses on one network.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Addresses {
@@ -314,6 +322,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Gives a container another name (a start-first successor takes its replica's name);
     /// a name held by another container is a [`RuntimeError::NameConflict`].
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
+    /// Waits until container `id` is not running; its exit code.
+    async fn wait(&self, id: &str) -> Result<i64, RuntimeError>;
+    /// The one-off containers of `capstan run` ([`capstan_api::names::ONEOFF_STACK`]).
+    async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError>;
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
     async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
     /// Engine names of the networks labelled with `stack`.

@@ -1,0 +1,307 @@
+//! `POST /v1/stacks/{stack}/services/{service}/run`: a one-off container made from a
+//! service's spec, as `docker compose run` makes one (migrations, admin tasks): on the
+//! service's networks, with its environment, volumes, secrets and configs, but no published
+//! ports and no network alias (the service's name never resolves to it). Its output is
+//! streamed as NDJSON [`RunRecord`]s ending with its exit code.
+//!
+//! It is never a replica: it carries [`names::ONEOFF_STACK`] instead of [`names::STACK`], so
+//! the reconciler, the endpoints and the event triggers never see it. It is removed in every
+//! case: when it exits, when the client goes away (stopped first, within the service's stop
+//! grace), when the daemon stops; and a daemon that starts removes exited one-offs that a
+//! daemon killed mid-run left behind ([`sweep`]). Any daemon may run one, leader or not: it
+//! changes nothing the controller owns.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use capstan_api::names;
+use capstan_api::object::{ErrorBody, Service, Stack};
+use capstan_api::run::{RunRecord, RunRequest};
+use capstan_api::FieldError;
+use futures::StreamExt;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+use crate::reconcile::shape;
+use crate::runtime::{ContainerPlan, LogOptions, Runtime, RuntimeError};
+use crate::server::ApiState;
+
+pub fn routes() -> Router<ApiState> {
+    Router::new().route("/v1/stacks/{stack}/services/{service}/run", post(run))
+}
+
+/// A refused run: the status and the documented JSON error.
+struct Refusal(StatusCode, ErrorBody);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal {
+    Refusal(status, ErrorBody { error, details })
+}
+
+async fn run(
+    State(st): State<ApiState>,
+    Path((stack, service)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let req = match request(&body) {
+        Ok(req) => req,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let (Some(stack), Some(service)) = (
+        st.desired.stack(&stack),
+        st.desired.service(&stack, &service),
+    ) else {
+        let why = format!("service {service} not found in stack {stack}");
+        return error(StatusCode::NOT_FOUND, why, vec![]).into_response();
+    };
+    let mut plan = oneoff(&stack, &service, &req);
+    plan.mounts.extend(st.files.binds(&service));
+    // The container's life is a task of its own: were this handler dropped (its client
+    // gone) between the create and the stream, the task still removes the container.
+    let (tx, rx) = mpsc::channel::<RunRecord>(256);
+    let (started, ready) = tokio::sync::oneshot::channel();
+    let (runtime, stop) = (st.runtime.clone(), st.stop.clone());
+    tokio::spawn(async move {
+        match start(&*runtime, &stack, &service, &plan).await {
+            Err(refusal) => {
+                let _ = started.send(Err(refusal));
+            }
+            Ok(id) => {
+                tracing::info!(stack = %stack.name, service = %service.name, container = %plan.name, "one-off container started");
+                let _ = started.send(Ok(()));
+                let one = OneOffRun {
+                    runtime,
+                    id,
+                    name: plan.name,
+                    grace: shape::grace(&service),
+                };
+                one.follow(tx, stop).await;
+            }
+        }
+    });
+    match ready.await {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return refusal.into_response(),
+        Err(_) => {
+            let why = "the run ended before its container started".to_string();
+            return error(StatusCode::INTERNAL_SERVER_ERROR, why, vec![]).into_response();
+        }
+    }
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        let record = rx.recv().await?;
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// The body, or a 400 naming the field.
+fn request(body: &[u8]) -> Result<RunRequest, Refusal> {
+    let req: RunRequest = serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid run request: {e}"),
+            vec![],
+        )
+    })?;
+    let problems: Vec<FieldError> = (req.problems().into_iter())
+        .map(|(field, reason)| FieldError { field, reason })
+        .collect();
+    if !problems.is_empty() {
+        let why = format!("invalid run request: {} problem(s)", problems.len());
+        return Err(error(StatusCode::BAD_REQUEST, why, problems));
+    }
+    Ok(req)
+}
+
+/// The container `docker compose run` would make of `service`: replica 1's shape (so a
+/// per-replica volume is replica 1's), under a name of its own, without ports, aliases or
+/// fixed addresses, and with the request's command and extra environment.
+fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
+    let mut plan = shape::container(stack, service, 1);
+    let mut suffix = [0u8; 6];
+    // Without randomness the clock's nanoseconds still make the name unique enough.
+    if getrandom::fill(&mut suffix).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        suffix.copy_from_slice(&nanos.to_le_bytes()[..6]);
+    }
+    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{}-{}-run-{suffix}", stack.name, service.name);
+    if plan.hostname == plan.name {
+        plan.hostname = name.clone();
+    }
+    plan.name = name;
+    for label in [
+        names::STACK,
+        names::SERVICE,
+        names::REPLICA,
+        names::SPEC_HASH,
+    ] {
+        plan.labels.remove(label);
+    }
+    plan.labels
+        .insert(names::ONEOFF_STACK.into(), stack.name.clone());
+    plan.labels
+        .insert(names::ONEOFF_SERVICE.into(), service.name.clone());
+    plan.ports.clear();
+    plan.addresses.clear();
+    for (_, aliases) in plan.networks.iter_mut() {
+        aliases.clear();
+    }
+    if let Some(command) = &req.command {
+        plan.command = Some(command.clone());
+    }
+    plan.env.extend(req.env.iter().cloned());
+    plan
+}
+
+/// Makes the service's networks and volumes if missing, then creates and starts the
+/// one-off; on any failure nothing is left behind and the answer says why.
+async fn start(
+    runtime: &dyn Runtime,
+    stack: &Stack,
+    service: &Service,
+    plan: &ContainerPlan,
+) -> Result<String, Refusal> {
+    let failed = |what: &str, e: RuntimeError| {
+        let status = match &e {
+            RuntimeError::ImageNotFound(_)
+            | RuntimeError::ExternalMissing { .. }
+            | RuntimeError::NotOwned { .. }
+            | RuntimeError::NameConflict { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        error(status, format!("{what}: {e}"), vec![])
+    };
+    for net in shape::networks(stack, &[service]) {
+        (runtime.ensure_network(&net).await).map_err(|e| failed("preparing the network", e))?;
+    }
+    for vol in shape::volumes(stack, &[service]) {
+        (runtime.ensure_volume(&vol).await).map_err(|e| failed("preparing the volume", e))?;
+    }
+    match runtime.has_image(&plan.image).await {
+        Ok(true) => {}
+        Ok(false) => {
+            let why = format!(
+                "image {} is not on this host; apply the stack first (capstan builds or pulls it for the replicas)",
+                plan.image
+            );
+            return Err(error(StatusCode::CONFLICT, why, vec![]));
+        }
+        Err(e) => return Err(failed("looking for the image", e)),
+    }
+    let id = (runtime.create(plan).await).map_err(|e| failed("creating the container", e))?;
+    if let Err(e) = runtime.start(&id).await {
+        let _ = runtime.remove(&id, std::time::Duration::ZERO).await;
+        return Err(failed("starting the container", e));
+    }
+    Ok(id)
+}
+
+/// A started one-off, until it is removed.
+struct OneOffRun {
+    runtime: Arc<dyn Runtime>,
+    id: String,
+    name: String,
+    grace: std::time::Duration,
+}
+
+impl OneOffRun {
+    /// Sends the container's output to `tx` until it exits, then removes it and sends its
+    /// exit code. A client that goes away, or a daemon that stops, ends it earlier: the
+    /// container is stopped and removed all the same.
+    async fn follow(
+        self,
+        tx: mpsc::Sender<RunRecord>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let started = RunRecord::Started {
+            container: self.name.clone(),
+        };
+        let outcome = if tx.send(started).await.is_err() {
+            None
+        } else {
+            tokio::select! {
+                ended = self.output_then_exit(&tx) => Some(ended),
+                _ = alive(&tx) => None,
+                _ = crate::logs::stopping(&mut stop) => None,
+            }
+        };
+        if let Err(e) = self.runtime.remove(&self.id, self.grace).await {
+            tracing::warn!(container = %self.name, error = %e, "removing a one-off container failed");
+        }
+        let last = match outcome {
+            Some(Ok(code)) => RunRecord::Exit { code },
+            Some(Err(e)) => RunRecord::Error {
+                message: e.to_string(),
+            },
+            None => {
+                tracing::info!(container = %self.name, "one-off container stopped: its client went away or the daemon stops");
+                return;
+            }
+        };
+        tracing::info!(container = %self.name, record = ?last, "one-off container done");
+        let _ = tx.send(last).await;
+    }
+
+    /// Every line of output until the container exits, then its exit code.
+    async fn output_then_exit(&self, tx: &mpsc::Sender<RunRecord>) -> Result<i64, RuntimeError> {
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut lines = crate::logs::lines(self.runtime.logs(&self.id, &opts));
+        while let Some(line) = lines.next().await {
+            let (stderr, text) = line?;
+            if tx.send(RunRecord::Line { stderr, text }).await.is_err() {
+                break;
+            }
+        }
+        self.runtime.wait(&self.id).await
+    }
+}
+
+/// Sends [`RunRecord::Alive`] every [`capstan_api::run::ALIVE_EVERY`]; returns once the
+/// client is gone. A silent stream would not notice: only a write finds a closed connection.
+async fn alive(tx: &mpsc::Sender<RunRecord>) {
+    loop {
+        tokio::time::sleep(capstan_api::run::ALIVE_EVERY).await;
+        if tx.send(RunRecord::Alive).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes the exited one-offs a daemon killed mid-run left behind; running ones may belong
+/// to another daemon's `capstan run`, and are left alone.
+pub async fn sweep(runtime: &dyn Runtime) {
+    let Ok(found) = runtime.oneoffs().await else {
+        return;
+    };
+    for o in found.into_iter().filter(|o| !o.running) {
+        match runtime.remove(&o.id, std::time::Duration::ZERO).await {
+            Ok(()) => {
+                tracing::info!(container = %o.name, "removed an exited one-off container left behind")
+            }
+            Err(e) => {
+                tracing::warn!(container = %o.name, error = %e, "removing a left-behind one-off container failed")
+            }
+        }
+    }
+}
