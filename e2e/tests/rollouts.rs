@@ -381,3 +381,64 @@ fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes
     assert_eq!(inspect(&replica, "{{.Config.Hostname}}"), replica);
     assert_ne!(replica_ids(s, 1), before);
 }
+
+/// Containers of `s`'s service `web` serving now: running and healthy (the image has a
+/// healthcheck), replicas and start-first successors alike.
+fn serving(s: &StackGuard) -> usize {
+    let out = docker(&[
+        "ps",
+        "--filter",
+        &format!("label=capstan.stack={}", s.name),
+        "--filter",
+        "label=capstan.service=web",
+        "--format",
+        "{{.Status}}",
+    ]);
+    out.lines().filter(|l| l.contains("(healthy)")).count()
+}
+
+/// Rolls 6 replicas from IMAGE to IMAGE_V2 two at a time in `order`; the fewest serving at
+/// once, sampled every 50 ms on the engine, and the most containers at once.
+fn roll_six(d: &Daemon, s: &StackGuard, order: &str) -> (usize, usize) {
+    let yaml = |image: &str| {
+        format!(
+            "services:\n  web:\n    image: {image}\n    scale: 6\n    stop_grace_period: 1s\n    deploy:\n      update_config: {{parallelism: 2, order: {order}}}\n"
+        )
+    };
+    d.apply(s, &yaml(IMAGE));
+    wait_until(CONVERGE, "six healthy replicas", || serving(s) == 6);
+    d.apply_nowait(s, &yaml(IMAGE_V2));
+    let (mut fewest, mut most) = (6, 6);
+    while !rolled_out(d, s, 6) {
+        fewest = fewest.min(serving(s));
+        most = most.max(s.containers().len());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for n in 1..=6 {
+        assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
+    }
+    (fewest, most)
+}
+
+#[test]
+fn parallelism_two_of_six_start_first_keeps_all_six_serving_and_stop_first_never_fewer_than_four() {
+    let h = Harness::start("roll-six");
+    let (d, s) = (&h.d, &h.s);
+    let (fewest, most) = roll_six(d, s, "start-first");
+    println!("start-first: at least {fewest} serving, at most {most} containers");
+    assert_eq!(
+        fewest, 6,
+        "start-first: a replica goes only once its successor serves"
+    );
+    assert!(most <= 8, "two successors at a time, never more: {most}");
+
+    let h = Harness::start("roll-six-stop");
+    let (d, s) = (&h.d, &h.s);
+    let (fewest, most) = roll_six(d, s, "stop-first");
+    println!("stop-first: at least {fewest} serving, at most {most} containers");
+    assert!(
+        fewest >= 4,
+        "stop-first: two at a time out of service: {fewest}"
+    );
+    assert_eq!(most, 6, "stop-first never runs more than the replicas");
+}

@@ -232,14 +232,20 @@ fn rollout_budget(
     let updated = (sorted.replicas.iter())
         .filter(|(n, c)| spec.is_current(Some(**n)) && c.spec_hash == hash)
         .chain(&sorted.successors);
-    for (_, c) in updated {
+    for (n, c) in updated {
         let age = history.age(c);
         if let Some(why) = failure(c, age, monitor) {
             failed.push(why);
             continue;
         }
         let left = if c.is_ready() { delay } else { monitor }.saturating_sub(age);
-        if !c.is_ready() || !left.is_zero() {
+        // A ready successor holds its slot until it has taken its replica's place, as
+        // Swarm's start-first holds it until the old task is down: never more extra
+        // containers than the parallelism.
+        let successor = sorted.successors.get(n).is_some_and(|s| s.id == c.id);
+        if c.is_ready() && left.is_zero() && successor {
+            busy += 1;
+        } else if !c.is_ready() || !left.is_zero() {
             busy += 1;
             wait = Some(
                 wait.map_or(left, |w| w.min(left))
@@ -545,7 +551,10 @@ mod tests {
         all[3] = successor(1, &new, State::Running, Health::Healthy);
         let ready = plan("s", "web", &new, &all, &NoHistory, (true, None));
         assert_eq!(promoted(&ready), vec![(Some(1), "s-web-1-next".into())]);
-        assert_eq!(ready.surge, vec![2], "the slot is free for the next one");
+        assert!(
+            ready.surge.is_empty(),
+            "its slot is busy until it took the name"
+        );
         assert!(ready.remove.is_empty() && ready.recreate.is_empty());
     }
 
