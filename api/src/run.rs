@@ -31,8 +31,9 @@ pub enum RunRecord {
         stderr: bool,
         text: String,
     },
-    /// Sent every [`ALIVE_EVERY`] while the container runs: a client that went away is
-    /// noticed (and its container stopped) even when the container prints nothing.
+    /// Sent every [`ALIVE_EVERY`] while the container runs: a long silent run keeps its
+    /// connection busy through proxies that close idle ones, and a write to a client that
+    /// went away fails at once.
     Alive,
     /// It exited with `code`; it has been removed. The last record.
     Exit { code: i64 },

@@ -278,7 +278,7 @@ impl OneOffRun {
 }
 
 /// Sends [`RunRecord::Alive`] every [`capstan_api::run::ALIVE_EVERY`]; returns once the
-/// client is gone. A silent stream would not notice: only a write finds a closed connection.
+/// client is gone (the server drops the stream's receiver when its connection closes).
 async fn alive(tx: &mpsc::Sender<RunRecord>) {
     loop {
         tokio::time::sleep(capstan_api::run::ALIVE_EVERY).await;

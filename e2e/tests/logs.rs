@@ -188,3 +188,35 @@ services:
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(!bad.status.success() && err.contains("since:"), "{err}");
 }
+
+/// A follower of replicas that print nothing: the daemon must still notice its client left
+/// (nothing is written that could fail), or it would list the engine every second for good.
+#[test]
+fn logs_follow_of_silent_replicas_stops_reading_when_the_client_goes() {
+    let h = Harness::start("logs-silent");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &format!("services:\n  quiet:\n    image: {IMAGE}\n"));
+    let lists = || {
+        metric_sum(
+            &d.metrics(),
+            "capstan_docker_request_duration_seconds_count",
+            &["op=\"list\""],
+        )
+    };
+    let follower = Follower::start(d, &[&s.name, "-f"]);
+    std::thread::sleep(Duration::from_secs(3));
+    let (t0, following) = (lists(), Duration::from_secs(4));
+    std::thread::sleep(following);
+    let while_following = lists() - t0;
+    drop(follower);
+    std::thread::sleep(Duration::from_secs(4));
+    let t1 = lists();
+    std::thread::sleep(following);
+    let after = lists() - t1;
+    println!("engine lists in 4 s: {while_following} while following, {after} after");
+    assert!(while_following >= 3.0, "the follower lists every second");
+    assert!(
+        after <= 2.0,
+        "reading stopped with the client gone: {after} lists in 4 s"
+    );
+}

@@ -269,7 +269,8 @@ fn rollout_budget(
 /// takes over once it is ready (at once when `c` does not serve, or when it failed and
 /// `failure_action: continue` lets failures pass); without one, a replica that does not
 /// serve is replaced in place at once, and one that serves within the rollout's budget, by
-/// a successor next to it when the update is start-first and `surge` (no blocker).
+/// a successor next to it when the update is start-first and nothing blocks a surge
+/// (`plan.in_place` unset).
 fn roll(
     plan: &mut Plan,
     spec: &ServiceSpec,
