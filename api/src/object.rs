@@ -294,6 +294,8 @@ pub enum Reason {
     ExternalMissing,
     /// A network or volume of the name exists, made by capstan for another stack.
     NotOwned,
+    /// A bind's host path now leads where the policy refuses (a symlink made after apply).
+    BindRefused,
     EngineError,
     PortInUse,
     /// The engine could not attach a replica to its network.
@@ -334,6 +336,7 @@ impl Reason {
             Reason::ImageNotFound => "ImageNotFound",
             Reason::ExternalMissing => "ExternalMissing",
             Reason::NotOwned => "NotOwned",
+            Reason::BindRefused => "BindRefused",
             Reason::EngineError => "EngineError",
             Reason::PortInUse => "PortInUse",
             Reason::NetworkError => "NetworkError",

@@ -36,6 +36,8 @@ pub struct Options {
     pub election: Election,
     /// Where secrets and configs are written for the replicas (`serve --state-dir`).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The policy whose bind rule is checked again when a container is made (`--policy`).
+    pub policy: Option<Arc<capstan_api::policy::Policy>>,
 }
 
 impl Default for Options {
@@ -47,6 +49,7 @@ impl Default for Options {
             traefik_root: None,
             election: Election::default(),
             state_dir: None,
+            policy: None,
         }
     }
 }
@@ -181,6 +184,7 @@ fn fenced_context(
         health: health.clone(),
         pulls: Default::default(),
         files: crate::files::HostFiles::new(options.state_dir.as_deref()),
+        policy: options.policy.clone(),
     })
 }
 

@@ -154,6 +154,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
                 ttl: config.lease_ttl,
             },
             state_dir: Some(config.state_dir.clone()),
+            policy: Some(Arc::new(config.policy.clone())),
         },
         shutdown.clone(),
     );

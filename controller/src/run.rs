@@ -62,6 +62,9 @@ async fn run(
         let why = format!("service {service} not found in stack {stack}");
         return error(StatusCode::NOT_FOUND, why, vec![]).into_response();
     };
+    if let Some(refused) = shape::bind_refused(&service, &st.policy) {
+        return error(StatusCode::FORBIDDEN, refused.to_string(), vec![]).into_response();
+    }
     let mut plan = oneoff(&stack, &service, &req);
     plan.mounts.extend(st.files.binds(&service));
     // The container's life is a task of its own: were this handler dropped (its client

@@ -3,13 +3,14 @@
 //! that is not an IP is a field error; hostile nesting is refused at once while `/healthz`
 //! keeps answering; a foreign `Host:` header is refused.
 //!
-//! Nothing here starts a container: refusals write nothing, and what a permissive policy
-//! accepts is checked with a dry run (a privileged container with the host's `/` must not
-//! run on a shared engine).
+//! Refusals write nothing, and what a permissive policy accepts is checked with a dry run (a
+//! privileged container with the host's `/` must not run on a shared engine). One test
+//! starts a replica with an allowed bind, to show the rule is checked again when the
+//! replica is made anew.
 
 use capstan_e2e::*;
 use std::io::{Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// (what, Compose file, the field the refusal names, the policy rule).
 const HOST_OWNING: &[(&str, &str, &str, &str)] = &[
@@ -167,4 +168,51 @@ fn a_foreign_host_header_is_refused_and_the_listeners_own_names_are_served() {
     }
     let over_socket = h.d.api().get(format!("{API}/v1/stacks")).send().unwrap();
     assert_eq!(over_socket.status().as_u16(), 200);
+}
+
+/// A folder of the test's own, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A bind checked at apply may become a symlink later (`data -> /`): the controller checks
+/// the rule again as it makes a container, so the replacement is refused, not bound to `/`.
+#[test]
+fn a_bind_path_made_a_symlink_to_root_after_apply_is_refused_when_the_replica_is_made_again() {
+    let dir = TempDir(std::env::temp_dir().join(format!(
+        "capstan-e2e-binds-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    let data = dir.0.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let policy = dir.0.join("policy.yaml");
+    std::fs::write(&policy, format!("bind_mounts: [{}]\n", dir.0.display())).unwrap();
+    let h = Harness::start_with("hard-symlink", &["--policy", policy.to_str().unwrap()]);
+    let (d, s) = (&h.d, &h.s);
+    let yaml = format!(
+        "services:\n  web:\n    image: {IMAGE}\n    volumes: [\"{}:/data\"]\n",
+        data.display()
+    );
+    d.apply(s, &yaml);
+
+    std::fs::remove_dir(&data).unwrap();
+    std::os::unix::fs::symlink("/", &data).unwrap();
+    docker(&["rm", "-f", &s.replica("web", 1)]);
+    wait_until(Duration::from_secs(60), "a BindRefused condition", || {
+        let svc = d.service(&s.name, "web");
+        svc["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["reason"] == "BindRefused"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("now resolves to /,"))
+            })
+        })
+    });
+    assert!(s.containers().is_empty(), "no replica bound to /");
 }

@@ -489,6 +489,10 @@ async fn create_and_start(
     ordinal: u32,
     made: Made,
 ) -> Result<(), RuntimeError> {
+    let policy = ctx.policy.as_deref();
+    if let Some(refused) = policy.and_then(|p| shape::bind_refused(&obs.service, p)) {
+        return Err(refused);
+    }
     let mut plan = shape::container(&obs.stack, &obs.service, ordinal);
     if made == Made::Successor {
         let service = &obs.service;
@@ -511,6 +515,7 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
         RuntimeError::NotOwned { .. } => Reason::NotOwned,
+        RuntimeError::BindRefused { .. } => Reason::BindRefused,
         e if e.is_port_in_use() => Reason::PortInUse,
         e if e.is_network_error() => Reason::NetworkError,
         RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {

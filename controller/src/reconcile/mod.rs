@@ -85,6 +85,8 @@ pub struct Context {
     pub pulls: pull::Pulls,
     /// Secrets and configs written on the host for the replicas.
     pub files: crate::files::HostFiles,
+    /// The bind rule checked again when a container is made ([`shape::bind_refused`]).
+    pub policy: Option<Arc<capstan_api::policy::Policy>>,
 }
 
 /// When to look at a key again, besides events.

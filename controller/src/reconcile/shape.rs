@@ -9,7 +9,9 @@ use capstan_api::stateful;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::runtime::{Addresses, ContainerPlan, Mount, MountOptions, PortBinding, ResourcePlan};
+use crate::runtime::{
+    Addresses, ContainerPlan, Mount, MountOptions, PortBinding, ResourcePlan, RuntimeError,
+};
 
 pub fn grace(svc: &Service) -> Duration {
     svc.spec.stop_grace()
@@ -23,6 +25,25 @@ fn network_spec<'a>(stack: &'a Stack, key: &str) -> std::borrow::Cow<'a, Network
 }
 
 /// Replica `ordinal` of `svc`.
+/// The bind rule again, as the engine is about to follow each host path: a path that was
+/// checked at apply may have become a symlink since (`/srv/data -> /`). `None` when every
+/// bind of `svc` resolves where `policy` allows; paths that do not exist are left to the
+/// engine, which makes them as folders.
+pub fn bind_refused(svc: &Service, policy: &capstan_api::policy::Policy) -> Option<RuntimeError> {
+    let binds = (svc.spec.volumes.iter()).filter(|m| m.kind == capstan_api::spec::MountKind::Bind);
+    binds
+        .filter_map(|m| m.source.as_deref())
+        .find_map(|source| {
+            let real = std::fs::canonicalize(source).ok()?;
+            let real = real.to_string_lossy();
+            let reason = policy.bind_allowed(&real).err()?;
+            Some(RuntimeError::BindRefused {
+                path: source.to_string(),
+                reason: format!("it now resolves to {real}, and {reason}"),
+            })
+        })
+}
+
 pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
     let spec = &svc.spec;
     let name = spec.replica_name(&stack.name, &svc.name, ordinal);
@@ -226,6 +247,36 @@ pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bind_that_became_a_symlink_to_root_is_refused_and_a_plain_folder_is_not() {
+        let dir = std::env::temp_dir().join(format!("capstan-binds-{}", std::process::id()));
+        let (plain, link) = (dir.join("plain"), dir.join("link"));
+        std::fs::create_dir_all(&plain).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let policy =
+            capstan_api::policy::Policy::from_yaml(&format!("bind_mounts: [{}]", dir.display()))
+                .unwrap();
+        let with_bind = |source: &std::path::Path| {
+            let mut svc = Service::default();
+            svc.spec.volumes = vec![capstan_api::spec::MountSpec::plain(
+                capstan_api::spec::MountKind::Bind,
+                Some(source.display().to_string()),
+                "/data",
+                false,
+            )];
+            bind_refused(&svc, &policy)
+        };
+        assert!(with_bind(&plain).is_none());
+        assert!(
+            with_bind(&dir.join("missing")).is_none(),
+            "left to the engine"
+        );
+        let refused = with_bind(&link).expect("refused").to_string();
+        assert!(refused.contains("now resolves to /, and"), "{refused}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
     use capstan_api::parse_stack;
 
     fn objects(text: &str) -> (Stack, Vec<Service>) {

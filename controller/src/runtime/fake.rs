@@ -210,6 +210,10 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             kind,
             name: name.clone(),
         },
+        RuntimeError::BindRefused { path, reason } => RuntimeError::BindRefused {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
         RuntimeError::NotOwned { kind, name, owner } => RuntimeError::NotOwned {
             kind,
             name: name.clone(),

@@ -261,6 +261,10 @@ pub enum RuntimeError {
     ImageNotFound(String),
     #[error("external {kind} {name} does not exist; create it first")]
     ExternalMissing { kind: &'static str, name: String },
+    /// A bind's host path now leads (through a symlink made after the apply) where the
+    /// policy refuses: the container is not made.
+    #[error("bind mount of {path}: {reason}")]
+    BindRefused { path: String, reason: String },
     /// A network or volume of the name exists, made by capstan for another stack.
     #[error("{kind} {name} belongs to stack {owner}, not to this stack; remove it, or declare it `external: true` in the stack that means to share it")]
     NotOwned {
