@@ -121,6 +121,12 @@ async fn logs(
         service: q.service,
     };
     tokio::spawn(target.stream(opts, tx, st.stop.clone()));
+    ndjson(rx)
+}
+
+/// A streamed response of the records `rx` receives, one JSON object a line; it ends when
+/// every sender is gone, and dropping it (the client went away) closes `rx`.
+pub(crate) fn ndjson<T: serde::Serialize + Send + 'static>(rx: mpsc::Receiver<T>) -> Response {
     let body = futures::stream::unfold(rx, |mut rx| async move {
         let record = rx.recv().await?;
         let mut line = serde_json::to_vec(&record).unwrap_or_default();

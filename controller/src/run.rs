@@ -11,7 +11,7 @@
 //! daemon killed mid-run left behind ([`sweep`]). Any daemon may run one, leader or not: it
 //! changes nothing the controller owns.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -98,17 +98,7 @@ async fn run(
             return error(StatusCode::INTERNAL_SERVER_ERROR, why, vec![]).into_response();
         }
     }
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        let record = rx.recv().await?;
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        Some((Ok::<_, std::convert::Infallible>(line), rx))
-    });
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
-        Body::from_stream(body),
-    )
-        .into_response()
+    crate::logs::ndjson(rx)
 }
 
 /// The body, or a 400 naming the field.
