@@ -29,6 +29,8 @@
 //!   [`listen`]: its Unix socket, TCP and TLS listeners;
 //!   [`daemon`]: `capstan serve`.
 //! - [`files`]: secrets and configs written on the host for the replicas to bind-mount.
+//! - [`logs`] and [`run`]: the replicas' output, and one-off containers (`capstan run`),
+//!   streamed as NDJSON by any daemon, leader or not; [`build`]: `build:` contexts.
 //! - [`seal`]: secret values encrypted at rest (the key file, AES-256-GCM, key ids).
 
 pub mod audit;
