@@ -58,20 +58,21 @@ pub struct ClientCert {
 
 impl ClientCert {
     pub fn of(der: &[u8]) -> ClientCert {
-        let parsed = x509_parser::parse_x509_certificate(der).ok();
-        let subject = parsed.as_ref().map(|(_, c)| c.subject());
-        let strings = |attrs: Vec<&x509_parser::x509::AttributeTypeAndValue>| -> Vec<String> {
-            attrs
-                .into_iter()
-                .filter_map(|a| a.as_str().ok().map(str::to_string))
-                .collect()
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return ClientCert {
+                name: None,
+                role: None,
+            };
         };
-        let names = subject.map_or(vec![], |s| strings(s.iter_common_name().collect()));
-        let orgs = subject.map_or(vec![], |s| strings(s.iter_organization().collect()));
-        ClientCert {
-            name: names.into_iter().next(),
-            role: orgs.iter().filter_map(|o| Role::parse(o)).max(),
-        }
+        let subject = cert.subject();
+        let name = (subject.iter_common_name())
+            .find_map(|a| a.as_str().ok())
+            .map(str::to_string);
+        let role = (subject.iter_organization())
+            .filter_map(|a| a.as_str().ok())
+            .filter_map(Role::parse)
+            .max();
+        ClientCert { name, role }
     }
 }
 
@@ -153,7 +154,7 @@ pub fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -25,6 +25,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use crate::reconcile::error::ReconcileError;
 use crate::reconcile::shape;
 use crate::runtime::{ContainerPlan, LogOptions, Runtime, RuntimeError};
 use crate::server::ApiState;
@@ -126,15 +127,9 @@ fn request(body: &[u8]) -> Result<RunRequest, Refusal> {
 fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
     let mut plan = shape::container(stack, service, 1);
     let mut suffix = [0u8; 6];
-    // Without randomness the clock's nanoseconds still make the name unique enough.
-    if getrandom::fill(&mut suffix).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        suffix.copy_from_slice(&nanos.to_le_bytes()[..6]);
-    }
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    // Should the kernel give no randomness, a second run at once meets a name conflict.
+    let _ = getrandom::fill(&mut suffix);
+    let suffix = crate::auth::hex(&suffix);
     let name = format!("{}-{}-run-{suffix}", stack.name, service.name);
     if plan.hostname == plan.name {
         plan.hostname = name.clone();
@@ -164,6 +159,17 @@ fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
     plan
 }
 
+/// A failure a person must act on is a conflict; the engine's own, a bad gateway.
+fn status_of(e: &RuntimeError) -> StatusCode {
+    match e {
+        RuntimeError::ImageNotFound(_)
+        | RuntimeError::ExternalMissing { .. }
+        | RuntimeError::NotOwned { .. }
+        | RuntimeError::NameConflict { .. } => StatusCode::CONFLICT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
 /// Makes the service's networks and volumes if missing, then creates and starts the
 /// one-off; on any failure nothing is left behind and the answer says why.
 async fn start(
@@ -172,21 +178,13 @@ async fn start(
     service: &Service,
     plan: &ContainerPlan,
 ) -> Result<String, Refusal> {
-    let failed = |what: &str, e: RuntimeError| {
+    let failed = |what: &str, e: &RuntimeError| error(status_of(e), format!("{what}: {e}"), vec![]);
+    if let Err(e) = crate::reconcile::stack::ensure_resources(runtime, stack, &[service]).await {
         let status = match &e {
-            RuntimeError::ImageNotFound(_)
-            | RuntimeError::ExternalMissing { .. }
-            | RuntimeError::NotOwned { .. }
-            | RuntimeError::NameConflict { .. } => StatusCode::CONFLICT,
+            ReconcileError::Resource { source, .. } => status_of(source),
             _ => StatusCode::BAD_GATEWAY,
         };
-        error(status, format!("{what}: {e}"), vec![])
-    };
-    for net in shape::networks(stack, &[service]) {
-        (runtime.ensure_network(&net).await).map_err(|e| failed("preparing the network", e))?;
-    }
-    for vol in shape::volumes(stack, &[service]) {
-        (runtime.ensure_volume(&vol).await).map_err(|e| failed("preparing the volume", e))?;
+        return Err(error(status, e.to_string(), vec![]));
     }
     match runtime.has_image(&plan.image).await {
         Ok(true) => {}
@@ -197,12 +195,12 @@ async fn start(
             );
             return Err(error(StatusCode::CONFLICT, why, vec![]));
         }
-        Err(e) => return Err(failed("looking for the image", e)),
+        Err(e) => return Err(failed("looking for the image", &e)),
     }
-    let id = (runtime.create(plan).await).map_err(|e| failed("creating the container", e))?;
+    let id = (runtime.create(plan).await).map_err(|e| failed("creating the container", &e))?;
     if let Err(e) = runtime.start(&id).await {
         let _ = runtime.remove(&id, std::time::Duration::ZERO).await;
-        return Err(failed("starting the container", e));
+        return Err(failed("starting the container", &e));
     }
     Ok(id)
 }

@@ -627,6 +627,24 @@ impl Daemon {
             && s["observedGeneration"] == s["generation"]
     }
 
+    /// Waits (up to a minute) until a condition of the service has reason `reason` and a
+    /// message containing `words`.
+    pub fn wait_for_reason(&self, stack: &str, name: &str, reason: &str, words: &str) {
+        wait_until(
+            Duration::from_secs(60),
+            &format!("a {reason} condition saying {words:?}"),
+            || {
+                let svc = self.service(stack, name);
+                svc["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter().any(|c| {
+                        c["reason"] == reason
+                            && c["message"].as_str().is_some_and(|m| m.contains(words))
+                    })
+                })
+            },
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
     }

@@ -10,7 +10,7 @@
 
 use capstan_e2e::*;
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// (what, Compose file, the field the refusal names, the policy rule).
 const HOST_OWNING: &[(&str, &str, &str, &str)] = &[
@@ -203,16 +203,6 @@ fn a_bind_path_made_a_symlink_to_root_after_apply_is_refused_when_the_replica_is
     std::fs::remove_dir(&data).unwrap();
     std::os::unix::fs::symlink("/", &data).unwrap();
     docker(&["rm", "-f", &s.replica("web", 1)]);
-    wait_until(Duration::from_secs(60), "a BindRefused condition", || {
-        let svc = d.service(&s.name, "web");
-        svc["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c["reason"] == "BindRefused"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("now resolves to /,"))
-            })
-        })
-    });
+    d.wait_for_reason(&s.name, "web", "BindRefused", "now resolves to /,");
     assert!(s.containers().is_empty(), "no replica bound to /");
 }

@@ -285,17 +285,12 @@ fn an_option_newer_than_the_engine_is_reported_by_name_not_dropped() {
         });
         return;
     }
-    wait_until(CONVERGE, "a Degraded condition naming annotations", || {
-        let svc = d.service(&s.name, "web");
-        svc["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c["type"] == "Degraded"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains("`annotations` needs Docker API 1.43"))
-            })
-        })
-    });
+    d.wait_for_reason(
+        &s.name,
+        "web",
+        "EngineError",
+        "`annotations` needs Docker API 1.43",
+    );
     assert!(s.containers().is_empty(), "nothing half-made is left");
 }
 

@@ -364,19 +364,32 @@ fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes
     let before = replica_ids(s, 1);
     let load = LoadLoop::start(&format!("http://127.0.0.1:{port}/"));
 
-    d.apply(s, &yaml(IMAGE_V2));
-    wait_until(CONVERGE, "web to converge on the new image", || {
-        d.converged(&s.name, "web", 1)
-    });
+    d.apply_nowait(s, &yaml(IMAGE_V2));
+    // Watch the engine while it rolls: the successor runs next to the replica, and the
+    // replica never stops serving before the successor does.
+    let (replica, next) = (s.replica("web", 1), format!("{}-next", s.replica("web", 1)));
+    let (mut successor, mut fewest) = (None, 1);
+    while !rolled_out(d, s, 1) {
+        if let Some((_, id, _)) = s.containers().into_iter().find(|c| c.0 == next) {
+            successor = Some(id);
+        }
+        fewest = fewest.min(serving(s));
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let samples = load.finish();
     println!(
         "{} requests during a start-first update of one replica",
         samples.len()
     );
     assert_every_request_answered(&samples);
-    let replica = s.replica("web", 1);
-    let names: Vec<String> = s.containers().into_iter().map(|c| c.0).collect();
-    assert_eq!(names, vec![replica.clone()], "the successor took the name");
+    assert_eq!(fewest, 1, "a healthy container served throughout");
+    let successor = successor.expect("a successor ran next to the replica");
+    let names: Vec<(String, String)> = (s.containers().into_iter()).map(|c| (c.0, c.1)).collect();
+    assert_eq!(
+        names,
+        vec![(replica.clone(), successor)],
+        "the successor itself took the name"
+    );
     assert_eq!(inspect(&replica, "{{.Config.Image}}"), IMAGE_V2);
     assert_eq!(inspect(&replica, "{{.Config.Hostname}}"), replica);
     assert_ne!(replica_ids(s, 1), before);

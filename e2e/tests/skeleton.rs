@@ -192,18 +192,7 @@ fn a_network_another_stack_made_under_this_stacks_name_is_never_joined() {
     docker(&["network", "create", "--label", &owner, &net]);
 
     d.apply_nowait(s, &web(1));
-    wait_until(CONVERGE, "a NotOwned condition naming the owner", || {
-        let svc = d.service(&s.name, "web");
-        svc["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c["type"] == "Degraded"
-                    && c["reason"] == "NotOwned"
-                    && c["message"]
-                        .as_str()
-                        .is_some_and(|m| m.contains(&other.name))
-            })
-        })
-    });
+    d.wait_for_reason(&s.name, "web", "NotOwned", &other.name);
     assert!(s.containers().is_empty(), "no replica was made on it");
     assert_eq!(
         inspect(&net, "{{index .Labels \"capstan.stack\"}}"),

@@ -256,7 +256,7 @@ async fn execute(
         || !plan.surge.is_empty()
         || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
     if needs_create {
-        if let Err(e) = stack::ensure_resources(ctx, &obs.stack, &[service]).await {
+        if let Err(e) = stack::ensure_resources(&*ctx.runtime, &obs.stack, &[service]).await {
             // The replicas that run keep running; the status says why the others wait.
             return match e.blocked_reason() {
                 Some(reason) => Ok(blocked(plan, reason, &e.to_string())),

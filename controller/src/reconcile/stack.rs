@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::{act, shape, Action, Context, ReconcileError};
 use crate::key::ObjectKey;
-use crate::runtime::{Observed, ResourcePlan, RuntimeError};
+use crate::runtime::{Observed, ResourcePlan, Runtime, RuntimeError};
 
 pub async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
     let Some(stack) = ctx.desired.stack(name) else {
@@ -62,19 +62,19 @@ pub async fn take_down_service(
 
 /// Creates the networks and named volumes `services` use (idempotent); returns the networks.
 pub async fn ensure_resources(
-    ctx: &Context,
+    runtime: &dyn Runtime,
     stack: &Stack,
     services: &[&Service],
 ) -> Result<Vec<ResourcePlan>, ReconcileError> {
     let networks = shape::networks(stack, services);
     for net in &networks {
-        ctx.runtime
+        runtime
             .ensure_network(net)
             .await
             .map_err(resource("network", net.name.clone()))?;
     }
     for vol in shape::volumes(stack, services) {
-        ctx.runtime
+        runtime
             .ensure_volume(&vol)
             .await
             .map_err(resource("volume", vol.name.clone()))?;
@@ -147,7 +147,7 @@ async fn ensure_stack_resources(stack: &Stack, ctx: &Context) -> Result<Action, 
         .filter_map(|s| ctx.desired.service(&stack.name, s))
         .collect();
     let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
-    let wanted = ensure_resources(ctx, stack, &refs).await?;
+    let wanted = ensure_resources(&*ctx.runtime, stack, &refs).await?;
     let mut action = Action::AwaitChange;
     let networks = ctx.runtime.stack_networks(&stack.name).await;
     for net in networks.map_err(resource("network", stack.name.clone()))? {

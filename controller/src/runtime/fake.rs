@@ -1369,32 +1369,19 @@ mod tests {
     use super::*;
 
     fn plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
-        ContainerPlan {
-            name: names::container(stack, service, n),
-            hostname: String::new(),
-            image: "web:1".into(),
-            command: None,
-            entrypoint: None,
-            env: vec![],
-            labels: BTreeMap::from([
-                (names::STACK.to_string(), stack.to_string()),
-                (names::SERVICE.to_string(), service.to_string()),
-                (names::REPLICA.to_string(), n.to_string()),
-                (names::SPEC_HASH.to_string(), "h".to_string()),
-            ]),
-            networks: vec![(format!("{stack}_default"), vec![service.to_string()])],
-            ports: vec![],
-            mounts: vec![Mount::Volume {
-                name: format!("{stack}_data"),
-                target: "/d".into(),
-                read_only: false,
-                options: Default::default(),
-            }],
-            healthcheck: None,
-            stop_grace: Duration::from_secs(1),
-            addresses: Default::default(),
+        let mut plan = replica_plan(stack, service, n);
+        plan.image = "web:1".into();
+        plan.labels
+            .insert(names::SPEC_HASH.to_string(), "h".to_string());
+        plan.networks = vec![(format!("{stack}_default"), vec![service.to_string()])];
+        plan.mounts = vec![Mount::Volume {
+            name: format!("{stack}_data"),
+            target: "/d".into(),
+            read_only: false,
             options: Default::default(),
-        }
+        }];
+        plan.stop_grace = Duration::from_secs(1);
+        plan
     }
 
     fn net(stack: &str) -> ResourcePlan {
