@@ -11,6 +11,9 @@ pub const SERVICE: &str = "capstan.service";
 pub const REPLICA: &str = "capstan.replica";
 /// Hash of the container-affecting parts of the service spec; a mismatch means outdated.
 pub const SPEC_HASH: &str = "capstan.spec-hash";
+/// On a sidecar's replica: the partner containers it was made with (`SERVICE=ID,...`), so
+/// that a replaced partner has its sidecar made anew.
+pub const PARTNERS: &str = "capstan.partners";
 /// The Compose-level name of a network or volume (`frontend`, `db_data`).
 pub const RESOURCE: &str = "capstan.resource";
 /// The stack of a one-off container (`capstan run`). Not [`STACK`]: the reconciler, the

@@ -220,6 +220,11 @@ pub enum HealCause {
     Removed,
     /// A `depends_on` dependency declared with `restart: true` was restarted.
     DependencyRestarted,
+    /// A sidecar's partner replica started again: the sidecar joins its new network
+    /// namespace.
+    PartnerRestarted,
+    /// A sidecar's partner replica was replaced: the sidecar is made anew beside it.
+    PartnerReplaced,
 }
 
 impl HealAction {
@@ -240,6 +245,8 @@ impl HealCause {
             HealCause::Oom => "oom",
             HealCause::Removed => "removed",
             HealCause::DependencyRestarted => "dependency-restarted",
+            HealCause::PartnerRestarted => "partner-restarted",
+            HealCause::PartnerReplaced => "partner-replaced",
         }
     }
 }
@@ -281,6 +288,8 @@ pub enum Reason {
     RollbackInProgress,
     WaitingForReady,
     WaitingForDependencies,
+    /// A sidecar's replica waits for its partner's replica to run.
+    WaitingForPartner,
     /// The service's image is being pulled before its replicas are created.
     PullingImage,
     // Degraded
@@ -327,6 +336,7 @@ impl Reason {
             Reason::RollbackInProgress => "RollbackInProgress",
             Reason::WaitingForReady => "WaitingForReady",
             Reason::WaitingForDependencies => "WaitingForDependencies",
+            Reason::WaitingForPartner => "WaitingForPartner",
             Reason::AsExpected => "AsExpected",
             Reason::DependencyFailed => "DependencyFailed",
             Reason::CrashLoopBackOff => "CrashLoopBackOff",

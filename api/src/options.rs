@@ -97,6 +97,9 @@ pub struct ContainerOptions {
     pub annotations: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<NetworkMode>,
+    /// `volumes_from`: every volume of a partner's replica, mounted here too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes_from: Vec<VolumesFrom>,
 }
 
 impl ContainerOptions {
@@ -130,19 +133,70 @@ pub struct Device {
     pub permissions: String,
 }
 
-/// `network_mode`: the container shares the host's network stack, or has none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `network_mode`: the container shares the host's network stack, has none, or shares the
+/// network namespace of a partner's replica (a sidecar: `service:NAME`, `container:NAME`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     Host,
     None,
+    /// `service:NAME`, or `container:NAME` naming a container capstan makes for the stack.
+    Partner(Partner),
 }
 
 impl NetworkMode {
-    pub fn as_str(&self) -> &'static str {
+    /// As written in a Compose file.
+    pub fn describe(&self) -> String {
         match self {
-            NetworkMode::Host => "host",
-            NetworkMode::None => "none",
+            NetworkMode::Host => "host".into(),
+            NetworkMode::None => "none".into(),
+            NetworkMode::Partner(p) => p.describe(),
         }
     }
+
+    pub fn partner(&self) -> Option<&Partner> {
+        match self {
+            NetworkMode::Partner(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// The replica a sidecar's replica pairs with: it shares that replica's network namespace
+/// (`network_mode`) or mounts its volumes (`volumes_from`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Partner {
+    /// The partner service, of the same stack.
+    pub service: String,
+    /// `container:STACK-web-2`: every replica pairs with this one replica. Unset: replica n
+    /// pairs with the partner's replica n, and the sidecar has as many replicas as it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    /// `container:NAME` as written, when the file named a container rather than a service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+impl Partner {
+    pub fn describe(&self) -> String {
+        match &self.container {
+            Some(name) => format!("container:{name}"),
+            None => format!("service:{}", self.service),
+        }
+    }
+
+    /// The partner's ordinal that replica `ordinal` of the sidecar pairs with.
+    pub fn ordinal_for(&self, ordinal: u32) -> u32 {
+        self.replica.unwrap_or(ordinal)
+    }
+}
+
+/// One `volumes_from` entry: `SERVICE[:ro|:rw]` or `container:NAME[:ro|:rw]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumesFrom {
+    pub partner: Partner,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }

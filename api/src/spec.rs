@@ -607,6 +607,13 @@ impl ServiceSpec {
     /// address, a host port) nor write the same files (a read-write named volume that is not
     /// declared shared, a per-replica volume, a read-write host path). `volumes`: the stack's.
     pub fn surge_blocker(&self, volumes: &BTreeMap<String, VolumeSpec>) -> Option<String> {
+        if let Some(p) = self.partners().next() {
+            return Some(format!(
+                "each replica is paired with a replica of {} ({})",
+                p.service,
+                p.describe()
+            ));
+        }
         if let Some(name) = &self.options.container_name {
             return Some(format!("`container_name: {name}` names one container"));
         }
@@ -635,6 +642,29 @@ impl ServiceSpec {
                 _ => None,
             }
         })
+    }
+
+    /// The replicas this service's replicas pair with, if it is a sidecar: the network's
+    /// partner first (`network_mode: service:`), then those of `volumes_from`.
+    pub fn partners(&self) -> impl Iterator<Item = &Partner> {
+        let network = (self.options.network_mode.as_ref()).and_then(NetworkMode::partner);
+        network
+            .into_iter()
+            .chain(self.options.volumes_from.iter().map(|v| &v.partner))
+    }
+
+    /// The partner a sidecar follows in its replica count: its first partner paired
+    /// replica by replica. `None` for a service that keeps a count of its own.
+    pub fn lead_partner(&self) -> Option<&Partner> {
+        self.partners().find(|p| p.replica.is_none())
+    }
+
+    /// How many replicas the service runs: a sidecar as many as its lead partner
+    /// (`replicas_of` looks a service of the stack up), any other service its own count.
+    pub fn desired_replicas(&self, replicas_of: impl Fn(&str) -> Option<u32>) -> u32 {
+        (self.lead_partner())
+            .and_then(|p| replicas_of(&p.service))
+            .unwrap_or(self.replicas)
     }
 
     /// Options that name one container (`container_name`, a fixed address) allow one

@@ -33,7 +33,6 @@ const SERVICE_OPTIONS: &[&str] = &[
     "use_api_socket",
     "userns_mode",
     "uts",
-    "volumes_from",
     "models",
     "label_file",
 ];

@@ -39,6 +39,7 @@ mod pull;
 pub mod resolve;
 mod secrets;
 mod services;
+mod sidecars;
 mod sources;
 mod stack;
 mod values;
@@ -110,6 +111,9 @@ struct Parser {
     errors: Vec<FieldError>,
     /// `links` of every service, applied when the whole stack is read.
     links: Vec<Link>,
+    /// Services that gave a replica count of their own, and the field that did (a sidecar's
+    /// must agree with its partner's).
+    counted: std::collections::BTreeMap<String, String>,
 }
 
 /// One `links` entry: `service` links `target`, seen by it as `alias`.

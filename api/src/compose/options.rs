@@ -48,6 +48,7 @@ pub(super) const OPTION_KEYS: &[&str] = &[
     "runtime",
     "annotations",
     "network_mode",
+    "volumes_from",
 ];
 
 impl Parser {
@@ -94,6 +95,7 @@ impl Parser {
             "cpu_shares" => o.cpu_shares = self.integer(field, v, 0, i64::MAX),
             "oom_score_adj" => o.oom_score_adj = self.integer(field, v, -1000, 1000),
             "network_mode" => o.network_mode = self.network_mode(field, v),
+            "volumes_from" => o.volumes_from = self.volumes_from(field, v),
             _ => unreachable!("{key} is in OPTION_KEYS"),
         }
     }
@@ -365,18 +367,62 @@ impl Parser {
                 self.err(path, "\"bridge\" and \"default\" would leave the stack's networks: leave `network_mode` out to join the stack's default network");
                 None
             }
-            other if other.starts_with("service:") || other.starts_with("container:") => {
-                self.err(path, format!("{other:?}: sharing another container's network (sidecars) is not supported yet; use host or none"));
-                None
-            }
-            other => {
-                self.err(
-                    path,
-                    format!("{other:?} is not a network mode capstan supports: host or none"),
-                );
-                None
+            other => match partner(other) {
+                Some(p) => Some(NetworkMode::Partner(p)),
+                None => {
+                    self.err(path, format!("{other:?} is not a network mode capstan supports: host, none, service:NAME or container:NAME"));
+                    None
+                }
+            },
+        }
+    }
+
+    /// `[SERVICE, "SERVICE:ro", "container:NAME:rw"]`; the partners are resolved once every
+    /// service is read.
+    fn volumes_from(&mut self, path: &str, v: &Value) -> Vec<VolumesFrom> {
+        let mut out = vec![];
+        for (i, entry) in self.strings(path, v).into_iter().enumerate() {
+            let (target, mode) = match entry.rsplit_once(':') {
+                Some((t, m)) if m == "ro" || m == "rw" => (t, m),
+                _ => (entry.as_str(), "rw"),
+            };
+            let target = if target.contains(':') {
+                partner(target)
+            } else {
+                partner(&format!("service:{target}"))
+            };
+            match target {
+                Some(partner) => out.push(VolumesFrom {
+                    partner,
+                    read_only: mode == "ro",
+                }),
+                None => self.err(
+                    format!("{path}[{i}]"),
+                    format!("{entry:?} is not SERVICE[:ro|:rw] or container:NAME[:ro|:rw]"),
+                ),
             }
         }
+        out
+    }
+}
+
+/// `service:NAME` or `container:NAME`, not yet resolved (a container's service is found once
+/// every service is read).
+fn partner(text: &str) -> Option<Partner> {
+    let (kind, name) = text.split_once(':')?;
+    if name.is_empty() || name.contains(':') {
+        return None;
+    }
+    match kind {
+        "service" => Some(Partner {
+            service: name.into(),
+            ..Default::default()
+        }),
+        "container" => Some(Partner {
+            container: Some(name.into()),
+            ..Default::default()
+        }),
+        _ => None,
     }
 }
 

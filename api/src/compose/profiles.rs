@@ -78,6 +78,9 @@ fn references(svc: &Value) -> Vec<(String, String)> {
         if let Some(Value::Sequence(items)) = svc.get(key) {
             for (i, item) in items.iter().enumerate() {
                 let text = item.scalar_text().unwrap_or_default();
+                if text.starts_with("container:") {
+                    continue; // a container, not a service of the file
+                }
                 let target = text.split(':').next().unwrap_or_default();
                 let target = target.strip_prefix("service:").unwrap_or(target);
                 out.push((format!("{key}[{i}]"), target.to_string()));

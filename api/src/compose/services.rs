@@ -87,8 +87,11 @@ impl Parser {
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
-        if let Some((_, n)) = replicas_from {
-            s.replicas = n;
+        if let Some((field, n)) = &replicas_from {
+            s.replicas = *n;
+            let name = path.trim_start_matches("services.").to_string();
+            let field = field.trim_start_matches(path).trim_start_matches('.');
+            self.counted.insert(name, field.to_string());
         }
         self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
         match image {
@@ -138,33 +141,54 @@ impl Parser {
         }
     }
 
-    /// `network_mode: host | none` leaves the stack's networks: no `networks`, no `ports`.
+    /// `network_mode` leaves the stack's networks: no `networks`, no `ports`; a sidecar's
+    /// name, DNS and exposed ports are its partner's.
     fn check_network_mode(&mut self, path: &str, s: &ServiceSpec, networks_given: bool) {
-        let Some(mode) = s.options.network_mode else {
+        let Some(mode) = &s.options.network_mode else {
             return;
         };
+        let mode = mode.describe();
         if networks_given {
             self.err(
                 format!("{path}.network_mode"),
-                format!(
-                    "network_mode {} and `networks` exclude each other",
-                    mode.as_str()
-                ),
+                format!("network_mode {mode} and `networks` exclude each other"),
             );
         }
         if !s.ports.is_empty() {
             self.err(
                 format!("{path}.ports"),
-                format!(
-                    "with network_mode {} there is nothing to publish on; remove `ports`",
-                    mode.as_str()
-                ),
+                format!("with network_mode {mode} there is nothing to publish on; remove `ports`"),
             );
         }
-        if s.options.hostname.is_some() && mode == NetworkMode::Host {
+        if s.options.hostname.is_some() && mode == "host" {
             self.err(
                 format!("{path}.hostname"),
                 "a container on the host's network has the host's name; the engine refuses `hostname` with network_mode host",
+            );
+        }
+        let Some(partner) = s
+            .options
+            .network_mode
+            .as_ref()
+            .and_then(NetworkMode::partner)
+        else {
+            return;
+        };
+        let o = &s.options;
+        let given = [
+            ("hostname", o.hostname.is_some()),
+            ("domainname", o.domainname.is_some()),
+            ("mac_address", o.mac_address.is_some()),
+            ("dns", !o.dns.is_empty()),
+            ("dns_search", !o.dns_search.is_empty()),
+            ("dns_opt", !o.dns_opt.is_empty()),
+            ("extra_hosts", !o.extra_hosts.is_empty()),
+            ("expose", !o.expose.is_empty()),
+        ];
+        for (key, _) in given.into_iter().filter(|(_, set)| *set) {
+            self.err(
+                format!("{path}.{key}"),
+                format!("with network_mode {mode} the network namespace, and its `{key}`, are {}'s; set it there", partner.describe()),
             );
         }
     }
