@@ -68,6 +68,9 @@ async fn run(
     }
     let mut plan = oneoff(&stack, &service, &req);
     plan.mounts.extend(st.files.binds(&service));
+    if let Err(refusal) = pair(&st, &stack, &service, &mut plan).await {
+        return refusal.into_response();
+    }
     // The container's life is a task of its own: were this handler dropped (its client
     // gone) between the create and the stream, the task still removes the container.
     let (tx, rx) = mpsc::channel::<RunRecord>(256);
@@ -100,6 +103,31 @@ async fn run(
         }
     }
     crate::logs::ndjson(rx)
+}
+
+/// A sidecar's one-off joins its partners' first replica, as `docker compose run` joins
+/// the partner's first container; a 409 while that replica cannot take it.
+async fn pair(
+    st: &ApiState,
+    stack: &Stack,
+    service: &Service,
+    plan: &mut ContainerPlan,
+) -> Result<(), Refusal> {
+    if service.spec.partners().next().is_none() {
+        return Ok(());
+    }
+    let pairing = crate::reconcile::pairing::for_run(&*st.runtime, &st.desired, stack, service)
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![]))?;
+    if let Some(why) = pairing.waits(&stack.name, 1) {
+        let why = format!(
+            "{} is a sidecar, and its one-off waits for {why}",
+            service.name
+        );
+        return Err(error(StatusCode::CONFLICT, why, vec![]));
+    }
+    pairing.attach(plan, 1);
+    Ok(())
 }
 
 /// The body, or a 400 naming the field.

@@ -140,6 +140,8 @@ async fn containers_of_a_stack_etcd_does_not_know_are_left_alone() {
         stop_grace: Duration::from_secs(10),
         addresses: Default::default(),
         options: Default::default(),
+        join: None,
+        volumes_from: vec![],
     };
     let id = f.fake.create(&plan).await.unwrap();
     f.fake.start(&id).await.unwrap();

@@ -669,6 +669,7 @@ mod tests {
             created: 0,
             addresses: Default::default(),
             published: Default::default(),
+            partners: None,
         }
     }
 

@@ -381,17 +381,29 @@ async fn heal_job(
     } else {
         reason
     };
-    let message = match (c.state, &detail.health_output) {
-        (State::Exited { code }, _) => format!("exited with code {code}"),
-        (_, Some(out)) => format!("health check failed: {out}"),
+    let message = match (reason, c.state, &detail.health_output) {
+        (HealCause::PartnerRestarted, ..) => {
+            "its partner started again: it joins the partner's new network namespace".into()
+        }
+        (HealCause::PartnerReplaced, ..) => {
+            "its partner was replaced: it is made anew beside the new one".into()
+        }
+        (_, State::Exited { code }, _) => format!("exited with code {code}"),
+        (_, _, Some(out)) => format!("health check failed: {out}"),
         _ => "health check failed".to_string(),
     };
-    ctx.restarts.record(
-        &service.stack,
-        &service.name,
-        n,
-        &super::backoff::Timing::of(&service.spec),
-    );
+    // Following a partner is not a failure of the sidecar's own: no crash-loop back-off.
+    if !matches!(
+        reason,
+        HealCause::PartnerRestarted | HealCause::PartnerReplaced
+    ) {
+        ctx.restarts.record(
+            &service.stack,
+            &service.name,
+            n,
+            &super::backoff::Timing::of(&service.spec),
+        );
+    }
     tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, reason = reason.as_str(), action = action.as_str(), "{message}");
     let result = match action {
         HealAction::Start => ctx.runtime.start(&c.id).await,
@@ -499,6 +511,9 @@ async fn create_and_start(
         plan.name = (service.spec).successor_name(&service.stack, &service.name, ordinal);
     }
     plan.mounts.extend(ctx.files.binds(&obs.service));
+    if let Some(pairing) = &obs.pairing {
+        pairing.attach(&mut plan, ordinal);
+    }
     let id = ctx.runtime.create(&plan).await?;
     if let Err(e) = ctx.runtime.start(&id).await {
         // A replica that cannot start is removed rather than left half-made.

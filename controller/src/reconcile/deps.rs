@@ -132,6 +132,7 @@ mod tests {
             created: 0,
             addresses: Default::default(),
             published: Default::default(),
+            partners: None,
         }
     }
 

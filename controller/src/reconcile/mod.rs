@@ -24,6 +24,7 @@ pub mod deps;
 pub mod drift;
 pub mod error;
 pub mod observe;
+pub mod pairing;
 pub mod plan;
 pub mod pull;
 pub mod report;
@@ -237,17 +238,19 @@ fn plan_for(ctx: &Context, stack: &str, name: &str, obs: &observe::Observation) 
     let history = ctx
         .restarts
         .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
-    plan::plan(
+    let spec = &obs.service.spec;
+    let mut plan = plan::plan(
         stack,
         name,
-        &obs.service.spec,
+        spec,
         &obs.containers,
         &history,
-        (
-            obs.gate.is_open(),
-            (obs.service.spec).surge_blocker(&obs.stack.volumes),
-        ),
-    )
+        (obs.gate.is_open(), spec.surge_blocker(&obs.stack.volumes)),
+    );
+    if let Some(pairing) = &obs.pairing {
+        pairing.refine(stack, spec.replicas, &mut plan, &obs.containers);
+    }
+    plan
 }
 
 /// While etcd is unreachable: restart the replicas of what the last synced cache says that

@@ -19,6 +19,8 @@ pub struct Observation {
     pub previous: Option<Arc<ServiceStatus>>,
     /// Whether `depends_on` lets replicas be created and started.
     pub gate: Gate,
+    /// A sidecar's partners' replicas (`network_mode: service:`, `volumes_from`).
+    pub pairing: Option<super::pairing::Pairing>,
     /// When the reconcile began, for the endpoint-latency metric.
     pub started: Instant,
 }
@@ -69,12 +71,18 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
     ctx.restarts.saw(stack_name, name, &containers);
     let gate = dependency_gate(ctx, &stack, &service).await?;
     let previous = ctx.scratch.last_status(&ctx.desired, stack_name, name);
+    let pairing = super::pairing::observe(ctx, &stack, &service, &containers).await?;
+    let service = match &pairing {
+        Some(p) => p.follow(&service),
+        None => service,
+    };
     Ok(Seen::Present(Observation {
         stack,
         service,
         containers,
         previous,
         gate,
+        pairing,
         started,
     }))
 }
@@ -113,12 +121,15 @@ async fn dependency_gate(
     Ok(deps::gate(&service.spec, &views))
 }
 
-/// The services of `stack` that depend on `name`.
+/// The services of `stack` that depend on `name`, or pair with it as its sidecars.
 pub fn dependents(ctx: &Context, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
+    let depends = |svc: &Service| {
+        svc.spec.depends_on.contains_key(name) || svc.spec.partners().any(|p| p.service == name)
+    };
     stack
         .services
         .iter()
         .filter_map(|s| ctx.desired.service(&stack.name, s))
-        .filter(|svc| svc.spec.depends_on.contains_key(name))
+        .filter(|svc| depends(svc))
         .collect()
 }

@@ -56,6 +56,8 @@ pub struct Plan {
     pub rollback: Option<String>,
     /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
     pub rollout_wait: Option<Duration>,
+    /// A sidecar's replicas that wait for their partner's: ordinal → what they wait for.
+    pub unpaired: BTreeMap<u32, String>,
 }
 
 impl Plan {
@@ -409,6 +411,7 @@ mod tests {
             created: 0,
             addresses: Default::default(),
             published: Default::default(),
+            partners: None,
         }
     }
 

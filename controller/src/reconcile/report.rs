@@ -19,9 +19,12 @@ pub async fn report(
     ctx: &Context,
     obs: &Observation,
     plan: &Plan,
-    outcome: Outcome,
+    mut outcome: Outcome,
 ) -> Result<Action, ReconcileError> {
     let service = &obs.service;
+    if let Some(pairing) = &obs.pairing {
+        pairing.hold_readiness(&mut outcome.containers);
+    }
     let (stack, name) = (service.stack.as_str(), service.name.as_str());
     if obs
         .previous

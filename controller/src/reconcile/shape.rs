@@ -64,9 +64,10 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
             host_port: p.host_port_for(ordinal),
         })
         .collect();
-    // On the host's network the container has the host's name; the engine refuses another.
-    let hostname = match (&spec.options.hostname, spec.options.network_mode) {
-        (_, Some(NetworkMode::Host)) => String::new(),
+    // On the host's network the container has the host's name, and a sidecar its partner's;
+    // the engine refuses another.
+    let hostname = match (&spec.options.hostname, &spec.options.network_mode) {
+        (_, Some(NetworkMode::Host | NetworkMode::Partner(_))) => String::new(),
         (Some(h), _) => h.clone(),
         (None, _) => name.clone(),
     };
@@ -94,6 +95,8 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
         stop_grace: grace(svc),
         addresses,
         options: spec.options.clone(),
+        join: None,
+        volumes_from: vec![],
     }
 }
 

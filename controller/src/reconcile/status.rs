@@ -111,9 +111,10 @@ impl Counts {
 pub fn compute(i: Inputs) -> ServiceStatus {
     let counts = Counts::of(&i);
     let degraded = degraded(&i);
+    let gate = &paired_gate(i.gate, i.plan);
     let mut conditions = vec![
-        ready_condition(&counts, degraded.as_ref(), i.gate),
-        progressing_condition(&counts, i.gate, i.plan, i.service.rolled_back.is_some()),
+        ready_condition(&counts, degraded.as_ref(), gate),
+        progressing_condition(&counts, gate, i.plan, i.service.rolled_back.is_some()),
         match &degraded {
             None => Condition::new(
                 ConditionType::Degraded,
@@ -151,6 +152,23 @@ pub fn compute(i: Inputs) -> ServiceStatus {
         conditions,
         replica_states,
         recent_events,
+    }
+}
+
+/// A sidecar whose replicas wait for their partners' reads as a closed gate.
+fn paired_gate(gate: &Gate, plan: &Plan) -> Gate {
+    match plan.unpaired.iter().next() {
+        Some((n, why)) if gate.is_open() => Gate::Closed {
+            reason: Reason::WaitingForPartner,
+            message: format!(
+                "replica {n} waits for {why}{}",
+                match plan.unpaired.len() {
+                    1 => String::new(),
+                    more => format!(" (and {} more replicas wait for theirs)", more - 1),
+                }
+            ),
+        },
+        _ => gate.clone(),
     }
 }
 
@@ -437,6 +455,7 @@ mod tests {
             created: 0,
             addresses: Default::default(),
             published: Default::default(),
+            partners: None,
         }
     }
 

@@ -12,7 +12,7 @@ use bollard::models::{
     NetworkCreateRequest, NetworkingConfig, PortBinding as DockerPortBinding, ResourcesUlimits,
     RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
-use capstan_api::spec::ContainerOptions;
+use capstan_api::spec::{ContainerOptions, NetworkMode};
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Addresses, ContainerPlan, Mount, MountOptions, ResourcePlan, RuntimeError};
@@ -121,10 +121,16 @@ fn map(v: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
 fn host_config(plan: &ContainerPlan) -> HostConfig {
     let o = &plan.options;
     let mut host = resources(o);
-    host.network_mode = match o.network_mode {
-        Some(mode) => Some(mode.as_str().to_string()),
+    host.network_mode = match &o.network_mode {
+        // The partner's replica is resolved by the reconciler; without one (never made so),
+        // no network rather than the engine's default bridge.
+        Some(NetworkMode::Partner(_)) => {
+            Some((plan.join.as_ref()).map_or_else(|| "none".into(), |id| format!("container:{id}")))
+        }
+        Some(mode) => Some(mode.describe()),
         None => plan.networks.first().map(|(n, _)| n.clone()),
     };
+    host.volumes_from = list(&plan.volumes_from);
     // Capstan owns restarts (policy, back-off, startup order); the engine must not race it.
     host.restart_policy = Some(RestartPolicy {
         name: Some(RestartPolicyNameEnum::NO),
@@ -614,6 +620,27 @@ volumes: {data: {}}
         assert_eq!(b.host_config.unwrap().network_mode.as_deref(), Some("host"));
         assert_eq!((b.hostname, b.networking_config), (None, None));
         assert!(nets.is_empty());
+    }
+
+    #[test]
+    fn a_sidecar_joins_its_partners_container_and_mounts_its_volumes_with_no_name_of_its_own() {
+        let (mut plan, nets, _) = shaped(
+            "services: {app: {image: a}, web: {image: w, network_mode: 'service:app', volumes_from: ['app:ro']}}",
+        );
+        assert!(nets.is_empty() && plan.hostname.is_empty());
+        let unpaired = body(&plan, OLD).unwrap().host_config.unwrap();
+        assert_eq!(
+            unpaired.network_mode.as_deref(),
+            Some("none"),
+            "never the default bridge"
+        );
+        plan.join = Some("abc123".into());
+        plan.volumes_from = vec!["abc123:ro".into()];
+        let b = body(&plan, OLD).unwrap();
+        let host = b.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("container:abc123"));
+        assert_eq!(host.volumes_from, Some(vec!["abc123:ro".to_string()]));
+        assert_eq!((b.hostname, b.networking_config), (None, None));
     }
 
     #[test]

@@ -249,6 +249,7 @@ fn observed(c: ContainerSummary) -> Option<Observed> {
             .and_then(|r| r.parse().ok())
             .filter(|n| *n > 0),
         spec_hash: labels.get(names::SPEC_HASH).cloned().unwrap_or_default(),
+        partners: labels.get(names::PARTNERS).cloned(),
         state,
         health: if state == State::Running {
             health
@@ -437,9 +438,15 @@ impl Runtime for DockerRuntime {
                 let o = o.trim();
                 o.chars().take(300).collect::<String>()
             });
+        let started_at = (state.started_at.as_deref())
+            .and_then(|t| humantime::parse_rfc3339(t).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_nanos()).ok())
+            .filter(|ns| *ns > 0);
         Ok(Detail {
             oom_killed: state.oom_killed.unwrap_or(false),
             health_output,
+            started_at,
         })
     }
 

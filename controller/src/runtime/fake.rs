@@ -263,6 +263,8 @@ struct Container {
     starts: u64,
     /// A `capstan run` container (it carries [`names::ONEOFF_STACK`]).
     oneoff: bool,
+    /// The container whose network namespace this one joins (`container:ID`).
+    join: Option<String>,
 }
 
 struct Resource {
@@ -421,9 +423,11 @@ impl Shared {
     /// behaviours of its command scheduled.
     fn run(self: &Arc<Self>, st: &mut Inner, id: &str) {
         let new_health = st.new_health;
+        let at = self.now_nano(st);
         let Some(c) = st.containers.get_mut(id) else {
             return;
         };
+        c.detail.started_at = Some(at);
         c.obs.state = State::Running;
         c.obs.health = new_health.unwrap_or(if c.healthcheck {
             Health::Starting
@@ -603,6 +607,14 @@ impl FakeRuntime {
         st.containers.get(id).map(|c| c.obs.clone())
     }
 
+    /// The container whose network namespace the container named `name` joined
+    /// (`container:ID`), by the name it has now.
+    pub fn joined(&self, name: &str) -> Option<String> {
+        let st = self.shared.lock();
+        let joined = st.containers.get(st.names.get(name)?)?.join.as_ref()?;
+        st.containers.get(joined).map(|c| c.obs.name.clone())
+    }
+
     /// The image the container named `name` was created from.
     pub fn image_of(&self, name: &str) -> Option<String> {
         let st = self.shared.lock();
@@ -701,6 +713,7 @@ impl FakeRuntime {
                 .map(|net| (net.to_string(), address(n)))
                 .collect(),
             published: BTreeMap::new(),
+            partners: None,
         };
         st.names.insert(name.to_string(), id.clone());
         st.containers.insert(
@@ -715,6 +728,7 @@ impl FakeRuntime {
                 detail: Detail::default(),
                 starts: 1,
                 oneoff: false,
+                join: None,
             },
         );
         id
@@ -995,6 +1009,22 @@ impl Runtime for FakeRuntime {
         };
         if c.obs.state == State::Running {
             return Ok(()); // 304: already started
+        }
+        // As the engine: a network namespace is joined at start, so its holder must run.
+        let holder = c
+            .join
+            .as_ref()
+            .map(|j| st.containers.get(j).map(|h| h.obs.state));
+        if let Some(state) = holder.filter(|s| *s != Some(State::Running)) {
+            let partner = c.join.clone().unwrap_or_default();
+            drop(st);
+            return self.failed(RuntimeError::Engine {
+                op: "start",
+                message: match state {
+                    Some(_) => format!("Error response from daemon: cannot join network of a non running container: {partner}"),
+                    None => format!("Error response from daemon: No such container: {partner}"),
+                },
+            });
         }
         self.shared.run(&mut st, id);
         Ok(())
@@ -1321,6 +1351,7 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
         created,
         addresses,
         published: BTreeMap::new(),
+        partners: plan.labels.get(names::PARTNERS).cloned(),
     };
     let healthcheck = plan
         .healthcheck
@@ -1336,6 +1367,7 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
         detail: Detail::default(),
         starts: 0,
         oneoff: plan.labels.contains_key(names::ONEOFF_STACK),
+        join: plan.join.clone(),
     }
 }
 
@@ -1361,6 +1393,8 @@ pub fn replica_plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
         stop_grace: Duration::ZERO,
         addresses: Default::default(),
         options: Default::default(),
+        join: None,
+        volumes_from: vec![],
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Observed {
     pub addresses: BTreeMap<String, String>,
     /// (container port, protocol) → the host port the engine publishes it on.
     pub published: BTreeMap<(u16, String), u16>,
+    /// A sidecar's [`names::PARTNERS`] label: the partner containers it was made with.
+    pub partners: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +108,10 @@ pub struct ContainerPlan {
     pub addresses: BTreeMap<String, Addresses>,
     /// Everything else of the container config (`user`, `cap_add`, resources, ...).
     pub options: capstan_api::spec::ContainerOptions,
+    /// A sidecar's partner replicas as containers: the one whose network namespace it joins
+    /// (`network_mode: service:`), and those whose volumes it mounts (`ID` or `ID:ro`).
+    pub join: Option<String>,
+    pub volumes_from: Vec<String>,
 }
 
 /// A one-off container of `capstan run`.
@@ -219,6 +225,9 @@ pub struct Detail {
     pub oom_killed: bool,
     /// The last healthcheck's output, trimmed.
     pub health_output: Option<String>,
+    /// When it last started, in Unix nanoseconds: a sidecar started before its partner
+    /// joined a network namespace that is gone.
+    pub started_at: Option<i64>,
 }
 
 /// What to read of a container's output ([`Runtime::logs`]).

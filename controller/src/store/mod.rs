@@ -342,6 +342,14 @@ impl Store {
     ) -> Result<Service, StoreError> {
         let (svc, _) = self
             .modify(stack, service, expected, |prev| {
+                if let Some(lead) = prev.spec.lead_partner() {
+                    return Err(StoreError::Invalid(InvalidStack {
+                        errors: vec![capstan_api::FieldError {
+                            field: format!("services.{service}.replicas"),
+                            reason: format!("{service} is a sidecar of {0}: it runs one replica per replica of {0}; scale {0} instead", lead.service),
+                        }],
+                    }));
+                }
                 let mut spec = prev.spec.clone();
                 spec.replicas = replicas;
                 check_ports(stack, service, &spec)?;
@@ -631,9 +639,19 @@ fn view_of(
     services: Vec<Service>,
     statuses: &BTreeMap<(String, String), ServiceStatus>,
 ) -> StackView {
+    let replicas_of = |name: &str| {
+        services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.spec.replicas)
+    };
     let mut views: Vec<ServiceView> = services
         .iter()
-        .map(|s| ServiceView::new(s, statuses.get(&(s.stack.clone(), s.name.clone()))))
+        .map(|s| {
+            let mut view = ServiceView::new(s, statuses.get(&(s.stack.clone(), s.name.clone())));
+            view.replicas = s.spec.desired_replicas(replicas_of);
+            view
+        })
         .collect();
     views.sort_by(|a, b| a.name.cmp(&b.name));
     StackView {

@@ -96,6 +96,7 @@ mod tests {
             created: 0,
             addresses: [("s_default".to_string(), format!("172.20.0.{}", n + 1))].into(),
             published: Default::default(),
+            partners: None,
         }
     }
 
