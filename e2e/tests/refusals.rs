@@ -313,3 +313,85 @@ volumes:
         "the rest of the stack still runs"
     );
 }
+
+#[test]
+fn a_dry_run_of_an_invalid_file_exits_non_zero_naming_every_error_and_writes_nothing() {
+    let h = Harness::start("dry-run-invalid");
+    let file = h.s.file(&format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    ipc: host
+    ports: ["eighty"]
+  db:
+    image: {IMAGE}
+    restart: sometimes
+    deploy: {{resources: {{reservations: {{cpus: "1"}}}}}}
+networks:
+  back: {{enable_ipv4: true}}
+"#
+    ));
+    let revision = h.etcd.revision();
+    let out =
+        h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name, "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a dry run of an invalid file fails");
+    let missing: Vec<&str> = [
+        "services.web.ipc",
+        "services.web.ports[0]",
+        "services.db.restart",
+        "services.db.deploy.resources.reservations.cpus",
+        "networks.back.enable_ipv4",
+    ]
+    .into_iter()
+    .filter(|field| !err.lines().any(|l| l.starts_with(&format!("  {field}: "))))
+    .collect();
+    assert!(missing.is_empty(), "no error names {missing:?}:\n{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("(dry run)"), "no outcome is printed: {said}");
+    if let Err(e) = nothing_stored(&h, revision, "the dry run") {
+        panic!("{e}");
+    }
+}
+
+/// Where capstan gives a file another meaning than `docker compose up` (a service without
+/// `restart` is restarted; a fixed host port is served by the proxy), `apply` says so once
+/// per difference, naming exactly the services it affects.
+#[test]
+fn apply_prints_a_notice_naming_the_services_whose_meaning_differs_from_compose() {
+    let h = Harness::start("notices");
+    let port = free_port();
+    let file = h.s.file(&format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    ports: ["127.0.0.1:{port}:80"]
+  worker:
+    image: {IMAGE}
+  cache:
+    image: {IMAGE}
+    restart: "no"
+    ports: ["80"]
+"#
+    ));
+    let out = h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let notices: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("notice: "))
+        .collect();
+    assert_eq!(notices.len(), 2, "one notice per difference:\n{err}");
+    let restart = notices.iter().find(|n| n.starts_with("restart:"));
+    assert!(
+        restart.is_some_and(|n| n.contains("(web, worker)")),
+        "the restart notice names web and worker only:\n{err}"
+    );
+    let ports = notices.iter().find(|n| n.starts_with("ports:"));
+    assert!(
+        ports.is_some_and(|n| n.contains(&format!("(web {port})"))),
+        "the ports notice names web's fixed port only:\n{err}"
+    );
+}
