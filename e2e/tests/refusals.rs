@@ -1,6 +1,8 @@
 //! Issue 10: every Compose key capstan refuses is refused by its field path and a reason, and
 //! a refused file changes nothing: etcd's revision is the same before and after, no stack is
 //! listed, no container exists. One small file per refused key, one daemon for all of them.
+//! A dry run of an invalid file names every error; a valid apply says, in `notice:` lines,
+//! where capstan's meaning differs from Compose's.
 //!
 //! Keys the engine of this machine is too old for (`annotations`, `mac_address`,
 //! `volume.subpath`) are accepted at apply and refused at create: the service's status names
