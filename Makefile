@@ -55,14 +55,16 @@ bench: images
 
 ## chaos: the crash-consistency soak (50 SIGKILLs of the daemon during scale 0 <-> 20,
 ## prints a table and its seed; CAPSTAN_CHAOS_SEED replays one), failover times (leader
-## kill -9, lease TTL 3s and 10s, medians of 5) and the time to all replicas back after
-## an engine restart (median of 3: it stops dockerd, so it waits for a machine where no
-## other container runs). Writes bench/results/{failover,engine_restart}.json.
+## kill -9, lease TTL 3s and 10s, medians of 5), the heal time of a replica killed during
+## an etcd outage (median of CAPSTAN_OUTAGE_RUNS, default 3) and the time to all replicas
+## back after an engine restart (median of 3: it stops dockerd, so it waits for a machine
+## where no other container runs). Writes bench/results/{failover,outage_heal,engine_restart}.json.
 ## Never part of `make test`; about 10 minutes.
 chaos: deps images
 	$(CARGO) build -p capstan
 	CAPSTAN_CHAOS_ITERATIONS=$${CAPSTAN_CHAOS_ITERATIONS:-50} $(CARGO) test -p capstan-e2e --test chaos -- --nocapture
 	$(CARGO) test -p capstan-e2e --test failover -- --ignored --nocapture
+	$(CARGO) test -p capstan-e2e --test outage_heal -- --ignored --nocapture
 	$(CARGO) test -p capstan-e2e --test engine_restart -- --ignored --nocapture
 
 deps:

@@ -165,6 +165,9 @@ fn every_option_of_a_real_compose_file_reaches_the_engine() {
             ("{{.HostConfig.OomScoreAdj}}", "100"),
             ("{{.HostConfig.OomKillDisable}}", "true"),
             ("{{.HostConfig.Runtime}}", "runc"),
+            // All the engine records of `platform` (its OS); the test below shows that the
+            // whole value reaches create.
+            ("{{.Platform}}", "linux"),
             ("{{.HostConfig.RestartPolicy.Name}}", "no"),
             (
                 &format!("{{{{(index .NetworkSettings.Networks \"{back}\").IPAddress}}}}"),
@@ -292,6 +295,40 @@ fn an_option_newer_than_the_engine_is_reported_by_name_not_dropped() {
         "`annotations` needs Docker API 1.43",
     );
     assert!(s.containers().is_empty(), "nothing half-made is left");
+}
+
+/// `platform` is passed to create, where the engine checks it against the image: an image
+/// of another platform is refused in the engine's words (which name both platforms), shown
+/// in the service's status, and no container is made.
+#[test]
+fn a_platform_the_image_was_not_made_for_is_refused_by_the_engine_in_the_status() {
+    let h = Harness::start("foreign-platform");
+    let (d, s) = (&h.d, &h.s);
+    let arch = docker(&["image", "inspect", "-f", "{{.Architecture}}", IMAGE]);
+    let foreign = if arch.trim() == "arm64" {
+        "linux/amd64"
+    } else {
+        "linux/arm64"
+    };
+    d.apply_nowait(
+        s,
+        &format!(
+            "services:\n  native:\n    image: {IMAGE}\n    platform: linux/{}\n  foreign:\n    image: {IMAGE}\n    platform: {foreign}\n",
+            arch.trim()
+        ),
+    );
+    d.wait_for_reason(
+        &s.name,
+        "foreign",
+        "EngineError",
+        &format!("does not match the specified platform: wanted {foreign}"),
+    );
+    wait_until(
+        CONVERGE,
+        "the replica of the image's platform to run",
+        || d.converged(&s.name, "native", 1),
+    );
+    assert_eq!(s.running(), vec![s.replica("native", 1)]);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Issue 10: every Compose key capstan refuses is refused by its field path and a reason, and
 //! a refused file changes nothing: etcd's revision is the same before and after, no stack is
 //! listed, no container exists. One small file per refused key, one daemon for all of them.
+//! A dry run of an invalid file names every error; a valid apply says, in `notice:` lines,
+//! where capstan's meaning differs from Compose's.
 //!
 //! Keys the engine of this machine is too old for (`annotations`, `mac_address`,
 //! `volume.subpath`) are accepted at apply and refused at create: the service's status names
@@ -13,6 +15,15 @@ use std::time::Duration;
 /// image. Each file is otherwise valid.
 const REFUSED: &[(&str, &str, &str)] = &[
     ("build.ssh", "services: {web: {image: {IMAGE}, build: {context: ., ssh: [default]}}}", "services.web.build.ssh"),
+    ("build.secrets", "services: {web: {image: {IMAGE}, build: {context: ., secrets: [npm_token]}}}", "services.web.build.secrets"),
+    ("build.cache_from", "services: {web: {image: {IMAGE}, build: {context: ., cache_from: [example.org/web:cache]}}}", "services.web.build.cache_from"),
+    ("build.cache_to", "services: {web: {image: {IMAGE}, build: {context: ., cache_to: ['type=local,dest=/tmp/c']}}}", "services.web.build.cache_to"),
+    ("build.platforms", "services: {web: {image: {IMAGE}, build: {context: ., platforms: [linux/arm64]}}}", "services.web.build.platforms"),
+    ("build.additional_contexts", "services: {web: {image: {IMAGE}, build: {context: ., additional_contexts: {assets: ./assets}}}}", "services.web.build.additional_contexts"),
+    ("build.entitlements", "services: {web: {image: {IMAGE}, build: {context: ., entitlements: [network.host]}}}", "services.web.build.entitlements"),
+    ("build.privileged", "services: {web: {image: {IMAGE}, build: {context: ., privileged: true}}}", "services.web.build.privileged"),
+    ("build.isolation", "services: {web: {image: {IMAGE}, build: {context: ., isolation: default}}}", "services.web.build.isolation"),
+    ("build.ulimits", "services: {web: {image: {IMAGE}, build: {context: ., ulimits: {nofile: 1024}}}}", "services.web.build.ulimits"),
     ("attach", "services: {web: {image: {IMAGE}, attach: false}}", "services.web.attach"),
     ("blkio_config", "services: {web: {image: {IMAGE}, blkio_config: {weight: 300}}}", "services.web.blkio_config"),
     ("cgroup", "services: {web: {image: {IMAGE}, cgroup: host}}", "services.web.cgroup"),
@@ -46,16 +57,30 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("services.*.configs: an undeclared config", "services: {web: {image: {IMAGE}, configs: [site]}}", "services.web.configs[0]"),
     ("services.*.secrets: an undeclared secret", "services: {web: {image: {IMAGE}, secrets: [password]}}", "services.web.secrets[0]"),
     ("secrets.*.external (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {password: {external: true}}", "secrets.password.external"),
+    ("configs.*.external (Swarm)", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {external: true}}", "configs.site.external"),
+    ("secrets.*.driver (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {pw: {environment: HOME, driver: vault}}", "secrets.pw.driver"),
+    ("secrets.*.driver_opts (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {pw: {environment: HOME, driver_opts: {path: db}}}", "secrets.pw.driver_opts"),
+    ("secrets.*.labels (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {pw: {environment: HOME, labels: {team: core}}}", "secrets.pw.labels"),
+    ("secrets.*.template_driver (Swarm)", "services: {web: {image: {IMAGE}}}\nsecrets: {pw: {environment: HOME, template_driver: golang}}", "secrets.pw.template_driver"),
+    ("configs.*.labels (Swarm)", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {content: x, labels: [team=core]}}", "configs.site.labels"),
+    ("configs.*.template_driver (Swarm)", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {content: x, template_driver: golang}}", "configs.site.template_driver"),
     ("configs.*.file: a missing file", "services: {web: {image: {IMAGE}}}\nconfigs: {site: {file: ./site.conf}}", "configs.site.file"),
     ("secrets.*.mode: not octal", "services: {web: {image: {IMAGE}, secrets: [{source: pw, mode: rw}]}}\nsecrets: {pw: {environment: HOME}}", "services.web.secrets[0].mode"),
     ("models (top level)", "services: {web: {image: {IMAGE}}}\nmodels: {llm: {model: ai/x}}", "models"),
     ("deploy.placement", "services: {web: {image: {IMAGE}, deploy: {placement: {constraints: [node.role==manager]}}}}", "services.web.deploy.placement"),
     ("deploy.endpoint_mode", "services: {web: {image: {IMAGE}, deploy: {endpoint_mode: vip}}}", "services.web.deploy.endpoint_mode"),
     ("deploy.resources.reservations.cpus", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {cpus: '0.5'}}}}}", "services.web.deploy.resources.reservations.cpus"),
+    ("deploy.resources.reservations.generic_resources", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {generic_resources: [{discrete_resource_spec: {kind: gpu, value: 2}}]}}}}}", "services.web.deploy.resources.reservations.generic_resources"),
     ("deploy.resources.reservations.devices", "services: {web: {image: {IMAGE}, deploy: {resources: {reservations: {devices: [{capabilities: [gpu]}]}}}}}", "services.web.deploy.resources.reservations.devices"),
     ("volumes[].type: npipe", "services: {web: {image: {IMAGE}, volumes: [{type: npipe, source: //./pipe/x, target: /x}]}}", "services.web.volumes[0].type"),
     ("network_mode: service: of no service", "services: {web: {image: {IMAGE}, network_mode: 'service:gone'}, db: {image: {IMAGE}}}", "services.web.network_mode"),
+    ("volumes[].type: cluster", "services: {web: {image: {IMAGE}, volumes: [{type: cluster, source: shared, target: /x}]}}", "services.web.volumes[0].type"),
+    ("volumes[].type: image", "services: {web: {image: {IMAGE}, volumes: [{type: image, source: {IMAGE}, target: /x}]}}", "services.web.volumes[0].type"),
+    ("networks.*.enable_ipv4", "services: {web: {image: {IMAGE}}}\nnetworks: {default: {enable_ipv4: true}}", "networks.default.enable_ipv4"),
     ("services.*.networks.*.gw_priority", "services: {web: {image: {IMAGE}, networks: {default: {gw_priority: 1}}}}", "services.web.networks.default.gw_priority"),
+    ("services.*.networks.*.mac_address", "services: {web: {image: {IMAGE}, networks: {default: {mac_address: '02:42:ac:11:00:42'}}}}", "services.web.networks.default.mac_address"),
+    ("services.*.networks.*.driver_opts", "services: {web: {image: {IMAGE}, networks: {default: {driver_opts: {com.example.opt: x}}}}}", "services.web.networks.default.driver_opts"),
+    ("services.*.networks.*.interface_name", "services: {web: {image: {IMAGE}, networks: {default: {interface_name: eth7}}}}", "services.web.networks.default.interface_name"),
     ("include entry key", "include: [{path: other.yaml, extra: 1}]\nservices: {web: {image: {IMAGE}}}", "include[0].extra"),
     ("a key Compose does not have", "services: {web: {image: {IMAGE}, imgae: typo}}", "services.web.imgae"),
 ];
@@ -142,36 +167,71 @@ fn every_refused_key_is_named_by_its_field_path_and_leaves_etcd_unchanged() {
     );
 }
 
+/// Sends `yaml` straight to the API (`PUT /v1/stacks/{stack}`, as `capstan apply` would after
+/// resolving): it must be a 400 naming `field` with a reason that contains every one of
+/// `words`, and leave etcd as it was.
+fn refused_over_the_raw_api(
+    h: &Harness,
+    yaml: &str,
+    field: &str,
+    words: &[&str],
+) -> Result<(), String> {
+    let revision = h.etcd.revision();
+    let resp = (h.d.api())
+        .put(format!("{API}/v1/stacks/{}", h.s.name))
+        .header("content-type", "application/yaml")
+        .body(yaml.replace("{IMAGE}", IMAGE))
+        .send()
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().unwrap_or_default();
+    let named = body["details"].as_array().is_some_and(|ds| {
+        ds.iter().any(|d| {
+            d["field"] == *field
+                && d["reason"]
+                    .as_str()
+                    .is_some_and(|r| words.iter().all(|w| r.contains(w)))
+        })
+    });
+    if status != reqwest::StatusCode::BAD_REQUEST || !named {
+        return Err(format!("{field}: {status} {body}"));
+    }
+    nothing_stored(h, revision, field)
+}
+
 #[test]
 fn keys_resolved_by_the_client_are_refused_over_the_raw_api_by_field_path() {
     let h = Harness::start("raw-refusals");
-    let http = h.d.api();
-    let mut wrong = vec![];
-    for (key, yaml, field) in CLIENT_SIDE {
-        let revision = h.etcd.revision();
-        let resp = http
-            .put(format!("{API}/v1/stacks/{}", h.s.name))
-            .header("content-type", "application/yaml")
-            .body(yaml.replace("{IMAGE}", IMAGE))
-            .send()
-            .unwrap();
-        let status = resp.status();
-        let body: serde_json::Value = resp.json().unwrap_or_default();
-        let named = body["details"].as_array().is_some_and(|ds| {
-            ds.iter().any(|d| {
-                d["field"] == *field
-                    && d["reason"]
-                        .as_str()
-                        .is_some_and(|r| r.contains(key) && r.contains("capstan apply"))
-            })
-        });
-        if status != reqwest::StatusCode::BAD_REQUEST || !named {
-            wrong.push(format!("{key}: {status} {body}"));
-        }
-        if let Err(e) = nothing_stored(&h, revision, key) {
-            wrong.push(e);
-        }
-    }
+    let wrong: Vec<String> = CLIENT_SIDE
+        .iter()
+        .filter_map(|(key, yaml, field)| {
+            refused_over_the_raw_api(&h, yaml, field, &[key, "capstan apply"]).err()
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The client's YAML reader expands merge keys; a document sent to the API as JSON can still
+/// hold a `"<<"` key, which is then named, not ignored (and the missing `image` it did not
+/// bring says so).
+#[test]
+fn an_unexpanded_merge_key_sent_to_the_raw_api_is_refused_by_field_path() {
+    let h = Harness::start("raw-merge-key");
+    let wrong: Vec<String> = [
+        (
+            r#"{"services": {"web": {"image": "{IMAGE}", "<<": "base"}}}"#,
+            "services.web.<<",
+            "merge key that was not expanded",
+        ),
+        (
+            r#"{"services": {"web": {"<<": "base"}}}"#,
+            "services.web.image",
+            "merge key `<<` was not expanded",
+        ),
+    ]
+    .iter()
+    .filter_map(|(json, field, words)| refused_over_the_raw_api(&h, json, field, &[words]).err())
+    .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
@@ -252,5 +312,87 @@ volumes:
     assert!(
         d.converged(&s.name, "plain", 1),
         "the rest of the stack still runs"
+    );
+}
+
+#[test]
+fn a_dry_run_of_an_invalid_file_exits_non_zero_naming_every_error_and_writes_nothing() {
+    let h = Harness::start("dry-run-invalid");
+    let file = h.s.file(&format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    ipc: host
+    ports: ["eighty"]
+  db:
+    image: {IMAGE}
+    restart: sometimes
+    deploy: {{resources: {{reservations: {{cpus: "1"}}}}}}
+networks:
+  back: {{enable_ipv4: true}}
+"#
+    ));
+    let revision = h.etcd.revision();
+    let out =
+        h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name, "--dry-run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a dry run of an invalid file fails");
+    let missing: Vec<&str> = [
+        "services.web.ipc",
+        "services.web.ports[0]",
+        "services.db.restart",
+        "services.db.deploy.resources.reservations.cpus",
+        "networks.back.enable_ipv4",
+    ]
+    .into_iter()
+    .filter(|field| !err.lines().any(|l| l.starts_with(&format!("  {field}: "))))
+    .collect();
+    assert!(missing.is_empty(), "no error names {missing:?}:\n{err}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("(dry run)"), "no outcome is printed: {said}");
+    if let Err(e) = nothing_stored(&h, revision, "the dry run") {
+        panic!("{e}");
+    }
+}
+
+/// Where capstan gives a file another meaning than `docker compose up` (a service without
+/// `restart` is restarted; a fixed host port is served by the proxy), `apply` says so once
+/// per difference, naming exactly the services it affects.
+#[test]
+fn apply_prints_a_notice_naming_the_services_whose_meaning_differs_from_compose() {
+    let h = Harness::start("notices");
+    let port = free_port();
+    let file = h.s.file(&format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    ports: ["127.0.0.1:{port}:80"]
+  worker:
+    image: {IMAGE}
+  cache:
+    image: {IMAGE}
+    restart: "no"
+    ports: ["80"]
+"#
+    ));
+    let out = h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let notices: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("notice: "))
+        .collect();
+    assert_eq!(notices.len(), 2, "one notice per difference:\n{err}");
+    let restart = notices.iter().find(|n| n.starts_with("restart:"));
+    assert!(
+        restart.is_some_and(|n| n.contains("(web, worker)")),
+        "the restart notice names web and worker only:\n{err}"
+    );
+    let ports = notices.iter().find(|n| n.starts_with("ports:"));
+    assert!(
+        ports.is_some_and(|n| n.contains(&format!("(web {port})"))),
+        "the ports notice names web's fixed port only:\n{err}"
     );
 }

@@ -56,8 +56,42 @@ fn network_path(path: &str) -> bool {
     )
 }
 
+/// Why `key` of a top-level secret or config is refused, when it is one that only Swarm's
+/// secret and config objects have: Swarm keeps such an object in its cluster store and hands
+/// it to a container; capstan writes the value it was sent to a file on the host.
+fn swarm_file_option(path: &str, key: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('.').collect();
+    let secret = match parts.as_slice() {
+        ["secrets", _] => true,
+        ["configs", _] => false,
+        _ => return None,
+    };
+    let why = match key {
+        // The Compose specification has `driver` and `driver_opts` for secrets only.
+        "driver" | "driver_opts" if secret => {
+            "a Swarm secret driver (a plugin Swarm asks for the value) and its options; \
+             capstan runs without Swarm and takes the value from `file` or `environment`"
+        }
+        "template_driver" => {
+            "Swarm renders the value as a template when it mounts it; capstan runs without \
+             Swarm and mounts the value exactly as it was sent, so a template would stay \
+             unrendered"
+        }
+        "labels" => {
+            "labels of the Swarm object that holds the value; capstan runs without Swarm and \
+             makes no such object (the value is a file on the host), so there is nothing to \
+             label"
+        }
+        _ => return None,
+    };
+    Some(format!("unsupported key {key:?}: {why}"))
+}
+
 /// The reason `key` at `path` is refused.
 pub(super) fn unsupported(path: &str, key: &str) -> String {
+    if let Some(reason) = swarm_file_option(path, key) {
+        return reason;
+    }
     if CLIENT_SIDE.contains(&key) {
         return format!(
             "unsupported key {key:?}: `capstan apply -f` resolves it on the client; \
@@ -133,5 +167,42 @@ mod tests {
         assert!(errs.iter().all(|e| e
             .reason
             .contains("network option capstan does not honour yet")));
+    }
+
+    #[test]
+    fn swarm_only_keys_of_top_level_secrets_and_configs_say_that_capstan_runs_without_swarm() {
+        let errs = errors(
+            r#"
+services: {web: {image: x}}
+secrets:
+  pw: {content: x, driver: vault, driver_opts: {path: db}, labels: {team: core}, template_driver: golang}
+configs:
+  site: {content: x, labels: [team=core], template_driver: golang, driver: vault}
+"#,
+        );
+        let reason = |field: &str| {
+            let e = errs.iter().find(|e| e.field == field);
+            e.unwrap_or_else(|| panic!("no error at {field}: {errs:#?}"))
+                .reason
+                .clone()
+        };
+        for field in [
+            "secrets.pw.driver",
+            "secrets.pw.driver_opts",
+            "secrets.pw.labels",
+            "secrets.pw.template_driver",
+            "configs.site.labels",
+            "configs.site.template_driver",
+        ] {
+            let r = reason(field);
+            assert!(
+                r.contains("without Swarm") && !r.contains("a typo?"),
+                "{field}: {r}"
+            );
+        }
+        assert!(reason("secrets.pw.driver").contains("`file` or `environment`"));
+        assert!(reason("configs.site.template_driver").contains("unrendered"));
+        // A config has no driver in the Compose specification: that one is a mistake.
+        assert!(reason("configs.site.driver").contains("a typo?"));
     }
 }

@@ -12,6 +12,9 @@ use crate::names;
 use crate::spec::StackSpec;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The keys of a top-level secret or config capstan reads; the specification's others
+/// (`driver`, `driver_opts`, `labels`, `template_driver`) belong to Swarm's objects and are
+/// refused with that reason (`keys::unsupported`).
 const TOP_KEYS: &[&str] = &["content", "file", "environment", "external", "name"];
 const MOUNT_KEYS: &[&str] = &["source", "target", "uid", "gid", "mode"];
 

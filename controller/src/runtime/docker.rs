@@ -47,6 +47,19 @@ fn engine(op: &'static str) -> impl Fn(BollardError) -> RuntimeError {
     }
 }
 
+/// A failed create as capstan reports it. The engine answers 404 both when it lacks the
+/// image and when it has the image for another platform than `platform` asks: the latter
+/// keeps the engine's words (which name both platforms), instead of saying the image is not
+/// present.
+fn create_error(image: &str, e: BollardError) -> RuntimeError {
+    let foreign = matches!(&e, BollardError::DockerResponseServerError { message, .. }
+        if message.contains("does not match the specified platform"));
+    match status_of(&e) {
+        Some(404) if !foreign => RuntimeError::ImageNotFound(image.to_string()),
+        _ => engine("create")(e),
+    }
+}
+
 impl DockerRuntime {
     /// IDs of the networks called exactly `name`, oldest first.
     async fn networks_named(&self, name: &str) -> Result<Vec<String>, RuntimeError> {
@@ -385,10 +398,7 @@ impl Runtime for DockerRuntime {
         let id = match self.docker.create_container(Some(opts.build()), body).await {
             Ok(resp) => resp.id,
             Err(e) if status_of(&e) == Some(409) => return self.holder_of(plan).await,
-            Err(e) if status_of(&e) == Some(404) => {
-                return Err(RuntimeError::ImageNotFound(plan.image.clone()))
-            }
-            Err(e) => return Err(engine("create")(e)),
+            Err(e) => return Err(create_error(&plan.image, e)),
         };
         for (net, aliases) in plan.networks.iter().skip(1) {
             let req = NetworkConnectRequest {
@@ -694,6 +704,26 @@ impl Runtime for DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_of_another_platform_is_an_engine_error_in_the_engines_words_not_a_missing_image() {
+        let answer = |message: &str| BollardError::DockerResponseServerError {
+            status_code: 404,
+            message: message.into(),
+        };
+        assert!(matches!(
+            create_error("web:1", answer("No such image: web:1")),
+            RuntimeError::ImageNotFound(i) if i == "web:1"
+        ));
+        let foreign = create_error(
+            "web:1",
+            answer("image with reference web:1 was found but does not match the specified platform: wanted linux/arm64, actual: linux/amd64"),
+        );
+        assert!(
+            matches!(&foreign, RuntimeError::Engine { op: "create", message } if message.contains("wanted linux/arm64")),
+            "{foreign:?}"
+        );
+    }
 
     #[test]
     fn a_pull_names_the_tag_or_digest_and_latest_when_none_is_given() {
