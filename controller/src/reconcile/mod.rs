@@ -16,7 +16,8 @@
 //! engine objects a spec becomes), [`status`] and [`drift`] (pure), [`deps`] (the gate),
 //! [`backoff`] (per-replica crash-loop back-off), [`scratch`] (what this process wrote
 //! last), [`error`] (failures, and how long a failing key waits), [`pull`] (the image made
-//! present per `pull_policy` before replicas are created).
+//! present per `pull_policy` before replicas are created), [`pairing`] (a sidecar's replicas
+//! beside its partner's: observed with the service, refining its plan).
 
 pub mod act;
 pub mod backoff;

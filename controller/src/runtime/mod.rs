@@ -266,7 +266,7 @@ pub enum RuntimeError {
     /// The name is held by a container capstan does not own.
     #[error("container name {name} is taken by a container capstan does not own ({id})")]
     NameConflict { name: String, id: String },
-    #[error("image {0} is not present on this host (capstan never pulls: build or load it first)")]
+    #[error("image {0} is not present on this host")]
     ImageNotFound(String),
     #[error("external {kind} {name} does not exist; create it first")]
     ExternalMissing { kind: &'static str, name: String },
