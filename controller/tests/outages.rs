@@ -96,7 +96,6 @@ async fn the_retries_of_a_failing_reconcile_get_further_apart() {
 /// A failure the operator has to act on belongs in the service's status, like the other
 /// reasons a replica is not as declared (NameConflict, ImageNotFound).
 #[tokio::test(start_paused = true)]
-#[ignore = "reconcile errors are only logged and counted in metrics, never written to status"]
 async fn a_replica_that_cannot_be_removed_is_reported_in_status() {
     let f = Fixture::start().await;
     f.apply(&web(2)).await;
@@ -188,6 +187,27 @@ async fn a_replica_that_keeps_failing_to_start_is_not_retried_in_a_hot_loop() {
         "{} starts in the first 10 s: {tries:?}",
         tries.len()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_cannot_join_its_network_is_degraded_with_network_error_and_backs_off() {
+    let f = Fixture::start().await;
+    let why = "failed to create endpoint s-web-1 on network s_default: could not attach";
+    f.fake.fail_start(
+        &replica("web", 1),
+        engine_error("start", why),
+        Times::Always,
+    );
+    f.apply(&web(1)).await;
+    f.run_for(Duration::from_secs(10)).await;
+
+    let (reason, message) = f.condition(STACK, "web", "Degraded").await;
+    assert_eq!(reason, "NetworkError", "{message}");
+    assert!(message.contains("could not attach"), "{message}");
+    let starts = f
+        .fake
+        .count(|c| matches!(c, Call::Start { name } if *name == replica("web", 1)));
+    assert!(starts <= 6, "{starts} starts in 10 s: it backs off");
 }
 
 #[tokio::test(start_paused = true)]

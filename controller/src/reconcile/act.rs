@@ -29,6 +29,30 @@ pub struct Outcome {
     pub changed_outside: u32,
 }
 
+impl Outcome {
+    /// A replica that could not be removed, for the status: nothing else was done.
+    pub fn removal_failed(obs: &Observation, e: &ReconcileError) -> Option<Outcome> {
+        let ReconcileError::Remove { name, source } = e else {
+            return None;
+        };
+        let ordinal = (obs.containers.iter())
+            .find(|c| c.name == *name)
+            .and_then(|c| c.ordinal);
+        let reason = reason_of(source);
+        Some(Outcome {
+            containers: obs.containers.clone(),
+            problems: vec![Problem {
+                ordinal: ordinal.unwrap_or(0),
+                reason,
+                message: e.to_string(),
+            }],
+            events: vec![],
+            health_output: BTreeMap::new(),
+            changed_outside: 0,
+        })
+    }
+}
+
 pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcome, ReconcileError> {
     let service = &obs.service;
     let details = look_closer(ctx, obs, plan).await;
@@ -524,7 +548,16 @@ async fn create_and_start(
 }
 
 fn problem(ordinal: u32, e: RuntimeError) -> Problem {
-    let reason = match &e {
+    Problem {
+        ordinal,
+        reason: reason_of(&e),
+        message: e.to_string(),
+    }
+}
+
+/// The status reason an engine failure is reported under.
+fn reason_of(e: &RuntimeError) -> Reason {
+    match e {
         RuntimeError::NameConflict { .. } => Reason::NameConflict,
         RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
         RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
@@ -536,11 +569,6 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
         RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {
             Reason::EngineError
         }
-    };
-    Problem {
-        ordinal,
-        reason,
-        message: e.to_string(),
     }
 }
 

@@ -160,7 +160,16 @@ async fn reconcile_service(
         }
         plan.paused = Some(failed);
     }
-    let outcome = act::act(ctx, &obs, &plan).await?;
+    let outcome = match act::act(ctx, &obs, &plan).await {
+        Err(e) => {
+            // A replica that cannot be removed is named in the status; the key backs off.
+            if let Some(failed) = act::Outcome::removal_failed(&obs, &e) {
+                report::report(ctx, &obs, &plan, failed).await?;
+            }
+            return Err(e);
+        }
+        Ok(outcome) => outcome,
+    };
     let mut obs = obs;
     if ctx.pulls.take_announced(stack, name) {
         // A `PullingImage` status was written meanwhile: the report compares against it.
