@@ -1,7 +1,9 @@
 //! Issue 14, crash consistency: the daemon killed with SIGKILL at random points of a scale
 //! 0 → 20 and 20 → 0, then started again, every time ends at exactly the desired replicas,
 //! with no duplicate ordinal, no orphan container, network or volume, and a status that
-//! converged at the current generation (nothing half-written in etcd).
+//! converged at the current generation (nothing half-written in etcd). The same holds for a
+//! kill during a start-first rollout (successors `-next` next to their replicas, renamed
+//! as they take over) and during a deletion.
 //!
 //! `make test` runs 5 iterations; `make chaos` runs the same scenario 50 times
 //! (`CAPSTAN_CHAOS_ITERATIONS`). Every run prints its seed and a table;
@@ -27,8 +29,12 @@ fn iterations() -> u32 {
 /// One service of busybox replicas without a healthcheck (running is ready), on the stack's
 /// default network, all mounting one named volume: a network and a volume to leak.
 fn stack(replicas: u64) -> String {
+    stack_of(IMAGE, replicas)
+}
+
+fn stack_of(image: &str, replicas: u64) -> String {
     format!(
-        "services:\n  web:\n    image: {IMAGE}\n    scale: {replicas}\n    healthcheck: {{disable: true}}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{labels: {{capstan.shared: \"true\"}}}}\n"
+        "services:\n  web:\n    image: {image}\n    scale: {replicas}\n    healthcheck: {{disable: true}}\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{labels: {{capstan.shared: \"true\"}}}}\n"
     )
 }
 
@@ -265,4 +271,73 @@ fn deletes_cleanly(d: &Daemon, s: &StackGuard) {
          moby/moby#43286): it stays until dockerd restarts",
         networks[0]
     );
+}
+
+/// Every container of the stack runs `image`.
+fn all_of_image(s: &StackGuard, image: &str) -> Result<(), String> {
+    let rows = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=capstan.stack={}", s.name),
+        "--format",
+        "{{.Names}} {{.Image}}",
+    ]);
+    let other: Vec<&str> = (rows.lines())
+        .filter(|l| !l.ends_with(&format!(" {image}")))
+        .collect();
+    match other.is_empty() {
+        true => Ok(()),
+        false => Err(format!("not yet {image}: {other:?}")),
+    }
+}
+
+const ROLLING: u64 = 6;
+
+#[test]
+fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_a_restarted_daemon_adopts(
+) {
+    let s = StackGuard::prefixed("chaos", "roll");
+    let etcd = Etcd::start();
+    let mut d = Daemon::start(&etcd);
+    let (mut rng, seed) = Rng::from_env();
+    d.apply(&s, &stack_of(IMAGE, ROLLING));
+    for i in 1..=iterations() {
+        let image = if i % 2 == 1 { IMAGE_V2 } else { IMAGE };
+        let kill_ms = rng.below(MAX_KILL_MS);
+        d.apply_nowait(&s, &stack_of(image, ROLLING));
+        std::thread::sleep(Duration::from_millis(kill_ms));
+        d.kill();
+        let at_kill = s.containers().len();
+        let restarted = Instant::now();
+        d.start_again();
+        let what = format!("rollout {i} to {image} (seed {seed}), killed at {kill_ms} ms");
+        wait_for(CONVERGE, &what, || {
+            settled(&d, &s, ROLLING).and_then(|_| all_of_image(&s, image))
+        });
+        let c = census(&s, ROLLING);
+        println!(
+            "  rollout {i:>2}: to {image}, killed at {kill_ms:>4} ms with {at_kill:>2} containers, converged {:.1} s after the restart",
+            restarted.elapsed().as_secs_f64()
+        );
+        assert!(
+            c.duplicates.is_empty() && c.orphans.is_empty(),
+            "{what}: {c:?}"
+        );
+    }
+
+    let kill_ms = rng.below(1500);
+    let url = format!("{API}/v1/stacks/{}?volumes=true", s.name);
+    let resp = d.api().delete(url).send().expect("DELETE");
+    assert_eq!(resp.status().as_u16(), 202);
+    std::thread::sleep(Duration::from_millis(kill_ms));
+    d.kill();
+    d.start_again();
+    let what = format!("the deletion (seed {seed}), killed at {kill_ms} ms");
+    wait_until(CONVERGE, &what, || {
+        let gone = d.api().get(format!("{API}/v1/stacks/{}", s.name)).send();
+        let gone = gone.is_ok_and(|r| r.status().as_u16() == 404);
+        gone && s.containers().is_empty() && s.networks().is_empty() && s.volumes().is_empty()
+    });
+    println!("  deletion: killed at {kill_ms} ms, nothing left after the restart");
 }
