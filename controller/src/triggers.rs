@@ -60,6 +60,7 @@ pub async fn docker_events(
                         let key = (ev.stack.clone(), ev.service.clone());
                         t.scheduler
                             .enqueue(ObjectKey::Service(key.0.clone(), key.1.clone()));
+                        enqueue_sidecars(&t, &stack, &ev.service);
                         if ends_a_container(&ev.action) {
                             follow_up(&t, key);
                         }
@@ -135,6 +136,17 @@ const FOLLOW_UPS: [Duration; 3] = [
     Duration::from_millis(500),
     Duration::from_secs(2),
 ];
+
+/// A sidecar decides on its partner's containers (a partner that started again left it in
+/// a namespace that is gone): it looks again whenever they change.
+fn enqueue_sidecars(t: &Triggers, stack: &capstan_api::object::Stack, service: &str) {
+    for name in &stack.services {
+        let record = t.desired.service(&stack.name, name);
+        if record.is_some_and(|s| s.spec.partners().any(|p| p.service == service)) {
+            (t.scheduler).enqueue(ObjectKey::Service(stack.name.clone(), name.clone()));
+        }
+    }
+}
 
 fn follow_up(t: &Triggers, (stack, service): (String, String)) {
     let t = t.clone();

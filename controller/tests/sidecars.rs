@@ -139,3 +139,38 @@ async fn a_sidecar_waits_for_its_partner_and_is_ready_only_while_the_partner_is(
     f.until_converged(STACK, "log", 1).await;
     assert_eq!(f.status(STACK, "log").await.unwrap().ready, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_volumes_from_sidecar_mounts_its_own_partner_replicas_volumes_read_only_when_asked() {
+    let f = Fixture::start().await;
+    f.apply("services:\n  data:\n    image: d:1\n    scale: 2\n  tool:\n    image: t:1\n    volumes_from: [\"data:ro\", data]\n")
+        .await;
+    f.until_converged(STACK, "tool", 2).await;
+    for n in 1..=2 {
+        let data = f.fake.container(&replica("data", n)).unwrap().id;
+        let tool = replica("tool", n);
+        assert_eq!(
+            f.fake.volumes_from(&tool),
+            [format!("{data}:ro"), data.clone()]
+        );
+        assert_eq!(f.fake.joined(&tool), None, "no network partner");
+        let label = f.fake.container(&tool).unwrap().partners;
+        assert_eq!(label, Some(format!("data={data},data={data}")));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_of_one_named_replica_keeps_its_own_count_and_every_replica_joins_that_one() {
+    let f = Fixture::start().await;
+    let one = replica("web", 2);
+    f.apply(&format!("services:\n  web:\n    image: web:1\n    scale: 2\n  probe:\n    image: p:1\n    scale: 3\n    network_mode: container:{one}\n"))
+        .await;
+    f.until_converged(STACK, "probe", 3).await;
+    for n in 1..=3 {
+        assert_eq!(joined_by(&f, "probe", n), Some(one.clone()));
+    }
+}
+
+fn joined_by(f: &Fixture, service: &str, n: u32) -> Option<String> {
+    f.fake.joined(&replica(service, n))
+}

@@ -859,8 +859,20 @@ impl Drop for StackGuard {
             args.extend(ids.iter().map(String::as_str));
             docker(&args);
         }
-        for net in lines(&docker(&["network", "ls", "-q", "--filter", &by_label])) {
-            docker(&["network", "rm", &net]);
+        // The engine can take a moment to let go of the endpoints of containers it just
+        // removed ("has active endpoints"): try again for a while before leaving one.
+        let networks = || lines(&docker(&["network", "ls", "-q", "--filter", &by_label]));
+        for attempt in 0..20 {
+            let nets = networks();
+            if nets.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            for net in &nets {
+                docker(&["network", "rm", net]);
+            }
         }
         for vol in lines(&docker(&["volume", "ls", "-q", "--filter", &by_label])) {
             docker(&["volume", "rm", "-f", &vol]);

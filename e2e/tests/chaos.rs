@@ -252,16 +252,11 @@ fn deletes_cleanly(d: &Daemon, s: &StackGuard) {
     if out.status.success() && containers.is_empty() && networks.is_empty() && volumes.is_empty() {
         return;
     }
-    let phantom = |net: &str| {
-        let attached = inspect(net, "{{len .Containers}}");
-        let rm = std::process::Command::new("docker")
-            .args(["network", "rm", net])
-            .output()
-            .expect("docker network rm");
-        attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
-    };
     assert!(
-        containers.is_empty() && volumes.is_empty() && networks.len() == 1 && phantom(&networks[0]),
+        containers.is_empty()
+            && volumes.is_empty()
+            && networks.len() == 1
+            && phantom_endpoint(&networks[0]),
         "capstan delete left {containers:?} {networks:?} {volumes:?}:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -271,6 +266,17 @@ fn deletes_cleanly(d: &Daemon, s: &StackGuard) {
          moby/moby#43286): it stays until dockerd restarts",
         networks[0]
     );
+}
+
+/// Whether `net` is held by the engine's phantom endpoint (moby/moby#43286): no container
+/// attached, yet removing it fails with "has active endpoints".
+fn phantom_endpoint(net: &str) -> bool {
+    let attached = inspect(net, "{{len .Containers}}");
+    let rm = std::process::Command::new("docker")
+        .args(["network", "rm", net])
+        .output()
+        .expect("docker network rm");
+    attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
 }
 
 /// Every container of the stack runs `image`.
@@ -334,10 +340,28 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
     d.kill();
     d.start_again();
     let what = format!("the deletion (seed {seed}), killed at {kill_ms} ms");
+    let mut phantom = None;
     wait_until(CONVERGE, &what, || {
-        let gone = d.api().get(format!("{API}/v1/stacks/{}", s.name)).send();
-        let gone = gone.is_ok_and(|r| r.status().as_u16() == 404);
-        gone && s.containers().is_empty() && s.networks().is_empty() && s.volumes().is_empty()
+        let view = d.api().get(format!("{API}/v1/stacks/{}", s.name)).send();
+        let view = view.ok().filter(|r| r.status().as_u16() != 404);
+        let gone = view.is_none();
+        let blocked = view
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .and_then(|v| v["deletionBlockedBy"].as_str().map(str::to_string))
+            .is_some_and(|why| why.contains("has active endpoints"));
+        let networks = s.networks();
+        let one = networks.len() == 1;
+        if blocked && one && s.containers().is_empty() && phantom_endpoint(&networks[0]) {
+            phantom = Some(networks[0].clone());
+            return true; // only a dockerd restart clears it; capstan waits on it, rightly
+        }
+        gone && s.containers().is_empty() && networks.is_empty() && s.volumes().is_empty()
     });
-    println!("  deletion: killed at {kill_ms} ms, nothing left after the restart");
+    match phantom {
+        None => println!("  deletion: killed at {kill_ms} ms, nothing left after the restart"),
+        Some(net) => println!(
+            "WARNING: every container is gone, but the engine keeps a phantom endpoint in {net} \
+             (no container attached; moby/moby#43286): it stays until dockerd restarts"
+        ),
+    }
 }

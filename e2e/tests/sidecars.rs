@@ -1,6 +1,7 @@
 //! Sidecars on the real engine: `network_mode: service:web` puts replica n of `probe` in the
 //! network namespace of replica n of `web`, so it reaches its own partner on localhost,
-//! across a scale 1 → 3 → 2 of the partner and a `docker kill` of one partner replica.
+//! across a scale 1 → 3 → 2 of the partner, a `docker kill` of one partner replica, and an
+//! update that replaces every partner replica.
 
 use capstan_e2e::*;
 use std::process::Command;
@@ -11,8 +12,12 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// `web` serves its hostname on :80; `probe` idles beside each replica, and the image's
 /// healthcheck (a fetch of 127.0.0.1:80) makes it ready only while its partner serves.
 fn stack(web_replicas: u32) -> String {
+    stack_of(IMAGE, web_replicas)
+}
+
+fn stack_of(web_image: &str, web_replicas: u32) -> String {
     format!(
-        "services:\n  web:\n    image: {IMAGE}\n    scale: {web_replicas}\n  probe:\n    image: {IMAGE}\n    network_mode: service:web\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM INT; while true; do sleep 1; done\"]\n"
+        "services:\n  web:\n    image: {web_image}\n    scale: {web_replicas}\n  probe:\n    image: {IMAGE}\n    network_mode: service:web\n    command: [\"sh\", \"-c\", \"trap 'exit 0' TERM INT; while true; do sleep 1; done\"]\n"
     )
 }
 
@@ -77,6 +82,22 @@ fn a_sidecar_shares_localhost_with_its_own_partner_replica_across_scaling_and_a_
     assert_eq!(started_at(s, "probe", 1), probe1, "probe-1 was left alone");
     let events = d.service(&s.name, "probe")["recentEvents"].to_string();
     assert!(events.contains("partner-restarted"), "{events}");
+
+    d.apply(s, &stack_of(IMAGE_V2, 2));
+    wait_converged(d, s, 2);
+    for n in 1..=2 {
+        let web = inspect(&s.replica("web", n), "{{.Id}} {{.Config.Image}}");
+        let (id, image) = web.split_once(' ').unwrap();
+        assert_eq!(image, IMAGE_V2);
+        let mode = inspect(&s.replica("probe", n), "{{.HostConfig.NetworkMode}}");
+        assert_eq!(
+            mode,
+            format!("container:{id}"),
+            "probe-{n} beside the new web-{n}"
+        );
+    }
+    let events = d.service(&s.name, "probe")["recentEvents"].to_string();
+    assert!(events.contains("partner-replaced"), "{events}");
 
     let out = d.cli(&["scale", &format!("{}/probe=5", s.name)]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();

@@ -87,11 +87,13 @@ impl Parser {
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
+        let name = path.trim_start_matches("services.").to_string();
         if let Some((field, n)) = &replicas_from {
             s.replicas = *n;
-            let name = path.trim_start_matches("services.").to_string();
             let field = field.trim_start_matches(path).trim_start_matches('.');
-            self.counted.insert(name, field.to_string());
+            self.counted.insert(name.clone(), field.to_string());
+        } else if deploy.global {
+            self.counted.insert(name, "deploy.mode".into());
         }
         self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
         match image {
@@ -155,9 +157,18 @@ impl Parser {
             );
         }
         if !s.ports.is_empty() {
+            let why = match s
+                .options
+                .network_mode
+                .as_ref()
+                .and_then(NetworkMode::partner)
+            {
+                Some(p) => format!("the namespace is {}'s: publish the ports there", p.service),
+                None => "there is nothing to publish on; remove `ports`".into(),
+            };
             self.err(
                 format!("{path}.ports"),
-                format!("with network_mode {mode} there is nothing to publish on; remove `ports`"),
+                format!("with network_mode {mode} {why}"),
             );
         }
         if s.options.hostname.is_some() && mode == "host" {

@@ -61,37 +61,46 @@ impl Parser {
     }
 
     /// A sidecar paired replica by replica runs one replica per replica of its first such
-    /// partner: a count of its own must agree, and the other partners must have as many.
+    /// partner: a count of its own must agree, the other partners must have as many, and
+    /// since its count grows with the partner's, nothing of it may allow one replica only.
     fn follow_partner(&mut self, spec: &StackSpec, path: &str, svc: &mut ServiceSpec) {
-        let Some(lead) = svc.lead_partner().cloned() else {
+        let Some(lead) = svc.lead_partner().map(|p| p.service.clone()) else {
             return;
         };
-        let Some(count) = spec.services.get(&lead.service).map(|s| s.replicas) else {
+        let Some(count) = spec.services.get(&lead).map(|s| s.replicas) else {
             return;
         };
         let name = path.trim_start_matches("services.");
         if let Some(field) = self.counted.get(name).filter(|_| svc.replicas != count) {
-            self.err(format!("{path}.{field}"), format!("a sidecar of {} runs one replica per replica of it ({count}); remove the count, or scale {}", lead.service, lead.service));
+            self.err(format!("{path}.{field}"), format!("a sidecar of {lead} runs one replica per replica of it ({count}); remove the count, or scale {lead}"));
         }
-        let others = svc
-            .partners()
-            .filter(|p| p.replica.is_none() && p.service != lead.service);
-        for p in others {
-            let theirs = spec.services.get(&p.service).map_or(count, |s| s.replicas);
-            if theirs != count {
-                self.err(path, format!("its partners {} ({count} replicas) and {} ({theirs}) differ in count; a sidecar pairs replica by replica", lead.service, p.service));
+        for (i, v) in svc.options.volumes_from.iter().enumerate() {
+            let theirs = spec
+                .services
+                .get(&v.partner.service)
+                .map_or(count, |s| s.replicas);
+            if v.partner.replica.is_none() && v.partner.service != lead && theirs != count {
+                self.err(format!("{path}.volumes_from[{i}]"), format!("{} has {theirs} replicas and {lead} {count}; a sidecar pairs replica by replica with each", v.partner.service));
             }
         }
-        if svc.options.container_name.is_some() && count > 1 {
-            self.err(
-                format!("{path}.container_name"),
-                format!(
-                    "a container name is unique, and the sidecar follows {}'s {count} replicas",
-                    lead.service
-                ),
+        svc.replicas = count;
+        let mut scaled = svc.clone();
+        scaled.replicas = count.max(2);
+        let mut problems = scaled.single_replica_problems();
+        problems.extend(crate::stateful::replica_problems(
+            name,
+            &scaled,
+            &spec.volumes,
+        ));
+        for (i, p) in scaled.ports.iter().enumerate() {
+            problems.extend(
+                p.replicas_problem(name, scaled.replicas)
+                    .map(|r| (format!("ports[{i}]"), r)),
             );
         }
-        svc.replicas = count;
+        for (field, reason) in problems {
+            self.err(join(path, &field), format!("a sidecar scales with {lead}, so it must allow more than one replica: {reason}"));
+        }
     }
 }
 
@@ -216,6 +225,12 @@ mod tests {
   f: {image: x, network_mode: 'service:web', ports: ['80'], hostname: h, dns: [1.1.1.1], expose: ['81']}
   g: {image: x, volumes_from: ['bad:mode:x']}
   h: {image: x, network_mode: 'service:web', container_name: one}
+  i: {image: x, volumes_from: [web], volumes: ['data:/data']}
+  j: {image: x, volumes_from: [web], deploy: {mode: global}}
+  k: {image: x, network_mode: 'service:web', depends_on: [web]}
+  l: {image: x, depends_on: [m]}
+  m: {image: x, network_mode: 'service:l'}
+volumes: {data: {}}
 ";
         let errors = errors(text);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
@@ -231,6 +246,8 @@ mod tests {
             "services.f.expose",
             "services.g.volumes_from[0]",
             "services.h.container_name",
+            "services.i.volumes[0]",
+            "services.j.deploy.mode",
         ] {
             assert!(fields.contains(&want), "{want} missing from {fields:?}");
         }
@@ -249,6 +266,16 @@ mod tests {
         assert!(reason("services.d.network_mode").contains("a sidecar itself (of gone)"));
         assert!(reason("services.e.deploy.replicas").contains("scale web"));
         assert!(reason("services.f.hostname").contains("service:web"));
+        assert!(reason("services.i.volumes[0]").contains("a sidecar scales with web"));
+        let cycles: Vec<&str> = (errors.iter())
+            .filter(|e| e.reason.starts_with("dependency cycle"))
+            .map(|e| e.reason.as_str())
+            .collect();
+        assert_eq!(
+            cycles,
+            ["dependency cycle: l -> m -> l"],
+            "a sidecar waits for its partner: k is no cycle"
+        );
     }
 
     #[test]

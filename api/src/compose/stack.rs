@@ -224,7 +224,8 @@ fn address_problem(spec: &StackSpec, net: &str, sn: &ServiceNetwork) -> Option<S
     })
 }
 
-/// A dependency cycle, as the list of services around it (first repeated at the end).
+/// A dependency cycle (`depends_on`, or a sidecar's partner), as the list of services around
+/// it (first repeated at the end).
 fn dependency_cycle(spec: &StackSpec) -> Option<Vec<String>> {
     fn visit<'a>(
         spec: &'a StackSpec,
@@ -241,13 +242,10 @@ fn dependency_cycle(spec: &StackSpec) -> Option<Vec<String>> {
             return None;
         }
         path.push(name);
-        for dep in spec
-            .services
-            .get(name)
-            .map(|s| s.depends_on.keys())
-            .into_iter()
-            .flatten()
-        {
+        // A sidecar waits for its partner as a dependent waits for its dependency.
+        let edges = (spec.services.get(name))
+            .map(|s| s.depends_on.keys().chain(s.partners().map(|p| &p.service)));
+        for dep in edges.into_iter().flatten() {
             if dep != name && spec.services.contains_key(dep) {
                 if let Some(c) = visit(spec, dep, path, done) {
                     return Some(c);

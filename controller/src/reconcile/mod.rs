@@ -164,7 +164,9 @@ async fn reconcile_service(
         Err(e) => {
             // A replica that cannot be removed is named in the status; the key backs off.
             if let Some(failed) = act::Outcome::removal_failed(&obs, &e) {
-                report::report(ctx, &obs, &plan, failed).await?;
+                if let Err(w) = report::report(ctx, &obs, &plan, failed).await {
+                    tracing::warn!(stack, service = name, error = %w, "status of a failed removal not written");
+                }
             }
             return Err(e);
         }

@@ -72,10 +72,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
     let gate = dependency_gate(ctx, &stack, &service).await?;
     let previous = ctx.scratch.last_status(&ctx.desired, stack_name, name);
     let pairing = super::pairing::observe(ctx, &stack, &service, &containers).await?;
-    let service = match &pairing {
-        Some(p) => p.follow(&service),
-        None => service,
-    };
+    let service = super::pairing::followed(&ctx.desired, &stack, service);
     Ok(Seen::Present(Observation {
         stack,
         service,
@@ -99,10 +96,9 @@ async fn dependency_gate(
     }
     let mut states = vec![];
     for dep in service.spec.depends_on.keys() {
-        let record = ctx
-            .desired
-            .service(&stack.name, dep)
-            .filter(|_| stack.services.contains(dep));
+        let record = (ctx.desired.service(&stack.name, dep))
+            .filter(|_| stack.services.contains(dep))
+            .map(|r| super::pairing::followed(&ctx.desired, stack, r));
         let containers = ctx
             .containers
             .service(&stack.name, dep)

@@ -28,8 +28,6 @@ use crate::watch::Desired;
 pub struct Pairing {
     /// One per partner of the spec, the network's first.
     sides: Vec<Side>,
-    /// The replica count the sidecar follows: its lead partner's.
-    count: Option<u32>,
     /// When running replicas last started (Unix ns), the sidecar's and its network
     /// partner's, by container id.
     started: HashMap<String, i64>,
@@ -119,14 +117,23 @@ where
             replicas,
         });
     }
+    Ok(pairing)
+}
+
+/// `service` as it runs: a sidecar with its lead partner's replica count
+/// ([`capstan_api::spec::ServiceSpec::desired_replicas`]), any other as stored.
+pub fn followed(desired: &Desired, stack: &Stack, service: Arc<Service>) -> Arc<Service> {
     let replicas_of = |name: &str| {
         let record = desired.service(&stack.name, name);
-        record
-            .filter(|_| stack.services.iter().any(|s| s == name))
-            .map(|r| r.spec.replicas)
+        (record.filter(|_| stack.services.iter().any(|s| s == name))).map(|r| r.spec.replicas)
     };
-    pairing.count = Some(spec.desired_replicas(replicas_of));
-    Ok(pairing)
+    let n = service.spec.desired_replicas(replicas_of);
+    if n == service.spec.replicas {
+        return service;
+    }
+    let mut s = (*service).clone();
+    s.spec.replicas = n;
+    Arc::new(s)
 }
 
 /// The partner's containers that carry its replicas' names (not successors, not strays).
@@ -170,18 +177,6 @@ async fn start_times(ctx: &Context, pairing: &Pairing, own: &[Observed]) -> Hash
 impl Pairing {
     fn network(&self) -> Option<&Side> {
         self.sides.iter().find(|s| s.volumes.is_none())
-    }
-
-    /// `service` with its partner's replica count, for a sidecar that follows one.
-    pub fn follow(&self, service: &Arc<Service>) -> Arc<Service> {
-        match self.count {
-            Some(n) if n != service.spec.replicas => {
-                let mut s = (**service).clone();
-                s.spec.replicas = n;
-                Arc::new(s)
-            }
-            _ => service.clone(),
-        }
     }
 
     /// Why replica `ordinal` cannot be made or started now: a partner's replica is missing,

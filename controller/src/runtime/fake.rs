@@ -265,6 +265,8 @@ struct Container {
     oneoff: bool,
     /// The container whose network namespace this one joins (`container:ID`).
     join: Option<String>,
+    /// The containers whose volumes it mounts (`ID[:ro]`).
+    volumes_from: Vec<String>,
 }
 
 struct Resource {
@@ -615,6 +617,13 @@ impl FakeRuntime {
         st.containers.get(joined).map(|c| c.obs.name.clone())
     }
 
+    /// The `volumes_from` entries the container named `name` was made with.
+    pub fn volumes_from(&self, name: &str) -> Vec<String> {
+        let st = self.shared.lock();
+        let c = st.names.get(name).and_then(|id| st.containers.get(id));
+        c.map(|c| c.volumes_from.clone()).unwrap_or_default()
+    }
+
     /// The image the container named `name` was created from.
     pub fn image_of(&self, name: &str) -> Option<String> {
         let st = self.shared.lock();
@@ -729,6 +738,7 @@ impl FakeRuntime {
                 starts: 1,
                 oneoff: false,
                 join: None,
+                volumes_from: vec![],
             },
         );
         id
@@ -1368,6 +1378,7 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
         starts: 0,
         oneoff: plan.labels.contains_key(names::ONEOFF_STACK),
         join: plan.join.clone(),
+        volumes_from: plan.volumes_from.clone(),
     }
 }
 
