@@ -223,8 +223,8 @@ impl Pairing {
 
     /// Adjusts the plan of the sidecar's own replicas to their partners: a replica whose
     /// partner cannot take it yet is neither made nor started (and the plan says what it
-    /// waits for); one made with another partner container is made anew; one that started
-    /// before its network partner last did is restarted.
+    /// waits for); one made with another partner container is made anew (unless the plan is
+    /// gated); one that started before its network partner last did is restarted.
     pub fn refine(&self, stack: &str, replicas: u32, plan: &mut Plan, own: &[Observed]) {
         let waiting: BTreeMap<u32, String> = (1..=replicas)
             .filter_map(|n| Some((n, self.waits(stack, n)?)))
@@ -240,9 +240,12 @@ impl Pairing {
         for c in own.iter().filter(current) {
             let n = c.ordinal.unwrap_or(0);
             if c.partners != self.label(n) {
-                drop_actions(plan, n);
-                plan.heal
-                    .push((c.clone(), HealCause::PartnerReplaced, HealAction::Replace));
+                // A closed `depends_on` gate makes no container, not even a sidecar's anew.
+                if !plan.gated {
+                    drop_actions(plan, n);
+                    plan.heal
+                        .push((c.clone(), HealCause::PartnerReplaced, HealAction::Replace));
+                }
             } else if self.partner_restarted(c, n) {
                 drop_actions(plan, n);
                 plan.heal
