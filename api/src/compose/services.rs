@@ -87,14 +87,7 @@ impl Parser {
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
-        let name = path.trim_start_matches("services.").to_string();
-        if let Some((field, n)) = &replicas_from {
-            s.replicas = *n;
-            let field = field.trim_start_matches(path).trim_start_matches('.');
-            self.counted.insert(name.clone(), field.to_string());
-        } else if deploy.global {
-            self.counted.insert(name, "deploy.mode".into());
-        }
+        self.take_count(path, &mut s, &replicas_from, deploy.global);
         self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
         match image {
             Some(i) if !i.trim().is_empty() => s.image = i,
@@ -110,6 +103,28 @@ impl Parser {
             );
         }
         Some(s)
+    }
+
+    /// The replica count given (`scale` or `deploy.replicas`), and which field gave the
+    /// service at `path` a count of its own (those, or `deploy.mode: global`): a sidecar's
+    /// must agree with its partner's.
+    fn take_count(
+        &mut self,
+        path: &str,
+        s: &mut ServiceSpec,
+        from: &Option<(String, u32)>,
+        global: bool,
+    ) {
+        if let Some((_, n)) = from {
+            s.replicas = *n;
+        }
+        let name = path.trim_start_matches("services.").to_string();
+        let field = match (from, global) {
+            (Some((f, _)), _) => f.trim_start_matches(path).trim_start_matches('.'),
+            (None, true) => "deploy.mode",
+            (None, false) => return,
+        };
+        self.counted.insert(name, field.to_string());
     }
 
     /// `deploy.mode`, `deploy.resources` and `deploy.restart_policy` against the service's
