@@ -377,7 +377,18 @@ services:
     ports: ["80"]
 "#
     ));
-    let out = h.d.cli(&["apply", "-f", &file, "--stack", &h.s.name]);
+    // --wait: nothing is still being made when the test ends and its guard cleans up.
+    let apply = [
+        "apply",
+        "-f",
+        &file,
+        "--stack",
+        &h.s.name,
+        "--wait",
+        "--timeout",
+        "90s",
+    ];
+    let out = h.d.cli(&apply);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let notices: Vec<&str> = err
