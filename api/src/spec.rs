@@ -653,6 +653,11 @@ impl ServiceSpec {
             .chain(self.options.volumes_from.iter().map(|v| &v.partner))
     }
 
+    /// Whether this service is a sidecar of `service` (it decides on that one's replicas).
+    pub fn pairs_with(&self, service: &str) -> bool {
+        self.partners().any(|p| p.service == service)
+    }
+
     /// The partner a sidecar follows in its replica count: its first partner paired
     /// replica by replica. `None` for a service that keeps a count of its own.
     pub fn lead_partner(&self) -> Option<&Partner> {

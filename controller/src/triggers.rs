@@ -142,7 +142,7 @@ const FOLLOW_UPS: [Duration; 3] = [
 fn enqueue_sidecars(t: &Triggers, stack: &capstan_api::object::Stack, service: &str) {
     for name in &stack.services {
         let record = t.desired.service(&stack.name, name);
-        if record.is_some_and(|s| s.spec.partners().any(|p| p.service == service)) {
+        if record.is_some_and(|s| s.spec.pairs_with(service)) {
             (t.scheduler).enqueue(ObjectKey::Service(stack.name.clone(), name.clone()));
         }
     }

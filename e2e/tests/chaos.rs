@@ -169,11 +169,7 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
         let desired = if i % 2 == 1 { SCALE } else { 0 };
         let kill_ms = rng.below(MAX_KILL_MS);
         d.cli_ok(&["scale", &format!("{}/web={desired}", s.name)]);
-        std::thread::sleep(Duration::from_millis(kill_ms));
-        d.kill();
-        let at_kill = s.containers().len();
-        let restarted = Instant::now();
-        d.start_again();
+        let (at_kill, restarted) = kill_and_restart(&mut d, &s, kill_ms);
         wait_for(
             CONVERGE,
             &format!(
@@ -284,6 +280,17 @@ fn phantom_endpoint(net: &str) -> bool {
     attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
 }
 
+/// `kill_ms` after a change was asked for, SIGKILL the daemon and start it again: how many
+/// containers the stack had at the kill, and when the new daemon started.
+fn kill_and_restart(d: &mut Daemon, s: &StackGuard, kill_ms: u64) -> (usize, Instant) {
+    std::thread::sleep(Duration::from_millis(kill_ms));
+    d.kill();
+    let at_kill = s.containers().len();
+    let restarted = Instant::now();
+    d.start_again();
+    (at_kill, restarted)
+}
+
 /// Every container of the stack runs `image`.
 fn all_of_image(s: &StackGuard, image: &str) -> Result<(), String> {
     let rows = docker(&[
@@ -318,11 +325,7 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
         let image = if i % 2 == 1 { IMAGE_V2 } else { IMAGE };
         let kill_ms = rng.below(MAX_KILL_MS);
         d.apply_nowait(&s, &stack_of(image, ROLLING));
-        std::thread::sleep(Duration::from_millis(kill_ms));
-        d.kill();
-        let at_kill = s.containers().len();
-        let restarted = Instant::now();
-        d.start_again();
+        let (at_kill, restarted) = kill_and_restart(&mut d, &s, kill_ms);
         let what = format!("rollout {i} to {image} (seed {seed}), killed at {kill_ms} ms");
         wait_for(CONVERGE, &what, || {
             settled(&d, &s, ROLLING).and_then(|_| all_of_image(&s, image))
@@ -342,9 +345,7 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
     let url = format!("{API}/v1/stacks/{}?volumes=true", s.name);
     let resp = d.api().delete(url).send().expect("DELETE");
     assert_eq!(resp.status().as_u16(), 202);
-    std::thread::sleep(Duration::from_millis(kill_ms));
-    d.kill();
-    d.start_again();
+    kill_and_restart(&mut d, &s, kill_ms);
     let what = format!("the deletion (seed {seed}), killed at {kill_ms} ms");
     let mut phantom = None;
     wait_until(CONVERGE, &what, || {

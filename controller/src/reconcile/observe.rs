@@ -119,9 +119,8 @@ async fn dependency_gate(
 
 /// The services of `stack` that depend on `name`, or pair with it as its sidecars.
 pub fn dependents(ctx: &Context, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
-    let depends = |svc: &Service| {
-        svc.spec.depends_on.contains_key(name) || svc.spec.partners().any(|p| p.service == name)
-    };
+    let depends =
+        |svc: &Service| svc.spec.depends_on.contains_key(name) || svc.spec.pairs_with(name);
     stack
         .services
         .iter()
