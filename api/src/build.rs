@@ -81,6 +81,15 @@ impl BuildSpec {
     }
 }
 
+/// Why `network` cannot be a build's network, if it cannot: `container:NAME` would run the
+/// build's steps in the namespace of a container that may be anyone's. A network's name,
+/// `default`, `none` and `host` (which the policy weighs) are for the engine to judge.
+pub fn network_problem(network: &str) -> Option<String> {
+    network.starts_with("container:").then(|| {
+        format!("{network:?} would run the build's steps in another container's network namespace; name a network, `default`, `none` or `host`")
+    })
+}
+
 /// The deterministic name of the image built from `digest` (`sha256:<hex>` or bare hex) for
 /// `service` of `stack`: `capstan.local/<stack>/<service>:<first 16 hex digits>`.
 pub fn built_tag(stack: &str, service: &str, digest: &str) -> String {

@@ -146,9 +146,23 @@ async fn build(
     if let Err(reason) = check(&req) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
+    let refused = st.policy.check_build("spec", &req.spec);
+    if !refused.is_empty() {
+        let body = ErrorBody {
+            error: format!(
+                "refused by policy: {} problem(s); nothing was built",
+                refused.len()
+            ),
+            details: refused,
+        };
+        return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+    }
     let Some(docker) = st.builds.engine().cloned() else {
         return no_engine();
     };
+    if let Err(refused) = names_free(&docker, &req).await {
+        return refused;
+    }
     let max = st.builds.max_context;
     let too_large = |size: String| {
         error(
@@ -199,6 +213,9 @@ fn check(req: &BuildRequest) -> Result<(), String> {
     if !is_built_image(&req.tag) || !req.tag.starts_with(&own) {
         return Err(format!("tag {:?} is not {own}<digest>", req.tag));
     }
+    if let Some(why) = (req.spec.network.as_deref()).and_then(capstan_api::build::network_problem) {
+        return Err(format!("spec.network: {why}"));
+    }
     if req.spec.extra_hosts.len() > 1 {
         return Err("spec.extraHosts: one entry at most (the engine client sends one)".into());
     }
@@ -210,6 +227,39 @@ fn check(req: &BuildRequest) -> Result<(), String> {
         Some(n) => Err(format!("names: {n:?} is not an image name")),
         None => Ok(()),
     }
+}
+
+/// Each extra name the image is to get must be free for this stack: no image has it, or
+/// capstan built that image for the same stack. Tagging over any other image (an operator's
+/// pulled `traefik:2`, another stack's build) would change what its users run next. A 409
+/// otherwise; nothing is built.
+async fn names_free(docker: &Docker, req: &BuildRequest) -> Result<(), Response> {
+    for name in &req.names {
+        let labels = match docker.inspect_image(name).await {
+            Ok(image) => image.config.and_then(|c| c.labels).unwrap_or_default(),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => continue,
+            Err(e) => {
+                return Err(error(
+                    StatusCode::BAD_GATEWAY,
+                    format!("the engine, inspecting {name}: {e}"),
+                ))
+            }
+        };
+        if labels.get(LABEL_STACK) != Some(&req.stack) {
+            return Err(error(
+                StatusCode::CONFLICT,
+                format!(
+                    "image name {name} is taken by an image capstan did not build for stack {}; \
+                     tagging it would change what its users run. Give the service another \
+                     `image:`, or remove that image; nothing was built",
+                    req.stack
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Builds, streams each event to `tx`, and tags the image with the other names.

@@ -63,7 +63,7 @@ async fn run(
         let why = format!("service {service} not found in stack {stack}");
         return error(StatusCode::NOT_FOUND, why, vec![]).into_response();
     };
-    if let Some(refused) = shape::bind_refused(&service, &st.policy) {
+    if let Some(refused) = shape::bind_refused(&stack, &service, &st.policy) {
         return error(StatusCode::FORBIDDEN, refused.to_string(), vec![]).into_response();
     }
     let mut plan = oneoff(&stack, &service, &req);

@@ -172,49 +172,15 @@ fn refused(what: &str, errors: Vec<capstan_api::FieldError>) -> Result<(), ApiEr
     ))
 }
 
-/// A stack the policy refuses is a 400 naming each field and the rule.
+/// A stack the policy refuses is a 400 naming each field and the rule. Host paths are
+/// checked as written and as this host resolves them (symlinks followed), since the engine
+/// follows them; paths that do not exist yet are checked as written.
 fn policy_allows(
     policy: &capstan_api::policy::Policy,
     spec: &capstan_api::spec::StackSpec,
 ) -> Result<(), ApiError> {
-    let mut errors = policy.check(spec);
-    if let Some(resolved) = symlinks_resolved(spec) {
-        for mut e in policy.check(&resolved) {
-            if !errors.iter().any(|o| o.field == e.field) {
-                e.reason
-                    .push_str(" (the host path leads there through a symlink)");
-                errors.push(e);
-            }
-        }
-    }
+    let errors = policy.check_on_host(spec, capstan_api::policy::resolve_on_host);
     refused("refused by policy", errors)
-}
-
-/// `spec` with each bind mount's host path as this host resolves it (symlinks followed),
-/// when any differs: the engine follows them, so `/tmp/x -> /` must not pass as `/tmp/x`.
-/// Paths that do not exist yet stay as written (the engine creates them as folders).
-fn symlinks_resolved(spec: &capstan_api::spec::StackSpec) -> Option<capstan_api::spec::StackSpec> {
-    let mut resolved = spec.clone();
-    let mut changed = false;
-    for svc in resolved.services.values_mut() {
-        let binds = svc
-            .volumes
-            .iter_mut()
-            .filter(|m| m.kind == capstan_api::spec::MountKind::Bind);
-        for m in binds {
-            let Some(real) = (m.source.as_deref())
-                .and_then(|s| std::fs::canonicalize(s).ok())
-                .map(|p| p.to_string_lossy().into_owned())
-            else {
-                continue;
-            };
-            if m.source.as_deref() != Some(real.as_str()) {
-                m.source = Some(real);
-                changed = true;
-            }
-        }
-    }
-    changed.then_some(resolved)
 }
 
 /// A stack that would own another stack's container, network or volume name is a 400

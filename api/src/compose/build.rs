@@ -73,7 +73,13 @@ impl Parser {
                 "args" => b.args = self.key_values(&field, val, "build argument"),
                 "target" => b.target = self.nonempty(&field, val),
                 "labels" => b.labels = self.key_values(&field, val, "label"),
-                "network" => b.network = self.nonempty(&field, val),
+                "network" => {
+                    b.network = self.nonempty(&field, val);
+                    let problem = b.network.as_deref().and_then(crate::build::network_problem);
+                    if let Some(why) = problem {
+                        self.err(&field, why);
+                    }
+                }
                 "shm_size" => b.shm_size = self.bytes(&field, val),
                 "extra_hosts" => b.extra_hosts = self.extra_hosts(&field, val),
                 "no_cache" => b.no_cache = self.bool(&field, val),

@@ -526,7 +526,7 @@ async fn create_and_start(
     made: Made,
 ) -> Result<(), RuntimeError> {
     let policy = ctx.policy.as_deref();
-    if let Some(refused) = policy.and_then(|p| shape::bind_refused(&obs.service, p)) {
+    if let Some(refused) = policy.and_then(|p| shape::bind_refused(&obs.stack, &obs.service, p)) {
         return Err(refused);
     }
     let mut plan = shape::container(&obs.stack, &obs.service, ordinal);

@@ -24,26 +24,35 @@ fn network_spec<'a>(stack: &'a Stack, key: &str) -> std::borrow::Cow<'a, Network
     )
 }
 
-/// Replica `ordinal` of `svc`.
-/// The bind rule again, as the engine is about to follow each host path: a path that was
-/// checked at apply may have become a symlink since (`/srv/data -> /`). `None` when every
-/// bind of `svc` resolves where `policy` allows; paths that do not exist are left to the
-/// engine, which makes them as folders.
-pub fn bind_refused(svc: &Service, policy: &capstan_api::policy::Policy) -> Option<RuntimeError> {
-    let binds = (svc.spec.volumes.iter()).filter(|m| m.kind == capstan_api::spec::MountKind::Bind);
-    binds
-        .filter_map(|m| m.source.as_deref())
-        .find_map(|source| {
-            let real = std::fs::canonicalize(source).ok()?;
-            let real = real.to_string_lossy();
-            let reason = policy.bind_allowed(&real).err()?;
-            Some(RuntimeError::BindRefused {
-                path: source.to_string(),
-                reason: format!("it now resolves to {real}, and {reason}"),
-            })
+/// The bind rule again, as the engine is about to follow each host path of a replica of
+/// `svc` (its binds, and the device of each `local` volume it mounts that binds one): a path
+/// that was checked at apply may have become a symlink since (`/srv/data -> /`). `None`
+/// when each resolves where `policy` allows; paths that do not exist are left to the engine,
+/// which makes them as folders.
+pub fn bind_refused(
+    stack: &Stack,
+    svc: &Service,
+    policy: &capstan_api::policy::Policy,
+) -> Option<RuntimeError> {
+    let mounts = svc.spec.volumes.iter();
+    let sources = mounts.filter_map(|m| match m.kind {
+        MountKind::Bind => m.source.as_deref(),
+        MountKind::Volume => (m.source.as_deref())
+            .and_then(|key| stack.volumes.get(key))
+            .and_then(capstan_api::policy::volume_host_path),
+        _ => None,
+    });
+    sources.into_iter().find_map(|source| {
+        let real = capstan_api::policy::resolve_on_host(source)?;
+        let reason = policy.bind_allowed(&real).err()?;
+        Some(RuntimeError::BindRefused {
+            path: source.to_string(),
+            reason: format!("it now resolves to {real}, and {reason}"),
         })
+    })
 }
 
+/// Replica `ordinal` of `svc`.
 pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
     let spec = &svc.spec;
     let name = spec.replica_name(&stack.name, &svc.name, ordinal);
@@ -252,7 +261,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_bind_that_became_a_symlink_to_root_is_refused_and_a_plain_folder_is_not() {
+    fn a_bind_or_volume_device_that_became_a_symlink_to_root_is_refused_and_a_plain_folder_is_not()
+    {
         let dir = std::env::temp_dir().join(format!("capstan-binds-{}", std::process::id()));
         let (plain, link) = (dir.join("plain"), dir.join("link"));
         std::fs::create_dir_all(&plain).unwrap();
@@ -269,14 +279,27 @@ mod tests {
                 "/data",
                 false,
             )];
-            bind_refused(&svc, &policy)
+            bind_refused(&Stack::default(), &svc, &policy)
+        };
+        let with_volume = |device: &std::path::Path| {
+            let (stack, services) = objects(&format!(
+                "services: {{web: {{image: x, volumes: ['v:/data']}}}}\n\
+                 volumes: {{v: {{driver_opts: {{type: none, o: bind, device: {}}}}}}}",
+                device.display()
+            ));
+            bind_refused(&stack, &services[0], &policy)
         };
         assert!(with_bind(&plain).is_none());
+        assert!(with_volume(&plain).is_none());
         assert!(
             with_bind(&dir.join("missing")).is_none(),
             "left to the engine"
         );
         let refused = with_bind(&link).expect("refused").to_string();
+        assert!(refused.contains("now resolves to /, and"), "{refused}");
+        let refused = with_volume(&link)
+            .expect("a volume's device too")
+            .to_string();
         assert!(refused.contains("now resolves to /, and"), "{refused}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -16,6 +16,9 @@
 //! unconfined: false          # security_opt seccomp=unconfined, apparmor=unconfined, label=disable
 //! sysctls: [net.]            # allowed sysctl prefixes (net.* is per container)
 //! bind_mounts: [/home, /srv, /opt, /mnt, /media, /tmp, /var/tmp, /work, /data]
+//! volume_drivers: [local]    # drivers of the stack's named volumes
+//! volume_types: [tmpfs, nfs, nfs4, cifs, smb3]  # what the local driver may mount, besides binds
+//! network_drivers: [bridge, overlay]  # drivers of the stack's networks
 //! ports: {min: 1024, max: 65535}  # published host ports
 //! max_replicas: 100          # per service
 //! max_services: 2000         # per stack (the store is tested with 2,000)
@@ -26,13 +29,28 @@
 //! `/run/docker.sock`) are refused unless listed themselves, and so is any bind that
 //! contains them (mounting `/run` exposes the socket).
 //!
-//! `pid`, `ipc` and `userns_mode` are refused by the Compose parser as unsupported, so no
-//! stack reaches host namespaces through them.
+//! # Every way to a host path
+//! [`host_paths`] lists, in one place, each host path a stack would have the engine mount:
+//! a service's bind mounts (short and long syntax), and a named volume of the `local` driver
+//! whose `driver_opts` bind a folder (`o: bind`, `device:`) or mount a device by its path
+//! (`type: ext4`, `device: /dev/sdb1`). Each goes through `bind_mounts`; a local volume that
+//! would mount any other kind of file system (`proc`, `overlay`, `devtmpfs`, ...) must be of
+//! a type `volume_types` lists, and a volume of another driver needs `volume_drivers`.
+//! [`Policy::check_on_host`] also checks each path as the host resolves it (symlinks).
+//!
+//! Host namespaces: `network_mode: host`, an external network named `host` and
+//! `build.network: host` fall under `host_network`; `pid`, `ipc`, `uts`, `cgroup` and
+//! `userns_mode` are refused by the Compose parser as unsupported. Secrets' and configs'
+//! `file:` is read by the client, never by the daemon (the API takes only `content:`), and a
+//! `build:` context is uploaded by the client, never read from the daemon's disk.
 
 use serde::{Deserialize, Serialize};
 
+mod volumes;
+
 use crate::compose::FieldError;
-use crate::spec::{MountKind, NetworkMode, StackSpec};
+use crate::spec::{NetworkMode, StackSpec};
+pub use volumes::{host_paths, volume_host_path, HostPath};
 
 /// Capabilities the engine grants every container (Docker's default set): adding them is a
 /// no-op, so the policy never refuses them.
@@ -57,7 +75,13 @@ pub const DOCKER_DEFAULT_CAPS: &[&str] = &[
 pub const SENSITIVE_PATHS: &[&str] = &["/", "/var/run/docker.sock", "/run/docker.sock"];
 
 /// `security_opt` entries that turn confinement off.
-const UNCONFINED: &[&str] = &["seccomp=unconfined", "apparmor=unconfined", "label=disable"];
+/// (`systempaths=unconfined` unmasks `/proc/kcore`, `/proc/sysrq-trigger` and the like.)
+const UNCONFINED: &[&str] = &[
+    "seccomp=unconfined",
+    "apparmor=unconfined",
+    "label=disable",
+    "systempaths=unconfined",
+];
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -74,8 +98,18 @@ pub struct Policy {
     pub unconfined: bool,
     /// Sysctl name prefixes (`net.`) a service may set.
     pub sysctls: Vec<String>,
-    /// Host path prefixes a bind mount may come from.
+    /// Host path prefixes a bind mount may come from: a service's binds, and the folder or
+    /// device a `local` volume's `driver_opts` mount.
     pub bind_mounts: Vec<String>,
+    /// Volume drivers a stack's named volumes may use: another driver (a plugin) takes
+    /// options only it understands, some of which name host paths.
+    pub volume_drivers: Vec<String>,
+    /// File system types the `local` driver may mount from `driver_opts` besides host paths
+    /// (`proc`, `sysfs` or `overlay` there would hand the container the host's).
+    pub volume_types: Vec<String>,
+    /// Drivers of the stack's own networks (`macvlan` and `ipvlan` put replicas on the
+    /// host's physical network, past its firewall).
+    pub network_drivers: Vec<String>,
     /// Published host ports.
     pub ports: PortRange,
     /// The most replicas one service may have.
@@ -111,6 +145,9 @@ impl Default for Policy {
             bind_mounts: strings(&[
                 "/home", "/srv", "/opt", "/mnt", "/media", "/tmp", "/var/tmp", "/work", "/data",
             ]),
+            volume_drivers: strings(&["local"]),
+            volume_types: strings(&["tmpfs", "nfs", "nfs4", "cifs", "smb3"]),
+            network_drivers: strings(&["bridge", "overlay"]),
             ports: PortRange {
                 min: 1024,
                 max: 65535,
@@ -129,6 +166,13 @@ fn under(path: &str, dir: &str) -> bool {
         || path
             .strip_prefix(dir)
             .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// `path` as this host resolves it (symlinks followed); `None` when it does not exist (the
+/// engine then makes it as a folder, where it is written).
+pub fn resolve_on_host(path: &str) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    Some(real.to_string_lossy().into_owned())
 }
 
 /// `path` without `.`, `..`, repeated or trailing slashes; `None` when it is not absolute.
@@ -165,8 +209,20 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Every violation of this policy in `spec`; empty when the stack may be applied.
+    /// Every violation of this policy in `spec`, its host paths taken as written; empty
+    /// when the stack may be applied.
     pub fn check(&self, spec: &StackSpec) -> Vec<FieldError> {
+        self.check_on_host(spec, |_| None)
+    }
+
+    /// [`Policy::check`], and each host path also as `resolve` says the host sees it (the
+    /// daemon passes `canonicalize`: the engine follows symlinks, so `/tmp/x -> /` must not
+    /// pass as `/tmp/x`). `resolve` answers `None` for a path that does not exist yet.
+    pub fn check_on_host(
+        &self,
+        spec: &StackSpec,
+        resolve: impl Fn(&str) -> Option<String>,
+    ) -> Vec<FieldError> {
         let mut out = Violations(vec![]);
         if spec.services.len() > self.max_services {
             out.refuse(
@@ -183,7 +239,45 @@ impl Policy {
             let path = format!("services.{name}");
             self.check_service(&path, svc, &mut out);
         }
+        for HostPath { field, path } in host_paths(spec) {
+            if let Err(why) = self.host_path_allowed(&path, &resolve) {
+                out.refuse(field, "bind_mounts", why);
+            }
+        }
+        self.check_volumes(spec, &mut out);
         self.check_networks(spec, &mut out);
+        out.0.sort_by(|a, b| a.field.cmp(&b.field));
+        out.0
+    }
+
+    /// `bind_allowed` for `path` as written, then as the host resolves it.
+    fn host_path_allowed(
+        &self,
+        path: &str,
+        resolve: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), String> {
+        self.bind_allowed(path)?;
+        match resolve(path) {
+            Some(real) if normalize_path(path).as_deref() != Some(real.as_str()) => self
+                .bind_allowed(&real)
+                .map_err(|why| format!("{why} (the host path leads there through a symlink)")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The `build:` options of a service (or of a build request, which the build route
+    /// checks itself): `network: host` is host networking.
+    pub fn check_build(&self, path: &str, build: &crate::build::BuildSpec) -> Vec<FieldError> {
+        let mut out = Violations(vec![]);
+        if build.network.as_deref() == Some("host") && !self.host_network {
+            out.refuse(
+                format!("{path}.network"),
+                "host_network",
+                "a build on the host's network reaches every service of the host on \
+                 127.0.0.1"
+                    .into(),
+            );
+        }
         out.0
     }
 
@@ -254,7 +348,10 @@ impl Policy {
                 );
             }
         }
-        self.check_binds(path, svc, out);
+        if let Some(build) = &svc.build {
+            out.0
+                .extend(self.check_build(&format!("{path}.build"), build));
+        }
         self.check_ports(path, svc, out);
     }
 
@@ -313,18 +410,6 @@ impl Policy {
         }
     }
 
-    fn check_binds(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
-        for (i, m) in svc.volumes.iter().enumerate() {
-            if m.kind != MountKind::Bind {
-                continue;
-            }
-            let source = m.source.as_deref().unwrap_or_default();
-            if let Err(why) = self.bind_allowed(source) {
-                out.refuse(format!("{path}.volumes[{i}]"), "bind_mounts", why);
-            }
-        }
-    }
-
     fn check_ports(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
         let PortRange { min, max } = self.ports;
         for (i, p) in svc.ports.iter().enumerate() {
@@ -341,7 +426,48 @@ impl Policy {
         }
     }
 
+    /// Named volumes: their driver, and what a `local` one would mount besides host paths
+    /// (those are checked with the binds).
+    fn check_volumes(&self, spec: &StackSpec, out: &mut Violations) {
+        let allowed = |list: &[String], name: &str| list.iter().any(|a| a == name);
+        for (key, vol) in spec.volumes.iter().filter(|(_, v)| !v.external) {
+            if !volumes::is_local(vol) {
+                let driver = vol.driver.as_deref().unwrap_or_default();
+                if !allowed(&self.volume_drivers, driver) {
+                    out.refuse(
+                        format!("volumes.{key}.driver"),
+                        "volume_drivers",
+                        format!("volume driver {driver:?} is not among the allowed drivers ({}): its options may mount anything on the host", self.volume_drivers.join(", ")),
+                    );
+                }
+                continue;
+            }
+            if let volumes::LocalMount::FileSystem(fs) = volumes::local_mount(&vol.driver_opts) {
+                if !allowed(&self.volume_types, &fs.to_ascii_lowercase()) {
+                    out.refuse(
+                        format!("volumes.{key}.driver_opts.type"),
+                        "volume_types",
+                        format!("the local driver would mount a {fs:?} file system on the host; allowed types are {} (or a host path under bind_mounts)", self.volume_types.join(", ")),
+                    );
+                }
+            }
+        }
+    }
+
     fn check_networks(&self, spec: &StackSpec, out: &mut Violations) {
+        for (key, net) in spec.networks.iter().filter(|(_, n)| !n.external) {
+            let driver = net.driver.as_deref().unwrap_or("bridge");
+            if !self.network_drivers.iter().any(|d| d == driver) {
+                out.refuse(
+                    format!("networks.{key}.driver"),
+                    "network_drivers",
+                    format!(
+                        "network driver {driver:?} is not among the allowed drivers ({})",
+                        self.network_drivers.join(", ")
+                    ),
+                );
+            }
+        }
         for (key, net) in &spec.networks {
             if net.external && net.engine_name(&spec.name, key) == "host" && !self.host_network {
                 out.refuse(
@@ -453,13 +579,14 @@ mod tests {
 
     #[test]
     fn security_options_that_unconfine_are_refused() {
-        let yaml = "services: {web: {image: x, security_opt: ['seccomp:unconfined', 'apparmor=unconfined', 'label:disable', 'no-new-privileges']}}";
+        let yaml = "services: {web: {image: x, security_opt: ['seccomp:unconfined', 'apparmor=unconfined', 'label:disable', 'no-new-privileges', 'systempaths=unconfined']}}";
         assert_eq!(
             refused_by_default(yaml),
             vec![
                 ("services.web.security_opt[0]".into(), "unconfined".into()),
                 ("services.web.security_opt[1]".into(), "unconfined".into()),
                 ("services.web.security_opt[2]".into(), "unconfined".into()),
+                ("services.web.security_opt[4]".into(), "unconfined".into()),
             ]
         );
     }
@@ -499,6 +626,118 @@ mod tests {
         let open =
             Policy::from_yaml("bind_mounts: [/, /var/run/docker.sock, /run/docker.sock]").unwrap();
         assert_eq!(refusals(&open, yaml), vec![]);
+    }
+
+    #[test]
+    fn named_volumes_that_bind_host_paths_go_through_the_bind_rule() {
+        let yaml = "services: {web: {image: x, volumes: ['root:/host:ro', 'run:/r', 'srv:/s']}}
+volumes:
+  root: {driver_opts: {type: none, o: bind, device: /}}
+  run: {driver: local, driver_opts: {type: none, o: bind, device: /run}}
+  srv: {driver_opts: {type: none, o: bind, device: /srv/data}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                (
+                    "volumes.root.driver_opts.device".into(),
+                    "bind_mounts".into()
+                ),
+                (
+                    "volumes.run.driver_opts.device".into(),
+                    "bind_mounts".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_volume_mounting_a_host_disk_or_a_kernel_file_system_is_refused() {
+        let yaml = "services: {web: {image: x}}
+volumes:
+  disk: {driver_opts: {type: ext4, device: /dev/sda1}}
+  proc: {driver_opts: {type: proc, device: proc}}
+  over: {driver_opts: {type: overlay, device: overlay, o: 'lowerdir=/,upperdir=/tmp/u,workdir=/tmp/w'}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                (
+                    "volumes.disk.driver_opts.device".into(),
+                    "bind_mounts".into()
+                ),
+                (
+                    "volumes.over.driver_opts.type".into(),
+                    "volume_types".into()
+                ),
+                (
+                    "volumes.proc.driver_opts.type".into(),
+                    "volume_types".into()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn tmpfs_and_network_share_volumes_pass_the_default_policy() {
+        let yaml = "services: {web: {image: x}}
+volumes:
+  cache: {driver_opts: {type: tmpfs, device: tmpfs, o: size=64m}}
+  nfs: {driver_opts: {type: nfs, o: 'addr=10.0.0.5,rw', device: ':/export/web'}}
+  smb: {driver_opts: {type: cifs, o: 'addr=nas', device: //nas/share}}
+  plain: {}";
+        assert_eq!(refused_by_default(yaml), vec![]);
+    }
+
+    #[test]
+    fn volume_plugins_and_network_drivers_beyond_the_lists_need_the_policy() {
+        let yaml = "services: {web: {image: x}}
+volumes: {data: {driver: local-persist, driver_opts: {mountpoint: /}}}
+networks: {lan: {driver: macvlan, driver_opts: {parent: eth0}}, back: {}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                ("networks.lan.driver".into(), "network_drivers".into()),
+                ("volumes.data.driver".into(), "volume_drivers".into()),
+            ]
+        );
+        let open = Policy::from_yaml(
+            "volume_drivers: [local, local-persist]\nnetwork_drivers: [bridge, macvlan]",
+        )
+        .unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
+    }
+
+    #[test]
+    fn a_build_on_the_hosts_network_is_host_networking() {
+        let yaml = "services: {web: {image: capstan.local/s/web:01, build: {context: /src, network: host}}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            one("services.web.build.network", "host_network")
+        );
+        let open = Policy::from_yaml("host_network: true").unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
+        let bridged = "services: {web: {image: capstan.local/s/web:01, build: {context: /src, network: default}}}";
+        assert_eq!(refused_by_default(bridged), vec![]);
+    }
+
+    #[test]
+    fn each_host_path_is_also_checked_where_the_host_resolves_it() {
+        let yaml = "services: {web: {image: x, volumes: ['/srv/link:/h', '/srv/new:/n', 'v:/v']}}
+volumes: {v: {driver_opts: {type: none, o: bind, device: /tmp/also-link}}}";
+        let spec = parse_stack("s", yaml).unwrap();
+        let host = |p: &str| match p {
+            "/srv/link" => Some("/".to_string()),
+            "/tmp/also-link" => Some("/run".to_string()),
+            _ => None,
+        };
+        let errors = Policy::default().check_on_host(&spec, host);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["services.web.volumes[0]", "volumes.v.driver_opts.device"]
+        );
+        assert!(errors
+            .iter()
+            .all(|e| e.reason.contains("through a symlink")));
     }
 
     #[test]
