@@ -19,13 +19,19 @@ PKI="$DATA/pki"
 pidfile="$DATA/etcd.pid"
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
+# openssl, quiet unless it fails.
+ssl() {
+  local out
+  out=$(openssl "$@" 2>&1) || { echo "error: openssl $1 failed: $out" >&2; exit 1; }
+}
+
 # One certificate signed by the CA: $1 name, $2 subject CN, $3 its extensions.
 sign() {
-  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -keyout "$PKI/$1-key.pem" -out "$PKI/$1.csr" -subj "/CN=$2" 2>/dev/null
+  ssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "$PKI/$1-key.pem" -out "$PKI/$1.csr" -subj "/CN=$2"
   printf '%b' "$3" >"$PKI/$1.ext"
-  openssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca-key.pem" \
-    -CAcreateserial -out "$PKI/$1.pem" -days 3650 -extfile "$PKI/$1.ext" 2>/dev/null
+  ssl x509 -req -in "$PKI/$1.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca-key.pem" \
+    -CAcreateserial -out "$PKI/$1.pem" -days 3650 -extfile "$PKI/$1.ext"
   rm -f "$PKI/$1.csr" "$PKI/$1.ext"
 }
 
@@ -37,8 +43,8 @@ pki() {
   (
     umask 077
     if [ ! -f "$PKI/ca.pem" ]; then
-      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -keyout "$PKI/ca-key.pem" -out "$PKI/ca.pem" -days 3650 -subj "/CN=capstan etcd CA" 2>/dev/null
+      ssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$PKI/ca-key.pem" -out "$PKI/ca.pem" -days 3650 -subj "/CN=capstan etcd CA"
     fi
     sign server 127.0.0.1 "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
     sign client capstan "extendedKeyUsage=clientAuth\n"

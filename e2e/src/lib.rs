@@ -1,6 +1,7 @@
-//! Harness for the end-to-end tests: a private etcd and a private `capstan serve` per test,
-//! the real binary, the real Docker engine, and a [`StackGuard`] that removes everything a
-//! test's stack made (containers, networks, volumes), also when the test fails.
+//! Harness for the end-to-end tests: a private etcd (TLS, client certificates required, as
+//! `make up` runs it) and a private `capstan serve` per test, the real binary, the real
+//! Docker engine, and a [`StackGuard`] that removes everything a test's stack made
+//! (containers, networks, volumes), also when the test fails.
 //!
 //! Missing prerequisites are a loud failure naming the fix, never a silent skip.
 
