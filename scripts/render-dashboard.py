@@ -38,6 +38,17 @@ def expr_name(metric):
     return ",".join(f"{k}={v}" for k, v in metric.items()) or "value"
 
 
+def threshold_color(panel, value, default):
+    """The colour of the panel's last threshold step at or below `value`, as Grafana picks it."""
+    steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+    names = {"green": "#73bf69", "red": "#f2495c"}
+    color = default
+    for step in steps:
+        if step["value"] is None or value >= step["value"]:
+            color = names.get(step["color"], step["color"])
+    return color
+
+
 def fill(expr, rate_interval):
     return expr.replace("$stack", ".*").replace("$service", ".*").replace("$__rate_interval", rate_interval)
 
@@ -76,12 +87,13 @@ def main():
         if p["type"] == "stat":
             ax.set_xticks([])
             ax.set_yticks([])
-            texts = []
+            texts, color = [], "#73bf69"
             for t in p["targets"]:
                 for series in query_range(args.prometheus, fill(t["expr"], args.rate_interval), start, end, step):
                     last = float(series["values"][-1][1])
                     texts.append(f"{legend(t['legendFormat'], series['metric'])}: {last:g}")
-            ax.text(0.5, 0.5, "\n".join(texts) or "no data", color="#73bf69", fontsize=16, ha="center", va="center", transform=ax.transAxes)
+                    color = threshold_color(p, last, color)
+            ax.text(0.5, 0.5, "\n".join(texts) or "no data", color=color, fontsize=16, ha="center", va="center", transform=ax.transAxes)
             continue
         for t in p["targets"]:
             for series in query_range(args.prometheus, fill(t["expr"], args.rate_interval), start, end, step):

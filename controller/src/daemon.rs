@@ -114,6 +114,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let sealer = config.sealer()?;
     let gid = listen::group_id(&config.socket_group)?;
     let metrics = Arc::new(Metrics::default());
+    warn_if_unauthenticated(&config.etcd, &metrics);
     let runtime = engine(&config, &metrics).await?;
 
     let listeners = Listeners::bind(&config, gid, acceptor).await?;
@@ -179,6 +180,26 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         tracing::warn!("some tasks did not stop within 30 s");
     }
     result
+}
+
+/// Says once, at start, when etcd would take anyone capstan's way (over TCP, with neither
+/// a client certificate nor a user): then any local user, and any container on the host
+/// network, can write the desired state. `capstan_etcd_unauthenticated` says it for as long
+/// as the daemon runs.
+fn warn_if_unauthenticated(etcd: &EtcdAccess, metrics: &Metrics) {
+    let unauthenticated = etcd.unauthenticated();
+    metrics.set_etcd_unauthenticated(unauthenticated);
+    if unauthenticated {
+        tracing::warn!(
+            endpoints = ?etcd.endpoints,
+            "etcd is reached over TCP without a client certificate or user, so any local user or \
+             container on the host network can read and write capstan's desired state (root \
+             containers, admin tokens, the policy): start etcd with --client-cert-auth and \
+             --trusted-ca-file, and give capstan serve --etcd https://... --etcd-cacert CA \
+             --etcd-cert CERT --etcd-key KEY (or --etcd-user with --etcd-password-file); \
+             `make up` does this"
+        );
+    }
 }
 
 /// Creates `dir` (and its parents) 0700 and makes it 0700 if it was not: secret files

@@ -1,6 +1,7 @@
-//! Harness for the end-to-end tests: a private etcd and a private `capstan serve` per test,
-//! the real binary, the real Docker engine, and a [`StackGuard`] that removes everything a
-//! test's stack made (containers, networks, volumes), also when the test fails.
+//! Harness for the end-to-end tests: a private etcd (TLS, client certificates required, as
+//! `make up` runs it) and a private `capstan serve` per test, the real binary, the real
+//! Docker engine, and a [`StackGuard`] that removes everything a test's stack made
+//! (containers, networks, volumes), also when the test fails.
 //!
 //! Missing prerequisites are a loud failure naming the fix, never a silent skip.
 
@@ -146,20 +147,31 @@ pub struct Etcd {
     dir: PathBuf,
     client_port: u16,
     peer_port: u16,
-    /// Clients must come over TLS with a certificate of the test's CA ([`Self::start_tls`]).
+    /// Clients and peers must come over TLS with a certificate of the test's CA, as with
+    /// `make up`; false only for [`Self::start_plain`].
     tls: bool,
     child: Option<Child>,
 }
 
 impl Etcd {
+    /// An etcd as `make up` runs it: it takes only TLS clients (and peers) with a
+    /// certificate signed by a CA made for it (openssl, in etcd's temp dir): `ca.pem`,
+    /// `server.pem`, `client.pem` and their keys ([`Self::pki`]). [`Daemon`] passes the
+    /// client certificate itself; [`Self::etcdctl`] and [`Self::client_flags`] carry it.
     pub fn start() -> Etcd {
-        Etcd::start_as(false)
+        Etcd::start_as(true)
     }
 
-    /// An etcd that takes only TLS clients with a certificate signed by a CA the test makes
-    /// (openssl, in etcd's temp dir): `ca.pem`, `server.pem`, `client.pem` and their keys.
+    /// The same as [`Self::start`] (every etcd of the harness takes TLS clients only); kept
+    /// for the tests that name it.
     pub fn start_tls() -> Etcd {
         Etcd::start_as(true)
+    }
+
+    /// An etcd without TLS or authentication on `http://127.0.0.1`, which anyone local
+    /// could write to: only for the tests of what capstan says about such an etcd.
+    pub fn start_plain() -> Etcd {
+        Etcd::start_as(false)
     }
 
     fn start_as(tls: bool) -> Etcd {
@@ -178,9 +190,26 @@ impl Etcd {
         etcd
     }
 
-    /// A file of the test's CA ([`Self::start_tls`]).
+    /// A file of the test's CA ([`Self::start`]).
     pub fn pki(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
+    }
+
+    /// The `capstan serve` flags that present the client certificate (`--etcd-cacert`,
+    /// `--etcd-cert`, `--etcd-key`); none for [`Self::start_plain`]. For the tests that
+    /// start `capstan serve` themselves; [`Daemon`] passes them on its own.
+    pub fn client_flags(&self) -> Vec<String> {
+        if !self.tls {
+            return vec![];
+        }
+        [
+            ("--etcd-cacert", "ca.pem"),
+            ("--etcd-cert", "client.pem"),
+            ("--etcd-key", "client-key.pem"),
+        ]
+        .iter()
+        .flat_map(|(flag, file)| [flag.to_string(), self.pki(file)])
+        .collect()
     }
 
     /// `etcdctl` against this etcd (with the client certificate when it takes TLS only).
@@ -204,26 +233,43 @@ impl Etcd {
             ("--cert-file", "server.pem"),
             ("--key-file", "server-key.pem"),
             ("--trusted-ca-file", "ca.pem"),
+            ("--peer-cert-file", "server.pem"),
+            ("--peer-key-file", "server-key.pem"),
+            ("--peer-trusted-ca-file", "ca.pem"),
         ]
         .iter()
         .flat_map(|(flag, file)| [flag.to_string(), self.pki(file)])
-        .chain(["--client-cert-auth".to_string()])
+        .chain(["--client-cert-auth", "--peer-client-cert-auth"].map(String::from))
         .collect()
     }
 
-    fn healthy(&self) -> bool {
+    /// An HTTP client of etcd's own endpoints (`/health`), with the client certificate
+    /// when etcd takes TLS only.
+    fn http(&self) -> reqwest::blocking::Client {
+        let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2));
         if self.tls {
-            let out = self.etcdctl().args(["endpoint", "health"]).output();
-            return out.map(|o| o.status.success()).unwrap_or(false);
+            let read = |name: &str| std::fs::read(self.dir.join(name)).unwrap();
+            let ca = reqwest::Certificate::from_pem(&read("ca.pem")).unwrap();
+            let mut identity = read("client.pem");
+            identity.extend(read("client-key.pem"));
+            client = client
+                .tls_certs_only([ca])
+                .identity(reqwest::Identity::from_pem(&identity).unwrap());
         }
-        reqwest::blocking::get(format!("{}/health", self.url()))
+        client.build().unwrap()
+    }
+
+    fn healthy(&self, http: &reqwest::blocking::Client) -> bool {
+        http.get(format!("{}/health", self.url()))
+            .send()
             .map(|r| r.status().is_success())
             .unwrap_or(false)
     }
 
     fn spawn(&mut self) {
         let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let scheme = if self.tls { "https" } else { "http" };
+        let peer = format!("{scheme}://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -251,8 +297,9 @@ impl Etcd {
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
+        let http = self.http();
         wait_until(Duration::from_secs(20), "etcd to become healthy", || {
-            self.healthy()
+            self.healthy(&http)
         });
     }
 
@@ -373,6 +420,9 @@ pub struct Daemon {
     /// `--metrics-listen`'s port: probes and metrics, without authentication.
     port: u16,
     etcd_url: String,
+    /// The flags that present etcd's client certificate ([`Etcd::client_flags`]), left out
+    /// when the test's own flags name `--etcd-cacert`.
+    etcd_flags: Vec<String>,
     pub prefix: String,
     /// `--state-dir` (unless the test's flags name one): secrets, configs and the encryption
     /// key, in the first daemon's scratch folder; its peers share it, as daemons of one host.
@@ -386,13 +436,18 @@ impl Daemon {
         Daemon::start_with(etcd, &[])
     }
 
-    /// With extra `serve` flags.
+    /// With extra `serve` flags; etcd's client certificate is passed unless they name one.
     pub fn start_with(etcd: &Etcd, extra: &[&str]) -> Daemon {
-        Daemon::start_at(&etcd.url(), extra)
+        Daemon::start_as(&etcd.url(), etcd.client_flags(), extra)
     }
 
-    /// Against the etcd at `etcd_url` (one the test started itself, with TLS or auth).
+    /// Against the etcd at `etcd_url` (one the test started itself): `extra` carries the
+    /// credentials it needs (`--etcd-cacert`, ...).
     pub fn start_at(etcd_url: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_as(etcd_url, vec![], extra)
+    }
+
+    fn start_as(etcd_url: &str, etcd_flags: Vec<String>, extra: &[&str]) -> Daemon {
         let prefix = format!("/capstan-e2e-{}", free_port());
         let dir = scratch_dir("daemon");
         let mut d = Daemon {
@@ -400,6 +455,7 @@ impl Daemon {
             dir,
             port: free_port(),
             etcd_url: etcd_url.to_string(),
+            etcd_flags,
             prefix,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -429,6 +485,12 @@ impl Daemon {
                 &format!("{}s", RESYNC.as_secs()),
             ])
             .args(&self.extra)
+            .args(
+                (!self.extra.iter().any(|a| a == "--etcd-cacert"))
+                    .then_some(&self.etcd_flags)
+                    .into_iter()
+                    .flatten(),
+            )
             .args(
                 (!self.extra.iter().any(|a| a == "--state-dir"))
                     .then(|| ["--state-dir".into(), self.state_dir.display().to_string()])
@@ -514,6 +576,7 @@ impl Daemon {
             dir: scratch_dir("daemon"),
             port: free_port(),
             etcd_url: self.etcd_url.clone(),
+            etcd_flags: self.etcd_flags.clone(),
             prefix: self.prefix.clone(),
             state_dir: self.state_dir.clone(),
             extra: extra.iter().map(|s| s.to_string()).collect(),

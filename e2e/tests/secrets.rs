@@ -52,9 +52,9 @@ fn container_id(s: &StackGuard, service: &str) -> String {
 
 /// Every value under the daemon's prefix, read with etcdctl (not through capstan).
 fn raw_etcd(etcd: &Etcd, prefix: &str) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url(), "get", "--prefix", prefix])
+    let out = etcd
+        .etcdctl()
+        .args(["get", "--prefix", prefix])
         .output()
         .expect("run etcdctl");
     assert!(out.status.success());

@@ -84,16 +84,9 @@ fn envs(view: &serde_json::Value) -> Vec<String> {
 
 /// etcd's current revision: each write transaction adds one.
 fn revision(etcd: &Etcd) -> i64 {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.url(),
-            "endpoint",
-            "status",
-            "-w",
-            "json",
-        ])
+    let out = etcd
+        .etcdctl()
+        .args(["endpoint", "status", "-w", "json"])
         .output()
         .expect("run etcdctl (make deps)");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -244,9 +237,9 @@ fn of_twenty_racing_puts_naming_one_resource_version_exactly_one_wins_and_its_st
 /// SIGKILLs the daemon once etcd has seen `puts` writes under `prefix` since revision `from`
 /// (read with `etcdctl watch`, which replays from `from`, so none is missed).
 fn kill_after_puts(etcd: &Etcd, d: &Daemon, prefix: &str, from: i64, puts: usize) {
-    let mut watch = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.url(), "watch", "--prefix"])
+    let mut watch = etcd
+        .etcdctl()
+        .args(["watch", "--prefix"])
         .args(["--rev", &from.to_string(), prefix])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -157,15 +157,9 @@ fn the_endpoints_in_etcd_and_the_api_agree_with_the_containers() {
     let api: serde_json::Value = d.api().get(&url).send().unwrap().json().unwrap();
     assert_eq!(of(&api), truth);
     let key = format!("{}/v1/endpoints/{}/web", d.prefix, s.name);
-    let out = std::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &etcd.url(),
-            "get",
-            &key,
-            "--print-value-only",
-        ])
+    let out = etcd
+        .etcdctl()
+        .args(["get", &key, "--print-value-only"])
         .output()
         .unwrap();
     let stored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -112,6 +112,9 @@ pub struct Metrics {
     etcd_duration: Family<OpLabels, Histogram>,
     etcd_errors: Family<OpLabels, Counter>,
     etcd_connected: Gauge,
+    /// 1 when etcd took this daemon without a client certificate or user over TCP, so it
+    /// takes any local user too ([`crate::store::etcd::EtcdAccess::unauthenticated`]).
+    etcd_unauthenticated: Gauge,
     docker_connected: Gauge,
     /// 1 while this daemon holds the leader lease.
     leader: Gauge,
@@ -161,6 +164,7 @@ impl Default for Metrics {
             etcd_duration: Family::new_with_constructor(latency_histogram),
             etcd_errors: Family::default(),
             etcd_connected: Gauge::default(),
+            etcd_unauthenticated: Gauge::default(),
             docker_connected: Gauge::default(),
             leader: Gauge::default(),
             leader_transitions: Counter::default(),
@@ -293,6 +297,11 @@ impl Metrics {
             "capstan_etcd_connected",
             "1 while etcd answers (asked twice a second, 0.9 s timeout)",
             self.etcd_connected.clone(),
+        );
+        r.register(
+            "capstan_etcd_unauthenticated",
+            "1 when capstan reaches etcd over TCP with neither a client certificate nor a user: anyone local can write the desired state",
+            self.etcd_unauthenticated.clone(),
         );
         r.register(
             "capstan_docker_connected",
@@ -596,6 +605,10 @@ impl Metrics {
         self.etcd_connected.set(connected as i64);
     }
 
+    pub fn set_etcd_unauthenticated(&self, unauthenticated: bool) {
+        self.etcd_unauthenticated.set(unauthenticated as i64);
+    }
+
     /// While the engine cannot be asked, no replica is reported running or ready: the
     /// series return with the next reconcile once it answers.
     pub fn set_docker_connected(&self, connected: bool) {
@@ -718,6 +731,7 @@ mod tests {
             "capstan_service_endpoints{",
             "capstan_endpoint_update_seconds_bucket{",
             "capstan_etcd_connected ",
+            "capstan_etcd_unauthenticated 0",
             "capstan_build_info{",
         ] {
             line(&text, family);

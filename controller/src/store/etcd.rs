@@ -77,6 +77,20 @@ impl EtcdAccess {
         }
     }
 
+    /// Whether etcd took capstan without proof of who it is: an endpoint over TCP (`http://`,
+    /// `https://` or none named) while capstan presents neither a client certificate nor a
+    /// user. An etcd that lets capstan in that way lets in any local user and any container
+    /// on the host network too (`serve` warns, `capstan_etcd_unauthenticated` is 1). TLS
+    /// without a client certificate only hides the traffic: it proves nothing about the
+    /// client. A `unix://` endpoint is not TCP: the socket file's mode guards it.
+    pub fn unauthenticated(&self) -> bool {
+        let over_tcp = self
+            .endpoints
+            .iter()
+            .any(|e| !e.starts_with("unix://") && !e.starts_with("unixs://"));
+        over_tcp && self.identity.is_none() && self.user.is_none()
+    }
+
     fn tls(&self) -> Option<etcd_client::TlsOptions> {
         let ca = self.ca.as_ref()?;
         let mut tls =
@@ -293,5 +307,49 @@ impl Kv for EtcdKv {
             Err(etcd_client::Error::GRpcStatus(s)) if s.code() == tonic::Code::NotFound => Ok(()),
             Err(e) => Err(unavailable(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(endpoint: &str) -> EtcdAccess {
+        EtcdAccess::plain(&[endpoint.to_string()])
+    }
+
+    #[test]
+    fn a_plain_tcp_endpoint_without_credentials_is_unauthenticated() {
+        assert!(access("http://127.0.0.1:2379").unauthenticated());
+        assert!(access("127.0.0.1:2379").unauthenticated());
+    }
+
+    #[test]
+    fn tls_without_a_client_certificate_or_user_is_still_unauthenticated() {
+        let tls = EtcdAccess {
+            ca: Some(b"ca".to_vec()),
+            ..access("https://127.0.0.1:2379")
+        };
+        assert!(tls.unauthenticated());
+    }
+
+    #[test]
+    fn a_client_certificate_or_a_user_authenticates_capstan() {
+        let cert = EtcdAccess {
+            ca: Some(b"ca".to_vec()),
+            identity: Some((b"cert".to_vec(), b"key".to_vec())),
+            ..access("https://127.0.0.1:2379")
+        };
+        let user = EtcdAccess {
+            user: Some(("capstan".into(), "secret".into())),
+            ..access("http://127.0.0.1:2379")
+        };
+        assert!(!cert.unauthenticated());
+        assert!(!user.unauthenticated());
+    }
+
+    #[test]
+    fn a_unix_socket_endpoint_is_not_tcp() {
+        assert!(!access("unix:///run/etcd.sock").unauthenticated());
     }
 }
