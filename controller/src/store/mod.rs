@@ -611,27 +611,32 @@ impl Store {
 
     /// Every stack, read from etcd at one revision.
     pub async fn stack_views(&self) -> Result<Vec<StackView>, StoreError> {
-        let snap = self.snapshot().await?;
-        let statuses: BTreeMap<(String, String), ServiceStatus> = snap
-            .statuses
-            .into_iter()
-            .map(|(s, v, st)| ((s, v), st))
-            .collect();
-        let mut by_stack: BTreeMap<String, Vec<Service>> = BTreeMap::new();
-        for svc in snap.services {
-            by_stack.entry(svc.stack.clone()).or_default().push(svc);
-        }
-        let mut out: Vec<StackView> = snap
-            .stacks
-            .into_iter()
-            .map(|st| {
-                let services = by_stack.remove(&st.name).unwrap_or_default();
-                view_of(st, services, &statuses)
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(views_of(self.snapshot().await?))
     }
+}
+
+/// Every stack of `snap` with its services and their status, by name: what the API shows,
+/// from etcd or from the daemon's copy ([`crate::watch::Desired::copy`]).
+pub fn views_of(snap: Snapshot) -> Vec<StackView> {
+    let statuses: BTreeMap<(String, String), ServiceStatus> = snap
+        .statuses
+        .into_iter()
+        .map(|(s, v, st)| ((s, v), st))
+        .collect();
+    let mut by_stack: BTreeMap<String, Vec<Service>> = BTreeMap::new();
+    for svc in snap.services {
+        by_stack.entry(svc.stack.clone()).or_default().push(svc);
+    }
+    let mut out: Vec<StackView> = snap
+        .stacks
+        .into_iter()
+        .map(|st| {
+            let services = by_stack.remove(&st.name).unwrap_or_default();
+            view_of(st, services, &statuses)
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn view_of(
@@ -668,6 +673,7 @@ fn view_of(
         deletion_blocked_by: None,
         networks: st.networks,
         volumes: st.volumes,
+        stale: Stale::default(),
     }
 }
 
