@@ -140,6 +140,8 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let reasons = self.1.details.iter().map(|d| d.reason.as_str());
+        crate::audit::refused_by(reasons.filter_map(crate::audit::policy_rule));
         (self.0, Json(self.1)).into_response()
     }
 }
@@ -952,6 +954,48 @@ mod tests {
         );
         assert_eq!(json["role"], "unsure", "no record names it: {json}");
         assert!(json.get("stale").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_diff_is_counted_as_a_verb_of_its_own() {
+        use tower::ServiceExt;
+        let (st, _) = state();
+        let metrics = st.metrics.clone();
+        let app = router(st, crate::guard::AllowedHosts::any());
+        let mut req = axum::extract::Request::builder()
+            .method("POST")
+            .uri("/v1/stacks/shop/diff")
+            .header("host", "localhost")
+            .body(axum::body::Body::from("services: {web: {image: web:1}}"))
+            .unwrap();
+        let peer = crate::auth::Peer::Unix(Some((0, 0)));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let exposition = metrics.encode();
+        assert!(
+            exposition.contains(r#"capstan_api_requests_total{verb="diff",result="ok"} 1"#),
+            "{exposition}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_policy_refusal_tells_the_audit_log_each_rule() {
+        let (st, _) = state();
+        let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
+        let (resp, noted) = crate::audit::with_note(async {
+            apply(State(st), Path("shop".into()), query(false), body.into())
+                .await
+                .into_response()
+        })
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let rules = noted.refused_by().unwrap_or_default();
+        assert!(
+            rules.starts_with("policy rule privileged, policy rule "),
+            "{rules}"
+        );
     }
 
     fn query(dry_run: bool) -> Query<ApplyQuery> {
