@@ -24,9 +24,16 @@ fn client(d: &Daemon) -> reqwest::blocking::Client {
 }
 
 /// Status, whether `Capstan-Stale: true` was set, and the JSON body.
+/// Prints how long the answer took (a measure, never asserted).
 fn get(c: &reqwest::blocking::Client, path: &str) -> (u16, bool, serde_json::Value) {
+    let sent = std::time::Instant::now();
     let resp = (c.get(format!("{API}{path}")).send())
         .unwrap_or_else(|e| panic!("GET {path} did not answer: {e}"));
+    eprintln!(
+        "GET {path}: {} in {} ms",
+        resp.status().as_u16(),
+        sent.elapsed().as_millis()
+    );
     let stale = resp
         .headers()
         .get("capstan-stale")
