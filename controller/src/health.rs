@@ -2,6 +2,8 @@
 //! second) with a short timeout, so an unreachable or frozen peer shows in `/readyz`,
 //! `capstan_etcd_connected` and `capstan_docker_connected` within 2 s: a request that hangs
 //! is not an answer. Followers ask too: readiness is about the daemon, not the leader.
+//! It also keeps etcd's last answer (when, and the leader key then): while etcd is silent
+//! the API answers from the daemon's copy and says how old it is ([`crate::server`]).
 
 use capstan_api::object::LeaderRecord;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
