@@ -508,6 +508,34 @@ pub struct ServiceView {
     /// The stored spec is an automatic rollback's (see [`Service::rolled_back`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<RolledBack>,
+    /// Served from the answering daemon's copy while etcd does not answer: a reader sees
+    /// that it may be behind, and by how much ([`Stale`]).
+    #[serde(default, flatten)]
+    pub stale: Stale,
+}
+
+/// The marker of an answer served from the daemon's copy of desired state (or its last known
+/// leader) because etcd did not answer: absent from the JSON on a fresh answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stale {
+    /// True on an answer from the copy: a change made since etcd last answered is not in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// With `stale`: seconds since etcd last answered this daemon, which is about how old
+    /// the copy is; absent when etcd has not answered it since it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_age_seconds: Option<u64>,
+}
+
+impl Stale {
+    /// The marker of an answer from a copy whose source last answered `age_seconds` ago.
+    pub fn by(age_seconds: Option<u64>) -> Stale {
+        Stale {
+            stale: true,
+            cache_age_seconds: age_seconds,
+        }
+    }
 }
 
 impl ServiceView {
@@ -533,6 +561,7 @@ impl ServiceView {
             recent_events: st.recent_events,
             spec: svc.spec.clone(),
             rolled_back: svc.rolled_back.clone(),
+            stale: Stale::default(),
         }
     }
 
@@ -579,6 +608,19 @@ pub struct StackView {
     pub services: Vec<ServiceView>,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub volumes: BTreeMap<String, VolumeSpec>,
+    /// Served from the answering daemon's copy while etcd does not answer ([`Stale`]).
+    #[serde(default, flatten)]
+    pub stale: Stale,
+}
+
+impl StackView {
+    /// Marks the stack and each of its services as served from a copy.
+    pub fn mark_stale(&mut self, stale: Stale) {
+        self.stale = stale;
+        for s in &mut self.services {
+            s.stale = stale;
+        }
+    }
 }
 
 /// The answer to an apply: what changed, per service.
@@ -769,6 +811,11 @@ pub struct LeaderView {
     pub this: String,
     /// Its role: `leader`, `follower`, `unsure` (its lease may have lapsed; it acts on
     /// nothing until etcd answers) or `isolated` (it led when etcd became unreachable and
-    /// only restarts existing replicas until etcd is back).
+    /// only restarts existing replicas until etcd is back). Never `leader` while `leader`
+    /// does not name this daemon: when etcd does not answer and this daemon does not know
+    /// itself to be the holder, a leader says `unsure`.
     pub role: String,
+    /// While etcd does not answer: `leader` is the last record this daemon read, marked.
+    #[serde(default, flatten)]
+    pub stale: Stale,
 }

@@ -2,9 +2,12 @@
 //! second) with a short timeout, so an unreachable or frozen peer shows in `/readyz`,
 //! `capstan_etcd_connected` and `capstan_docker_connected` within 2 s: a request that hangs
 //! is not an answer. Followers ask too: readiness is about the daemon, not the leader.
+//! It also keeps etcd's last answer (when, and the leader key then): while etcd is silent
+//! the API answers from the daemon's copy and says how old it is ([`crate::server`]).
 
+use capstan_api::object::LeaderRecord;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -25,6 +28,17 @@ const SILENT: u8 = 2;
 pub struct Health {
     etcd: AtomicBool,
     docker: AtomicU8,
+    /// What etcd said last, for the API to answer from while etcd does not.
+    last: Mutex<LastAnswer>,
+}
+
+/// etcd's last answer to the probe.
+#[derive(Default)]
+struct LastAnswer {
+    /// When etcd last answered: how old the daemon's copy of desired state may be.
+    at: Option<std::time::Instant>,
+    /// The leader key as it read then (`Some(None)`: nobody held it); None before any answer.
+    leader: Option<Option<LeaderRecord>>,
 }
 
 impl Default for Health {
@@ -32,6 +46,7 @@ impl Default for Health {
         Health {
             etcd: AtomicBool::new(false),
             docker: AtomicU8::new(UNASKED),
+            last: Mutex::default(),
         }
     }
 }
@@ -42,7 +57,35 @@ impl Health {
         Health {
             etcd: AtomicBool::new(true),
             docker: AtomicU8::new(ANSWERS),
+            last: Mutex::new(LastAnswer {
+                at: Some(std::time::Instant::now()),
+                leader: None,
+            }),
         }
+    }
+
+    /// Whole seconds since etcd last answered this daemon; None if it never did.
+    pub fn etcd_silent_for(&self) -> Option<u64> {
+        let last = self.last.lock().unwrap();
+        last.at.map(|at| at.elapsed().as_secs())
+    }
+
+    /// The leader key as etcd last gave it (`Some(None)`: nobody held it); None if etcd
+    /// never answered this daemon.
+    pub fn last_leader(&self) -> Option<Option<LeaderRecord>> {
+        self.last.lock().unwrap().leader.clone()
+    }
+
+    /// etcd answered a read of the leader key with `leader`, now.
+    pub fn leader_read(&self, leader: Option<LeaderRecord>) {
+        let mut last = self.last.lock().unwrap();
+        last.at = Some(std::time::Instant::now());
+        last.leader = Some(leader);
+    }
+
+    /// Whether etcd answers, as the probe saw it; a test of the API sets it.
+    pub fn set_etcd(&self, answers: bool) {
+        self.etcd.store(answers, Ordering::SeqCst);
     }
 
     pub fn etcd(&self) -> bool {
@@ -82,10 +125,13 @@ impl Health {
         let mut tick = 0u64;
         loop {
             let etcd = async {
-                matches!(
-                    tokio::time::timeout(TIMEOUT, store.leader()).await,
-                    Ok(Ok(_))
-                )
+                match tokio::time::timeout(TIMEOUT, store.leader()).await {
+                    Ok(Ok(found)) => {
+                        self.leader_read(found.map(|(record, _)| record));
+                        true
+                    }
+                    _ => false,
+                }
             };
             let docker = async {
                 if tick.is_multiple_of(2) {

@@ -56,6 +56,7 @@ async fn run(
         Ok(req) => req,
         Err(refusal) => return refusal.into_response(),
     };
+    crate::audit::note(crate::audit::run_summary(&service, req.command.as_deref()));
     let (Some(stack), Some(service)) = (
         st.desired.stack(&stack),
         st.desired.service(&stack, &service),

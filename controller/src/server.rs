@@ -1,5 +1,13 @@
 //! The HTTP API. Reads go to etcd (linearizable: an apply is visible to the next get);
 //! every error is JSON with a message, and validation errors list each field and reason.
+//!
+//! While etcd does not answer (the health probe says so, or a read gets no answer within
+//! [`READ_TIMEOUT`]), the reads of stacks, services and history answer from the daemon's
+//! copy of desired state (the reflector the watcher keeps), marked: the header
+//! `Capstan-Stale: true` and `"stale": true, "cacheAgeSeconds": N` in each view. A daemon
+//! that never had a copy answers 503 `etcd does not answer: ...` instead. `/v1/leader`
+//! answers the last leader record read, marked the same way. `diff` answers 503: a diff
+//! against a copy that may be behind would mislead the apply that follows it.
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -8,19 +16,28 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use capstan_api::object::{
-    Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest, ServiceView,
+    Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest, ServiceView, StackView, Stale,
 };
 use futures::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::reconcile::scratch::BlockedDeletions;
-use crate::store::{KvError, RolloutVerb, Store, StoreError};
+use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
 use crate::watch::Desired;
 
 /// The largest Compose file the API accepts.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// How long a read waits for etcd before it answers from the daemon's copy (or 503): the
+/// answer comes within a second whatever etcd does.
+pub const READ_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// The header on an answer served from the daemon's copy.
+pub const STALE_HEADER: &str = "capstan-stale";
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -123,8 +140,84 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let reasons = self.1.details.iter().map(|d| d.reason.as_str());
+        crate::audit::refused_by(reasons.filter_map(crate::audit::policy_rule));
         (self.0, Json(self.1)).into_response()
     }
+}
+
+/// A read's answer, with its marker when it came from the daemon's copy.
+pub struct Read<T> {
+    value: T,
+    /// Set when etcd did not answer: the header and the views' fields say so.
+    stale: Option<Stale>,
+}
+
+impl<T> Read<T> {
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
+        Read {
+            value: f(self.value),
+            stale: self.stale,
+        }
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for Read<T> {
+    fn into_response(self) -> Response {
+        let mut response = Json(self.value).into_response();
+        if self.stale.is_some() {
+            let value = axum::http::HeaderValue::from_static("true");
+            response.headers_mut().insert(STALE_HEADER, value);
+        }
+        response
+    }
+}
+
+/// A view that carries the [`Stale`] marker (or holds views that do).
+trait Marked {
+    fn mark(&mut self, stale: Stale);
+}
+
+impl Marked for StackView {
+    fn mark(&mut self, stale: Stale) {
+        self.mark_stale(stale);
+    }
+}
+
+impl Marked for ServiceView {
+    fn mark(&mut self, stale: Stale) {
+        self.stale = stale;
+    }
+}
+
+/// Its marker is the header alone.
+impl Marked for capstan_api::object::Service {
+    fn mark(&mut self, _: Stale) {}
+}
+
+impl<T: Marked> Marked for Vec<T> {
+    fn mark(&mut self, stale: Stale) {
+        self.iter_mut().for_each(|v| v.mark(stale));
+    }
+}
+
+impl<T: Marked> Marked for Option<T> {
+    fn mark(&mut self, stale: Stale) {
+        if let Some(v) = self {
+            v.mark(stale);
+        }
+    }
+}
+
+/// Why etcd gave no answer, as the 503 says it.
+fn etcd_silent(why: &str) -> ApiError {
+    ApiError(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorBody {
+            error: format!("etcd does not answer: {why}; this daemon has no copy of desired state to answer from yet"),
+            details: vec![],
+        },
+    )
 }
 
 impl From<StoreError> for ApiError {
@@ -207,21 +300,41 @@ async fn metrics(State(st): State<ApiState>) -> Response {
         .into_response()
 }
 
-/// The lease holder as etcd has it, and this daemon's own role.
-async fn leader(State(st): State<ApiState>) -> ApiResult<LeaderView> {
-    // While etcd does not answer, the daemon still says what it is.
-    let leader = match st.store.leader().await {
-        Ok(found) => found.map(|(record, _)| record),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading the leader key");
-            None
+/// The lease holder as etcd has it, and this daemon's own role. While etcd does not
+/// answer: the last record read, marked stale. The role claims the lead only when the
+/// record names this daemon (a lease that lapsed unnoticed makes it `unsure`).
+async fn leader(State(st): State<ApiState>) -> Read<LeaderView> {
+    let this = st.leadership.identity.to_string();
+    let read = if st.health.etcd() {
+        tokio::time::timeout(READ_TIMEOUT, st.store.leader()).await
+    } else {
+        Ok(Err(StoreError::Kv(KvError::Unavailable(
+            "health probe".into(),
+        ))))
+    };
+    let (leader, stale) = match read {
+        Ok(Ok(found)) => {
+            let leader = found.map(|(record, _)| record);
+            st.health.leader_read(leader.clone());
+            (leader, None)
+        }
+        _ => {
+            let stale = Stale::by(st.health.etcd_silent_for());
+            (st.health.last_leader().flatten(), Some(stale))
         }
     };
-    Ok(Json(LeaderView {
+    let holds = leader.as_ref().is_some_and(|r| r.holder == this);
+    let role = match st.leadership.role() {
+        crate::leader::Role::Leader { .. } if !holds => crate::leader::Role::Unsure,
+        other => other,
+    };
+    let view = LeaderView {
         leader,
-        this: st.leadership.identity.to_string(),
-        role: st.leadership.role().name().to_string(),
-    }))
+        this,
+        role: role.name().to_string(),
+        stale: stale.unwrap_or_default(),
+    };
+    Read { value: view, stale }
 }
 
 async fn readyz(State(st): State<ApiState>) -> Response {
@@ -236,6 +349,62 @@ async fn readyz(State(st): State<ApiState>) -> Response {
 }
 
 impl ApiState {
+    /// `from_etcd` when etcd answers it within [`READ_TIMEOUT`]; otherwise `from_copy` over
+    /// the daemon's copy of desired state, marked stale, or a 503 before the first copy.
+    async fn read<T: Marked>(
+        &self,
+        from_etcd: impl Future<Output = Result<T, StoreError>>,
+        from_copy: impl FnOnce(Snapshot) -> T,
+    ) -> Result<Read<T>, ApiError> {
+        let why = if self.health.etcd() {
+            match tokio::time::timeout(READ_TIMEOUT, from_etcd).await {
+                Ok(Ok(value)) => return Ok(Read { value, stale: None }),
+                Ok(Err(StoreError::Kv(e @ KvError::Unavailable(_)))) => e.to_string(),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => format!("no answer within {} ms", READ_TIMEOUT.as_millis()),
+            }
+        } else {
+            "it did not answer the last health probe".to_string()
+        };
+        let Some(snapshot) = self.desired.copy() else {
+            return Err(etcd_silent(&why));
+        };
+        let stale = Stale::by(self.health.etcd_silent_for());
+        let mut value = from_copy(snapshot);
+        value.mark(stale);
+        Ok(Read {
+            value,
+            stale: Some(stale),
+        })
+    }
+
+    /// `from_etcd`, or a 503 if etcd does not answer within [`READ_TIMEOUT`]: for reads a
+    /// copy that may be behind would mislead.
+    async fn fresh<T>(
+        &self,
+        from_etcd: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, ApiError> {
+        let unanswered = |why: &str| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody {
+                    error: format!("etcd does not answer: {why}; retry once it is back"),
+                    details: vec![],
+                },
+            )
+        };
+        if !self.health.etcd() {
+            return Err(unanswered("it did not answer the last health probe"));
+        }
+        match tokio::time::timeout(READ_TIMEOUT, from_etcd).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(unanswered(&format!(
+                "no answer within {} ms",
+                READ_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
     /// A write while etcd does not answer fails now, saying so, instead of waiting out
     /// the client's timeout.
     fn writable(&self) -> Result<(), ApiError> {
@@ -291,25 +460,39 @@ async fn apply(
     Ok(Json(result))
 }
 
-async fn list_stacks(State(st): State<ApiState>) -> ApiResult<Vec<capstan_api::object::StackView>> {
-    let mut views = st.store.stack_views().await?;
-    for v in &mut views {
+async fn list_stacks(State(st): State<ApiState>) -> Result<Read<Vec<StackView>>, ApiError> {
+    let mut read = st
+        .read(st.store.stack_views(), crate::store::views_of)
+        .await?;
+    for v in &mut read.value {
         v.deletion_blocked_by = st.blocked.get(&v.name);
     }
-    Ok(Json(views))
+    Ok(read)
+}
+
+/// One stack's view, from etcd or (marked) from the daemon's copy.
+async fn stack_view(st: &ApiState, stack: &str) -> Result<Read<StackView>, ApiError> {
+    let from_copy = |snap| {
+        let mut views = crate::store::views_of(snap).into_iter();
+        views.find(|v| v.name == stack)
+    };
+    let read = st.read(st.store.stack_view(stack), from_copy).await?;
+    let Some(view) = read.value else {
+        return Err(ApiError::not_found(format!("stack {stack} not found")));
+    };
+    Ok(Read {
+        value: view,
+        stale: read.stale,
+    })
 }
 
 async fn get_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
-) -> ApiResult<capstan_api::object::StackView> {
-    let mut view = st
-        .store
-        .stack_view(&stack)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))?;
-    view.deletion_blocked_by = st.blocked.get(&stack);
-    Ok(Json(view))
+) -> Result<Read<StackView>, ApiError> {
+    let mut read = stack_view(&st, &stack).await?;
+    read.value.deletion_blocked_by = st.blocked.get(&stack);
+    Ok(read)
 }
 
 #[derive(Deserialize)]
@@ -353,17 +536,18 @@ async fn delete_stack(
 async fn get_service(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
-) -> ApiResult<ServiceView> {
-    let view = st
-        .store
-        .stack_view(&stack)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("stack {stack} not found")))?;
-    view.services
-        .into_iter()
-        .find(|s| s.name == service)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("service {service} not found in stack {stack}")))
+) -> Result<Read<ServiceView>, ApiError> {
+    let read = stack_view(&st, &stack).await?;
+    let found = read.map(|v| v.services.into_iter().find(|s| s.name == service));
+    let Some(view) = found.value else {
+        return Err(ApiError::not_found(format!(
+            "service {service} not found in stack {stack}"
+        )));
+    };
+    Ok(Read {
+        value: view,
+        stale: found.stale,
+    })
 }
 
 async fn scale(
@@ -371,7 +555,7 @@ async fn scale(
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<ScaleQuery>,
     Json(req): Json<ScaleRequest>,
-) -> ApiResult<ServiceView> {
+) -> Result<Read<ServiceView>, ApiError> {
     if req.replicas > capstan_api::compose::MAX_REPLICAS {
         return Err(StoreError::Invalid(capstan_api::InvalidStack {
             errors: vec![capstan_api::FieldError {
@@ -416,7 +600,7 @@ async fn undo(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<UndoQuery>,
-) -> ApiResult<ServiceView> {
+) -> Result<Read<ServiceView>, ApiError> {
     st.writable()?;
     let svc = st.store.undo(&stack, &service, q.to_revision).await?;
     tracing::info!(stack = %stack, service = %service, revision = svc.revision.number, "rollout undo");
@@ -431,7 +615,7 @@ async fn undo(
 async fn rollout(
     State(st): State<ApiState>,
     Path((stack, service, verb)): Path<(String, String, String)>,
-) -> ApiResult<ServiceView> {
+) -> Result<Read<ServiceView>, ApiError> {
     let verb = match verb.as_str() {
         "pause" => RolloutVerb::Pause,
         "resume" => RolloutVerb::Resume,
@@ -453,11 +637,23 @@ async fn rollout(
 async fn history(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
-) -> ApiResult<Vec<RevisionView>> {
-    let svc = st.store.service(&stack, &service).await?.ok_or_else(|| {
-        ApiError::not_found(format!("service {service} not found in stack {stack}"))
-    })?;
-    Ok(Json(RevisionView::list(&svc)))
+) -> Result<Read<Vec<RevisionView>>, ApiError> {
+    let from_copy = |snap: Snapshot| {
+        let mut services = snap.services.into_iter();
+        services.find(|s| s.stack == stack && s.name == service)
+    };
+    let read = st
+        .read(st.store.service(&stack, &service), from_copy)
+        .await?;
+    let Some(svc) = read.value else {
+        return Err(ApiError::not_found(format!(
+            "service {service} not found in stack {stack}"
+        )));
+    };
+    Ok(Read {
+        value: RevisionView::list(&svc),
+        stale: read.stale,
+    })
 }
 
 /// `capstan diff`: what applying the document (as `PUT /v1/stacks/{stack}` takes it) would
@@ -469,8 +665,7 @@ async fn diff(
 ) -> ApiResult<BTreeMap<String, capstan_api::diff::ServiceDiff>> {
     let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
     let stored: BTreeMap<String, capstan_api::spec::ServiceSpec> = st
-        .store
-        .stack_view(&stack)
+        .fresh(st.store.stack_view(&stack))
         .await?
         .map(|v| v.services.into_iter().map(|s| (s.name, s.spec)).collect())
         .unwrap_or_default();
@@ -488,23 +683,20 @@ struct ServicesQuery {
 async fn list_services(
     State(st): State<ApiState>,
     Query(q): Query<ServicesQuery>,
-) -> ApiResult<Vec<ServiceView>> {
-    let views = match &q.stack {
-        Some(stack) => st
-            .store
-            .stack_view(stack)
-            .await?
-            .map(|v| v.services)
-            .unwrap_or_default(),
-        None => st
-            .store
-            .stack_views()
-            .await?
-            .into_iter()
-            .flat_map(|v| v.services)
-            .collect(),
+) -> Result<Read<Vec<ServiceView>>, ApiError> {
+    let from_etcd = async {
+        match &q.stack {
+            Some(stack) => Ok(st.store.stack_view(stack).await?.into_iter().collect()),
+            None => st.store.stack_views().await,
+        }
     };
-    Ok(Json(views))
+    let read = st.read(from_etcd, crate::store::views_of).await?;
+    Ok(read.map(|views| {
+        let wanted = views
+            .into_iter()
+            .filter(|v| q.stack.as_ref().is_none_or(|s| *s == v.name));
+        wanted.flat_map(|v| v.services).collect()
+    }))
 }
 
 #[derive(Deserialize)]
@@ -601,6 +793,175 @@ mod tests {
             files: Default::default(),
         };
         (st, kv)
+    }
+
+    /// The API over a kv whose copy the test feeds: a synced copy of what the kv holds.
+    async fn state_with_copy() -> (ApiState, Arc<MemKv>, crate::watch::Writer) {
+        let (mut st, kv) = state();
+        let mut writer = crate::watch::Writer::default();
+        st.desired = writer.reader();
+        let body = "services: {web: {image: web:1}, db: {image: db:1}}".to_string();
+        assert!(
+            apply(State(st.clone()), Path("shop".into()), query(false), body)
+                .await
+                .is_ok()
+        );
+        let snap = st.store.snapshot().await.unwrap();
+        writer.apply(crate::watch::Event::Relisted(snap));
+        (st, kv, writer)
+    }
+
+    /// The handler's answer, which must come within `limit` (virtual time).
+    async fn within<R: IntoResponse>(fut: impl std::future::Future<Output = R>) -> Response {
+        tokio::time::timeout(Duration::from_secs(3), fut)
+            .await
+            .expect("the read answered instead of hanging")
+            .into_response()
+    }
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_etcd_frozen_the_reads_answer_from_the_copy_marked_stale() {
+        let (st, kv, _writer) = state_with_copy().await;
+        kv.set_frozen(true);
+        let listed = within(list_stacks(State(st.clone()))).await;
+        assert_eq!(listed.status(), StatusCode::OK);
+        assert_eq!(listed.headers()[STALE_HEADER], "true");
+        let json = body_of(listed).await;
+        assert_eq!(json[0]["name"], "shop");
+        assert_eq!(json[0]["stale"], true);
+        assert_eq!(json[0]["services"][0]["stale"], true);
+        assert!(json[0]["cacheAgeSeconds"].is_u64(), "{json}");
+        let path = Path(("shop".to_string(), "web".to_string()));
+        let one = within(get_service(State(st.clone()), path)).await;
+        assert_eq!(one.headers()[STALE_HEADER], "true");
+        assert_eq!(body_of(one).await["image"], "web:1");
+        let path = Path(("shop".to_string(), "nope".to_string()));
+        let missing = within(get_service(State(st.clone()), path)).await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let path = Path(("shop".to_string(), "db".to_string()));
+        let history = within(history(State(st.clone()), path)).await;
+        assert_eq!(history.status(), StatusCode::OK);
+        let q = Query(ServicesQuery {
+            stack: Some("shop".into()),
+        });
+        let services = body_of(within(list_services(State(st.clone()), q)).await).await;
+        assert_eq!(services.as_array().map(Vec::len), Some(2));
+        kv.set_frozen(false);
+        let fresh = within(list_stacks(State(st))).await;
+        assert!(fresh.headers().get(STALE_HEADER).is_none());
+        assert!(body_of(fresh).await[0].get("stale").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_diff_while_etcd_is_frozen_is_a_503_naming_etcd() {
+        let (st, kv, _writer) = state_with_copy().await;
+        kv.set_frozen(true);
+        let body = "services: {web: {image: web:2}}".to_string();
+        let answer = within(diff(State(st), Path("shop".into()), body)).await;
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let json = body_of(answer).await;
+        assert!(json["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("etcd does not answer: "));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daemon_without_a_copy_answers_a_503_naming_etcd_while_etcd_is_down() {
+        let (st, kv) = state();
+        kv.set_down(true);
+        st.health.set_etcd(false);
+        for answer in [
+            within(list_stacks(State(st.clone()))).await,
+            within(get_stack(State(st.clone()), Path("shop".into()))).await,
+        ] {
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let json = body_of(answer).await;
+            let error = json["error"].as_str().unwrap();
+            assert!(error.starts_with("etcd does not answer: "), "{error}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_leader_view_claims_the_lead_only_with_a_record_naming_this_daemon() {
+        let (st, kv) = state();
+        kv.set_frozen(true);
+        let json = body_of(within(leader(State(st.clone()))).await).await;
+        assert_eq!(json["leader"], serde_json::Value::Null);
+        assert_eq!(json["role"], "unsure", "{json}");
+        assert_eq!(json["stale"], true);
+        st.health
+            .leader_read(Some(capstan_api::object::LeaderRecord {
+                holder: st.leadership.identity.to_string(),
+                since: "2026-12-07T16:00:00Z".into(),
+                lease_ttl_seconds: 10,
+            }));
+        st.health.set_etcd(false);
+        let answer = within(leader(State(st.clone()))).await;
+        assert_eq!(answer.headers()[STALE_HEADER], "true");
+        let json = body_of(answer).await;
+        assert_eq!(json["role"], "leader", "{json}");
+        assert_eq!(json["leader"]["holder"], "always");
+        assert_eq!(json["stale"], true);
+        kv.set_frozen(false);
+        st.health.set_etcd(true);
+        let json = body_of(within(leader(State(st))).await).await;
+        assert_eq!(
+            json["leader"],
+            serde_json::Value::Null,
+            "etcd's answer: nobody"
+        );
+        assert_eq!(json["role"], "unsure", "no record names it: {json}");
+        assert!(json.get("stale").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_diff_is_counted_as_a_verb_of_its_own() {
+        use tower::ServiceExt;
+        let (st, _) = state();
+        let metrics = st.metrics.clone();
+        let app = router(st, crate::guard::AllowedHosts::any());
+        let mut req = axum::extract::Request::builder()
+            .method("POST")
+            .uri("/v1/stacks/shop/diff")
+            .header("host", "localhost")
+            .body(axum::body::Body::from("services: {web: {image: web:1}}"))
+            .unwrap();
+        let peer = crate::auth::Peer::Unix(Some((0, 0)));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let exposition = metrics.encode();
+        assert!(
+            exposition.contains(r#"capstan_api_requests_total{verb="diff",result="ok"} 1"#),
+            "{exposition}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_policy_refusal_tells_the_audit_log_each_rule() {
+        let (st, _) = state();
+        let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
+        let (resp, noted) = crate::audit::with_note(async {
+            apply(State(st), Path("shop".into()), query(false), body.into())
+                .await
+                .into_response()
+        })
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let rules = noted.refused_by().unwrap_or_default();
+        assert!(
+            rules.starts_with("policy rule privileged, policy rule "),
+            "{rules}"
+        );
     }
 
     fn query(dry_run: bool) -> Query<ApplyQuery> {

@@ -7,12 +7,69 @@
 use capstan_api::object::*;
 use capstan_api::spec::{ServiceSpec, StackSpec};
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::layout::{batches, fits, new_token};
 use super::{check_applicable, encode, now_rfc3339, Compare, Current, Op, Store, StoreError};
 
-/// How many times apply re-reads and retries when a concurrent writer changed the stack.
+/// How many times a read re-reads when a concurrent commit collected what it was reading.
 pub(super) const APPLY_ATTEMPTS: usize = 5;
+
+/// The most compare-and-swaps a write that names no resourceVersion makes, and the longest
+/// it keeps making them: such a client asked for last-writer-wins (as `kubectl apply`
+/// gives it), so a lost race is tried again, re-read and re-checked, until it lands.
+pub(super) const UNVERSIONED_ATTEMPTS: u32 = 50;
+pub(super) const UNVERSIONED_BUDGET: Duration = Duration::from_secs(5);
+/// The longest pause between two tries; each pause is random up to a bound that grows with
+/// the tries, so writers that lost together do not collide again in step.
+const MAX_PAUSE: Duration = Duration::from_millis(25);
+
+/// Whether a write that lost its compare-and-swap tries again: never when the caller named a
+/// version (that is its 409), else within [`UNVERSIONED_ATTEMPTS`] and
+/// [`UNVERSIONED_BUDGET`].
+pub(super) struct Retry {
+    /// The caller named a resourceVersion: a lost race is its conflict to resolve.
+    versioned: bool,
+    /// Compare-and-swaps made so far.
+    attempts: u32,
+    /// When the retries stop.
+    deadline: tokio::time::Instant,
+}
+
+impl Retry {
+    pub(super) fn new(expected: Option<i64>) -> Retry {
+        Retry {
+            versioned: expected.is_some(),
+            attempts: 0,
+            deadline: tokio::time::Instant::now() + UNVERSIONED_BUDGET,
+        }
+    }
+
+    /// Counts one lost race (a compare-and-swap, or a read that other commits kept
+    /// overtaking); true (after a short random pause) if the write should try again.
+    pub(super) async fn lost(&mut self) -> bool {
+        self.attempts += 1;
+        if self.versioned || self.attempts >= UNVERSIONED_ATTEMPTS {
+            return false;
+        }
+        let bound = (Duration::from_millis(1) * self.attempts).min(MAX_PAUSE);
+        let pause = bound.mul_f64(jitter());
+        if tokio::time::Instant::now() + pause >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        true
+    }
+}
+
+/// A random fraction in [0, 1).
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        return 0.5;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
+}
 
 /// What an apply writes.
 pub(super) struct Plan {
@@ -38,14 +95,22 @@ impl Store {
     /// Declares `spec` as the whole desired state of its stack, atomically for every reader:
     /// changed services get a new generation, services the spec no longer names are removed,
     /// and an identical apply writes nothing. With `expected`, the stack's resourceVersion must
-    /// still be that (409 otherwise, with nothing changed).
+    /// still be that (409 otherwise, with nothing changed); without, an apply that loses a
+    /// race to another writer reads again and tries again ([`Retry`]).
     pub async fn apply(
         &self,
         spec: &StackSpec,
         expected: Option<i64>,
     ) -> Result<ApplyResult, StoreError> {
-        for _ in 0..APPLY_ATTEMPTS {
-            let current = self.read_stack(&spec.name).await?;
+        let mut retry = Retry::new(expected);
+        loop {
+            let current = match self.read_stack(&spec.name).await {
+                Err(e @ StoreError::ReadRaced(_)) => match retry.lost().await {
+                    true => continue,
+                    false => return Err(e),
+                },
+                read => read?,
+            };
             check_applicable(spec, &current, expected)?;
             let mut plan = self.plan(spec, &current);
             if plan.record.is_none() {
@@ -66,17 +131,20 @@ impl Store {
                 self.collect_files(&spec.name, &keep, rev).await;
                 return Ok(plan.result);
             }
+            if retry.lost().await {
+                continue;
+            }
             if expected.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "stack {} changed while it was being applied; read it again and retry",
                     spec.name
                 )));
             }
+            return Err(StoreError::Conflict(format!(
+                "stack {} kept changing under concurrent writers; try again",
+                spec.name
+            )));
         }
-        Err(StoreError::Conflict(format!(
-            "stack {} kept changing under concurrent writers; try again",
-            spec.name
-        )))
     }
 
     /// What [`Store::apply`] would do, checked the same way and computed by the same
@@ -353,4 +421,22 @@ fn next_record(spec: &StackSpec, current: &Current, plan: &Plan, now: String) ->
         volumes: spec.volumes.clone(),
         deletion: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_a_version_retries_a_bounded_number_of_times_and_one_with_a_version_never(
+    ) {
+        let mut versioned = Retry::new(Some(7));
+        assert!(!versioned.lost().await, "a named version keeps its 409");
+        let mut unversioned = Retry::new(None);
+        let mut retries = 0;
+        while unversioned.lost().await {
+            retries += 1;
+        }
+        assert_eq!(retries, UNVERSIONED_ATTEMPTS - 1);
+    }
 }

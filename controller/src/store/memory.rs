@@ -16,6 +16,9 @@ pub struct MemKv {
     /// True while "unreachable": open watches end with an error, as etcd's do when the
     /// connection is lost.
     down: watch::Sender<bool>,
+    /// True while "frozen" (etcd stopped by `SIGSTOP`): every call waits, unanswered, until
+    /// thawed; open watches stay open and quiet.
+    frozen: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -49,6 +52,7 @@ impl Default for MemKv {
             }),
             events: broadcast::channel(4096).0,
             down: watch::channel(false).0,
+            frozen: watch::channel(false).0,
         }
     }
 }
@@ -69,6 +73,16 @@ impl MemKv {
         }
         drop(st);
         self.down.send_replace(down);
+    }
+
+    /// Makes every call wait without an answer (as a frozen etcd's do) until unfrozen.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+
+    async fn thawed(&self) {
+        let mut frozen = self.frozen.subscribe();
+        let _ = frozen.wait_for(|f| !*f).await;
     }
 
     /// Lets `writes` more transactions commit, then fails every call (the next write
@@ -135,6 +149,7 @@ impl MemKv {
 #[async_trait]
 impl Kv for MemKv {
     async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
+        self.thawed().await;
         self.check()?;
         let st = self.state.lock().unwrap();
         let items = st
@@ -150,6 +165,7 @@ impl Kv for MemKv {
     }
 
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
+        self.thawed().await;
         self.check()?;
         Ok(self.state.lock().unwrap().data.get(key).cloned())
     }
@@ -159,6 +175,7 @@ impl Kv for MemKv {
     }
 
     async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
+        self.thawed().await;
         self.check()?;
         check_limits(&compares, &ops)?;
         let mut st = self.state.lock().unwrap();
@@ -198,6 +215,7 @@ impl Kv for MemKv {
         prefix: &str,
         from_revision: i64,
     ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
+        self.thawed().await;
         self.check()?;
         let (past, live) = {
             let st = self.state.lock().unwrap();
@@ -240,6 +258,7 @@ impl Kv for MemKv {
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError> {
+        self.thawed().await;
         self.check()?;
         let mut st = self.state.lock().unwrap();
         st.next_lease += 1;
@@ -256,6 +275,7 @@ impl Kv for MemKv {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
+        self.thawed().await;
         self.check()?;
         let mut st = self.state.lock().unwrap();
         Ok(st.leases.get_mut(&lease).map(|l| {
@@ -265,6 +285,7 @@ impl Kv for MemKv {
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError> {
+        self.thawed().await;
         self.check()?;
         let keys = self.state.lock().unwrap().leases.remove(&lease);
         if let Some(l) = keys {

@@ -370,8 +370,8 @@ impl Store {
     }
 
     /// One service changed by `change` (given the committed one; None: nothing to write),
-    /// committed through the stack record as a new version, and tried again when another
-    /// writer committed first; with `expected`, that is a conflict instead. Returns the
+    /// committed through the stack record as a new version, and tried again ([`apply::Retry`])
+    /// when another writer committed first; with `expected`, that is a conflict instead. Returns the
     /// service as committed, and whether this call wrote it.
     async fn modify(
         &self,
@@ -380,8 +380,15 @@ impl Store {
         expected: Option<i64>,
         change: impl Fn(&Service) -> Result<Option<Service>, StoreError>,
     ) -> Result<(Service, bool), StoreError> {
-        for _ in 0..APPLY_ATTEMPTS {
-            let current = self.read_stack(stack).await?;
+        let mut retry = apply::Retry::new(expected);
+        loop {
+            let current = match self.read_stack(stack).await {
+                Err(e @ StoreError::ReadRaced(_)) => match retry.lost().await {
+                    true => continue,
+                    false => return Err(e),
+                },
+                read => read?,
+            };
             let (record, prev) = scale_target(stack, service, &current, expected)?;
             let Some(next) = change(prev)? else {
                 return Ok((prev.clone(), false));
@@ -394,15 +401,18 @@ impl Store {
             if let Some(committed) = self.commit_version(&current, record, prev, next).await? {
                 return Ok((committed, true));
             }
+            if retry.lost().await {
+                continue;
+            }
             if expected.is_some() {
                 return Err(StoreError::Conflict(format!(
                     "stack {stack} changed while {service} was being changed; read it again and retry"
                 )));
             }
+            return Err(StoreError::Conflict(format!(
+                "service {stack}/{service} kept changing under concurrent writers; try again"
+            )));
         }
-        Err(StoreError::Conflict(format!(
-            "service {stack}/{service} kept changing under concurrent writers; try again"
-        )))
     }
 
     /// Swaps `prev` for `next` in the stack record, guarded by the record's revision;
@@ -611,27 +621,32 @@ impl Store {
 
     /// Every stack, read from etcd at one revision.
     pub async fn stack_views(&self) -> Result<Vec<StackView>, StoreError> {
-        let snap = self.snapshot().await?;
-        let statuses: BTreeMap<(String, String), ServiceStatus> = snap
-            .statuses
-            .into_iter()
-            .map(|(s, v, st)| ((s, v), st))
-            .collect();
-        let mut by_stack: BTreeMap<String, Vec<Service>> = BTreeMap::new();
-        for svc in snap.services {
-            by_stack.entry(svc.stack.clone()).or_default().push(svc);
-        }
-        let mut out: Vec<StackView> = snap
-            .stacks
-            .into_iter()
-            .map(|st| {
-                let services = by_stack.remove(&st.name).unwrap_or_default();
-                view_of(st, services, &statuses)
-            })
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        Ok(views_of(self.snapshot().await?))
     }
+}
+
+/// Every stack of `snap` with its services and their status, by name: what the API shows,
+/// from etcd or from the daemon's copy ([`crate::watch::Desired::copy`]).
+pub fn views_of(snap: Snapshot) -> Vec<StackView> {
+    let statuses: BTreeMap<(String, String), ServiceStatus> = snap
+        .statuses
+        .into_iter()
+        .map(|(s, v, st)| ((s, v), st))
+        .collect();
+    let mut by_stack: BTreeMap<String, Vec<Service>> = BTreeMap::new();
+    for svc in snap.services {
+        by_stack.entry(svc.stack.clone()).or_default().push(svc);
+    }
+    let mut out: Vec<StackView> = snap
+        .stacks
+        .into_iter()
+        .map(|st| {
+            let services = by_stack.remove(&st.name).unwrap_or_default();
+            view_of(st, services, &statuses)
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 fn view_of(
@@ -668,6 +683,7 @@ fn view_of(
         deletion_blocked_by: None,
         networks: st.networks,
         volumes: st.volumes,
+        stale: Stale::default(),
     }
 }
 
@@ -1081,6 +1097,68 @@ mod tests {
             .map(|kv| kv.key)
             .collect();
         assert_eq!(keys, vec![url(0).0]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_applies_without_a_version_all_land_and_the_last_one_stands() {
+        let (store, _) = store();
+        let first = store
+            .apply(&parse_stack("shop", WEB).unwrap(), None)
+            .await
+            .unwrap();
+        let image = |i: usize| format!("web:{i}");
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                let yaml = format!(
+                    "services: {{web: {{image: '{}'}}, db: {{image: db:1}}}}",
+                    image(i)
+                );
+                tokio::spawn(async move {
+                    let spec = parse_stack("shop", &yaml).unwrap();
+                    store.apply(&spec, None).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let applied = task.await.unwrap();
+            assert!(applied.is_ok(), "{:?}", applied.err());
+        }
+        let web = store.service("shop", "web").await.unwrap().unwrap();
+        assert!(
+            (0..20).any(|i| web.spec.image == image(i)),
+            "{}",
+            web.spec.image
+        );
+        let stale = store
+            .apply(
+                &parse_stack("shop", WEB).unwrap(),
+                Some(first.resource_version),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(stale, StoreError::Stale { .. }), "{stale}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_scales_without_a_version_all_land() {
+        let (store, _) = store();
+        store
+            .apply(&parse_stack("shop", WEB).unwrap(), None)
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (1..=20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.scale("shop", "db", n, None).await })
+            })
+            .collect();
+        for task in tasks {
+            let scaled = task.await.unwrap();
+            assert!(scaled.is_ok(), "{:?}", scaled.err());
+        }
+        let db = store.service("shop", "db").await.unwrap().unwrap();
+        assert!((1..=20).contains(&db.spec.replicas));
     }
 
     #[tokio::test]

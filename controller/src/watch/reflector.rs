@@ -40,6 +40,9 @@ struct State {
     /// An initial list succeeded and the watch has not failed since. While false, the
     /// reconciler acts on nothing: desired state is never inferred from a failed read.
     synced: bool,
+    /// An initial list ever succeeded: the copy holds what etcd had then, or later. The API
+    /// serves it, marked stale, while etcd does not answer.
+    listed: bool,
     stacks: HashMap<String, Arc<Stack>>,
     services: HashMap<ServiceKey, Arc<Service>>,
     statuses: HashMap<ServiceKey, Arc<ServiceStatus>>,
@@ -192,6 +195,7 @@ fn replace(st: &mut State, snap: Snapshot) -> BTreeSet<ObjectKey> {
     }
     *st = State {
         synced: true,
+        listed: true,
         stacks,
         services,
         statuses: snap
@@ -215,6 +219,27 @@ fn key(stack: &str, name: &str) -> ServiceKey {
 impl Desired {
     pub fn is_synced(&self) -> bool {
         self.shared.state.read().unwrap().synced
+    }
+
+    /// Everything the copy holds, taken at once (no stack half old and half new), or None
+    /// before the first list. `revision` is not tracked by the copy: it is 0.
+    pub fn copy(&self) -> Option<Snapshot> {
+        let st = self.shared.state.read().unwrap();
+        if !st.listed {
+            return None;
+        }
+        let pairs = |m: &HashMap<ServiceKey, Arc<ServiceStatus>>| {
+            m.iter()
+                .map(|((s, v), x)| (s.clone(), v.clone(), (**x).clone()))
+                .collect()
+        };
+        Some(Snapshot {
+            revision: 0,
+            stacks: st.stacks.values().map(|s| (**s).clone()).collect(),
+            services: st.services.values().map(|s| (**s).clone()).collect(),
+            statuses: pairs(&st.statuses),
+            endpoints: st.endpoints.values().map(|e| (**e).clone()).collect(),
+        })
     }
 
     pub fn stack(&self, name: &str) -> Option<Arc<Stack>> {
