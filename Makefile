@@ -76,7 +76,7 @@ deps:
 ## fails the run: turn it into a regression test.
 FUZZ_SECONDS ?= 60
 FUZZ_TEST_SECONDS ?= 30
-FUZZ_TARGETS := compose_parse apply_request
+FUZZ_TARGETS := compose_parse apply_request env_file run_stream
 
 fuzz-deps:
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

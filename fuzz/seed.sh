@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Seeds each target's corpus with the project's own Compose files (examples/ and the
-# conformance suite), so fuzzing starts from real stacks.
+# Seeds each target's corpus with the project's own inputs, so fuzzing starts from real
+# ones: Compose files (examples/ and the conformance suite), the conformance suite's env
+# files, and streams of `capstan run` as a daemon writes them.
 set -euo pipefail
 cd "$(dirname "$0")"
 for target in compose_parse apply_request; do
@@ -14,3 +15,23 @@ for target in compose_parse apply_request; do
     fi
   done
 done
+
+mkdir -p corpus/env_file
+for f in $(find ../e2e/conformance -name '.env' -o -name '*.env'); do
+  cp "$f" "corpus/env_file/$(echo "$f" | tr '/.' '__')"
+done
+printf '%s\n' '# comment' 'export A=1' "B='lit \$A'" 'C="q \"x\" \\n ${A:-d}"' 'D=v # note' 'E' \
+  > corpus/env_file/syntax
+
+# The target reads its input's first half as a stream, its second half as a recipe.
+mkdir -p corpus/run_stream
+stream='{"kind":"started","container":"s-web-run-1"}
+{"kind":"output","data":"dmFsdWUtMQ=="}
+{"kind":"output","stderr":true,"data":"G1szMW1lcnIK"}
+{"kind":"alive"}
+{"kind":"line","text":"old"}
+{"kind":"exit","code":3}
+'
+printf '%s%s' "$stream" "$stream" > corpus/run_stream/records
+printf '%s%s' '{"kind":"error","message":"gone"}' '{"kind":"error","message":"gone"}' \
+  > corpus/run_stream/unfinished

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 pub struct Client {
     base: String,
-    /// Where the requests go, for messages (the socket's path, or `base`).
+    /// Where the requests go, for messages: the server as given (`unix:///PATH`), or `base`.
     server: String,
     http: reqwest::Client,
 }
@@ -82,7 +82,7 @@ impl Client {
         let (base, shown) = match server.strip_prefix("unix://") {
             Some(path) => {
                 builder = builder.unix_socket(std::path::Path::new(path));
-                ("http://capstan".to_string(), path.to_string())
+                ("http://capstan".to_string(), server.to_string())
             }
             None => {
                 let base = server.trim_end_matches('/').to_string();
@@ -129,14 +129,14 @@ impl Client {
     ) -> anyhow::Result<T> {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await?;
+        let bytes = self.body(resp).await?;
         if status == reqwest::StatusCode::NO_CONTENT {
             return serde_json::from_slice(b"null").context("unexpected response from capstan");
         }
         if status.is_success() {
             return serde_json::from_slice(&bytes).context("unexpected response from capstan");
         }
-        Err(api_error(status, &bytes))
+        Err(self.refused(status, &bytes))
     }
 
     pub async fn apply(
@@ -179,7 +179,7 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        Err(api_error(status, &resp.bytes().await?))
+        Err(self.refused(status, &self.body(resp).await?))
     }
 
     /// `GET /v1/stacks/{stack}/logs`: NDJSON log records; followed streams last as long as
@@ -199,7 +199,7 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        Err(api_error(status, &resp.bytes().await?))
+        Err(self.refused(status, &self.body(resp).await?))
     }
 
     /// `POST /v1/stacks/{stack}/services/{service}/run`: the stream of the one-off's records.
@@ -216,7 +216,7 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        Err(api_error(status, &resp.bytes().await?))
+        Err(self.refused(status, &self.body(resp).await?))
     }
 
     pub async fn stack(&self, stack: &str) -> anyhow::Result<Option<StackView>> {
@@ -230,9 +230,9 @@ impl Client {
             return Ok(None);
         }
         let status = resp.status();
-        let bytes = resp.bytes().await?;
+        let bytes = self.body(resp).await?;
         if !status.is_success() {
-            return Err(api_error(status, &bytes));
+            return Err(self.refused(status, &bytes));
         }
         Ok(Some(serde_json::from_slice(&bytes)?))
     }
@@ -344,20 +344,113 @@ impl Client {
 }
 
 impl Client {
-    /// Why a request got no answer: the socket's permissions, a missing daemon, or TLS.
+    /// The server as the user named it (`unix:///run/capstan/capstan.sock`, `https://...`).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A request that got no answer, as one sentence: the server and why.
     fn unreachable(&self, e: reqwest::Error) -> anyhow::Error {
-        let mut cause = String::new();
-        let mut source: Option<&dyn std::error::Error> = Some(&e);
-        while let Some(s) = source {
-            cause = s.to_string();
-            source = s.source();
+        anyhow::anyhow!("{}", transport(&self.server, Phase::Connect, &e))
+    }
+
+    /// An answer whose body broke off (`what` was being read), as one sentence.
+    pub fn dropped(&self, e: reqwest::Error, what: &str) -> anyhow::Error {
+        anyhow::anyhow!("{}", transport(&self.server, Phase::Reading(what), &e))
+    }
+
+    /// A refusal as one message: the documented JSON error with a line per field; a 503
+    /// says the daemon cannot serve now (its etcd is gone) rather than that the request is
+    /// wrong.
+    fn refused(&self, status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+        let message = api_message(status, bytes);
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return anyhow::anyhow!(
+                "capstan at {} cannot serve this now: {message}",
+                self.server
+            );
         }
-        let hint = if cause.contains("ermission denied") {
-            " (the socket is only for root and its group: run as root, or join the group given to `serve --socket-group`)"
-        } else {
-            " (is `capstan serve` running? set --server or CAPSTAN_SERVER)"
-        };
-        anyhow::anyhow!("cannot reach capstan at {}: {cause}{hint}", self.server)
+        anyhow::anyhow!("{message}")
+    }
+
+    /// The body of an answer, or the sentence saying the connection dropped.
+    async fn body(&self, resp: reqwest::Response) -> anyhow::Result<Vec<u8>> {
+        let bytes = resp.bytes().await;
+        bytes
+            .map(|b| b.to_vec())
+            .map_err(|e| self.dropped(e, "its answer"))
+    }
+}
+
+/// When a transport error happened.
+#[derive(Clone, Copy, Debug)]
+enum Phase<'a> {
+    /// Sending the request: no answer came.
+    Connect,
+    /// Reading the answer's body, which holds `.0`.
+    Reading(&'a str),
+}
+
+/// A transport error as one sentence naming `server`, what failed and what to check,
+/// instead of the HTTP stack's chain of errors.
+fn transport(server: &str, phase: Phase<'_>, e: &(dyn std::error::Error + 'static)) -> String {
+    let (reason, hint) = cause(e);
+    match phase {
+        Phase::Connect => format!("cannot reach capstan at {server}: {reason} ({hint})"),
+        Phase::Reading(what) => format!(
+            "the connection to capstan at {server} broke while reading {what}: {reason} (did the daemon stop or restart?)"
+        ),
+    }
+}
+
+/// The innermost cause of `e` in a few words, and what to check.
+fn cause(e: &(dyn std::error::Error + 'static)) -> (String, &'static str) {
+    const RUNNING: &str = "is `capstan serve` running? set --server or CAPSTAN_SERVER";
+    let mut innermost = e;
+    let mut io_kind = None;
+    let mut timed_out = false;
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = io_kind.or(Some(io.kind()));
+        }
+        if let Some(r) = s.downcast_ref::<reqwest::Error>() {
+            timed_out |= r.is_timeout();
+        }
+        innermost = s;
+        source = s.source();
+    }
+    use std::io::ErrorKind as K;
+    match io_kind {
+        _ if timed_out => ("no answer in time".into(), "is the daemon overloaded, or its etcd slow?"),
+        Some(K::ConnectionRefused) => ("connection refused".into(), RUNNING),
+        Some(K::NotFound) => ("no such socket".into(), RUNNING),
+        Some(K::PermissionDenied) => (
+            "permission denied".into(),
+            "the socket is only for root and its group: run as root, or join the group given to `serve --socket-group`",
+        ),
+        Some(K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof) => {
+            ("the connection was closed".into(), RUNNING)
+        }
+        _ => {
+            let words = innermost.to_string();
+            let words = match words.find(" (os error") {
+                Some(at) => words[..at].to_string(),
+                None => words,
+            };
+            let words = crate::output::safe(words.trim()).into_owned();
+            (lowercase_first(&words), RUNNING)
+        }
+    }
+}
+
+fn lowercase_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if !chars.clone().next().is_some_and(char::is_uppercase) => {
+            c.to_lowercase().chain(chars).collect()
+        }
+        _ => s.to_string(),
     }
 }
 
@@ -387,20 +480,23 @@ fn tls_and_token(
     Ok(builder)
 }
 
-/// The documented JSON error, as one message with a line per field.
-fn api_error(status: reqwest::StatusCode, bytes: &[u8]) -> anyhow::Error {
+/// The documented JSON error, as one message with a line per field; anything else (a
+/// proxy's page) as the status and its first line.
+fn api_message(status: reqwest::StatusCode, bytes: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(bytes) {
         Ok(body) => {
             let mut msg = body.error;
             for d in body.details {
                 msg.push_str(&format!("\n  {}: {}", d.field, d.reason));
             }
-            anyhow::anyhow!("{msg}")
+            msg
         }
-        Err(_) => anyhow::anyhow!(
-            "capstan answered {status}: {}",
-            String::from_utf8_lossy(bytes)
-        ),
+        Err(_) => {
+            let text = String::from_utf8_lossy(bytes);
+            let first = text.lines().next().unwrap_or("").trim();
+            let first: String = first.chars().take(200).collect();
+            format!("capstan answered {status}: {first}")
+        }
     }
 }
 
@@ -546,4 +642,97 @@ pub async fn delete(
     }
     println!("stack {stack} deleted");
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+
+    /// A socket path of its own under the temporary folder.
+    fn socket(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("capstan-cli-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("capstan.sock")
+    }
+
+    fn client(path: &std::path::Path) -> Client {
+        Client::new(
+            &format!("unix://{}", path.display()),
+            &Credentials::default(),
+        )
+        .unwrap()
+    }
+
+    /// Answers the first request on `path` with `answer`, then closes the connection.
+    fn answer_once(path: &std::path::Path, answer: &'static [u8]) {
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            conn.write_all(answer).unwrap();
+        });
+    }
+
+    #[tokio::test]
+    async fn a_socket_nothing_listens_on_is_one_sentence_naming_it() {
+        let path = socket("refused");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let e = client(&path).leader().await.unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            format!("cannot reach capstan at unix://{}: connection refused (is `capstan serve` running? set --server or CAPSTAN_SERVER)", path.display())
+        );
+        std::fs::remove_file(&path).unwrap();
+        let e = format!("{:#}", client(&path).leader().await.unwrap_err());
+        assert!(
+            e.contains(": no such socket (is `capstan serve` running?"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_breaks_off_is_one_sentence_saying_so() {
+        let path = socket("dropped");
+        answer_once(
+            &path,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"leader\"",
+        );
+        let e = format!("{:#}", client(&path).leader().await.unwrap_err());
+        let want = format!(
+            "the connection to capstan at unix://{} broke while reading its answer: ",
+            path.display()
+        );
+        assert!(e.starts_with(&want), "{e}");
+        assert!(
+            e.ends_with("(did the daemon stop or restart?)") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_daemon_without_etcd_is_said_to_be_unable_to_serve_now() {
+        let path = socket("unavailable");
+        answer_once(
+            &path,
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 45\r\n\r\n{\"error\":\"etcd does not answer\",\"details\":[]}",
+        );
+        let e = format!("{:#}", client(&path).leader().await.unwrap_err());
+        let want = format!(
+            "capstan at unix://{} cannot serve this now: etcd does not answer",
+            path.display()
+        );
+        assert_eq!(e, want);
+    }
+
+    #[test]
+    fn a_proxys_error_page_is_its_status_and_first_line() {
+        let page = b"<html>bad gateway</html>\n<body>much more</body>";
+        assert_eq!(
+            api_message(reqwest::StatusCode::BAD_GATEWAY, page),
+            "capstan answered 502 Bad Gateway: <html>bad gateway</html>"
+        );
+    }
 }

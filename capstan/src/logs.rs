@@ -2,7 +2,6 @@
 //! (`GET /v1/stacks/{stack}/logs`), each line prefixed `service-n | ` as `docker compose logs`
 //! prints it; prefixes padded to one width, coloured on a terminal only.
 
-use anyhow::Context as _;
 use capstan_api::logs::LogRecord;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -48,7 +47,7 @@ pub async fn run(api: &Client, req: &Request) -> anyhow::Result<i32> {
     let mut resp = api.logs(stack, &query).await?;
     let mut out = Printer::new(std::io::stdout().is_terminal());
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.context("reading the logs stream")? {
+    while let Some(chunk) = (resp.chunk().await).map_err(|e| api.dropped(e, "the logs"))? {
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();

@@ -414,7 +414,8 @@ async fn main() {
     let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Its words may quote what the server holds: shown, never obeyed.
+            eprintln!("error: {}", output::safe_lines(&format!("{e:#}")));
             1
         }
     };

@@ -1,6 +1,8 @@
-//! Tables, JSON and YAML for the CLI.
+//! Tables, JSON and YAML for the CLI. What the server sent is made safe for a terminal in
+//! tables and messages ([`safe`]); JSON and YAML are data, and left as they are.
 
 use capstan_api::object::{ServiceView, StackView};
+use std::borrow::Cow;
 
 use crate::Format;
 
@@ -17,11 +19,51 @@ fn age(created_at: &str) -> String {
     }
 }
 
+/// Whether a terminal would act on `c` rather than show it: control characters (C0, DEL,
+/// C1: ESC starts the sequences that recolour, move the cursor, retitle the window) and the
+/// bidirectional marks and overrides that reorder what is shown around them.
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every character a terminal would act on written out instead (`\x1b`,
+/// `\u{202e}`), so a value from the server (an older one may hold an image name with
+/// `ESC[31m`) can neither recolour nor rewrite the screen; line breaks are escaped too.
+pub fn safe(text: &str) -> Cow<'_, str> {
+    escape(text, false)
+}
+
+/// [`safe`] for a message of several lines: its line breaks stay.
+pub fn safe_lines(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+fn escape(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let shown = |c: char| !acts_on_terminal(c) || (keep_newlines && c == '\n');
+    if text.chars().all(shown) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if shown(c) => out.push(c),
+            c if u32::from(c) <= 0xff => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Prints the header and rows in aligned columns, each cell made [`safe`].
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = (rows.into_iter())
+        .map(|row| row.iter().map(|c| safe(c).into_owned()).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
         }
     }
     let line = |cells: Vec<String>| {
@@ -152,8 +194,8 @@ pub fn leader(view: &capstan_api::object::LeaderView, format: Format) -> anyhow:
 }
 
 pub fn describe(s: &ServiceView) {
-    println!("Service:      {}/{}", s.stack, s.name);
-    println!("Image:        {}", s.image);
+    println!("Service:      {}/{}", safe(&s.stack), safe(&s.name));
+    println!("Image:        {}", safe(&s.image));
     println!(
         "Replicas:     {} desired | {} running | {} ready | {} updated",
         s.replicas, s.running, s.ready, s.updated
@@ -165,7 +207,7 @@ pub fn describe(s: &ServiceView) {
     );
     println!(
         "Created:      {} ({} ago)",
-        s.created_at,
+        safe(&s.created_at),
         age(&s.created_at)
     );
     println!("Conditions:");
@@ -227,7 +269,31 @@ pub fn describe(s: &ServiceView) {
 
 #[cfg(test)]
 mod tests {
+    use super::{safe, safe_lines};
     use capstan_api::object::{ServiceView, StackView};
+
+    #[test]
+    fn an_escape_sequence_from_the_server_is_shown_not_obeyed() {
+        assert_eq!(safe("web\x1b[31m:1"), "web\\x1b[31m:1");
+        assert_eq!(safe("a\rb\x07c\x7fd\u{9b}e"), "a\\x0db\\x07c\\x7fd\\x9be");
+        assert_eq!(safe("evil\u{202e}gpj.exe"), "evil\\u{202e}gpj.exe");
+    }
+
+    #[test]
+    fn printable_text_and_other_scripts_pass_unchanged_and_unallocated() {
+        for text in ["web:1", "café ☕ 日本", "tab\u{a0}nbsp", ""] {
+            assert!(matches!(safe(text), std::borrow::Cow::Borrowed(t) if t == text));
+        }
+    }
+
+    #[test]
+    fn a_message_keeps_its_line_breaks_but_a_cell_does_not() {
+        assert_eq!(
+            safe_lines("bad\n  image: \x1b]0;x\x07"),
+            "bad\n  image: \\x1b]0;x\\x07"
+        );
+        assert_eq!(safe("two\nlines"), "two\\x0alines");
+    }
 
     #[test]
     fn yaml_output_reads_back_as_the_same_views() {

@@ -1,10 +1,11 @@
 //! `capstan run STACK/SERVICE [-e KEY=VALUE]... [-- COMMAND...]`: a one-off container from
 //! the service's spec, as `docker compose run` (`POST .../services/{service}/run`). Its
-//! output goes to this process's stdout and stderr as it comes; the exit code is the
-//! container's. Interrupted, the connection closes and the daemon stops and removes it.
+//! output goes to this process's stdout and stderr byte for byte as it comes (as `docker
+//! run` passes it: not escaped); the exit code is the container's. Interrupted, the
+//! connection closes and the daemon stops and removes it.
 
-use anyhow::{bail, Context as _};
-use capstan_api::run::{RunRecord, RunRequest};
+use anyhow::bail;
+use capstan_api::run::{Decoder, RunRecord, RunRequest};
 use std::io::Write;
 
 use crate::client::Client;
@@ -15,33 +16,46 @@ pub async fn run(api: &Client, target: &str, req: &RunRequest) -> anyhow::Result
         bail!("expected STACK/SERVICE, got {target:?}");
     };
     let mut resp = api.run(stack, service, req).await?;
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.context("reading the run's stream")? {
-        buf.extend_from_slice(&chunk);
-        while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = buf.drain(..=pos).collect();
-            let record: RunRecord =
-                serde_json::from_slice(&line).context("an unreadable record of the run")?;
+    let mut decoder = Decoder::default();
+    while let Some(chunk) = (resp.chunk().await).map_err(|e| api.dropped(e, "the run's output"))? {
+        for record in decoder.feed(&chunk)? {
             if let Some(code) = print(record)? {
                 return Ok(code);
             }
         }
     }
-    bail!("the daemon ended the run without the container's exit code")
+    decoder.finish()?;
+    bail!(
+        "capstan at {} ended the run without the container's exit code (did the daemon stop?)",
+        api.server()
+    )
 }
 
-/// Prints one record; the exit code once the run is over.
+/// Prints one record; the exit code once the run is over. Output is flushed at once: the
+/// process may exit right after, and a piece without a line break would be lost in a buffer.
 fn print(record: RunRecord) -> anyhow::Result<Option<i32>> {
     match record {
         RunRecord::Started { container } => tracing::debug!(%container, "one-off started"),
         RunRecord::Alive => {}
-        RunRecord::Line {
-            stderr: false,
-            text,
-        } => writeln!(std::io::stdout(), "{text}")?,
-        RunRecord::Line { stderr: true, text } => writeln!(std::io::stderr(), "{text}")?,
+        RunRecord::Output { stderr, bytes } => write_out(stderr, &bytes)?,
+        RunRecord::Line { stderr, mut text } => {
+            text.push('\n');
+            write_out(stderr, text.as_bytes())?
+        }
         RunRecord::Exit { code } => return Ok(Some(code.clamp(0, 255) as i32)),
         RunRecord::Error { message } => bail!("the run failed: {message}"),
     }
     Ok(None)
+}
+
+fn write_out(stderr: bool, bytes: &[u8]) -> std::io::Result<()> {
+    if stderr {
+        let mut err = std::io::stderr().lock();
+        err.write_all(bytes)?;
+        err.flush()
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)?;
+        out.flush()
+    }
 }

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::reconcile::error::ReconcileError;
 use crate::reconcile::shape;
-use crate::runtime::{ContainerPlan, LogOptions, Runtime, RuntimeError};
+use crate::runtime::{ContainerPlan, LogStream, Runtime, RuntimeError};
 use crate::server::ApiState;
 
 pub fn routes() -> Router<ApiState> {
@@ -82,7 +82,7 @@ async fn run(
             Err(refusal) => {
                 let _ = started.send(Err(refusal));
             }
-            Ok(id) => {
+            Ok((id, output)) => {
                 tracing::info!(stack = %stack.name, service = %service.name, container = %plan.name, "one-off container started");
                 let _ = started.send(Ok(()));
                 let one = OneOffRun {
@@ -91,7 +91,7 @@ async fn run(
                     name: plan.name,
                     grace: shape::grace(&service),
                 };
-                one.follow(tx, stop).await;
+                one.follow(output, tx, stop).await;
             }
         }
     });
@@ -199,14 +199,15 @@ fn status_of(e: &RuntimeError) -> StatusCode {
     }
 }
 
-/// Makes the service's networks and volumes if missing, then creates and starts the
-/// one-off; on any failure nothing is left behind and the answer says why.
+/// Makes the service's networks and volumes if missing, then creates the one-off, attaches
+/// to its output and starts it (attached first, no byte it writes is missed); on any
+/// failure nothing is left behind and the answer says why.
 async fn start(
     runtime: &dyn Runtime,
     stack: &Stack,
     service: &Service,
     plan: &ContainerPlan,
-) -> Result<String, Refusal> {
+) -> Result<(String, LogStream), Refusal> {
     let failed = |what: &str, e: &RuntimeError| error(status_of(e), format!("{what}: {e}"), vec![]);
     if let Err(e) = crate::reconcile::stack::ensure_resources(runtime, stack, &[service]).await {
         let status = match &e {
@@ -227,11 +228,18 @@ async fn start(
         Err(e) => return Err(failed("looking for the image", &e)),
     }
     let id = (runtime.create(plan).await).map_err(|e| failed("creating the container", &e))?;
+    let output = match runtime.attach(&id).await {
+        Ok(output) => output,
+        Err(e) => {
+            let _ = runtime.remove(&id, std::time::Duration::ZERO).await;
+            return Err(failed("attaching to the container", &e));
+        }
+    };
     if let Err(e) = runtime.start(&id).await {
         let _ = runtime.remove(&id, std::time::Duration::ZERO).await;
         return Err(failed("starting the container", &e));
     }
-    Ok(id)
+    Ok((id, output))
 }
 
 /// A started one-off, until it is removed.
@@ -243,11 +251,12 @@ struct OneOffRun {
 }
 
 impl OneOffRun {
-    /// Sends the container's output to `tx` until it exits, then removes it and sends its
+    /// Sends the container's `output` to `tx` until it exits, then removes it and sends its
     /// exit code. A client that goes away, or a daemon that stops, ends it earlier: the
     /// container is stopped and removed all the same.
     async fn follow(
         self,
+        output: LogStream,
         tx: mpsc::Sender<RunRecord>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
@@ -258,7 +267,7 @@ impl OneOffRun {
             None
         } else {
             tokio::select! {
-                ended = self.output_then_exit(&tx) => Some(ended),
+                ended = self.output_then_exit(output, &tx) => ended,
                 _ = alive(&tx) => None,
                 _ = crate::logs::stopping(&mut stop) => None,
             }
@@ -280,20 +289,28 @@ impl OneOffRun {
         let _ = tx.send(last).await;
     }
 
-    /// Every line of output until the container exits, then its exit code.
-    async fn output_then_exit(&self, tx: &mpsc::Sender<RunRecord>) -> Result<i64, RuntimeError> {
-        let opts = LogOptions {
-            follow: true,
-            ..Default::default()
-        };
-        let mut lines = crate::logs::lines(self.runtime.logs(&self.id, &opts));
-        while let Some(line) = lines.next().await {
-            let (stderr, text) = line?;
-            if tx.send(RunRecord::Line { stderr, text }).await.is_err() {
-                break;
+    /// Every byte of `output`, in order, until the engine closes it (the container exited),
+    /// then the exit code: the code is asked for only once the output is drained, so no
+    /// last piece can arrive after it. `None` once the client is gone.
+    async fn output_then_exit(
+        &self,
+        mut output: LogStream,
+        tx: &mpsc::Sender<RunRecord>,
+    ) -> Option<Result<i64, RuntimeError>> {
+        while let Some(chunk) = output.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => return Some(Err(e)),
+            };
+            for piece in chunk.bytes.chunks(capstan_api::run::MAX_OUTPUT_PIECE) {
+                let record = RunRecord::Output {
+                    stderr: chunk.stderr,
+                    bytes: piece.to_vec(),
+                };
+                tx.send(record).await.ok()?;
             }
         }
-        self.runtime.wait(&self.id).await
+        Some(self.runtime.wait(&self.id).await)
     }
 }
 

@@ -164,4 +164,8 @@ impl Runtime for MeasuredRuntime {
     ) -> BoxStream<'static, Result<LogChunk, RuntimeError>> {
         self.inner.logs(id, opts)
     }
+    /// Measures the attach call, not the stream it returns.
+    async fn attach(&self, id: &str) -> Result<crate::runtime::LogStream, RuntimeError> {
+        measured!(self, "attach", self.inner.attach(id))
+    }
 }

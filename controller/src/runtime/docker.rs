@@ -47,6 +47,26 @@ fn engine(op: &'static str) -> impl Fn(BollardError) -> RuntimeError {
     }
 }
 
+/// A frame of a container's output as a [`LogChunk`] (a TTY's output is stdout); its
+/// input, never asked for, is dropped.
+fn chunk(
+    op: &'static str,
+    out: Result<LogOutput, BollardError>,
+) -> Option<Result<LogChunk, RuntimeError>> {
+    match out {
+        Err(e) => Some(Err(engine(op)(e))),
+        Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
+            stderr: true,
+            bytes: message.to_vec(),
+        })),
+        Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => Some(Ok(LogChunk {
+            stderr: false,
+            bytes: message.to_vec(),
+        })),
+        Ok(LogOutput::StdIn { .. }) => None,
+    }
+}
+
 /// A failed create as capstan reports it. The engine answers 404 both when it lacks the
 /// image and when it has the image for another platform than `platform` asks: the latter
 /// keeps the engine's words (which name both platforms), instead of saying the image is not
@@ -650,23 +670,22 @@ impl Runtime for DockerRuntime {
         q = q.tail(&opts.tail.map_or("all".to_string(), |n| n.to_string()));
         self.docker
             .logs(id, Some(q.build()))
-            .filter_map(|out| async move {
-                match out {
-                    Err(e) => Some(Err(engine("logs")(e))),
-                    Ok(LogOutput::StdErr { message }) => Some(Ok(LogChunk {
-                        stderr: true,
-                        bytes: message.to_vec(),
-                    })),
-                    Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
-                        Some(Ok(LogChunk {
-                            stderr: false,
-                            bytes: message.to_vec(),
-                        }))
-                    }
-                    Ok(LogOutput::StdIn { .. }) => None,
-                }
-            })
+            .filter_map(|out| async move { chunk("logs", out) })
             .boxed()
+    }
+
+    async fn attach(&self, id: &str) -> Result<LogStream, RuntimeError> {
+        let opts = bollard::query_parameters::AttachContainerOptionsBuilder::new()
+            .stream(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let attached =
+            (self.docker.attach_container(id, Some(opts)).await).map_err(engine("attach"))?;
+        Ok(attached
+            .output
+            .filter_map(|out| async move { chunk("attach", out) })
+            .boxed())
     }
 
     fn events(

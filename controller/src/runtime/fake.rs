@@ -1289,6 +1289,36 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    /// `output of NAME` on stdout, then the end once the container no longer runs (as the
+    /// engine closes an attached stream when the process exits).
+    async fn attach(&self, id: &str) -> Result<LogStream, RuntimeError> {
+        let name = (self.shared.lock().containers.get(id)).map(|c| c.obs.name.clone());
+        let Some(name) = name else {
+            return self.failed(no_such("attach", id));
+        };
+        let first = LogChunk {
+            stderr: false,
+            bytes: format!("output of {name}\n").into_bytes(),
+        };
+        let (shared, id) = (self.shared.clone(), id.to_string());
+        let until_exit = futures::stream::once(async move {
+            loop {
+                let state = shared.lock().containers.get(&id).map(|c| c.obs.state);
+                if !matches!(
+                    state,
+                    Some(State::Created | State::Running | State::Restarting)
+                ) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .filter_map(|()| async { None });
+        Ok(futures::stream::once(async { Ok(first) })
+            .chain(until_exit)
+            .boxed())
+    }
+
     fn events(
         &self,
         since_nano: Option<i64>,

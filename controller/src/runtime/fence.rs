@@ -134,6 +134,11 @@ impl Runtime for FencedRuntime {
             Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
         }
     }
+    /// Reading a one-off's output is a read, as `logs` is.
+    async fn attach(&self, id: &str) -> Result<super::LogStream, RuntimeError> {
+        self.check(Verb::Read, "attach")?;
+        self.inner.attach(id).await
+    }
     /// The stream is opened by the events task, which runs only while this daemon may act.
     fn events(
         &self,

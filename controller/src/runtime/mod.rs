@@ -250,6 +250,9 @@ pub struct LogChunk {
     pub bytes: Vec<u8>,
 }
 
+/// A container's output, piece by piece ([`Runtime::attach`]).
+pub type LogStream = BoxStream<'static, Result<LogChunk, RuntimeError>>;
+
 /// A container event that may mean drift.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerEvent {
@@ -361,6 +364,10 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         opts: &LogOptions,
     ) -> BoxStream<'static, Result<LogChunk, RuntimeError>>;
+    /// Attaches to container `id`'s stdout and stderr: everything it writes from now on, as
+    /// the engine frames it, ending once its output is closed (it exited). Attached before
+    /// the start, the stream misses nothing, whichever logging driver the container has.
+    async fn attach(&self, id: &str) -> Result<LogStream, RuntimeError>;
     /// Container events of capstan-owned containers from `since_nano` (or now).
     fn events(
         &self,
