@@ -384,7 +384,7 @@ impl HttpBody for Tracked {
 /// Raises this process' soft limit on open files to its hard limit, as Go's runtime does
 /// for every Go server: the soft limit (often 1,024 under systemd) is a guard for old
 /// `select(2)` users, not a budget. Returns the limit now in force.
-pub fn raise_fd_limit() -> io::Result<u64> {
+pub fn raise_fd_limit() -> io::Result<libc::rlim_t> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -404,5 +404,5 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         }
         lim = raised;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
