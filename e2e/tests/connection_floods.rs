@@ -45,15 +45,10 @@ fn a_flood_on_tcp_leaves_the_socket_the_metrics_and_healing_working() {
     );
 
     // The daemon ends the half-sent request: end of stream (or a reset), never a hang.
-    probe
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let mut buf = [0u8; 64];
-    match probe.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("the half-sent connection should be closed, got {other:?}"),
-    }
+    assert!(
+        closed_by_the_daemon(&mut probe, Duration::from_secs(60)),
+        "the half-sent connection is closed"
+    );
     wait_until(
         Duration::from_secs(60),
         "the daemon to close the flood's half-sent connections",
@@ -85,4 +80,86 @@ fn a_flood_on_tcp_leaves_the_socket_the_metrics_and_healing_working() {
     );
     assert!(flood.open() > 1000, "the flood still presses on TCP");
     drop(flood);
+}
+
+/// A folder for the test's certificate, removed at the end.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads until the daemon closes the connection: end of stream or a reset, within `limit`.
+fn closed_by_the_daemon(stream: &mut TcpStream, limit: Duration) -> bool {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn a_tls_handshake_that_never_finishes_is_closed_after_the_header_read_timeout() {
+    let scratch = Scratch(std::env::temp_dir().join(format!(
+        "capstan-e2e-floods-tls-{}-{}",
+        std::process::id(),
+        free_port()
+    )));
+    std::fs::create_dir_all(&scratch.0).unwrap();
+    let (cert, key) = (scratch.0.join("cert.pem"), scratch.0.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-nodes", "-days", "1", "-newkey", "ec"])
+        .args([
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make the test's certificate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (listen, cert, key) = (
+        addr.to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let h = Harness::start_with(
+        "floods-tls",
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--header-read-timeout",
+            "1s",
+        ],
+    );
+    // The first bytes of a TLS record (a handshake, TLS 1.0 framing), then nothing.
+    let mut stalled = TcpStream::connect(addr).unwrap();
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x01, 0x00]).unwrap();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    assert!(closed_by_the_daemon(&mut stalled, Duration::from_secs(60)));
+    assert!(closed_by_the_daemon(&mut silent, Duration::from_secs(60)));
+    assert!(
+        h.d.metrics().contains("capstan_"),
+        "the daemon still answers"
+    );
 }
