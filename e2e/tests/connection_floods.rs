@@ -163,3 +163,79 @@ fn a_tls_handshake_that_never_finishes_is_closed_after_the_header_read_timeout()
         "the daemon still answers"
     );
 }
+
+/// `capstan logs STACK -f`, its lines collected as they come.
+struct Follower {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Follower {
+    fn start(d: &Daemon, stack: &str) -> Follower {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(capstan_bin())
+            .args(["logs", stack, "-f"])
+            .env("CAPSTAN_SERVER", d.server())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run capstan logs -f");
+        let stdout = child.stdout.take().unwrap();
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Follower { child, lines }
+    }
+
+    fn wait_for(&self, words: &str) {
+        wait_until(Duration::from_secs(60), words, || {
+            self.lines.lock().unwrap().iter().any(|l| l.contains(words))
+        });
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_streaming_response_outlives_the_idle_timeout_that_closes_a_silent_connection() {
+    let h = Harness::start_with("floods-stream", &["--idle-timeout", "1s"]);
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &format!("services:\n  web:\n    image: {IMAGE}\n"));
+    let replica = s.replica("web", 1);
+    let say = |words: &str| {
+        docker(&[
+            "exec",
+            &replica,
+            "sh",
+            "-c",
+            &format!("echo {words} > /proc/1/fd/1"),
+        ]);
+    };
+    let follower = Follower::start(d, &s.name);
+    say("before-the-idle-timeout");
+    follower.wait_for("before-the-idle-timeout");
+
+    // A connection opened now, silent, is closed once the idle timeout has passed...
+    let mut silent = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(silent.read(&mut buf), Ok(0)),
+        "the silent connection is closed"
+    );
+    // ... while the follow stream, older and just as quiet on its way in, still streams.
+    say("after-the-idle-timeout");
+    follower.wait_for("after-the-idle-timeout");
+}
