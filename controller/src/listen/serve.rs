@@ -406,3 +406,54 @@ pub fn raise_fd_limit() -> io::Result<libc::rlim_t> {
     }
     Ok(lim.rlim_cur)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_and_its_place_in_the_budget_goes_to_the_next_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let limits = Limits {
+            timeouts: Timeouts {
+                header_read: Duration::from_millis(200),
+                idle: Duration::from_millis(200),
+            },
+            connections: 1,
+        };
+        let (stop, rx) = watch::channel(false);
+        let server = tokio::spawn(serve(Listener::Tcp(listener), app, limits, "test", rx));
+
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        next.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 256];
+        let n = next.read(&mut answer).await.unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{:?}",
+            &answer[..n]
+        );
+        // With room for one connection, the one accepted first (the silent one) had to be
+        // closed by the idle timeout before the next could be served.
+        assert_eq!(silent.read(&mut [0u8; 16]).await.unwrap(), 0);
+
+        stop.send(true).unwrap();
+        drop(next);
+        server.await.unwrap();
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_told_from_one_clients_failure() {
+        assert!(exhausted(&io::Error::from_raw_os_error(libc::EMFILE)));
+        assert!(exhausted(&io::Error::from_raw_os_error(libc::ENFILE)));
+        assert!(!exhausted(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
+    }
+}
