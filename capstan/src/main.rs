@@ -148,6 +148,14 @@ struct ServeArgs {
     /// Serve /metrics, /healthz and /readyz here without authentication (Prometheus).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// How long every listener waits for a request's headers once its first byte came
+    /// (hidden: the default suits every client; tests shorten it).
+    #[arg(long, hide = true, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+    /// How long every listener keeps a connection with no request in flight (hidden, as
+    /// above).
+    #[arg(long, hide = true, default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
     /// Key prefix in etcd; installations with different prefixes share an etcd safely.
     #[arg(long, env = "CAPSTAN_PREFIX", default_value = "/capstan")]
     prefix: String,
@@ -454,6 +462,10 @@ fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Conf
         tls: a.tls_cert.zip(a.tls_key),
         tls_client_ca: a.tls_client_ca,
         metrics_listen: a.metrics_listen,
+        timeouts: capstan_controller::listen::Timeouts {
+            header_read: a.header_read_timeout,
+            idle: a.idle_timeout,
+        },
         prefix: a.prefix,
         resync: a.resync,
         workers: a.workers,

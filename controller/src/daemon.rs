@@ -1,19 +1,15 @@
 //! `capstan serve`: wires the store, the runtime, the triggers, the workers and the HTTP
 //! server together, and shuts them all down on one signal.
 
-use futures::future::BoxFuture;
-use futures::FutureExt as _;
-use std::future::IntoFuture as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-use crate::auth::Peer;
 use crate::controller::Controller;
 use crate::guard::AllowedHosts;
-use crate::listen::{self, ListenError, TlsListener};
+use crate::listen::{self, Limits, ListenError, Listener, Timeouts};
 use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
@@ -38,6 +34,9 @@ pub struct Config {
     pub tls_client_ca: Option<PathBuf>,
     /// `/metrics`, `/healthz`, `/readyz` without authentication (`--metrics-listen`).
     pub metrics_listen: Option<SocketAddr>,
+    /// When every listener closes a quiet connection (hidden `--header-read-timeout` and
+    /// `--idle-timeout`, so tests need not wait the defaults out).
+    pub timeouts: Timeouts,
     /// Key prefix, so installations can share an etcd.
     pub prefix: String,
     /// How often everything is reconciled without a trigger (the safety net).
@@ -78,8 +77,6 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error("cannot reach the Docker engine for builds: {0}")]
     Builds(#[source] bollard::errors::Error),
-    #[error("HTTP server failed: {0}")]
-    Http(#[source] std::io::Error),
     #[error(transparent)]
     Key(#[from] crate::seal::KeyFileError),
     #[error("state folder {path}: {source}")]
@@ -110,6 +107,10 @@ async fn engine(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Runti
 
 /// Runs the daemon until `shutdown` turns true.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), DaemonError> {
+    match listen::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     let acceptor = config.checked_tls()?;
     let sealer = config.sealer()?;
     let gid = listen::group_id(&config.socket_group)?;
@@ -174,12 +175,12 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         files: controller.ctx.files.clone(),
         runtime,
     };
-    let result = listeners.serve(state, &shutdown).await;
+    listeners.serve(state, &shutdown).await;
     tracing::info!("shutting down: waiting for workers to finish their current reconcile");
     if !controller.stopped(Duration::from_secs(30)).await {
         tracing::warn!("some tasks did not stop within 30 s");
     }
-    result
+    Ok(())
 }
 
 /// Says once, at start, when etcd would take anyone capstan's way (over TCP, with neither
@@ -244,16 +245,14 @@ impl Config {
     }
 }
 
-enum Tcp {
-    Plain(tokio::net::TcpListener),
-    Tls(TlsListener),
-}
-
 /// Every listener, bound before the daemon starts working.
 struct Listeners {
-    socket: tokio::net::UnixListener,
-    tcp: Option<Tcp>,
-    metrics: Option<tokio::net::TcpListener>,
+    socket: Listener,
+    /// `--listen`, plain or TLS.
+    tcp: Option<Listener>,
+    metrics: Option<Listener>,
+    /// The quiet-connection timeouts all three share.
+    timeouts: Timeouts,
 }
 
 impl Listeners {
@@ -262,24 +261,19 @@ impl Listeners {
         gid: u32,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
     ) -> Result<Listeners, ListenError> {
-        let socket = listen::unix(&config.socket, gid).await?;
+        let socket = Listener::Unix(listen::unix(&config.socket, gid).await?);
         tracing::info!(socket = %config.socket.display(), group = %config.socket_group, "API listening on the Unix socket");
         let tcp = match (config.listen, acceptor) {
             (None, _) => None,
-            (Some(addr), None) => Some(Tcp::Plain(listen::tcp(addr).await?)),
-            (Some(addr), Some(acceptor)) => {
-                let l = listen::tcp(addr).await?;
-                let tls = TlsListener::new(l, acceptor)
-                    .map_err(|source| ListenError::Tcp { addr, source })?;
-                Some(Tcp::Tls(tls))
-            }
+            (Some(addr), None) => Some(Listener::Tcp(listen::tcp(addr).await?)),
+            (Some(addr), Some(acceptor)) => Some(Listener::Tls(listen::tcp(addr).await?, acceptor)),
         };
         if let Some(addr) = config.listen {
-            let tls = matches!(tcp, Some(Tcp::Tls(_)));
+            let tls = matches!(tcp, Some(Listener::Tls(..)));
             tracing::info!(listen = %addr, tls, "API listening on TCP (bearer tokens required)");
         }
         let metrics = match config.metrics_listen {
-            Some(addr) => Some(listen::tcp(addr).await?),
+            Some(addr) => Some(Listener::Tcp(listen::tcp(addr).await?)),
             None => None,
         };
         if let Some(addr) = config.metrics_listen {
@@ -289,55 +283,49 @@ impl Listeners {
             socket,
             tcp,
             metrics,
+            timeouts: config.timeouts,
         })
     }
 
-    /// Serves every listener until `shutdown` turns true.
-    async fn serve(
-        self,
-        state: ApiState,
-        shutdown: &watch::Receiver<bool>,
-    ) -> Result<(), DaemonError> {
-        let stop = |mut rx: watch::Receiver<bool>| async move {
-            let _ = rx.wait_for(|s| *s).await;
+    /// Serves every listener until `shutdown` turns true. Each has a connection budget of
+    /// its own, so a flood on one leaves the others answering; together they stay well
+    /// below the file limit, leaving the engine's and etcd's descriptors to the control
+    /// loop (see `listen::serve`).
+    async fn serve(self, state: ApiState, shutdown: &watch::Receiver<bool>) {
+        let limits = |connections| Limits {
+            timeouts: self.timeouts,
+            connections,
         };
-        let api = |hosts| {
-            server::router(state.clone(), hosts).into_make_service_with_connect_info::<Peer>()
-        };
-        let mut all: Vec<BoxFuture<'static, std::io::Result<()>>> = vec![];
-        let unix = axum::serve(self.socket, api(AllowedHosts::any()));
-        all.push(
-            unix.with_graceful_shutdown(stop(shutdown.clone()))
-                .into_future()
-                .boxed(),
-        );
-        match self.tcp {
-            Some(Tcp::Plain(l)) => all.push(
-                (axum::serve(l, api(AllowedHosts::local()))
-                    .with_graceful_shutdown(stop(shutdown.clone())))
-                .into_future()
-                .boxed(),
-            ),
-            Some(Tcp::Tls(l)) => all.push(
-                (axum::serve(l, api(AllowedHosts::local()))
-                    .with_graceful_shutdown(stop(shutdown.clone())))
-                .into_future()
-                .boxed(),
-            ),
-            None => {}
+        let api = |hosts| server::router(state.clone(), hosts);
+        let mut all = vec![tokio::spawn(listen::serve(
+            self.socket,
+            api(AllowedHosts::any()),
+            limits(listen::SOCKET_CONNECTIONS),
+            "socket",
+            shutdown.clone(),
+        ))];
+        if let Some(l) = self.tcp {
+            all.push(tokio::spawn(listen::serve(
+                l,
+                api(AllowedHosts::local()),
+                limits(listen::TCP_CONNECTIONS),
+                "tcp",
+                shutdown.clone(),
+            )));
         }
         if let Some(l) = self.metrics {
-            let probes = axum::serve(l, server::probes(state));
-            all.push(
-                probes
-                    .with_graceful_shutdown(stop(shutdown.clone()))
-                    .into_future()
-                    .boxed(),
-            );
+            all.push(tokio::spawn(listen::serve(
+                l,
+                server::probes(state.clone()),
+                limits(listen::METRICS_CONNECTIONS),
+                "metrics",
+                shutdown.clone(),
+            )));
         }
-        futures::future::try_join_all(all)
-            .await
-            .map(|_| ())
-            .map_err(DaemonError::Http)
+        for task in all {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a listener's task failed");
+            }
+        }
     }
 }

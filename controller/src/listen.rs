@@ -1,21 +1,23 @@
 //! The API's listeners: the Unix socket (the default; its mode and group are the access
-//! check), TCP only when asked, with TLS required off loopback, and the TLS acceptor.
+//! check), TCP only when asked, with TLS required off loopback, and the TLS acceptor;
+//! [`serve`] serves one of them within its [`Limits`].
 
-use axum::extract::connect_info::Connected;
-use axum::serve::IncomingStream;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::rustls;
-use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::Peer;
+mod quiet;
+mod serve;
+pub use serve::{
+    raise_fd_limit, serve, Limits, Listener, Timeouts, METRICS_CONNECTIONS, SOCKET_CONNECTIONS,
+    TCP_CONNECTIONS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -147,71 +149,6 @@ pub fn tls_acceptor(
         .with_single_cert(certs, key_der)
         .map_err(|e| bad("certificate and key", cert, e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// A TLS-over-TCP listener for `axum::serve`. Handshakes run in their own tasks (bounded
-/// by a timeout), so a slow client does not hold up the others.
-pub struct TlsListener {
-    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
-        let local = tcp.local_addr()?;
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            while !tx.is_closed() {
-                let Ok((stream, peer)) = tcp.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { rx, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept task only ends when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    /// A client certificate, when there is one, was verified in the handshake.
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let certs = stream.io().get_ref().1.peer_certificates();
-        Peer::Tcp {
-            addr: *stream.remote_addr(),
-            cert: certs
-                .and_then(|c| c.first())
-                .map(|der| crate::auth::ClientCert::of(der)),
-        }
-    }
 }
 
 #[cfg(test)]

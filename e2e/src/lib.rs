@@ -5,6 +5,8 @@
 //!
 //! Missing prerequisites are a loud failure naming the fix, never a silent skip.
 
+pub mod flood;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
