@@ -14,6 +14,24 @@ impl Parser {
         });
     }
 
+    /// Whether `name` follows `rule` (one of [`crate::names`]' rules); if not, an error at
+    /// `path` saying which `what` it is and why.
+    pub(super) fn check_name(
+        &mut self,
+        path: &str,
+        what: &str,
+        name: &str,
+        rule: fn(&str) -> Result<(), crate::names::NameError>,
+    ) -> bool {
+        match rule(name) {
+            Ok(()) => true,
+            Err(e) => {
+                self.err(path, format!("{what} {name:?} {e}"));
+                false
+            }
+        }
+    }
+
     /// The entries of a map with string keys; keys outside `allowed` (and not `x-*`) are errors.
     pub(super) fn map<'a>(
         &mut self,
@@ -70,6 +88,14 @@ impl Parser {
                 None
             }
         }
+    }
+
+    /// A string given to the engine as a name as it is (`name:`, `container_name`):
+    /// [`crate::names::engine_name`].
+    pub(super) fn engine_name(&mut self, path: &str, what: &str, v: &Value) -> Option<String> {
+        let name = self.string(path, v)?;
+        self.check_name(path, what, &name, crate::names::engine_name)
+            .then_some(name)
     }
 
     pub(super) fn bool(&mut self, path: &str, v: &Value) -> bool {
