@@ -177,7 +177,13 @@ impl Parser {
             Value::Mapping(_) => {
                 for (k, val) in self.data_entries(path, v) {
                     let field = join(path, &k);
-                    if val.is_null() && what == "label" {
+                    if what == "variable" && (k.is_empty() || k.contains('=')) {
+                        // The engine takes `KEY=VALUE`: a '=' in the key would move it.
+                        self.err(
+                            field,
+                            format!("variable name {k:?} must be non-empty and hold no '='"),
+                        );
+                    } else if val.is_null() && what == "label" {
                         out.insert(k, String::new());
                     } else if val.is_null() {
                         self.err(field, no_value(what, &k));
@@ -274,6 +280,14 @@ mod tests {
         assert_eq!(f, vec!["services.web.environment[0]"]);
         let f = fields("services: {web: {image: x, environment: {FOO: null}}}");
         assert_eq!(f, vec!["services.web.environment.FOO"]);
+    }
+
+    #[test]
+    fn a_variable_name_holding_an_equals_sign_is_refused() {
+        assert_eq!(
+            fields("services: {web: {image: x, environment: {\"A=B\": 1, \"\": 2}}}"),
+            vec!["services.web.environment.A=B", "services.web.environment."]
+        );
     }
 
     #[test]
