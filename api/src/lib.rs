@@ -16,6 +16,7 @@
 //! - [`files`]: secrets and configs: digests in specs, content kept apart.
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
 //! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
+//! - [`reference`]: image references (`[registry[:port]/]path[:tag][@digest]`), checked at apply.
 //! - [`stateful`]: the stateful guard (one rule for apply and scale) and per-replica volumes.
 
 pub mod build;
@@ -30,6 +31,7 @@ pub mod object;
 pub mod options;
 pub mod policy;
 pub mod pull;
+pub mod reference;
 pub mod run;
 pub mod spec;
 pub mod stateful;

@@ -320,6 +320,9 @@ pub enum Reason {
     /// The secrets or configs a replica mounts cannot be read (a value sealed with a key
     /// this daemon lacks) or written on the host.
     FilesUnavailable,
+    /// The engine refused to create a network or volume the service needs (a driver that
+    /// fails, a name it rejects); the message names the resource and gives the engine's words.
+    ResourceRefused,
 }
 
 impl Reason {
@@ -356,6 +359,7 @@ impl Reason {
             Reason::ImagePullBackOff => "ImagePullBackOff",
             Reason::ErrImageNeverPull => "ErrImageNeverPull",
             Reason::FilesUnavailable => "FilesUnavailable",
+            Reason::ResourceRefused => "ResourceRefused",
         }
     }
 }

@@ -4,6 +4,11 @@
 //! A dry run of an invalid file names every error; a valid apply says, in `notice:` lines,
 //! where capstan's meaning differs from Compose's.
 //!
+//! Names and values the engine would take literally (a network named `S_../../x`, or with a
+//! newline) or refuse late (a NUL, a 300-character hostname, a bad image reference) are
+//! field errors at apply and dry run too; what apply cannot know (a volume driver that does
+//! not exist) is named in the status of the services that need it.
+//!
 //! Keys the engine of this machine is too old for (`annotations`, `mac_address`,
 //! `volume.subpath`) are accepted at apply and refused at create: the service's status names
 //! the key and the API version it needs, and the rest of the stack runs.
@@ -233,6 +238,130 @@ fn an_unexpanded_merge_key_sent_to_the_raw_api_is_refused_by_field_path() {
     .filter_map(|(json, field, words)| refused_over_the_raw_api(&h, json, field, &[words]).err())
     .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The names and values the engine would take literally or refuse late (issue: names and
+/// values are checked at apply): (what, Compose file, the field path the error must name, a
+/// word its reason must hold). `{IMAGE}` is the test image; each file is otherwise valid.
+fn bad_names() -> Vec<(&'static str, String, String, &'static str)> {
+    let long = "n".repeat(100);
+    let base = "services: {web: {image: {IMAGE}}}";
+    vec![
+        ("a network key going up folders", format!("{base}\nnetworks: {{\"../../x\": {{}}}}"), "networks.../../x".into(), "letter or digit"),
+        ("a network key with an accent", format!("{base}\nnetworks: {{\"wéb\": {{}}}}"), "networks.wéb".into(), "'é'"),
+        ("a network key of 100 characters", format!("{base}\nnetworks: {{{long}: {{}}}}"), format!("networks.{long}"), "63"),
+        ("a network name with a newline", format!("{base}\nnetworks: {{n: {{name: \"bad\\nname\"}}}}"), "networks.n.name".into(), "U+000A"),
+        ("a network name with a slash", format!("{base}\nnetworks: {{n: {{name: \"a/b\"}}}}"), "networks.n.name".into(), "'/'"),
+        ("a volume name going up folders", "services: {web: {image: {IMAGE}, volumes: [\"data:/d\"]}}\nvolumes: {data: {name: \"../../etc\"}}".into(), "volumes.data.name".into(), "letter or digit"),
+        ("an environment value with a NUL", "services: {web: {image: {IMAGE}, environment: {A: \"a\\0b\"}}}".into(), "services.web.environment.A".into(), "NUL"),
+        ("a command argument with a NUL", "services: {web: {image: {IMAGE}, command: [\"a\\0b\"]}}".into(), "services.web.command[0]".into(), "NUL"),
+        ("an image ending in a newline", "services: {web: {image: \"{IMAGE}\\n\"}}".into(), "services.web.image".into(), "U+000A"),
+        ("an image with an escape sequence", "services: {web: {image: \"web\\e[31m:1\"}}".into(), "services.web.image".into(), "ESC"),
+        ("an image with an uppercase path", "services: {web: {image: \"Capstan/Web:1\"}}".into(), "services.web.image".into(), "lowercase"),
+        ("a hostname of 300 characters", format!("services: {{web: {{image: {{IMAGE}}, hostname: {}}}}}", "h".repeat(300)), "services.web.hostname".into(), "64"),
+        ("a hostname with an underscore", "services: {web: {image: {IMAGE}, hostname: web_1}}".into(), "services.web.hostname".into(), "RFC 1123"),
+        // The path shows the newline escaped, never as it is.
+        ("a label key with a newline", "services: {web: {image: {IMAGE}, labels: {\"a\\nb\": \"1\"}}}".into(), "services.web.labels.a\\nb".into(), "U+000A"),
+        ("an alias with a tab", "services: {web: {image: {IMAGE}, networks: {default: {aliases: [\"a\\tb\"]}}}}".into(), "services.web.networks.default.aliases[0]".into(), "U+0009"),
+        ("a one-character container name", "services: {web: {image: {IMAGE}, container_name: w}}".into(), "services.web.container_name".into(), "two"),
+    ]
+}
+
+/// Every bad name or value is refused by field path and reason over the raw API, by
+/// `capstan apply`, and by `capstan apply --dry-run`, and none of them writes anything.
+#[test]
+fn every_bad_name_or_engine_value_is_named_by_its_field_path_at_apply_and_dry_run() {
+    let h = Harness::start("bad-names");
+    let mut wrong = vec![];
+    for (what, yaml, field, word) in bad_names() {
+        if let Err(e) = refused_over_the_raw_api(&h, &yaml, &field, &[word]) {
+            wrong.push(format!("{what} (API): {e}"));
+        }
+        let file = h.s.file(&yaml.replace("{IMAGE}", IMAGE));
+        for dry in [false, true] {
+            let revision = h.etcd.revision();
+            let mut args = vec!["apply", "-f", &file, "--stack", &h.s.name];
+            if dry {
+                args.push("--dry-run");
+            }
+            let out = h.d.cli(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            let named = err.lines().any(|l| {
+                l.strip_prefix(&format!("  {field}: "))
+                    .is_some_and(|r| r.contains(word))
+            });
+            if out.status.success() || !named {
+                wrong.push(format!(
+                    "{what} (apply, dry run {dry}): no error names {field} with {word:?}:\n{err}"
+                ));
+            }
+            if let Err(e) = nothing_stored(&h, revision, what) {
+                wrong.push(e);
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// What apply cannot know: the engine refuses to make a volume (its driver does not exist)
+/// or finds no external network. The services that need them are not left `Pending`
+/// without a word: their status names the resource and gives the engine's words, and the
+/// rest of the stack runs.
+#[test]
+fn a_volume_or_network_the_engine_refuses_is_named_in_the_status_of_the_services_needing_it() {
+    let h = Harness::start("refused-resource");
+    let (d, s) = (&h.d, &h.s);
+    let missing = format!("{}-nonet", s.name);
+    d.apply_nowait(
+        s,
+        &format!(
+            r#"
+services:
+  db:
+    image: {IMAGE}
+    volumes: ["data:/data"]
+  edge:
+    image: {IMAGE}
+    networks: [outside]
+  plain:
+    image: {IMAGE}
+volumes:
+  data: {{driver: nosuchdriver}}
+networks:
+  outside: {{external: true, name: {missing}}}
+"#
+        ),
+    );
+    let timeout = Duration::from_secs(90);
+    wait_until(
+        timeout,
+        "the service needing nothing refused to run",
+        || d.converged(&s.name, "plain", 1),
+    );
+    let volume = format!("volume {}_data", s.name);
+    for (service, reason, words) in [
+        ("db", "ResourceRefused", [volume.as_str(), "nosuchdriver"]),
+        ("edge", "ExternalMissing", [missing.as_str(), "network"]),
+    ] {
+        wait_until(timeout, &format!("{service}'s status to say why"), || {
+            let svc = d.service(&s.name, service);
+            svc["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Ready"
+                        && c["reason"] == reason
+                        && c["message"]
+                            .as_str()
+                            .is_some_and(|m| words.iter().all(|w| m.contains(w)))
+                })
+            })
+        });
+    }
+    assert!(
+        !s.containers()
+            .iter()
+            .any(|(name, _, _)| *name == s.replica("db", 1)),
+        "no replica of db is made without its volume"
+    );
 }
 
 /// Docker API versions as numbers: `1.41` → (1, 41).

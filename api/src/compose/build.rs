@@ -111,39 +111,16 @@ impl Parser {
     fn tags(&mut self, path: &str, v: &Value) -> Vec<String> {
         let mut out = vec![];
         for (i, tag) in self.strings(path, v).into_iter().enumerate() {
-            if valid_reference(&tag) {
-                out.push(tag);
-            } else {
-                self.err(
+            match crate::reference::parse(&tag) {
+                Ok(_) => out.push(tag),
+                Err(e) => self.err(
                     format!("{path}[{i}]"),
-                    format!("{tag:?} is not an image name (lower-case name[:tag])"),
-                );
+                    format!("{tag:?} is not an image reference: {e}"),
+                ),
             }
         }
         out
     }
-}
-
-/// A loose check of an image reference: `[host[:port]/]path[:tag]`, lower-case path.
-fn valid_reference(r: &str) -> bool {
-    let (name, tag) = match r.rsplit_once(':') {
-        Some((n, t)) if !t.contains('/') => (n, Some(t)),
-        _ => (r, None),
-    };
-    let tag_ok = tag.is_none_or(|t| {
-        !t.is_empty()
-            && t.len() <= 128
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-    });
-    let name_ok = !name.is_empty()
-        && name.split('/').all(|part| {
-            !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || "._-:".contains(c))
-        });
-    tag_ok && name_ok
 }
 
 #[cfg(test)]

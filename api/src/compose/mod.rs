@@ -15,7 +15,8 @@
 //!   document.
 //! - **The model**, run by the server on that document ([`parse_stack`]): `stack` (top level
 //!   and cross-checks), `services`, `ports`, `volumes`, `networks`, `healthcheck`, `values`
-//!   (the typed readers every file uses), `build`, and `keys` (why a key is refused).
+//!   (the typed readers every file uses), `build`, and `keys` (why a key is refused); `bounds`
+//!   (string lengths) and `chars` (control characters and NUL) walk the whole document first.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,7 @@ use crate::spec::*;
 
 mod bounds;
 mod build;
+mod chars;
 mod deploy;
 pub mod env;
 mod healthcheck;
@@ -88,9 +90,12 @@ pub fn parse_stack(stack: &str, text: &str) -> Result<StackSpec, InvalidStack> {
             })
         }
     };
-    let too_long = bounds::check(&doc);
-    if !too_long.is_empty() {
-        return Err(InvalidStack { errors: too_long });
+    // Overlong strings and characters no name may hold are refused before any reader sees
+    // them (and prints them back in a reason).
+    let mut unreadable = bounds::check(&doc);
+    unreadable.extend(chars::check(&doc));
+    if !unreadable.is_empty() {
+        return Err(InvalidStack { errors: unreadable });
     }
     let spec = p.stack(stack, &doc);
     if p.errors.is_empty() {

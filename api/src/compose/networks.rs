@@ -2,6 +2,7 @@
 
 use super::yaml::Value;
 use super::{join, kind, Parser};
+use crate::names;
 use crate::spec::*;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,6 +15,7 @@ impl Parser {
         }
         for (name, nv) in self.map("networks", v, &[]) {
             let path = join("networks", &name);
+            self.check_name(&path, "network key", &name, names::member_name);
             let mut n = NetworkSpec::default();
             if !nv.is_null() {
                 for (key, val) in self.map(
@@ -35,7 +37,7 @@ impl Parser {
                     match key.as_str() {
                         "driver" => n.driver = self.string(&field, val),
                         "external" => n.external = self.bool(&field, val),
-                        "name" => n.name = self.string(&field, val),
+                        "name" => n.name = self.engine_name(&field, "network name", val),
                         "internal" => n.internal = self.bool(&field, val),
                         "attachable" => n.attachable = self.bool(&field, val),
                         "labels" => n.labels = self.key_values(&field, val, "label"),
@@ -310,14 +312,73 @@ networks:
     #[test]
     fn container_name_allows_one_replica_and_must_be_unique() {
         assert_eq!(
-            fields("services: {a: {image: x, container_name: c, scale: 2}}"),
+            fields("services: {a: {image: x, container_name: cc, scale: 2}}"),
             vec!["services.a.container_name"]
         );
         assert_eq!(
             fields(
-                "services: {a: {image: x, container_name: c}, b: {image: x, container_name: c}}"
+                "services: {a: {image: x, container_name: cc}, b: {image: x, container_name: cc}}"
             ),
             vec!["services.b.container_name"]
+        );
+    }
+
+    #[test]
+    fn network_keys_and_names_follow_the_one_naming_rule() {
+        let long = "n".repeat(100);
+        let errs = errors(&format!(
+            r#"
+services: {{web: {{image: x}}}}
+networks:
+  "../../x": {{}}
+  "wéb": {{}}
+  {long}: {{}}
+  a: {{name: "a/b"}}
+  b: {{name: "../../etc", external: true}}
+  c: {{name: z}}
+  ok: {{name: my-net.1}}
+"#
+        ));
+        let got: Vec<(&str, &str)> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.reason.as_str()))
+            .collect();
+        let fields: Vec<&str> = got.iter().map(|(f, _)| *f).collect();
+        let long_field = format!("networks.{long}");
+        assert_eq!(
+            fields,
+            vec![
+                "networks.../../x",
+                "networks.wéb",
+                long_field.as_str(),
+                "networks.a.name",
+                "networks.b.name",
+                "networks.c.name",
+            ]
+        );
+        assert!(
+            got[0].1.contains("must start with a letter or digit"),
+            "{}",
+            got[0].1
+        );
+        assert!(got[1].1.contains("'é'"), "{}", got[1].1);
+        assert!(
+            got[2].1.contains("more than the 63 allowed"),
+            "{}",
+            got[2].1
+        );
+        assert!(got[3].1.contains("network name \"a/b\""), "{}", got[3].1);
+        assert!(got[5].1.contains("at least two"), "{}", got[5].1);
+    }
+
+    #[test]
+    fn a_hostname_or_domainname_the_kernel_would_refuse_is_a_field_error() {
+        let long = "h".repeat(300);
+        assert_eq!(
+            fields(&format!(
+                "services: {{a: {{image: x, hostname: {long}, domainname: -bad.org}}, b: {{image: x, hostname: web_1}}, c: {{image: x, hostname: db-1, domainname: example.org}}}}"
+            )),
+            vec!["services.a.hostname", "services.a.domainname", "services.b.hostname"]
         );
     }
 }

@@ -57,8 +57,8 @@ impl Parser {
         match key {
             "container_name" => o.container_name = self.container_name(field, v),
             "expose" => o.expose = self.exposed(field, v),
-            "hostname" => o.hostname = self.string(field, v),
-            "domainname" => o.domainname = self.string(field, v),
+            "hostname" => o.hostname = self.host_name(field, "hostname", v),
+            "domainname" => o.domainname = self.host_name(field, "domainname", v),
             "user" => o.user = self.string(field, v),
             "working_dir" => o.working_dir = self.absolute(field, v),
             "stop_signal" => o.stop_signal = self.string(field, v),
@@ -101,15 +101,14 @@ impl Parser {
     }
 
     fn container_name(&mut self, path: &str, v: &Value) -> Option<String> {
+        self.engine_name(path, "container name", v)
+    }
+
+    /// `hostname`, `domainname`: [`crate::names::host_name`], as the kernel takes them.
+    fn host_name(&mut self, path: &str, what: &str, v: &Value) -> Option<String> {
         let name = self.string(path, v)?;
-        let mut chars = name.chars();
-        let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-            && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !valid {
-            self.err(path, format!("{name:?} is not a container name: letters, digits, '_', '.' and '-', starting with a letter or digit"));
-            return None;
-        }
-        Some(name)
+        self.check_name(path, what, &name, crate::names::host_name)
+            .then_some(name)
     }
 
     fn absolute(&mut self, path: &str, v: &Value) -> Option<String> {

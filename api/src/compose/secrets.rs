@@ -31,8 +31,12 @@ impl Parser {
         }
         for (name, fv) in self.map(kind.key(), v, &[]) {
             let path = join(kind.key(), &name);
-            if !names::valid_member_name(&name) {
-                self.err(&path, format!("{} names are letters, digits, '-', '_' and '.', starting with a letter or digit", kind.word()));
+            if !self.check_name(
+                &path,
+                &format!("{} key", kind.word()),
+                &name,
+                names::member_name,
+            ) {
                 continue;
             }
             if let Some(obj) = self.file_object(kind, &path, fv) {
@@ -58,7 +62,7 @@ impl Parser {
                     }
                 }
                 "name" => {
-                    self.string(&field, val);
+                    self.engine_name(&field, &format!("{} name", kind.word()), val);
                 }
                 _ => unreachable!(),
             }
@@ -282,5 +286,15 @@ configs:
         has("secrets.f.file", "client");
         has("secrets.empty", "`file` or `environment`");
         has("services.web.secrets[0]", "\"nope\" is not declared");
+    }
+
+    #[test]
+    fn secret_and_config_names_follow_the_one_naming_rule() {
+        assert_eq!(
+            fields(
+                "services: {web: {image: x}}\nsecrets: {pw: {content: x, name: \"../pw\"}}\nconfigs: {\"a/b\": {content: x}}"
+            ),
+            vec!["secrets.pw.name", "configs.a/b"]
+        );
     }
 }

@@ -90,7 +90,13 @@ impl Parser {
         self.take_count(path, &mut s, &replicas_from, deploy.global);
         self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
         match image {
-            Some(i) if !i.trim().is_empty() => s.image = i,
+            Some(i) if !i.trim().is_empty() => match crate::reference::parse(&i) {
+                Ok(_) => s.image = i,
+                Err(e) => self.err(
+                    join(path, "image"),
+                    format!("{i:?} is not an image reference ([registry[:port]/]path[:tag][@digest]): {e}"),
+                ),
+            },
             Some(_) => self.err(join(path, "image"), "must not be empty"),
             None => self.err(join(path, "image"), missing_image(v)),
         }
@@ -520,5 +526,22 @@ services:
             .find(|e| e.field == "services.web.image")
             .unwrap();
         assert!(image.reason.contains("`<<`"), "{}", image.reason);
+    }
+
+    #[test]
+    fn an_image_the_engine_could_not_parse_is_a_field_error_with_the_grammar() {
+        for bad in ["Web:1", "web:.x", "web@sha256:12", "a//b", "bad host/web"] {
+            let errs = errors(&format!("services: {{web: {{image: \"{bad}\"}}}}"));
+            assert_eq!(errs.len(), 1, "{bad}: {errs:?}");
+            assert_eq!(errs[0].field, "services.web.image", "{bad}");
+            assert!(
+                errs[0].reason.contains("is not an image reference"),
+                "{}",
+                errs[0].reason
+            );
+        }
+        let errs = errors("services: {web: {image: \"nginx\\n\"}}");
+        assert_eq!(errs[0].field, "services.web.image");
+        assert!(errs[0].reason.contains("U+000A"), "{}", errs[0].reason);
     }
 }

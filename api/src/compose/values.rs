@@ -14,6 +14,24 @@ impl Parser {
         });
     }
 
+    /// Whether `name` follows `rule` (one of [`crate::names`]' rules); if not, an error at
+    /// `path` saying which `what` it is and why.
+    pub(super) fn check_name(
+        &mut self,
+        path: &str,
+        what: &str,
+        name: &str,
+        rule: fn(&str) -> Result<(), crate::names::NameError>,
+    ) -> bool {
+        match rule(name) {
+            Ok(()) => true,
+            Err(e) => {
+                self.err(path, format!("{what} {name:?} {e}"));
+                false
+            }
+        }
+    }
+
     /// The entries of a map with string keys; keys outside `allowed` (and not `x-*`) are errors.
     pub(super) fn map<'a>(
         &mut self,
@@ -70,6 +88,14 @@ impl Parser {
                 None
             }
         }
+    }
+
+    /// A string given to the engine as a name as it is (`name:`, `container_name`):
+    /// [`crate::names::engine_name`].
+    pub(super) fn engine_name(&mut self, path: &str, what: &str, v: &Value) -> Option<String> {
+        let name = self.string(path, v)?;
+        self.check_name(path, what, &name, crate::names::engine_name)
+            .then_some(name)
     }
 
     pub(super) fn bool(&mut self, path: &str, v: &Value) -> bool {
@@ -151,7 +177,13 @@ impl Parser {
             Value::Mapping(_) => {
                 for (k, val) in self.data_entries(path, v) {
                     let field = join(path, &k);
-                    if val.is_null() && what == "label" {
+                    if what == "variable" && (k.is_empty() || k.contains('=')) {
+                        // The engine takes `KEY=VALUE`: a '=' in the key would move it.
+                        self.err(
+                            field,
+                            format!("variable name {k:?} must be non-empty and hold no '='"),
+                        );
+                    } else if val.is_null() && what == "label" {
                         out.insert(k, String::new());
                     } else if val.is_null() {
                         self.err(field, no_value(what, &k));
@@ -248,6 +280,14 @@ mod tests {
         assert_eq!(f, vec!["services.web.environment[0]"]);
         let f = fields("services: {web: {image: x, environment: {FOO: null}}}");
         assert_eq!(f, vec!["services.web.environment.FOO"]);
+    }
+
+    #[test]
+    fn a_variable_name_holding_an_equals_sign_is_refused() {
+        assert_eq!(
+            fields("services: {web: {image: x, environment: {\"A=B\": 1, \"\": 2}}}"),
+            vec!["services.web.environment.A=B", "services.web.environment."]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use super::yaml::Value;
 use super::{join, kind, Parser};
+use crate::names;
 use crate::spec::*;
 use std::collections::BTreeMap;
 
@@ -13,6 +14,9 @@ impl Parser {
         }
         for (name, vv) in self.map("volumes", v, &[]) {
             let path = join("volumes", &name);
+            // A per-replica key (`data-{{replica}}`) is checked as its first volume's name.
+            let first = crate::stateful::replica_volume(&name, 1);
+            self.check_name(&path, "volume key", &first, names::member_name);
             let mut vol = VolumeSpec::default();
             if !vv.is_null() {
                 let keys = ["driver", "external", "name", "labels", "driver_opts"];
@@ -21,7 +25,7 @@ impl Parser {
                     match key.as_str() {
                         "driver" => vol.driver = self.string(&field, val),
                         "external" => vol.external = self.bool(&field, val),
-                        "name" => vol.name = self.string(&field, val),
+                        "name" => vol.name = self.engine_name(&field, "volume name", val),
                         "labels" => vol.labels = self.key_values(&field, val, "label"),
                         "driver_opts" => vol.driver_opts = self.key_values(&field, val, "option"),
                         _ => unreachable!(),
@@ -399,6 +403,24 @@ services:
                 "services.web.volumes[3].type",
                 "services.web.volumes[4]",
             ]
+        );
+    }
+
+    #[test]
+    fn volume_keys_and_names_follow_the_one_naming_rule() {
+        assert_eq!(
+            fields(
+                r#"
+services: {web: {image: x}}
+volumes:
+  "../up": {}
+  data: {name: "../../etc"}
+  ext: {name: "a b", external: true}
+  "data-{{replica}}": {}
+  fine: {name: shop.data_1}
+"#
+            ),
+            vec!["volumes.../up", "volumes.data.name", "volumes.ext.name"]
         );
     }
 }

@@ -134,14 +134,16 @@ impl ReconcileError {
         )
     }
 
-    /// Why no replica can be made until a person acts on a network or volume (an external
-    /// one missing, another stack's under the name): the service's status says so.
+    /// Why no replica can be made until a network or volume can be (an external one
+    /// missing, another stack's under the name, the engine refusing to create it): the
+    /// service's status says so, naming the resource, rather than leaving it `Pending`.
     pub fn blocked_reason(&self) -> Option<capstan_api::object::Reason> {
         use capstan_api::object::Reason;
         match self {
             ReconcileError::Resource { source, .. } => match source {
                 RuntimeError::ExternalMissing { .. } => Some(Reason::ExternalMissing),
                 RuntimeError::NotOwned { .. } => Some(Reason::NotOwned),
+                RuntimeError::Engine { .. } => Some(Reason::ResourceRefused),
                 _ => None,
             },
             _ => None,
@@ -185,5 +187,29 @@ mod tests {
         assert_eq!(RETRYABLE.delay(1), Duration::from_millis(500));
         assert_eq!(RETRYABLE.delay(4), Duration::from_secs(4));
         assert_eq!(RETRYABLE.delay(30), RETRYABLE.cap);
+    }
+
+    #[test]
+    fn a_network_or_volume_the_engine_refuses_blocks_the_service_with_a_reason() {
+        use capstan_api::object::Reason;
+        let refused = ReconcileError::Resource {
+            kind: "volume",
+            name: "s_data".into(),
+            source: RuntimeError::Engine {
+                op: "create volume",
+                message: "plugin \"nosuchdriver\" not found".into(),
+            },
+        };
+        assert_eq!(refused.blocked_reason(), Some(Reason::ResourceRefused));
+        let text = refused.to_string();
+        assert!(
+            text.contains("volume s_data") && text.contains("nosuchdriver"),
+            "{text}"
+        );
+        let listing = ReconcileError::List(RuntimeError::Engine {
+            op: "list",
+            message: "timeout".into(),
+        });
+        assert_eq!(listing.blocked_reason(), None);
     }
 }
