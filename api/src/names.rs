@@ -27,6 +27,24 @@ pub fn container(stack: &str, service: &str, ordinal: u32) -> String {
     format!("{stack}-{service}-{ordinal}")
 }
 
+/// The hostname of a replica that names none: its container name, cut to one DNS label's
+/// [`MAX_DNS_LABEL`] characters when longer (within the kernel's 64 bytes), keeping the
+/// ordinal at its end (`<head>-<n>`) so that replicas keep apart. Container names are ASCII
+/// (the naming rules), so bytes are chars.
+pub fn default_hostname(container: &str) -> String {
+    if container.len() <= MAX_DNS_LABEL {
+        return container.to_string();
+    }
+    let tail = container.rsplit_once('-').map_or("", |(_, t)| t);
+    let tail = if tail.len() < 12 { tail } else { "" };
+    let keep = MAX_DNS_LABEL - if tail.is_empty() { 0 } else { tail.len() + 1 };
+    let head = container[..keep].trim_end_matches(['-', '_', '.']);
+    match tail {
+        "" => head.to_string(),
+        t => format!("{head}-{t}"),
+    }
+}
+
 /// `<stack>_<name>`, like Compose, for networks and volumes the stack declares.
 pub fn scoped(stack: &str, name: &str) -> String {
     format!("{stack}_{name}")
@@ -73,7 +91,9 @@ pub enum NameError {
     EmptyLabel,
     #[error("label {label:?} has {len} characters, more than the {MAX_DNS_LABEL} of a DNS label")]
     LabelTooLong { label: String, len: usize },
-    #[error("label {0:?} must be letters, digits and '-', neither starting nor ending with '-' (RFC 1123)")]
+    #[error(
+        "label {0:?} must be letters, digits, '-' and '_', neither starting nor ending with '-'"
+    )]
     BadLabel(String),
 }
 
@@ -132,9 +152,9 @@ pub fn engine_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// A `hostname` or `domainname`: RFC 1123 labels (letters, digits and '-', at most 63
-/// each) joined by '.', at most [`MAX_HOSTNAME`] bytes in all (the kernel's limit, tighter
-/// than DNS' 253).
+/// A `hostname` or `domainname`: labels (letters, digits, '-' and, as the engine takes it,
+/// '_'; at most 63 each) joined by '.', at most [`MAX_HOSTNAME`] bytes in all (the kernel's
+/// limit, tighter than DNS' 253).
 pub fn host_name(name: &str) -> Result<(), NameError> {
     control_char(name)?;
     if name.is_empty() {
@@ -156,7 +176,7 @@ pub fn host_name(name: &str) -> Result<(), NameError> {
                 len: label.len(),
             });
         }
-        let ok = label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        let ok = (label.chars()).all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !ok || label.starts_with('-') || label.ends_with('-') {
             return Err(NameError::BadLabel(label.to_string()));
         }
@@ -223,7 +243,20 @@ mod tests {
     }
 
     #[test]
-    fn a_hostname_is_rfc_1123_labels_within_the_kernels_64_bytes() {
+    fn a_long_container_name_gives_a_hostname_cut_to_one_dns_label_that_keeps_its_ordinal() {
+        assert_eq!(default_hostname("shop-web-1"), "shop-web-1");
+        let long = container(&"s".repeat(60), "web-api", 10);
+        let host = default_hostname(&long);
+        assert!(host.len() <= MAX_DNS_LABEL && host.len() > 60, "{host}");
+        assert!(host.ends_with("-10") && host.starts_with("sss"), "{host}");
+        assert_eq!(host_name(&host), Ok(()));
+        let cut = default_hostname(&format!("{}-{}-2", "a".repeat(60), "b"));
+        assert!(cut.ends_with("-2") && host_name(&cut).is_ok(), "{cut}");
+        assert_eq!(default_hostname(&"x".repeat(80)), "x".repeat(63));
+    }
+
+    #[test]
+    fn a_hostname_is_dns_labels_within_the_kernels_64_bytes() {
         assert_eq!(host_name("web-1.example.org"), Ok(()));
         assert_eq!(host_name("1web"), Ok(()));
         assert_eq!(
@@ -239,7 +272,8 @@ mod tests {
         );
         assert_eq!(host_name("a..b"), Err(NameError::EmptyLabel));
         assert_eq!(host_name("-web"), Err(NameError::BadLabel("-web".into())));
-        assert_eq!(host_name("web_1"), Err(NameError::BadLabel("web_1".into())));
+        assert_eq!(host_name("web_1"), Ok(()), "the engine takes '_'");
+        assert_eq!(host_name("web 1"), Err(NameError::BadLabel("web 1".into())));
         assert_eq!(host_name("web\n"), Err(NameError::Control('\n')));
     }
 

@@ -376,7 +376,7 @@ networks:
         let long = "h".repeat(300);
         assert_eq!(
             fields(&format!(
-                "services: {{a: {{image: x, hostname: {long}, domainname: -bad.org}}, b: {{image: x, hostname: web_1}}, c: {{image: x, hostname: db-1, domainname: example.org}}}}"
+                "services: {{a: {{image: x, hostname: {long}, domainname: -bad.org}}, b: {{image: x, hostname: 'web 1'}}, c: {{image: x, hostname: db-1, domainname: example.org}}}}"
             )),
             vec!["services.a.hostname", "services.a.domainname", "services.b.hostname"]
         );

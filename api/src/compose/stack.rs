@@ -2,7 +2,7 @@
 //! dependency cycles and host-port clashes.
 
 use super::yaml::Value;
-use super::{join, Parser, MAX_REPLICAS};
+use super::{join, Parser};
 use crate::names;
 use crate::spec::*;
 use std::collections::BTreeMap;
@@ -56,40 +56,7 @@ impl Parser {
         self.settle_files(&mut spec);
         self.cross_check(&spec);
         self.check_stateful(&spec);
-        self.check_default_hostnames(&spec);
         spec
-    }
-
-    /// A replica without `hostname` is named after its container (`<stack>-<service>-<n>`,
-    /// or `container_name`); the kernel refuses a hostname over 64 bytes, so the longest
-    /// such name (the ordinal as long as the most replicas allow) must fit.
-    fn check_default_hostnames(&mut self, spec: &StackSpec) {
-        for (name, svc) in &spec.services {
-            let o = &svc.options;
-            let own_name = matches!(
-                o.network_mode,
-                Some(NetworkMode::Host | NetworkMode::Partner(_))
-            );
-            if o.hostname.is_some() || own_name {
-                continue;
-            }
-            let longest = match &o.container_name {
-                Some(c) => c.clone(),
-                None => names::container(&spec.name, name, MAX_REPLICAS),
-            };
-            if longest.len() > names::MAX_HOSTNAME {
-                self.err(
-                    join("services", name),
-                    format!(
-                        "a replica's hostname is its container name, and {longest:?} has {} \
-                         characters, more than the {} the kernel allows: give `hostname`, or \
-                         shorten the stack or service name",
-                        longest.len(),
-                        names::MAX_HOSTNAME
-                    ),
-                );
-            }
-        }
     }
 
     /// `links`, as Compose has them on user networks: the linked service must exist, starts
@@ -313,20 +280,5 @@ mod tests {
             errs[0].reason
         );
         assert_eq!(fields("services: {a: {image: x, depends_on: {b: {condition: service_ready}}}, b: {image: x}}"), vec!["services.a.depends_on.b.condition"]);
-    }
-
-    #[test]
-    fn a_default_hostname_longer_than_the_kernel_allows_is_refused_unless_hostname_is_given() {
-        let long = "s".repeat(60);
-        assert_eq!(
-            crate::parse_stack(&long, "services: {web: {image: x}, db: {image: x, hostname: db}, edge: {image: x, network_mode: host}}")
-                .unwrap_err()
-                .errors
-                .into_iter()
-                .map(|e| e.field)
-                .collect::<Vec<_>>(),
-            vec!["services.web"]
-        );
-        crate::parse_stack("shop", "services: {web: {image: x}}").unwrap();
     }
 }

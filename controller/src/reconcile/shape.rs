@@ -78,7 +78,7 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
     let hostname = match (&spec.options.hostname, &spec.options.network_mode) {
         (_, Some(NetworkMode::Host | NetworkMode::Partner(_))) => String::new(),
         (Some(h), _) => h.clone(),
-        (None, _) => name.clone(),
+        (None, _) => names::default_hostname(&name),
     };
     let (networks, addresses) = endpoints(stack, svc);
     ContainerPlan {
