@@ -259,7 +259,7 @@ fn bad_names() -> Vec<(&'static str, String, String, &'static str)> {
         ("an image with an escape sequence", "services: {web: {image: \"web\\e[31m:1\"}}".into(), "services.web.image".into(), "ESC"),
         ("an image with an uppercase path", "services: {web: {image: \"Capstan/Web:1\"}}".into(), "services.web.image".into(), "lowercase"),
         ("a hostname of 300 characters", format!("services: {{web: {{image: {{IMAGE}}, hostname: {}}}}}", "h".repeat(300)), "services.web.hostname".into(), "64"),
-        ("a hostname with an underscore", "services: {web: {image: {IMAGE}, hostname: web_1}}".into(), "services.web.hostname".into(), "RFC 1123"),
+        ("a hostname with a space", "services: {web: {image: {IMAGE}, hostname: \"web 1\"}}".into(), "services.web.hostname".into(), "letters, digits"),
         // The path shows the newline escaped, never as it is.
         ("a label key with a newline", "services: {web: {image: {IMAGE}, labels: {\"a\\nb\": \"1\"}}}".into(), "services.web.labels.a\\nb".into(), "U+000A"),
         ("an alias with a tab", "services: {web: {image: {IMAGE}, networks: {default: {aliases: [\"a\\tb\"]}}}}".into(), "services.web.networks.default.aliases[0]".into(), "U+0009"),
