@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::reconcile::error::ReconcileError;
 use crate::reconcile::shape;
-use crate::runtime::{ContainerPlan, LogStream, Runtime, RuntimeError};
+use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
 use crate::server::ApiState;
 
 pub fn routes() -> Router<ApiState> {
@@ -325,13 +325,27 @@ async fn alive(tx: &mpsc::Sender<RunRecord>) {
     }
 }
 
-/// Removes the exited one-offs a daemon killed mid-run left behind; running ones may belong
-/// to another daemon's `capstan run`, and are left alone.
+/// How old a one-off that does not run must be before a starting daemon's sweep takes it
+/// for left behind: a younger one may be between its create and start, or draining its
+/// output, in a `capstan run` of another daemon on the same engine (or of this one, which
+/// serves runs while the sweep lists).
+const SWEEP_GRACE_SECS: i64 = 60;
+
+/// Whether the sweep takes `o` for left behind at `now` (Unix seconds).
+fn left_behind(o: &OneOff, now: i64) -> bool {
+    !o.running && now - o.created > SWEEP_GRACE_SECS
+}
+
+/// Removes the one-offs a daemon killed mid-run left behind: made over a minute ago and not
+/// running. Running ones may belong to another daemon's `capstan run`, and are left alone.
 pub async fn sweep(runtime: &dyn Runtime) {
     let Ok(found) = runtime.oneoffs().await else {
         return;
     };
-    for o in found.into_iter().filter(|o| !o.running) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for o in found.into_iter().filter(|o| left_behind(o, now)) {
         match runtime.remove(&o.id, std::time::Duration::ZERO).await {
             Ok(()) => {
                 tracing::info!(container = %o.name, "removed an exited one-off container left behind")
@@ -340,5 +354,30 @@ pub async fn sweep(runtime: &dyn Runtime) {
                 tracing::warn!(container = %o.name, error = %e, "removing a left-behind one-off container failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oneoff(running: bool, created: i64) -> OneOff {
+        OneOff {
+            id: "id".into(),
+            name: "s-web-run-1".into(),
+            running,
+            created,
+        }
+    }
+
+    #[test]
+    fn the_sweep_takes_only_old_one_offs_that_do_not_run_for_left_behind() {
+        let now = 10_000;
+        assert!(left_behind(&oneoff(false, now - 600), now));
+        assert!(
+            !left_behind(&oneoff(false, now - 1), now),
+            "a young one-off may be between create and start in another daemon's run"
+        );
+        assert!(!left_behind(&oneoff(true, now - 600), now));
     }
 }

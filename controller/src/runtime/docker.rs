@@ -536,6 +536,7 @@ impl Runtime for DockerRuntime {
                         .trim_start_matches('/')
                         .to_string(),
                     running: c.state == Some(ContainerSummaryStateEnum::RUNNING),
+                    created: c.created.unwrap_or_default(),
                 })
             })
             .collect())

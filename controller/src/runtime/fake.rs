@@ -1103,6 +1103,7 @@ impl Runtime for FakeRuntime {
                 id: id.clone(),
                 name: c.obs.name.clone(),
                 running: c.obs.state == State::Running,
+                created: c.obs.created,
             })
             .collect();
         found.sort_by(|a, b| a.name.cmp(&b.name));

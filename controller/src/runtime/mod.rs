@@ -120,6 +120,9 @@ pub struct OneOff {
     pub id: String,
     pub name: String,
     pub running: bool,
+    /// When it was made (Unix seconds): a young one-off that is not running may be between
+    /// its create and start, or draining its output, in another daemon's `capstan run`.
+    pub created: i64,
 }
 
 /// A replica's fixed addresses on one network.
