@@ -1,12 +1,13 @@
 //! The process's memory allocator: jemalloc, so that the daemon's memory follows its work.
 //!
 //! Measured with `e2e/benches/memory.rs` (2,000 services applied, all changed, the stack
-//! deleted, three times): glibc's malloc keeps what a deleted stack used in its per-thread
-//! arenas (the tokio workers allocate on many threads), so the daemon's RSS only grows from
-//! cycle to cycle; `MALLOC_ARENA_MAX=2` slows that, and `malloc_trim(0)` gives most of it
-//! back but must be called. jemalloc with background threads returns freed pages to the
-//! system on its own, a few seconds after they are freed (`dirty_decay_ms`), which met the
-//! target with the lowest RSS of the three. See the README's *Memory* paragraph for figures.
+//! deleted, three times, RSS after the deletion): glibc's malloc keeps what a deleted stack
+//! used in its arenas, 141-170 MiB and growing from cycle to cycle (`MALLOC_ARENA_MAX=2`
+//! alike); `malloc_trim(0)` every 5 s gives most of it back (31-40 MiB) but must be called
+//! and walks every heap; jemalloc with background threads returns freed pages by itself
+//! within a second (`dirty_decay_ms`), 27 MiB after every cycle, the lowest and steadiest.
+//! Two arenas suit a daemon of a few busy threads and keep fewer half-used pages. See the
+//! README's *Memory* paragraph for the table.
 //!
 //! `CAPSTAN_ALLOCATOR` picks another allocator for such comparisons: `glibc` (the system's
 //! malloc), `glibc-trim` (the same, trimmed every few seconds), `jemalloc` (the default).
@@ -37,7 +38,7 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 #[used]
 #[export_name = "_rjem_malloc_conf"]
 static JEMALLOC_CONF: Conf =
-    Conf(c"background_thread:true,dirty_decay_ms:5000,muzzy_decay_ms:5000".as_ptr());
+    Conf(c"background_thread:true,narenas:2,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
 
 /// A C string pointer jemalloc reads (`const char *malloc_conf`).
 #[repr(transparent)]
