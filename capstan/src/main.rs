@@ -1,6 +1,7 @@
 //! `capstan`: the daemon (`serve`) and the client commands, in one binary. Thin: the work
 //! is in `capstan-controller`; this file parses arguments and reports errors.
 
+mod allocator;
 mod build;
 mod client;
 mod diff;
@@ -15,6 +16,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// jemalloc (or, for comparison, glibc's malloc as `CAPSTAN_ALLOCATOR` says): why, in
+/// [`allocator`].
+#[global_allocator]
+static ALLOCATOR: allocator::Chosen = allocator::Chosen;
 
 #[derive(Parser)]
 #[command(
@@ -418,6 +424,10 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() {
+    if let Err(e) = allocator::start() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     let code = match run(cli).await {
         Ok(code) => code,

@@ -32,6 +32,7 @@
 //! - [`logs`] and [`run`]: the replicas' output, and one-off containers (`capstan run`),
 //!   streamed as NDJSON by any daemon, leader or not; [`build`]: `build:` contexts.
 //! - [`seal`]: secret values encrypted at rest (the key file, AES-256-GCM, key ids).
+//! - [`memory`]: what the per-service memories hold, so a test can see them forget.
 
 pub mod audit;
 pub mod auth;
@@ -45,6 +46,7 @@ pub mod key;
 pub mod leader;
 pub mod listen;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

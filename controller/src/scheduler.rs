@@ -10,6 +10,8 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
+use crate::memory::{shrink_if_sparse, shrink_set_if_sparse};
+
 pub struct Scheduler<K> {
     state: Mutex<State<K>>,
     notify: Notify,
@@ -90,8 +92,10 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
                     st.delayed.remove(&key);
                     Self::push(&mut st, key);
                 }
+                shrink_if_sparse(&mut st.delayed);
                 if let Some(key) = st.ready.pop_front() {
                     st.queued.remove(&key);
+                    shrink_set_if_sparse(&mut st.queued);
                     st.running.insert(key.clone());
                     if !st.ready.is_empty() {
                         self.notify.notify_one();
@@ -116,6 +120,7 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
     pub fn done(&self, key: &K) {
         let mut st = self.state.lock().unwrap();
         st.running.remove(key);
+        shrink_set_if_sparse(&mut st.running);
         if st.again.remove(key) {
             Self::push(&mut st, key.clone());
             drop(st);
@@ -127,6 +132,12 @@ impl<K: Clone + Eq + Hash> Scheduler<K> {
     pub fn is_idle(&self) -> bool {
         let st = self.state.lock().unwrap();
         st.ready.is_empty() && st.running.is_empty()
+    }
+
+    /// Keys queued, running, asked for again or delayed.
+    pub fn remembered(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        st.queued.len() + st.running.len() + st.again.len() + st.delayed.len()
     }
 
     /// Keys waiting to run now (not delayed ones), for the queue-depth metric.
@@ -177,6 +188,11 @@ impl<K: Clone + Eq + Hash> FailureBackoff<K> {
     /// `key` succeeded: its next failure starts from `base` again. True if it had failed.
     pub fn succeeded(&self, key: &K) -> bool {
         self.failures.lock().unwrap().remove(key).is_some()
+    }
+
+    /// Keys failing now.
+    pub fn remembered(&self) -> usize {
+        self.failures.lock().unwrap().len()
     }
 }
 

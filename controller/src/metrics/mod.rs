@@ -46,6 +46,28 @@ pub struct RolloutLabels {
     pub result: String,
 }
 
+/// Every reason `capstan_heal_actions_total` counts, so a removed service's series can all
+/// be dropped.
+const HEAL_CAUSES: [HealCause; 7] = [
+    HealCause::Exited,
+    HealCause::Unhealthy,
+    HealCause::Oom,
+    HealCause::Removed,
+    HealCause::DependencyRestarted,
+    HealCause::PartnerRestarted,
+    HealCause::PartnerReplaced,
+];
+
+/// Does not compile when a cause is added: add it to [`HEAL_CAUSES`] too.
+#[allow(dead_code)]
+fn every_heal_cause_is_listed(c: HealCause) {
+    use HealCause::*;
+    match c {
+        Exited | Unhealthy | Oom | Removed | DependencyRestarted | PartnerRestarted
+        | PartnerReplaced => {}
+    }
+}
+
 /// The results of a rollout `capstan_rollouts_total` counts.
 pub const ROLLOUT_RESULTS: [&str; 3] = ["completed", "rolled_back", "paused"];
 
@@ -500,6 +522,14 @@ impl Metrics {
             .unwrap()
             .remove(&(stack.into(), service.into()));
         self.rollout_duration.remove(&l);
+        self.convergence.remove(&l);
+        for cause in HEAL_CAUSES {
+            self.heals.remove(&HealLabels {
+                stack: stack.into(),
+                service: service.into(),
+                reason: cause.as_str().into(),
+            });
+        }
         for result in ROLLOUT_RESULTS {
             self.rollouts.remove(&RolloutLabels {
                 stack: stack.into(),
@@ -507,6 +537,12 @@ impl Metrics {
                 result: result.into(),
             });
         }
+    }
+
+    /// Services this registry keeps a clock for (unconverged, rolling out): none once every
+    /// service is converged or forgotten.
+    pub fn remembered(&self) -> usize {
+        self.unconverged_since.lock().unwrap().len() + self.rolling_since.lock().unwrap().len()
     }
 
     pub fn api_request(&self, verb: &str, result: &str) {
@@ -830,7 +866,23 @@ mod tests {
         let m = Metrics::default();
         let s = svc(1);
         m.observe_service(&s, &status(1, true), Drift::of(&s, &[replica(&s, 1)], 0));
+        m.heal("shop", "web", HealCause::Oom);
+        let mut unready = status(0, false);
+        unready.observed_generation = 0;
+        m.observe_service(&s, &unready, Drift::default());
+        m.observe_service(&s, &status(1, true), Drift::of(&s, &[replica(&s, 1)], 0));
+        m.observe_rollout(
+            &s,
+            &ServiceStatus {
+                replicas: 1,
+                ..status(0, false)
+            },
+            false,
+        );
+        assert!(m.encode().contains("capstan_convergence_seconds_count{"));
         m.forget_service("shop", "web");
-        assert!(!m.encode().contains("service=\"web\""));
+        let text = m.encode();
+        assert!(!text.contains("service=\"web\""), "{text}");
+        assert_eq!(m.remembered(), 0);
     }
 }

@@ -241,6 +241,16 @@ impl RestartBook {
             .lock()
             .unwrap()
             .remove(&(stack.to_string(), service.to_string()));
+        crate::memory::shrink_if_sparse(&mut self.entries.lock().unwrap());
+        crate::memory::shrink_if_sparse(&mut self.healthy.lock().unwrap());
+    }
+
+    /// Entries held: replicas' restart counts and last healthy containers, and services
+    /// whose stored positions were adopted.
+    pub fn remembered(&self) -> usize {
+        self.entries.lock().unwrap().len()
+            + self.healthy.lock().unwrap().len()
+            + self.adopted.lock().unwrap().len()
     }
 }
 

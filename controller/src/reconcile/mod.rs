@@ -134,6 +134,9 @@ async fn reconcile_service(
         Seen::Present(obs) => obs,
         Seen::NotYetListed => return Ok(Action::Requeue(Duration::from_secs(1))),
         Seen::UnknownStack { containers } => {
+            // Of a deleted stack (its services' keys are queued when its record goes), or
+            // of another installation's: nothing here is kept for it.
+            stack::forget_service(ctx, stack, name);
             if containers > 0 {
                 tracing::debug!(
                     stack,

@@ -99,6 +99,11 @@ impl Pulls {
         book.last_error = message.to_string();
     }
 
+    /// Services whose `PullingImage` status is not yet taken into account.
+    pub fn remembered(&self) -> usize {
+        self.announced.lock().unwrap().len()
+    }
+
     /// Whether a `PullingImage` status was written for the service since it was last asked:
     /// the report then compares against that one.
     pub fn take_announced(&self, stack: &str, service: &str) -> bool {

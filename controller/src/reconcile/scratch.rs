@@ -5,6 +5,7 @@ use capstan_api::object::ServiceStatus;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::status::Problem;
+use crate::memory::shrink_if_sparse;
 use crate::watch::Desired;
 use std::sync::{Arc, Mutex};
 
@@ -111,9 +112,23 @@ impl Scratch {
 
     /// Forgets a removed service.
     pub fn forget(&self, stack: &str, service: &str) {
-        self.unmade.lock().unwrap().remove(&key(stack, service));
-        self.written.lock().unwrap().remove(&key(stack, service));
+        let mut unmade = self.unmade.lock().unwrap();
+        unmade.remove(&key(stack, service));
+        shrink_if_sparse(&mut unmade);
+        let mut written = self.written.lock().unwrap();
+        written.remove(&key(stack, service));
+        shrink_if_sparse(&mut written);
         let mut pending = self.dependent_restarts.lock().unwrap();
         pending.remove(&key(stack, service));
+        shrink_if_sparse(&mut pending);
+    }
+
+    /// Entries held: statuses not yet echoed by the reflector, owed restarts, unmade
+    /// replicas' causes, and stacks whose deletion is blocked.
+    pub fn remembered(&self) -> usize {
+        self.written.lock().unwrap().len()
+            + self.dependent_restarts.lock().unwrap().len()
+            + self.unmade.lock().unwrap().len()
+            + self.blocked.0.lock().unwrap().len()
     }
 }

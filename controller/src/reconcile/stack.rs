@@ -51,13 +51,24 @@ pub async fn take_down_service(
             .await
             .map_err(ReconcileError::Status)?;
     }
-    ctx.scratch.forget(&stack.name, name);
-    ctx.restarts.forget_service(&stack.name, name);
+    forget_service(ctx, &stack.name, name);
     ctx.files.remove_service(&stack.name, name);
     if stack.deletion.is_some() {
         ctx.scheduler.enqueue(ObjectKey::Stack(stack.name.clone()));
     }
     Ok(Action::AwaitChange)
+}
+
+/// Forgets everything this process keeps for a service that is gone: its metric series and
+/// clocks, the scratch, the restart book, a pull announcement, the endpoints it wrote and
+/// its proxy listeners. Also for a service whose stack's record is gone already: a stack
+/// without replicas is finalized at once, before the workers have taken down its services.
+pub fn forget_service(ctx: &Context, stack: &str, name: &str) {
+    ctx.metrics.forget_service(stack, name);
+    ctx.scratch.forget(stack, name);
+    ctx.restarts.forget_service(stack, name);
+    ctx.pulls.take_announced(stack, name);
+    ctx.traffic.forget(stack, name);
 }
 
 /// Creates the networks and named volumes `services` use (idempotent); returns the networks.

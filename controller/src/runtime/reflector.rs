@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::{Observed, Runtime, RuntimeError};
+use crate::memory::shrink_if_sparse;
 
 type ServiceKey = (String, String);
 
@@ -30,11 +31,20 @@ struct State {
 
 impl State {
     /// Records a list of `key` begun when `touches` was `since`.
+    /// A service without containers is not kept (a read of it answers "none"), so the
+    /// services of a deleted stack leave nothing behind.
     fn record(&mut self, key: ServiceKey, containers: Vec<Observed>, since: u64) {
         if self.last_touch.get(&key).is_none_or(|t| *t <= since) {
             self.stale.remove(&key);
+            self.last_touch.remove(&key);
         }
-        self.by_service.insert(key, containers);
+        if containers.is_empty() {
+            self.by_service.remove(&key);
+        } else {
+            self.by_service.insert(key, containers);
+        }
+        shrink_if_sparse(&mut self.by_service);
+        shrink_if_sparse(&mut self.last_touch);
     }
 }
 
@@ -74,9 +84,8 @@ impl Containers {
         // unless an event touched them during the list.
         let touched_since =
             |st: &State, k: &ServiceKey| st.last_touch.get(k).is_some_and(|t| *t > since);
-        let gone: Vec<ServiceKey> = st
-            .by_service
-            .keys()
+        let gone: Vec<ServiceKey> = (st.by_service.keys())
+            .chain(st.last_touch.keys())
             .filter(|k| !grouped.contains_key(*k))
             .cloned()
             .collect();
@@ -90,8 +99,18 @@ impl Containers {
         for (key, containers) in grouped {
             st.record(key, containers, since);
         }
+        shrink_if_sparse(&mut st.by_service);
+        shrink_if_sparse(&mut st.last_touch);
         st.listed = true;
         Ok(found)
+    }
+
+    /// Services this copy keeps anything for (containers, or an event not yet listed).
+    pub fn remembered(&self) -> usize {
+        let st = self.state.lock().unwrap();
+        let mut keys: HashSet<&ServiceKey> = st.by_service.keys().collect();
+        keys.extend(st.stale.iter().chain(st.last_touch.keys()));
+        keys.len()
     }
 
     /// The service's containers: from the copy when no event touched them since they were
@@ -164,6 +183,24 @@ mod tests {
         assert_eq!(containers.service("s", "a").await.unwrap().len(), 1);
         assert_eq!(containers.service("s", "a").await.unwrap().len(), 1);
         assert_eq!(fake.calls.load(Ordering::Relaxed) - before, 1);
+    }
+
+    #[tokio::test]
+    async fn a_service_without_containers_is_not_kept_once_listed() {
+        let fake = Arc::new(FakeRuntime::default());
+        let id = fake.create(&plan("s", "a", 1)).await.unwrap();
+        let containers = Containers::new(fake.clone());
+        containers.relist().await.unwrap();
+        assert_eq!(containers.remembered(), 1);
+        fake.remove(&id, std::time::Duration::ZERO).await.unwrap();
+        containers.touch("s", "a");
+        assert!(containers.service("s", "a").await.unwrap().is_empty());
+        assert!(containers
+            .service("s", "never-had-any")
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(containers.remembered(), 0);
     }
 
     #[tokio::test]

@@ -183,6 +183,9 @@ impl Resolver {
                     Some(kv) => self.versions.insert(key.into(), Store::decode_service(kv)?),
                     None => self.versions.remove(key),
                 };
+                // Services are stored inline and big: the room of a deleted 2,000-service
+                // stack's versions was 16 MiB, held for ever.
+                crate::memory::shrink_if_sparse(&mut self.versions);
                 return Ok(None);
             }
             Some(KeyKind::Stack(s)) => {
@@ -219,6 +222,7 @@ impl Resolver {
             Some(r) => self.records.insert(stack.clone(), r.clone()),
             None => self.records.remove(&stack),
         };
+        crate::memory::shrink_if_sparse(&mut self.records);
         Ok(Change::Commit {
             stack,
             record,

@@ -126,7 +126,12 @@ impl Traffic {
     pub async fn unpublish(&self, stack: &str, name: &str) -> Result<(), TrafficError> {
         self.proxies.retain(stack, name, &[]);
         let key = (stack.to_string(), name.to_string());
-        let written = self.written.lock().unwrap().remove(&key).is_some();
+        let written = {
+            let mut written = self.written.lock().unwrap();
+            let had = written.remove(&key).is_some();
+            crate::memory::shrink_if_sparse(&mut written);
+            had
+        };
         if !written && self.desired.endpoints(stack, name).is_none() {
             return Ok(());
         }
@@ -147,6 +152,20 @@ impl Traffic {
                 .map_err(failed)?;
         }
         Ok(())
+    }
+
+    /// Forgets a service whose keys are gone already: its proxy listeners close and its
+    /// written endpoints are dropped, without writing to etcd.
+    pub fn forget(&self, stack: &str, name: &str) {
+        self.proxies.retain(stack, name, &[]);
+        let mut written = self.written.lock().unwrap();
+        written.remove(&(stack.to_string(), name.to_string()));
+        crate::memory::shrink_if_sparse(&mut written);
+    }
+
+    /// Services whose endpoints this process wrote and the reflector has not echoed yet.
+    pub fn remembered(&self) -> usize {
+        self.written.lock().unwrap().len()
     }
 
     /// Every listener closes (shutdown).

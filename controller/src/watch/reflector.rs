@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 
 use crate::key::ObjectKey;
+use crate::memory::shrink_if_sparse;
 use crate::store::Snapshot;
 
 /// One change to desired state, decoded by the watcher. `None` is a deletion.
@@ -138,6 +139,7 @@ fn commit(
         Some(s) => st.stacks.insert(name.clone(), Arc::new(s)),
         None => st.stacks.remove(&name),
     };
+    shrink_if_sparse(&mut st.stacks);
     let new = st.stacks.get(&name);
     let own = |s: Option<&Arc<Stack>>| s.map(|s| (s.generation, s.deletion.clone()));
     if own(old.as_ref()) != own(new) {
@@ -158,6 +160,7 @@ fn put<V>(map: &mut HashMap<ServiceKey, Arc<V>>, key: ServiceKey, value: Option<
         Some(v) => map.insert(key, Arc::new(v)),
         None => map.remove(&key),
     };
+    shrink_if_sparse(map);
 }
 
 /// Replaces the contents with a fresh list; returns the keys whose objects appeared,
@@ -287,6 +290,12 @@ impl Desired {
     /// (stack, service) of every endpoints change from now on.
     pub fn watch_endpoints(&self) -> broadcast::Receiver<ServiceKey> {
         self.shared.endpoints_changed.subscribe()
+    }
+
+    /// Objects the copy holds: stacks, services, statuses and endpoints.
+    pub fn remembered(&self) -> usize {
+        let st = self.shared.state.read().unwrap();
+        st.stacks.len() + st.services.len() + st.statuses.len() + st.endpoints.len()
     }
 
     /// Every key the copy knows of: stacks and services.
