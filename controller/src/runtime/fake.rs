@@ -291,8 +291,6 @@ struct Inner {
     /// The engine is gone: every call and ping fails (`set_down`).
     down: bool,
     behaviours: Vec<(String, OnStart)>,
-    /// Overrides the health a container starts with.
-    new_health: Option<Health>,
     missing_images: Vec<String>,
     /// Images a pull finds in "the registry" (anything else: `manifest unknown`).
     registry: Vec<String>,
@@ -424,18 +422,17 @@ impl Shared {
     /// Starts a container's process: running, health as its healthcheck starts, and the
     /// behaviours of its command scheduled.
     fn run(self: &Arc<Self>, st: &mut Inner, id: &str) {
-        let new_health = st.new_health;
         let at = self.now_nano(st);
         let Some(c) = st.containers.get_mut(id) else {
             return;
         };
         c.detail.started_at = Some(at);
         c.obs.state = State::Running;
-        c.obs.health = new_health.unwrap_or(if c.healthcheck {
+        c.obs.health = if c.healthcheck {
             Health::Starting
         } else {
             Health::None
-        });
+        };
         c.detail.oom_killed = false;
         c.starts += 1;
         let (name, starts) = (c.obs.name.clone(), c.starts);
@@ -744,16 +741,6 @@ impl FakeRuntime {
         id
     }
 
-    /// A network made outside capstan (an `external: true` one), without labels.
-    pub fn add_network(&self, name: &str) {
-        self.shared.lock().networks.insert(
-            name.to_string(),
-            Resource {
-                labels: BTreeMap::new(),
-            },
-        );
-    }
-
     /// A network or volume (`kind`) capstan made for stack `owner`.
     pub fn add_owned_by(&self, kind: &str, name: &str, owner: &str) {
         let mut st = self.shared.lock();
@@ -793,13 +780,6 @@ impl FakeRuntime {
     /// How long each pull takes from now on (none by default).
     pub fn set_pull_time(&self, d: Duration) {
         self.shared.lock().pull_time = d;
-    }
-
-    /// The health containers started from now on begin with, whatever their healthcheck
-    /// (`Some(Health::Starting)`: as if every container had one). `None`: by healthcheck
-    /// (`starting` with one, no health without).
-    pub fn set_new_health(&self, health: Option<Health>) {
-        self.shared.lock().new_health = health;
     }
 
     /// What containers named by `pattern` (`*`, `prefix*`, a name, or a container ID) do each

@@ -130,16 +130,6 @@ impl EtcdKv {
             .map_err(unavailable)?;
         Ok(EtcdKv { client })
     }
-
-    /// Whether etcd answers now.
-    pub async fn ping(&self) -> Result<(), KvError> {
-        self.client
-            .clone()
-            .status()
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
 }
 
 fn to_kv(kv: &etcd_client::KeyValue) -> KeyValue {
