@@ -306,10 +306,14 @@ fn every_bad_name_or_engine_value_is_named_by_its_field_path_at_apply_and_dry_ru
 /// What apply cannot know: the engine refuses to make a volume (its driver does not exist)
 /// or finds no external network. The services that need them are not left `Pending`
 /// without a word: their status names the resource and gives the engine's words, and the
-/// rest of the stack runs.
+/// rest of the stack runs. The operator's policy allows the driver (a plugin it meant to
+/// install), so the refusal is the engine's.
 #[test]
 fn a_volume_or_network_the_engine_refuses_is_named_in_the_status_of_the_services_needing_it() {
-    let h = Harness::start("refused-resource");
+    let policy = std::env::temp_dir().join(format!("refused-resource-{}.yaml", std::process::id()));
+    std::fs::write(&policy, "volume_drivers: [local, nosuchdriver]\n").unwrap();
+    let h = Harness::start_with("refused-resource", &["--policy", policy.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&policy);
     let (d, s) = (&h.d, &h.s);
     let missing = format!("{}-nonet", s.name);
     d.apply_nowait(
