@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use crate::health::Health;
 use crate::leader::{Election, Elector, Leadership};
 use crate::metrics::Metrics;
+use crate::reconcile::containers::ContainerBackend;
 use crate::reconcile::{self, Context};
 use crate::runtime::fence::FencedRuntime;
 use crate::runtime::reflector::Containers;
@@ -57,6 +58,8 @@ impl Default for Options {
 /// A running control loop.
 pub struct Controller {
     pub ctx: Arc<Context>,
+    /// The engine's backend the context drives (its containers' reflector, host files).
+    pub engine: Arc<ContainerBackend>,
     /// What the triggers feed, to resync by hand (benchmarks, tests).
     pub triggers: Triggers,
     /// This daemon's role in the election.
@@ -89,7 +92,7 @@ impl Controller {
             shutdown.clone(),
         );
         let writer = Writer::default();
-        let ctx = fenced_context(
+        let (ctx, engine) = fenced_context(
             store,
             runtime,
             metrics,
@@ -98,10 +101,10 @@ impl Controller {
             &writer,
         );
         let scheduler = ctx.scheduler.clone();
-        let runtime = ctx.runtime.clone();
+        let runtime = engine.runtime.clone();
         let triggers = Triggers {
             desired: ctx.desired.clone(),
-            containers: ctx.containers.clone(),
+            containers: engine.containers.clone(),
             scheduler: scheduler.clone(),
         };
         let mut tasks = JoinSet::new();
@@ -131,6 +134,7 @@ impl Controller {
         }
         Controller {
             ctx,
+            engine,
             triggers,
             leadership,
             health,
@@ -156,22 +160,29 @@ fn fenced_context(
     options: &Options,
     (leadership, health): (&Leadership, &Arc<Health>),
     writer: &Writer,
-) -> Arc<Context> {
+) -> (Arc<Context>, Arc<ContainerBackend>) {
     let store = store.fenced(Arc::new(leadership.clone()));
     let runtime: Arc<dyn Runtime> = Arc::new(FencedRuntime {
         inner: runtime,
         gate: Arc::new(leadership.clone()),
     });
     let desired = writer.reader();
-    Arc::new(Context {
-        store: store.clone(),
-        desired: desired.clone(),
+    let engine = Arc::new(ContainerBackend {
         containers: Arc::new(Containers::new(runtime.clone())),
         runtime,
+        engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
+        pulls: Default::default(),
+        files: crate::files::HostFiles::new(options.state_dir.as_deref()),
+        policy: options.policy.clone(),
+    });
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        desired: desired.clone(),
+        backend: engine.clone(),
         scheduler: Arc::new(Scheduler::default()),
         failures: Default::default(),
-        restarts: Default::default(),
-        scratch: Default::default(),
+        memory: Default::default(),
+        clock: Default::default(),
         traffic: Traffic::new(
             store,
             desired,
@@ -179,13 +190,10 @@ fn fenced_context(
             metrics.clone(),
         ),
         metrics,
-        engine_slots: tokio::sync::Semaphore::new(options.engine_parallelism.max(1)),
         leadership: leadership.clone(),
         health: health.clone(),
-        pulls: Default::default(),
-        files: crate::files::HostFiles::new(options.state_dir.as_deref()),
-        policy: options.policy.clone(),
-    })
+    });
+    (ctx, engine)
 }
 
 /// Runs `task` whenever this daemon may act, and stops it (drops it) as soon as it may not,

@@ -163,7 +163,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let state = ApiState {
         store,
         desired: controller.ctx.desired.clone(),
-        blocked: controller.ctx.scratch.blocked.clone(),
+        blocked: controller.ctx.memory.blocked.clone(),
         leadership: controller.leadership.clone(),
         health: controller.health.clone(),
         stop: shutdown.clone(),
@@ -172,7 +172,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         policy: Arc::new(config.policy.clone()),
         builds: crate::build::Builds::local(config.max_build_context)
             .map_err(DaemonError::Builds)?,
-        files: controller.ctx.files.clone(),
+        files: controller.engine.files.clone(),
         runtime,
     };
     listeners.serve(state, &shutdown).await;

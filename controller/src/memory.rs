@@ -1,5 +1,5 @@
 //! Memory follows the work: every memory the daemon keeps per service forgets the service
-//! when it goes ([`crate::reconcile::stack::take_down_service`] and the reflectors' events),
+//! when it goes (the take-down plan's `Forget` step, and the reflectors' events),
 //! and gives back the room a deleted big stack took. [`Context::remembered`] counts what
 //! each still holds, so a test can prove that a deletion left nothing behind.
 
@@ -29,22 +29,10 @@ impl Context {
     /// deleted and the daemon has caught up (a metric's series are checked in its
     /// exposition, not here).
     pub fn remembered(&self) -> Vec<(&'static str, usize)> {
-        vec![
+        let mut all = vec![
             ("desired state (reflector)", self.desired.remembered()),
-            (
-                "containers (container reflector)",
-                self.containers.remembered(),
-            ),
-            (
-                "written statuses and owed work (scratch)",
-                self.scratch.remembered(),
-            ),
-            (
-                "crash-loop back-off (restart book)",
-                self.restarts.remembered(),
-            ),
-            ("pull announcements", self.pulls.remembered()),
-            ("written endpoints (traffic)", self.traffic.remembered()),
+            ("service memories", self.memory.remembered()),
+            ("proxy listeners (traffic)", self.traffic.remembered()),
             (
                 "convergence and rollout clocks (metrics)",
                 self.metrics.remembered(),
@@ -54,7 +42,9 @@ impl Context {
                 "keys queued or delayed (scheduler)",
                 self.scheduler.remembered(),
             ),
-        ]
+        ];
+        all.extend(self.backend.remembered());
+        all
     }
 }
 

@@ -25,8 +25,8 @@ use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use crate::reconcile::containers::shape;
 use crate::reconcile::error::ReconcileError;
-use crate::reconcile::shape;
 use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
 use crate::server::ApiState;
 
@@ -117,9 +117,10 @@ async fn pair(
     if service.spec.partners().next().is_none() {
         return Ok(());
     }
-    let pairing = crate::reconcile::pairing::for_run(&*st.runtime, &st.desired, stack, service)
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![]))?;
+    let pairing =
+        crate::reconcile::containers::pairing::for_run(&*st.runtime, &st.desired, stack, service)
+            .await
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![]))?;
     if let Some(why) = pairing.waits(&stack.name, 1) {
         let why = format!(
             "{} is a sidecar, and its one-off waits for {why}",
@@ -209,7 +210,8 @@ async fn start(
     plan: &ContainerPlan,
 ) -> Result<(String, LogStream), Refusal> {
     let failed = |what: &str, e: &RuntimeError| error(status_of(e), format!("{what}: {e}"), vec![]);
-    if let Err(e) = crate::reconcile::stack::ensure_resources(runtime, stack, &[service]).await {
+    if let Err(e) = crate::reconcile::containers::ensure_resources(runtime, stack, &[service]).await
+    {
         let status = match &e {
             ReconcileError::Resource { source, .. } => status_of(source),
             _ => StatusCode::BAD_GATEWAY,

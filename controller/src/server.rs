@@ -25,7 +25,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::reconcile::scratch::BlockedDeletions;
+use crate::reconcile::memory::BlockedDeletions;
 use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
 use crate::watch::Desired;
 

@@ -1,630 +1,245 @@
-//! Stage 3, **act**: carries out a plan. Traffic leaves the replicas about to be touched
-//! first (they drain), then removals, starts, heals, replacements and creations go to the
-//! engine (bounded by the daemon's engine slots), then the service is listed again and its
-//! traffic follows what now runs.
+//! Stage 3, **act**: carries out a plan's steps, in order, and nothing else. Consecutive
+//! backend steps go to the backend together (it runs replicas' work concurrently). A step
+//! that fails ends the reconcile with its error, except a replica that could not be
+//! removed: the status names it first.
 
 use capstan_api::object::{HealAction, HealCause, HealEvent, Reason};
-use futures::future::BoxFuture;
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeSet;
 
-use super::observe::{dependents, Observation};
-use super::plan::Plan;
+use super::backend::{Done, Work};
+use super::context::{Action, Context};
+use super::error::reason_of;
+use super::memory::echoed;
+use super::observe::Observation;
+use super::plan::{Plan, Step};
+use super::report;
 use super::status::Problem;
-use super::{shape, stack, Context, ReconcileError};
-use crate::runtime::{Detail, Observed, RuntimeError, State};
-use crate::store::now_rfc3339;
+use super::ReconcileError;
+use crate::key::ObjectKey;
+use crate::runtime::Observed;
 
-/// What acting did, for the report.
-pub struct Outcome {
-    /// The service's containers after acting (as observed, when nothing was done).
-    pub containers: Vec<Observed>,
-    /// What kept replicas from being made, or ports from being served.
-    pub problems: Vec<Problem>,
-    /// Heal actions taken, for the status's recent events and the heal metric.
-    pub events: Vec<HealEvent>,
-    /// The last health output of the replicas looked at closely, by ordinal.
-    pub health_output: BTreeMap<u32, String>,
-    /// Replicas found removed or altered behind capstan's back.
-    pub changed_outside: u32,
+/// What the steps so far did, for the ones after them.
+#[derive(Default)]
+pub struct Acted {
+    /// The replicas as they run now (as observed, until listed again).
+    pub replicas: Vec<Observed>,
+    /// The backend's work: problems, heal events, health output.
+    pub done: Done,
+    /// Whether the replicas were listed again after the work.
+    pub relisted: bool,
 }
 
-impl Outcome {
-    /// A replica that could not be removed, for the status: nothing else was done.
-    pub fn removal_failed(obs: &Observation, e: &ReconcileError) -> Option<Outcome> {
-        let ReconcileError::Remove { name, source } = e else {
-            return None;
-        };
-        let ordinal = (obs.containers.iter())
-            .find(|c| c.name == *name)
-            .and_then(|c| c.ordinal);
-        let reason = reason_of(source);
-        Some(Outcome {
-            containers: obs.containers.clone(),
-            problems: vec![Problem {
-                ordinal: ordinal.unwrap_or(0),
-                reason,
-                message: e.to_string(),
-            }],
-            events: vec![],
-            health_output: BTreeMap::new(),
-            changed_outside: 0,
-        })
-    }
-}
-
-pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Outcome, ReconcileError> {
-    let service = &obs.service;
-    let details = look_closer(ctx, obs, plan).await;
-    let vanished = vanished(obs, plan);
-    let leaving: BTreeSet<String> = plan
-        .remove
-        .iter()
-        .map(|(c, _)| c)
-        .chain(plan.recreate.iter())
-        .chain(plan.promote.iter().filter_map(|(c, _)| c.as_ref()))
-        .chain(plan.heal.iter().map(|(c, _, _)| c))
-        .map(|c| c.id.clone())
-        .collect();
-    let mut problems = publish(ctx, obs, &obs.containers, &leaving).await?;
-    let mut events = vec![];
-    if !plan.is_empty() {
-        problems.extend(execute(ctx, obs, plan, &details, &mut events).await?);
-    }
-    let now = now_rfc3339();
-    let failed: BTreeSet<u32> = problems.iter().map(|p| p.ordinal).collect();
-    for n in vanished.iter().filter(|n| !failed.contains(n)) {
-        let replica = service.spec.replica_name(&service.stack, &service.name, *n);
-        tracing::info!(stack = %service.stack, service = %service.name, %replica, reason = "removed", "replaced a removed replica");
-        let message = "the container was removed; a new one was created".to_string();
-        events.push(heal_event(
-            &now,
-            replica,
-            HealAction::Replace,
-            HealCause::Removed,
-            message,
-        ));
-    }
-    if !events.is_empty() {
-        request_dependent_restarts(ctx, obs);
-    }
-    if obs.gate.is_open() {
-        restart_for_dependencies(ctx, obs, &now, &mut events).await;
-    }
-    let containers = if plan.is_empty() && events.is_empty() {
-        obs.containers.clone()
-    } else {
-        let after = ctx
-            .containers
-            .refresh(&service.stack, &service.name)
-            .await
-            .map_err(ReconcileError::List)?;
-        problems.extend(publish(ctx, obs, &after, &BTreeSet::new()).await?);
-        after
+pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Action, ReconcileError> {
+    let mut acted = Acted {
+        replicas: obs.replicas.clone(),
+        ..Default::default()
     };
-    if problems.is_empty() {
-        let made: BTreeSet<u32> = containers.iter().filter_map(|c| c.ordinal).collect();
-        problems = ctx
-            .scratch
-            .still_unmade(&service.stack, &service.name, &made);
-    }
-    let strays = plan
-        .remove
-        .iter()
-        .filter(|(_, r)| *r == super::plan::RemoveReason::Stray)
-        .count();
-    Ok(Outcome {
-        containers,
-        problems,
-        events,
-        health_output: details
-            .into_iter()
-            .filter_map(|(n, d)| Some((n, d.health_output?)))
-            .collect(),
-        changed_outside: (vanished.len() + strays) as u32,
-    })
-}
-
-/// Only the heals of `plan` (restarts of existing replicas), for an isolated leader: no
-/// traffic change, no status; the heal events are logged and counted.
-pub async fn heal(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<(), ReconcileError> {
-    let details = look_closer(ctx, obs, plan).await;
-    let mut events = vec![];
-    let problems = execute(ctx, obs, plan, &details, &mut events).await?;
-    for e in &events {
-        ctx.metrics
-            .heal(&obs.service.stack, &obs.service.name, e.reason);
-    }
-    if let Some(p) = problems.first() {
-        tracing::warn!(stack = %obs.service.stack, service = %obs.service.name, reason = %p.reason, "a heal failed while etcd is unreachable: {}", p.message);
-    }
-    Ok(())
-}
-
-/// What only an inspect tells (OOM kill, last health output), for the replicas about to be
-/// healed or found unhealthy: never for healthy ones.
-async fn look_closer(ctx: &Context, obs: &Observation, plan: &Plan) -> BTreeMap<u32, Detail> {
-    let mut details = BTreeMap::new();
-    let looked_at = plan.heal.iter().map(|(c, _, _)| c).chain(
-        obs.containers
-            .iter()
-            .filter(|c| c.health == crate::runtime::Health::Unhealthy),
-    );
-    for c in looked_at {
-        if let (Some(n), Ok(d)) = (c.ordinal, ctx.runtime.inspect(&c.id).await) {
-            details.insert(n, d);
-        }
-    }
-    details
-}
-
-/// Replicas the last status listed that are to be created again: removed behind
-/// capstan's back.
-fn vanished(obs: &Observation, plan: &Plan) -> BTreeSet<u32> {
-    obs.previous
-        .iter()
-        .flat_map(|p| p.replica_states.iter().map(|r| r.ordinal))
-        .filter(|n| plan.create.contains(n))
-        .collect()
-}
-
-/// [`crate::traffic::Traffic::publish`], with ports that could not be served as problems.
-async fn publish(
-    ctx: &Context,
-    obs: &Observation,
-    containers: &[Observed],
-    leaving: &BTreeSet<String>,
-) -> Result<Vec<Problem>, ReconcileError> {
-    let unserved = ctx
-        .traffic
-        .publish(&obs.service, containers, leaving, obs.started)
-        .await?;
-    Ok(unserved
-        .into_iter()
-        .map(|u| Problem {
-            ordinal: 0,
-            reason: Reason::PortInUse,
-            message: format!("cannot listen on {} for the proxy: {}", u.bind, u.error),
-        })
-        .collect())
-}
-
-/// `depends_on: {name: {restart: true}}`: capstan just restarted or replaced a replica of
-/// this service, so those dependents restart once it meets its condition again.
-fn request_dependent_restarts(ctx: &Context, obs: &Observation) {
-    let name = &obs.service.name;
-    for dependent in dependents(ctx, &obs.stack, name) {
-        if dependent
-            .spec
-            .depends_on
-            .get(name)
-            .is_some_and(|d| d.restart)
-        {
-            ctx.scratch
-                .request_restart(&obs.stack.name, &dependent.name, name);
-            ctx.scheduler.enqueue(crate::key::ObjectKey::Service(
-                obs.stack.name.clone(),
-                dependent.name.clone(),
-            ));
-        }
-    }
-}
-
-/// Carries out a pending dependent restart: every running replica is restarted.
-async fn restart_for_dependencies(
-    ctx: &Context,
-    obs: &Observation,
-    now: &str,
-    events: &mut Vec<HealEvent>,
-) {
-    let service = &obs.service;
-    let Some(deps) = ctx.scratch.take_restart(&service.stack, &service.name) else {
-        return;
-    };
-    let deps = deps.join(", ");
-    for c in obs.containers.iter().filter(|c| c.state == State::Running) {
-        tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, dependencies = %deps, reason = "dependency-restarted", "restarting replica");
-        match ctx.runtime.restart(&c.id, shape::grace(service)).await {
-            Ok(()) => events.push(heal_event(
-                now,
-                c.name.clone(),
-                HealAction::Restart,
-                HealCause::DependencyRestarted,
-                format!("capstan restarted its dependency {deps}"),
-            )),
-            Err(e) => {
-                tracing::warn!(replica = %c.name, error = %e, "restart for a restarted dependency failed")
+    acted.done.problems = plan.progress.problems.clone();
+    let mut action = plan.next;
+    let mut steps = plan.steps.iter().peekable();
+    while let Some(step) = steps.next() {
+        if let Step::Work(first) = step {
+            let mut work: Vec<&dyn Work> = vec![first.as_ref()];
+            while let Some(Step::Work(w)) = steps.peek() {
+                work.push(w.as_ref());
+                steps.next();
             }
+            if let Err(e) = work_on(ctx, obs, plan, &work, &mut acted).await {
+                return Err(removal_reported(ctx, obs, plan, acted, e).await);
+            }
+            continue;
+        }
+        if let Some(next) = one(ctx, obs, plan, step, &mut acted).await? {
+            action = next;
         }
     }
+    Ok(action)
 }
 
-fn heal_event(
-    now: &str,
-    replica: String,
-    action: HealAction,
-    reason: HealCause,
-    message: String,
-) -> HealEvent {
-    HealEvent {
-        time: now.to_string(),
-        replica,
-        action,
-        reason,
-        message,
-    }
-}
-
-type JobResult = (Option<Problem>, Option<HealEvent>);
-
-/// Carries out a plan: removals first (highest ordinal first), then starts, heals,
-/// replacements and creations, concurrently within the engine slots. Failures to create
-/// are problems reported in status; failures to remove are errors (retried). Heals are
-/// recorded in `events`.
-async fn execute(
+/// The backend's work, then the events of replicas made again after they vanished.
+async fn work_on(
     ctx: &Context,
     obs: &Observation,
     plan: &Plan,
-    details: &BTreeMap<u32, Detail>,
-    events: &mut Vec<HealEvent>,
-) -> Result<Vec<Problem>, ReconcileError> {
+    work: &[&dyn Work],
+    acted: &mut Acted,
+) -> Result<(), ReconcileError> {
+    let done = ctx.backend.execute(ctx, obs, work).await?;
+    acted.done.problems.extend(done.problems);
+    acted.done.events.extend(done.events);
+    acted.done.health_output.extend(done.health_output);
+    let failed: BTreeSet<u32> = acted.done.problems.iter().map(|p| p.ordinal).collect();
     let service = &obs.service;
-    for (c, reason) in &plan.remove {
-        tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, reason = ?reason, "removing replica");
+    for n in plan
+        .progress
+        .vanished
+        .iter()
+        .filter(|n| !failed.contains(n))
+    {
+        let replica = service.spec.replica_name(&service.stack, &service.name, *n);
+        tracing::info!(stack = %service.stack, service = %service.name, %replica, reason = "removed", "replaced a removed replica");
+        acted.done.events.push(HealEvent {
+            time: obs.now_rfc3339.clone(),
+            replica,
+            action: HealAction::Replace,
+            reason: HealCause::Removed,
+            message: "the container was removed; a new one was created".to_string(),
+        });
     }
-    let removals: Vec<Observed> = plan.remove.iter().map(|(c, _)| c.clone()).collect();
-    remove_all(ctx, &removals, shape::grace(service)).await?;
-
-    let needs_create = !plan.create.is_empty()
-        || !plan.recreate.is_empty()
-        || !plan.surge.is_empty()
-        || plan.heal.iter().any(|(_, _, a)| *a == HealAction::Replace);
-    if needs_create {
-        if let Err(e) = stack::ensure_resources(&*ctx.runtime, &obs.stack, &[service]).await {
-            // The replicas that run keep running; the status says why the others wait.
-            return match e.blocked_reason() {
-                Some(reason) => Ok(blocked(plan, reason, &e.to_string())),
-                None => Err(e),
-            };
-        }
-    }
-    if needs_create || !plan.start.is_empty() || !plan.heal.is_empty() {
-        if let Err(e) = ctx.files.write(&ctx.store, service).await {
-            if !e.waits_on_a_person() {
-                return Err(e.into());
-            }
-            // Nothing is replaced or created without its files; the replicas that run keep
-            // running, and the status says why the others wait.
-            return Ok(blocked(plan, Reason::FilesUnavailable, &e.to_string()));
-        }
-    }
-    // No image, no replacement: an outdated replica keeps serving until one can be made.
-    let image = match needs_create {
-        true => super::pull::ensure_image(ctx, obs).await.err(),
-        false => None,
-    };
-    let creating = image.is_none();
-
-    let now = now_rfc3339();
-    let jobs = jobs(ctx, obs, plan, details, &now, creating);
-    let mut problems: Vec<Problem> = image.into_iter().collect();
-    for (p, e) in with_slots(&ctx.engine_slots, jobs).await {
-        problems.extend(p);
-        events.extend(e);
-    }
-    problems.sort_by_key(|p| p.ordinal);
-    events.sort_by(|a, b| a.replica.cmp(&b.replica));
-    for p in &problems {
-        tracing::warn!(stack = %service.stack, service = %service.name, ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
-    }
-    Ok(problems)
-}
-
-/// The engine work of `plan`, one job per replica; what needs a new container only when
-/// one can be made (`creating`: the image is there).
-fn jobs<'a>(
-    ctx: &'a Context,
-    obs: &'a Observation,
-    plan: &'a Plan,
-    details: &'a BTreeMap<u32, Detail>,
-    now: &'a str,
-    creating: bool,
-) -> Vec<BoxFuture<'a, JobResult>> {
-    let mut jobs: Vec<BoxFuture<'a, JobResult>> = vec![];
-    for c in &plan.start {
-        jobs.push(Box::pin(start_job(ctx, c)));
-    }
-    for (c, reason, action) in &plan.heal {
-        if *action == HealAction::Replace && !creating {
-            continue;
-        }
-        jobs.push(Box::pin(heal_job(
-            ctx, obs, c, *reason, *action, details, now,
-        )));
-    }
-    for c in plan.recreate.iter().filter(|_| creating) {
-        jobs.push(Box::pin(recreate_job(ctx, obs, c)));
-    }
-    let made = (plan.create.iter().map(|n| (*n, Made::Replica)))
-        .chain(plan.surge.iter().map(|n| (*n, Made::Successor)));
-    for (n, made) in made.filter(|_| creating) {
-        jobs.push(Box::pin(async move {
-            let result = create_and_start(ctx, obs, n, made).await;
-            (result.err().map(|e| failed_to_make(ctx, obs, n, e)), None)
-        }));
-    }
-    for (old, successor) in &plan.promote {
-        jobs.push(Box::pin(promote_job(ctx, obs, old.as_ref(), successor)));
-    }
-    jobs
-}
-
-/// One problem per replica to create or replace, when none can be made until a person acts
-/// (the service's files cannot be written, a network or volume is missing or not its own).
-fn blocked(plan: &Plan, reason: Reason, message: &str) -> Vec<Problem> {
-    let recreate = plan.recreate.iter().filter_map(|c| c.ordinal);
-    let made = plan.create.iter().chain(&plan.surge).copied();
-    let mut ordinals: Vec<u32> = made.chain(recreate).collect();
-    ordinals.sort_unstable();
-    let problems: Vec<Problem> = ordinals
-        .into_iter()
-        .map(|ordinal| Problem {
-            ordinal,
-            reason,
-            message: message.to_string(),
-        })
-        .collect();
-    for p in &problems {
-        tracing::warn!(ordinal = p.ordinal, reason = %p.reason, "{}", p.message);
-    }
-    problems
-}
-
-async fn start_job(ctx: &Context, c: &Observed) -> JobResult {
-    let started = ctx.runtime.start(&c.id).await;
-    (
-        started.err().map(|e| problem(c.ordinal.unwrap_or(0), e)),
-        None,
-    )
-}
-
-async fn heal_job(
-    ctx: &Context,
-    obs: &Observation,
-    c: &Observed,
-    reason: HealCause,
-    action: HealAction,
-    details: &BTreeMap<u32, Detail>,
-    now: &str,
-) -> JobResult {
-    let service = &obs.service;
-    let n = c.ordinal.unwrap_or(0);
-    let detail = details.get(&n).cloned().unwrap_or_default();
-    let reason = if detail.oom_killed {
-        HealCause::Oom
-    } else {
-        reason
-    };
-    let message = match (reason, c.state, &detail.health_output) {
-        (HealCause::PartnerRestarted, ..) => {
-            "its partner started again: it joins the partner's new network namespace".into()
-        }
-        (HealCause::PartnerReplaced, ..) => {
-            "its partner was replaced: it is made anew beside the new one".into()
-        }
-        (_, State::Exited { code }, _) => format!("exited with code {code}"),
-        (_, _, Some(out)) => format!("health check failed: {out}"),
-        _ => "health check failed".to_string(),
-    };
-    // Following a partner is not a failure of the sidecar's own: no crash-loop back-off.
-    if !matches!(
-        reason,
-        HealCause::PartnerRestarted | HealCause::PartnerReplaced
-    ) {
-        ctx.restarts.record(
-            &service.stack,
-            &service.name,
-            n,
-            &super::backoff::Timing::of(&service.spec),
-        );
-    }
-    tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, reason = reason.as_str(), action = action.as_str(), "{message}");
-    let result = match action {
-        HealAction::Start => ctx.runtime.start(&c.id).await,
-        HealAction::Restart => ctx.runtime.restart(&c.id, shape::grace(service)).await,
-        HealAction::Replace => replace(ctx, obs, c).await,
-    };
-    match result {
-        Ok(()) => (
-            None,
-            Some(heal_event(now, c.name.clone(), action, reason, message)),
-        ),
-        Err(e) => (Some(problem(n, e)), None),
-    }
-}
-
-async fn recreate_job(ctx: &Context, obs: &Observation, c: &Observed) -> JobResult {
-    let service = &obs.service;
-    tracing::info!(stack = %service.stack, service = %service.name, replica = %c.name, "replacing outdated replica");
-    let replaced = replace(ctx, obs, c).await;
-    let n = c.ordinal.unwrap_or(0);
-    (replaced.err().map(|e| failed_to_make(ctx, obs, n, e)), None)
-}
-
-/// A replica could not be made: reported (also while it waits), and its next try waits out
-/// the replica's back-off.
-fn failed_to_make(ctx: &Context, obs: &Observation, ordinal: u32, e: RuntimeError) -> Problem {
-    let service = &obs.service;
-    ctx.restarts.record(
-        &service.stack,
-        &service.name,
-        ordinal,
-        &super::backoff::Timing::of(&service.spec),
-    );
-    let problem = problem(ordinal, e);
-    ctx.scratch
-        .unmade(&service.stack, &service.name, problem.clone());
-    problem
-}
-
-/// A start-first successor takes over: the outdated replica (already drained) is stopped
-/// and removed, and the successor takes its name.
-async fn promote_job(
-    ctx: &Context,
-    obs: &Observation,
-    old: Option<&Observed>,
-    successor: &Observed,
-) -> JobResult {
-    let service = &obs.service;
-    let n = successor.ordinal.unwrap_or(0);
-    let name = (service.spec).replica_name(&service.stack, &service.name, n);
-    tracing::info!(stack = %service.stack, service = %service.name, replica = %name, successor = %successor.name, "the successor of an outdated replica takes over");
-    let promoted = async {
-        if let Some(old) = old {
-            ctx.runtime.remove(&old.id, shape::grace(service)).await?;
-        }
-        ctx.runtime.rename(&successor.id, &name).await
-    };
-    (promoted.await.err().map(|e| problem(n, e)), None)
-}
-
-/// Removes `c` and creates its ordinal anew.
-async fn replace(ctx: &Context, obs: &Observation, c: &Observed) -> Result<(), RuntimeError> {
-    ctx.runtime
-        .remove(&c.id, shape::grace(&obs.service))
-        .await?;
-    create_and_start(ctx, obs, c.ordinal.unwrap_or(0), Made::Replica).await
-}
-
-/// What [`create_and_start`] makes of an ordinal.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Made {
-    /// The replica, under its own name.
-    Replica,
-    /// A start-first successor, next to the replica (`<replica>-next`).
-    Successor,
-}
-
-/// Runs replica operations concurrently, each holding one of the daemon's engine slots;
-/// results in the order of `jobs`.
-pub(super) async fn with_slots<T>(
-    slots: &tokio::sync::Semaphore,
-    jobs: Vec<BoxFuture<'_, T>>,
-) -> Vec<T> {
-    futures::future::join_all(jobs.into_iter().map(|job| async {
-        // The semaphore is never closed, so acquiring only waits.
-        let _slot = slots.acquire().await;
-        job.await
-    }))
-    .await
-}
-
-async fn create_and_start(
-    ctx: &Context,
-    obs: &Observation,
-    ordinal: u32,
-    made: Made,
-) -> Result<(), RuntimeError> {
-    let policy = ctx.policy.as_deref();
-    if let Some(refused) = policy.and_then(|p| shape::bind_refused(&obs.stack, &obs.service, p)) {
-        return Err(refused);
-    }
-    let mut plan = shape::container(&obs.stack, &obs.service, ordinal);
-    if made == Made::Successor {
-        let service = &obs.service;
-        plan.name = (service.spec).successor_name(&service.stack, &service.name, ordinal);
-    }
-    plan.mounts.extend(ctx.files.binds(&obs.service));
-    if let Some(pairing) = &obs.pairing {
-        pairing.attach(&mut plan, ordinal);
-    }
-    let id = ctx.runtime.create(&plan).await?;
-    if let Err(e) = ctx.runtime.start(&id).await {
-        // A replica that cannot start is removed rather than left half-made.
-        let _ = ctx.runtime.remove(&id, Duration::ZERO).await;
-        return Err(e);
+    for e in &acted.done.events {
+        ctx.metrics.heal(&service.stack, &service.name, e.reason);
     }
     Ok(())
 }
 
-fn problem(ordinal: u32, e: RuntimeError) -> Problem {
-    Problem {
-        ordinal,
-        reason: reason_of(&e),
+/// A replica that cannot be removed is named in the status; the key backs off.
+async fn removal_reported(
+    ctx: &Context,
+    obs: &Observation,
+    plan: &Plan,
+    mut acted: Acted,
+    e: ReconcileError,
+) -> ReconcileError {
+    let ReconcileError::Remove { name, source } = &e else {
+        return e;
+    };
+    let ordinal = (obs.replicas.iter())
+        .find(|c| c.name == *name)
+        .and_then(|c| c.ordinal);
+    acted.done.problems = vec![Problem {
+        ordinal: ordinal.unwrap_or(0),
+        reason: reason_of(source),
         message: e.to_string(),
+    }];
+    if let Err(w) = report::write_status(ctx, obs, plan, &acted, &[]).await {
+        let service = &obs.service;
+        tracing::warn!(stack = %service.stack, service = %service.name, error = %w, "status of a failed removal not written");
     }
+    e
 }
 
-/// The status reason an engine failure is reported under.
-fn reason_of(e: &RuntimeError) -> Reason {
-    match e {
-        RuntimeError::NameConflict { .. } => Reason::NameConflict,
-        RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
-        RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
-        RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
-        RuntimeError::NotOwned { .. } => Reason::NotOwned,
-        RuntimeError::BindRefused { .. } => Reason::BindRefused,
-        e if e.is_port_in_use() => Reason::PortInUse,
-        e if e.is_network_error() => Reason::NetworkError,
-        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {
-            Reason::EngineError
+/// One step that is not the backend's work; `Some`: when to look again.
+async fn one(
+    ctx: &Context,
+    obs: &Observation,
+    plan: &Plan,
+    step: &Step,
+    acted: &mut Acted,
+) -> Result<Option<Action>, ReconcileError> {
+    let service = &obs.service;
+    let (stack, name) = (service.stack.as_str(), service.name.as_str());
+    match step {
+        Step::Remember(seen) => ctx.memory.update(stack, name, |m| seen.apply(m)),
+        Step::RollBack { reason } => roll_back(ctx, obs, reason).await?,
+        Step::Publish { leaving } => {
+            let unserved = publish(ctx, obs, &acted.replicas, leaving).await?;
+            acted.done.problems.extend(unserved);
+        }
+        Step::Republish => {
+            let mut after = ctx.backend.replicas(stack, name, true).await?;
+            ctx.backend.as_reported(obs, &mut after);
+            acted.replicas = after;
+            acted.relisted = true;
+            let unserved = publish(ctx, obs, &acted.replicas, &BTreeSet::new()).await?;
+            acted.done.problems.extend(unserved);
+        }
+        Step::RequestRestarts { dependents } => {
+            for dependent in dependents {
+                ctx.memory.update(stack, dependent, |m| {
+                    m.owed_restarts.insert(name.to_string())
+                });
+                let key = ObjectKey::Service(stack.to_string(), dependent.clone());
+                ctx.scheduler.enqueue(key);
+            }
+        }
+        Step::WriteStatus { dependents } => {
+            if !acted.relisted {
+                ctx.backend.as_reported(obs, &mut acted.replicas);
+            }
+            return report::write_status(ctx, obs, plan, acted, dependents)
+                .await
+                .map(Some);
+        }
+        Step::Work(_) | Step::Unpublish | Step::TakeDown(_) | Step::DeleteStatus => {}
+        Step::Forget | Step::Enqueue(_) => {}
+    }
+    Ok(None)
+}
+
+/// `failure_action: rollback`: the previous revision's spec is stored again, recording the
+/// rollback, and the rollout that follows replaces the failed replicas.
+async fn roll_back(ctx: &Context, obs: &Observation, reason: &str) -> Result<(), ReconcileError> {
+    let service = &obs.service;
+    let written = ctx
+        .store
+        .roll_back(&service.stack, &service.name, service.generation, reason)
+        .await
+        .map_err(ReconcileError::Status)?;
+    if written.is_some() {
+        tracing::warn!(stack = %service.stack, service = %service.name, "{reason}");
+        ctx.metrics.rolled_back(&service.stack, &service.name);
+    }
+    Ok(())
+}
+
+/// Points traffic at the ready replicas not `leaving`; ports that could not be served are
+/// problems. Remembers the endpoints written.
+async fn publish(
+    ctx: &Context,
+    obs: &Observation,
+    replicas: &[Observed],
+    leaving: &BTreeSet<String>,
+) -> Result<Vec<Problem>, ReconcileError> {
+    let service = &obs.service;
+    let (stack, name) = (service.stack.as_str(), service.name.as_str());
+    let stored = ctx.desired.endpoints(stack, name);
+    let mine = ctx.memory.recall(stack, name).endpoints;
+    let last = super::memory::last_written(mine.as_ref(), stored.clone());
+    let published = (ctx.traffic)
+        .publish(service, replicas, leaving, obs.started, last)
+        .await?;
+    ctx.memory.update(stack, name, |m| match published.written {
+        Some(eps) => m.endpoints = Some(eps),
+        None => echoed(&mut m.endpoints, stored.as_ref()),
+    });
+    let unserved = published.unserved.into_iter().map(|u| Problem {
+        ordinal: 0,
+        reason: Reason::PortInUse,
+        message: format!("cannot listen on {} for the proxy: {}", u.bind, u.error),
+    });
+    Ok(unserved.collect())
+}
+
+/// Carries out the plan of a service that is gone: none of its steps needs an observation.
+pub async fn take_down(
+    ctx: &Context,
+    stack: &str,
+    name: &str,
+    plan: &Plan,
+) -> Result<Action, ReconcileError> {
+    for step in &plan.steps {
+        match step {
+            Step::Unpublish => {
+                let had = ctx.memory.recall(stack, name).endpoints.is_some();
+                ctx.traffic.unpublish(stack, name, had).await?;
+            }
+            Step::TakeDown(work) => ctx.backend.take_down_now(ctx, work.as_ref()).await?,
+            Step::DeleteStatus => {
+                let deleted = ctx.store.delete_status(stack, name).await;
+                deleted.map_err(ReconcileError::Status)?;
+            }
+            Step::Forget => forget(ctx, stack, name),
+            Step::Enqueue(key) => ctx.scheduler.enqueue(key.clone()),
+            _ => {}
         }
     }
+    Ok(plan.next)
 }
 
-/// Stops and removes `containers` concurrently within the engine slots.
-pub(super) async fn remove_all(
-    ctx: &Context,
-    containers: &[Observed],
-    grace: Duration,
-) -> Result<(), ReconcileError> {
-    let jobs: Vec<BoxFuture<'_, Result<(), ReconcileError>>> = containers
-        .iter()
-        .map(|c| -> BoxFuture<'_, _> {
-            Box::pin(async move {
-                let removed = ctx.runtime.remove(&c.id, grace).await;
-                removed.map_err(|source| ReconcileError::Remove {
-                    name: c.name.clone(),
-                    source,
-                })
-            })
-        })
-        .collect();
-    with_slots(&ctx.engine_slots, jobs)
-        .await
-        .into_iter()
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures::FutureExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[tokio::test]
-    async fn replica_operations_never_exceed_the_engine_slots_and_all_of_them_run() {
-        let slots = tokio::sync::Semaphore::new(3);
-        let (in_flight, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        let jobs: Vec<BoxFuture<'_, usize>> = (0..20)
-            .map(|i| {
-                let (in_flight, peak) = (&in_flight, &peak);
-                async move {
-                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    in_flight.fetch_sub(1, Ordering::SeqCst);
-                    i
-                }
-                .boxed()
-            })
-            .collect();
-        let done = with_slots(&slots, jobs).await;
-        assert_eq!(done, (0..20).collect::<Vec<_>>());
-        assert_eq!(
-            peak.load(Ordering::SeqCst),
-            3,
-            "bounded, and the bound is used"
-        );
-    }
+/// Forgets everything this process keeps for a service that is gone: its memory, its
+/// metric series and clocks, its proxy listeners.
+fn forget(ctx: &Context, stack: &str, name: &str) {
+    ctx.memory.forget(stack, name);
+    ctx.metrics.forget_service(stack, name);
+    ctx.traffic.forget(stack, name);
 }

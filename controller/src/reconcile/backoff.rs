@@ -2,13 +2,14 @@
 //! do so again. Exponential: 1 s after the first restart, doubling, capped at 60 s; forgotten
 //! once a replica has gone 60 s without needing a restart. The cumulative count (what
 //! `capstan get` shows as RESTARTS) is kept apart and never resets while the daemon runs.
+//! The positions live in the service's [`ServiceMemory`]; the functions here read and move
+//! them, on the daemon's [`Clock`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use super::plan::RestartHistory;
+use super::memory::{Restarts, ServiceMemory};
 use crate::runtime::{Health, Observed};
 use capstan_api::object::{CrashLoop, ServiceStatus};
 use capstan_api::spec::ServiceSpec;
@@ -63,145 +64,58 @@ impl Timing {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    /// Restarts in the current crash-loop window.
-    restarts: u32,
-    /// Restarts since the daemon started.
-    total: u32,
-    last: Instant,
+/// What the planner needs to know of a replica's restart history.
+pub trait RestartHistory {
+    /// Restarts capstan made of this replica in its current crash-loop window.
+    fn restarts(&self, ordinal: u32) -> u32;
+    /// Time left before the replica may be restarted again.
+    fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
+    /// Restarts since the daemon started, for status (RESTARTS).
+    fn total_restarts(&self, ordinal: u32) -> u32 {
+        self.restarts(ordinal)
+    }
+    /// Where the replica's back-off stands, for the status (None outside a crash loop).
+    fn crash_loop(&self, _ordinal: u32) -> Option<capstan_api::object::CrashLoop> {
+        None
+    }
+    /// For an unhealthy replica: how much of its start-up grace is left, if it has not been
+    /// healthy since it started. `None`: it may be healed now.
+    fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {
+        None
+    }
+    /// How long ago the replica was made (a rollout's `monitor` and `delay` count from it).
+    fn age(&self, _replica: &Observed) -> Duration {
+        Duration::ZERO
+    }
 }
 
-/// Replica key: (stack, service, ordinal).
-type Key = (String, String, u32);
-
-pub struct RestartBook {
-    /// The wall clock at `started`: the engine dates containers in Unix seconds, and ages
-    /// are measured on the runtime's clock from here (so paused test time ages them too).
+/// The daemon's clock: the engine dates containers in Unix seconds, and ages are measured
+/// on the runtime's clock from the wall time at `started` (so paused test time ages them).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
     epoch: std::time::SystemTime,
     started: Instant,
-    entries: Mutex<HashMap<Key, Entry>>,
-    /// Per replica, the container last seen healthy: an unhealthy container not listed here
-    /// has not been healthy since it started, and gets its start-up grace.
-    healthy: Mutex<HashMap<Key, String>>,
-    /// Services whose stored crash-loop positions were taken over ([`Self::adopt`]).
-    adopted: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
-/// The book's view of one service, for the planner.
-pub struct ServiceHistory<'a> {
-    book: &'a RestartBook,
-    stack: &'a str,
-    service: &'a str,
-    timing: Timing,
-    now: Instant,
-}
-
-impl Default for RestartBook {
+impl Default for Clock {
     fn default() -> Self {
-        RestartBook {
+        Clock {
             epoch: std::time::SystemTime::now(),
             started: Instant::now(),
-            entries: Mutex::default(),
-            healthy: Mutex::default(),
-            adopted: Mutex::default(),
         }
     }
 }
 
-impl RestartBook {
-    /// Unix seconds now.
-    fn unix_now(&self) -> i64 {
-        let now = self.epoch + Instant::now().duration_since(self.started);
-        let since = now
+impl Clock {
+    /// Unix seconds at `now`.
+    fn unix(&self, now: Instant) -> i64 {
+        let wall = self.epoch + now.duration_since(self.started);
+        let since = wall
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         since.as_secs() as i64
     }
 
-    pub fn for_service<'a>(
-        &'a self,
-        stack: &'a str,
-        service: &'a str,
-        timing: Timing,
-    ) -> ServiceHistory<'a> {
-        ServiceHistory {
-            book: self,
-            stack,
-            service,
-            timing,
-            now: Instant::now(),
-        }
-    }
-
-    fn raw(&self, stack: &str, service: &str, ordinal: u32) -> Option<Entry> {
-        self.entries
-            .lock()
-            .unwrap()
-            .get(&(stack.to_string(), service.to_string(), ordinal))
-            .copied()
-    }
-
-    /// The entry if its crash-loop window is still open.
-    fn entry(&self, key: (&str, &str, u32), t: &Timing, now: Instant) -> Option<Entry> {
-        let (stack, service, ordinal) = key;
-        let e = self.raw(stack, service, ordinal)?;
-        (now.duration_since(e.last) < t.reset + t.delay_after(e.restarts)).then_some(e)
-    }
-
-    /// Records a restart made now.
-    pub fn record(&self, stack: &str, service: &str, ordinal: u32, timing: &Timing) {
-        let now = Instant::now();
-        let prev = self
-            .entry((stack, service, ordinal), timing, now)
-            .map_or(0, |e| e.restarts);
-        let total = self.raw(stack, service, ordinal).map_or(0, |e| e.total);
-        self.entries.lock().unwrap().insert(
-            (stack.into(), service.into(), ordinal),
-            Entry {
-                restarts: prev + 1,
-                total: total + 1,
-                last: now,
-            },
-        );
-    }
-
-    /// Takes over the crash-loop positions a previous daemon wrote in `status`, once per
-    /// service and only for replicas this daemon has no entry of: a restarted or newly
-    /// elected daemon goes on with the back-off instead of restarting a crash loop at once.
-    pub fn adopt(&self, stack: &str, service: &str, status: &ServiceStatus) {
-        if !self
-            .adopted
-            .lock()
-            .unwrap()
-            .insert((stack.into(), service.into()))
-        {
-            return;
-        }
-        let now = Instant::now();
-        let mut entries = self.entries.lock().unwrap();
-        for r in status.replica_states.iter().filter(|r| r.restarts > 0) {
-            let key = (stack.to_string(), service.to_string(), r.ordinal);
-            if entries.contains_key(&key) {
-                continue;
-            }
-            let (restarts, last) = match &r.crash_loop {
-                Some(cl) => (cl.restarts, self.instant_of(&cl.last_restart_at, now)),
-                None => (0, self.started.min(now)),
-            };
-            entries.insert(
-                key,
-                Entry {
-                    restarts,
-                    total: r.restarts,
-                    last,
-                },
-            );
-        }
-    }
-
-    /// The runtime clock's instant of a wall-clock time (now, if it does not parse or lies
-    /// before this process).
     fn instant_of(&self, rfc3339: &str, now: Instant) -> Instant {
         let Ok(at) = humantime::parse_rfc3339_weak(rfc3339) else {
             return now;
@@ -211,103 +125,120 @@ impl RestartBook {
         now.checked_sub(ago).unwrap_or(now)
     }
 
-    /// The wall-clock time of a runtime instant, RFC 3339 with milliseconds.
     fn wall_of(&self, at: Instant) -> String {
         let wall = self.epoch + at.duration_since(self.started);
         humantime::format_rfc3339_millis(wall).to_string()
     }
 
-    /// Notes the containers of a service that are healthy now.
-    pub fn saw(&self, stack: &str, service: &str, containers: &[Observed]) {
-        let mut healthy = self.healthy.lock().unwrap();
-        for c in containers.iter().filter(|c| c.health == Health::Healthy) {
-            if let Some(n) = c.ordinal {
-                healthy.insert((stack.into(), service.into(), n), c.id.clone());
-            }
-        }
-    }
-
-    /// Forgets the replicas of a service (it was removed).
-    pub fn forget_service(&self, stack: &str, service: &str) {
-        self.entries
-            .lock()
-            .unwrap()
-            .retain(|(s, v, _), _| !(s == stack && v == service));
-        self.healthy
-            .lock()
-            .unwrap()
-            .retain(|(s, v, _), _| !(s == stack && v == service));
-        self.adopted
-            .lock()
-            .unwrap()
-            .remove(&(stack.to_string(), service.to_string()));
-        crate::memory::shrink_if_sparse(&mut self.entries.lock().unwrap());
-        crate::memory::shrink_if_sparse(&mut self.healthy.lock().unwrap());
-    }
-
-    /// Entries held: replicas' restart counts and last healthy containers, and services
-    /// whose stored positions were adopted.
-    pub fn remembered(&self) -> usize {
-        self.entries.lock().unwrap().len()
-            + self.healthy.lock().unwrap().len()
-            + self.adopted.lock().unwrap().len()
+    /// How long ago the container was made.
+    fn age(&self, replica: &Observed, now: Instant) -> Duration {
+        Duration::from_secs(self.unix(now).saturating_sub(replica.created).max(0) as u64)
     }
 }
 
-/// The wait required after `restarts` restarts, with capstan's default timing.
+/// The replica's crash-loop position, if its window is still open at `now`.
+fn in_window(memory: &ServiceMemory, ordinal: u32, t: &Timing, now: Instant) -> Option<Restarts> {
+    let r = *memory.restarts.get(&ordinal)?;
+    (now.duration_since(r.last) < t.reset + t.delay_after(r.in_window)).then_some(r)
+}
+
+/// Capstan restarted replica `ordinal` (or failed to make it) at `now`.
+pub fn record(memory: &mut ServiceMemory, ordinal: u32, timing: &Timing, now: Instant) {
+    let in_window = in_window(memory, ordinal, timing, now).map_or(0, |r| r.in_window);
+    let total = memory.restarts.get(&ordinal).map_or(0, |r| r.total);
+    memory.restarts.insert(
+        ordinal,
+        Restarts {
+            in_window: in_window + 1,
+            total: total + 1,
+            last: now,
+        },
+    );
+}
+
+/// The crash-loop positions a stored status carries for replicas this daemon has none of
+/// its own for (it started, or was elected, after they were made). Pure.
+pub fn adopted(
+    memory: &ServiceMemory,
+    status: &ServiceStatus,
+    clock: &Clock,
+    now: Instant,
+) -> BTreeMap<u32, Restarts> {
+    let restarted = status.replica_states.iter().filter(|r| r.restarts > 0);
+    restarted
+        .filter(|r| !memory.restarts.contains_key(&r.ordinal))
+        .map(|r| {
+            let (in_window, last) = match &r.crash_loop {
+                Some(cl) => (cl.restarts, clock.instant_of(&cl.last_restart_at, now)),
+                None => (0, clock.started.min(now)),
+            };
+            let total = r.restarts;
+            (
+                r.ordinal,
+                Restarts {
+                    in_window,
+                    total,
+                    last,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Replicas seen healthy now that the memory does not name yet: ordinal → container. Pure.
+pub fn newly_healthy(memory: &ServiceMemory, containers: &[Observed]) -> BTreeMap<u32, String> {
+    let healthy = containers.iter().filter(|c| c.health == Health::Healthy);
+    healthy
+        .filter_map(|c| Some((c.ordinal?, c.id.clone())))
+        .filter(|(n, id)| memory.healthy.get(n) != Some(id))
+        .collect()
+}
+
 pub fn delay_after(restarts: u32) -> Duration {
     Timing::default().delay_after(restarts)
 }
 
+/// One service's restart history as the planner and the status read it, at one instant.
+pub struct ServiceHistory<'a> {
+    pub memory: &'a ServiceMemory,
+    pub clock: &'a Clock,
+    pub timing: Timing,
+    pub now: Instant,
+}
+
 impl RestartHistory for ServiceHistory<'_> {
     fn total_restarts(&self, ordinal: u32) -> u32 {
-        self.book
-            .raw(self.stack, self.service, ordinal)
-            .map_or(0, |e| e.total)
+        self.memory.restarts.get(&ordinal).map_or(0, |r| r.total)
     }
 
     fn restarts(&self, ordinal: u32) -> u32 {
-        self.book
-            .entry((self.stack, self.service, ordinal), &self.timing, self.now)
-            .map_or(0, |e| e.restarts)
+        in_window(self.memory, ordinal, &self.timing, self.now).map_or(0, |r| r.in_window)
     }
 
     fn crash_loop(&self, ordinal: u32) -> Option<CrashLoop> {
-        let e = self
-            .book
-            .entry((self.stack, self.service, ordinal), &self.timing, self.now)?;
-        (e.restarts > 0).then(|| CrashLoop {
-            restarts: e.restarts,
-            last_restart_at: self.book.wall_of(e.last),
+        let r = in_window(self.memory, ordinal, &self.timing, self.now)?;
+        (r.in_window > 0).then(|| CrashLoop {
+            restarts: r.in_window,
+            last_restart_at: self.clock.wall_of(r.last),
         })
     }
 
     fn backoff_left(&self, ordinal: u32) -> Option<Duration> {
-        let e = self
-            .book
-            .entry((self.stack, self.service, ordinal), &self.timing, self.now)?;
-        let due = e.last + self.timing.delay_after(e.restarts);
+        let r = in_window(self.memory, ordinal, &self.timing, self.now)?;
+        let due = r.last + self.timing.delay_after(r.in_window);
         (due > self.now).then(|| due - self.now)
     }
 
     fn settling_left(&self, replica: &Observed, grace: Duration) -> Option<Duration> {
-        let key = (
-            self.stack.to_string(),
-            self.service.to_string(),
-            replica.ordinal?,
-        );
-        let healthy = self.book.healthy.lock().unwrap();
-        if healthy.get(&key) == Some(&replica.id) {
+        if self.memory.healthy.get(&replica.ordinal?) == Some(&replica.id) {
             return None;
         }
-        let now = self.book.unix_now();
-        let age = Duration::from_secs(now.saturating_sub(replica.created).max(0) as u64);
+        let age = self.clock.age(replica, self.now);
         grace.checked_sub(age).filter(|left| !left.is_zero())
     }
 
     fn age(&self, replica: &Observed) -> Duration {
-        let now = self.book.unix_now();
-        Duration::from_secs(now.saturating_sub(replica.created).max(0) as u64)
+        self.clock.age(replica, self.now)
     }
 }
 
@@ -323,20 +254,26 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn restarts_back_off_and_are_forgotten_after_a_quiet_minute() {
-        let book = RestartBook::default();
+        let (mut memory, clock) = (ServiceMemory::default(), Clock::default());
         let t = Timing::default();
-        book.record("s", "web", 1, &t);
-        book.record("s", "web", 1, &t);
-        let h = book.for_service("s", "web", t);
+        record(&mut memory, 1, &t, Instant::now());
+        record(&mut memory, 1, &t, Instant::now());
+        let at = |memory| ServiceHistory {
+            memory,
+            clock: &clock,
+            timing: t,
+            now: Instant::now(),
+        };
+        let h = at(&memory);
         assert_eq!(h.restarts(1), 2);
         assert_eq!(h.backoff_left(1), Some(Duration::from_secs(2)));
         assert_eq!(h.restarts(2), 0);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(book.for_service("s", "web", t).backoff_left(1), None);
+        assert_eq!(at(&memory).backoff_left(1), None);
         tokio::time::advance(BACKOFF_RESET).await;
-        assert_eq!(book.for_service("s", "web", t).restarts(1), 0);
+        assert_eq!(at(&memory).restarts(1), 0);
         assert_eq!(
-            book.for_service("s", "web", t).total_restarts(1),
+            at(&memory).total_restarts(1),
             2,
             "the cumulative count stays"
         );
@@ -358,18 +295,17 @@ mod tests {
             Duration::from_secs(90),
             "the cap rises to the delay"
         );
-        let book = RestartBook::default();
-        book.record("s", "web", 1, &t);
-        assert_eq!(
-            book.for_service("s", "web", t).backoff_left(1),
-            Some(Duration::from_secs(90))
-        );
+        let (mut memory, clock) = (ServiceMemory::default(), Clock::default());
+        record(&mut memory, 1, &t, Instant::now());
+        let at = |memory| ServiceHistory {
+            memory,
+            clock: &clock,
+            timing: t,
+            now: Instant::now(),
+        };
+        assert_eq!(at(&memory).backoff_left(1), Some(Duration::from_secs(90)));
         tokio::time::advance(Duration::from_secs(101)).await;
-        assert_eq!(
-            book.for_service("s", "web", t).restarts(1),
-            0,
-            "forgotten after the window"
-        );
+        assert_eq!(at(&memory).restarts(1), 0, "forgotten after the window");
         assert_eq!(Timing::of(&ServiceSpec::default()), Timing::default());
     }
 }

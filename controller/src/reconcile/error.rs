@@ -46,6 +46,24 @@ pub enum ReconcileError {
     Panicked(String),
 }
 
+/// The status reason an engine failure is reported under.
+pub fn reason_of(e: &RuntimeError) -> capstan_api::object::Reason {
+    use capstan_api::object::Reason;
+    match e {
+        RuntimeError::NameConflict { .. } => Reason::NameConflict,
+        RuntimeError::ImageNotFound(_) => Reason::ImageNotFound,
+        RuntimeError::Pull { .. } => Reason::ImagePullBackOff,
+        RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
+        RuntimeError::NotOwned { .. } => Reason::NotOwned,
+        RuntimeError::BindRefused { .. } => Reason::BindRefused,
+        e if e.is_port_in_use() => Reason::PortInUse,
+        e if e.is_network_error() => Reason::NetworkError,
+        RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {
+            Reason::EngineError
+        }
+    }
+}
+
 /// The `kind` label of `capstan_reconcile_errors_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {

@@ -1,36 +1,38 @@
 //! `reconcile(key, ctx) -> Result<Action>`: level-triggered and idempotent. It never learns
-//! why it was called. A service key runs a pipeline of four stages, each in its own file
+//! why it was called. A service key runs a pipeline of three stages, each in its own file
 //! with a type between them:
 //!
 //! ```text
-//! observe ──Observation──► plan (pure) ──Plan──► act ──Outcome──► report ──► Action
+//! observe ──Observation──► plan (pure) ──Plan──► act ──► Action
 //! ```
 //!
-//! - [`observe`]: desired state from the reflector, containers from the container
-//!   reflector, the `depends_on` gate.
-//! - [`plan`]: what to do, decided purely from spec and containers.
-//! - [`act`]: traffic leaves first, then the engine calls; the service is listed again.
-//! - [`report`]: status (written last, only when it changed), metrics, dependents, requeue.
+//! - [`observe`]: desired state from the reflector, the replicas and what the backend reads
+//!   for its planner, the `depends_on` gate, and a copy of what this daemon remembers of
+//!   the service ([`memory`]). Reads only.
+//! - [`plan`]: every step the reconcile takes, in order: the memory it writes, the
+//!   rollback, traffic before and after, the backend's work, dependents' restarts, and the
+//!   status write ([`report`]) last. Pure.
+//! - [`act`]: carries the steps out, and nothing else.
 //!
-//! A stack key reconciles the stack's own part ([`stack`]). Around them: [`shape`] (the
-//! engine objects a spec becomes), [`status`] and [`drift`] (pure), [`deps`] (the gate),
-//! [`backoff`] (per-replica crash-loop back-off), [`scratch`] (what this process wrote
-//! last), [`error`] (failures, and how long a failing key waits), [`pull`] (the image made
-//! present per `pull_policy` before replicas are created), [`pairing`] (a sidecar's replicas
-//! beside its partner's: observed with the service, refining its plan).
+//! The service level knows replicas only as [`crate::runtime::Observed`]; observing,
+//! planning and executing their work sits behind [`backend::Backend`], of which
+//! [`containers`] is the Docker engine's. A stack key reconciles the stack's own part
+//! ([`stack`]). Around them: [`context`] (what every stage shares), [`status`] and [`drift`]
+//! (pure), [`deps`] (the gate), [`backoff`] (per-replica crash-loop back-off), [`error`]
+//! (failures, and how long a failing key waits).
 
 pub mod act;
+pub mod backend;
 pub mod backoff;
+pub mod containers;
+pub mod context;
 pub mod deps;
 pub mod drift;
 pub mod error;
+pub mod memory;
 pub mod observe;
-pub mod pairing;
 pub mod plan;
-pub mod pull;
 pub mod report;
-pub mod scratch;
-pub mod shape;
 pub mod stack;
 pub mod status;
 
@@ -39,65 +41,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+pub use context::{Action, Context};
 pub use error::{error_policy, ReconcileError};
 
 use crate::key::ObjectKey;
-use crate::metrics::Metrics;
-use crate::runtime::reflector::Containers;
-use crate::runtime::Runtime;
-use crate::scheduler::{FailureBackoff, Scheduler};
-use crate::store::Store;
-use crate::traffic::Traffic;
-use crate::watch::Desired;
-use backoff::RestartBook;
+use backend::Mode;
 use observe::Seen;
-
-/// What the reconcilers share. Each field is one collaborator of the pipeline.
-pub struct Context {
-    /// Status and deletion writes (desired state is read from `desired`).
-    pub store: Store,
-    /// The reflector's read-only view of desired state.
-    pub desired: Desired,
-    /// The engine's containers, listed once and kept fresh by events.
-    pub containers: Arc<Containers>,
-    /// The engine's verbs (create, start, remove, networks, volumes).
-    pub runtime: Arc<dyn Runtime>,
-    /// Where dependents and follow-ups are queued.
-    pub scheduler: Arc<Scheduler<ObjectKey>>,
-    /// Per-key exponential back-off of failing reconciles.
-    pub failures: FailureBackoff<ObjectKey>,
-    /// Per-replica crash-loop back-off.
-    pub restarts: RestartBook,
-    /// What this process wrote last, and what it still owes.
-    pub scratch: scratch::Scratch,
-    /// Endpoints, the built-in proxy, Traefik.
-    pub traffic: Traffic,
-    pub metrics: Arc<Metrics>,
-    /// Replica operations (create+start, stop+remove, restart) in flight across all
-    /// reconciles. One service's replicas go to the engine at once up to this bound, so a
-    /// big scale-up is as fast as the engine allows, and many services together cannot
-    /// swamp it (`serve --engine-parallelism`).
-    pub engine_slots: tokio::sync::Semaphore,
-    /// Whether this daemon may act, and how: workers wait while it follows; an isolated
-    /// leader (etcd unreachable) only heals.
-    pub leadership: crate::leader::Leadership,
-    /// Whether the engine answers: while it does not, statuses say so and nothing is tried.
-    pub health: Arc<crate::health::Health>,
-    /// When each image was last pulled, and its failed pulls' back-off.
-    pub pulls: pull::Pulls,
-    /// Secrets and configs written on the host for the replicas.
-    pub files: crate::files::HostFiles,
-    /// The bind rule checked again when a container is made ([`shape::bind_refused`]).
-    pub policy: Option<Arc<capstan_api::policy::Policy>>,
-}
-
-/// When to look at a key again, besides events.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Nothing more to wait for; events and the periodic resync will call again.
-    AwaitChange,
-    Requeue(Duration),
-}
 
 pub async fn reconcile(key: &ObjectKey, ctx: &Context) -> Result<Action, ReconcileError> {
     if ctx.leadership.is_isolated() {
@@ -124,7 +73,7 @@ pub async fn reconcile(key: &ObjectKey, ctx: &Context) -> Result<Action, Reconci
     }
 }
 
-/// The pipeline: observe → plan → act → report.
+/// The pipeline: observe → plan → act.
 async fn reconcile_service(
     stack: &str,
     name: &str,
@@ -133,163 +82,45 @@ async fn reconcile_service(
     let obs = match observe::observe(ctx, stack, name).await? {
         Seen::Present(obs) => obs,
         Seen::NotYetListed => return Ok(Action::Requeue(Duration::from_secs(1))),
-        Seen::UnknownStack { containers } => {
+        Seen::UnknownStack { replicas } => {
             // Of a deleted stack (its services' keys are queued when its record goes), or
             // of another installation's: nothing here is kept for it.
-            stack::forget_service(ctx, stack, name);
-            if containers > 0 {
+            if replicas > 0 {
                 tracing::debug!(
                     stack,
                     service = name,
-                    containers,
-                    "containers of an unknown stack left alone"
+                    replicas,
+                    "replicas of an unknown stack left alone"
                 );
             }
-            return Ok(Action::AwaitChange);
+            return act::take_down(ctx, stack, name, &plan::forget()).await;
         }
         Seen::Removed {
-            stack,
+            stack: record,
             service,
-            containers,
+            replicas,
+            has_status,
         } => {
-            return stack::take_down_service(ctx, &stack, name, service.as_deref(), &containers)
-                .await
+            let backend = &*ctx.backend;
+            let service = service.as_deref();
+            let plan = plan::take_down(backend, &record, name, service, &replicas, has_status);
+            return act::take_down(ctx, stack, name, &plan).await;
         }
     };
-    let mut plan = plan_for(ctx, stack, name, &obs);
-    if let Some(failed) = plan.rollback.take() {
-        if roll_back(ctx, &obs, &failed).await? {
-            return Ok(Action::Requeue(Duration::from_secs(1)));
-        }
-        plan.paused = Some(failed);
-    }
-    let outcome = match act::act(ctx, &obs, &plan).await {
-        Err(e) => {
-            // A replica that cannot be removed is named in the status; the key backs off.
-            if let Some(failed) = act::Outcome::removal_failed(&obs, &e) {
-                if let Err(w) = report::report(ctx, &obs, &plan, failed).await {
-                    tracing::warn!(stack, service = name, error = %w, "status of a failed removal not written");
-                }
-            }
-            return Err(e);
-        }
-        Ok(outcome) => outcome,
-    };
-    let mut obs = obs;
-    if ctx.pulls.take_announced(stack, name) {
-        // A `PullingImage` status was written meanwhile: the report compares against it.
-        obs.previous = ctx.scratch.last_status(&ctx.desired, stack, name);
-    }
-    let image_problem = outcome.problems.iter().find(|p| p.is_image()).cloned();
-    let action = report::report(ctx, &obs, &plan, outcome).await?;
-    match image_problem {
-        // The status says why; the key backs off like any failing one.
-        Some(p) => Err(ReconcileError::Image {
-            reason: p.reason,
-            message: p.message,
-        }),
-        None => Ok(action),
-    }
-}
-
-/// `failure_action: rollback`: the previous revision's spec is stored again, recording the
-/// rollback, and the rollout that follows replaces the failed replicas. False when there is
-/// nothing to return to (a first revision, or a rollback that failed too): the rollout pauses.
-async fn roll_back(
-    ctx: &Context,
-    obs: &observe::Observation,
-    failed: &str,
-) -> Result<bool, ReconcileError> {
-    let service = &obs.service;
-    let Some(to) = service.previous().filter(|_| service.rolled_back.is_none()) else {
-        return Ok(false);
-    };
-    let message = format!(
-        "update to generation {} failed and was rolled back to revision {} (generation {}): {failed}{}",
-        service.generation,
-        to.meta.number,
-        to.generation,
-        health_notes(ctx, obs).await
-    );
-    let written = ctx
-        .store
-        .roll_back(&service.stack, &service.name, service.generation, &message)
-        .await
-        .map_err(ReconcileError::Status)?;
-    if written.is_some() {
-        tracing::warn!(stack = %service.stack, service = %service.name, "{message}");
-        ctx.metrics.rolled_back(&service.stack, &service.name);
-    }
-    Ok(true)
-}
-
-/// The last health-check output of each unhealthy replica of the current spec, for a
-/// rollback's message ("; last health check of web-2: ...").
-async fn health_notes(ctx: &Context, obs: &observe::Observation) -> String {
-    let hash = obs.service.spec.container_hash();
-    let mut notes = String::new();
-    let unhealthy = obs
-        .containers
-        .iter()
-        .filter(|c| c.spec_hash == hash && c.health == crate::runtime::Health::Unhealthy);
-    for c in unhealthy {
-        if let Ok(Some(out)) = ctx.runtime.inspect(&c.id).await.map(|d| d.health_output) {
-            notes.push_str(&format!(
-                "; last health check of {}: {}",
-                c.name,
-                out.trim()
-            ));
-        }
-    }
-    notes
-}
-
-/// The plan for what `obs` saw, with the service's restart history, continued from the
-/// crash-loop positions its stored status carries when this daemon has none of its own yet.
-fn plan_for(ctx: &Context, stack: &str, name: &str, obs: &observe::Observation) -> plan::Plan {
-    if let Some(stored) = ctx.desired.status(stack, name) {
-        ctx.restarts.adopt(stack, name, &stored);
-    }
-    let history = ctx
-        .restarts
-        .for_service(stack, name, backoff::Timing::of(&obs.service.spec));
-    let spec = &obs.service.spec;
-    let mut plan = plan::plan(
-        stack,
-        name,
-        spec,
-        &obs.containers,
-        &history,
-        (obs.gate.is_open(), spec.surge_blocker(&obs.stack.volumes)),
-    );
-    if let Some(pairing) = &obs.pairing {
-        pairing.refine(stack, spec.replicas, &mut plan, &obs.containers);
-    }
-    plan
+    let plan = plan::plan(&obs, &*ctx.backend, Mode::Converge);
+    act::act(ctx, &obs, &plan).await
 }
 
 /// While etcd is unreachable: restart the replicas of what the last synced cache says that
 /// exited or turned unhealthy (as the restart policy and back-off allow), and nothing else:
 /// no create, no removal, no status. The statuses owed are written once etcd is back.
 async fn heal_only(stack: &str, name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
-    let again = Ok(Action::Requeue(Duration::from_secs(2)));
     let obs = match observe::observe(ctx, stack, name).await? {
         Seen::Present(obs) => obs,
-        _ => return again,
+        _ => return Ok(Action::Requeue(Duration::from_secs(2))),
     };
-    let full = plan_for(ctx, stack, name, &obs);
-    let heals = plan::Plan {
-        heal: full
-            .heal
-            .into_iter()
-            .filter(|(_, _, action)| *action != plan::HealAction::Replace)
-            .collect(),
-        ..Default::default()
-    };
-    if !heals.is_empty() {
-        act::heal(ctx, &obs, &heals).await?;
-    }
-    again
+    let plan = plan::plan(&obs, &*ctx.backend, Mode::HealOnly);
+    act::act(ctx, &obs, &plan).await
 }
 
 /// A worker: takes keys from the scheduler until shutdown, one at a time.

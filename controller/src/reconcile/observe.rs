@@ -1,36 +1,52 @@
-//! Stage 1, **observe**: one service's desired state from the reflector and its containers
-//! from the container reflector, with what its dependencies' containers say. Reads only.
+//! Stage 1, **observe**: one service's desired state from the reflector, its replicas and
+//! what the backend reads for its planner, its dependencies' replicas, and what this daemon
+//! remembers of it. Reads only: nothing here writes anything, not even the memory.
 
 use capstan_api::object::{Service, ServiceStatus, Stack};
 use std::sync::Arc;
-use std::time::Instant;
 
+use super::backend::View;
+use super::backoff::Clock;
+use super::context::Context;
 use super::deps::{self, Gate};
-use super::{Context, ReconcileError};
+use super::memory::{last_written, ServiceMemory};
+use super::ReconcileError;
 use crate::runtime::Observed;
+use crate::watch::Desired;
 
-/// Everything the later stages decide on.
+/// Everything the planner decides on.
 pub struct Observation {
     pub stack: Arc<Stack>,
     pub service: Arc<Service>,
-    /// The service's containers, as the engine reports them (fresh after any event).
-    pub containers: Vec<Observed>,
+    /// The service's replicas, as the backend reports them (fresh after any event).
+    pub replicas: Vec<Observed>,
     /// The status last written for the service, to compare the new one against.
     pub previous: Option<Arc<ServiceStatus>>,
+    /// The status the store holds (it may lag this daemon's own write).
+    pub stored: Option<Arc<ServiceStatus>>,
     /// Whether `depends_on` lets replicas be created and started.
     pub gate: Gate,
-    /// A sidecar's partners' replicas (`network_mode: service:`, `volumes_from`).
-    pub pairing: Option<super::pairing::Pairing>,
+    /// The services of the stack that depend on this one, or pair with it as sidecars.
+    pub dependents: Vec<Arc<Service>>,
+    /// What this daemon remembers of the service (a copy).
+    pub memory: ServiceMemory,
+    /// What the backend read for its planner.
+    pub view: View,
+    pub clock: Clock,
+    /// When the observation was made, on the runtime's clock.
+    pub now: tokio::time::Instant,
+    /// The same, as a status dates it.
+    pub now_rfc3339: String,
     /// When the reconcile began, for the endpoint-latency metric.
-    pub started: Instant,
+    pub started: std::time::Instant,
 }
 
 /// What a service key turned out to name.
 pub enum Seen {
     /// etcd has no record of the stack (another installation's, or a lost etcd): its
-    /// containers are never ours to judge. Desired state is never inferred from an absence.
+    /// replicas are never ours to judge. Desired state is never inferred from an absence.
     UnknownStack {
-        containers: usize,
+        replicas: usize,
     },
     /// The stack names the service but its record has not arrived yet.
     NotYetListed,
@@ -38,24 +54,25 @@ pub enum Seen {
     Removed {
         stack: Arc<Stack>,
         service: Option<Arc<Service>>,
-        containers: Vec<Observed>,
+        replicas: Vec<Observed>,
+        /// Whether a status was written for it.
+        has_status: bool,
     },
     Present(Observation),
 }
 
 pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen, ReconcileError> {
-    let started = Instant::now();
-    let containers = ctx
-        .containers
-        .service(stack_name, name)
-        .await
-        .map_err(ReconcileError::List)?;
+    let started = std::time::Instant::now();
+    let replicas = ctx.backend.replicas(stack_name, name, false).await?;
     let Some(stack) = ctx.desired.stack(stack_name) else {
         return Ok(Seen::UnknownStack {
-            containers: containers.len(),
+            replicas: replicas.len(),
         });
     };
     let service = ctx.desired.service(stack_name, name);
+    let memory = ctx.memory.recall(stack_name, name);
+    let stored = ctx.desired.status(stack_name, name);
+    let previous = last_written(memory.status.as_ref(), stored.clone());
     let removed = stack.deletion.is_some() || !stack.services.iter().any(|s| s == name);
     let service = match (removed, service) {
         (false, Some(svc)) => svc,
@@ -64,28 +81,36 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
             return Ok(Seen::Removed {
                 stack,
                 service,
-                containers,
+                replicas,
+                has_status: previous.is_some(),
             })
         }
     };
-    ctx.restarts.saw(stack_name, name, &containers);
     let gate = dependency_gate(ctx, &stack, &service).await?;
-    let previous = ctx.scratch.last_status(&ctx.desired, stack_name, name);
-    let pairing = super::pairing::observe(ctx, &stack, &service, &containers).await?;
-    let service = super::pairing::followed(&ctx.desired, &stack, service);
+    let service = followed(&ctx.desired, &stack, service);
+    let view = ctx
+        .backend
+        .observe(ctx, &stack, &service, &replicas)
+        .await?;
     Ok(Seen::Present(Observation {
+        dependents: dependents(&ctx.desired, &stack, name),
         stack,
         service,
-        containers,
+        replicas,
         previous,
+        stored,
         gate,
-        pairing,
+        memory,
+        view,
+        clock: ctx.clock,
+        now: tokio::time::Instant::now(),
+        now_rfc3339: crate::store::now_rfc3339(),
         started,
     }))
 }
 
-/// Whether the service's dependencies meet their conditions, judged from their containers
-/// as the engine reports them (not from their possibly stale status).
+/// Whether the service's dependencies meet their conditions, judged from their replicas
+/// as the backend reports them (not from their possibly stale status).
 async fn dependency_gate(
     ctx: &Context,
     stack: &Stack,
@@ -98,13 +123,9 @@ async fn dependency_gate(
     for dep in service.spec.depends_on.keys() {
         let record = (ctx.desired.service(&stack.name, dep))
             .filter(|_| stack.services.contains(dep))
-            .map(|r| super::pairing::followed(&ctx.desired, stack, r));
-        let containers = ctx
-            .containers
-            .service(&stack.name, dep)
-            .await
-            .map_err(ReconcileError::List)?;
-        states.push((dep.clone(), record, containers));
+            .map(|r| followed(&ctx.desired, stack, r));
+        let replicas = ctx.backend.replicas(&stack.name, dep, false).await?;
+        states.push((dep.clone(), record, replicas));
     }
     let views: Vec<deps::DependencyState> = states
         .iter()
@@ -118,13 +139,29 @@ async fn dependency_gate(
 }
 
 /// The services of `stack` that depend on `name`, or pair with it as its sidecars.
-pub fn dependents(ctx: &Context, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
+fn dependents(desired: &Desired, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
     let depends =
         |svc: &Service| svc.spec.depends_on.contains_key(name) || svc.spec.pairs_with(name);
     stack
         .services
         .iter()
-        .filter_map(|s| ctx.desired.service(&stack.name, s))
+        .filter_map(|s| desired.service(&stack.name, s))
         .filter(|svc| depends(svc))
         .collect()
+}
+
+/// `service` as it runs: a sidecar with its lead partner's replica count
+/// ([`capstan_api::spec::ServiceSpec::desired_replicas`]), any other as stored.
+pub fn followed(desired: &Desired, stack: &Stack, service: Arc<Service>) -> Arc<Service> {
+    let replicas_of = |name: &str| {
+        let record = desired.service(&stack.name, name);
+        (record.filter(|_| stack.services.iter().any(|s| s == name))).map(|r| r.spec.replicas)
+    };
+    let n = service.spec.desired_replicas(replicas_of);
+    if n == service.spec.replicas {
+        return service;
+    }
+    let mut s = (*service).clone();
+    s.spec.replicas = n;
+    Arc::new(s)
 }

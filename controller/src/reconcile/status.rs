@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use crate::runtime::{Health, Observed, State};
 
+use super::backoff::RestartHistory;
 use super::deps::Gate;
-use super::plan::{Plan, RestartHistory};
+use super::plan::Progress;
 
 /// Something that kept a replica from being created or started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,7 +39,7 @@ pub struct Inputs<'a> {
     pub service: &'a Service,
     /// Containers as listed after acting.
     pub observed: &'a [Observed],
-    pub plan: &'a Plan,
+    pub progress: &'a Progress,
     pub gate: &'a Gate,
     pub problems: &'a [Problem],
     pub history: &'a dyn RestartHistory,
@@ -111,10 +112,10 @@ impl Counts {
 pub fn compute(i: Inputs) -> ServiceStatus {
     let counts = Counts::of(&i);
     let degraded = degraded(&i);
-    let gate = &paired_gate(i.gate, i.plan);
+    let gate = &paired_gate(i.gate, i.progress);
     let mut conditions = vec![
         ready_condition(&counts, degraded.as_ref(), gate),
-        progressing_condition(&counts, gate, i.plan, i.service.rolled_back.is_some()),
+        progressing_condition(&counts, gate, i.progress, i.service.rolled_back.is_some()),
         match &degraded {
             None => Condition::new(
                 ConditionType::Degraded,
@@ -156,13 +157,13 @@ pub fn compute(i: Inputs) -> ServiceStatus {
 }
 
 /// A sidecar whose replicas wait for their partners' reads as a closed gate.
-fn paired_gate(gate: &Gate, plan: &Plan) -> Gate {
-    match plan.unpaired.iter().next() {
+fn paired_gate(gate: &Gate, progress: &Progress) -> Gate {
+    match progress.unpaired.iter().next() {
         Some((n, why)) if gate.is_open() => Gate::Closed {
             reason: Reason::WaitingForPartner,
             message: format!(
                 "replica {n} waits for {why}{}",
-                match plan.unpaired.len() {
+                match progress.unpaired.len() {
                     1 => String::new(),
                     more => format!(" (and {} more replicas wait for theirs)", more - 1),
                 }
@@ -226,7 +227,7 @@ fn degraded(i: &Inputs) -> Option<(Reason, String)> {
         }
         return Some((Reason::CrashLoopBackOff, msg));
     }
-    if let Some((n, code)) = i.plan.held.iter().find(|(_, code)| **code != 0) {
+    if let Some((n, code)) = i.progress.held.iter().find(|(_, code)| **code != 0) {
         let message = format!(
             "replica {} exited with code {code} and restart policy {:?} leaves it stopped",
             replica_name(i.service, *n),
@@ -250,7 +251,7 @@ fn degraded(i: &Inputs) -> Option<(Reason, String)> {
 /// from the second restart until the replica stays up: also in the moments between a
 /// restart and the next failure, so the condition does not flap.
 fn crash_loop(i: &Inputs) -> Option<(u32, Option<std::time::Duration>)> {
-    if let Some((n, left)) = i.plan.backing_off.iter().next() {
+    if let Some((n, left)) = i.progress.backing_off.iter().next() {
         return Some((*n, Some(*left)));
     }
     i.observed
@@ -293,10 +294,15 @@ fn ready_condition(c: &Counts, degraded: Option<&(Reason, String)>, gate: &Gate)
     Condition::new(ConditionType::Ready, status, reason, message)
 }
 
-fn progressing_condition(c: &Counts, gate: &Gate, plan: &Plan, rolling_back: bool) -> Condition {
+fn progressing_condition(
+    c: &Counts,
+    gate: &Gate,
+    progress: &Progress,
+    rolling_back: bool,
+) -> Condition {
     let (desired, existing, updated) = (c.desired, c.existing, c.updated);
-    let paused = plan.paused.as_deref();
-    let how = match (c.successors, &plan.in_place) {
+    let paused = progress.paused.as_deref();
+    let how = match (c.successors, &progress.in_place) {
         (0, None) => String::new(),
         (0, Some(why)) => format!("; replaced in place (stop-first): {why}"),
         (n, _) => format!("; {n} successor(s) starting next to the replicas they replace"),
@@ -462,17 +468,17 @@ mod tests {
     fn status(
         svc: &Service,
         observed: &[Observed],
-        plan: &Plan,
+        progress: &Progress,
         previous: Option<&ServiceStatus>,
         now: &str,
     ) -> ServiceStatus {
-        status_with(svc, observed, plan, previous, now, 2)
+        status_with(svc, observed, progress, previous, now, 2)
     }
 
     fn status_with(
         svc: &Service,
         observed: &[Observed],
-        plan: &Plan,
+        progress: &Progress,
         previous: Option<&ServiceStatus>,
         now: &str,
         restarts: u32,
@@ -480,7 +486,7 @@ mod tests {
         compute(Inputs {
             service: svc,
             observed,
-            plan,
+            progress,
             gate: &Gate::Open,
             problems: &[],
             history: &H(restarts),
@@ -500,7 +506,7 @@ mod tests {
         s.spec.restart = Some(capstan_api::spec::RestartPolicy::No);
         let mut done = obs(&s, 1, Health::None);
         done.state = State::Exited { code: 0 };
-        let st = status(&s, &[done], &Plan::default(), None, "t");
+        let st = status(&s, &[done], &Progress::default(), None, "t");
         assert_eq!(st.completed, 1);
         let ready = st.condition(ConditionType::Ready).unwrap();
         assert_eq!(
@@ -515,7 +521,7 @@ mod tests {
         let st = status(
             &s,
             &[obs(&s, 1, Health::Healthy), obs(&s, 2, Health::None)],
-            &Plan::default(),
+            &Progress::default(),
             None,
             "t1",
         );
@@ -542,7 +548,7 @@ mod tests {
         let st = status_with(
             &s,
             &[obs(&s, 1, Health::Healthy), obs(&s, 2, Health::Unhealthy)],
-            &Plan::default(),
+            &Progress::default(),
             None,
             "t1",
             0,
@@ -567,14 +573,14 @@ mod tests {
         let ready = status(
             &s,
             &[obs(&s, 1, Health::None)],
-            &Plan::default(),
+            &Progress::default(),
             None,
             "t1",
         );
         let again = status(
             &s,
             &[obs(&s, 1, Health::None)],
-            &Plan::default(),
+            &Progress::default(),
             Some(&ready),
             "t2",
         );
@@ -582,7 +588,7 @@ mod tests {
             again, ready,
             "an unchanged world gives a byte-identical status, so nothing is written"
         );
-        let lost = status(&s, &[], &Plan::default(), Some(&ready), "t3");
+        let lost = status(&s, &[], &Progress::default(), Some(&ready), "t3");
         assert_eq!(
             lost.condition(ConditionType::Ready)
                 .unwrap()
@@ -603,7 +609,7 @@ mod tests {
         let st = status_with(
             &s,
             &[starting.clone()],
-            &Plan::default(),
+            &Progress::default(),
             None,
             "t",
             CRASH_LOOP_RESTARTS,
@@ -612,7 +618,7 @@ mod tests {
             st.condition(ConditionType::Degraded).unwrap().reason,
             "CrashLoopBackOff"
         );
-        let st = status_with(&s, &[starting], &Plan::default(), None, "t", 1);
+        let st = status_with(&s, &[starting], &Progress::default(), None, "t", 1);
         assert_eq!(
             st.condition(ConditionType::Degraded).unwrap().status,
             "False",
@@ -623,9 +629,9 @@ mod tests {
     #[test]
     fn crash_loop_back_off_is_reported_as_degraded() {
         let s = svc(1);
-        let mut plan = Plan::default();
-        plan.backing_off.insert(1, Duration::from_secs(8));
-        let st = status(&s, &[], &plan, None, "t");
+        let mut progress = Progress::default();
+        progress.backing_off.insert(1, Duration::from_secs(8));
+        let st = status(&s, &[], &progress, None, "t");
         let d = st.condition(ConditionType::Degraded).unwrap();
         assert_eq!(d.reason, "CrashLoopBackOff");
         assert!(

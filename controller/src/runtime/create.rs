@@ -414,7 +414,7 @@ pub fn volume_request(plan: &ResourcePlan) -> VolumeCreateRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reconcile::shape;
+    use crate::reconcile::containers::shape;
     use capstan_api::object::{Service, Stack};
     use capstan_api::parse_stack;
 

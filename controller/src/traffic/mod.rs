@@ -12,9 +12,9 @@ pub mod proxy;
 pub mod traefik;
 
 use capstan_api::object::{Endpoints, Service};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::metrics::Metrics;
@@ -32,9 +32,14 @@ pub struct Traffic {
     /// `serve --traefik-etcd-root`: also write Traefik's etcd KV layout under this root.
     traefik_root: Option<String>,
     metrics: Arc<Metrics>,
-    /// The endpoints this process last wrote per service: compared before every write, so
-    /// an unchanged service writes nothing even before the watch echoes a write back.
-    written: Mutex<HashMap<(String, String), Arc<Endpoints>>>,
+}
+
+/// What [`Traffic::publish`] did.
+pub struct Published {
+    /// The host ports that could not be served.
+    pub unserved: Vec<Unserved>,
+    /// The endpoints written, when they changed.
+    pub written: Option<Arc<Endpoints>>,
 }
 
 /// A proxied host port that could not be served.
@@ -66,36 +71,32 @@ impl Traffic {
             proxies: Default::default(),
             traefik_root,
             metrics,
-            written: Mutex::default(),
         }
     }
 
     /// Points the service's traffic at its ready replicas that are not `leaving`: the
     /// proxy's backends first, then the endpoints in etcd (and Traefik's KV) when they
-    /// changed. Then the leaving replicas' open proxied connections drain (up to the
-    /// service's grace period), so the caller may stop them. Returns the host ports that
-    /// could not be served. `since`: when the reconcile began, for the update-latency metric.
+    /// differ from `last`, the endpoints last written (so an unchanged service writes
+    /// nothing). Then the leaving replicas' open proxied connections drain (up to the
+    /// service's grace period), so the caller may stop them. `since`: when the reconcile
+    /// began, for the update-latency metric.
     pub async fn publish(
         &self,
         service: &Service,
         observed: &[Observed],
         leaving: &BTreeSet<String>,
         since: Instant,
-    ) -> Result<Vec<Unserved>, TrafficError> {
+        last: Option<Arc<Endpoints>>,
+    ) -> Result<Published, TrafficError> {
         let eps = endpoints::compute(service, observed, leaving);
         let unserved = self.serve_proxies(service, &eps).await;
-        let key = (service.stack.clone(), service.name.clone());
-        let last = self.last_written(&key);
-        let mut written_after = None;
+        let mut written = None;
         if last.as_deref() != Some(&eps) {
             self.write(service, &eps).await?;
             tracing::debug!(stack = %service.stack, service = %service.name, endpoints = eps.endpoints.len(), "endpoints updated");
-            written_after = Some(since.elapsed());
-            self.written
-                .lock()
-                .unwrap()
-                .insert(key, Arc::new(eps.clone()));
+            written = Some(Arc::new(eps.clone()));
         }
+        let written_after = written.as_ref().map(|_| since.elapsed());
         self.metrics.endpoints(
             &service.stack,
             &service.name,
@@ -103,35 +104,18 @@ impl Traffic {
             written_after,
         );
         self.drain(service, observed, leaving).await;
-        Ok(unserved)
+        Ok(Published { unserved, written })
     }
 
-    /// The endpoints last written for a service: this process's own write until the
-    /// reflector has caught up with it (then the copy here is dropped, so an idle daemon
-    /// holds each service's endpoints once), else the reflector's.
-    fn last_written(&self, key: &(String, String)) -> Option<Arc<Endpoints>> {
-        let stored = self.desired.endpoints(&key.0, &key.1);
-        let mut written = self.written.lock().unwrap();
-        match (written.get(key), stored) {
-            (Some(w), Some(s)) if **w == *s => {
-                written.remove(key);
-                Some(s)
-            }
-            (Some(w), _) => Some(w.clone()),
-            (None, stored) => stored,
-        }
-    }
-
-    /// Takes a removed service out of traffic: proxy, endpoints, Traefik.
-    pub async fn unpublish(&self, stack: &str, name: &str) -> Result<(), TrafficError> {
+    /// Takes a removed service out of traffic: proxy, endpoints, Traefik. `written`: this
+    /// process wrote endpoints the reflector may not show yet.
+    pub async fn unpublish(
+        &self,
+        stack: &str,
+        name: &str,
+        written: bool,
+    ) -> Result<(), TrafficError> {
         self.proxies.retain(stack, name, &[]);
-        let key = (stack.to_string(), name.to_string());
-        let written = {
-            let mut written = self.written.lock().unwrap();
-            let had = written.remove(&key).is_some();
-            crate::memory::shrink_if_sparse(&mut written);
-            had
-        };
         if !written && self.desired.endpoints(stack, name).is_none() {
             return Ok(());
         }
@@ -154,18 +138,15 @@ impl Traffic {
         Ok(())
     }
 
-    /// Forgets a service whose keys are gone already: its proxy listeners close and its
-    /// written endpoints are dropped, without writing to etcd.
+    /// Forgets a service whose keys are gone already: its proxy listeners close, without
+    /// writing to etcd.
     pub fn forget(&self, stack: &str, name: &str) {
         self.proxies.retain(stack, name, &[]);
-        let mut written = self.written.lock().unwrap();
-        written.remove(&(stack.to_string(), name.to_string()));
-        crate::memory::shrink_if_sparse(&mut written);
     }
 
-    /// Services whose endpoints this process wrote and the reflector has not echoed yet.
+    /// The proxy's listeners open.
     pub fn remembered(&self) -> usize {
-        self.written.lock().unwrap().len()
+        self.proxies.len()
     }
 
     /// Every listener closes (shutdown).

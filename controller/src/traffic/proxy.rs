@@ -74,6 +74,11 @@ impl Proxies {
         Ok(())
     }
 
+    /// Listeners open.
+    pub fn len(&self) -> usize {
+        self.listeners.lock().unwrap().len()
+    }
+
     /// Stops serving the host ports of (stack, service) not in `keep`.
     pub fn retain(&self, stack: &str, service: &str, keep: &[u16]) {
         self.listeners

@@ -16,10 +16,10 @@ use capstan_api::names;
 use capstan_api::object::{HealAction, HealCause, Service, Stack};
 use capstan_api::spec::Partner;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
-use super::plan::Plan;
-use super::{Context, ReconcileError};
+use super::replicas::Changes;
+use super::ContainerBackend;
+use crate::reconcile::ReconcileError;
 use crate::runtime::{ContainerPlan, Health, Observed, Runtime, RuntimeError, State};
 use crate::watch::Desired;
 
@@ -58,7 +58,8 @@ impl Side {
 
 /// The partners of `service` with their replicas; `None` for a service that is no sidecar.
 pub async fn observe(
-    ctx: &Context,
+    backend: &ContainerBackend,
+    desired: &Desired,
     stack: &Stack,
     service: &Service,
     own: &[Observed],
@@ -66,11 +67,12 @@ pub async fn observe(
     if service.spec.partners().next().is_none() {
         return Ok(None);
     }
-    let list = |partner: String| async move { ctx.containers.service(&stack.name, &partner).await };
-    let mut pairing = gather(&ctx.desired, stack, service, list)
+    let containers = &backend.containers;
+    let list = |partner: String| async move { containers.service(&stack.name, &partner).await };
+    let mut pairing = gather(desired, stack, service, list)
         .await
         .map_err(ReconcileError::List)?;
-    pairing.started = start_times(ctx, &pairing, own).await;
+    pairing.started = start_times(&*backend.runtime, &pairing, own).await;
     Ok(Some(pairing))
 }
 
@@ -120,22 +122,6 @@ where
     Ok(pairing)
 }
 
-/// `service` as it runs: a sidecar with its lead partner's replica count
-/// ([`capstan_api::spec::ServiceSpec::desired_replicas`]), any other as stored.
-pub fn followed(desired: &Desired, stack: &Stack, service: Arc<Service>) -> Arc<Service> {
-    let replicas_of = |name: &str| {
-        let record = desired.service(&stack.name, name);
-        (record.filter(|_| stack.services.iter().any(|s| s == name))).map(|r| r.spec.replicas)
-    };
-    let n = service.spec.desired_replicas(replicas_of);
-    if n == service.spec.replicas {
-        return service;
-    }
-    let mut s = (*service).clone();
-    s.spec.replicas = n;
-    Arc::new(s)
-}
-
 /// The partner's containers that carry its replicas' names (not successors, not strays).
 fn replicas_of(
     stack: &str,
@@ -153,7 +139,11 @@ fn replicas_of(
 
 /// Start times of the running sidecar replicas and of the network partners they pair with:
 /// two inspects per running pair, for sidecars only.
-async fn start_times(ctx: &Context, pairing: &Pairing, own: &[Observed]) -> HashMap<String, i64> {
+async fn start_times(
+    runtime: &dyn Runtime,
+    pairing: &Pairing,
+    own: &[Observed],
+) -> HashMap<String, i64> {
     let mut started = HashMap::new();
     let Some(network) = pairing.network() else {
         return started;
@@ -166,7 +156,7 @@ async fn start_times(ctx: &Context, pairing: &Pairing, own: &[Observed]) -> Hash
             continue;
         }
         for id in [&c.id, &partner.id] {
-            if let Ok(Some(at)) = ctx.runtime.inspect(id).await.map(|d| d.started_at) {
+            if let Ok(Some(at)) = runtime.inspect(id).await.map(|d| d.started_at) {
                 started.insert(id.clone(), at);
             }
         }
@@ -225,7 +215,7 @@ impl Pairing {
     /// partner cannot take it yet is neither made nor started (and the plan says what it
     /// waits for); one made with another partner container is made anew (unless the plan is
     /// gated); one that started before its network partner last did is restarted.
-    pub fn refine(&self, stack: &str, replicas: u32, plan: &mut Plan, own: &[Observed]) {
+    pub fn refine(&self, stack: &str, replicas: u32, plan: &mut Changes, own: &[Observed]) {
         let waiting: BTreeMap<u32, String> = (1..=replicas)
             .filter_map(|n| Some((n, self.waits(stack, n)?)))
             .collect();
@@ -287,7 +277,7 @@ impl Pairing {
 }
 
 /// Takes every planned action on replica `ordinal` out of the plan (removals stay).
-fn drop_actions(plan: &mut Plan, ordinal: u32) {
+fn drop_actions(plan: &mut Changes, ordinal: u32) {
     plan.create.retain(|n| *n != ordinal);
     plan.start.retain(|c| c.ordinal != Some(ordinal));
     plan.recreate.retain(|c| c.ordinal != Some(ordinal));

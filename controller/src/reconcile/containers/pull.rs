@@ -10,7 +10,7 @@
 //! services naming it) is over; the failing key backs off too ([`super::error`]).
 //!
 //! When each image was last pulled, and how its failures stand, is kept here, in this
-//! daemon's memory ([`Pulls`]): the engine records no pull time. A restarted (or newly
+//! daemon's memory ([`Pulls`], per image): the engine records no pull time. A restarted (or newly
 //! elected) daemon has no record, so it pulls a `daily`/`weekly`/`every_` image again the
 //! first time it creates a replica of it.
 
@@ -20,12 +20,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::time::Instant;
 
-use super::error::RETRYABLE;
-use super::observe::Observation;
-use super::status::Problem;
-use super::Context;
-use crate::runtime::RuntimeError;
-use crate::store::now_rfc3339;
+use capstan_api::spec::ServiceSpec;
+
+use crate::reconcile::error::RETRYABLE;
+use crate::reconcile::status::Problem;
+use crate::runtime::{Runtime, RuntimeError};
 
 /// One image's pull history in this daemon.
 #[derive(Clone, Debug, Default)]
@@ -39,11 +38,11 @@ struct Book {
     last_error: String,
 }
 
-/// Image → its pull history, and the services whose status says `PullingImage` right now.
+/// Image → its pull history. Per image, not per service: the services naming one image
+/// share its pulls and its back-off.
 #[derive(Default)]
 pub struct Pulls {
     images: Mutex<HashMap<String, Book>>,
-    announced: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 /// What the policy asks for, given what the engine has and when this daemon last pulled.
@@ -80,7 +79,8 @@ impl Pulls {
         images.get(image).cloned().unwrap_or_default()
     }
 
-    fn pulled(&self, image: &str) {
+    /// The image was pulled now.
+    pub fn pulled(&self, image: &str) {
         let mut images = self.images.lock().unwrap();
         images.insert(
             image.to_string(),
@@ -91,56 +91,71 @@ impl Pulls {
         );
     }
 
-    fn failed(&self, image: &str, message: &str) {
+    /// A pull of the image failed now: the next waits out its back-off.
+    pub fn failed(&self, image: &str, message: &str) {
         let mut images = self.images.lock().unwrap();
         let book = images.entry(image.to_string()).or_default();
         book.failures += 1;
         book.retry_at = Some(Instant::now() + RETRYABLE.delay(book.failures));
         book.last_error = message.to_string();
     }
+}
 
-    /// Services whose `PullingImage` status is not yet taken into account.
-    pub fn remembered(&self) -> usize {
-        self.announced.lock().unwrap().len()
-    }
+/// The service's image as observed: whether the engine has it, and this daemon's pulls of it.
+#[derive(Debug)]
+pub struct ImageState {
+    /// Whether the engine has it; `Err`: the engine could not say.
+    present: Result<bool, String>,
+    /// How long ago this daemon last pulled it.
+    since_pull: Option<std::time::Duration>,
+    /// The failed pull's message, while its back-off runs.
+    backing_off: Option<String>,
+}
 
-    /// Whether a `PullingImage` status was written for the service since it was last asked:
-    /// the report then compares against that one.
-    pub fn take_announced(&self, stack: &str, service: &str) -> bool {
-        let mut announced = self.announced.lock().unwrap();
-        announced.remove(&(stack.to_string(), service.to_string()))
+/// A pull to make, and the policy that asks for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pull {
+    pub policy: PullPolicy,
+}
+
+/// Reads what the policy decides on.
+pub async fn look(runtime: &dyn Runtime, pulls: &Pulls, spec: &ServiceSpec) -> ImageState {
+    let present = runtime
+        .has_image(&spec.image)
+        .await
+        .map_err(|e| e.to_string());
+    let book = pulls.book(&spec.image);
+    let backing_off = book.retry_at.is_some_and(|at| Instant::now() < at);
+    ImageState {
+        present,
+        since_pull: book.last_pulled.map(|t| t.elapsed()),
+        backing_off: backing_off.then_some(book.last_error),
     }
 }
 
-fn problem(reason: Reason, message: String) -> Problem {
-    Problem {
-        ordinal: 0,
-        reason,
-        message,
+/// The policy that applies: an image capstan built lives on this host only and is never
+/// pulled, whatever the file says.
+fn policy_of(spec: &ServiceSpec) -> (PullPolicy, bool) {
+    let built = spec.build.is_some() || capstan_api::build::is_built_image(&spec.image);
+    match &spec.pull_policy {
+        _ if built => (PullPolicy::Build, true),
+        p => (p.clone().unwrap_or_default(), false),
     }
 }
 
-/// Makes the service's image present as its `pull_policy` says. `Err`: replicas cannot be
-/// created now, and why.
-pub async fn ensure_image(ctx: &Context, obs: &Observation) -> Result<(), Problem> {
-    let spec = &obs.service.spec;
-    let image = spec.image.as_str();
-    // An image capstan built lives on this host only: never pulled, whatever the file says.
-    let built = spec.build.is_some() || capstan_api::build::is_built_image(image);
-    let policy = match &spec.pull_policy {
-        _ if built => PullPolicy::Build,
-        p => p.clone().unwrap_or_default(),
-    };
-    let present = match ctx.runtime.has_image(image).await {
-        Ok(p) => p,
-        Err(e) => return Err(problem(Reason::EngineError, e.to_string())),
-    };
-    let book = ctx.pulls.book(image);
-    let since = book.last_pulled.map(|t| t.elapsed());
-    match decide(&policy, present, since) {
-        Decision::Use => return Ok(()),
-        Decision::NeverPull => {
-            return Err(problem(
+impl ImageState {
+    /// Whether replicas may be made, and after which pull: `Ok(None)` uses the image as
+    /// it is, `Ok(Some(_))` pulls it first, `Err` says why nothing can be made now. Pure.
+    pub fn verdict(&self, spec: &ServiceSpec) -> Result<Option<Pull>, Problem> {
+        let image = spec.image.as_str();
+        let (policy, built) = policy_of(spec);
+        let present = match &self.present {
+            Ok(p) => *p,
+            Err(e) => return Err(problem(Reason::EngineError, e.clone())),
+        };
+        match decide(&policy, present, self.since_pull) {
+            Decision::Use => Ok(None),
+            Decision::NeverPull => Err(problem(
                 Reason::ErrImageNeverPull,
                 format!(
                     "image {image} is not on this host and pull_policy {} does not pull it: {}",
@@ -153,56 +168,36 @@ pub async fn ensure_image(ctx: &Context, obs: &Observation) -> Result<(), Proble
                         "load it (docker load, docker pull) or change the policy"
                     }
                 ),
-            ))
+            )),
+            Decision::Pull => match &self.backing_off {
+                Some(last_error) => Err(problem(Reason::ImagePullBackOff, last_error.clone())),
+                None => Ok(Some(Pull { policy })),
+            },
         }
-        Decision::Pull => {}
     }
-    if book.retry_at.is_some_and(|at| Instant::now() < at) {
-        return Err(problem(Reason::ImagePullBackOff, book.last_error));
+}
+
+fn problem(reason: Reason, message: String) -> Problem {
+    Problem {
+        ordinal: 0,
+        reason,
+        message,
     }
-    announce(ctx, obs, &policy).await;
-    let service = &obs.service;
-    tracing::info!(stack = %service.stack, service = %service.name, image, policy = %policy.as_compose(), "pulling image");
-    match ctx.runtime.pull(image).await {
+}
+
+/// Pulls the image; a failure starts (or lengthens) the image's back-off.
+pub async fn pull(runtime: &dyn Runtime, pulls: &Pulls, image: &str) -> Result<(), Problem> {
+    match runtime.pull(image).await {
         Ok(()) => {
-            ctx.pulls.pulled(image);
-            tracing::info!(stack = %service.stack, service = %service.name, image, "pulled image");
+            pulls.pulled(image);
+            tracing::info!(image, "pulled image");
             Ok(())
         }
         Err(e @ RuntimeError::Fenced { .. }) => Err(problem(Reason::EngineError, e.to_string())),
         Err(e) => {
             let message = e.to_string();
-            ctx.pulls.failed(image, &message);
+            pulls.failed(image, &message);
             Err(problem(Reason::ImagePullBackOff, message))
-        }
-    }
-}
-
-/// Writes the service's status with `PullingImage` before a pull, so that a long pull is
-/// visible while it runs. A failed write only costs that visibility.
-async fn announce(ctx: &Context, obs: &Observation, policy: &PullPolicy) {
-    let service = &obs.service;
-    let (stack, name) = (service.stack.as_str(), service.name.as_str());
-    let previous = ctx.scratch.last_status(&ctx.desired, stack, name);
-    let status = pulling(
-        previous.as_deref(),
-        &service.spec.image,
-        policy,
-        service.spec.replicas,
-        &now_rfc3339(),
-    );
-    if previous.as_deref() == Some(&status) {
-        return;
-    }
-    match ctx.store.write_status(service, &status).await {
-        Ok(true) => {
-            ctx.scratch.wrote_status(stack, name, status);
-            let mut announced = ctx.pulls.announced.lock().unwrap();
-            announced.insert((stack.to_string(), name.to_string()));
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::debug!(stack, service = name, error = %e, "the PullingImage status was not written")
         }
     }
 }
@@ -211,11 +206,11 @@ async fn announce(ctx: &Context, obs: &Observation, policy: &PullPolicy) {
 /// unless replicas are ready) saying `PullingImage` and the image. Pure.
 pub fn pulling(
     previous: Option<&ServiceStatus>,
-    image: &str,
-    policy: &PullPolicy,
-    desired: u32,
+    spec: &ServiceSpec,
+    pull: &Pull,
     now: &str,
 ) -> ServiceStatus {
+    let (image, policy, desired) = (&spec.image, &pull.policy, spec.replicas);
     let mut status = previous.cloned().unwrap_or_default();
     let message = format!(
         "pulling image {image} (pull_policy {})",
@@ -313,7 +308,15 @@ mod tests {
 
     #[test]
     fn the_pulling_status_names_the_image_and_keeps_the_rest() {
-        let s = pulling(None, "r:5000/web:1", &PullPolicy::Missing, 2, "t0");
+        let spec = |image: &str| ServiceSpec {
+            image: image.into(),
+            replicas: 2,
+            ..Default::default()
+        };
+        let missing = Pull {
+            policy: PullPolicy::Missing,
+        };
+        let s = pulling(None, &spec("r:5000/web:1"), &missing, "t0");
         let progressing = s.condition(ConditionType::Progressing).unwrap();
         assert_eq!(progressing.reason, "PullingImage");
         assert!(progressing.message.contains("r:5000/web:1"));
@@ -329,7 +332,10 @@ mod tests {
             Reason::AllReplicasReady,
             "2/2".into(),
         ));
-        let s = pulling(Some(&ready), "web:2", &PullPolicy::Always, 2, "t1");
+        let always = Pull {
+            policy: PullPolicy::Always,
+        };
+        let s = pulling(Some(&ready), &spec("web:2"), &always, "t1");
         assert!(s.is_ready(), "a rollout's old replicas still serve");
         assert_eq!(
             s.condition(ConditionType::Progressing)

@@ -1,0 +1,138 @@
+//! The seam between the service-level loop and what runs a service's replicas.
+//!
+//! The service level (desired state, dependency gates, rollout bookkeeping, status and
+//! conditions, endpoints, metrics) sees replicas only as [`Observed`]: a container of the
+//! engine, or a task of an orchestrator that runs whole services. Everything else sits behind
+//! [`Backend`]: what it reads to plan ([`Backend::observe`]), what it proposes to do, purely
+//! ([`Backend::propose`]), and how it does it ([`Backend::execute`]). Its steps are opaque
+//! [`Work`] to the service level, which lists them in the plan in the order given.
+//!
+//! [`super::containers`] is the backend of the Docker engine's containers, one per replica.
+
+use async_trait::async_trait;
+use capstan_api::object::{HealEvent, Service, Stack};
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+use super::context::{Action, Context};
+use super::memory::ServiceMemory;
+use super::observe::Observation;
+use super::plan::Progress;
+use super::status::Problem;
+use super::ReconcileError;
+use crate::runtime::Observed;
+
+/// One step of a backend's work, as the plan lists it.
+pub trait Work: fmt::Debug + Send + Sync + 'static {
+    /// One line, for logs and tests: `create s-web-1`.
+    fn describe(&self) -> String;
+    /// For the backend that made it, to take it back.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// What a backend proposes for one service. Pure: made from an observation alone.
+#[derive(Debug, Default)]
+pub struct Proposal {
+    /// Its steps, in order.
+    pub work: Vec<Box<dyn Work>>,
+    /// Replicas the work stops or replaces: out of traffic (drained) before it starts.
+    pub leaving: BTreeSet<String>,
+    /// Whether the work restarts or replaces replicas of the service: its dependents that
+    /// declared `restart: true` restart after it.
+    pub restarts: bool,
+    /// Where the replicas stand, for the status and the next look.
+    pub progress: Progress,
+}
+
+/// What a backend's work did.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// What kept replicas from being made, by ordinal.
+    pub problems: Vec<Problem>,
+    /// Replicas restarted or replaced, for the status's recent events and the heal metric.
+    pub events: Vec<HealEvent>,
+    /// The last health output of the replicas looked at closely, by ordinal.
+    pub health_output: BTreeMap<u32, String>,
+}
+
+/// What the backend read for its planner, besides the replicas.
+pub type View = Box<dyn Any + Send + Sync>;
+
+/// How much a reconcile may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Everything the spec asks for.
+    Converge,
+    /// etcd is unreachable: restart what exited or turned unhealthy, nothing else (no
+    /// create, no removal, no status).
+    HealOnly,
+}
+
+/// What runs the replicas of services.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The service's replicas as last seen (`fresh`: listed again now).
+    async fn replicas(
+        &self,
+        stack: &str,
+        service: &str,
+        fresh: bool,
+    ) -> Result<Vec<Observed>, ReconcileError>;
+
+    /// What its planner needs to read besides the replicas. Reads only.
+    async fn observe(
+        &self,
+        ctx: &Context,
+        stack: &Stack,
+        service: &Service,
+        replicas: &[Observed],
+    ) -> Result<View, ReconcileError>;
+
+    /// What to do to bring the replicas to the spec. Pure.
+    fn propose(&self, obs: &Observation, memory: &ServiceMemory, mode: Mode) -> Proposal;
+
+    /// Carries out `work` (steps of its own proposal), in order.
+    async fn execute(
+        &self,
+        ctx: &Context,
+        obs: &Observation,
+        work: &[&dyn Work],
+    ) -> Result<Done, ReconcileError>;
+
+    /// The replicas as the status should count them (a sidecar is ready only while its
+    /// partner is).
+    fn as_reported(&self, _obs: &Observation, _replicas: &mut [Observed]) {}
+
+    /// What the backend itself holds per service, by name, for [`Context::remembered`].
+    fn remembered(&self) -> Vec<(&'static str, usize)> {
+        vec![]
+    }
+
+    /// The step that takes a removed service's replicas down.
+    fn take_down(
+        &self,
+        stack: &str,
+        service: &str,
+        replicas: &[Observed],
+        grace: Duration,
+    ) -> Box<dyn Work>;
+
+    /// Carries out a take-down step.
+    async fn take_down_now(&self, ctx: &Context, work: &dyn Work) -> Result<(), ReconcileError>;
+
+    /// Makes what the stack's services share (networks, volumes) and removes what they no
+    /// longer use.
+    async fn ensure_stack(
+        &self,
+        stack: &Stack,
+        services: &[&Service],
+    ) -> Result<Action, ReconcileError>;
+
+    /// The services of a stack that still run replicas.
+    async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError>;
+
+    /// Removes what a deleted stack's services shared (and its volumes, if asked).
+    async fn remove_stack(&self, stack: &str, volumes: bool) -> Result<(), ReconcileError>;
+}
