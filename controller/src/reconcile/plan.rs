@@ -153,6 +153,8 @@ fn sightings(obs: &Observation) -> Sightings {
         (Some(stored), false) => Some(backoff::adopted(&obs.memory, stored, &obs.clock, obs.now)),
         _ => None,
     };
+    // Nothing to take over is nothing to remember: looked at again next time, cheaply.
+    let adopted = adopted.filter(|a| !a.is_empty());
     Sightings {
         healthy: backoff::newly_healthy(&obs.memory, &obs.replicas),
         adopted,

@@ -16,6 +16,9 @@ pub mod replicas;
 pub mod shape;
 pub mod work;
 
+#[cfg(test)]
+mod tests;
+
 use async_trait::async_trait;
 use capstan_api::object::{HealAction, HealCause, Service, ServiceStatus, Stack};
 use std::any::Any;

@@ -105,11 +105,11 @@ impl Pulls {
 #[derive(Debug)]
 pub struct ImageState {
     /// Whether the engine has it; `Err`: the engine could not say.
-    present: Result<bool, String>,
+    pub present: Result<bool, String>,
     /// How long ago this daemon last pulled it.
-    since_pull: Option<std::time::Duration>,
+    pub since_pull: Option<std::time::Duration>,
     /// The failed pull's message, while its back-off runs.
-    backing_off: Option<String>,
+    pub backing_off: Option<String>,
 }
 
 /// A pull to make, and the policy that asks for it.
