@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use crate::health::Health;
 use crate::leader::{Election, Elector, Leadership};
 use crate::metrics::Metrics;
+use crate::reconcile::backend::Backend;
 use crate::reconcile::containers::ContainerBackend;
 use crate::reconcile::{self, Context};
 use crate::runtime::fence::FencedRuntime;
@@ -39,6 +40,18 @@ pub struct Options {
     pub state_dir: Option<std::path::PathBuf>,
     /// The policy whose bind rule is checked again when a container is made (`--policy`).
     pub policy: Option<Arc<capstan_api::policy::Policy>>,
+    /// Another backend than the engine's containers, made over them (tests plug one in).
+    pub backend: Option<BackendFactory>,
+}
+
+/// Makes the backend the loop drives, given the engine's (fenced) container backend.
+#[derive(Clone)]
+pub struct BackendFactory(pub Arc<dyn Fn(Arc<ContainerBackend>) -> Arc<dyn Backend> + Send + Sync>);
+
+impl std::fmt::Debug for BackendFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackendFactory")
+    }
 }
 
 impl Default for Options {
@@ -51,6 +64,7 @@ impl Default for Options {
             election: Election::default(),
             state_dir: None,
             policy: None,
+            backend: None,
         }
     }
 }
@@ -178,7 +192,10 @@ fn fenced_context(
     let ctx = Arc::new(Context {
         store: store.clone(),
         desired: desired.clone(),
-        backend: engine.clone(),
+        backend: match &options.backend {
+            Some(make) => (make.0)(engine.clone()),
+            None => engine.clone(),
+        },
         scheduler: Arc::new(Scheduler::default()),
         failures: Default::default(),
         memory: Default::default(),

@@ -157,6 +157,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
             },
             state_dir: Some(config.state_dir.clone()),
             policy: Some(Arc::new(config.policy.clone())),
+            backend: None,
         },
         shutdown.clone(),
     );

@@ -58,7 +58,7 @@ pub enum Seen {
         /// Whether a status was written for it.
         has_status: bool,
     },
-    Present(Observation),
+    Present(Box<Observation>),
 }
 
 pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen, ReconcileError> {
@@ -92,7 +92,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
         .backend
         .observe(ctx, &stack, &service, &replicas)
         .await?;
-    Ok(Seen::Present(Observation {
+    Ok(Seen::Present(Box::new(Observation {
         dependents: dependents(&ctx.desired, &stack, name),
         stack,
         service,
@@ -106,7 +106,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
         now: tokio::time::Instant::now(),
         now_rfc3339: crate::store::now_rfc3339(),
         started,
-    }))
+    })))
 }
 
 /// Whether the service's dependencies meet their conditions, judged from their replicas

@@ -146,7 +146,7 @@ impl Traffic {
 
     /// The proxy's listeners open.
     pub fn remembered(&self) -> usize {
-        self.proxies.len()
+        self.proxies.listening()
     }
 
     /// Every listener closes (shutdown).

@@ -75,7 +75,7 @@ impl Proxies {
     }
 
     /// Listeners open.
-    pub fn len(&self) -> usize {
+    pub fn listening(&self) -> usize {
         self.listeners.lock().unwrap().len()
     }
 
