@@ -1,12 +1,10 @@
 //! Memory follows the work: every memory the daemon keeps per service forgets the service
-//! when it goes (the take-down plan's `Forget` step, and the reflectors' events),
-//! and gives back the room a deleted big stack took. [`Context::remembered`] counts what
+//! when it goes (the take-down plan's `Forget` step, and the reflectors' events), and gives
+//! back the room a deleted big stack took. `reconcile::Context::remembered` counts what
 //! each still holds, so a test can prove that a deletion left nothing behind.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
-
-use crate::reconcile::Context;
 
 /// Gives back the room of a map that once held many more entries (a deleted big stack's):
 /// a `HashMap` keeps its capacity when entries are removed. Shrinks only below a quarter
@@ -21,30 +19,6 @@ pub fn shrink_if_sparse<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
 pub fn shrink_set_if_sparse<K: Eq + Hash>(set: &mut HashSet<K>) {
     if set.capacity() > 64 && set.len() * 4 < set.capacity() {
         set.shrink_to_fit();
-    }
-}
-
-impl Context {
-    /// Entries of each per-service memory, by name: zero everywhere once every stack is
-    /// deleted and the daemon has caught up (a metric's series are checked in its
-    /// exposition, not here).
-    pub fn remembered(&self) -> Vec<(&'static str, usize)> {
-        let mut all = vec![
-            ("desired state (reflector)", self.desired.remembered()),
-            ("service memories", self.memory.remembered()),
-            ("proxy listeners (traffic)", self.traffic.remembered()),
-            (
-                "convergence and rollout clocks (metrics)",
-                self.metrics.remembered(),
-            ),
-            ("failing keys (back-off)", self.failures.remembered()),
-            (
-                "keys queued or delayed (scheduler)",
-                self.scheduler.remembered(),
-            ),
-        ];
-        all.extend(self.backend.remembered());
-        all
     }
 }
 

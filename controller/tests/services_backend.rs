@@ -10,11 +10,12 @@ mod fixture;
 use async_trait::async_trait;
 use capstan_api::object::{Service, Stack};
 use capstan_controller::controller::BackendFactory;
-use capstan_controller::reconcile::backend::{Backend, Done, Mode, Proposal, View, Work};
+use capstan_controller::reconcile::backend::{
+    Backend, Done, Env, Mode, Observation, Proposal, View, Work,
+};
 use capstan_controller::reconcile::containers::{shape, ContainerBackend};
 use capstan_controller::reconcile::memory::ServiceMemory;
-use capstan_controller::reconcile::observe::Observation;
-use capstan_controller::reconcile::{Action, Context, ReconcileError};
+use capstan_controller::reconcile::ReconcileError;
 use capstan_controller::runtime::fake::Call;
 use fixture::*;
 use std::any::Any;
@@ -65,7 +66,7 @@ impl Backend for Services {
 
     async fn observe(
         &self,
-        _: &Context,
+        _: &Env<'_>,
         _: &Stack,
         _: &Service,
         _: &[Observed],
@@ -95,7 +96,7 @@ impl Backend for Services {
 
     async fn execute(
         &self,
-        _: &Context,
+        _: &Env<'_>,
         obs: &Observation,
         work: &[&dyn Work],
     ) -> Result<Done, ReconcileError> {
@@ -135,7 +136,7 @@ impl Backend for Services {
         })
     }
 
-    async fn take_down_now(&self, _: &Context, work: &dyn Work) -> Result<(), ReconcileError> {
+    async fn take_down_now(&self, _: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError> {
         if let Some(ServiceWork::Remove {
             stack,
             service,
@@ -155,7 +156,7 @@ impl Backend for Services {
         &self,
         stack: &Stack,
         services: &[&Service],
-    ) -> Result<Action, ReconcileError> {
+    ) -> Result<bool, ReconcileError> {
         self.0.ensure_stack(stack, services).await
     }
 

@@ -6,28 +6,17 @@
 use capstan_api::object::{HealAction, HealCause, HealEvent, Reason};
 use std::collections::BTreeSet;
 
-use super::backend::{Done, Work};
+use super::backend::Observation;
+use super::backend::Work;
 use super::context::{Action, Context};
 use super::error::reason_of;
+use super::error::ReconcileError;
 use super::memory::echoed;
-use super::observe::Observation;
 use super::plan::{Plan, Step};
-use super::report;
+use super::report::{self, Acted};
 use super::status::Problem;
-use super::ReconcileError;
 use crate::key::ObjectKey;
 use crate::runtime::Observed;
-
-/// What the steps so far did, for the ones after them.
-#[derive(Default)]
-pub struct Acted {
-    /// The replicas as they run now (as observed, until listed again).
-    pub replicas: Vec<Observed>,
-    /// The backend's work: problems, heal events, health output.
-    pub done: Done,
-    /// Whether the replicas were listed again after the work.
-    pub relisted: bool,
-}
 
 pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Action, ReconcileError> {
     let mut acted = Acted {
@@ -64,7 +53,7 @@ async fn work_on(
     work: &[&dyn Work],
     acted: &mut Acted,
 ) -> Result<(), ReconcileError> {
-    let done = ctx.backend.execute(ctx, obs, work).await?;
+    let done = ctx.backend.execute(&ctx.env(), obs, work).await?;
     acted.done.problems.extend(done.problems);
     acted.done.events.extend(done.events);
     acted.done.health_output.extend(done.health_output);
@@ -223,7 +212,7 @@ pub async fn take_down(
                 let had = ctx.memory.recall(stack, name).endpoints.is_some();
                 ctx.traffic.unpublish(stack, name, had).await?;
             }
-            Step::TakeDown(work) => ctx.backend.take_down_now(ctx, work.as_ref()).await?,
+            Step::TakeDown(work) => ctx.backend.take_down_now(&ctx.env(), work.as_ref()).await?,
             Step::DeleteStatus => {
                 let deleted = ctx.store.delete_status(stack, name).await;
                 deleted.map_err(ReconcileError::Status)?;

@@ -10,19 +10,57 @@
 //! [`super::containers`] is the backend of the Docker engine's containers, one per replica.
 
 use async_trait::async_trait;
-use capstan_api::object::{HealEvent, Service, Stack};
+use capstan_api::object::{HealEvent, Service, ServiceStatus, Stack};
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::context::{Action, Context};
-use super::memory::ServiceMemory;
-use super::observe::Observation;
-use super::plan::Progress;
-use super::status::Problem;
-use super::ReconcileError;
+use super::backoff::Clock;
+use super::deps::Gate;
+use super::error::ReconcileError;
+use super::memory::{Memories, ServiceMemory};
+use super::status::{Problem, Progress};
 use crate::runtime::Observed;
+use crate::store::Store;
+use crate::watch::Desired;
+
+/// What the loop lends a backend: the store (files, a status written before a long pull),
+/// desired state, and the services' memories (restarts made, replicas not made).
+#[derive(Clone, Copy)]
+pub struct Env<'a> {
+    pub store: &'a Store,
+    pub desired: &'a Desired,
+    pub memory: &'a Memories,
+}
+
+/// Everything the planner decides on.
+pub struct Observation {
+    pub stack: Arc<Stack>,
+    pub service: Arc<Service>,
+    /// The service's replicas, as the backend reports them (fresh after any event).
+    pub replicas: Vec<Observed>,
+    /// The status last written for the service, to compare the new one against.
+    pub previous: Option<Arc<ServiceStatus>>,
+    /// The status the store holds (it may lag this daemon's own write).
+    pub stored: Option<Arc<ServiceStatus>>,
+    /// Whether `depends_on` lets replicas be created and started.
+    pub gate: Gate,
+    /// The services of the stack that depend on this one, or pair with it as sidecars.
+    pub dependents: Vec<Arc<Service>>,
+    /// What this daemon remembers of the service (a copy).
+    pub memory: ServiceMemory,
+    /// What the backend read for its planner.
+    pub view: View,
+    pub clock: Clock,
+    /// When the observation was made, on the runtime's clock.
+    pub now: tokio::time::Instant,
+    /// The same, as a status dates it.
+    pub now_rfc3339: String,
+    /// When the reconcile began, for the endpoint-latency metric.
+    pub started: std::time::Instant,
+}
 
 /// One step of a backend's work, as the plan lists it.
 pub trait Work: fmt::Debug + Send + Sync + 'static {
@@ -84,7 +122,7 @@ pub trait Backend: Send + Sync {
     /// What its planner needs to read besides the replicas. Reads only.
     async fn observe(
         &self,
-        ctx: &Context,
+        ctx: &Env<'_>,
         stack: &Stack,
         service: &Service,
         replicas: &[Observed],
@@ -96,7 +134,7 @@ pub trait Backend: Send + Sync {
     /// Carries out `work` (steps of its own proposal), in order.
     async fn execute(
         &self,
-        ctx: &Context,
+        ctx: &Env<'_>,
         obs: &Observation,
         work: &[&dyn Work],
     ) -> Result<Done, ReconcileError>;
@@ -105,7 +143,7 @@ pub trait Backend: Send + Sync {
     /// partner is).
     fn as_reported(&self, _obs: &Observation, _replicas: &mut [Observed]) {}
 
-    /// What the backend itself holds per service, by name, for [`Context::remembered`].
+    /// What the backend itself holds per service, by name, for the memory census.
     fn remembered(&self) -> Vec<(&'static str, usize)> {
         vec![]
     }
@@ -120,15 +158,15 @@ pub trait Backend: Send + Sync {
     ) -> Box<dyn Work>;
 
     /// Carries out a take-down step.
-    async fn take_down_now(&self, ctx: &Context, work: &dyn Work) -> Result<(), ReconcileError>;
+    async fn take_down_now(&self, ctx: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError>;
 
     /// Makes what the stack's services share (networks, volumes) and removes what they no
-    /// longer use.
+    /// longer use; false when something unused could not be removed yet.
     async fn ensure_stack(
         &self,
         stack: &Stack,
         services: &[&Service],
-    ) -> Result<Action, ReconcileError>;
+    ) -> Result<bool, ReconcileError>;
 
     /// The services of a stack that still run replicas.
     async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError>;

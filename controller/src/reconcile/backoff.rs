@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::memory::{Restarts, ServiceMemory};
+pub use super::status::RestartHistory;
 use crate::runtime::{Health, Observed};
 use capstan_api::object::{CrashLoop, ServiceStatus};
 use capstan_api::spec::ServiceSpec;
@@ -61,31 +62,6 @@ impl Timing {
         self.start
             .saturating_mul(2u32.saturating_pow(restarts - 1))
             .min(self.cap)
-    }
-}
-
-/// What the planner needs to know of a replica's restart history.
-pub trait RestartHistory {
-    /// Restarts capstan made of this replica in its current crash-loop window.
-    fn restarts(&self, ordinal: u32) -> u32;
-    /// Time left before the replica may be restarted again.
-    fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
-    /// Restarts since the daemon started, for status (RESTARTS).
-    fn total_restarts(&self, ordinal: u32) -> u32 {
-        self.restarts(ordinal)
-    }
-    /// Where the replica's back-off stands, for the status (None outside a crash loop).
-    fn crash_loop(&self, _ordinal: u32) -> Option<capstan_api::object::CrashLoop> {
-        None
-    }
-    /// For an unhealthy replica: how much of its start-up grace is left, if it has not been
-    /// healthy since it started. `None`: it may be healed now.
-    fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {
-        None
-    }
-    /// How long ago the replica was made (a rollout's `monitor` and `delay` count from it).
-    fn age(&self, _replica: &Observed) -> Duration {
-        Duration::ZERO
     }
 }
 

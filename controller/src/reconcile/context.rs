@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::Backend;
+use super::backend::{Backend, Env};
 use super::backoff::Clock;
 use super::memory::Memories;
 use crate::key::ObjectKey;
@@ -45,4 +45,37 @@ pub enum Action {
     /// Nothing more to wait for; events and the periodic resync will call again.
     AwaitChange,
     Requeue(Duration),
+}
+
+impl Context {
+    /// What the backend may use of the loop.
+    pub fn env(&self) -> Env<'_> {
+        Env {
+            store: &self.store,
+            desired: &self.desired,
+            memory: &self.memory,
+        }
+    }
+
+    /// Entries of each per-service memory, by name: zero everywhere once every stack is
+    /// deleted and the daemon has caught up (a metric's series are checked in its
+    /// exposition, not here).
+    pub fn remembered(&self) -> Vec<(&'static str, usize)> {
+        let mut all = vec![
+            ("desired state (reflector)", self.desired.remembered()),
+            ("service memories", self.memory.remembered()),
+            ("proxy listeners (traffic)", self.traffic.remembered()),
+            (
+                "convergence and rollout clocks (metrics)",
+                self.metrics.remembered(),
+            ),
+            ("failing keys (back-off)", self.failures.remembered()),
+            (
+                "keys queued or delayed (scheduler)",
+                self.scheduler.remembered(),
+            ),
+        ];
+        all.extend(self.backend.remembered());
+        all
+    }
 }

@@ -2,44 +2,16 @@
 //! what the backend reads for its planner, its dependencies' replicas, and what this daemon
 //! remembers of it. Reads only: nothing here writes anything, not even the memory.
 
-use capstan_api::object::{Service, ServiceStatus, Stack};
+use capstan_api::object::{Service, Stack};
 use std::sync::Arc;
 
-use super::backend::View;
-use super::backoff::Clock;
+pub use super::backend::Observation;
 use super::context::Context;
 use super::deps::{self, Gate};
-use super::memory::{last_written, ServiceMemory};
-use super::ReconcileError;
+use super::error::ReconcileError;
+use super::memory::last_written;
 use crate::runtime::Observed;
 use crate::watch::Desired;
-
-/// Everything the planner decides on.
-pub struct Observation {
-    pub stack: Arc<Stack>,
-    pub service: Arc<Service>,
-    /// The service's replicas, as the backend reports them (fresh after any event).
-    pub replicas: Vec<Observed>,
-    /// The status last written for the service, to compare the new one against.
-    pub previous: Option<Arc<ServiceStatus>>,
-    /// The status the store holds (it may lag this daemon's own write).
-    pub stored: Option<Arc<ServiceStatus>>,
-    /// Whether `depends_on` lets replicas be created and started.
-    pub gate: Gate,
-    /// The services of the stack that depend on this one, or pair with it as sidecars.
-    pub dependents: Vec<Arc<Service>>,
-    /// What this daemon remembers of the service (a copy).
-    pub memory: ServiceMemory,
-    /// What the backend read for its planner.
-    pub view: View,
-    pub clock: Clock,
-    /// When the observation was made, on the runtime's clock.
-    pub now: tokio::time::Instant,
-    /// The same, as a status dates it.
-    pub now_rfc3339: String,
-    /// When the reconcile began, for the endpoint-latency metric.
-    pub started: std::time::Instant,
-}
 
 /// What a service key turned out to name.
 pub enum Seen {
@@ -90,7 +62,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
     let service = followed(&ctx.desired, &stack, service);
     let view = ctx
         .backend
-        .observe(ctx, &stack, &service, &replicas)
+        .observe(&ctx.env(), &stack, &service, &replicas)
         .await?;
     Ok(Seen::Present(Box::new(Observation {
         dependents: dependents(&ctx.desired, &stack, name),

@@ -13,39 +13,9 @@ use super::backoff;
 use super::context::Action;
 use super::memory::{Restarts, ServiceMemory};
 use super::observe::Observation;
-use super::status::Problem;
+pub use super::status::Progress;
 use crate::key::ObjectKey;
 use crate::runtime::Observed;
-
-/// Where a service's replicas stand, besides what runs: for the status and the next look.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Progress {
-    /// Replicas waiting out their crash-loop back-off: ordinal → time left.
-    pub backing_off: BTreeMap<u32, Duration>,
-    /// Unhealthy replicas not yet healthy since they started, within their start-up grace:
-    /// ordinal → time left before they are healed.
-    pub settling: BTreeMap<u32, Duration>,
-    /// Exited replicas the restart policy leaves alone: ordinal → exit code.
-    pub held: BTreeMap<u32, i64>,
-    /// Dependencies are not met: nothing is created or started.
-    pub gated: bool,
-    /// A rolling update stopped by `failure_action: pause` (or by a person): why.
-    pub paused: Option<String>,
-    /// A rolling update that failed under `failure_action: rollback`: which replicas failed.
-    pub rollback: Option<String>,
-    /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
-    pub rollout_wait: Option<Duration>,
-    /// A sidecar's replicas that wait for their partner's: ordinal → what they wait for.
-    pub unpaired: BTreeMap<u32, String>,
-    /// Why a start-first update replaces this service's replicas in place, while one does.
-    pub in_place: Option<String>,
-    /// Replicas the last status listed that are made again: removed behind capstan's back.
-    pub vanished: BTreeSet<u32>,
-    /// Replicas removed or made behind capstan's back (drift).
-    pub changed_outside: u32,
-    /// What keeps replicas from being made, known before acting (the image cannot be had).
-    pub problems: Vec<Problem>,
-}
 
 /// What a reconcile remembers of what it saw.
 #[derive(Clone, Debug, Default, PartialEq)]

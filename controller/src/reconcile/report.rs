@@ -4,19 +4,31 @@
 
 use std::time::Duration;
 
-use super::act::Acted;
+use super::backend::{Done, Observation};
 use super::backoff::{ServiceHistory, Timing};
 use super::context::{Action, Context};
 use super::drift::Drift;
+use super::error::ReconcileError;
 use super::memory::{echoed, last_written};
-use super::observe::Observation;
 use super::plan::Plan;
-use super::{status, ReconcileError};
+use super::status;
 use crate::key::ObjectKey;
+use crate::runtime::Observed;
 use crate::store::now_rfc3339;
 
 /// How long an unconverged service waits before it is looked at again without an event.
 pub const UNCONVERGED_RECHECK: Duration = Duration::from_secs(10);
+
+/// What the steps so far did, for the ones after them.
+#[derive(Default)]
+pub struct Acted {
+    /// The replicas as they run now (as observed, until listed again).
+    pub replicas: Vec<Observed>,
+    /// The backend's work: problems, heal events, health output.
+    pub done: Done,
+    /// Whether the replicas were listed again after the work.
+    pub relisted: bool,
+}
 
 /// Computes the status, writes it if it changed, and queues `dependents` then.
 pub async fn write_status(

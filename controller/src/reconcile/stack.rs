@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::context::{Action, Context};
-use super::ReconcileError;
+use super::error::ReconcileError;
 use crate::key::ObjectKey;
 
 pub async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, ReconcileError> {
@@ -19,7 +19,11 @@ pub async fn reconcile_stack(name: &str, ctx: &Context) -> Result<Action, Reconc
             .filter_map(|s| ctx.desired.service(&stack.name, s))
             .collect();
         let refs: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
-        return ctx.backend.ensure_stack(&stack, &refs).await;
+        return Ok(match ctx.backend.ensure_stack(&stack, &refs).await? {
+            true => Action::AwaitChange,
+            // Still attached to a replica being removed: try again shortly.
+            false => Action::Requeue(Duration::from_secs(2)),
+        });
     };
     let result = tear_down(&stack, deletion, ctx).await;
     let why = result.as_ref().err().map(|e| e.to_string());

@@ -4,13 +4,12 @@ use capstan_api::object::{
     Condition, ConditionType, HealEvent, Reason, ReplicaState, Service, ServiceStatus,
     RECENT_EVENTS,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::runtime::{Health, Observed, State};
 
-use super::backoff::RestartHistory;
 use super::deps::Gate;
-use super::plan::Progress;
 
 /// Something that kept a replica from being created or started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +27,61 @@ impl Problem {
             self.reason,
             Reason::ImagePullBackOff | Reason::ErrImageNeverPull
         )
+    }
+}
+
+/// Where a service's replicas stand, besides what runs: for the status and the next look.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    /// Replicas waiting out their crash-loop back-off: ordinal → time left.
+    pub backing_off: BTreeMap<u32, Duration>,
+    /// Unhealthy replicas not yet healthy since they started, within their start-up grace:
+    /// ordinal → time left before they are healed.
+    pub settling: BTreeMap<u32, Duration>,
+    /// Exited replicas the restart policy leaves alone: ordinal → exit code.
+    pub held: BTreeMap<u32, i64>,
+    /// Dependencies are not met: nothing is created or started.
+    pub gated: bool,
+    /// A rolling update stopped by `failure_action: pause` (or by a person): why.
+    pub paused: Option<String>,
+    /// A rolling update that failed under `failure_action: rollback`: which replicas failed.
+    pub rollback: Option<String>,
+    /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
+    pub rollout_wait: Option<Duration>,
+    /// A sidecar's replicas that wait for their partner's: ordinal → what they wait for.
+    pub unpaired: BTreeMap<u32, String>,
+    /// Why a start-first update replaces this service's replicas in place, while one does.
+    pub in_place: Option<String>,
+    /// Replicas the last status listed that are made again: removed behind capstan's back.
+    pub vanished: BTreeSet<u32>,
+    /// Replicas removed or made behind capstan's back (drift).
+    pub changed_outside: u32,
+    /// What keeps replicas from being made, known before acting (the image cannot be had).
+    pub problems: Vec<Problem>,
+}
+
+/// What the planner needs to know of a replica's restart history.
+pub trait RestartHistory {
+    /// Restarts capstan made of this replica in its current crash-loop window.
+    fn restarts(&self, ordinal: u32) -> u32;
+    /// Time left before the replica may be restarted again.
+    fn backoff_left(&self, ordinal: u32) -> Option<Duration>;
+    /// Restarts since the daemon started, for status (RESTARTS).
+    fn total_restarts(&self, ordinal: u32) -> u32 {
+        self.restarts(ordinal)
+    }
+    /// Where the replica's back-off stands, for the status (None outside a crash loop).
+    fn crash_loop(&self, _ordinal: u32) -> Option<capstan_api::object::CrashLoop> {
+        None
+    }
+    /// For an unhealthy replica: how much of its start-up grace is left, if it has not been
+    /// healthy since it started. `None`: it may be healed now.
+    fn settling_left(&self, _replica: &Observed, _grace: Duration) -> Option<Duration> {
+        None
+    }
+    /// How long ago the replica was made (a rollout's `monitor` and `delay` count from it).
+    fn age(&self, _replica: &Observed) -> Duration {
+        Duration::ZERO
     }
 }
 

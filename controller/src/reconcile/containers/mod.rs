@@ -26,13 +26,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::{Backend, Done, Mode, Proposal, View, Work};
+use super::backend::{Backend, Done, Env, Mode, Observation, Proposal, View, Work};
 use super::backoff::{ServiceHistory, Timing};
-use super::context::{Action, Context};
+use super::error::ReconcileError;
 use super::memory::ServiceMemory;
-use super::observe::Observation;
-use super::plan::Progress;
-use super::ReconcileError;
+use super::status::Progress;
 use crate::files::HostFiles;
 use crate::runtime::reflector::Containers;
 use crate::runtime::{Detail, Health, Observed, ResourcePlan, Runtime, RuntimeError, State};
@@ -165,7 +163,7 @@ impl Backend for ContainerBackend {
 
     async fn observe(
         &self,
-        ctx: &Context,
+        ctx: &Env<'_>,
         stack: &Stack,
         service: &Service,
         replicas: &[Observed],
@@ -192,7 +190,7 @@ impl Backend for ContainerBackend {
 
     async fn execute(
         &self,
-        ctx: &Context,
+        ctx: &Env<'_>,
         obs: &Observation,
         work: &[&dyn Work],
     ) -> Result<Done, ReconcileError> {
@@ -227,7 +225,7 @@ impl Backend for ContainerBackend {
         })
     }
 
-    async fn take_down_now(&self, _ctx: &Context, work: &dyn Work) -> Result<(), ReconcileError> {
+    async fn take_down_now(&self, _ctx: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError> {
         let Some(Step::TakeDown {
             stack,
             service,
@@ -249,20 +247,20 @@ impl Backend for ContainerBackend {
         &self,
         stack: &Stack,
         services: &[&Service],
-    ) -> Result<Action, ReconcileError> {
+    ) -> Result<bool, ReconcileError> {
         let wanted = ensure_resources(&*self.runtime, stack, services).await?;
-        let mut action = Action::AwaitChange;
+        let mut settled = true;
         let networks = self.runtime.stack_networks(&stack.name).await;
         for net in networks.map_err(resource("network", stack.name.clone()))? {
             if !wanted.iter().any(|w| w.name == net) {
                 if let Err(e) = self.runtime.remove_network(&net).await {
                     // Still attached to a replica being removed: try again shortly.
                     tracing::debug!(network = %net, error = %e, "unused network not removed yet");
-                    action = Action::Requeue(Duration::from_secs(2));
+                    settled = false;
                 }
             }
         }
-        Ok(action)
+        Ok(settled)
     }
 
     async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError> {

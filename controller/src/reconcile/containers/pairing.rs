@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::replicas::Changes;
 use super::ContainerBackend;
-use crate::reconcile::ReconcileError;
+use crate::reconcile::error::ReconcileError;
 use crate::runtime::{ContainerPlan, Health, Observed, Runtime, RuntimeError, State};
 use crate::watch::Desired;
 

@@ -8,19 +8,17 @@ use futures::future::BoxFuture;
 use std::time::Duration;
 
 use super::{pull, shape, view, ContainerBackend, Step};
-use crate::reconcile::backend::Done;
+use crate::reconcile::backend::{Done, Env, Observation};
 use crate::reconcile::backoff::{self, Timing};
-use crate::reconcile::context::Context;
-use crate::reconcile::observe::Observation;
+use crate::reconcile::error::ReconcileError;
 use crate::reconcile::status::Problem;
-use crate::reconcile::ReconcileError;
 use crate::runtime::{Detail, Observed, RuntimeError, State};
 
 /// Carries out `steps`. Failures to make a replica are problems, reported in the status;
 /// failures to remove one are errors (the key is retried).
 pub async fn execute(
     b: &ContainerBackend,
-    ctx: &Context,
+    ctx: &Env<'_>,
     obs: &Observation,
     steps: &[&Step],
 ) -> Result<Done, ReconcileError> {
@@ -83,7 +81,7 @@ enum Prepared {
 /// The steps that prepare making replicas: networks and volumes, files, the image.
 async fn prepare(
     b: &ContainerBackend,
-    ctx: &Context,
+    ctx: &Env<'_>,
     obs: &Observation,
     steps: &[&Step],
 ) -> Result<Prepared, ReconcileError> {
@@ -136,7 +134,7 @@ async fn prepare(
 
 /// Writes the service's status with `PullingImage` before a pull, so that a long pull is
 /// visible while it runs. A failed write only costs that visibility.
-async fn announce(ctx: &Context, obs: &Observation, status: &capstan_api::object::ServiceStatus) {
+async fn announce(ctx: &Env<'_>, obs: &Observation, status: &capstan_api::object::ServiceStatus) {
     let service = &obs.service;
     match ctx.store.write_status(service, status).await {
         Ok(true) => ctx.memory.update(&service.stack, &service.name, |m| {
@@ -152,7 +150,7 @@ async fn announce(ctx: &Context, obs: &Observation, status: &capstan_api::object
 /// Carries out a pending dependent restart: every running replica is restarted.
 async fn restart_for_dependencies(
     b: &ContainerBackend,
-    ctx: &Context,
+    ctx: &Env<'_>,
     obs: &Observation,
     running: &[Observed],
     deps: &[String],
@@ -202,7 +200,7 @@ type JobResult = (Option<Problem>, Option<HealEvent>);
 /// only when one can be made (`creating`: the image is there).
 fn jobs<'a>(
     b: &'a ContainerBackend,
-    ctx: &'a Context,
+    ctx: &'a Env<'a>,
     obs: &'a Observation,
     steps: &[&'a Step],
     creating: bool,
@@ -255,7 +253,7 @@ fn blocked(steps: &[&Step], reason: Reason, message: &str) -> Vec<Problem> {
 #[derive(Clone, Copy)]
 struct Job<'a> {
     b: &'a ContainerBackend,
-    ctx: &'a Context,
+    ctx: &'a Env<'a>,
     obs: &'a Observation,
 }
 
