@@ -180,7 +180,7 @@ impl Backend for ContainerBackend {
         if replicas::may_make(&stack.name, &service.name, &service.spec, replicas) {
             view.image = Some(pull::look(&*self.runtime, &self.pulls, &service.spec).await);
         }
-        view.pairing = pairing::observe(self, &ctx.desired, stack, service, replicas).await?;
+        view.pairing = pairing::observe(self, ctx.desired, stack, service, replicas).await?;
         Ok(Box::new(view))
     }
 

@@ -102,7 +102,7 @@ async fn prepare(
                 }
             }
             Step::WriteFiles => {
-                if let Err(e) = b.files.write(&ctx.store, service).await {
+                if let Err(e) = b.files.write(ctx.store, service).await {
                     if !e.waits_on_a_person() {
                         return Err(e.into());
                     }
