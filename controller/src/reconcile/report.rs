@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::act::Outcome;
-use super::drift::Drift;
+use super::drift::{Drift, DriftKind};
 use super::observe::{dependents, Observation};
 use super::plan::Plan;
 use super::{status, Action, Context, ReconcileError};
@@ -53,7 +53,8 @@ pub async fn report(
         now: &now,
     });
     let drift = Drift::of(service, &outcome.containers, outcome.changed_outside);
-    ctx.metrics.observe_service(service, &status, drift);
+    let by_kind = DriftKind::ALL.map(|k| (k.as_str(), drift.get(k)));
+    ctx.metrics.observe_service(service, &status, &by_kind);
     ctx.metrics
         .observe_rollout(service, &status, plan.paused.is_some());
     if obs.previous.as_deref() != Some(&status) {
