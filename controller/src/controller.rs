@@ -95,6 +95,7 @@ impl Controller {
         options: Options,
         shutdown: watch::Receiver<bool>,
     ) -> Controller {
+        metrics.known_error_kinds(&reconcile::error::ErrorKind::ALL.map(|k| k.as_str()));
         let (elector, leadership) =
             Elector::new(store.clone(), options.election.clone(), metrics.clone());
         let watched = store.clone();

@@ -7,7 +7,7 @@
 //! - [`store`]: desired state in etcd: typed keys, apply committed by one compare-and-swap
 //!   of the stack record, status guarded by the spec it describes, the leader key and the
 //!   fence on the reconciler's writes. Behind the small [`store::Kv`] trait, with an
-//!   in-memory twin for tests.
+//!   in-memory twin for tests (`store::memory`, with the `testing` feature).
 //! - [`leader`]: the election; its [`leader::Leadership`] gates the workers, fences the
 //!   reconciler's etcd writes and engine calls. [`health`]: whether etcd and the engine
 //!   answer now (`/readyz`).
@@ -15,7 +15,8 @@
 //!   events) and the reflector it alone writes, read through a cheap [`watch::Desired`].
 //! - [`runtime`]: the container engine as a few verbs over labelled objects
 //!   ([`runtime::Runtime`]), the container reflector (one list, then events), the real
-//!   engine ([`runtime::docker`]) and an in-memory one ([`runtime::fake`]).
+//!   engine ([`runtime::docker`]) and, for tests only (the `testing` feature), an in-memory
+//!   one (`runtime::fake`).
 //! - [`triggers`]: engine events and the periodic resync; like the watcher, they only
 //!   enqueue [`key::ObjectKey`]s.
 //! - [`scheduler`]: the key queue (deduplicates, delays, never runs one key twice at once)

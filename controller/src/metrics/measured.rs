@@ -6,7 +6,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Metrics;
+use super::{DockerOp, EtcdOp, Metrics};
 use crate::runtime::{
     ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, OneOff, ResourcePlan,
     Runtime, RuntimeError,
@@ -24,25 +24,25 @@ impl Kv for MeasuredKv {
     async fn range(&self, prefix: &str) -> Result<Listing, KvError> {
         let t = Instant::now();
         let r = self.inner.range(prefix).await;
-        self.metrics.etcd("range", t, &r);
+        self.metrics.etcd(EtcdOp::Range, t, r.is_err());
         r
     }
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, KvError> {
         let t = Instant::now();
         let r = self.inner.get(key).await;
-        self.metrics.etcd("get", t, &r);
+        self.metrics.etcd(EtcdOp::Get, t, r.is_err());
         r
     }
     async fn txn(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<bool, KvError> {
         let t = Instant::now();
         let r = self.inner.txn(compares, ops).await;
-        self.metrics.etcd("txn", t, &r);
+        self.metrics.etcd(EtcdOp::Txn, t, r.is_err());
         r
     }
     async fn txn_at(&self, compares: Vec<Compare>, ops: Vec<Op>) -> Result<Option<i64>, KvError> {
         let t = Instant::now();
         let r = self.inner.txn_at(compares, ops).await;
-        self.metrics.etcd("txn", t, &r);
+        self.metrics.etcd(EtcdOp::Txn, t, r.is_err());
         r
     }
     async fn watch(
@@ -52,25 +52,25 @@ impl Kv for MeasuredKv {
     ) -> Result<BoxStream<'static, Result<Vec<WatchEvent>, KvError>>, KvError> {
         let t = Instant::now();
         let r = self.inner.watch(prefix, from_revision).await;
-        self.metrics.etcd("watch", t, &r);
+        self.metrics.etcd(EtcdOp::Watch, t, r.is_err());
         r
     }
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, KvError> {
         let t = Instant::now();
         let r = self.inner.grant_lease(ttl).await;
-        self.metrics.etcd("lease_grant", t, &r);
+        self.metrics.etcd(EtcdOp::LeaseGrant, t, r.is_err());
         r
     }
     async fn keep_alive(&self, lease: LeaseId) -> Result<Option<Duration>, KvError> {
         let t = Instant::now();
         let r = self.inner.keep_alive(lease).await;
-        self.metrics.etcd("lease_keep_alive", t, &r);
+        self.metrics.etcd(EtcdOp::LeaseKeepAlive, t, r.is_err());
         r
     }
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), KvError> {
         let t = Instant::now();
         let r = self.inner.revoke_lease(lease).await;
-        self.metrics.etcd("lease_revoke", t, &r);
+        self.metrics.etcd(EtcdOp::LeaseRevoke, t, r.is_err());
         r
     }
 }
@@ -82,10 +82,10 @@ pub struct MeasuredRuntime {
 }
 
 macro_rules! measured {
-    ($self:ident, $op:literal, $call:expr) => {{
+    ($self:ident, $op:ident, $call:expr) => {{
         let t = Instant::now();
         let r = $call.await;
-        $self.metrics.docker($op, t, &r);
+        $self.metrics.docker(DockerOp::$op, t, r.is_err());
         r
     }};
 }
@@ -97,58 +97,58 @@ impl Runtime for MeasuredRuntime {
         stack: Option<&str>,
         service: Option<&str>,
     ) -> Result<Vec<Observed>, RuntimeError> {
-        measured!(self, "list", self.inner.list(stack, service))
+        measured!(self, List, self.inner.list(stack, service))
     }
     async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
-        measured!(self, "create", self.inner.create(plan))
+        measured!(self, Create, self.inner.create(plan))
     }
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        measured!(self, "start", self.inner.start(id))
+        measured!(self, Start, self.inner.start(id))
     }
     async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        measured!(self, "restart", self.inner.restart(id, grace))
+        measured!(self, Restart, self.inner.restart(id, grace))
     }
     async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError> {
-        measured!(self, "inspect", self.inner.inspect(id))
+        measured!(self, Inspect, self.inner.inspect(id))
     }
     async fn remove(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        measured!(self, "remove", self.inner.remove(id, grace))
+        measured!(self, Remove, self.inner.remove(id, grace))
     }
     async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
-        measured!(self, "wait", self.inner.wait(id))
+        measured!(self, Wait, self.inner.wait(id))
     }
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
-        measured!(self, "list_oneoffs", self.inner.oneoffs())
+        measured!(self, ListOneoffs, self.inner.oneoffs())
     }
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
-        measured!(self, "rename", self.inner.rename(id, name))
+        measured!(self, Rename, self.inner.rename(id, name))
     }
     async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
-        measured!(self, "ensure_network", self.inner.ensure_network(plan))
+        measured!(self, EnsureNetwork, self.inner.ensure_network(plan))
     }
     async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
-        measured!(self, "ensure_volume", self.inner.ensure_volume(plan))
+        measured!(self, EnsureVolume, self.inner.ensure_volume(plan))
     }
     async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
-        measured!(self, "list_networks", self.inner.stack_networks(stack))
+        measured!(self, ListNetworks, self.inner.stack_networks(stack))
     }
     async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {
-        measured!(self, "list_volumes", self.inner.stack_volumes(stack))
+        measured!(self, ListVolumes, self.inner.stack_volumes(stack))
     }
     async fn remove_network(&self, name: &str) -> Result<(), RuntimeError> {
-        measured!(self, "remove_network", self.inner.remove_network(name))
+        measured!(self, RemoveNetwork, self.inner.remove_network(name))
     }
     async fn remove_volume(&self, name: &str) -> Result<(), RuntimeError> {
-        measured!(self, "remove_volume", self.inner.remove_volume(name))
+        measured!(self, RemoveVolume, self.inner.remove_volume(name))
     }
     async fn has_image(&self, image: &str) -> Result<bool, RuntimeError> {
-        measured!(self, "inspect_image", self.inner.has_image(image))
+        measured!(self, InspectImage, self.inner.has_image(image))
     }
     async fn pull(&self, image: &str) -> Result<(), RuntimeError> {
-        measured!(self, "pull", self.inner.pull(image))
+        measured!(self, Pull, self.inner.pull(image))
     }
     async fn ping(&self) -> Result<(), RuntimeError> {
-        measured!(self, "ping", self.inner.ping())
+        measured!(self, Ping, self.inner.ping())
     }
     fn events(
         &self,
@@ -166,6 +166,6 @@ impl Runtime for MeasuredRuntime {
     }
     /// Measures the attach call, not the stream it returns.
     async fn attach(&self, id: &str) -> Result<crate::runtime::LogStream, RuntimeError> {
-        measured!(self, "attach", self.inner.attach(id))
+        measured!(self, Attach, self.inner.attach(id))
     }
 }

@@ -1,8 +1,15 @@
 //! Prometheus metrics, named by Prometheus conventions (`capstan_` prefix, base units,
 //! `_total` counters, `_seconds` histograms), with stack and service as labels where they
-//! apply. This module only records what others computed (drift is
-//! [`crate::reconcile::drift`]'s); [`measured`] holds the decorators that measure every
-//! etcd and Docker call.
+//! apply. This module only records what others computed, given as plain label values and
+//! numbers (drift is the reconciler's, error kinds too): it depends on nothing of the loop.
+//! [`measured`] holds the decorators that measure every etcd and Docker call.
+//!
+//! Every series whose label values are known is created at 0 before its first event, so a
+//! dashboard panel or an alert shows 0, not "No data": the fixed enums (operations, results,
+//! kinds of key) when the registry is made, the loop's error kinds when the loop starts
+//! ([`Metrics::known_error_kinds`]), and a service's counters and histograms when it is
+//! first observed ([`Metrics::observe_service`]); they go with the service
+//! ([`Metrics::forget_service`]).
 
 pub mod measured;
 
@@ -18,11 +25,6 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use crate::reconcile::drift::{Drift, DriftKind};
-use crate::reconcile::error::ErrorKind;
-use crate::runtime::RuntimeError;
-use crate::store::kv::KvError;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -78,6 +80,123 @@ pub struct HealLabels {
     /// `unhealthy`, `exited`, `oom`, `removed`, `dependency-restarted`.
     pub reason: String,
 }
+
+/// The etcd requests [`MeasuredKv`] times: the `op` label of
+/// `capstan_etcd_request_duration_seconds` and `capstan_etcd_request_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EtcdOp {
+    Range,
+    Get,
+    Txn,
+    Watch,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseRevoke,
+}
+
+impl EtcdOp {
+    pub const ALL: [EtcdOp; 7] = [
+        EtcdOp::Range,
+        EtcdOp::Get,
+        EtcdOp::Txn,
+        EtcdOp::Watch,
+        EtcdOp::LeaseGrant,
+        EtcdOp::LeaseKeepAlive,
+        EtcdOp::LeaseRevoke,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtcdOp::Range => "range",
+            EtcdOp::Get => "get",
+            EtcdOp::Txn => "txn",
+            EtcdOp::Watch => "watch",
+            EtcdOp::LeaseGrant => "lease_grant",
+            EtcdOp::LeaseKeepAlive => "lease_keep_alive",
+            EtcdOp::LeaseRevoke => "lease_revoke",
+        }
+    }
+}
+
+/// The Docker Engine calls [`MeasuredRuntime`] times: the `op` label of
+/// `capstan_docker_request_duration_seconds` and `capstan_docker_request_errors_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DockerOp {
+    List,
+    Create,
+    Start,
+    Restart,
+    Inspect,
+    Remove,
+    Wait,
+    ListOneoffs,
+    Rename,
+    EnsureNetwork,
+    EnsureVolume,
+    ListNetworks,
+    ListVolumes,
+    RemoveNetwork,
+    RemoveVolume,
+    InspectImage,
+    Pull,
+    Ping,
+    Attach,
+}
+
+impl DockerOp {
+    pub const ALL: [DockerOp; 19] = [
+        DockerOp::List,
+        DockerOp::Create,
+        DockerOp::Start,
+        DockerOp::Restart,
+        DockerOp::Inspect,
+        DockerOp::Remove,
+        DockerOp::Wait,
+        DockerOp::ListOneoffs,
+        DockerOp::Rename,
+        DockerOp::EnsureNetwork,
+        DockerOp::EnsureVolume,
+        DockerOp::ListNetworks,
+        DockerOp::ListVolumes,
+        DockerOp::RemoveNetwork,
+        DockerOp::RemoveVolume,
+        DockerOp::InspectImage,
+        DockerOp::Pull,
+        DockerOp::Ping,
+        DockerOp::Attach,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerOp::List => "list",
+            DockerOp::Create => "create",
+            DockerOp::Start => "start",
+            DockerOp::Restart => "restart",
+            DockerOp::Inspect => "inspect",
+            DockerOp::Remove => "remove",
+            DockerOp::Wait => "wait",
+            DockerOp::ListOneoffs => "list_oneoffs",
+            DockerOp::Rename => "rename",
+            DockerOp::EnsureNetwork => "ensure_network",
+            DockerOp::EnsureVolume => "ensure_volume",
+            DockerOp::ListNetworks => "list_networks",
+            DockerOp::ListVolumes => "list_volumes",
+            DockerOp::RemoveNetwork => "remove_network",
+            DockerOp::RemoveVolume => "remove_volume",
+            DockerOp::InspectImage => "inspect_image",
+            DockerOp::Pull => "pull",
+            DockerOp::Ping => "ping",
+            DockerOp::Attach => "attach",
+        }
+    }
+}
+
+/// The kinds of reconcile key: the `kind` label of `capstan_reconciles_total` and
+/// `capstan_reconcile_duration_seconds`.
+pub const KEY_KINDS: [&str; 2] = ["service", "stack"];
+
+/// How a reconcile ended: the `result` label of `capstan_reconciles_total`.
+pub const RECONCILE_RESULTS: [&str; 3] = ["success", "requeue", "error"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
@@ -154,6 +273,8 @@ pub struct Metrics {
     /// Services with outdated replicas: when their rollout began, and whether its pause
     /// was counted.
     rolling_since: Mutex<HashMap<(String, String), (Instant, bool)>>,
+    /// The `kind` labels of drift given so far, so a removed service's can all be dropped.
+    drift_kinds: Mutex<Vec<&'static str>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -198,6 +319,7 @@ impl Default for Metrics {
             rollouts: Family::default(),
             rollout_duration: Family::new_with_constructor(convergence_histogram),
             rolling_since: Mutex::default(),
+            drift_kinds: Mutex::default(),
             registry: Registry::default(),
         };
         let mut r = Registry::default();
@@ -365,27 +487,61 @@ impl Metrics {
     }
 
     /// Series that must exist at 0 before their first event, so rates and alerts work.
+    /// The request latencies are not: the daemon asks etcd and the engine as it starts.
     fn precreate(&self) {
-        for op in ["range", "get", "txn", "watch"] {
-            let _ = self.etcd_errors.get_or_create(&OpLabels { op: op.into() });
-        }
-        for op in ["list", "create", "start", "restart", "inspect", "remove"] {
-            let _ = self
-                .docker_errors
-                .get_or_create(&OpLabels { op: op.into() });
-        }
-        for kind in ErrorKind::ALL {
-            let _ = self.reconcile_errors.get_or_create(&KindLabels {
-                kind: kind.as_str().into(),
+        for op in EtcdOp::ALL {
+            let _ = self.etcd_errors.get_or_create(&OpLabels {
+                op: op.as_str().into(),
             });
         }
-        for kind in ["service", "stack"] {
-            for result in ["success", "requeue", "error"] {
+        for op in DockerOp::ALL {
+            let _ = self.docker_errors.get_or_create(&OpLabels {
+                op: op.as_str().into(),
+            });
+        }
+        for kind in KEY_KINDS {
+            let _ = self
+                .reconcile_duration
+                .get_or_create(&KindLabels { kind: kind.into() });
+            for result in RECONCILE_RESULTS {
                 let _ = self.reconciles.get_or_create(&ReconcileLabels {
                     kind: kind.into(),
                     result: result.into(),
                 });
             }
+        }
+    }
+
+    /// Creates `capstan_reconcile_errors_total` at 0 for each kind of error the loop can
+    /// report (its own vocabulary, given when it starts).
+    pub fn known_error_kinds(&self, kinds: &[&str]) {
+        for kind in kinds {
+            let _ = self.reconcile_errors.get_or_create(&KindLabels {
+                kind: (*kind).into(),
+            });
+        }
+    }
+
+    /// A service's counters and histograms at 0 (every heal reason, every rollout result),
+    /// so its panels and alerts have a series before its first heal or rollout.
+    fn precreate_service(&self, stack: &str, service: &str) {
+        let l = svc_labels(stack, service);
+        let _ = self.convergence.get_or_create(&l);
+        let _ = self.rollout_duration.get_or_create(&l);
+        let _ = self.endpoints.get_or_create(&l);
+        for cause in HEAL_CAUSES {
+            let _ = self.heals.get_or_create(&HealLabels {
+                stack: stack.into(),
+                service: service.into(),
+                reason: cause.as_str().into(),
+            });
+        }
+        for result in ROLLOUT_RESULTS {
+            let _ = self.rollouts.get_or_create(&RolloutLabels {
+                stack: stack.into(),
+                service: service.into(),
+                result: result.into(),
+            });
         }
     }
 }
@@ -399,25 +555,36 @@ fn svc_labels(stack: &str, service: &str) -> ServiceLabels {
 
 impl Metrics {
     /// Records a service's state after a reconcile, and its convergence time when it just
-    /// became converged.
-    pub fn observe_service(&self, service: &Service, status: &ServiceStatus, drift: Drift) {
+    /// became converged. `drift` is replicas away from the spec by kind of drift (the `kind`
+    /// label), every kind each time. A service observed for the first time gets its
+    /// counters and histograms at 0.
+    pub fn observe_service(
+        &self,
+        service: &Service,
+        status: &ServiceStatus,
+        drift: &[(&'static str, u32)],
+    ) {
         let l = svc_labels(&service.stack, &service.name);
+        if self.desired.get(&l).is_none() {
+            self.precreate_service(&service.stack, &service.name);
+        }
         self.desired
             .get_or_create(&l)
             .set(service.spec.replicas as i64);
         self.running.get_or_create(&l).set(status.running as i64);
         self.ready.get_or_create(&l).set(status.ready as i64);
-        let converged =
-            status.is_converged(service.generation, service.spec.replicas) && drift.is_none();
+        let converged = status.is_converged(service.generation, service.spec.replicas)
+            && drift.iter().all(|(_, n)| *n == 0);
         self.converged.get_or_create(&l).set(converged as i64);
-        for kind in DriftKind::ALL {
+        self.remember_drift_kinds(drift);
+        for (kind, n) in drift {
             self.drift
                 .get_or_create(&DriftLabels {
                     stack: service.stack.clone(),
                     service: service.name.clone(),
-                    kind: kind.as_str().into(),
+                    kind: (*kind).into(),
                 })
-                .set(drift.get(kind) as i64);
+                .set(*n as i64);
         }
         let key = (service.stack.clone(), service.name.clone());
         let mut since = self.unconverged_since.lock().unwrap();
@@ -429,6 +596,15 @@ impl Metrics {
             }
         } else {
             since.entry(key).or_insert_with(Instant::now);
+        }
+    }
+
+    fn remember_drift_kinds(&self, drift: &[(&'static str, u32)]) {
+        let mut kinds = self.drift_kinds.lock().unwrap();
+        for (kind, _) in drift {
+            if !kinds.contains(kind) {
+                kinds.push(kind);
+            }
         }
     }
 
@@ -506,11 +682,11 @@ impl Metrics {
         ] {
             f.remove(&l);
         }
-        for kind in DriftKind::ALL {
+        for kind in self.drift_kinds.lock().unwrap().iter() {
             self.drift.remove(&DriftLabels {
                 stack: stack.into(),
                 service: service.into(),
-                kind: kind.as_str().into(),
+                kind: (*kind).into(),
             });
         }
         self.unconverged_since
@@ -579,13 +755,9 @@ impl Metrics {
         }
     }
 
-    pub fn reconciled(
-        &self,
-        kind: &str,
-        result: &str,
-        took: Duration,
-        error_kind: Option<ErrorKind>,
-    ) {
+    /// A reconcile of a key of `kind` ([`KEY_KINDS`]) ended with `result`
+    /// ([`RECONCILE_RESULTS`]), failing with `error_kind` if it did.
+    pub fn reconciled(&self, kind: &str, result: &str, took: Duration, error_kind: Option<&str>) {
         self.reconciles
             .get_or_create(&ReconcileLabels {
                 kind: kind.into(),
@@ -597,9 +769,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
         if let Some(k) = error_kind {
             self.reconcile_errors
-                .get_or_create(&KindLabels {
-                    kind: k.as_str().into(),
-                })
+                .get_or_create(&KindLabels { kind: k.into() })
                 .inc();
         }
     }
@@ -663,22 +833,28 @@ impl Metrics {
         out
     }
 
-    fn etcd<T>(&self, op: &str, started: Instant, r: &Result<T, KvError>) {
-        let l = OpLabels { op: op.into() };
+    /// An etcd request that began at `started` ended now, and `failed` or not.
+    pub fn etcd(&self, op: EtcdOp, started: Instant, failed: bool) {
+        let l = OpLabels {
+            op: op.as_str().into(),
+        };
         self.etcd_duration
             .get_or_create(&l)
             .observe(started.elapsed().as_secs_f64());
-        if r.is_err() {
+        if failed {
             self.etcd_errors.get_or_create(&l).inc();
         }
     }
 
-    fn docker<T>(&self, op: &str, started: Instant, r: &Result<T, RuntimeError>) {
-        let l = OpLabels { op: op.into() };
+    /// A Docker Engine call that began at `started` ended now, and `failed` or not.
+    pub fn docker(&self, op: DockerOp, started: Instant, failed: bool) {
+        let l = OpLabels {
+            op: op.as_str().into(),
+        };
         self.docker_duration
             .get_or_create(&l)
             .observe(started.elapsed().as_secs_f64());
-        if r.is_err() {
+        if failed {
             self.docker_errors.get_or_create(&l).inc();
         }
     }
@@ -687,7 +863,6 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Health, Observed, State};
     use capstan_api::object::Condition;
     use capstan_api::spec::ServiceSpec;
 
@@ -705,21 +880,15 @@ mod tests {
         }
     }
 
-    fn replica(svc: &Service, n: u32) -> Observed {
-        Observed {
-            id: format!("id{n}"),
-            name: format!("shop-web-{n}"),
-            stack: "shop".into(),
-            service: "web".into(),
-            ordinal: Some(n),
-            spec_hash: svc.spec.container_hash(),
-            state: State::Running,
-            health: Health::Healthy,
-            created: 0,
-            addresses: Default::default(),
-            published: Default::default(),
-            partners: None,
-        }
+    /// Drift as the reconciler gives it: every kind, these two non-zero.
+    fn drift(missing: u32, changed_outside: u32) -> [(&'static str, u32); 5] {
+        [
+            ("missing", missing),
+            ("surplus", 0),
+            ("unhealthy", 0),
+            ("outdated", 0),
+            ("changed_outside", changed_outside),
+        ]
     }
 
     fn status(ready: u32, is_ready: bool) -> ServiceStatus {
@@ -747,8 +916,8 @@ mod tests {
     fn every_family_is_exposed_with_its_labels() {
         let m = Metrics::default();
         let s = svc(3);
-        let all: Vec<Observed> = (1..=3).map(|n| replica(&s, n)).collect();
-        m.observe_service(&s, &status(3, true), Drift::of(&s, &all, 0));
+        m.known_error_kinds(&["list"]);
+        m.observe_service(&s, &status(3, true), &drift(0, 0));
         m.heal("shop", "web", HealCause::Unhealthy);
         m.reconciled("service", "success", Duration::from_millis(3), None);
         m.endpoints("shop", "web", 3, Some(Duration::from_millis(2)));
@@ -772,7 +941,101 @@ mod tests {
         ] {
             line(&text, family);
         }
-        assert!(line(&text, "capstan_heal_actions_total{").contains("reason=\"unhealthy\""));
+        assert!(line(
+            &text,
+            "capstan_heal_actions_total{stack=\"shop\",service=\"web\",reason=\"unhealthy\"}"
+        )
+        .ends_with(" 1"));
+    }
+
+    /// The value of every line of `family` (its series, buckets included) for shop/web.
+    fn values_of(text: &str, family: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!("{family}{{"))
+                    && l.contains("stack=\"shop\",service=\"web\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_service_observed_once_has_every_counter_and_histogram_at_zero() {
+        let m = Metrics::default();
+        m.observe_service(&svc(2), &status(0, false), &drift(2, 0));
+        let text = m.encode();
+        for (family, series) in [
+            ("capstan_heal_actions_total", HEAL_CAUSES.len()),
+            ("capstan_rollouts_total", ROLLOUT_RESULTS.len()),
+            ("capstan_rollout_duration_seconds_count", 1),
+            ("capstan_rollout_duration_seconds_bucket", 14),
+            ("capstan_convergence_seconds_count", 1),
+            ("capstan_convergence_seconds_bucket", 14),
+            ("capstan_service_endpoints", 1),
+        ] {
+            let values = values_of(&text, family);
+            assert_eq!(values.len(), series, "{family} in:\n{text}");
+            assert!(values.iter().all(|v| v == "0"), "{family}: {values:?}");
+        }
+        for cause in HEAL_CAUSES {
+            assert!(
+                text.contains(&format!("reason=\"{}\"", cause.as_str())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn observing_a_service_again_keeps_its_counts() {
+        let m = Metrics::default();
+        let s = svc(1);
+        m.observe_service(&s, &status(1, true), &drift(0, 0));
+        m.heal("shop", "web", HealCause::Exited);
+        m.endpoints("shop", "web", 1, None);
+        m.observe_service(&s, &status(1, true), &drift(0, 0));
+        let text = m.encode();
+        assert!(line(&text, "capstan_service_endpoints{").ends_with(" 1"));
+        let exited = text
+            .lines()
+            .find(|l| l.starts_with("capstan_heal_actions_total{") && l.contains("\"exited\""))
+            .unwrap();
+        assert!(exited.ends_with(" 1"), "{exited}");
+    }
+
+    #[test]
+    fn a_fresh_registry_has_the_series_of_every_fixed_label_at_zero() {
+        let m = Metrics::default();
+        m.known_error_kinds(&["list", "status"]);
+        let text = m.encode();
+        let zero = |prefix: String| {
+            assert!(line(&text, &prefix).ends_with(" 0"), "{prefix} in:\n{text}");
+        };
+        for op in EtcdOp::ALL {
+            zero(format!(
+                "capstan_etcd_request_errors_total{{op=\"{}\"}}",
+                op.as_str()
+            ));
+        }
+        for op in DockerOp::ALL {
+            zero(format!(
+                "capstan_docker_request_errors_total{{op=\"{}\"}}",
+                op.as_str()
+            ));
+        }
+        for kind in KEY_KINDS {
+            for result in RECONCILE_RESULTS {
+                zero(format!(
+                    "capstan_reconciles_total{{kind=\"{kind}\",result=\"{result}\"}}"
+                ));
+            }
+            zero(format!(
+                "capstan_reconcile_duration_seconds_count{{kind=\"{kind}\"}}"
+            ));
+        }
+        for kind in ["list", "status"] {
+            zero(format!("capstan_reconcile_errors_total{{kind=\"{kind}\"}}"));
+        }
+        zero("capstan_endpoint_update_seconds_count".into());
     }
 
     #[test]
@@ -816,8 +1079,7 @@ mod tests {
     fn drift_and_convergence_follow_the_state() {
         let m = Metrics::default();
         let s = svc(3);
-        let all: Vec<Observed> = (1..=3).map(|n| replica(&s, n)).collect();
-        m.observe_service(&s, &status(3, true), Drift::of(&s, &all, 0));
+        m.observe_service(&s, &status(3, true), &drift(0, 0));
         let text = m.encode();
         assert_eq!(
             line(&text, "capstan_service_converged{").rsplit(' ').next(),
@@ -831,10 +1093,7 @@ mod tests {
         );
 
         // One replica killed: missing 1 until healed.
-        let two = &all[..2];
-        let drift = Drift::of(&s, two, 1);
-        assert_eq!((drift.missing, drift.changed_outside), (1, 1));
-        m.observe_service(&s, &status(2, false), drift);
+        m.observe_service(&s, &status(2, false), &drift(1, 1));
         let text = m.encode();
         assert_eq!(
             line(&text, "capstan_service_converged{").rsplit(' ').next(),
@@ -848,7 +1107,7 @@ mod tests {
             .unwrap();
         assert!(missing.ends_with(" 1"), "{missing}");
 
-        m.observe_service(&s, &status(3, true), Drift::of(&s, &all, 0));
+        m.observe_service(&s, &status(3, true), &drift(0, 0));
         let text = m.encode();
         assert!(
             text.lines()
@@ -865,12 +1124,12 @@ mod tests {
     fn a_removed_service_leaves_no_series_behind() {
         let m = Metrics::default();
         let s = svc(1);
-        m.observe_service(&s, &status(1, true), Drift::of(&s, &[replica(&s, 1)], 0));
+        m.observe_service(&s, &status(1, true), &drift(0, 0));
         m.heal("shop", "web", HealCause::Oom);
         let mut unready = status(0, false);
         unready.observed_generation = 0;
-        m.observe_service(&s, &unready, Drift::default());
-        m.observe_service(&s, &status(1, true), Drift::of(&s, &[replica(&s, 1)], 0));
+        m.observe_service(&s, &unready, &drift(0, 0));
+        m.observe_service(&s, &status(1, true), &drift(0, 0));
         m.observe_rollout(
             &s,
             &ServiceStatus {

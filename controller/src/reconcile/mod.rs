@@ -194,7 +194,8 @@ fn settle(
         Err(e) => {
             let (delay, failures) = ctx.failures.failed(key, error_policy(&e));
             tracing::warn!(key = %key, error = %e, failures, retry_in_ms = delay.as_millis() as u64, "reconcile failed; backing off");
-            ctx.metrics.reconciled(kind, "error", took, Some(e.kind()));
+            ctx.metrics
+                .reconciled(kind, "error", took, Some(e.kind().as_str()));
             ctx.metrics.backing_off(&key.to_string(), Some(delay));
             ctx.scheduler.enqueue_after(key.clone(), delay);
             return;

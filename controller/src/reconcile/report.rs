@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::backend::{Done, Observation};
 use super::backoff::{ServiceHistory, Timing};
 use super::context::{Action, Context};
-use super::drift::Drift;
+use super::drift::{Drift, DriftKind};
 use super::error::ReconcileError;
 use super::memory::{echoed, last_written};
 use super::plan::Plan;
@@ -71,7 +71,8 @@ pub async fn write_status(
     });
     let changed_outside = plan.progress.changed_outside;
     let drift = Drift::of(service, &acted.replicas, changed_outside);
-    ctx.metrics.observe_service(service, &status, drift);
+    let by_kind = DriftKind::ALL.map(|k| (k.as_str(), drift.get(k)));
+    ctx.metrics.observe_service(service, &status, &by_kind);
     (ctx.metrics).observe_rollout(service, &status, plan.progress.paused.is_some());
     if last.as_deref() == Some(&status) {
         ctx.memory

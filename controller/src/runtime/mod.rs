@@ -3,6 +3,7 @@
 
 mod create;
 pub mod docker;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod fence;
 pub mod reflector;

@@ -1,5 +1,6 @@
 //! The few key-value operations capstan needs from etcd, behind a trait so the typed store,
-//! the watcher and the reconciler also run against [`super::memory::MemKv`].
+//! the watcher and the reconciler also run against `super::memory::MemKv` in tests (the
+//! `testing` feature).
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

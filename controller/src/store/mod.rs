@@ -16,6 +16,7 @@ pub mod layout;
 #[cfg(test)]
 mod layout_tests;
 pub mod lease;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
 mod revisions;
 mod tokens;
