@@ -241,7 +241,7 @@ enum RoleArg {
     Admin,
 }
 
-impl From<RoleArg> for capstan_controller::auth::Role {
+impl From<RoleArg> for capstan_api::token::Role {
     fn from(r: RoleArg) -> Self {
         match r {
             RoleArg::Read => Self::Read,

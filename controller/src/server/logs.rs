@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use super::state::ApiState;
 use crate::runtime::{LogChunk, LogOptions, Observed, Runtime, RuntimeError};
-use crate::server::ApiState;
 
 /// How often a followed stack is listed for replicas that joined.
 const JOIN_POLL: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@
 //! answers the last leader record read, marked the same way. `diff` answers 503: a diff
 //! against a copy that may be behind would mislead the apply that follows it.
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -22,75 +22,13 @@ use futures::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::reconcile::scratch::BlockedDeletions;
+use super::state::{ApiState, READ_TIMEOUT, STALE_HEADER};
 use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
-use crate::watch::Desired;
 
-/// The largest Compose file the API accepts.
-pub const MAX_BODY: usize = 1024 * 1024;
-
-/// How long a read waits for etcd before it answers from the daemon's copy (or 503): the
-/// answer comes within a second whatever etcd does.
-pub const READ_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// The header on an answer served from the daemon's copy.
-pub const STALE_HEADER: &str = "capstan-stale";
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub store: Store,
-    /// For `/readyz` (synced with etcd), and the endpoints and Traefik views.
-    pub desired: Desired,
-    /// Why a deleting stack's teardown cannot finish yet.
-    pub blocked: Arc<BlockedDeletions>,
-    /// For `/v1/leader`: this daemon's identity and role.
-    pub leadership: crate::leader::Leadership,
-    /// For `/readyz`, and to refuse writes at once while etcd does not answer.
-    pub health: Arc<crate::health::Health>,
-    /// Ends long-lived streams on shutdown.
-    pub stop: tokio::sync::watch::Receiver<bool>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The API tokens, cached ([`crate::auth`]).
-    pub tokens: Arc<crate::auth::Tokens>,
-    /// What stacks may do to the host, checked at apply, dry-run and scale.
-    pub policy: Arc<capstan_api::policy::Policy>,
-    /// The engine `build:` contexts are built on, and their size limit ([`crate::build`]).
-    pub builds: crate::build::Builds,
-    /// The engine, unfenced: any daemon reads logs ([`crate::logs`]) and runs one-off
-    /// containers ([`crate::run`]).
-    pub runtime: Arc<dyn crate::runtime::Runtime>,
-    /// Where the services' secrets and configs are on the host, for one-off containers.
-    pub files: crate::files::HostFiles,
-}
-
-/// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
-/// `hosts`: the `Host` names accepted (DNS rebinding guard on TCP; any on the Unix socket).
-pub fn router(state: ApiState, hosts: crate::guard::AllowedHosts) -> Router {
-    let counters = state.metrics.clone();
-    let guard = axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard);
-    crate::guard::harden(routes().layer(guard).with_state(state), counters, hosts)
-}
-
-/// `/healthz`, `/readyz` and `/metrics` alone, without authentication (`--metrics-listen`).
-pub fn probes(state: ApiState) -> Router {
-    let counters = state.metrics.clone();
-    let hosts = crate::guard::AllowedHosts::local();
-    crate::guard::harden(probe_routes().with_state(state), counters, hosts)
-}
-
-fn probe_routes() -> Router<ApiState> {
+/// The stacks, their services and rollouts, the leader, Traefik's provider.
+pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-}
-
-fn routes() -> Router<ApiState> {
-    probe_routes()
-        .merge(crate::auth::routes())
         .route("/v1/stacks", get(list_stacks))
         .route(
             "/v1/stacks/{stack}",
@@ -118,10 +56,6 @@ fn routes() -> Router<ApiState> {
         .route("/v1/services", get(list_services))
         .route("/v1/leader", get(leader))
         .route("/v1/traefik", get(traefik_config))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(crate::build::routes())
-        .merge(crate::logs::routes())
-        .merge(crate::run::routes())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -141,7 +75,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let reasons = self.1.details.iter().map(|d| d.reason.as_str());
-        crate::audit::refused_by(reasons.filter_map(crate::audit::policy_rule));
+        super::audit::refused_by(reasons.filter_map(super::audit::policy_rule));
         (self.0, Json(self.1)).into_response()
     }
 }
@@ -288,18 +222,6 @@ async fn isolated(store: &Store, spec: &capstan_api::spec::StackSpec) -> Result<
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Prometheus text exposition (OpenMetrics).
-async fn metrics(State(st): State<ApiState>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.metrics.encode(),
-    )
-        .into_response()
-}
-
 /// The lease holder as etcd has it, and this daemon's own role. While etcd does not
 /// answer: the last record read, marked stale. The role claims the lead only when the
 /// record names this daemon (a lease that lapsed unnoticed makes it `unsure`).
@@ -335,17 +257,6 @@ async fn leader(State(st): State<ApiState>) -> Read<LeaderView> {
         stale: stale.unwrap_or_default(),
     };
     Read { value: view, stale }
-}
-
-async fn readyz(State(st): State<ApiState>) -> Response {
-    match st.health.not_ready(st.desired.is_synced()) {
-        None => (StatusCode::OK, "ready\n").into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
-    }
 }
 
 impl ApiState {
@@ -452,9 +363,9 @@ async fn apply(
         .collect();
     if changed.is_empty() {
         tracing::info!(stack = %stack, "apply: unchanged");
-        crate::audit::note("unchanged");
+        super::audit::note("unchanged");
     } else {
-        crate::audit::note(changed.join(","));
+        super::audit::note(changed.join(","));
         tracing::info!(stack = %stack, changes = %changed.join(","), "apply");
     }
     Ok(Json(result))
@@ -521,7 +432,7 @@ async fn delete_stack(
         .request_deletion(&stack, q.volumes, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
-    crate::audit::note(format!("delete (volumes: {})", q.volumes));
+    super::audit::note(format!("delete (volumes: {})", q.volumes));
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
@@ -583,7 +494,7 @@ async fn scale(
         .scale(&stack, &service, req.replicas, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
-    crate::audit::note(format!("service {service} replicas={}", req.replicas));
+    super::audit::note(format!("service {service} replicas={}", req.replicas));
     // Reads are linearizable: the view shows this scale (or a later change, with its version).
     get_service(State(st), Path((stack, service))).await
 }
@@ -604,7 +515,7 @@ async fn undo(
     st.writable()?;
     let svc = st.store.undo(&stack, &service, q.to_revision).await?;
     tracing::info!(stack = %stack, service = %service, revision = svc.revision.number, "rollout undo");
-    crate::audit::note(format!(
+    super::audit::note(format!(
         "service {service} undo to revision {} ({})",
         svc.revision.number, svc.revision.change
     ));
@@ -629,7 +540,7 @@ async fn rollout(
     st.writable()?;
     let svc = st.store.rollout(&stack, &service, verb).await?;
     tracing::info!(stack = %stack, service = %service, ?verb, generation = svc.generation, "rollout");
-    crate::audit::note(format!("service {service} rollout {verb:?}").to_lowercase());
+    super::audit::note(format!("service {service} rollout {verb:?}").to_lowercase());
     get_service(State(st), Path((stack, service))).await
 }
 
@@ -775,24 +686,11 @@ mod tests {
     use super::*;
     use crate::store::memory::MemKv;
     use capstan_api::object::ApplyOutcome;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn state() -> (ApiState, Arc<MemKv>) {
-        let kv = Arc::new(MemKv::default());
-        let st = ApiState {
-            store: Store::new(kv.clone(), "/capstan"),
-            desired: crate::watch::Writer::default().reader(),
-            blocked: Arc::default(),
-            leadership: crate::leader::Leadership::always(),
-            health: Arc::new(crate::health::Health::answering()),
-            stop: tokio::sync::watch::channel(false).1,
-            metrics: Arc::default(),
-            tokens: Arc::default(),
-            policy: Arc::default(),
-            builds: Default::default(),
-            runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
-            files: Default::default(),
-        };
-        (st, kv)
+        ApiState::in_memory()
     }
 
     /// The API over a kv whose copy the test feeds: a synced copy of what the kv holds.
@@ -923,34 +821,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_diff_is_counted_as_a_verb_of_its_own() {
-        use tower::ServiceExt;
-        let (st, _) = state();
-        let metrics = st.metrics.clone();
-        let app = router(st, crate::guard::AllowedHosts::any());
-        let mut req = axum::extract::Request::builder()
-            .method("POST")
-            .uri("/v1/stacks/shop/diff")
-            .header("host", "localhost")
-            .body(axum::body::Body::from("services: {web: {image: web:1}}"))
-            .unwrap();
-        let peer = crate::auth::Peer::Unix(Some((0, 0)));
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let resp = app.oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let exposition = metrics.encode();
-        assert!(
-            exposition.contains(r#"capstan_api_requests_total{verb="diff",result="ok"} 1"#),
-            "{exposition}"
-        );
-    }
-
-    #[tokio::test]
     async fn a_policy_refusal_tells_the_audit_log_each_rule() {
         let (st, _) = state();
         let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
-        let (resp, noted) = crate::audit::with_note(async {
+        let (resp, noted) = crate::server::audit::with_note(async {
             apply(State(st), Path("shop".into()), query(false), body.into())
                 .await
                 .into_response()

@@ -22,51 +22,7 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use std::collections::HashMap;
 
-use crate::server::ApiState;
-
-/// The default `--max-build-context`: 256 MiB.
-pub const DEFAULT_MAX_CONTEXT: u64 = 256 << 20;
-
-/// How long one build (one engine request) may take.
-const BUILD_TIMEOUT_SECS: u64 = 3600;
-
-/// The engine the builds go to, and how large a context is accepted.
-#[derive(Clone)]
-pub struct Builds {
-    docker: Option<Docker>,
-    pub max_context: u64,
-}
-
-impl Default for Builds {
-    /// No engine: every build and image query is a 503 (the in-process tests).
-    fn default() -> Self {
-        Builds {
-            docker: None,
-            max_context: DEFAULT_MAX_CONTEXT,
-        }
-    }
-}
-
-impl Builds {
-    /// Builds on the local engine (`/var/run/docker.sock`, or a `unix://` `DOCKER_HOST`),
-    /// with an hour per request instead of bollard's 2 minutes: a build is one request.
-    pub fn local(max_context: u64) -> Result<Builds, bollard::errors::Error> {
-        let host = std::env::var("DOCKER_HOST").ok();
-        let socket = (host.as_deref())
-            .filter(|h| h.starts_with("unix://"))
-            .unwrap_or("unix:///var/run/docker.sock");
-        let docker =
-            Docker::connect_with_unix(socket, BUILD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?;
-        Ok(Builds {
-            docker: Some(docker),
-            max_context,
-        })
-    }
-
-    fn engine(&self) -> Option<&Docker> {
-        self.docker.as_ref()
-    }
-}
+use super::state::ApiState;
 
 fn no_engine() -> Response {
     error(
@@ -186,7 +142,7 @@ async fn build(
     };
     tracing::info!(tag = %req.tag, bytes = tar.len(), "building an image");
     // The audit entry is written when the stream starts; the build's end is logged.
-    crate::audit::note(format!("{}/{} build {}", req.stack, req.service, req.tag));
+    super::audit::note(format!("{}/{} build {}", req.stack, req.service, req.tag));
     let (tx, rx) = tokio::sync::mpsc::channel::<BuildEvent>(64);
     tokio::spawn(run(docker, req, tar, tx));
     let lines = futures::stream::unfold(rx, |mut rx| async move {

@@ -25,10 +25,10 @@ use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use super::state::ApiState;
 use crate::reconcile::error::ReconcileError;
 use crate::reconcile::shape;
 use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
-use crate::server::ApiState;
 
 pub fn routes() -> Router<ApiState> {
     Router::new().route("/v1/stacks/{stack}/services/{service}/run", post(run))
@@ -56,7 +56,7 @@ async fn run(
         Ok(req) => req,
         Err(refusal) => return refusal.into_response(),
     };
-    crate::audit::note(crate::audit::run_summary(&service, req.command.as_deref()));
+    super::audit::note(super::audit::run_summary(&service, req.command.as_deref()));
     let (Some(stack), Some(service)) = (
         st.desired.stack(&stack),
         st.desired.service(&stack, &service),
@@ -103,7 +103,7 @@ async fn run(
             return error(StatusCode::INTERNAL_SERVER_ERROR, why, vec![]).into_response();
         }
     }
-    crate::logs::ndjson(rx)
+    super::logs::ndjson(rx)
 }
 
 /// A sidecar's one-off joins its partners' first replica, as `docker compose run` joins
@@ -158,7 +158,7 @@ fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
     let mut suffix = [0u8; 6];
     // Should the kernel give no randomness, a second run at once meets a name conflict.
     let _ = getrandom::fill(&mut suffix);
-    let suffix = crate::auth::hex(&suffix);
+    let suffix = super::tokens::hex(&suffix);
     let name = format!("{}-{}-run-{suffix}", stack.name, service.name);
     if plan.hostname == plan.name {
         plan.hostname = name.clone();
@@ -269,7 +269,7 @@ impl OneOffRun {
             tokio::select! {
                 ended = self.output_then_exit(output, &tx) => ended,
                 _ = alive(&tx) => None,
-                _ = crate::logs::stopping(&mut stop) => None,
+                _ = super::logs::stopping(&mut stop) => None,
             }
         };
         if let Err(e) = self.runtime.remove(&self.id, self.grace).await {
