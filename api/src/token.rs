@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// What a caller may do; each role includes the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Read,
@@ -30,7 +32,7 @@ impl Role {
 }
 
 /// A token as stored in etcd: never the token itself, only its SHA-256.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenRecord {
     pub name: String,
     pub role: Role,
@@ -41,14 +43,14 @@ pub struct TokenRecord {
 }
 
 /// `POST /v1/tokens`'s body.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateToken {
     pub name: String,
     pub role: Role,
 }
 
 /// `POST /v1/tokens`'s answer: the only time the secret is shown.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedToken {
     pub name: String,
     pub role: Role,
