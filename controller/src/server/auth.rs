@@ -12,6 +12,9 @@ use axum::Json;
 use capstan_api::object::ErrorBody;
 use capstan_api::token::{CreateToken, CreatedToken, Role, TokenRecord};
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use super::caller::{Caller, ClientCert, Peer};
 use super::state::ApiState;
 use super::tokens::{hash, new_secret};
@@ -134,11 +137,10 @@ pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Resp
 }
 
 /// `/v1/tokens`: create, list, revoke (admin only, by [`required_role`]).
-pub fn routes() -> axum::Router<ApiState> {
-    use axum::routing::{delete, get};
-    axum::Router::new()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{name}", delete(revoke_token))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -157,6 +159,18 @@ fn store_error(e: StoreError) -> Response {
     error(status, e.to_string())
 }
 
+/// A new token: its secret is in this answer only.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body(content = CreateToken),
+    responses(
+        (status = 201, description = "Created: the secret is shown this once.", body = CreatedToken),
+        (status = 400, description = "The name is not a short lowercase word, or the body is not JSON.", body = ErrorBody),
+        (status = 409, description = "A token of that name exists.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The JSON is not a `CreateToken`.", body = ErrorBody),
+        (status = 500, description = "No randomness for the secret.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) -> Response {
     if !valid_name(&req.name) {
         let why = format!("token name {:?}: lowercase letters, digits, '-', '_', '.'; at most 63, starting with a letter or digit", req.name);
@@ -197,6 +211,12 @@ async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) 
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
+/// Every token: name, role and creation time, never the secret or its hash.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses(
+        (status = 200, description = "The tokens.", body = Vec<TokenRecord>),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn list_tokens(State(st): State<ApiState>) -> Response {
     match st.store.tokens().await {
         Ok(mut tokens) => {
@@ -207,6 +227,14 @@ async fn list_tokens(State(st): State<ApiState>) -> Response {
     }
 }
 
+/// Revokes a token: within 2 s every daemon sharing the etcd refuses it.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens",
+    params(("name" = String, Path, description = "The token's name.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such token.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn revoke_token(
     State(st): State<ApiState>,
     axum::extract::Path(name): axum::extract::Path<String>,

@@ -15,8 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use capstan_api::names;
 use capstan_api::object::{ErrorBody, Service, Stack};
 use capstan_api::run::{RunRecord, RunRequest};
@@ -24,14 +23,16 @@ use capstan_api::FieldError;
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::state::ApiState;
 use crate::reconcile::error::ReconcileError;
 use crate::reconcile::shape;
 use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
 
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/v1/stacks/{stack}/services/{service}/run", post(run))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(run))
 }
 
 /// A refused run: the status and the documented JSON error.
@@ -47,6 +48,20 @@ fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal
     Refusal(status, ErrorBody { error, details })
 }
 
+/// A one-off container of the service (`capstan run`), as `docker compose run` makes it.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/run", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    request_body(content = RunRequest, description = "The command and extra environment, if any."),
+    responses(
+        (status = 200, description = "The container's life, one JSON `RunRecord` a line (NDJSON): started, its output, its exit.",
+            body = RunRecord, content_type = "application/x-ndjson"),
+        (status = 400, description = "The body is not a valid `RunRequest`: each field in `details`.", body = ErrorBody),
+        (status = 403, description = "The policy refuses the service's binds.", body = ErrorBody),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 409, description = "The image or an external resource is missing, a name is taken, or a sidecar's partner cannot take it.", body = ErrorBody),
+        (status = 500, description = "The run ended before its container started.", body = ErrorBody),
+        (status = 502, description = "The engine failed.", body = ErrorBody),
+    ))]
 async fn run(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,

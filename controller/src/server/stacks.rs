@@ -13,49 +13,37 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use capstan_api::object::{
-    Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest, ServiceView, StackView, Stale,
+    ApplyResult, DeleteAccepted, Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest,
+    ServiceView, StackView, Stale,
 };
 use futures::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::state::{ApiState, READ_TIMEOUT, STALE_HEADER};
 use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
 
 /// The stacks, their services and rollouts, the leader, Traefik's provider.
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/stacks", get(list_stacks))
-        .route(
-            "/v1/stacks/{stack}",
-            put(apply).get(get_stack).delete(delete_stack),
-        )
-        .route("/v1/stacks/{stack}/services/{service}", get(get_service))
-        .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
-        .route("/v1/stacks/{stack}/diff", axum::routing::post(diff))
-        .route(
-            "/v1/stacks/{stack}/services/{service}/undo",
-            axum::routing::post(undo),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/rollout/{verb}",
-            axum::routing::post(rollout),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/history",
-            get(history),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/endpoints",
-            get(endpoints),
-        )
-        .route("/v1/services", get(list_services))
-        .route("/v1/leader", get(leader))
-        .route("/v1/traefik", get(traefik_config))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_stacks))
+        .routes(routes!(apply, get_stack, delete_stack))
+        .routes(routes!(get_service))
+        .routes(routes!(scale))
+        .routes(routes!(diff))
+        .routes(routes!(undo))
+        .routes(routes!(rollout))
+        .routes(routes!(history))
+        .routes(routes!(endpoints))
+        .routes(routes!(list_services))
+        .routes(routes!(leader))
+        .routes(routes!(traefik_config))
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -225,6 +213,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 /// The lease holder as etcd has it, and this daemon's own role. While etcd does not
 /// answer: the last record read, marked stale. The role claims the lead only when the
 /// record names this daemon (a lease that lapsed unnoticed makes it `unsure`).
+#[utoipa::path(get, path = "/v1/leader", tag = "cluster",
+    responses((status = 200, description = "The lease holder and this daemon's role.", body = LeaderView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer.")))))]
 async fn leader(State(st): State<ApiState>) -> Read<LeaderView> {
     let this = st.leadership.identity.to_string();
     let read = if st.health.etcd() {
@@ -332,8 +322,10 @@ impl ApiState {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ApplyQuery {
+    /// The stack's resourceVersion the caller read: 409 if it changed since.
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
     /// Validate and report what would change; write nothing.
@@ -341,6 +333,17 @@ struct ApplyQuery {
     dry_run: bool,
 }
 
+#[utoipa::path(put, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name."), ApplyQuery),
+    request_body(content = String, content_type = "application/yaml", description = "The stack as a Compose file (YAML or JSON), at most 1 MiB."),
+    responses(
+        (status = 200, description = "Applied (or, with `dryRun`, what would change); per service, what changed.", body = ApplyResult),
+        (status = 400, description = "The document is invalid, refused by policy, or names another stack's containers, networks or volumes: each field in `details`; nothing was written.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the stack's, or a concurrent apply won: nothing was written.", body = ErrorBody),
+        (status = 413, description = "The document is over 1 MiB.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn apply(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -371,6 +374,11 @@ async fn apply(
     Ok(Json(result))
 }
 
+#[utoipa::path(get, path = "/v1/stacks", tag = "stacks",
+    responses(
+        (status = 200, description = "Every stack, its services and their status.", body = Vec<StackView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn list_stacks(State(st): State<ApiState>) -> Result<Read<Vec<StackView>>, ApiError> {
     let mut read = st
         .read(st.store.stack_views(), crate::store::views_of)
@@ -397,6 +405,12 @@ async fn stack_view(st: &ApiState, stack: &str) -> Result<Read<StackView>, ApiEr
     })
 }
 
+#[utoipa::path(get, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name.")),
+    responses(
+        (status = 200, description = "The stack, its services and their status.", body = StackView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn get_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -406,8 +420,10 @@ async fn get_stack(
     Ok(read)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
+    /// Remove the stack's named volumes too.
     #[serde(default)]
     volumes: bool,
     /// The stack's resourceVersion the caller read: 409 if it changed since.
@@ -415,35 +431,48 @@ struct DeleteQuery {
     resource_version: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ScaleQuery {
     /// The service's resourceVersion the caller read: 409 if it changed since.
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
 }
 
+#[utoipa::path(delete, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name."), DeleteQuery),
+    responses(
+        (status = 202, description = "The teardown is requested; the controller carries it out.", body = DeleteAccepted),
+        (status = 404, description = "No such stack.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the stack's: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn delete_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeleteAccepted>), ApiError> {
     st.writable()?;
     let rv = (st.store)
         .request_deletion(&stack, q.volumes, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
     super::audit::note(format!("delete (volumes: {})", q.volumes));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
-            "stack": stack,
-            "phase": "Deleting",
-            "volumes": q.volumes,
-            "resourceVersion": rv,
-        })),
-    ))
+    let accepted = DeleteAccepted {
+        stack,
+        phase: "Deleting".into(),
+        volumes: q.volumes,
+        resource_version: rv,
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    responses(
+        (status = 200, description = "The service: spec and status side by side.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn get_service(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -461,6 +490,18 @@ async fn get_service(
     })
 }
 
+#[utoipa::path(put, path = "/v1/stacks/{stack}/services/{service}/scale", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), ScaleQuery),
+    request_body(content = ScaleRequest, description = "The desired number of replicas."),
+    responses(
+        (status = 200, description = "Scaled: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 400, description = "More replicas than a service may have, refused by policy, or a body that is not JSON: nothing was written.", body = ErrorBody),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the service's, or the stateful guard refuses: nothing was written.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The JSON is not a `ScaleRequest`.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn scale(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -499,14 +540,25 @@ async fn scale(
     get_service(State(st), Path((stack, service))).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct UndoQuery {
+    /// The revision to go back to; without it, the one before the current.
     to_revision: Option<i64>,
 }
 
 /// `capstan rollout undo [--to-revision N]`: back to revision N's spec (the previous one's
 /// without N).
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/undo", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), UndoQuery),
+    responses(
+        (status = 200, description = "Back to the earlier revision's spec: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 400, description = "No such revision to go back to.", body = ErrorBody),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 409, description = "A concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn undo(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -523,6 +575,14 @@ async fn undo(
 }
 
 /// `capstan rollout pause|resume|restart`.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/rollout/{verb}", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), ("verb" = String, Path, description = "`pause`, `resume` or `restart`.")),
+    responses(
+        (status = 200, description = "Done: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack, service or verb.", body = ErrorBody),
+        (status = 409, description = "A concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn rollout(
     State(st): State<ApiState>,
     Path((stack, service, verb)): Path<(String, String, String)>,
@@ -545,6 +605,12 @@ async fn rollout(
 }
 
 /// `capstan rollout history`: every revision the service keeps, the current one last.
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}/history", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    responses(
+        (status = 200, description = "Every revision the service keeps, oldest first; the last is the current one.", body = Vec<RevisionView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn history(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -569,6 +635,15 @@ async fn history(
 
 /// `capstan diff`: what applying the document (as `PUT /v1/stacks/{stack}` takes it) would
 /// change, per service, field by field; nothing is written.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/diff", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name.")),
+    request_body(content = String, content_type = "application/yaml", description = "The stack as a Compose file (YAML or JSON), as `PUT /v1/stacks/{stack}` takes it."),
+    responses(
+        (status = 200, description = "Per service, what applying the document would change, field by field.", body = BTreeMap<String, capstan_api::diff::ServiceDiff>),
+        (status = 400, description = "The document is invalid: each field in `details`.", body = ErrorBody),
+        (status = 413, description = "The document is over 1 MiB.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer (a diff against the daemon's copy could mislead).", body = ErrorBody),
+    ))]
 async fn diff(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -586,11 +661,19 @@ async fn diff(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ServicesQuery {
+    /// Only this stack's services.
     stack: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    params(ServicesQuery),
+    responses(
+        (status = 200, description = "Every service (of one stack with `?stack=`): spec and status.", body = Vec<ServiceView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn list_services(
     State(st): State<ApiState>,
     Query(q): Query<ServicesQuery>,
@@ -610,14 +693,23 @@ async fn list_services(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EndpointsQuery {
+    /// Stream the endpoints as server-sent events, at each change.
     #[serde(default)]
     watch: bool,
 }
 
 /// The ready endpoints of a service. With `?watch=true`, a server-sent-events stream: the
 /// current endpoints first, then one `endpoints` event each time they change.
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}/endpoints", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), EndpointsQuery),
+    responses(
+        (status = 200, description = "The service's ready replicas. With `?watch=true`, a server-sent-events stream instead: the current endpoints, then one `endpoints` event (its data an `Endpoints`) at each change.",
+            content((Endpoints = "application/json"), (Endpoints = "text/event-stream"))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+    ))]
 async fn endpoints(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -672,6 +764,8 @@ async fn endpoints(
 }
 
 /// Traefik's HTTP provider: point `providers.http.endpoint` here.
+#[utoipa::path(get, path = "/v1/traefik", tag = "cluster",
+    responses((status = 200, description = "Traefik's dynamic configuration (its HTTP provider's format) for every service with published endpoints.", body = Object)))]
 async fn traefik_config(State(st): State<ApiState>) -> Json<serde_json::Value> {
     let all = st.desired.services_with_endpoints();
     let refs: Vec<(&capstan_api::object::Service, Option<&Endpoints>)> = all
