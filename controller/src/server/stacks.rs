@@ -495,9 +495,9 @@ async fn get_service(
     request_body(content = ScaleRequest, description = "The desired number of replicas."),
     responses(
         (status = 200, description = "Scaled: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
-        (status = 400, description = "More replicas than a service may have, refused by policy, or a body that is not JSON: nothing was written.", body = ErrorBody),
+        (status = 400, description = "More replicas than a service may have, refused by policy or by the stateful guard, a sidecar (scale its partner), or a body that is not JSON: nothing was written.", body = ErrorBody),
         (status = 404, description = "No such stack or service.", body = ErrorBody),
-        (status = 409, description = "`resourceVersion` is not the service's, or the stateful guard refuses: nothing was written.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the service's, or a concurrent change won: nothing was written.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "The JSON is not a `ScaleRequest`.", body = ErrorBody),
         (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
@@ -554,9 +554,9 @@ struct UndoQuery {
     params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), UndoQuery),
     responses(
         (status = 200, description = "Back to the earlier revision's spec: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
-        (status = 400, description = "No such revision to go back to.", body = ErrorBody),
-        (status = 404, description = "No such stack or service.", body = ErrorBody),
-        (status = 409, description = "A concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 400, description = "The earlier revision's spec is refused now: each field in `details`.", body = ErrorBody),
+        (status = 404, description = "No such stack or service, or revision `toRevision` is not kept (the message names those that are).", body = ErrorBody),
+        (status = 409, description = "No previous revision to go back to, or a concurrent change won: nothing was written.", body = ErrorBody),
         (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
     ))]
 async fn undo(
