@@ -11,7 +11,7 @@ export CAPSTAN_SOCKET ?= $(CURDIR)/.data/run/capstan.sock
 endif
 export CAPSTAN_SERVER ?= unix://$(CAPSTAN_SOCKET)
 
-.PHONY: up down test unit e2e bench chaos images deps build lint fuzz fuzz-deps
+.PHONY: up down test unit e2e bench chaos images deps build lint fuzz fuzz-deps openapi
 
 ## up: install what is missing, build, start etcd and capstan, apply examples/web.yaml
 up: build images
@@ -69,6 +69,11 @@ chaos: deps images
 
 deps:
 	@bash scripts/deps.sh
+
+## openapi: write docs/openapi.json, the API's OpenAPI 3.1 document (what GET /openapi.json
+## serves), generated from the handlers and their types; a unit test fails while it is stale
+openapi:
+	$(CARGO) run -q -p capstan -- openapi > docs/openapi.json
 
 ## fuzz: each cargo-fuzz target (fuzz/: the Compose parser, the apply handler's request
 ## decoding) for FUZZ_SECONDS, seeded with examples/ and e2e/conformance/. Needs the nightly

@@ -15,7 +15,7 @@ pub const BUILT_IMAGE_PREFIX: &str = "capstan.local/";
 pub const TAG_DIGITS: usize = 16;
 
 /// `build:` of a service, short or long form, with Compose's meaning.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildSpec {
     /// The context folder (absolute once `capstan apply` resolved it).
@@ -114,7 +114,7 @@ pub const LABEL_STACK: &str = "capstan.build.stack";
 pub const LABEL_SERVICE: &str = "capstan.build.service";
 
 /// `POST /v1/builds?options=<this, as JSON>`: the body is the context as a tar.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuildRequest {
     pub stack: String,
@@ -130,7 +130,7 @@ pub struct BuildRequest {
 
 /// `GET /v1/images?tag=`: whether the engine has that image, and how large a context this
 /// daemon accepts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageView {
     pub tag: String,
@@ -142,7 +142,7 @@ pub struct ImageView {
 }
 
 /// One line of the build route's NDJSON answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum BuildEvent {
     /// Output of the builder (`Step 2/4 : RUN ...`, the step's own output).

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::spec::ServiceSpec;
 
 /// One changed field: its path in the spec's JSON form, before and after (None: absent).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Change {
     pub path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +58,7 @@ fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<Chan
 }
 
 /// How one service of a stack would change.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", content = "changes", rename_all = "camelCase")]
 pub enum ServiceDiff {
     /// A new service: each of its fields.

@@ -9,7 +9,19 @@ use sha2::{Digest, Sha256};
 
 /// Whether a file is a secret or a config: where it is mounted by default, and whether its
 /// content is encrypted at rest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     Secret,
@@ -66,7 +78,7 @@ impl std::fmt::Debug for FileContent {
 
 /// A top-level secret or config of a stack: its digest, and (only in memory, between
 /// parsing and storing) its content.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileObject {
     /// `sha256:<hex>` of the content.
@@ -93,7 +105,7 @@ pub fn digest(bytes: &[u8]) -> String {
 }
 
 /// A secret or config a service mounts.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FileMount {
     /// The top-level name.

@@ -18,6 +18,7 @@
 //! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
 //! - [`reference`]: image references (`[registry[:port]/]path[:tag][@digest]`), checked at apply.
 //! - [`stateful`]: the stateful guard (one rule for apply and scale) and per-replica volumes.
+//! - [`token`]: API tokens and their roles, as the API takes them and etcd stores them.
 
 pub mod build;
 pub mod compose;
@@ -35,5 +36,6 @@ pub mod reference;
 pub mod run;
 pub mod spec;
 pub mod stateful;
+pub mod token;
 
 pub use compose::{parse_stack, FieldError, InvalidStack};

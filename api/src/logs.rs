@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One line of the logs stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum LogRecord {
     /// A replica whose output follows: every one at the start, then each that joins

@@ -13,7 +13,7 @@ use crate::spec::{NetworkSpec, ServiceSpec, VolumeSpec};
 /// A stack: its shared resources and the names of its services. The service list is what
 /// lets the controller tell "removed from the stack" (remove its containers) from "unknown
 /// to this etcd" (never touch).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stack {
     pub name: String,
@@ -39,7 +39,7 @@ pub struct Stack {
     pub deletion: Option<Deletion>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deletion {
     pub requested_at: String,
@@ -48,7 +48,7 @@ pub struct Deletion {
 }
 
 /// A service's desired state.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     pub stack: String,
@@ -86,7 +86,7 @@ impl Service {
 }
 
 /// A revision's number, when it became the desired spec, and what it changed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionMeta {
     /// 1 for a service's first spec, one more for each new revision.
@@ -100,7 +100,7 @@ pub struct RevisionMeta {
 }
 
 /// One earlier spec of a service, with the generation it had when it was replaced.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
     #[serde(flatten)]
@@ -111,7 +111,7 @@ pub struct Revision {
 
 /// A line of `capstan rollout history` (`GET .../history`), oldest first; the last is the
 /// current revision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionView {
     pub revision: i64,
@@ -144,7 +144,7 @@ impl RevisionView {
 
 /// An automatic rollback: the stored spec is the one of `toGeneration` again (under a new
 /// generation), because the update of `fromGeneration` failed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolledBack {
     pub from_generation: i64,
@@ -156,7 +156,7 @@ pub struct RolledBack {
 
 /// What the controller last observed of a service. Written last in a reconcile, and only
 /// when it changed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     /// The generation this status was computed for.
@@ -186,7 +186,7 @@ pub struct ServiceStatus {
 pub const RECENT_EVENTS: usize = 10;
 
 /// One thing capstan did to heal a replica.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealEvent {
     pub time: String,
@@ -197,7 +197,7 @@ pub struct HealEvent {
 }
 
 /// How capstan healed a replica; the wire form is the lowercase word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HealAction {
     /// `docker start` of an exited container.
@@ -209,7 +209,7 @@ pub enum HealAction {
 }
 
 /// Why capstan healed a replica; also the `reason` label of `capstan_heal_actions_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum HealCause {
     Exited,
@@ -371,7 +371,7 @@ impl std::fmt::Display for Reason {
 }
 
 /// One condition, Kubernetes-style.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// `Ready`, `Progressing`, `Degraded`.
@@ -386,7 +386,7 @@ pub struct Condition {
     pub last_transition_time: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaState {
     pub ordinal: u32,
@@ -409,7 +409,7 @@ pub struct ReplicaState {
 }
 
 /// The back-off position of a replica in a crash loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CrashLoop {
     /// Restarts in the current window (the next wait doubles with each).
@@ -485,7 +485,7 @@ impl ServiceStatus {
 }
 
 /// One row of `capstan get services`: spec and status side by side.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceView {
     pub stack: String,
@@ -520,7 +520,7 @@ pub struct ServiceView {
 
 /// The marker of an answer served from the daemon's copy of desired state (or its last known
 /// leader) because etcd did not answer: absent from the JSON on a fresh answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stale {
     /// True on an answer from the copy: a change made since etcd last answered is not in it.
@@ -595,7 +595,7 @@ impl ServiceView {
 }
 
 /// One row of `capstan get stacks`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StackView {
     pub name: String,
@@ -628,7 +628,7 @@ impl StackView {
 }
 
 /// The answer to an apply: what changed, per service.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyResult {
     pub stack: String,
@@ -641,7 +641,7 @@ pub struct ApplyResult {
 }
 
 /// What an apply did to one service; the wire form is the lowercase word.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyOutcome {
     Created,
@@ -669,7 +669,7 @@ impl std::fmt::Display for ApplyOutcome {
 
 /// The ready replicas of a service, as traffic should see them (like an EndpointSlice).
 /// Stored at `<prefix>/v1/endpoints/<stack>/<service>`, written only when it changes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoints {
     pub stack: String,
@@ -678,7 +678,7 @@ pub struct Endpoints {
 }
 
 /// One ready replica.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub replica: String,
@@ -688,7 +688,7 @@ pub struct Endpoint {
     pub ports: Vec<EndpointPort>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     pub container_port: u16,
@@ -699,15 +699,29 @@ pub struct EndpointPort {
 }
 
 /// The body of every error the API returns.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<crate::FieldError>,
 }
 
+/// The answer to `DELETE /v1/stacks/{stack}` (202): the teardown is requested; the
+/// controller removes the stack's containers, then its keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteAccepted {
+    pub stack: String,
+    /// Always `Deleting`.
+    pub phase: String,
+    /// The stack's named volumes are removed too (`?volumes=true`).
+    pub volumes: bool,
+    /// The stack record's `resourceVersion` after the request.
+    pub resource_version: i64,
+}
+
 /// The body of `PUT /v1/stacks/{stack}/services/{service}/scale`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScaleRequest {
     pub replicas: u32,
 }
@@ -795,7 +809,7 @@ mod tests {
 }
 
 /// Who holds the leader lease: the value of the leader key in etcd.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderRecord {
     /// The holder's `serve --id` (by default `<hostname>:<listen address>`).
@@ -806,7 +820,7 @@ pub struct LeaderRecord {
 }
 
 /// `GET /v1/leader`: the lease holder, and what the daemon that answered is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaderView {
     /// None while nobody holds the lease (between a leader's end and the next election).

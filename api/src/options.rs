@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// One service's container options. Sizes are bytes, CPUs are nano-CPUs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ContainerOptions {
     /// The container's name instead of `<stack>-<service>-1` (one replica only).
@@ -108,14 +108,14 @@ impl ContainerOptions {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Ulimit {
     pub soft: i64,
     pub hard: i64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Logging {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,7 +125,7 @@ pub struct Logging {
 }
 
 /// `HOST[:CONTAINER[:PERMISSIONS]]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Device {
     pub host: String,
@@ -135,7 +135,7 @@ pub struct Device {
 
 /// `network_mode`: the container shares the host's network stack, has none, or shares the
 /// network namespace of a partner's replica (a sidecar: `service:NAME`, `container:NAME`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     Host,
@@ -164,7 +164,7 @@ impl NetworkMode {
 
 /// The replica a sidecar's replica pairs with: it shares that replica's network namespace
 /// (`network_mode`) or mounts its volumes (`volumes_from`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Partner {
     /// The partner service, of the same stack.
@@ -193,7 +193,7 @@ impl Partner {
 }
 
 /// One `volumes_from` entry: `SERVICE[:ro|:rw]` or `container:NAME[:ro|:rw]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumesFrom {
     pub partner: Partner,

@@ -135,6 +135,19 @@ impl<'de> Deserialize<'de> for PullPolicy {
     }
 }
 
+/// In the API's schemas: the Compose spelling, a string.
+impl utoipa::PartialSchema for PullPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let description = format!("Compose's `pull_policy`: {VALID}.");
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(description))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PullPolicy {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

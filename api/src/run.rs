@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 pub const ALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What to run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunRequest {
     /// The command, instead of the service's (`None`: the service's own).
@@ -22,7 +22,7 @@ pub struct RunRequest {
 }
 
 /// One record of the run's stream: a JSON object on a line of its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum RunRecord {
     /// The one-off container, once it started.
@@ -34,6 +34,7 @@ pub enum RunRecord {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         stderr: bool,
         #[serde(rename = "data", with = "base64_bytes")]
+        #[schema(value_type = String, content_encoding = "base64")]
         bytes: Vec<u8>,
     },
     /// One line of its output, without the line break: what daemons before [`RunRecord::Output`]

@@ -12,7 +12,7 @@ use crate::names;
 pub use crate::options::*;
 
 /// One Compose project.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StackSpec {
     pub name: String,
@@ -30,7 +30,7 @@ pub struct StackSpec {
 }
 
 /// One Compose service, replicated `replicas` times.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     pub image: String,
@@ -100,7 +100,7 @@ pub struct ServiceSpec {
 
 /// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and
 /// its restart annotation do in Kubernetes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutControl {
     /// No outdated replica that still serves is replaced (scaling and healing go on).
@@ -119,7 +119,7 @@ impl RolloutControl {
 }
 
 /// One `depends_on` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Dependency {
     pub condition: DependencyCondition,
@@ -129,7 +129,7 @@ pub struct Dependency {
     pub restart: bool,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DependencyCondition {
     /// Every replica of the dependency is running (or, for a one-shot, has completed).
@@ -150,7 +150,7 @@ impl DependencyCondition {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -168,7 +168,7 @@ pub struct ServiceNetwork {
 }
 
 /// `[host_ip:][host_port[-end]:]container_port[/protocol]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,7 +184,7 @@ pub struct PortSpec {
     pub mode: PortMode,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortMode {
     #[default]
@@ -244,7 +244,7 @@ impl PortSpec {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum MountKind {
     /// A named volume the stack declares.
@@ -257,7 +257,7 @@ pub enum MountKind {
     Tmpfs,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MountSpec {
     pub kind: MountKind,
@@ -310,7 +310,7 @@ impl MountSpec {
 
 /// Compose's `restart`, enforced by capstan (containers get no engine restart policy, so
 /// that restarts, back-off and startup order have one owner).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case", tag = "policy")]
 pub enum RestartPolicy {
     No,
@@ -336,7 +336,7 @@ impl RestartPolicy {
 }
 
 /// How capstan spaces the restarts of a crash-looping replica, from `deploy.restart_policy`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartTiming {
     /// `delay`: the wait before the first restart (then doubling, as capstan's back-off does).
@@ -351,7 +351,7 @@ pub struct RestartTiming {
 /// `deploy.update_config`: how a changed spec replaces the replicas, with Swarm's fields.
 /// Enforced by capstan, so not part of the container hash. Every field left out takes
 /// capstan's default (see the accessors), which keeps the service serving while it rolls.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpdateConfig {
     /// Replicas replaced at once; 0: all at once.
@@ -380,7 +380,7 @@ pub struct UpdateConfig {
 /// service whose replicas cannot run twice at once ([`ServiceSpec::surge_blocker`]: a host
 /// port, a fixed address, a volume written read-write) is replaced stop-first, and its
 /// `Progressing` condition says why.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateOrder {
     /// capstan's default.
@@ -390,7 +390,7 @@ pub enum UpdateOrder {
     StopFirst,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     /// Stop replacing replicas; the updated ones are still healed.
@@ -444,7 +444,7 @@ impl UpdateConfig {
 }
 
 /// The engine's health config, in its own units (nanoseconds) so it passes through as is.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Healthcheck {
     /// `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]`; empty keeps the image's test
@@ -463,7 +463,7 @@ pub struct Healthcheck {
     pub start_interval_ns: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
     /// Made elsewhere: capstan joins it but never creates or removes it.
@@ -489,7 +489,7 @@ pub struct NetworkSpec {
 }
 
 /// A network's address management.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Ipam {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -500,7 +500,7 @@ pub struct Ipam {
     pub options: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IpamPool {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -513,7 +513,7 @@ pub struct IpamPool {
     pub aux_addresses: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeSpec {
     #[serde(default)]

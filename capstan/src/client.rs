@@ -103,9 +103,9 @@ impl Client {
     pub async fn create_token(
         &self,
         name: &str,
-        role: capstan_controller::auth::Role,
-    ) -> anyhow::Result<capstan_controller::auth::CreatedToken> {
-        let body = capstan_controller::auth::CreateToken {
+        role: capstan_api::token::Role,
+    ) -> anyhow::Result<capstan_api::token::CreatedToken> {
+        let body = capstan_api::token::CreateToken {
             name: name.into(),
             role,
         };
@@ -113,7 +113,7 @@ impl Client {
         self.send(req.json(&body)).await
     }
 
-    pub async fn tokens(&self) -> anyhow::Result<Vec<capstan_controller::auth::TokenRecord>> {
+    pub async fn tokens(&self) -> anyhow::Result<Vec<capstan_api::token::TokenRecord>> {
         self.send(self.http.get(format!("{}/v1/tokens", self.base)))
             .await
     }

@@ -241,7 +241,7 @@ enum RoleArg {
     Admin,
 }
 
-impl From<RoleArg> for capstan_controller::auth::Role {
+impl From<RoleArg> for capstan_api::token::Role {
     fn from(r: RoleArg) -> Self {
         match r {
             RoleArg::Read => Self::Read,
@@ -276,6 +276,9 @@ enum Kind {
 enum Command {
     /// Run the daemon: store in etcd, reconcile against the local Docker engine, serve the API.
     Serve(Box<ServeArgs>),
+    /// Print the API's OpenAPI 3.1 document (what `GET /openapi.json` serves), without a
+    /// daemon: `make openapi` writes it to docs/openapi.json.
+    Openapi,
     /// API tokens for the TCP listener (admin; over the Unix socket as its owner or group).
     Token {
         #[command(subcommand)]
@@ -661,12 +664,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         client_cert: cli.client_cert,
         client_key: cli.client_key,
     };
-    if let Command::Serve(args) = cli.command {
-        return serve(serve_config(*args)?).await;
+    match cli.command {
+        Command::Serve(args) => return serve(serve_config(*args)?).await,
+        Command::Openapi => {
+            print!("{}", capstan_controller::server::openapi_json());
+            return Ok(0);
+        }
+        _ => {}
     }
     let api = client::Client::new(&cli.server, &creds)?;
     match cli.command {
-        Command::Serve(_) => unreachable!("served above"),
+        Command::Serve(_) | Command::Openapi => unreachable!("answered above"),
         Command::Token { action } => token(&api, action).await,
         Command::Apply {
             project,

@@ -8,12 +8,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::controller::Controller;
-use crate::guard::AllowedHosts;
 use crate::listen::{self, Limits, ListenError, Listener, Timeouts};
 use crate::metrics::{MeasuredKv, MeasuredRuntime, Metrics};
 use crate::runtime::docker::DockerRuntime;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::server::{self, ApiState};
+use crate::server::guard::AllowedHosts;
+use crate::server::{self, state::ApiState};
 use crate::store::etcd::{EtcdAccess, EtcdKv};
 use crate::store::{KvError, Store};
 
@@ -100,7 +100,7 @@ async fn engine(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn Runti
     });
     tokio::spawn({
         let runtime = runtime.clone();
-        async move { crate::run::sweep(&*runtime).await }
+        async move { crate::server::run::sweep(&*runtime).await }
     });
     Ok(runtime)
 }
@@ -171,7 +171,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         metrics,
         tokens: Arc::default(),
         policy: Arc::new(config.policy.clone()),
-        builds: crate::build::Builds::local(config.max_build_context)
+        builds: crate::server::state::Builds::local(config.max_build_context)
             .map_err(DaemonError::Builds)?,
         files: controller.engine.files.clone(),
         runtime,

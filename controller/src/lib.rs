@@ -26,31 +26,25 @@
 //! - [`traffic`]: publishing endpoints (proxy, etcd, Traefik) behind one call.
 //! - [`metrics`]: the Prometheus registry, and the decorators that measure etcd and Docker.
 //! - [`controller`]: the loop's tasks wired around one context; [`server`]: the HTTP API,
-//!   behind [`auth`] (who may call: socket peers, bearer tokens, roles) and [`audit`];
-//!   [`listen`]: its Unix socket, TCP and TLS listeners;
-//!   [`daemon`]: `capstan serve`.
+//!   behind [`server::auth`] (who may call: socket peers, bearer tokens, roles) and
+//!   [`server::audit`]; with [`server::logs`] and [`server::run`] (the replicas' output, and
+//!   one-off containers, `capstan run`, streamed as NDJSON by any daemon, leader or not) and
+//!   [`server::build`] (`build:` contexts); [`listen`]: its Unix socket, TCP and TLS
+//!   listeners; [`daemon`]: `capstan serve`.
 //! - [`files`]: secrets and configs written on the host for the replicas to bind-mount.
-//! - [`logs`] and [`run`]: the replicas' output, and one-off containers (`capstan run`),
-//!   streamed as NDJSON by any daemon, leader or not; [`build`]: `build:` contexts.
 //! - [`seal`]: secret values encrypted at rest (the key file, AES-256-GCM, key ids).
 //! - [`memory`]: what the per-service memories hold, so a test can see them forget.
 
-pub mod audit;
-pub mod auth;
-pub mod build;
 pub mod controller;
 pub mod daemon;
 pub mod files;
-pub mod guard;
 pub mod health;
 pub mod key;
 pub mod leader;
 pub mod listen;
-pub mod logs;
 pub mod memory;
 pub mod metrics;
 pub mod reconcile;
-pub mod run;
 pub mod runtime;
 pub mod scheduler;
 pub mod seal;

@@ -54,7 +54,7 @@ pub use build::parse_build;
 pub use values::split_shell_words;
 
 /// One problem in a Compose file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FieldError {
     /// Where: `services.web.ports[0]`.
     pub field: String,

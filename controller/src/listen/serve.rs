@@ -30,7 +30,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use super::quiet::{Busy, Quiet};
-use crate::auth::Peer;
+use crate::server::caller::Peer;
 
 /// Connections on the Unix socket: admins and the CLI, one per command, plus one per
 /// `watch`, `logs -f` or `run` stream someone holds open. A few hundred is far more than a
@@ -142,7 +142,7 @@ impl Accepted {
         // A client certificate, when there is one, was verified in the handshake.
         let cert = (tls.get_ref().1.peer_certificates())
             .and_then(|c| c.first())
-            .map(|der| crate::auth::ClientCert::of(der));
+            .map(|der| crate::server::caller::ClientCert::of(der));
         Some((Box::new(tls), Peer::Tcp { addr, cert }))
     }
 }

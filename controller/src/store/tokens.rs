@@ -3,7 +3,7 @@
 
 use super::kv::{Compare, Op};
 use super::{decode, Store, StoreError};
-use crate::auth::TokenRecord;
+use capstan_api::token::TokenRecord;
 
 impl Store {
     fn tokens_prefix(&self) -> String {
@@ -55,8 +55,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
     use crate::store::memory::MemKv;
+    use capstan_api::token::Role;
     use std::sync::Arc;
 
     fn record(name: &str) -> TokenRecord {

@@ -7,8 +7,8 @@ use capstan_api::spec::{FailureAction, ServiceSpec, UpdateOrder};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::reconcile::status::RestartHistory;
 use crate::reconcile::status::Progress;
+use crate::reconcile::status::RestartHistory;
 use crate::runtime::{Health, Observed, State};
 
 /// Why a replica is stopped and removed.

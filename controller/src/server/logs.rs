@@ -7,8 +7,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use capstan_api::logs::{replica_name, LogRecord};
 use capstan_api::object::ErrorBody;
 use futures::stream::BoxStream;
@@ -18,24 +17,33 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::state::ApiState;
 use crate::runtime::{LogChunk, LogOptions, Observed, Runtime, RuntimeError};
-use crate::server::ApiState;
 
 /// How often a followed stack is listed for replicas that joined.
 const JOIN_POLL: Duration = Duration::from_secs(1);
 
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/v1/stacks/{stack}/logs", get(logs))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(logs))
 }
 
 /// Every parameter as text: a bad one is a JSON 400 naming it, not the framework's words.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LogsQuery {
+    /// Only this service's replicas.
     service: Option<String>,
+    /// `true` (or empty, `1`): go on streaming, replicas that start later included.
     follow: Option<String>,
+    /// Only output since: Unix seconds, a duration back from now (`10m`) or an RFC 3339 time.
     since: Option<String>,
+    /// Only the last lines of each replica: a number, or `all`.
     tail: Option<String>,
+    /// `true` (or empty, `1`): each line with the engine's timestamp.
     timestamps: Option<String>,
 }
 
@@ -94,6 +102,15 @@ impl LogsQuery {
     }
 }
 
+#[utoipa::path(get, path = "/v1/stacks/{stack}/logs", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), LogsQuery),
+    responses(
+        (status = 200, description = "The replicas' output, one JSON `LogRecord` a line (NDJSON), interleaved as it comes.",
+            body = LogRecord, content_type = "application/x-ndjson"),
+        (status = 400, description = "A parameter is not understood: the error names it.", body = ErrorBody),
+        (status = 404, description = "No such stack, or no such service in it.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn logs(
     State(st): State<ApiState>,
     Path(stack): Path<String>,

@@ -165,7 +165,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
         }
         (StatusCode::PAYLOAD_TOO_LARGE, _) => format!(
             "the request body is larger than the {} bytes capstan accepts",
-            crate::server::MAX_BODY
+            super::state::MAX_BODY
         ),
         (_, true) => status.canonical_reason().unwrap_or("error").to_string(),
         (_, false) => text,

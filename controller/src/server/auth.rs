@@ -2,200 +2,23 @@
 //! group are the check, as for Docker's socket); a TCP caller presents a bearer token,
 //! whose SHA-256 is looked up among the tokens in etcd. Roles: `read` (GETs), `deploy`
 //! (apply, scale, delete), `admin` (tokens). Every request then goes through
-//! [`crate::audit`]: counted, and logged when it changes something.
+//! [`super::audit`]: counted, and logged when it changes something.
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use axum::Json;
 use capstan_api::object::ErrorBody;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use capstan_api::token::{CreateToken, CreatedToken, Role, TokenRecord};
 
-use crate::server::ApiState;
-use crate::store::{Store, StoreError};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-/// What a caller may do; each role includes the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Read,
-    Deploy,
-    Admin,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Read => "read",
-            Role::Deploy => "deploy",
-            Role::Admin => "admin",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Role> {
-        [Role::Read, Role::Deploy, Role::Admin]
-            .into_iter()
-            .find(|r| r.name() == name)
-    }
-}
-
-/// Who a verified client certificate says its holder is, as Kubernetes reads a user and
-/// groups from one: the subject's CN names the caller, and its O (organisation) entries
-/// the role (the highest of `admin`, `deploy`, `read` among them). `None`s when the subject
-/// does not say.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClientCert {
-    pub name: Option<String>,
-    pub role: Option<Role>,
-}
-
-impl ClientCert {
-    pub fn of(der: &[u8]) -> ClientCert {
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-            return ClientCert {
-                name: None,
-                role: None,
-            };
-        };
-        let subject = cert.subject();
-        let name = (subject.iter_common_name())
-            .find_map(|a| a.as_str().ok())
-            .map(str::to_string);
-        let role = (subject.iter_organization())
-            .filter_map(|a| a.as_str().ok())
-            .filter_map(Role::parse)
-            .max();
-        ClientCert { name, role }
-    }
-}
-
-/// Who is on the other end of a connection (axum's connect info).
-#[derive(Clone, Debug)]
-pub enum Peer {
-    /// A Unix-socket peer, by `SO_PEERCRED` (`None` if the kernel did not say).
-    Unix(Option<(u32, u32)>),
-    /// A TCP peer, with the client certificate it presented (TLS with `--tls-client-ca`).
-    Tcp {
-        addr: SocketAddr,
-        cert: Option<ClientCert>,
-    },
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        let cred = stream.io().peer_cred().ok();
-        Peer::Unix(cred.map(|c| (c.uid(), c.gid())))
-    }
-}
-
-impl axum::extract::connect_info::Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Peer::Tcp {
-            addr: *stream.remote_addr(),
-            cert: None,
-        }
-    }
-}
-
-/// The authenticated caller of one request, as the audit log names it.
-#[derive(Clone, Debug)]
-pub enum Caller {
-    Unix(Option<(u32, u32)>),
-    Token { name: String, role: Role },
-    Certificate { name: String, role: Role },
-}
-
-impl Caller {
-    pub fn role(&self) -> Role {
-        match self {
-            Caller::Unix(_) => Role::Admin,
-            Caller::Token { role, .. } | Caller::Certificate { role, .. } => *role,
-        }
-    }
-}
-
-impl std::fmt::Display for Caller {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Caller::Unix(Some((uid, gid))) => write!(f, "uid={uid} gid={gid}"),
-            Caller::Unix(None) => write!(f, "unix:unknown"),
-            Caller::Token { name, .. } => write!(f, "token={name}"),
-            Caller::Certificate { name, .. } => write!(f, "cert={name}"),
-        }
-    }
-}
-
-/// A token as stored in etcd: never the token itself, only its SHA-256.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub name: String,
-    pub role: Role,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
-}
-
-/// A new token's secret: `capstan_` and 48 hex digits (192 random bits).
-pub fn new_secret() -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes)?;
-    Ok(format!("capstan_{}", hex(&bytes)))
-}
-
-pub fn hash(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// How long a daemon trusts its copy of the token list: a token revoked through another
-/// daemon sharing the etcd stops working here within this.
-const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
-
-/// Name and role by SHA-256, as loaded at an instant.
-type ByHash = (Instant, HashMap<String, (String, Role)>);
-
-/// The tokens by hash, reloaded from etcd when older than [`TOKEN_CACHE_TTL`].
-#[derive(Default)]
-pub struct Tokens {
-    cached: RwLock<Option<ByHash>>,
-}
-
-impl Tokens {
-    /// The name and role of the token whose SHA-256 is `sha256`, if it exists.
-    pub async fn lookup(
-        &self,
-        store: &Store,
-        sha256: &str,
-    ) -> Result<Option<(String, Role)>, StoreError> {
-        if let Some((at, map)) = &*self.cached.read().expect("token cache") {
-            if at.elapsed() < TOKEN_CACHE_TTL {
-                return Ok(map.get(sha256).cloned());
-            }
-        }
-        let map: HashMap<_, _> = (store.tokens().await?.into_iter())
-            .map(|t| (t.sha256, (t.name, t.role)))
-            .collect();
-        let found = map.get(sha256).cloned();
-        *self.cached.write().expect("token cache") = Some((Instant::now(), map));
-        Ok(found)
-    }
-
-    /// Forget the cached list (after a create or revoke through this daemon).
-    pub fn invalidate(&self) {
-        *self.cached.write().expect("token cache") = None;
-    }
-}
+use super::caller::{Caller, ClientCert, Peer};
+use super::state::ApiState;
+use super::tokens::{hash, new_secret};
+use crate::store::StoreError;
 
 /// `POST /v1/stacks/{stack}/diff`: a read, though it carries a document.
 fn is_diff(method: &Method, path: &str) -> bool {
@@ -277,7 +100,7 @@ fn certificate_caller(cert: ClientCert) -> Result<Caller, String> {
 
 /// The API's middleware: authenticate, authorise by role, then run and audit the request.
 pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let entry = crate::audit::Entry::of(&req);
+    let entry = super::audit::Entry::of(&req);
     let peer = req
         .extensions()
         .get::<ConnectInfo<Peer>>()
@@ -306,34 +129,18 @@ pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         entry.record(&st.metrics, Some(&caller), resp.status());
         return resp;
     }
-    let (resp, summary) = crate::audit::with_note(next.run(req)).await;
+    let (resp, summary) = super::audit::with_note(next.run(req)).await;
     entry
         .with_summary(summary)
         .record(&st.metrics, Some(&caller), resp.status());
     resp
 }
 
-/// `POST /v1/tokens`'s body.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CreateToken {
-    pub name: String,
-    pub role: Role,
-}
-
-/// `POST /v1/tokens`'s answer: the only time the secret is shown.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CreatedToken {
-    pub name: String,
-    pub role: Role,
-    pub token: String,
-}
-
 /// `/v1/tokens`: create, list, revoke (admin only, by [`required_role`]).
-pub fn routes() -> axum::Router<ApiState> {
-    use axum::routing::{delete, get};
-    axum::Router::new()
-        .route("/v1/tokens", get(list_tokens).post(create_token))
-        .route("/v1/tokens/{name}", delete(revoke_token))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -352,6 +159,18 @@ fn store_error(e: StoreError) -> Response {
     error(status, e.to_string())
 }
 
+/// A new token: its secret is in this answer only.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    request_body(content = CreateToken),
+    responses(
+        (status = 201, description = "Created: the secret is shown this once.", body = CreatedToken),
+        (status = 400, description = "The name is not a short lowercase word, or the body is not JSON.", body = ErrorBody),
+        (status = 409, description = "A token of that name exists.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The JSON is not a `CreateToken`.", body = ErrorBody),
+        (status = 500, description = "No randomness for the secret.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) -> Response {
     if !valid_name(&req.name) {
         let why = format!("token name {:?}: lowercase letters, digits, '-', '_', '.'; at most 63, starting with a letter or digit", req.name);
@@ -379,7 +198,7 @@ async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) 
         return store_error(e);
     }
     st.tokens.invalidate();
-    crate::audit::note(format!(
+    super::audit::note(format!(
         "create token {} role {}",
         req.name,
         req.role.name()
@@ -392,6 +211,12 @@ async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) 
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
+/// Every token: name, role and creation time, never the secret or its hash.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    responses(
+        (status = 200, description = "The tokens.", body = Vec<TokenRecord>),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn list_tokens(State(st): State<ApiState>) -> Response {
     match st.store.tokens().await {
         Ok(mut tokens) => {
@@ -402,6 +227,14 @@ async fn list_tokens(State(st): State<ApiState>) -> Response {
     }
 }
 
+/// Revokes a token: within 2 s every daemon sharing the etcd refuses it.
+#[utoipa::path(delete, path = "/v1/tokens/{name}", tag = "tokens",
+    params(("name" = String, Path, description = "The token's name.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "No such token.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer.", body = ErrorBody),
+    ))]
 async fn revoke_token(
     State(st): State<ApiState>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -466,15 +299,5 @@ mod tests {
             cert(None, None),
             "unparsable says nothing, and never panics"
         );
-    }
-
-    #[test]
-    fn a_secret_is_random_and_only_its_hash_is_kept() {
-        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), "capstan_".len() + 48);
-        assert_eq!(hash(&a).len(), 64);
-        assert_eq!(hash(&a), hash(&a));
-        assert!(!hash(&a).contains(&a[8..]));
     }
 }

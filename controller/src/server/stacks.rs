@@ -9,119 +9,41 @@
 //! answers the last leader record read, marked the same way. `diff` answers 503: a diff
 //! against a copy that may be behind would mislead the apply that follows it.
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use capstan_api::object::{
-    Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest, ServiceView, StackView, Stale,
+    ApplyResult, DeleteAccepted, Endpoints, ErrorBody, LeaderView, RevisionView, ScaleRequest,
+    ServiceView, StackView, Stale,
 };
 use futures::StreamExt;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::reconcile::memory::BlockedDeletions;
+use super::state::{ApiState, READ_TIMEOUT, STALE_HEADER};
 use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
-use crate::watch::Desired;
 
-/// The largest Compose file the API accepts.
-pub const MAX_BODY: usize = 1024 * 1024;
-
-/// How long a read waits for etcd before it answers from the daemon's copy (or 503): the
-/// answer comes within a second whatever etcd does.
-pub const READ_TIMEOUT: Duration = Duration::from_millis(800);
-
-/// The header on an answer served from the daemon's copy.
-pub const STALE_HEADER: &str = "capstan-stale";
-
-#[derive(Clone)]
-pub struct ApiState {
-    pub store: Store,
-    /// For `/readyz` (synced with etcd), and the endpoints and Traefik views.
-    pub desired: Desired,
-    /// Why a deleting stack's teardown cannot finish yet.
-    pub blocked: Arc<BlockedDeletions>,
-    /// For `/v1/leader`: this daemon's identity and role.
-    pub leadership: crate::leader::Leadership,
-    /// For `/readyz`, and to refuse writes at once while etcd does not answer.
-    pub health: Arc<crate::health::Health>,
-    /// Ends long-lived streams on shutdown.
-    pub stop: tokio::sync::watch::Receiver<bool>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// The API tokens, cached ([`crate::auth`]).
-    pub tokens: Arc<crate::auth::Tokens>,
-    /// What stacks may do to the host, checked at apply, dry-run and scale.
-    pub policy: Arc<capstan_api::policy::Policy>,
-    /// The engine `build:` contexts are built on, and their size limit ([`crate::build`]).
-    pub builds: crate::build::Builds,
-    /// The engine, unfenced: any daemon reads logs ([`crate::logs`]) and runs one-off
-    /// containers ([`crate::run`]).
-    pub runtime: Arc<dyn crate::runtime::Runtime>,
-    /// Where the services' secrets and configs are on the host, for one-off containers.
-    pub files: crate::files::HostFiles,
-}
-
-/// The API, every route behind [`crate::auth::guard`] (authentication, roles, audit).
-/// `hosts`: the `Host` names accepted (DNS rebinding guard on TCP; any on the Unix socket).
-pub fn router(state: ApiState, hosts: crate::guard::AllowedHosts) -> Router {
-    let counters = state.metrics.clone();
-    let guard = axum::middleware::from_fn_with_state(state.clone(), crate::auth::guard);
-    crate::guard::harden(routes().layer(guard).with_state(state), counters, hosts)
-}
-
-/// `/healthz`, `/readyz` and `/metrics` alone, without authentication (`--metrics-listen`).
-pub fn probes(state: ApiState) -> Router {
-    let counters = state.metrics.clone();
-    let hosts = crate::guard::AllowedHosts::local();
-    crate::guard::harden(probe_routes().with_state(state), counters, hosts)
-}
-
-fn probe_routes() -> Router<ApiState> {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-}
-
-fn routes() -> Router<ApiState> {
-    probe_routes()
-        .merge(crate::auth::routes())
-        .route("/v1/stacks", get(list_stacks))
-        .route(
-            "/v1/stacks/{stack}",
-            put(apply).get(get_stack).delete(delete_stack),
-        )
-        .route("/v1/stacks/{stack}/services/{service}", get(get_service))
-        .route("/v1/stacks/{stack}/services/{service}/scale", put(scale))
-        .route("/v1/stacks/{stack}/diff", axum::routing::post(diff))
-        .route(
-            "/v1/stacks/{stack}/services/{service}/undo",
-            axum::routing::post(undo),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/rollout/{verb}",
-            axum::routing::post(rollout),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/history",
-            get(history),
-        )
-        .route(
-            "/v1/stacks/{stack}/services/{service}/endpoints",
-            get(endpoints),
-        )
-        .route("/v1/services", get(list_services))
-        .route("/v1/leader", get(leader))
-        .route("/v1/traefik", get(traefik_config))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .merge(crate::build::routes())
-        .merge(crate::logs::routes())
-        .merge(crate::run::routes())
+/// The stacks, their services and rollouts, the leader, Traefik's provider.
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_stacks))
+        .routes(routes!(apply, get_stack, delete_stack))
+        .routes(routes!(get_service))
+        .routes(routes!(scale))
+        .routes(routes!(diff))
+        .routes(routes!(undo))
+        .routes(routes!(rollout))
+        .routes(routes!(history))
+        .routes(routes!(endpoints))
+        .routes(routes!(list_services))
+        .routes(routes!(leader))
+        .routes(routes!(traefik_config))
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -141,7 +63,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let reasons = self.1.details.iter().map(|d| d.reason.as_str());
-        crate::audit::refused_by(reasons.filter_map(crate::audit::policy_rule));
+        super::audit::refused_by(reasons.filter_map(super::audit::policy_rule));
         (self.0, Json(self.1)).into_response()
     }
 }
@@ -288,21 +210,11 @@ async fn isolated(store: &Store, spec: &capstan_api::spec::StackSpec) -> Result<
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// Prometheus text exposition (OpenMetrics).
-async fn metrics(State(st): State<ApiState>) -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        st.metrics.encode(),
-    )
-        .into_response()
-}
-
 /// The lease holder as etcd has it, and this daemon's own role. While etcd does not
 /// answer: the last record read, marked stale. The role claims the lead only when the
 /// record names this daemon (a lease that lapsed unnoticed makes it `unsure`).
+#[utoipa::path(get, path = "/v1/leader", tag = "cluster",
+    responses((status = 200, description = "The lease holder and this daemon's role.", body = LeaderView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer.")))))]
 async fn leader(State(st): State<ApiState>) -> Read<LeaderView> {
     let this = st.leadership.identity.to_string();
     let read = if st.health.etcd() {
@@ -335,17 +247,6 @@ async fn leader(State(st): State<ApiState>) -> Read<LeaderView> {
         stale: stale.unwrap_or_default(),
     };
     Read { value: view, stale }
-}
-
-async fn readyz(State(st): State<ApiState>) -> Response {
-    match st.health.not_ready(st.desired.is_synced()) {
-        None => (StatusCode::OK, "ready\n").into_response(),
-        Some(why) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {why}\n"),
-        )
-            .into_response(),
-    }
 }
 
 impl ApiState {
@@ -421,8 +322,10 @@ impl ApiState {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ApplyQuery {
+    /// The stack's resourceVersion the caller read: 409 if it changed since.
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
     /// Validate and report what would change; write nothing.
@@ -430,6 +333,17 @@ struct ApplyQuery {
     dry_run: bool,
 }
 
+#[utoipa::path(put, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name."), ApplyQuery),
+    request_body(content = String, content_type = "application/yaml", description = "The stack as a Compose file (YAML or JSON), at most 1 MiB."),
+    responses(
+        (status = 200, description = "Applied (or, with `dryRun`, what would change); per service, what changed.", body = ApplyResult),
+        (status = 400, description = "The document is invalid, refused by policy, or names another stack's containers, networks or volumes: each field in `details`; nothing was written.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the stack's, or a concurrent apply won: nothing was written.", body = ErrorBody),
+        (status = 413, description = "The document is over 1 MiB.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody),
+        (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn apply(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -452,14 +366,19 @@ async fn apply(
         .collect();
     if changed.is_empty() {
         tracing::info!(stack = %stack, "apply: unchanged");
-        crate::audit::note("unchanged");
+        super::audit::note("unchanged");
     } else {
-        crate::audit::note(changed.join(","));
+        super::audit::note(changed.join(","));
         tracing::info!(stack = %stack, changes = %changed.join(","), "apply");
     }
     Ok(Json(result))
 }
 
+#[utoipa::path(get, path = "/v1/stacks", tag = "stacks",
+    responses(
+        (status = 200, description = "Every stack, its services and their status.", body = Vec<StackView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn list_stacks(State(st): State<ApiState>) -> Result<Read<Vec<StackView>>, ApiError> {
     let mut read = st
         .read(st.store.stack_views(), crate::store::views_of)
@@ -486,6 +405,12 @@ async fn stack_view(st: &ApiState, stack: &str) -> Result<Read<StackView>, ApiEr
     })
 }
 
+#[utoipa::path(get, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name.")),
+    responses(
+        (status = 200, description = "The stack, its services and their status.", body = StackView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn get_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -495,8 +420,10 @@ async fn get_stack(
     Ok(read)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DeleteQuery {
+    /// Remove the stack's named volumes too.
     #[serde(default)]
     volumes: bool,
     /// The stack's resourceVersion the caller read: 409 if it changed since.
@@ -504,35 +431,48 @@ struct DeleteQuery {
     resource_version: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ScaleQuery {
     /// The service's resourceVersion the caller read: 409 if it changed since.
     #[serde(rename = "resourceVersion")]
     resource_version: Option<i64>,
 }
 
+#[utoipa::path(delete, path = "/v1/stacks/{stack}", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name."), DeleteQuery),
+    responses(
+        (status = 202, description = "The teardown is requested; the controller carries it out.", body = DeleteAccepted),
+        (status = 404, description = "No such stack.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the stack's: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn delete_stack(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
     Query(q): Query<DeleteQuery>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<DeleteAccepted>), ApiError> {
     st.writable()?;
     let rv = (st.store)
         .request_deletion(&stack, q.volumes, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, volumes = q.volumes, "delete requested");
-    crate::audit::note(format!("delete (volumes: {})", q.volumes));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({
-            "stack": stack,
-            "phase": "Deleting",
-            "volumes": q.volumes,
-            "resourceVersion": rv,
-        })),
-    ))
+    super::audit::note(format!("delete (volumes: {})", q.volumes));
+    let accepted = DeleteAccepted {
+        stack,
+        phase: "Deleting".into(),
+        volumes: q.volumes,
+        resource_version: rv,
+    };
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    responses(
+        (status = 200, description = "The service: spec and status side by side.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn get_service(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -550,6 +490,18 @@ async fn get_service(
     })
 }
 
+#[utoipa::path(put, path = "/v1/stacks/{stack}/services/{service}/scale", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), ScaleQuery),
+    request_body(content = ScaleRequest, description = "The desired number of replicas."),
+    responses(
+        (status = 200, description = "Scaled: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 400, description = "More replicas than a service may have, refused by policy or by the stateful guard, a sidecar (scale its partner), or a body that is not JSON: nothing was written.", body = ErrorBody),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 409, description = "`resourceVersion` is not the service's, or a concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "The JSON is not a `ScaleRequest`.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn scale(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -583,19 +535,30 @@ async fn scale(
         .scale(&stack, &service, req.replicas, q.resource_version)
         .await?;
     tracing::info!(stack = %stack, service = %service, replicas = req.replicas, "scale");
-    crate::audit::note(format!("service {service} replicas={}", req.replicas));
+    super::audit::note(format!("service {service} replicas={}", req.replicas));
     // Reads are linearizable: the view shows this scale (or a later change, with its version).
     get_service(State(st), Path((stack, service))).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct UndoQuery {
+    /// The revision to go back to; without it, the one before the current.
     to_revision: Option<i64>,
 }
 
 /// `capstan rollout undo [--to-revision N]`: back to revision N's spec (the previous one's
 /// without N).
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/undo", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), UndoQuery),
+    responses(
+        (status = 200, description = "Back to the earlier revision's spec: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 400, description = "The earlier revision's spec is refused now: each field in `details`.", body = ErrorBody),
+        (status = 404, description = "No such stack or service, or revision `toRevision` is not kept (the message names those that are).", body = ErrorBody),
+        (status = 409, description = "No previous revision to go back to, or a concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn undo(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -604,7 +567,7 @@ async fn undo(
     st.writable()?;
     let svc = st.store.undo(&stack, &service, q.to_revision).await?;
     tracing::info!(stack = %stack, service = %service, revision = svc.revision.number, "rollout undo");
-    crate::audit::note(format!(
+    super::audit::note(format!(
         "service {service} undo to revision {} ({})",
         svc.revision.number, svc.revision.change
     ));
@@ -612,6 +575,14 @@ async fn undo(
 }
 
 /// `capstan rollout pause|resume|restart`.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/rollout/{verb}", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), ("verb" = String, Path, description = "`pause`, `resume` or `restart`.")),
+    responses(
+        (status = 200, description = "Done: the service as it is now.", body = ServiceView, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack, service or verb.", body = ErrorBody),
+        (status = 409, description = "A concurrent change won: nothing was written.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer: nothing was written.", body = ErrorBody),
+    ))]
 async fn rollout(
     State(st): State<ApiState>,
     Path((stack, service, verb)): Path<(String, String, String)>,
@@ -629,11 +600,17 @@ async fn rollout(
     st.writable()?;
     let svc = st.store.rollout(&stack, &service, verb).await?;
     tracing::info!(stack = %stack, service = %service, ?verb, generation = svc.generation, "rollout");
-    crate::audit::note(format!("service {service} rollout {verb:?}").to_lowercase());
+    super::audit::note(format!("service {service} rollout {verb:?}").to_lowercase());
     get_service(State(st), Path((stack, service))).await
 }
 
 /// `capstan rollout history`: every revision the service keeps, the current one last.
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}/history", tag = "rollout",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    responses(
+        (status = 200, description = "Every revision the service keeps, oldest first; the last is the current one.", body = Vec<RevisionView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody), (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn history(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -658,6 +635,15 @@ async fn history(
 
 /// `capstan diff`: what applying the document (as `PUT /v1/stacks/{stack}` takes it) would
 /// change, per service, field by field; nothing is written.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/diff", tag = "stacks",
+    params(("stack" = String, Path, description = "The stack's name.")),
+    request_body(content = String, content_type = "application/yaml", description = "The stack as a Compose file (YAML or JSON), as `PUT /v1/stacks/{stack}` takes it."),
+    responses(
+        (status = 200, description = "Per service, what applying the document would change, field by field.", body = BTreeMap<String, capstan_api::diff::ServiceDiff>),
+        (status = 400, description = "The document is invalid: each field in `details`.", body = ErrorBody),
+        (status = 413, description = "The document is over 1 MiB.", body = ErrorBody),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer (a diff against the daemon's copy could mislead).", body = ErrorBody),
+    ))]
 async fn diff(
     State(st): State<ApiState>,
     Path(stack): Path<String>,
@@ -675,11 +661,19 @@ async fn diff(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ServicesQuery {
+    /// Only this stack's services.
     stack: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    params(ServicesQuery),
+    responses(
+        (status = 200, description = "Every service (of one stack with `?stack=`): spec and status.", body = Vec<ServiceView>, headers(("capstan-stale" = String, description = "`true` when served from the daemon's copy of desired state because etcd did not answer."))),
+        (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody), (status = 503, description = "etcd does not answer, and this daemon has no copy of desired state to answer from (or the request writes).", body = ErrorBody),
+    ))]
 async fn list_services(
     State(st): State<ApiState>,
     Query(q): Query<ServicesQuery>,
@@ -699,14 +693,23 @@ async fn list_services(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EndpointsQuery {
+    /// Stream the endpoints as server-sent events, at each change.
     #[serde(default)]
     watch: bool,
 }
 
 /// The ready endpoints of a service. With `?watch=true`, a server-sent-events stream: the
 /// current endpoints first, then one `endpoints` event each time they change.
+#[utoipa::path(get, path = "/v1/stacks/{stack}/services/{service}/endpoints", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack."), EndpointsQuery),
+    responses(
+        (status = 200, description = "The service's ready replicas. With `?watch=true`, a server-sent-events stream instead: the current endpoints, then one `endpoints` event (its data an `Endpoints`) at each change.",
+            content((Endpoints = "application/json"), (Endpoints = "text/event-stream"))),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+    ))]
 async fn endpoints(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -761,6 +764,8 @@ async fn endpoints(
 }
 
 /// Traefik's HTTP provider: point `providers.http.endpoint` here.
+#[utoipa::path(get, path = "/v1/traefik", tag = "cluster",
+    responses((status = 200, description = "Traefik's dynamic configuration (its HTTP provider's format) for every service with published endpoints.", body = Object)))]
 async fn traefik_config(State(st): State<ApiState>) -> Json<serde_json::Value> {
     let all = st.desired.services_with_endpoints();
     let refs: Vec<(&capstan_api::object::Service, Option<&Endpoints>)> = all
@@ -775,24 +780,11 @@ mod tests {
     use super::*;
     use crate::store::memory::MemKv;
     use capstan_api::object::ApplyOutcome;
+    use std::sync::Arc;
+    use std::time::Duration;
 
     fn state() -> (ApiState, Arc<MemKv>) {
-        let kv = Arc::new(MemKv::default());
-        let st = ApiState {
-            store: Store::new(kv.clone(), "/capstan"),
-            desired: crate::watch::Writer::default().reader(),
-            blocked: Arc::default(),
-            leadership: crate::leader::Leadership::always(),
-            health: Arc::new(crate::health::Health::answering()),
-            stop: tokio::sync::watch::channel(false).1,
-            metrics: Arc::default(),
-            tokens: Arc::default(),
-            policy: Arc::default(),
-            builds: Default::default(),
-            runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
-            files: Default::default(),
-        };
-        (st, kv)
+        ApiState::in_memory()
     }
 
     /// The API over a kv whose copy the test feeds: a synced copy of what the kv holds.
@@ -923,34 +915,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_diff_is_counted_as_a_verb_of_its_own() {
-        use tower::ServiceExt;
-        let (st, _) = state();
-        let metrics = st.metrics.clone();
-        let app = router(st, crate::guard::AllowedHosts::any());
-        let mut req = axum::extract::Request::builder()
-            .method("POST")
-            .uri("/v1/stacks/shop/diff")
-            .header("host", "localhost")
-            .body(axum::body::Body::from("services: {web: {image: web:1}}"))
-            .unwrap();
-        let peer = crate::auth::Peer::Unix(Some((0, 0)));
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let resp = app.oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let exposition = metrics.encode();
-        assert!(
-            exposition.contains(r#"capstan_api_requests_total{verb="diff",result="ok"} 1"#),
-            "{exposition}"
-        );
-    }
-
-    #[tokio::test]
     async fn a_policy_refusal_tells_the_audit_log_each_rule() {
         let (st, _) = state();
         let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
-        let (resp, noted) = crate::audit::with_note(async {
+        let (resp, noted) = crate::server::audit::with_note(async {
             apply(State(st), Path("shop".into()), query(false), body.into())
                 .await
                 .into_response()

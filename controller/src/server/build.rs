@@ -10,8 +10,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bollard::query_parameters::{BuildImageOptions, TagImageOptions};
 use bollard::Docker;
 use capstan_api::build::{
@@ -21,52 +20,11 @@ use capstan_api::object::ErrorBody;
 use futures::StreamExt as _;
 use serde::Deserialize;
 use std::collections::HashMap;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::server::ApiState;
-
-/// The default `--max-build-context`: 256 MiB.
-pub const DEFAULT_MAX_CONTEXT: u64 = 256 << 20;
-
-/// How long one build (one engine request) may take.
-const BUILD_TIMEOUT_SECS: u64 = 3600;
-
-/// The engine the builds go to, and how large a context is accepted.
-#[derive(Clone)]
-pub struct Builds {
-    docker: Option<Docker>,
-    pub max_context: u64,
-}
-
-impl Default for Builds {
-    /// No engine: every build and image query is a 503 (the in-process tests).
-    fn default() -> Self {
-        Builds {
-            docker: None,
-            max_context: DEFAULT_MAX_CONTEXT,
-        }
-    }
-}
-
-impl Builds {
-    /// Builds on the local engine (`/var/run/docker.sock`, or a `unix://` `DOCKER_HOST`),
-    /// with an hour per request instead of bollard's 2 minutes: a build is one request.
-    pub fn local(max_context: u64) -> Result<Builds, bollard::errors::Error> {
-        let host = std::env::var("DOCKER_HOST").ok();
-        let socket = (host.as_deref())
-            .filter(|h| h.starts_with("unix://"))
-            .unwrap_or("unix:///var/run/docker.sock");
-        let docker =
-            Docker::connect_with_unix(socket, BUILD_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?;
-        Ok(Builds {
-            docker: Some(docker),
-            max_context,
-        })
-    }
-
-    fn engine(&self) -> Option<&Docker> {
-        self.docker.as_ref()
-    }
-}
+use super::state::ApiState;
 
 fn no_engine() -> Response {
     error(
@@ -76,10 +34,10 @@ fn no_engine() -> Response {
 }
 
 /// The routes, with their own body limit (the API's 1 MiB does not apply to contexts).
-pub fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/v1/images", get(image))
-        .route("/v1/builds", post(build))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(image))
+        .routes(routes!(build))
         .layer(DefaultBodyLimit::disable())
 }
 
@@ -91,13 +49,23 @@ fn error(status: StatusCode, error: String) -> Response {
     (status, Json(body)).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ImageQuery {
+    /// A built image's name: `capstan.local/<stack>/<service>:<digest>`.
     tag: String,
 }
 
 /// `GET /v1/images?tag=`: only capstan's built names (a reader learns nothing else of the
 /// engine's images).
+#[utoipa::path(get, path = "/v1/images", tag = "builds",
+    params(ImageQuery),
+    responses(
+        (status = 200, description = "Whether the engine has the built image.", body = ImageView),
+        (status = 400, description = "The tag is not an image capstan builds, or is missing.", body = ErrorBody),
+        (status = 502, description = "The engine failed.", body = ErrorBody),
+        (status = 503, description = "This daemon has no engine to build on.", body = ErrorBody),
+    ))]
 async fn image(State(st): State<ApiState>, Query(q): Query<ImageQuery>) -> Response {
     if !is_built_image(&q.tag) {
         return error(
@@ -127,12 +95,26 @@ async fn image(State(st): State<ApiState>, Query(q): Query<ImageQuery>) -> Respo
     .into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BuildQuery {
+    /// The build, as the JSON of a `BuildRequest`.
     options: String,
 }
 
 /// `POST /v1/builds?options=`: the context in the body.
+#[utoipa::path(post, path = "/v1/builds", tag = "builds",
+    params(BuildQuery),
+    request_body(content = Vec<u8>, content_type = "application/x-tar", description = "The build context, a tar, at most `serve --max-build-context` bytes."),
+    responses(
+        (status = 200, description = "The builder's output, one JSON `BuildEvent` a line (NDJSON), as it comes; the last says whether the build succeeded.",
+            body = BuildEvent, content_type = "application/x-ndjson"),
+        (status = 400, description = "`options` is missing, not a `BuildRequest`, names a tag capstan does not build, or is refused by policy.", body = ErrorBody),
+        (status = 409, description = "An extra name is another image's.", body = ErrorBody),
+        (status = 413, description = "The context is over this daemon's limit.", body = ErrorBody),
+        (status = 502, description = "The engine failed.", body = ErrorBody),
+        (status = 503, description = "This daemon has no engine to build on.", body = ErrorBody),
+    ))]
 async fn build(
     State(st): State<ApiState>,
     Query(q): Query<BuildQuery>,
@@ -186,7 +168,7 @@ async fn build(
     };
     tracing::info!(tag = %req.tag, bytes = tar.len(), "building an image");
     // The audit entry is written when the stream starts; the build's end is logged.
-    crate::audit::note(format!("{}/{} build {}", req.stack, req.service, req.tag));
+    super::audit::note(format!("{}/{} build {}", req.stack, req.service, req.tag));
     let (tx, rx) = tokio::sync::mpsc::channel::<BuildEvent>(64);
     tokio::spawn(run(docker, req, tar, tx));
     let lines = futures::stream::unfold(rx, |mut rx| async move {

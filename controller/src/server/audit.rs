@@ -8,7 +8,7 @@ use axum::http::{Method, StatusCode};
 use std::cell::RefCell;
 use std::future::Future;
 
-use crate::auth::Caller;
+use super::caller::Caller;
 use crate::metrics::Metrics;
 
 tokio::task_local! {

@@ -15,8 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use capstan_api::names;
 use capstan_api::object::{ErrorBody, Service, Stack};
 use capstan_api::run::{RunRecord, RunRequest};
@@ -24,14 +23,16 @@ use capstan_api::FieldError;
 use futures::StreamExt;
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::state::ApiState;
 use crate::reconcile::containers::shape;
 use crate::reconcile::error::ReconcileError;
 use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
-use crate::server::ApiState;
 
-pub fn routes() -> Router<ApiState> {
-    Router::new().route("/v1/stacks/{stack}/services/{service}/run", post(run))
+pub fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new().routes(routes!(run))
 }
 
 /// A refused run: the status and the documented JSON error.
@@ -47,6 +48,20 @@ fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal
     Refusal(status, ErrorBody { error, details })
 }
 
+/// A one-off container of the service (`capstan run`), as `docker compose run` makes it.
+#[utoipa::path(post, path = "/v1/stacks/{stack}/services/{service}/run", tag = "services",
+    params(("stack" = String, Path, description = "The stack's name."), ("service" = String, Path, description = "The service's name in the stack.")),
+    request_body(content = RunRequest, description = "The command and extra environment, if any."),
+    responses(
+        (status = 200, description = "The container's life, one JSON `RunRecord` a line (NDJSON): started, its output, its exit.",
+            body = RunRecord, content_type = "application/x-ndjson"),
+        (status = 400, description = "The body is not a valid `RunRequest`: each field in `details`.", body = ErrorBody),
+        (status = 403, description = "The policy refuses the service's binds.", body = ErrorBody),
+        (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 409, description = "The image or an external resource is missing, a name is taken, or a sidecar's partner cannot take it.", body = ErrorBody),
+        (status = 500, description = "The run ended before its container started.", body = ErrorBody),
+        (status = 502, description = "The engine failed.", body = ErrorBody),
+    ))]
 async fn run(
     State(st): State<ApiState>,
     Path((stack, service)): Path<(String, String)>,
@@ -56,7 +71,7 @@ async fn run(
         Ok(req) => req,
         Err(refusal) => return refusal.into_response(),
     };
-    crate::audit::note(crate::audit::run_summary(&service, req.command.as_deref()));
+    super::audit::note(super::audit::run_summary(&service, req.command.as_deref()));
     let (Some(stack), Some(service)) = (
         st.desired.stack(&stack),
         st.desired.service(&stack, &service),
@@ -103,7 +118,7 @@ async fn run(
             return error(StatusCode::INTERNAL_SERVER_ERROR, why, vec![]).into_response();
         }
     }
-    crate::logs::ndjson(rx)
+    super::logs::ndjson(rx)
 }
 
 /// A sidecar's one-off joins its partners' first replica, as `docker compose run` joins
@@ -159,7 +174,7 @@ fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
     let mut suffix = [0u8; 6];
     // Should the kernel give no randomness, a second run at once meets a name conflict.
     let _ = getrandom::fill(&mut suffix);
-    let suffix = crate::auth::hex(&suffix);
+    let suffix = super::tokens::hex(&suffix);
     let name = format!("{}-{}-run-{suffix}", stack.name, service.name);
     if plan.hostname == plan.name {
         plan.hostname = name.clone();
@@ -271,7 +286,7 @@ impl OneOffRun {
             tokio::select! {
                 ended = self.output_then_exit(output, &tx) => ended,
                 _ = alive(&tx) => None,
-                _ = crate::logs::stopping(&mut stop) => None,
+                _ = super::logs::stopping(&mut stop) => None,
             }
         };
         if let Err(e) = self.runtime.remove(&self.id, self.grace).await {
