@@ -1,5 +1,6 @@
-//! The HTTP API. Reads go to etcd (linearizable: an apply is visible to the next get);
-//! every error is JSON with a message, and validation errors list each field and reason.
+//! The routes of stacks, services and rollouts, the leader and Traefik's provider. Reads go
+//! to etcd (linearizable: an apply is visible to the next get); every error is JSON with a
+//! message, and validation errors list each field and reason.
 //!
 //! While etcd does not answer (the health probe says so, or a read gets no answer within
 //! [`READ_TIMEOUT`]), the reads of stacks, services and history answer from the daemon's
