@@ -1,4 +1,4 @@
-//! The Compose conformance suite (issue 10): Compose files written for this project in the
+//! The Compose conformance suite: Compose files written for this project in the
 //! style people write them, one folder per case under `e2e/conformance/`, each applied the way
 //! a user would (`capstan apply` run in the case's folder) against the real engine.
 //!
@@ -283,18 +283,10 @@ fn apply_and_inspect(d: &Daemon, run: &Run) -> Result<(), String> {
     }
 }
 
-/// Retries `attempt` for a while (the proxy learns of a new replica from the engine's events);
-/// the last error if it never succeeds.
-fn wait_for_ok(mut attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match attempt() {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(last)
+/// Retries `attempt` for up to 10 s (the proxy learns of a new replica from the engine's
+/// events); the last error if it never succeeds.
+fn wait_for_ok(attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    try_until(Duration::from_secs(10), attempt)
 }
 
 /// Each `template: expected` of one object, mismatches added to `wrong`.
