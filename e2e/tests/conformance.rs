@@ -361,6 +361,9 @@ fn sugar(key: &str) -> (String, Pick) {
     (key.to_string(), Box::new(|raw: &str| Some(raw.to_string())))
 }
 
+/// How many cases are applied at once.
+const LANES: usize = 3;
+
 #[test]
 fn every_conformance_case_applies_with_the_meaning_compose_gives_it() {
     let cases = cases();
@@ -401,20 +404,33 @@ fn every_conformance_case_applies_with_the_meaning_compose_gives_it() {
                 .map(|e| format!("{}: {e}", r.case.name))
         })
         .collect();
-    let mut applied = 0;
-    for run in &runs {
-        if failures
-            .iter()
-            .any(|f| f.starts_with(&format!("{}:", run.case.name)))
-        {
-            continue;
-        }
-        match apply_and_inspect(&d, run) {
-            Ok(()) => applied += 1,
-            Err(e) => failures.push(format!("{}: {e}", run.case.name)),
-        }
-        let _ = d.cli(&["delete", &run.stack, "--volumes"]);
-    }
+    let dry_failed =
+        |run: &Run| (failures.iter()).any(|f| f.starts_with(&format!("{}:", run.case.name)));
+    let to_apply: Vec<&Run> = runs.iter().filter(|r| !dry_failed(r)).collect();
+    // LANES cases at a time: each is a stack of its own, on a port of its own.
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let lanes: Vec<_> = (0..LANES)
+            .map(|lane| {
+                let (d, to_apply) = (&d, &to_apply);
+                scope.spawn(move || {
+                    let mine = to_apply.iter().skip(lane).step_by(LANES);
+                    (mine.map(|run| {
+                        let applied = apply_and_inspect(d, run)
+                            .map_err(|e| format!("{}: {e}", run.case.name));
+                        let _ = d.cli(&["delete", &run.stack, "--volumes"]);
+                        applied
+                    }))
+                    .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        (lanes.into_iter())
+            .flat_map(|lane| lane.join().expect("a lane of cases panicked"))
+            .collect()
+    });
+    let applied = results.iter().filter(|r| r.is_ok()).count();
+    failures.extend(results.into_iter().filter_map(Result::err));
+    failures.sort();
     println!("conformance: {applied} of {} cases apply", runs.len());
     assert!(
         failures.is_empty(),
