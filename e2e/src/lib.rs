@@ -81,32 +81,45 @@ fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Polls `check` every 200 ms until it is true; panics naming `what` after `timeout`.
-pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+/// How long the harness's waits pause between two looks: a poll, never a wait for something.
+pub const POLL: Duration = Duration::from_millis(200);
+
+/// Polls `check` every [`POLL`] until it is true; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, check: impl FnMut() -> bool) {
+    poll_until(POLL, timeout, what, check)
+}
+
+/// [`wait_until`] looking every `every` instead: for the tests that sample the engine while
+/// something happens (the fewest replicas serving during a rollout) or time it.
+pub fn poll_until(every: Duration, timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > timeout {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(every);
     }
 }
 
 /// [`wait_until`] for a check that can say what is still missing: polls `attempt` every
-/// 200 ms until it returns `Ok`, and panics with `what` and the last `Err` after `timeout`.
-pub fn wait_for<T>(
+/// [`POLL`] until it returns `Ok`, and panics with `what` and the last `Err` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, attempt: impl FnMut() -> Result<T, String>) -> T {
+    try_until(timeout, attempt)
+        .unwrap_or_else(|e| panic!("timed out after {timeout:?} waiting for: {what}\nstill: {e}"))
+}
+
+/// Polls `attempt` every [`POLL`] until it returns `Ok`; its last `Err` after `timeout`, for
+/// the callers that gather failures instead of panicking at the first.
+pub fn try_until<T>(
     timeout: Duration,
-    what: &str,
     mut attempt: impl FnMut() -> Result<T, String>,
-) -> T {
+) -> Result<T, String> {
     let start = Instant::now();
     loop {
         match attempt() {
-            Ok(t) => return t,
-            Err(e) if start.elapsed() > timeout => {
-                panic!("timed out after {timeout:?} waiting for: {what}\nstill: {e}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            Ok(t) => return Ok(t),
+            Err(e) if start.elapsed() > timeout => return Err(e),
+            Err(_) => std::thread::sleep(POLL),
         }
     }
 }
@@ -556,11 +569,10 @@ impl Daemon {
                 .arg("-TERM")
                 .arg(c.id().to_string())
                 .status();
-            let start = Instant::now();
-            while c.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(35)
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            // Killed if it has not exited within 35 s.
+            let _ = try_until(Duration::from_secs(35), || {
+                (c.try_wait().ok().flatten()).ok_or_else(|| "running".to_string())
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -710,6 +722,8 @@ impl Daemon {
         );
     }
 
+    /// The daemon's log, for a failing test to print (the harness prints its tail when a
+    /// test panics): tests assert on the API, `/metrics` and the engine, never on it.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("capstan.log")).unwrap_or_default()
     }
@@ -726,6 +740,58 @@ impl Daemon {
     /// their result (`capstan_reconciles_total`).
     pub fn reconciles(&self, kind: &str) -> u64 {
         reconciles_in(&self.metrics(), kind)
+    }
+
+    /// Calls of `op` (`create`, `pull`, `ping`, ...) the daemon made to the engine so far, as
+    /// `/metrics` counts them (`capstan_docker_request_duration_seconds_count`).
+    pub fn docker_calls(&self, op: &str) -> f64 {
+        let op = format!("op=\"{op}\"");
+        metric_sum(
+            &self.metrics(),
+            "capstan_docker_request_duration_seconds_count",
+            &[&op],
+        )
+    }
+
+    /// Requests of `op` (`watch`, `range`, `txn`, ...) the daemon made to etcd so far.
+    pub fn etcd_calls(&self, op: &str) -> f64 {
+        let op = format!("op=\"{op}\"");
+        metric_sum(
+            &self.metrics(),
+            "capstan_etcd_request_duration_seconds_count",
+            &[&op],
+        )
+    }
+
+    /// API requests of `verb` (`apply`, `build`, ...) answered so far, whatever the result
+    /// (`capstan_api_requests_total`).
+    pub fn api_requests(&self, verb: &str) -> f64 {
+        let verb = format!("verb=\"{verb}\"");
+        metric_sum(&self.metrics(), "capstan_api_requests_total", &[&verb])
+    }
+
+    /// Returns once the daemon's engine probe (a ping every 500 ms) has run `n` more times:
+    /// the daemon's loops went on for that long. For the tests that prove that something does
+    /// not happen, as a positive signal instead of a fixed wait.
+    pub fn wait_for_engine_probes(&self, n: u32) {
+        let before = self.docker_calls("ping");
+        wait_until(
+            Duration::from_secs(2 * u64::from(n) + 10),
+            &format!("{n} engine probes past {before}"),
+            || self.docker_calls("ping") >= before + f64::from(n),
+        );
+    }
+
+    /// The audit log's records (tracing target `capstan::audit`, one JSON object a line with
+    /// `--log-format json`): the audit log is an output capstan documents, field by field,
+    /// so the tests read its records, never the text of the daemon's other lines.
+    pub fn audit_records(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("capstan.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["target"] == "capstan::audit")
+            .collect()
     }
 
     /// Returns once the daemon has resynced since the call: a resync (every [`RESYNC`])
@@ -927,18 +993,16 @@ impl Drop for StackGuard {
         // The engine can take a moment to let go of the endpoints of containers it just
         // removed ("has active endpoints"): try again for a while before leaving one.
         let networks = || lines(&docker(&["network", "ls", "-q", "--filter", &by_label]));
-        for attempt in 0..20 {
+        let _ = try_until(Duration::from_secs(10), || {
             let nets = networks();
-            if nets.is_empty() {
-                break;
-            }
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(500));
-            }
             for net in &nets {
                 docker(&["network", "rm", net]);
             }
-        }
+            match networks() {
+                left if left.is_empty() => Ok(()),
+                left => Err(format!("{left:?}")),
+            }
+        });
         for vol in lines(&docker(&["volume", "ls", "-q", "--filter", &by_label])) {
             docker(&["volume", "rm", "-f", &vol]);
         }
@@ -1037,6 +1101,8 @@ impl LoadLoop {
                     status,
                     body: body.trim().to_string(),
                 });
+                // The loop's pace (about 200 requests a second at most), not a wait for
+                // anything: on 2 cores an unpaced loop would starve what it measures.
                 std::thread::sleep(Duration::from_millis(5));
             }
         });

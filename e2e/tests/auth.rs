@@ -204,10 +204,7 @@ fn the_audit_log_records_an_apply_with_the_callers_uid_or_token_name() {
         &["apply", "-f", &file, "--stack", &h.s.name],
     );
     assert!(out.status.success(), "{}", text(&out));
-    let audit: Vec<serde_json::Value> = (h.d.log().lines())
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["target"] == "capstan::audit")
-        .collect();
+    let audit = h.d.audit_records();
     let applied_by = |caller: &str, summary: &str| {
         audit.iter().any(|l| {
             l["caller"] == caller
@@ -468,8 +465,7 @@ fn a_client_certificate_the_client_ca_signed_names_the_caller_and_its_role() {
         "without a certificate, a token is still needed: {}",
         text(&out)
     );
-    let audited = (h.d.log().lines())
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    let audited = (h.d.audit_records().into_iter())
         .any(|l| l["caller"] == "cert=ci-pipeline" && l["verb"] == "apply" && l["result"] == "ok");
     assert!(audited, "the audit log names the certificate's CN");
     h.d.cli_ok(&["delete", &h.s.name]);

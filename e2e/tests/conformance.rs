@@ -1,4 +1,4 @@
-//! The Compose conformance suite (issue 10): Compose files written for this project in the
+//! The Compose conformance suite: Compose files written for this project in the
 //! style people write them, one folder per case under `e2e/conformance/`, each applied the way
 //! a user would (`capstan apply` run in the case's folder) against the real engine.
 //!
@@ -283,18 +283,10 @@ fn apply_and_inspect(d: &Daemon, run: &Run) -> Result<(), String> {
     }
 }
 
-/// Retries `attempt` for a while (the proxy learns of a new replica from the engine's events);
-/// the last error if it never succeeds.
-fn wait_for_ok(mut attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match attempt() {
-            Ok(()) => return Ok(()),
-            Err(e) => last = e,
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Err(last)
+/// Retries `attempt` for up to 10 s (the proxy learns of a new replica from the engine's
+/// events); the last error if it never succeeds.
+fn wait_for_ok(attempt: impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    try_until(Duration::from_secs(10), attempt)
 }
 
 /// Each `template: expected` of one object, mismatches added to `wrong`.
@@ -369,6 +361,9 @@ fn sugar(key: &str) -> (String, Pick) {
     (key.to_string(), Box::new(|raw: &str| Some(raw.to_string())))
 }
 
+/// How many cases are applied at once.
+const LANES: usize = 3;
+
 #[test]
 fn every_conformance_case_applies_with_the_meaning_compose_gives_it() {
     let cases = cases();
@@ -409,20 +404,33 @@ fn every_conformance_case_applies_with_the_meaning_compose_gives_it() {
                 .map(|e| format!("{}: {e}", r.case.name))
         })
         .collect();
-    let mut applied = 0;
-    for run in &runs {
-        if failures
-            .iter()
-            .any(|f| f.starts_with(&format!("{}:", run.case.name)))
-        {
-            continue;
-        }
-        match apply_and_inspect(&d, run) {
-            Ok(()) => applied += 1,
-            Err(e) => failures.push(format!("{}: {e}", run.case.name)),
-        }
-        let _ = d.cli(&["delete", &run.stack, "--volumes"]);
-    }
+    let dry_failed =
+        |run: &Run| (failures.iter()).any(|f| f.starts_with(&format!("{}:", run.case.name)));
+    let to_apply: Vec<&Run> = runs.iter().filter(|r| !dry_failed(r)).collect();
+    // LANES cases at a time: each is a stack of its own, on a port of its own.
+    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
+        let lanes: Vec<_> = (0..LANES)
+            .map(|lane| {
+                let (d, to_apply) = (&d, &to_apply);
+                scope.spawn(move || {
+                    let mine = to_apply.iter().skip(lane).step_by(LANES);
+                    (mine.map(|run| {
+                        let applied = apply_and_inspect(d, run)
+                            .map_err(|e| format!("{}: {e}", run.case.name));
+                        let _ = d.cli(&["delete", &run.stack, "--volumes"]);
+                        applied
+                    }))
+                    .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        (lanes.into_iter())
+            .flat_map(|lane| lane.join().expect("a lane of cases panicked"))
+            .collect()
+    });
+    let applied = results.iter().filter(|r| r.is_ok()).count();
+    failures.extend(results.into_iter().filter_map(Result::err));
+    failures.sort();
     println!("conformance: {applied} of {} cases apply", runs.len());
     assert!(
         failures.is_empty(),

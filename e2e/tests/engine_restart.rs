@@ -1,4 +1,4 @@
-//! Issue 14, engine restarts: the Docker engine stopped (SIGTERM to dockerd, which stops
+//! Replicas come back after an engine restart: the Docker engine stopped (SIGTERM to dockerd, which stops
 //! every container: capstan sets no engine restart policy) and started again the way this
 //! machine runs it (`/usr/sbin/dockerd`, detached, logging to /var/log/dockerd.log). Every
 //! replica comes back, none twice.
@@ -61,20 +61,15 @@ impl Engine {
                 .map(str::to_string)
                 .collect()
         };
-        let since = Instant::now();
-        loop {
-            let o = others();
-            if o.is_empty() {
-                break;
-            }
-            if since.elapsed() > QUIET_WAIT {
-                panic!(
-                    "the engine restart test stops dockerd, which would kill these containers \
-                     of others: {o:?}; run it on a quiet engine"
-                );
-            }
-            eprintln!("waiting for a quiet engine; running now: {o:?}");
-            std::thread::sleep(Duration::from_secs(10));
+        let quiet = try_until(QUIET_WAIT, || match others() {
+            o if o.is_empty() => Ok(()),
+            o => Err(format!("{o:?}")),
+        });
+        if let Err(o) = quiet {
+            panic!(
+                "the engine restart test stops dockerd, which would kill these containers \
+                 of others: {o}; run it on a quiet engine"
+            );
         }
         assert!(
             engine_answers(),
@@ -123,15 +118,11 @@ impl Engine {
             .stderr(err)
             .status()
             .map_err(|e| format!("start {DOCKERD}: {e}"))?;
-        let start = Instant::now();
-        while !engine_answers() {
-            if start.elapsed() > Duration::from_secs(120) {
-                return Err(format!(
-                    "dockerd did not answer within 120 s of its start; see {DOCKERD_LOG}"
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        try_until(Duration::from_secs(120), || {
+            engine_answers().then_some(()).ok_or_else(|| {
+                format!("dockerd did not answer within 120 s of its start; see {DOCKERD_LOG}")
+            })
+        })?;
         self.down = false;
         Ok(Instant::now())
     }
@@ -208,7 +199,8 @@ fn restart_once(d: &Daemon, s: &StackGuard, engine: &mut Engine) -> Recovery {
         turned <= Duration::from_secs(2),
         "/readyz turned {turned:?} after the engine stopped answering"
     );
-    std::thread::sleep(Duration::from_secs(1));
+    // Still so once the daemon has probed the silent engine again, twice.
+    d.wait_for_engine_probes(2);
     let (ready, connected) = daemon_view(d);
     println!("engine down: /readyz {ready}, capstan_docker_connected {connected:?}");
     let alive = reqwest::blocking::get(format!("{}/healthz", d.url()))

@@ -1,10 +1,15 @@
-//! Issue 3, end to end: health, healing with back-off, and startup order that holds on every
-//! reconcile.
+//! Health and healing on the real engine: an unhealthy, crashed, removed or port-blocked
+//! replica is restarted or replaced with back-off (kept across a daemon restart), and the
+//! startup order of `depends_on` (healthy, completed) holds on every reconcile.
 
 use capstan_e2e::*;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(60);
+
+fn web(replicas: u32) -> String {
+    format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {replicas}\n")
+}
 
 /// `2026-11-28T14:05:03`, the host's UTC clock (containers share it).
 fn utc_now_seconds() -> String {
@@ -325,20 +330,22 @@ fn a_replica_whose_host_port_is_taken_backs_off_and_starts_once_the_port_is_free
         "services:\n  web:\n    image: {IMAGE}\n    ports:\n      - {{target: 80, published: \"{port}\", mode: host}}\n"
     );
     d.apply_nowait(s, &yaml);
-    let creates = || {
-        metric_sum(
-            &d.metrics(),
-            "capstan_docker_request_duration_seconds_count",
-            &["op=\"create\""],
-        )
-    };
+    let starts = || d.docker_calls("start");
     wait_until(Duration::from_secs(30), "a first failed start", || {
-        creates() >= 1.0
+        starts() >= 1.0
     });
-    std::thread::sleep(Duration::from_secs(10));
-    let tries = creates();
-    println!("creates in the first 10 s with the port taken: {tries}");
-    assert!(tries <= 8.0, "{tries} creates in 10 s: no back-off");
+    // Backing off (1 s, 2 s, 4 s, ...), the fourth try comes 7 s after the first; without
+    // a back-off, a fraction of a second after it.
+    let first = std::time::Instant::now();
+    wait_until(Duration::from_secs(60), "four tries to start", || {
+        starts() >= 4.0
+    });
+    let spread = first.elapsed();
+    println!("four starts with the port taken, over {spread:?}");
+    assert!(
+        spread >= Duration::from_secs(4),
+        "four starts in {spread:?}: no back-off"
+    );
     let (reason, message) = condition(d, &s.name, "web", "Degraded");
     assert_eq!(reason, "PortInUse", "{message}");
     assert!(message.contains(&port.to_string()), "{message}");
@@ -392,5 +399,28 @@ fn a_crash_looping_replica_keeps_its_back_off_across_a_daemon_restart() {
     assert!(
         svc["replicaStates"][0]["restarts"].as_u64() >= Some(5),
         "the RESTARTS count goes on: {svc}"
+    );
+}
+
+#[test]
+fn a_replica_removed_behind_capstans_back_is_replaced() {
+    let h = Harness::start("heal");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &web(3));
+    let before = s.containers();
+
+    docker(&["rm", "-f", &s.replica("web", 2)]);
+    wait_until(CONVERGE, "replica 2 to be replaced", || {
+        let now = s.containers();
+        now.len() == 3
+            && now[1].0 == s.replica("web", 2)
+            && now[1].1 != before[1].1
+            && now[1].2 == "running"
+    });
+    let after = s.containers();
+    assert_eq!(
+        (&after[0], &after[2]),
+        (&before[0], &before[2]),
+        "the other replicas are untouched"
     );
 }

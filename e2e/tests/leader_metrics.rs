@@ -1,4 +1,4 @@
-//! Issue 14, visibility of the election on `/metrics`: of two daemons on one etcd exactly
+//! The leader election as `/metrics` shows it: of two daemons on one etcd exactly
 //! one says `capstan_leader 1`, and when it stops gracefully (SIGTERM: it resigns) the other
 //! says 1 and counts the transition in `capstan_leader_transitions_total`.
 

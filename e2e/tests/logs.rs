@@ -1,4 +1,4 @@
-//! Issue 11's `capstan logs`, end to end through the daemon: every replica's stdout and
+//! `capstan logs` through the daemon: every replica's stdout and
 //! stderr interleaved with padded `service-n |` prefixes, replicas that start later joining a
 //! followed stream, `--tail` and `--since` limiting what is shown, and unknown names refused.
 
@@ -203,20 +203,34 @@ fn logs_follow_of_silent_replicas_stops_reading_when_the_client_goes() {
             &["op=\"list\""],
         )
     };
+    let before = lists();
     let follower = Follower::start(d, &[&s.name, "-f"]);
-    std::thread::sleep(Duration::from_secs(3));
-    let (t0, following) = (lists(), Duration::from_secs(4));
-    std::thread::sleep(following);
-    let while_following = lists() - t0;
+    wait_until(
+        Duration::from_secs(10),
+        "the follower to list the engine",
+        || lists() > before,
+    );
+    // While it follows, the daemon lists the engine every second.
+    let t0 = lists();
+    let since = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "three more lists", || {
+        lists() >= t0 + 3.0
+    });
+    let (while_following, took) = (lists() - t0, since.elapsed());
     drop(follower);
-    std::thread::sleep(Duration::from_secs(4));
+    // Once the client is gone, the daemon notices within eight engine probes (4 s of its
+    // loops), and over the next eight, lists at most for a resync.
+    d.wait_for_engine_probes(8);
     let t1 = lists();
-    std::thread::sleep(following);
+    d.wait_for_engine_probes(8);
     let after = lists() - t1;
-    println!("engine lists in 4 s: {while_following} while following, {after} after");
-    assert!(while_following >= 3.0, "the follower lists every second");
+    println!("engine lists: {while_following} in {took:?} while following, {after} after");
+    assert!(
+        took <= Duration::from_secs(6),
+        "the follower lists every second: {took:?}"
+    );
     assert!(
         after <= 2.0,
-        "reading stopped with the client gone: {after} lists in 4 s"
+        "reading stopped with the client gone: {after} lists in 8 probes"
     );
 }

@@ -1,4 +1,4 @@
-//! Issue 10: every Compose key capstan refuses is refused by its field path and a reason, and
+//! Refused Compose files: every Compose key capstan refuses is refused by its field path and a reason, and
 //! a refused file changes nothing: etcd's revision is the same before and after, no stack is
 //! listed, no container exists. One small file per refused key, one daemon for all of them.
 //! A dry run of an invalid file names every error; a valid apply says, in `notice:` lines,
@@ -12,6 +12,9 @@
 //! Keys the engine of this machine is too old for (`annotations`, `mac_address`,
 //! `volume.subpath`) are accepted at apply and refused at create: the service's status names
 //! the key and the API version it needs, and the rest of the stack runs.
+//!
+//! A file with several errors sent to the raw API is a 400 naming each field path, the client
+//! refuses it too, and nothing reaches etcd.
 
 use capstan_e2e::*;
 use std::time::Duration;
@@ -539,4 +542,44 @@ services:
         ports.is_some_and(|n| n.contains(&format!("(web {port})"))),
         "the ports notice names web's fixed port only:\n{err}"
     );
+}
+
+#[test]
+fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
+    let h = Harness::start("invalid");
+    let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
+    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    ipc: host\n");
+    let resp = d
+        .api()
+        .put(format!("{API}/v1/stacks/{}", s.name))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: serde_json::Value = resp.json().unwrap();
+    let fields: Vec<&str> = err["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        vec!["services.web.ipc", "services.web.deploy.replicas"],
+        "{err}"
+    );
+    assert!(err["details"][1]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("\"three\""));
+
+    let out = d.cli(&["apply", "-f", &s.file(&body), "--stack", &s.name]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("services.web.deploy.replicas"));
+    assert!(
+        etcd.keys(&d.prefix).is_empty(),
+        "etcd is untouched: {:?}",
+        etcd.keys(&d.prefix)
+    );
+    assert!(s.containers().is_empty());
 }

@@ -1,10 +1,15 @@
-//! Issue 13, end to end: `deploy.update_config` against the real engine and etcd. An update
-//! whose replicas exit at once is rolled back to the previous revision on its own.
+//! What an apply rolls out, and how: an unchanged file changes nothing, a changed image
+//! replaces every replica under its name, and `deploy.update_config` (parallelism, order,
+//! monitor, automatic rollback, `rollout undo`/`pause`/`resume`/`restart`, `diff`) acts on the
+//! real replicas; an update whose replicas exit at once is rolled back to the previous
+//! revision on its own, and the proxy fails no request during an update.
 
 use capstan_e2e::*;
 use std::time::{Duration, Instant};
 
 const CONVERGE: Duration = Duration::from_secs(90);
+/// How often the rollout tests sample the engine while an update rolls.
+const SAMPLE: Duration = Duration::from_millis(50);
 
 fn web(image: &str, extra: &str) -> String {
     format!(
@@ -369,13 +374,13 @@ fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes
     // replica never stops serving before the successor does.
     let (replica, next) = (s.replica("web", 1), format!("{}-next", s.replica("web", 1)));
     let (mut successor, mut fewest) = (None, 1);
-    while !rolled_out(d, s, 1) {
+    poll_until(SAMPLE, CONVERGE, "the update to roll out", || {
         if let Some((_, id, _)) = s.containers().into_iter().find(|c| c.0 == next) {
             successor = Some(id);
         }
         fewest = fewest.min(serving(s));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        rolled_out(d, s, 1)
+    });
     let samples = load.finish();
     println!(
         "{} requests during a start-first update of one replica",
@@ -422,11 +427,11 @@ fn roll_six(d: &Daemon, s: &StackGuard, order: &str) -> (usize, usize) {
     wait_until(CONVERGE, "six healthy replicas", || serving(s) == 6);
     d.apply_nowait(s, &yaml(IMAGE_V2));
     let (mut fewest, mut most) = (6, 6);
-    while !rolled_out(d, s, 6) {
+    poll_until(SAMPLE, CONVERGE, "six replicas to roll out", || {
         fewest = fewest.min(serving(s));
         most = most.max(s.containers().len());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        rolled_out(d, s, 6)
+    });
     for n in 1..=6 {
         assert_eq!(inspect(&s.replica("web", n), "{{.Config.Image}}"), IMAGE_V2);
     }
@@ -454,4 +459,48 @@ fn parallelism_two_of_six_start_first_keeps_all_six_serving_and_stop_first_never
         "stop-first: two at a time out of service: {fewest}"
     );
     assert_eq!(most, 6, "stop-first never runs more than the replicas");
+}
+
+/// `web` with `replicas` replicas of `image` and no update settings.
+fn plain(image: &str, replicas: u32) -> String {
+    format!("services:\n  web:\n    image: {image}\n    deploy:\n      replicas: {replicas}\n")
+}
+
+#[test]
+fn applying_the_same_file_twice_changes_nothing_across_a_resync() {
+    let h = Harness::start("idem");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &plain(IMAGE, 2));
+    let before = s.containers();
+    let keys_rev = d.service(&s.name, "web")["resourceVersion"].clone();
+
+    let out = d.apply(s, &plain(IMAGE, 2));
+    assert!(out.contains("unchanged"), "{out}");
+    let svc = d.service(&s.name, "web");
+    assert_eq!(
+        (svc["generation"].as_i64(), &svc["resourceVersion"]),
+        (Some(1), &keys_rev),
+        "no write to the spec"
+    );
+    d.wait_for_resync();
+    assert_eq!(s.containers(), before, "no restart");
+}
+
+#[test]
+fn a_changed_image_rolls_every_replica_to_the_new_spec() {
+    let h = Harness::start("roll");
+    let (d, s) = (&h.d, &h.s);
+    d.apply(s, &plain(IMAGE, 2));
+    let before = s.containers();
+
+    let out = d.apply(s, &plain(IMAGE_V2, 2));
+    assert!(out.contains("configured"), "{out}");
+    let after = s.containers();
+    assert_eq!(after.len(), 2);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.0, b.0, "replicas keep their names");
+        assert_ne!(a.1, b.1, "and are new containers");
+        assert_eq!(inspect(&a.0, "{{.Config.Image}}"), IMAGE_V2);
+    }
+    assert_eq!(d.service(&s.name, "web")["generation"].as_i64(), Some(2));
 }

@@ -1,4 +1,4 @@
-//! Issue 4, end to end: endpoints of ready replicas, the built-in proxy, draining, Traefik,
+//! Traffic to ready replicas only: endpoints of ready replicas, the built-in proxy, draining, Traefik,
 //! port ranges. Real Docker, real etcd, real HTTP.
 
 use capstan_e2e::*;

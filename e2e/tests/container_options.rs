@@ -1,5 +1,5 @@
-//! Issue 10, end to end: a Compose file that sets many container, volume and network options
-//! at once is applied for real, and `docker inspect` shows each exact value.
+//! Container, volume and network options reach the engine exactly: a Compose file that sets
+//! many of them at once is applied for real, and `docker inspect` shows each exact value.
 //!
 //! Not here: `privileged` (this machine's engine cannot start privileged containers: "unable
 //! to apply caps: operation not permitted"; its mapping is unit-tested), `network_mode: host`,
@@ -401,7 +401,11 @@ services:
         starts += events.drain("start").len();
         starts >= 3
     });
-    std::thread::sleep(std::time::Duration::from_secs(4));
+    // Left exited: the engine says so, and a resync later the daemon has not started it.
+    wait_until(CONVERGE, "the replica to be left exited", || {
+        inspect(&name, "{{.State.Status}}") == "exited"
+    });
+    d.wait_for_resync();
     starts += events.drain("start").len();
     assert_eq!(
         starts, 3,

@@ -1,4 +1,4 @@
-//! Issue 12 ("what a stack may do" and "hostile input"): the default policy refuses stacks
+//! What a stack may do, and hostile input: the default policy refuses stacks
 //! that would own the host, naming the rule, and `serve --policy` can allow them; a host IP
 //! that is not an IP is a field error; hostile nesting is refused at once while `/healthz`
 //! keeps answering; a foreign `Host:` header is refused.

@@ -1,11 +1,13 @@
-//! Issue 14, crash consistency: the daemon killed with SIGKILL at random points of a scale
+//! Crash consistency: the daemon killed with SIGKILL at random points (after a random number
+//! of its engine changes, or once the change converged) of a scale
 //! 0 → 20 and 20 → 0, then started again, every time ends at exactly the desired replicas,
 //! with no duplicate ordinal, no orphan container, network or volume, and a status that
 //! converged at the current generation (nothing half-written in etcd). The same holds for a
 //! kill during a start-first rollout (successors `-next` next to their replicas, renamed
 //! as they take over) and during a deletion.
 //!
-//! `make test` runs 5 iterations; `make chaos` runs the same scenario 50 times
+//! `make test` runs 2 iterations (one kill during a scale up, one during a scale down, one
+//! during a rollout each way); `make chaos` runs the same scenarios 50 times
 //! (`CAPSTAN_CHAOS_ITERATIONS`). Every run prints its seed and a table;
 //! `CAPSTAN_CHAOS_SEED=<seed>` replays the same kill points.
 
@@ -14,9 +16,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 const SCALE: u64 = 20;
-/// The kill comes this long after the scale request at most: a scale of 20 busybox replicas
-/// takes 1-3 s here, so the kills land before, during and after the engine work.
-const MAX_KILL_MS: u64 = 2500;
+/// The kill comes after this many engine changes (create, start, remove, ...) since the
+/// request at most, or once the change converged: a scale 0 → 20 makes about 42 of them and
+/// 20 → 0 about 20, a start-first rollout of 6 about 24, so the kills land before, during
+/// and after the engine work.
+const MAX_KILL_CHANGES: u64 = 50;
+/// How often the kill point is looked for.
+const SAMPLE: Duration = Duration::from_millis(20);
 const CONVERGE: Duration = Duration::from_secs(180);
 
 /// The two soaks take turns: removing dozens of containers at once from both made Docker
@@ -27,7 +33,7 @@ fn iterations() -> u32 {
     std::env::var("CAPSTAN_CHAOS_ITERATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(2)
 }
 
 /// One service of busybox replicas without a healthcheck (running is ready), on the stack's
@@ -146,7 +152,7 @@ fn settled(d: &Daemon, s: &StackGuard, desired: u64) -> Result<(), String> {
 struct Row {
     iteration: u32,
     direction: &'static str,
-    kill_ms: u64,
+    kill_at: u64,
     at_kill: usize,
     converge_s: f64,
     census: Census,
@@ -167,24 +173,27 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
     let mut rows = vec![];
     for i in 1..=n {
         let desired = if i % 2 == 1 { SCALE } else { 0 };
-        let kill_ms = rng.below(MAX_KILL_MS);
+        let kill_at = rng.below(MAX_KILL_CHANGES);
+        let base = engine_changes(&d);
         d.cli_ok(&["scale", &format!("{}/web={desired}", s.name)]);
-        let (at_kill, restarted) = kill_and_restart(&mut d, &s, kill_ms);
+        let (at_kill, restarted) = kill_and_restart(&mut d, &s, (base, kill_at), |d| {
+            d.converged(&s.name, "web", desired)
+        });
         wait_for(
             CONVERGE,
             &format!(
-                "iteration {i} (seed {seed}): {desired} replicas after a kill at {kill_ms} ms"
+                "iteration {i} (seed {seed}): {desired} replicas after a kill at change {kill_at}"
             ),
             || settled(&d, &s, desired),
         );
         let converge_s = restarted.elapsed().as_secs_f64();
         let c = census(&s, desired);
         println!(
-            "  iteration {i:>2}: to {desired:>2}, killed at {kill_ms:>4} ms with {at_kill:>2} containers, converged {converge_s:.1} s after the restart"
+            "  iteration {i:>2}: to {desired:>2}, killed at change {kill_at:>2} with {at_kill:>2} containers, converged {converge_s:.1} s after the restart"
         );
         assert!(
             c.containers as u64 == desired && c.duplicates.is_empty() && c.orphans.is_empty(),
-            "iteration {i} (seed {seed}), scale to {desired}, killed at {kill_ms} ms: {c:?}"
+            "iteration {i} (seed {seed}), scale to {desired}, killed at change {kill_at}: {c:?}"
         );
         rows.push(Row {
             iteration: i,
@@ -193,7 +202,7 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
             } else {
                 "20 -> 0"
             },
-            kill_ms,
+            kill_at,
             at_kill,
             converge_s,
             census: c,
@@ -212,7 +221,7 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
         "{:>4}  {:<8} {:>9} {:>8} {:>12} {:>10} {:>10} {:>7}",
         "iter",
         "scale",
-        "kill (ms)",
+        "kill at",
         "at kill",
         "converge (s)",
         "containers",
@@ -224,7 +233,7 @@ fn a_daemon_killed_at_random_points_of_a_scale_up_and_down_always_ends_at_exactl
             "{:>4}  {:<8} {:>9} {:>8} {:>12.1} {:>10} {:>10} {:>7}",
             r.iteration,
             r.direction,
-            r.kill_ms,
+            r.kill_at,
             r.at_kill,
             r.converge_s,
             r.census.containers,
@@ -280,10 +289,40 @@ fn phantom_endpoint(net: &str) -> bool {
     attached == "0" && String::from_utf8_lossy(&rm.stderr).contains("has active endpoints")
 }
 
-/// `kill_ms` after a change was asked for, SIGKILL the daemon and start it again: how many
-/// containers the stack had at the kill, and when the new daemon started.
-fn kill_and_restart(d: &mut Daemon, s: &StackGuard, kill_ms: u64) -> (usize, Instant) {
-    std::thread::sleep(Duration::from_millis(kill_ms));
+/// Engine calls that change something (`/metrics`), so far: the kill points are counted in
+/// them.
+fn engine_changes(d: &Daemon) -> f64 {
+    let m = d.metrics();
+    let ops = [
+        "create",
+        "start",
+        "remove",
+        "rename",
+        "ensure_network",
+        "ensure_volume",
+        "remove_network",
+        "remove_volume",
+    ];
+    (ops.iter())
+        .map(|op| {
+            let op = format!("op=\"{op}\"");
+            metric_sum(&m, "capstan_docker_request_duration_seconds_count", &[&op])
+        })
+        .sum()
+}
+
+/// Once the daemon has made `kill_at` engine changes since `base` (or is `done` with the
+/// change first), SIGKILL it and start it again: how many containers the stack had at the
+/// kill, and when the new daemon started.
+fn kill_and_restart(
+    d: &mut Daemon,
+    s: &StackGuard,
+    (base, kill_at): (f64, u64),
+    done: impl Fn(&Daemon) -> bool,
+) -> (usize, Instant) {
+    poll_until(SAMPLE, CONVERGE, "the kill point", || {
+        engine_changes(d) >= base + kill_at as f64 || done(d)
+    });
     d.kill();
     let at_kill = s.containers().len();
     let restarted = Instant::now();
@@ -323,16 +362,19 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
     d.apply(&s, &stack_of(IMAGE, ROLLING));
     for i in 1..=iterations() {
         let image = if i % 2 == 1 { IMAGE_V2 } else { IMAGE };
-        let kill_ms = rng.below(MAX_KILL_MS);
+        let kill_at = rng.below(MAX_KILL_CHANGES);
+        let base = engine_changes(&d);
         d.apply_nowait(&s, &stack_of(image, ROLLING));
-        let (at_kill, restarted) = kill_and_restart(&mut d, &s, kill_ms);
-        let what = format!("rollout {i} to {image} (seed {seed}), killed at {kill_ms} ms");
+        let (at_kill, restarted) = kill_and_restart(&mut d, &s, (base, kill_at), |d| {
+            d.converged(&s.name, "web", ROLLING)
+        });
+        let what = format!("rollout {i} to {image} (seed {seed}), killed at change {kill_at}");
         wait_for(CONVERGE, &what, || {
             settled(&d, &s, ROLLING).and_then(|_| all_of_image(&s, image))
         });
         let c = census(&s, ROLLING);
         println!(
-            "  rollout {i:>2}: to {image}, killed at {kill_ms:>4} ms with {at_kill:>2} containers, converged {:.1} s after the restart",
+            "  rollout {i:>2}: to {image}, killed at change {kill_at:>2} with {at_kill:>2} containers, converged {:.1} s after the restart",
             restarted.elapsed().as_secs_f64()
         );
         assert!(
@@ -341,12 +383,16 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
         );
     }
 
-    let kill_ms = rng.below(1500);
+    let kill_at = rng.below(ROLLING + 3);
+    let base = engine_changes(&d);
     let url = format!("{API}/v1/stacks/{}?volumes=true", s.name);
     let resp = d.api().delete(url).send().expect("DELETE");
     assert_eq!(resp.status().as_u16(), 202);
-    kill_and_restart(&mut d, &s, kill_ms);
-    let what = format!("the deletion (seed {seed}), killed at {kill_ms} ms");
+    let stack_url = format!("{API}/v1/stacks/{}", s.name);
+    kill_and_restart(&mut d, &s, (base, kill_at), |d| {
+        (d.api().get(&stack_url).send()).is_ok_and(|r| r.status().as_u16() == 404)
+    });
+    let what = format!("the deletion (seed {seed}), killed at change {kill_at}");
     let mut phantom = None;
     wait_until(CONVERGE, &what, || {
         let view = d.api().get(format!("{API}/v1/stacks/{}", s.name)).send();
@@ -365,7 +411,7 @@ fn a_daemon_killed_at_random_points_of_a_rollout_or_a_deletion_leaves_only_what_
         gone && s.containers().is_empty() && networks.is_empty() && s.volumes().is_empty()
     });
     match phantom {
-        None => println!("  deletion: killed at {kill_ms} ms, nothing left after the restart"),
+        None => println!("  deletion: killed at change {kill_at}, nothing left after the restart"),
         Some(net) => println!(
             "WARNING: every container is gone, but the engine keeps a phantom endpoint in {net} \
              (no container attached; moby/moby#43286): it stays until dockerd restarts"

@@ -1,4 +1,4 @@
-//! Issue 11, end to end: `capstan run STACK/SERVICE -- CMD`, a one-off container made from
+//! One-off commands, `capstan run STACK/SERVICE -- CMD`: a one-off container made from
 //! a service's spec on the stack's network, its output and exit code passed through, and
 //! nothing left behind, also when the client is interrupted. Every byte the container
 //! wrote arrives, in order: a last line without its line break, output written just before

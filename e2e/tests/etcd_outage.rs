@@ -1,10 +1,18 @@
-//! Answers while etcd is frozen (`SIGSTOP`: it accepts connections and answers nothing):
-//! reads come from the daemon's copy, marked stale, `/v1/leader` does not claim a lead it
-//! cannot show, and writes are refused with a 503; every request completes instead of
-//! waiting out the etcd client's timeout.
+//! The daemon while etcd is away. Killed: nothing on the host changes while the desired
+//! state cannot be read (a removed replica is not replaced), the daemon stays up, and the
+//! host converges once etcd is back. Frozen (`SIGSTOP`: it accepts connections and answers
+//! nothing): reads come from the daemon's copy, marked stale, `/v1/leader` does not claim a
+//! lead it cannot show, and writes are refused with a 503; every request completes instead
+//! of waiting out the etcd client's timeout.
 
 use capstan_e2e::*;
 use std::time::Duration;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn web(replicas: u32) -> String {
+    format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: {replicas}\n")
+}
 
 /// Sends `SIGCONT` to etcd when dropped, also when the test fails while it is frozen.
 struct Thaw<'a>(&'a Etcd);
@@ -107,4 +115,66 @@ fn with_etcd_frozen_reads_answer_from_the_copy_marked_stale_and_writes_are_refus
     });
     let (_, stale, leader) = get(&c, "/v1/leader");
     assert!(!stale && leader.get("stale").is_none(), "{leader}");
+}
+
+#[test]
+fn an_etcd_outage_changes_nothing_while_it_lasts_and_the_host_converges_after() {
+    let mut h = Harness::start("outage");
+    let s = &h.s;
+    h.d.apply(s, &web(2));
+    let before = s.containers();
+
+    h.etcd.stop();
+    let (d, s) = (&h.d, &h.s);
+    let ready = format!("{}/readyz", d.url());
+    wait_until(
+        Duration::from_secs(15),
+        "readyz to report the lost etcd",
+        || {
+            reqwest::blocking::get(&ready)
+                .map(|r| r.status().as_u16() == 503)
+                .unwrap_or(false)
+        },
+    );
+    docker(&["rm", "-f", &s.replica("web", 2)]);
+    // Frozen, every look at the service ends in a requeue: wait for two that come after the
+    // removal (a key is reconciled by one worker at a time, so the second began after it).
+    let frozen = || {
+        metric_sum(
+            &d.metrics(),
+            "capstan_reconciles_total",
+            &["kind=\"service\"", "result=\"requeue\""],
+        )
+    };
+    let frozen_before = frozen();
+    wait_until(
+        CONVERGE,
+        "the frozen loop to look at the service twice since the removal",
+        || frozen() >= frozen_before + 2.0,
+    );
+    let now = s.containers();
+    assert!(
+        now.contains(&before[0]),
+        "replica 1 must survive the etcd outage: {now:?}"
+    );
+    assert!(
+        !now.iter().any(|c| c.0 == s.replica("web", 2)),
+        "nothing is replaced while the desired state cannot be read: {now:?}"
+    );
+    assert!(
+        reqwest::blocking::get(format!("{}/healthz", d.url()))
+            .unwrap()
+            .status()
+            .is_success(),
+        "the daemon stays up"
+    );
+
+    h.etcd.restart();
+    let (d, s) = (&h.d, &h.s);
+    wait_until(
+        CONVERGE,
+        "the removed replica to be replaced once etcd is back",
+        || s.running().len() == 2 && d.converged(&s.name, "web", 2),
+    );
+    assert_eq!(s.containers()[0], before[0]);
 }
