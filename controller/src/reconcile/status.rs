@@ -451,6 +451,49 @@ pub fn engine_unreachable(previous: Option<&ServiceStatus>, now: &str) -> Servic
     status
 }
 
+/// The status while the image is pulled: the previous one, with `Progressing` (and `Ready`,
+/// unless replicas are ready) saying `PullingImage`, the image and its `pull_policy`.
+pub fn pulling(
+    previous: Option<&ServiceStatus>,
+    image: &str,
+    policy: &str,
+    desired: u32,
+    now: &str,
+) -> ServiceStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let message = format!("pulling image {image} (pull_policy {policy})");
+    let kept = |type_: ConditionType| status.condition(type_).cloned();
+    let ready = match previous.is_some_and(ServiceStatus::is_ready) {
+        true => kept(ConditionType::Ready),
+        false => Some(Condition::new(
+            ConditionType::Ready,
+            false,
+            Reason::PullingImage,
+            format!("{}/{desired} replicas ready: {message}", status.ready),
+        )),
+    };
+    let progressing = Condition::new(
+        ConditionType::Progressing,
+        true,
+        Reason::PullingImage,
+        message,
+    );
+    let others = (status.conditions.iter())
+        .filter(|c| {
+            c.type_ != ConditionType::Ready.as_str()
+                && c.type_ != ConditionType::Progressing.as_str()
+        })
+        .cloned();
+    let mut conditions: Vec<Condition> = ready
+        .into_iter()
+        .chain([progressing])
+        .chain(others)
+        .collect();
+    keep_transition_times(&mut conditions, previous, now);
+    status.conditions = conditions;
+    status
+}
+
 fn keep_transition_times(
     conditions: &mut [Condition],
     previous: Option<&ServiceStatus>,
@@ -692,6 +735,34 @@ mod tests {
             d.message.contains("s-web-1") && d.message.contains("8s"),
             "{}",
             d.message
+        );
+    }
+
+    #[test]
+    fn the_pulling_status_names_the_image_and_keeps_the_rest() {
+        let s = pulling(None, "r:5000/web:1", "missing", 2, "t0");
+        let progressing = s.condition(ConditionType::Progressing).unwrap();
+        assert_eq!(progressing.reason, "PullingImage");
+        assert!(progressing.message.contains("r:5000/web:1"));
+        assert_eq!(
+            s.condition(ConditionType::Ready).unwrap().reason,
+            "PullingImage"
+        );
+
+        let mut ready = ServiceStatus::default();
+        ready.conditions.push(Condition::new(
+            ConditionType::Ready,
+            true,
+            Reason::AllReplicasReady,
+            "2/2".into(),
+        ));
+        let s = pulling(Some(&ready), "web:2", "always", 2, "t1");
+        assert!(s.is_ready(), "a rollout's old replicas still serve");
+        assert_eq!(
+            s.condition(ConditionType::Progressing)
+                .unwrap()
+                .last_transition_time,
+            "t1"
         );
     }
 }

@@ -30,7 +30,7 @@ use super::backend::{Backend, Done, Env, Mode, Observation, Proposal, View, Work
 use super::backoff::{ServiceHistory, Timing};
 use super::error::ReconcileError;
 use super::memory::ServiceMemory;
-use super::status::Progress;
+use super::status::{self, Progress};
 use crate::files::HostFiles;
 use crate::runtime::reflector::Containers;
 use crate::runtime::{Detail, Health, Observed, ResourcePlan, Runtime, RuntimeError, State};
@@ -375,12 +375,10 @@ fn ordered(
         steps.push(Step::WriteFiles);
     }
     if let Some(Some(pull)) = image.filter(|_| makes) {
-        let status = pull::pulling(
-            obs.previous.as_deref(),
-            &obs.service.spec,
-            &pull,
-            &obs.now_rfc3339,
-        );
+        let (spec, policy) = (&obs.service.spec, pull.policy.as_compose());
+        let previous = obs.previous.as_deref();
+        let now = &obs.now_rfc3339;
+        let status = status::pulling(previous, &spec.image, &policy, spec.replicas, now);
         if obs.previous.as_deref() != Some(&status) {
             steps.push(Step::AnnouncePull(Box::new(status)));
         }

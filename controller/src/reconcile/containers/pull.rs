@@ -14,7 +14,7 @@
 //! elected) daemon has no record, so it pulls a `daily`/`weekly`/`every_` image again the
 //! first time it creates a replica of it.
 
-use capstan_api::object::{Condition, ConditionType, Reason, ServiceStatus};
+use capstan_api::object::Reason;
 use capstan_api::pull::PullPolicy;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -202,48 +202,6 @@ pub async fn pull(runtime: &dyn Runtime, pulls: &Pulls, image: &str) -> Result<(
     }
 }
 
-/// The status while the image is pulled: the previous one, with `Progressing` (and `Ready`,
-/// unless replicas are ready) saying `PullingImage` and the image. Pure.
-pub fn pulling(
-    previous: Option<&ServiceStatus>,
-    spec: &ServiceSpec,
-    pull: &Pull,
-    now: &str,
-) -> ServiceStatus {
-    let (image, policy, desired) = (&spec.image, &pull.policy, spec.replicas);
-    let mut status = previous.cloned().unwrap_or_default();
-    let message = format!(
-        "pulling image {image} (pull_policy {})",
-        policy.as_compose()
-    );
-    let mut set = |type_: ConditionType, status_: bool, message: String| {
-        let mut c = Condition::new(type_, status_, Reason::PullingImage, message);
-        let kept = status.conditions.iter().find(|p| p.type_ == c.type_);
-        c.last_transition_time = match kept {
-            Some(p) if p.status == c.status => p.last_transition_time.clone(),
-            _ => now.to_string(),
-        };
-        status.conditions.retain(|p| p.type_ != c.type_);
-        status.conditions.push(c);
-    };
-    set(ConditionType::Progressing, true, message.clone());
-    if !previous.is_some_and(ServiceStatus::is_ready) {
-        let ready = previous.map_or(0, |p| p.ready);
-        set(
-            ConditionType::Ready,
-            false,
-            format!("{ready}/{desired} replicas ready: {message}"),
-        );
-    }
-    let order = |c: &Condition| match c.type_.as_str() {
-        "Ready" => 0,
-        "Progressing" => 1,
-        _ => 2,
-    };
-    status.conditions.sort_by_key(order);
-    status
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,44 +262,5 @@ mod tests {
                 policy.as_compose()
             );
         }
-    }
-
-    #[test]
-    fn the_pulling_status_names_the_image_and_keeps_the_rest() {
-        let spec = |image: &str| ServiceSpec {
-            image: image.into(),
-            replicas: 2,
-            ..Default::default()
-        };
-        let missing = Pull {
-            policy: PullPolicy::Missing,
-        };
-        let s = pulling(None, &spec("r:5000/web:1"), &missing, "t0");
-        let progressing = s.condition(ConditionType::Progressing).unwrap();
-        assert_eq!(progressing.reason, "PullingImage");
-        assert!(progressing.message.contains("r:5000/web:1"));
-        assert_eq!(
-            s.condition(ConditionType::Ready).unwrap().reason,
-            "PullingImage"
-        );
-
-        let mut ready = ServiceStatus::default();
-        ready.conditions.push(Condition::new(
-            ConditionType::Ready,
-            true,
-            Reason::AllReplicasReady,
-            "2/2".into(),
-        ));
-        let always = Pull {
-            policy: PullPolicy::Always,
-        };
-        let s = pulling(Some(&ready), &spec("web:2"), &always, "t1");
-        assert!(s.is_ready(), "a rollout's old replicas still serve");
-        assert_eq!(
-            s.condition(ConditionType::Progressing)
-                .unwrap()
-                .last_transition_time,
-            "t1"
-        );
     }
 }
