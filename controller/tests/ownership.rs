@@ -4,7 +4,7 @@
 mod fixture;
 
 use capstan_controller::runtime::fake::Call;
-use capstan_controller::runtime::{ContainerPlan, Runtime};
+use capstan_controller::runtime::{ContainerConfig, Runtime};
 use fixture::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -120,7 +120,7 @@ async fn a_foreign_container_holding_a_replicas_name_is_never_touched_and_report
 async fn containers_of_a_stack_etcd_does_not_know_are_left_alone() {
     let f = Fixture::start().await;
     // Another installation's replica, labelled like capstan's.
-    let plan = ContainerPlan {
+    let plan = ContainerConfig {
         name: "other-web-1".into(),
         hostname: "other-web-1".into(),
         image: "web:1".into(),

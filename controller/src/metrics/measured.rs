@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::{DockerOp, EtcdOp, Metrics};
 use crate::runtime::{
-    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, OneOff, ResourcePlan,
-    Runtime, RuntimeError,
+    ContainerConfig, ContainerEvent, Detail, LogChunk, LogOptions, Observed, OneOff,
+    ResourceConfig, Runtime, RuntimeError,
 };
 use crate::store::kv::{Compare, KeyValue, Kv, KvError, LeaseId, Listing, Op, WatchEvent};
 
@@ -99,7 +99,7 @@ impl Runtime for MeasuredRuntime {
     ) -> Result<Vec<Observed>, RuntimeError> {
         measured!(self, List, self.inner.list(stack, service))
     }
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+    async fn create(&self, plan: &ContainerConfig) -> Result<String, RuntimeError> {
         measured!(self, Create, self.inner.create(plan))
     }
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
@@ -123,10 +123,10 @@ impl Runtime for MeasuredRuntime {
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError> {
         measured!(self, Rename, self.inner.rename(id, name))
     }
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         measured!(self, EnsureNetwork, self.inner.ensure_network(plan))
     }
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_volume(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         measured!(self, EnsureVolume, self.inner.ensure_volume(plan))
     }
     async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError> {

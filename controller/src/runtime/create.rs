@@ -1,4 +1,4 @@
-//! The Engine API create bodies of a [`ContainerPlan`] and a [`ResourcePlan`], split by
+//! The Engine API create bodies of a [`ContainerConfig`] and a [`ResourceConfig`], split by
 //! concern (process, resources, kernel, mounts, networking). Pure, so every option's mapping
 //! is tested without an engine.
 //!
@@ -15,7 +15,7 @@ use bollard::models::{
 use capstan_api::spec::{ContainerOptions, NetworkMode};
 use std::collections::{BTreeMap, HashMap};
 
-use super::{Addresses, ContainerPlan, Mount, MountOptions, ResourcePlan, RuntimeError};
+use super::{Addresses, ContainerConfig, Mount, MountOptions, ResourceConfig, RuntimeError};
 
 /// The engine's API version, as negotiated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,7 +28,7 @@ impl std::fmt::Display for ApiVersion {
 }
 
 /// Options the engine must be at least this new for: (what, needs, is it used).
-fn requirements(plan: &ContainerPlan) -> Vec<(String, &'static str, ApiVersion)> {
+fn requirements(plan: &ContainerConfig) -> Vec<(String, &'static str, ApiVersion)> {
     let mut out = vec![];
     if !plan.options.annotations.is_empty() {
         out.push(("`annotations`".to_string(), "1.43", ApiVersion(1, 43)));
@@ -56,7 +56,7 @@ fn requirements(plan: &ContainerPlan) -> Vec<(String, &'static str, ApiVersion)>
 }
 
 /// The container create body, or why this engine cannot run the plan as declared.
-pub fn body(plan: &ContainerPlan, api: ApiVersion) -> Result<ContainerCreateBody, RuntimeError> {
+pub fn body(plan: &ContainerConfig, api: ApiVersion) -> Result<ContainerCreateBody, RuntimeError> {
     if let Some((what, needs, _)) = requirements(plan).into_iter().find(|(_, _, v)| api < *v) {
         return Err(RuntimeError::TooOld {
             what,
@@ -97,7 +97,7 @@ pub fn body(plan: &ContainerPlan, api: ApiVersion) -> Result<ContainerCreateBody
 }
 
 /// Health `start_interval` needs API 1.44; older engines get it dropped (documented).
-fn healthcheck(plan: &ContainerPlan, api: ApiVersion) -> Option<HealthConfig> {
+fn healthcheck(plan: &ContainerConfig, api: ApiVersion) -> Option<HealthConfig> {
     plan.healthcheck.as_ref().map(|h| HealthConfig {
         test: (!h.test.is_empty()).then(|| h.test.clone()),
         interval: h.interval_ns,
@@ -118,7 +118,7 @@ fn map(v: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
 
 /// The host config: process and kernel options, resources, networking mode. Mounts and
 /// port bindings are added by [`body`].
-fn host_config(plan: &ContainerPlan) -> HostConfig {
+fn host_config(plan: &ContainerConfig) -> HostConfig {
     let o = &plan.options;
     let mut host = resources(o);
     host.network_mode = match &o.network_mode {
@@ -197,7 +197,7 @@ fn resources(o: &ContainerOptions) -> HostConfig {
 
 /// The first network's endpoint (aliases, fixed addresses); the rest are joined before
 /// start with [`endpoint`]. None with `network_mode`.
-fn endpoints(plan: &ContainerPlan) -> Option<HashMap<String, EndpointSettings>> {
+fn endpoints(plan: &ContainerConfig) -> Option<HashMap<String, EndpointSettings>> {
     if plan.options.network_mode.is_some() {
         return None;
     }
@@ -222,7 +222,7 @@ pub fn endpoint(aliases: &[String], addresses: Option<&Addresses>) -> EndpointSe
 type Bindings = HashMap<String, Option<Vec<DockerPortBinding>>>;
 
 /// The exposed ports (`80/tcp`, and `expose`) and the host bindings of published ones.
-fn ports(plan: &ContainerPlan) -> (Vec<String>, Bindings) {
+fn ports(plan: &ContainerConfig) -> (Vec<String>, Bindings) {
     let mut exposed = vec![];
     let mut bindings: Bindings = HashMap::new();
     for p in &plan.ports {
@@ -261,7 +261,7 @@ fn expand_range(spec: &str) -> Vec<String> {
 
 /// Binds (`source:target[:opts]`, what `-v` takes), mounts (what `Binds` cannot say: tmpfs,
 /// a bind that must not create its host path, a volume subpath), and anonymous volumes.
-fn volumes(plan: &ContainerPlan) -> (Vec<String>, Vec<DockerMount>, Vec<String>) {
+fn volumes(plan: &ContainerConfig) -> (Vec<String>, Vec<DockerMount>, Vec<String>) {
     let (mut binds, mut mounts, mut anonymous) = (vec![], vec![], vec![]);
     for m in &plan.mounts {
         match m {
@@ -372,7 +372,7 @@ fn api_mount(m: &Mount) -> DockerMount {
 }
 
 /// The network create request.
-pub fn network_request(plan: &ResourcePlan) -> NetworkCreateRequest {
+pub fn network_request(plan: &ResourceConfig) -> NetworkCreateRequest {
     NetworkCreateRequest {
         name: plan.name.clone(),
         driver: plan.driver.clone(),
@@ -401,7 +401,7 @@ pub fn network_request(plan: &ResourcePlan) -> NetworkCreateRequest {
 }
 
 /// The volume create request.
-pub fn volume_request(plan: &ResourcePlan) -> VolumeCreateRequest {
+pub fn volume_request(plan: &ResourceConfig) -> VolumeCreateRequest {
     VolumeCreateRequest {
         name: Some(plan.name.clone()),
         driver: plan.driver.clone(),
@@ -421,7 +421,7 @@ mod tests {
     const OLD: ApiVersion = ApiVersion(1, 41);
 
     /// Replica 1 of service `web` of `text`, and the stack's networks and volumes.
-    fn shaped(text: &str) -> (ContainerPlan, Vec<ResourcePlan>, Vec<ResourcePlan>) {
+    fn shaped(text: &str) -> (ContainerConfig, Vec<ResourceConfig>, Vec<ResourceConfig>) {
         let spec = parse_stack("shop", text).unwrap();
         let stack = Stack {
             name: "shop".into(),

@@ -210,7 +210,7 @@ impl DockerRuntime {
 
     /// After a 409 on create: the name's holder is ours (a replica created by an earlier,
     /// interrupted reconcile) or foreign.
-    async fn holder_of(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+    async fn holder_of(&self, plan: &ContainerConfig) -> Result<String, RuntimeError> {
         let info = self
             .docker
             .inspect_container(&plan.name, None)
@@ -409,7 +409,7 @@ impl Runtime for DockerRuntime {
         Ok(list.into_iter().filter_map(observed).collect())
     }
 
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+    async fn create(&self, plan: &ContainerConfig) -> Result<String, RuntimeError> {
         let body = create::body(plan, self.api)?;
         let mut opts = CreateContainerOptionsBuilder::new().name(&plan.name);
         if let Some(platform) = &plan.options.platform {
@@ -562,7 +562,7 @@ impl Runtime for DockerRuntime {
 
     /// The engine lets two networks share a name (two daemons, or a retry after a
     /// timeout, could each make one): a duplicate found here is reported and repaired.
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         let _guard = self.resource_lock.lock().await;
         match self.networks_with_labels(&plan.name).await?.as_slice() {
             [] => {}
@@ -582,7 +582,7 @@ impl Runtime for DockerRuntime {
             .map_err(engine("create network"))
     }
 
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_volume(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         let _guard = self.resource_lock.lock().await;
         match self.docker.inspect_volume(&plan.name).await {
             Ok(v) => return plan.check_owner("volume", v.labels.get(names::STACK)),

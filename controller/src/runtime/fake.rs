@@ -933,7 +933,7 @@ impl Runtime for FakeRuntime {
         Ok(out)
     }
 
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+    async fn create(&self, plan: &ContainerConfig) -> Result<String, RuntimeError> {
         self.call(Call::Create {
             name: plan.name.clone(),
         })?;
@@ -1113,7 +1113,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         self.call(Call::EnsureNetwork {
             name: plan.name.clone(),
         })?;
@@ -1142,7 +1142,7 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_volume(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         self.call(Call::EnsureVolume {
             name: plan.name.clone(),
         })?;
@@ -1341,7 +1341,7 @@ impl Runtime for FakeRuntime {
 
 /// A container as the engine makes it from `plan`: created, not started, with an address on
 /// each network (or the default bridge).
-fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Container {
+fn new_container(plan: &ContainerConfig, id: &str, n: u64, created: i64) -> Container {
     let label = |k: &str| plan.labels.get(k).cloned().unwrap_or_default();
     let networks: Vec<String> = plan.networks.iter().map(|(n, _)| n.clone()).collect();
     let volumes: Vec<String> = plan
@@ -1395,8 +1395,8 @@ fn new_container(plan: &ContainerPlan, id: &str, n: u64, created: i64) -> Contai
 
 /// The smallest plan of replica `n` of `stack/service`: its name and ownership labels.
 #[cfg(test)]
-pub fn replica_plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
-    ContainerPlan {
+pub fn replica_plan(stack: &str, service: &str, n: u32) -> ContainerConfig {
+    ContainerConfig {
         name: names::container(stack, service, n),
         hostname: String::new(),
         image: "x".into(),
@@ -1424,7 +1424,7 @@ pub fn replica_plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
 mod tests {
     use super::*;
 
-    fn plan(stack: &str, service: &str, n: u32) -> ContainerPlan {
+    fn plan(stack: &str, service: &str, n: u32) -> ContainerConfig {
         let mut plan = replica_plan(stack, service, n);
         plan.image = "web:1".into();
         plan.labels
@@ -1440,8 +1440,8 @@ mod tests {
         plan
     }
 
-    fn net(stack: &str) -> ResourcePlan {
-        ResourcePlan {
+    fn net(stack: &str) -> ResourceConfig {
+        ResourceConfig {
             name: format!("{stack}_default"),
             driver: None,
             internal: false,

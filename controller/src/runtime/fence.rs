@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    ContainerEvent, ContainerPlan, Detail, LogChunk, LogOptions, Observed, OneOff, ResourcePlan,
-    Runtime, RuntimeError,
+    ContainerConfig, ContainerEvent, Detail, LogChunk, LogOptions, Observed, OneOff,
+    ResourceConfig, Runtime, RuntimeError,
 };
 
 /// What an engine call does, for the gate.
@@ -54,7 +54,7 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Read, "list")?;
         self.inner.list(stack, service).await
     }
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError> {
+    async fn create(&self, plan: &ContainerConfig) -> Result<String, RuntimeError> {
         self.check(Verb::Change, "create")?;
         self.inner.create(plan).await
     }
@@ -86,11 +86,11 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Change, "rename")?;
         self.inner.rename(id, name).await
     }
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         self.check(Verb::Change, "ensure_network")?;
         self.inner.ensure_network(plan).await
     }
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError> {
+    async fn ensure_volume(&self, plan: &ResourceConfig) -> Result<(), RuntimeError> {
         self.check(Verb::Change, "ensure_volume")?;
         self.inner.ensure_volume(plan).await
     }

@@ -90,7 +90,7 @@ impl Observed {
 
 /// Everything needed to create one replica.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ContainerPlan {
+pub struct ContainerConfig {
     pub name: String,
     pub hostname: String,
     pub image: String,
@@ -183,7 +183,7 @@ pub struct MountOptions {
 
 /// A network or volume capstan creates for a stack.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ResourcePlan {
+pub struct ResourceConfig {
     /// The engine-side name.
     pub name: String,
     pub driver: Option<String>,
@@ -200,7 +200,7 @@ pub struct ResourcePlan {
     pub ipam: Option<capstan_api::spec::Ipam>,
 }
 
-impl ResourcePlan {
+impl ResourceConfig {
     /// Whether a network or volume found under this name may be used: one capstan made
     /// belongs to the stack its label names, and another stack's is refused; one made
     /// otherwise (by hand, by Compose) is used as Compose uses it, and a declared `external`
@@ -333,7 +333,7 @@ pub trait Runtime: Send + Sync + 'static {
         service: Option<&str>,
     ) -> Result<Vec<Observed>, RuntimeError>;
     /// Creates (does not start) a container; returns its ID.
-    async fn create(&self, plan: &ContainerPlan) -> Result<String, RuntimeError>;
+    async fn create(&self, plan: &ContainerConfig) -> Result<String, RuntimeError>;
     async fn start(&self, id: &str) -> Result<(), RuntimeError>;
     async fn restart(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
     async fn inspect(&self, id: &str) -> Result<Detail, RuntimeError>;
@@ -346,8 +346,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn wait(&self, id: &str) -> Result<i64, RuntimeError>;
     /// The one-off containers of `capstan run` ([`capstan_api::names::ONEOFF_STACK`]).
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError>;
-    async fn ensure_network(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
-    async fn ensure_volume(&self, plan: &ResourcePlan) -> Result<(), RuntimeError>;
+    async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError>;
+    async fn ensure_volume(&self, plan: &ResourceConfig) -> Result<(), RuntimeError>;
     /// Engine names of the networks labelled with `stack`.
     async fn stack_networks(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;
     async fn stack_volumes(&self, stack: &str) -> Result<Vec<String>, RuntimeError>;

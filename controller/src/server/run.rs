@@ -29,7 +29,7 @@ use utoipa_axum::routes;
 use super::state::ApiState;
 use crate::reconcile::containers::shape;
 use crate::reconcile::error::ReconcileError;
-use crate::runtime::{ContainerPlan, LogStream, OneOff, Runtime, RuntimeError};
+use crate::runtime::{ContainerConfig, LogStream, OneOff, Runtime, RuntimeError};
 
 pub fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new().routes(routes!(run))
@@ -127,7 +127,7 @@ async fn pair(
     st: &ApiState,
     stack: &Stack,
     service: &Service,
-    plan: &mut ContainerPlan,
+    plan: &mut ContainerConfig,
 ) -> Result<(), Refusal> {
     if service.spec.partners().next().is_none() {
         return Ok(());
@@ -169,7 +169,7 @@ fn request(body: &[u8]) -> Result<RunRequest, Refusal> {
 /// The container `docker compose run` would make of `service`: replica 1's shape (so a
 /// per-replica volume is replica 1's), under a name of its own, without ports, aliases or
 /// fixed addresses, and with the request's command and extra environment.
-fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerPlan {
+fn oneoff(stack: &Stack, service: &Service, req: &RunRequest) -> ContainerConfig {
     let mut plan = shape::container(stack, service, 1);
     let mut suffix = [0u8; 6];
     // Should the kernel give no randomness, a second run at once meets a name conflict.
@@ -222,7 +222,7 @@ async fn start(
     runtime: &dyn Runtime,
     stack: &Stack,
     service: &Service,
-    plan: &ContainerPlan,
+    plan: &ContainerConfig,
 ) -> Result<(String, LogStream), Refusal> {
     let failed = |what: &str, e: &RuntimeError| error(status_of(e), format!("{what}: {e}"), vec![]);
     if let Err(e) = crate::reconcile::containers::ensure_resources(runtime, stack, &[service]).await

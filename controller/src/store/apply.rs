@@ -72,7 +72,7 @@ fn jitter() -> f64 {
 }
 
 /// What an apply writes.
-pub(super) struct Plan {
+pub(super) struct Writes {
     pub result: ApplyResult,
     /// The next record; None when nothing changes.
     pub record: Option<Stack>,
@@ -162,14 +162,14 @@ impl Store {
     }
 
     /// Turns `current` into `spec`: the outcome per service, and what to write.
-    fn plan(&self, spec: &StackSpec, current: &Current) -> Plan {
+    fn plan(&self, spec: &StackSpec, current: &Current) -> Writes {
         let now = now_rfc3339();
         let old: BTreeMap<&str, &Service> = current
             .services
             .iter()
             .map(|s| (s.name.as_str(), s))
             .collect();
-        let mut plan = Plan {
+        let mut plan = Writes {
             result: ApplyResult {
                 stack: spec.name.clone(),
                 resource_version: current.revision(),
@@ -232,7 +232,7 @@ impl Store {
 
     /// Writes `plan` over the record read at `r0`; the commit's revision, or None when the
     /// record changed meanwhile (nothing visible was written).
-    async fn write(&self, plan: &Plan, r0: i64) -> Result<Option<i64>, StoreError> {
+    async fn write(&self, plan: &Writes, r0: i64) -> Result<Option<i64>, StoreError> {
         let record = plan
             .record
             .as_ref()
@@ -340,7 +340,7 @@ impl Store {
 
 /// The services the stack commits once `plan` is written: the staged versions and the
 /// unchanged ones.
-fn live_services(spec: &StackSpec, plan: &Plan, current: &Current) -> Vec<Service> {
+fn live_services(spec: &StackSpec, plan: &Writes, current: &Current) -> Vec<Service> {
     let mut live = plan.staged.clone();
     live.extend(
         current
@@ -391,7 +391,7 @@ fn next_version(
 
 /// The record after `plan`, or None when nothing at all changes. Its generation grows only
 /// when the stack's own part (the set of services, networks, volumes) changes.
-fn next_record(spec: &StackSpec, current: &Current, plan: &Plan, now: String) -> Option<Stack> {
+fn next_record(spec: &StackSpec, current: &Current, plan: &Writes, now: String) -> Option<Stack> {
     let old = current.record.clone().unwrap_or_default();
     let services: Vec<String> = spec.services.keys().cloned().collect();
     let own_changed = current.record.is_none()

@@ -33,7 +33,7 @@ use super::memory::ServiceMemory;
 use super::status::{self, Progress};
 use crate::files::HostFiles;
 use crate::runtime::reflector::Containers;
-use crate::runtime::{Detail, Health, Observed, ResourcePlan, Runtime, RuntimeError, State};
+use crate::runtime::{Detail, Health, Observed, ResourceConfig, Runtime, RuntimeError, State};
 use replicas::{Changes, RemoveReason};
 
 /// The engine, its containers' reflector, and what making a replica needs.
@@ -443,7 +443,7 @@ pub async fn ensure_resources(
     runtime: &dyn Runtime,
     stack: &Stack,
     services: &[&Service],
-) -> Result<Vec<ResourcePlan>, ReconcileError> {
+) -> Result<Vec<ResourceConfig>, ReconcileError> {
     let networks = shape::networks(stack, services);
     for net in &networks {
         runtime

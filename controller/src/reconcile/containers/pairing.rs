@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::replicas::Changes;
 use super::ContainerBackend;
 use crate::reconcile::error::ReconcileError;
-use crate::runtime::{ContainerPlan, Health, Observed, Runtime, RuntimeError, State};
+use crate::runtime::{ContainerConfig, Health, Observed, Runtime, RuntimeError, State};
 use crate::watch::Desired;
 
 /// What a sidecar's replicas pair with, as observed.
@@ -195,7 +195,7 @@ impl Pairing {
 
     /// Replica `ordinal`'s container joins its partners: the network namespace, the
     /// volumes, and the label that records them.
-    pub fn attach(&self, plan: &mut ContainerPlan, ordinal: u32) {
+    pub fn attach(&self, plan: &mut ContainerConfig, ordinal: u32) {
         for side in &self.sides {
             let Some(partner) = side.replica(ordinal) else {
                 continue;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::runtime::{
-    Addresses, ContainerPlan, Mount, MountOptions, PortBinding, ResourcePlan, RuntimeError,
+    Addresses, ContainerConfig, Mount, MountOptions, PortBinding, ResourceConfig, RuntimeError,
 };
 
 pub fn grace(svc: &Service) -> Duration {
@@ -53,7 +53,7 @@ pub fn bind_refused(
 }
 
 /// Replica `ordinal` of `svc`.
-pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
+pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerConfig {
     let spec = &svc.spec;
     let name = spec.replica_name(&stack.name, &svc.name, ordinal);
     let mut labels = spec.labels.clone();
@@ -81,7 +81,7 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerPlan {
         (None, _) => names::default_hostname(&name),
     };
     let (networks, addresses) = endpoints(stack, svc);
-    ContainerPlan {
+    ContainerConfig {
         hostname,
         name,
         image: spec.image.clone(),
@@ -192,7 +192,7 @@ fn resource_labels(
 }
 
 /// The networks `services` join (all of the stack's, if `None`).
-pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
+pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourceConfig> {
     let mut keys: Vec<String> = services
         .iter()
         .flat_map(|s| s.spec.networks.keys().cloned())
@@ -202,7 +202,7 @@ pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
     keys.iter()
         .map(|key| {
             let n = network_spec(stack, key);
-            ResourcePlan {
+            ResourceConfig {
                 name: n.engine_name(&stack.name, key),
                 driver: n.driver.clone(),
                 internal: n.internal,
@@ -218,7 +218,7 @@ pub fn networks(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
 }
 
 /// The named volumes `services` mount: a per-replica volume once per current ordinal.
-pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
+pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourceConfig> {
     let mut keys: Vec<(String, String)> = services
         .iter()
         .flat_map(|s| {
@@ -242,7 +242,7 @@ pub fn volumes(stack: &Stack, services: &[&Service]) -> Vec<ResourcePlan> {
     keys.iter()
         .map(|(declared, key)| {
             let v: VolumeSpec = stack.volumes.get(declared).cloned().unwrap_or_default();
-            ResourcePlan {
+            ResourceConfig {
                 name: v.engine_name(&stack.name, key),
                 driver: v.driver.clone(),
                 internal: false,
