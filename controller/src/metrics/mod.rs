@@ -22,7 +22,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -266,13 +265,8 @@ pub struct Metrics {
     docker_errors: Family<OpLabels, Counter>,
     /// API requests by verb and result ([`crate::audit`]).
     api_requests: Family<ApiLabels, Counter>,
-    /// When each unconverged service stopped being converged (generation change or drift).
-    unconverged_since: Mutex<HashMap<(String, String), Instant>>,
     rollouts: Family<RolloutLabels, Counter>,
     rollout_duration: Family<ServiceLabels, Histogram>,
-    /// Services with outdated replicas: when their rollout began, and whether its pause
-    /// was counted.
-    rolling_since: Mutex<HashMap<(String, String), (Instant, bool)>>,
     /// The `kind` labels of drift given so far, so a removed service's can all be dropped.
     drift_kinds: Mutex<Vec<&'static str>>,
 }
@@ -315,10 +309,8 @@ impl Default for Metrics {
             docker_duration: Family::new_with_constructor(latency_histogram),
             docker_errors: Family::default(),
             api_requests: Family::default(),
-            unconverged_since: Mutex::default(),
             rollouts: Family::default(),
             rollout_duration: Family::new_with_constructor(convergence_histogram),
-            rolling_since: Mutex::default(),
             drift_kinds: Mutex::default(),
             registry: Registry::default(),
         };
@@ -554,14 +546,15 @@ fn svc_labels(stack: &str, service: &str) -> ServiceLabels {
 }
 
 impl Metrics {
-    /// Records a service's state after a reconcile, and its convergence time when it just
-    /// became converged. `drift` is replicas away from the spec by kind of drift (the `kind`
-    /// label), every kind each time. A service observed for the first time gets its
+    /// Records a service's state after a reconcile: `converged` (the status says so and no
+    /// replica drifts), and `drift`, replicas away from the spec by kind of drift (the
+    /// `kind` label), every kind each time. A service observed for the first time gets its
     /// counters and histograms at 0.
     pub fn observe_service(
         &self,
         service: &Service,
         status: &ServiceStatus,
+        converged: bool,
         drift: &[(&'static str, u32)],
     ) {
         let l = svc_labels(&service.stack, &service.name);
@@ -573,8 +566,6 @@ impl Metrics {
             .set(service.spec.replicas as i64);
         self.running.get_or_create(&l).set(status.running as i64);
         self.ready.get_or_create(&l).set(status.ready as i64);
-        let converged = status.is_converged(service.generation, service.spec.replicas)
-            && drift.iter().all(|(_, n)| *n == 0);
         self.converged.get_or_create(&l).set(converged as i64);
         self.remember_drift_kinds(drift);
         for (kind, n) in drift {
@@ -586,17 +577,14 @@ impl Metrics {
                 })
                 .set(*n as i64);
         }
-        let key = (service.stack.clone(), service.name.clone());
-        let mut since = self.unconverged_since.lock().unwrap();
-        if converged {
-            if let Some(t0) = since.remove(&key) {
-                self.convergence
-                    .get_or_create(&l)
-                    .observe(t0.elapsed().as_secs_f64());
-            }
-        } else {
-            since.entry(key).or_insert_with(Instant::now);
-        }
+    }
+
+    /// The service converged `took` after it stopped being converged.
+    pub fn converged_after(&self, stack: &str, service: &str, took: Duration) {
+        let l = svc_labels(stack, service);
+        self.convergence
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
     }
 
     fn remember_drift_kinds(&self, drift: &[(&'static str, u32)]) {
@@ -608,42 +596,21 @@ impl Metrics {
         }
     }
 
-    /// Follows a service's rollout: it starts when replicas are outdated, is counted
-    /// `paused` once when `failure_action: pause` stops it, and ends when the service
-    /// converges (counted `completed`, unless it was an automatic rollback, counted when
-    /// it was decided by [`Self::rolled_back`]).
-    pub fn observe_rollout(&self, service: &Service, status: &ServiceStatus, paused: bool) {
-        let key = (service.stack.clone(), service.name.clone());
-        let l = svc_labels(&service.stack, &service.name);
-        let mut rolling = self.rolling_since.lock().unwrap();
-        if status.is_converged(service.generation, service.spec.replicas) {
-            if let Some((t0, _)) = rolling.remove(&key) {
-                self.rollout_duration
-                    .get_or_create(&l)
-                    .observe(t0.elapsed().as_secs_f64());
-                if service.rolled_back.is_none() {
-                    self.count_rollout(&service.stack, &service.name, "completed");
-                }
-            }
-            return;
+    /// A rollout ended after `took`: `completed`, unless it was an automatic rollback
+    /// (counted when it was decided, by [`Self::rolled_back`]).
+    pub fn rollout_ended(&self, stack: &str, service: &str, took: Duration, completed: bool) {
+        let l = svc_labels(stack, service);
+        self.rollout_duration
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        if completed {
+            self.count_rollout(stack, service, "completed");
         }
-        if status.updated >= service.spec.replicas.min(status.replicas) {
-            return;
-        }
-        let entry = rolling.entry(key).or_insert_with(|| {
-            for result in ROLLOUT_RESULTS {
-                let _ = self.rollouts.get_or_create(&RolloutLabels {
-                    stack: service.stack.clone(),
-                    service: service.name.clone(),
-                    result: result.into(),
-                });
-            }
-            (Instant::now(), false)
-        });
-        if paused && !entry.1 {
-            entry.1 = true;
-            self.count_rollout(&service.stack, &service.name, "paused");
-        }
+    }
+
+    /// `failure_action: pause` stopped a rollout (counted once per rollout).
+    pub fn rollout_paused(&self, stack: &str, service: &str) {
+        self.count_rollout(stack, service, "paused");
     }
 
     /// An automatic rollback was stored.
@@ -659,15 +626,6 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
-    }
-
-    /// A new generation was seen: convergence time counts from now if it was converged.
-    pub fn generation_changed(&self, stack: &str, service: &str) {
-        self.unconverged_since
-            .lock()
-            .unwrap()
-            .entry((stack.into(), service.into()))
-            .or_insert_with(Instant::now);
     }
 
     /// Drops every series of a removed service.
@@ -689,14 +647,6 @@ impl Metrics {
                 kind: (*kind).into(),
             });
         }
-        self.unconverged_since
-            .lock()
-            .unwrap()
-            .remove(&(stack.into(), service.into()));
-        self.rolling_since
-            .lock()
-            .unwrap()
-            .remove(&(stack.into(), service.into()));
         self.rollout_duration.remove(&l);
         self.convergence.remove(&l);
         for cause in HEAL_CAUSES {
@@ -713,12 +663,6 @@ impl Metrics {
                 result: result.into(),
             });
         }
-    }
-
-    /// Services this registry keeps a clock for (unconverged, rolling out): none once every
-    /// service is converged or forgotten.
-    pub fn remembered(&self) -> usize {
-        self.unconverged_since.lock().unwrap().len() + self.rolling_since.lock().unwrap().len()
     }
 
     pub fn api_request(&self, verb: &str, result: &str) {
@@ -880,6 +824,14 @@ mod tests {
         }
     }
 
+    /// The service observed as the reconciler does: converged when its status says so and
+    /// nothing drifts.
+    fn seen(m: &Metrics, s: &Service, st: &ServiceStatus, drift: &[(&'static str, u32)]) {
+        let converged =
+            st.is_converged(s.generation, s.spec.replicas) && drift.iter().all(|(_, n)| *n == 0);
+        m.observe_service(s, st, converged, drift);
+    }
+
     /// Drift as the reconciler gives it: every kind, these two non-zero.
     fn drift(missing: u32, changed_outside: u32) -> [(&'static str, u32); 5] {
         [
@@ -917,7 +869,7 @@ mod tests {
         let m = Metrics::default();
         let s = svc(3);
         m.known_error_kinds(&["list"]);
-        m.observe_service(&s, &status(3, true), &drift(0, 0));
+        seen(&m, &s, &status(3, true), &drift(0, 0));
         m.heal("shop", "web", HealCause::Unhealthy);
         m.reconciled("service", "success", Duration::from_millis(3), None);
         m.endpoints("shop", "web", 3, Some(Duration::from_millis(2)));
@@ -962,7 +914,7 @@ mod tests {
     #[test]
     fn a_service_observed_once_has_every_counter_and_histogram_at_zero() {
         let m = Metrics::default();
-        m.observe_service(&svc(2), &status(0, false), &drift(2, 0));
+        seen(&m, &svc(2), &status(0, false), &drift(2, 0));
         let text = m.encode();
         for (family, series) in [
             ("capstan_heal_actions_total", HEAL_CAUSES.len()),
@@ -989,10 +941,10 @@ mod tests {
     fn observing_a_service_again_keeps_its_counts() {
         let m = Metrics::default();
         let s = svc(1);
-        m.observe_service(&s, &status(1, true), &drift(0, 0));
+        seen(&m, &s, &status(1, true), &drift(0, 0));
         m.heal("shop", "web", HealCause::Exited);
         m.endpoints("shop", "web", 1, None);
-        m.observe_service(&s, &status(1, true), &drift(0, 0));
+        seen(&m, &s, &status(1, true), &drift(0, 0));
         let text = m.encode();
         assert!(line(&text, "capstan_service_endpoints{").ends_with(" 1"));
         let exited = text
@@ -1039,47 +991,31 @@ mod tests {
     }
 
     #[test]
-    fn a_rollout_is_counted_once_by_how_it_ended_and_a_pause_once() {
+    fn a_rollout_is_counted_by_how_it_ended_and_timed() {
         let m = Metrics::default();
-        let s = svc(3);
-        let rolling = ServiceStatus {
-            replicas: 3,
-            updated: 1,
-            ..status(2, false)
-        };
-        m.observe_rollout(&s, &rolling, false);
-        m.observe_rollout(&s, &rolling, true);
-        m.observe_rollout(&s, &rolling, true);
+        seen(&m, &svc(3), &status(3, true), &drift(0, 0));
+        m.rollout_paused("shop", "web");
+        m.rollout_ended("shop", "web", Duration::from_secs(4), true);
+        m.rollout_ended("shop", "web", Duration::from_secs(4), false);
         let text = m.encode();
-        let count = |text: &str, result: &str| {
+        let count = |result: &str| {
             let prefix = format!(
                 "capstan_rollouts_total{{stack=\"shop\",service=\"web\",result=\"{result}\"}}"
             );
-            line(text, &prefix).rsplit(' ').next().unwrap().to_string()
+            line(&text, &prefix).rsplit(' ').next().unwrap().to_string()
         };
         assert_eq!(
-            (count(&text, "paused"), count(&text, "completed")),
-            ("1".into(), "0".into())
+            (count("paused"), count("completed"), count("rolled_back")),
+            ("1".into(), "1".into(), "0".into())
         );
-        let done = ServiceStatus {
-            replicas: 3,
-            ..status(3, true)
-        };
-        m.observe_rollout(&s, &done, false);
-        m.observe_rollout(&s, &done, false);
-        let text = m.encode();
-        assert_eq!(
-            (count(&text, "completed"), count(&text, "rolled_back")),
-            ("1".into(), "0".into())
-        );
-        assert!(line(&text, "capstan_rollout_duration_seconds_count{").ends_with(" 1"));
+        assert!(line(&text, "capstan_rollout_duration_seconds_count{").ends_with(" 2"));
     }
 
     #[test]
     fn drift_and_convergence_follow_the_state() {
         let m = Metrics::default();
         let s = svc(3);
-        m.observe_service(&s, &status(3, true), &drift(0, 0));
+        seen(&m, &s, &status(3, true), &drift(0, 0));
         let text = m.encode();
         assert_eq!(
             line(&text, "capstan_service_converged{").rsplit(' ').next(),
@@ -1093,7 +1029,7 @@ mod tests {
         );
 
         // One replica killed: missing 1 until healed.
-        m.observe_service(&s, &status(2, false), &drift(1, 1));
+        seen(&m, &s, &status(2, false), &drift(1, 1));
         let text = m.encode();
         assert_eq!(
             line(&text, "capstan_service_converged{").rsplit(' ').next(),
@@ -1107,7 +1043,8 @@ mod tests {
             .unwrap();
         assert!(missing.ends_with(" 1"), "{missing}");
 
-        m.observe_service(&s, &status(3, true), &drift(0, 0));
+        seen(&m, &s, &status(3, true), &drift(0, 0));
+        m.converged_after("shop", "web", Duration::from_secs(2));
         let text = m.encode();
         assert!(
             text.lines()
@@ -1124,24 +1061,16 @@ mod tests {
     fn a_removed_service_leaves_no_series_behind() {
         let m = Metrics::default();
         let s = svc(1);
-        m.observe_service(&s, &status(1, true), &drift(0, 0));
+        seen(&m, &s, &status(1, true), &drift(0, 0));
         m.heal("shop", "web", HealCause::Oom);
         let mut unready = status(0, false);
         unready.observed_generation = 0;
-        m.observe_service(&s, &unready, &drift(0, 0));
-        m.observe_service(&s, &status(1, true), &drift(0, 0));
-        m.observe_rollout(
-            &s,
-            &ServiceStatus {
-                replicas: 1,
-                ..status(0, false)
-            },
-            false,
-        );
+        seen(&m, &s, &unready, &drift(0, 0));
+        seen(&m, &s, &status(1, true), &drift(0, 0));
+        m.rollout_ended("shop", "web", Duration::from_secs(1), true);
         assert!(m.encode().contains("capstan_convergence_seconds_count{"));
         m.forget_service("shop", "web");
         let text = m.encode();
         assert!(!text.contains("service=\"web\""), "{text}");
-        assert_eq!(m.remembered(), 0);
     }
 }

@@ -65,10 +65,6 @@ impl Context {
             ("desired state (reflector)", self.desired.remembered()),
             ("service memories", self.memory.remembered()),
             ("proxy listeners (traffic)", self.traffic.remembered()),
-            (
-                "convergence and rollout clocks (metrics)",
-                self.metrics.remembered(),
-            ),
             ("failing keys (back-off)", self.failures.remembered()),
             (
                 "keys queued or delayed (scheduler)",

@@ -47,6 +47,19 @@ pub struct ServiceMemory {
     /// Why replicas could not be made, by ordinal, while they wait out their back-off: the
     /// status keeps naming the cause (a taken name, a missing image) between tries.
     pub unmade: BTreeMap<u32, Problem>,
+    /// Since when the service is not converged (a new generation, or drift): its
+    /// convergence time counts from here.
+    pub unconverged_since: Option<Instant>,
+    /// The rollout under way.
+    pub rollout: Option<Rollout>,
+}
+
+/// A rollout under way: when its replicas were first seen outdated, and whether its pause
+/// was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rollout {
+    pub since: Instant,
+    pub pause_counted: bool,
 }
 
 impl ServiceMemory {
