@@ -1,6 +1,8 @@
-//! The dashboard and alert rules work on real data: a real Prometheus scrapes a real daemon every second; after an
-//! apply, a scale and a heal, every PromQL expression in the dashboard and the rules parses
-//! and evaluates, and those that describe the fleet return data.
+//! The dashboard and alert rules work on real data from the first minute: a real Prometheus
+//! scrapes a real daemon every second. After one apply and nothing else, every PromQL
+//! expression of the dashboard and of the recording rules returns a series, and every series an alert selects exists (the daemon creates its
+//! counters and histograms at 0: a panel shows 0, not "No data"); after a scale, a heal and
+//! a rollout, they all still parse, evaluate and return data, and the counts are right.
 
 use capstan_e2e::*;
 use std::path::PathBuf;
@@ -120,6 +122,116 @@ fn dashboard_queries() -> Vec<(String, String)> {
     out
 }
 
+/// Every `capstan_...` series selector in `expr` (the metric name and its `{...}`
+/// matchers, if any): what an alert's expression compares, and must exist to be compared.
+fn selectors(expr: &str) -> Vec<String> {
+    let mut out = vec![];
+    let mut rest = expr;
+    while let Some(at) = rest.find("capstan_") {
+        let preceded = rest[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+        let tail = &rest[at..];
+        let name_len = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let len = match tail[name_len..].starts_with('{') {
+            true => name_len + tail[name_len..].find('}').expect("closing brace") + 1,
+            false => name_len,
+        };
+        if !preceded {
+            out.push(tail[..len].to_string());
+        }
+        rest = &tail[len..];
+    }
+    out
+}
+
+/// The rules file, parsed.
+fn rules() -> serde_json::Value {
+    serde_saphyr::from_str(
+        &std::fs::read_to_string(charts().join("prometheus/capstan-rules.yaml")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Every dashboard query and recording rule (their expressions and the series they record)
+/// without a series, and every series an alert selects that does not exist; an expression
+/// that does not parse or evaluate fails the test at once.
+fn without_data(prom: &Prometheus, queries: &[(String, String)]) -> Vec<String> {
+    let (mut failures, mut missing, mut alert_failures) = (vec![], vec![], vec![]);
+    let mut check = |what: String, expr: &str| match prom.query(expr) {
+        Ok(0) => missing.push(format!("{what}: no data for {expr}")),
+        Ok(_) => {}
+        Err(e) => failures.push(format!("{what}: {expr}: {e}")),
+    };
+    for (title, expr) in queries {
+        check(title.clone(), expr);
+    }
+    for group in rules()["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let expr = rule["expr"].as_str().unwrap();
+            match (rule["record"].as_str(), rule["alert"].as_str()) {
+                (Some(record), _) => {
+                    check(format!("recording rule {record}"), expr);
+                    check(format!("recorded series {record}"), record);
+                }
+                // An alert's expression returns data only while it fires: it must evaluate,
+                // and the series it compares must exist.
+                (None, alert) => {
+                    let alert = alert.unwrap_or("?");
+                    if let Err(e) = prom.query(expr) {
+                        alert_failures.push(format!("alert {alert}: {expr}: {e}"));
+                    }
+                    for selector in selectors(expr) {
+                        check(format!("alert {alert}"), &selector);
+                    }
+                }
+            }
+        }
+    }
+    failures.extend(alert_failures);
+    assert!(
+        failures.is_empty(),
+        "{} expression(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    missing
+}
+
+/// Waits until [`without_data`] finds nothing: data comes as Prometheus scrapes (every
+/// second) and evaluates the rules; a rate() needs two samples in its window, a recorded
+/// series an evaluation after them.
+fn wait_for_every_series(prom: &Prometheus, queries: &[(String, String)], after: &str) {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("every dashboard and rule expression to return data {after}"),
+        || match without_data(prom, queries).as_slice() {
+            [] => Ok(()),
+            missing => Err(format!(
+                "{} without data:\n{}",
+                missing.len(),
+                missing.join("\n")
+            )),
+        },
+    );
+}
+
+#[test]
+fn selectors_are_read_out_of_an_alert_expression() {
+    assert_eq!(
+        selectors(
+            r#"(sum by (stack) (increase(capstan_rollouts_total{result="paused"}[1h])) > 0) and on (stack) (capstan_service_converged == 0) or capstan:x:rate5m"#
+        ),
+        vec![
+            r#"capstan_rollouts_total{result="paused"}"#.to_string(),
+            "capstan_service_converged".to_string()
+        ]
+    );
+}
+
 #[test]
 fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_the_idle_daemon_then_only_resyncs(
 ) {
@@ -131,7 +243,18 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     let yaml = |image: &str, n: u32| {
         format!("services:\n  web:\n    image: {image}\n    scale: {n}\n    ports: [\"127.0.0.1:{port}:80\"]\n")
     };
+    let queries = dashboard_queries();
+    assert!(
+        queries.len() >= 20,
+        "the dashboard has {} queries",
+        queries.len()
+    );
+
+    // One apply and nothing else: no heal, no rollout, no error yet, and still a series
+    // for every panel and every alert.
     d.apply(s, &yaml(IMAGE, 2));
+    wait_for_every_series(&prom, &queries, "after one apply");
+
     d.cli_ok(&["scale", &format!("{}/web=3", s.name)]);
     wait_until(Duration::from_secs(60), "3 replicas", || {
         d.converged(&s.name, "web", 3)
@@ -147,12 +270,13 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     let text = d.metrics();
     let heal = text
         .lines()
-        .find(|l| l.starts_with("capstan_heal_actions_total{") && l.contains(&s.name))
+        .find(|l| {
+            l.starts_with("capstan_heal_actions_total{")
+                && l.contains(&s.name)
+                && l.contains("reason=\"removed\"")
+        })
         .unwrap_or_else(|| panic!("no heal counted:\n{text}"));
-    assert!(
-        heal.contains("reason=\"removed\"") && heal.ends_with(" 1"),
-        "{heal}"
-    );
+    assert!(heal.ends_with(" 1"), "{heal}");
     let completed = text
         .lines()
         .find(|l| l.starts_with("capstan_rollouts_total{") && l.contains("result=\"completed\""))
@@ -162,65 +286,13 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     wait_until(
         Duration::from_secs(30),
         "prometheus to have scraped the heal",
-        || prom.query("capstan_heal_actions_total").unwrap_or(0) > 0,
-    );
-
-    let queries = dashboard_queries();
-    assert!(
-        queries.len() >= 20,
-        "the dashboard has {} queries",
-        queries.len()
-    );
-    let rules: serde_json::Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(charts().join("prometheus/capstan-rules.yaml")).unwrap(),
-    )
-    .unwrap();
-    // Every expression parses and evaluates at once; its data comes as Prometheus scrapes
-    // (every second) and evaluates the rules: a rate() needs two samples in its window, a
-    // recorded series an evaluation after them.
-    wait_for(
-        Duration::from_secs(30),
-        "every dashboard and rule expression to return data",
         || {
-            let (mut failures, mut missing) = (vec![], vec![]);
-            for (title, expr) in &queries {
-                match prom.query(expr) {
-                    Ok(0) => missing.push(format!("{title}: no data for {expr}")),
-                    Ok(_) => {}
-                    Err(e) => failures.push(format!("{title}: {expr}: {e}")),
-                }
-            }
-            for group in rules["groups"].as_array().unwrap() {
-                for rule in group["rules"].as_array().unwrap() {
-                    let expr = rule["expr"].as_str().unwrap();
-                    match (prom.query(expr), rule["record"].as_str()) {
-                        (Err(e), _) => failures.push(format!("rule {expr}: {e}")),
-                        (Ok(0), Some(record)) => {
-                            missing.push(format!("recording rule {record}: no data"))
-                        }
-                        // An alert's expression returns data only while it fires; it must
-                        // evaluate.
-                        _ => {}
-                    }
-                    if let Some(record) = rule["record"].as_str() {
-                        if prom.query(record).unwrap_or(0) == 0 {
-                            missing.push(format!("recorded series {record} missing"));
-                        }
-                    }
-                }
-            }
-            assert!(
-                failures.is_empty(),
-                "{} expression(s) failed:\n{}",
-                failures.len(),
-                failures.join("\n")
-            );
-            match missing.len() {
-                0 => Ok(()),
-                n => Err(format!("{n} without data:\n{}", missing.join("\n"))),
-            }
+            prom.query(r#"capstan_heal_actions_total{reason="removed"} > 0"#)
+                .unwrap_or(0)
+                > 0
         },
     );
+    wait_for_every_series(&prom, &queries, "after a scale, a heal and a rollout");
 
     // Idle, the loop costs only its resync: healthcheck execs are not drift, and the etcd
     // watch holds (it used to break every few seconds and relist everything). At rest only

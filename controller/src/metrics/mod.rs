@@ -12,8 +12,10 @@
 //! ([`Metrics::forget_service`]).
 
 pub mod measured;
+mod ops;
 
 pub use measured::{MeasuredKv, MeasuredRuntime};
+pub use ops::{DockerOp, EtcdOp};
 
 use capstan_api::object::{HealCause, Service, ServiceStatus};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -78,116 +80,6 @@ pub struct HealLabels {
     pub service: String,
     /// `unhealthy`, `exited`, `oom`, `removed`, `dependency-restarted`.
     pub reason: String,
-}
-
-/// The etcd requests [`MeasuredKv`] times: the `op` label of
-/// `capstan_etcd_request_duration_seconds` and `capstan_etcd_request_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EtcdOp {
-    Range,
-    Get,
-    Txn,
-    Watch,
-    LeaseGrant,
-    LeaseKeepAlive,
-    LeaseRevoke,
-}
-
-impl EtcdOp {
-    pub const ALL: [EtcdOp; 7] = [
-        EtcdOp::Range,
-        EtcdOp::Get,
-        EtcdOp::Txn,
-        EtcdOp::Watch,
-        EtcdOp::LeaseGrant,
-        EtcdOp::LeaseKeepAlive,
-        EtcdOp::LeaseRevoke,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EtcdOp::Range => "range",
-            EtcdOp::Get => "get",
-            EtcdOp::Txn => "txn",
-            EtcdOp::Watch => "watch",
-            EtcdOp::LeaseGrant => "lease_grant",
-            EtcdOp::LeaseKeepAlive => "lease_keep_alive",
-            EtcdOp::LeaseRevoke => "lease_revoke",
-        }
-    }
-}
-
-/// The Docker Engine calls [`MeasuredRuntime`] times: the `op` label of
-/// `capstan_docker_request_duration_seconds` and `capstan_docker_request_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DockerOp {
-    List,
-    Create,
-    Start,
-    Restart,
-    Inspect,
-    Remove,
-    Wait,
-    ListOneoffs,
-    Rename,
-    EnsureNetwork,
-    EnsureVolume,
-    ListNetworks,
-    ListVolumes,
-    RemoveNetwork,
-    RemoveVolume,
-    InspectImage,
-    Pull,
-    Ping,
-    Attach,
-}
-
-impl DockerOp {
-    pub const ALL: [DockerOp; 19] = [
-        DockerOp::List,
-        DockerOp::Create,
-        DockerOp::Start,
-        DockerOp::Restart,
-        DockerOp::Inspect,
-        DockerOp::Remove,
-        DockerOp::Wait,
-        DockerOp::ListOneoffs,
-        DockerOp::Rename,
-        DockerOp::EnsureNetwork,
-        DockerOp::EnsureVolume,
-        DockerOp::ListNetworks,
-        DockerOp::ListVolumes,
-        DockerOp::RemoveNetwork,
-        DockerOp::RemoveVolume,
-        DockerOp::InspectImage,
-        DockerOp::Pull,
-        DockerOp::Ping,
-        DockerOp::Attach,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DockerOp::List => "list",
-            DockerOp::Create => "create",
-            DockerOp::Start => "start",
-            DockerOp::Restart => "restart",
-            DockerOp::Inspect => "inspect",
-            DockerOp::Remove => "remove",
-            DockerOp::Wait => "wait",
-            DockerOp::ListOneoffs => "list_oneoffs",
-            DockerOp::Rename => "rename",
-            DockerOp::EnsureNetwork => "ensure_network",
-            DockerOp::EnsureVolume => "ensure_volume",
-            DockerOp::ListNetworks => "list_networks",
-            DockerOp::ListVolumes => "list_volumes",
-            DockerOp::RemoveNetwork => "remove_network",
-            DockerOp::RemoveVolume => "remove_volume",
-            DockerOp::InspectImage => "inspect_image",
-            DockerOp::Pull => "pull",
-            DockerOp::Ping => "ping",
-            DockerOp::Attach => "attach",
-        }
-    }
 }
 
 /// The kinds of reconcile key: the `kind` label of `capstan_reconciles_total` and
