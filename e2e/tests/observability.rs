@@ -298,7 +298,10 @@ fn every_dashboard_and_rule_expression_returns_data_from_a_live_prometheus_and_t
     // watch holds (it used to break every few seconds and relist everything). At rest only
     // the resync reconciles the stack: over two resyncs, the one service is reconciled once
     // per resync (one more for a resync under way at the start), and the two resyncs come a
-    // period apart.
+    // period apart. The rollout's last replaced replica died just now, and a death is looked
+    // at again up to 2 s later: the world is at rest a full resync period on.
+    d.wait_for_resync();
+    d.wait_for_resync();
     let (stacks, services) = (d.reconciles("stack"), d.reconciles("service"));
     let watches = d.etcd_calls("watch");
     let idle_since = Instant::now();
