@@ -69,10 +69,6 @@ impl Drift {
         }
     }
 
-    pub fn is_none(&self) -> bool {
-        *self == Drift::default()
-    }
-
     pub fn get(&self, kind: DriftKind) -> u32 {
         match kind {
             DriftKind::Missing => self.missing,
