@@ -69,12 +69,21 @@ fn get_stacks_as_nobody(scratch: &Scratch, d: &Daemon) -> Output {
     let bin = scratch.path("capstan");
     std::fs::copy(capstan_bin(), &bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    Command::new("runuser")
-        .args(["-u", "nobody", "--"])
-        .arg(&bin)
+    // A process another thread of this binary forks while the copy is being written holds
+    // it open for writing until it execs: "Text file busy" until then.
+    let run = || {
+        let out = (Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&bin))
         .args(["--server", &d.server(), "get", "stacks"])
         .output()
-        .expect("runuser (util-linux) runs the CLI as nobody")
+        .expect("runuser (util-linux) runs the CLI as nobody");
+        match text(&out).contains("Text file busy") {
+            true => Err(text(&out)),
+            false => Ok(out),
+        }
+    };
+    try_until(std::time::Duration::from_secs(10), run).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn mode(p: &Path) -> u32 {
