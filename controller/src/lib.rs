@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! Following one service key: [`watch`] → [`scheduler`] → [`reconcile`]'s pipeline
-//! (`observe` → `plan` → `act` → `report`) → [`runtime`] and [`traffic`].
+//! (`observe` → `plan` → `act`, whose last step writes the status) → its backend (the
+//! engine's containers, over [`runtime`]) and [`traffic`].
 //!
 //! - [`store`]: desired state in etcd: typed keys, apply committed by one compare-and-swap
 //!   of the stack record, status guarded by the spec it describes, the leader key and the
@@ -22,7 +23,8 @@
 //! - [`scheduler`]: the key queue (deduplicates, delays, never runs one key twice at once)
 //!   and the per-key exponential back-off of failing keys.
 //! - [`reconcile`]: `reconcile(key, ctx) -> Result<Action>`, level-triggered and idempotent:
-//!   the pipeline stages, the pure planner, status and drift, the stack's own part.
+//!   the pipeline stages, the pure planner of every step, one memory per service, the
+//!   backend seam and the engine's container backend, status and drift, the stack's part.
 //! - [`traffic`]: publishing endpoints (proxy, etcd, Traefik) behind one call.
 //! - [`metrics`]: the Prometheus registry, and the decorators that measure etcd and Docker.
 //! - [`controller`]: the loop's tasks wired around one context; [`server`]: the HTTP API,
@@ -33,7 +35,7 @@
 //!   listeners; [`daemon`]: `capstan serve`.
 //! - [`files`]: secrets and configs written on the host for the replicas to bind-mount.
 //! - [`seal`]: secret values encrypted at rest (the key file, AES-256-GCM, key ids).
-//! - [`memory`]: what the per-service memories hold, so a test can see them forget.
+//! - [`memory`]: how maps emptied of a deleted big stack give their room back.
 
 pub mod controller;
 pub mod daemon;
