@@ -54,7 +54,8 @@ pub enum Step {
     Publish {
         leaving: BTreeSet<String>,
     },
-    /// A step of the backend's work.
+    /// A step of the backend's work. What it did is remembered as it is done: restarts
+    /// made, replicas that could not be made, an owed restart carried out.
     Work(Box<dyn Work>),
     /// List the replicas again and point traffic at what runs now.
     Republish,
@@ -64,7 +65,9 @@ pub enum Step {
         dependents: Vec<String>,
     },
     /// Write the status computed from what runs now, if it changed; then queue these
-    /// dependents, which decide on it.
+    /// dependents, which decide on it. The service's clocks move with it (convergence and
+    /// rollout times, to the metrics), and the causes of replicas that now exist are
+    /// forgotten.
     WriteStatus {
         dependents: Vec<String>,
     },

@@ -316,7 +316,8 @@ fn propose(obs: &Observation, memory: &ServiceMemory, mode: Mode) -> Proposal {
             ..Default::default()
         };
     }
-    let rollback = (changes.rollback.take()).map(|failed| rollback_reason(obs, view, &failed));
+    let rollback =
+        (changes.progress.rollback.take()).map(|failed| rollback_reason(obs, view, &failed));
     let mut problems = vec![];
     let image_ready = match changes.makes() {
         true => match &view.image {
@@ -340,7 +341,7 @@ fn propose(obs: &Observation, memory: &ServiceMemory, mode: Mode) -> Proposal {
         changed_outside,
         rollback,
         problems,
-        ..changes.progress()
+        ..changes.progress.clone()
     };
     let restarts = restarts || !progress.vanished.is_empty();
     Proposal {

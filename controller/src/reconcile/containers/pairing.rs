@@ -231,7 +231,7 @@ impl Pairing {
             let n = c.ordinal.unwrap_or(0);
             if c.partners != self.label(n) {
                 // A closed `depends_on` gate makes no container, not even a sidecar's anew.
-                if !plan.gated {
+                if !plan.progress.gated {
                     drop_actions(plan, n);
                     plan.heal
                         .push((c.clone(), HealCause::PartnerReplaced, HealAction::Replace));
@@ -245,7 +245,7 @@ impl Pairing {
         for n in waiting.keys() {
             drop_actions(plan, *n);
         }
-        plan.unpaired = waiting;
+        plan.progress.unpaired = waiting;
     }
 
     /// Replica `c` runs, and its network partner started after it did.

@@ -42,25 +42,8 @@ pub struct Changes {
     /// Successors that take over: the replica they replace (drained and removed first,
     /// `None` when it is gone already), and the successor, renamed to the replica's name.
     pub promote: Vec<(Option<Observed>, Observed)>,
-    /// Why a start-first update replaces this service's replicas in place, while one does.
-    pub in_place: Option<String>,
-    /// Replicas waiting out their crash-loop back-off: ordinal → time left.
-    pub backing_off: BTreeMap<u32, Duration>,
-    /// Unhealthy replicas not yet healthy since they started, within their start-up grace:
-    /// ordinal → time left before they are healed.
-    pub settling: BTreeMap<u32, Duration>,
-    /// Exited replicas the restart policy leaves alone: ordinal → exit code.
-    pub held: BTreeMap<u32, i64>,
-    /// Dependencies are not met: nothing is created or started.
-    pub gated: bool,
-    /// A rolling update stopped by `failure_action: pause`: which updated replicas failed.
-    pub paused: Option<String>,
-    /// A rolling update that failed under `failure_action: rollback`: which replicas failed.
-    pub rollback: Option<String>,
-    /// The rollout looks again after this long (a replica's `monitor` or `delay` runs out).
-    pub rollout_wait: Option<Duration>,
-    /// A sidecar's replicas that wait for their partner's: ordinal → what they wait for.
-    pub unpaired: BTreeMap<u32, String>,
+    /// Where the replicas stand: back-off, grace, held exits, the gate, the rollout.
+    pub progress: Progress,
 }
 
 impl Changes {
@@ -100,21 +83,6 @@ impl Changes {
             .iter()
             .filter(|(_, r)| *r == RemoveReason::Stray);
         strays.count() as u32
-    }
-
-    /// Where the replicas stand, for the status and the next look.
-    pub fn progress(&self) -> Progress {
-        Progress {
-            backing_off: self.backing_off.clone(),
-            settling: self.settling.clone(),
-            held: self.held.clone(),
-            gated: self.gated,
-            paused: self.paused.clone(),
-            rollout_wait: self.rollout_wait,
-            unpaired: self.unpaired.clone(),
-            in_place: self.in_place.clone(),
-            ..Default::default()
-        }
     }
 }
 
@@ -196,9 +164,9 @@ fn heal_or_hold(
         (State::Created, _) => plan.start.push(c.clone()),
         (State::Exited { code }, _) => {
             if !policy.restarts(code, history.restarts(n)) {
-                plan.held.insert(n, code);
+                plan.progress.held.insert(n, code);
             } else if let Some(left) = history.backoff_left(n) {
-                plan.backing_off.insert(n, left);
+                plan.progress.backing_off.insert(n, left);
             } else {
                 plan.heal
                     .push((c.clone(), HealCause::Exited, HealAction::Start));
@@ -206,11 +174,11 @@ fn heal_or_hold(
         }
         (State::Running, Health::Unhealthy) => match history.backoff_left(n) {
             Some(left) => {
-                plan.backing_off.insert(n, left);
+                plan.progress.backing_off.insert(n, left);
             }
             None if history.settling_left(c, spec.startup_grace()).is_some() => {
                 let left = history.settling_left(c, spec.startup_grace());
-                plan.settling.insert(n, left.unwrap_or_default());
+                plan.progress.settling.insert(n, left.unwrap_or_default());
             }
             None if history.restarts(n) >= REPLACE_UNHEALTHY_AFTER => {
                 plan.heal
@@ -264,7 +232,7 @@ fn rollout_budget(
         return 0;
     }
     if spec.rollout.paused {
-        plan.paused = Some(PAUSED_BY_REQUEST.to_string());
+        plan.progress.paused = Some(PAUSED_BY_REQUEST.to_string());
         return 0;
     }
     let mut busy = (1..=spec.replicas)
@@ -296,11 +264,11 @@ fn rollout_budget(
             );
         }
     }
-    plan.rollout_wait = wait;
+    plan.progress.rollout_wait = wait;
     if cfg.too_many_failures(failed.len() as u32, spec.replicas) {
         match cfg.failure_action() {
-            FailureAction::Pause => plan.paused = Some(failed.join("; ")),
-            FailureAction::Rollback => plan.rollback = Some(failed.join("; ")),
+            FailureAction::Pause => plan.progress.paused = Some(failed.join("; ")),
+            FailureAction::Rollback => plan.progress.rollback = Some(failed.join("; ")),
             FailureAction::Continue => return cfg.batch(spec.replicas).saturating_sub(busy),
         }
         return 0;
@@ -313,7 +281,7 @@ fn rollout_budget(
 /// `failure_action: continue` lets failures pass); without one, a replica that does not
 /// serve is replaced in place at once, and one that serves within the rollout's budget, by
 /// a successor next to it when the update is start-first and nothing blocks a surge
-/// (`plan.in_place` unset).
+/// (`in_place` unset).
 fn roll(
     plan: &mut Changes,
     spec: &ServiceSpec,
@@ -335,7 +303,7 @@ fn roll(
         plan.recreate.push(c.clone());
     } else if *budget > 0 {
         *budget -= 1;
-        match (cfg.order(), &plan.in_place) {
+        match (cfg.order(), &plan.progress.in_place) {
             (UpdateOrder::StartFirst, None) => plan.surge.push(c.ordinal.unwrap_or(0)),
             _ => plan.recreate.push(c.clone()),
         }
@@ -354,10 +322,8 @@ pub fn changes(
     history: &dyn RestartHistory,
     (gate_open, surge_blocker): (bool, Option<String>),
 ) -> Changes {
-    let mut plan = Changes {
-        gated: !gate_open,
-        ..Default::default()
-    };
+    let mut plan = Changes::default();
+    plan.progress.gated = !gate_open;
     let hash = spec.container_hash();
     let policy = spec.restart_policy();
 
@@ -367,7 +333,7 @@ pub fn changes(
     // rollout has a free slot (update_config's parallelism).
     let mut budget = rollout_budget(spec, &hash, &sorted, history, &mut plan);
     let start_first = spec.update_config.unwrap_or_default().order() == UpdateOrder::StartFirst;
-    plan.in_place = surge_blocker.filter(|_| start_first);
+    plan.progress.in_place = surge_blocker.filter(|_| start_first);
 
     for n in 1..=spec.replicas {
         let successor = sorted.successors.get(&n).copied();
@@ -379,7 +345,7 @@ pub fn changes(
                 (Some(s), _) => plan.promote.push((None, s.clone())),
                 _ if !gate_open => {}
                 (None, Some(left)) => {
-                    plan.backing_off.insert(n, left);
+                    plan.progress.backing_off.insert(n, left);
                 }
                 (None, None) => plan.create.push(n),
             }
@@ -389,7 +355,7 @@ pub fn changes(
         if !gate_open && !unhealthy {
             if let State::Exited { code } = c.state {
                 if !policy.restarts(code, history.restarts(n)) {
-                    plan.held.insert(n, code);
+                    plan.progress.held.insert(n, code);
                 }
             }
             continue;
@@ -549,7 +515,7 @@ mod tests {
         };
         let p = changes("s", "web", &new, &all, &NoHistory, port());
         assert!(p.surge.is_empty());
-        assert!(p.in_place.as_deref().unwrap().contains("8080"));
+        assert!(p.progress.in_place.as_deref().unwrap().contains("8080"));
         assert_eq!(
             p.recreate
                 .iter()
@@ -614,6 +580,7 @@ mod tests {
         let p = changes("s", "web", &new, &all, &NoHistory, (true, None));
         assert!(p.is_empty(), "{p:?}");
         assert!(p
+            .progress
             .paused
             .unwrap()
             .contains("s-web-1-next exited with code 1"));
@@ -659,7 +626,10 @@ mod tests {
         };
         let all: Vec<Observed> = (1..=2).map(|n| running(n, &old)).collect();
         let p = changes("s", "web", &new, &all, &NoHistory, (true, None));
-        assert_eq!((p.recreate.len(), p.surge.len(), p.in_place), (1, 0, None));
+        assert_eq!(
+            (p.recreate.len(), p.surge.len(), p.progress.in_place),
+            (1, 0, None)
+        );
     }
 
     #[test]
@@ -701,7 +671,7 @@ mod tests {
         let exited_no = replica(1, &no, State::Exited { code: 3 }, Health::None);
         let p = changes("s", "web", &no, &[exited_no], &NoHistory, (true, None));
         assert!(p.heal.is_empty());
-        assert_eq!(p.held.get(&1), Some(&3));
+        assert_eq!(p.progress.held.get(&1), Some(&3));
         let on_failure = ServiceSpec {
             restart: Some(RestartPolicy::OnFailure { max_retries: None }),
             ..spec(1)
@@ -725,7 +695,10 @@ mod tests {
         let exited = replica(1, &s, State::Exited { code: 1 }, Health::None);
         let p = changes("s", "web", &s, &[exited], &BackingOff, (true, None));
         assert!(p.heal.is_empty());
-        assert_eq!(p.backing_off.get(&1), Some(&Duration::from_secs(4)));
+        assert_eq!(
+            p.progress.backing_off.get(&1),
+            Some(&Duration::from_secs(4))
+        );
     }
 
     struct RestartedTwice;
@@ -763,7 +736,7 @@ mod tests {
         assert!(
             p.create.is_empty() && p.heal.is_empty() && p.start.is_empty() && p.remove.is_empty()
         );
-        assert!(p.gated);
+        assert!(p.progress.gated);
         let unhealthy = [replica(1, &s, State::Running, Health::Unhealthy)];
         assert_eq!(
             changes("s", "web", &s, &unhealthy, &NoHistory, (false, None))
@@ -831,7 +804,7 @@ mod tests {
             (true, None),
         );
         assert!(young.surge.is_empty());
-        assert_eq!(young.rollout_wait, Some(Duration::from_secs(6)));
+        assert_eq!(young.progress.rollout_wait, Some(Duration::from_secs(6)));
         let done = changes(
             "s",
             "web",
