@@ -192,6 +192,10 @@ struct ServeArgs {
     /// Log format: human-readable text, or JSON for collectors. Filter with RUST_LOG.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Also append every audit record (each API request that asked for a change: who, what,
+    /// the answer) to this file, one JSON object per line, whatever RUST_LOG says.
+    #[arg(long, env = "CAPSTAN_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// What stacks may do to the host (privileged, host network, binds, ports, ...): a
     /// YAML file naming the rules it changes. Without it, the safe default policy
     /// (`api/src/policy.rs`, README "Policy").
@@ -404,16 +408,27 @@ pub enum RolloutCommand {
     Restart { target: String },
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+/// The daemon's log on stderr, filtered by RUST_LOG; and the audit records, also in
+/// `audit_log` when one is given.
+fn init_logging(format: LogFormat, audit_log: Option<std::fs::File>) {
+    use tracing_subscriber::{filter::Targets, fmt, prelude::*, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let stderr = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => (fmt::layer().json().flatten_event(true))
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let audit = audit_log.map(|file| {
+        let records = Targets::new().with_target("capstan::audit", tracing::Level::INFO);
+        (fmt::layer().json().flatten_event(true))
+            .with_writer(std::sync::Mutex::new(file))
+            .with_filter(records)
+    });
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter))
+        .with(audit)
+        .init();
 }
 
 async fn shutdown_signal() {
@@ -458,7 +473,16 @@ async fn serve(config: capstan_controller::daemon::Config) -> anyhow::Result<i32
 }
 
 fn serve_config(a: ServeArgs) -> anyhow::Result<capstan_controller::daemon::Config> {
-    init_logging(a.log_format);
+    let audit_log = (a.audit_log.as_deref())
+        .map(|path| {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            file.with_context(|| format!("--audit-log {}", path.display()))
+        })
+        .transpose()?;
+    init_logging(a.log_format, audit_log);
     let etcd = etcd_access(&a)?;
     let state_dir = a.state_dir.unwrap_or_else(default_state_dir);
     Ok(capstan_controller::daemon::Config {
