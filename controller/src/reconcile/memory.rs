@@ -119,7 +119,15 @@ impl Memories {
     ) -> R {
         let mut services = self.services.lock().unwrap();
         let k = key(stack, service);
-        let record = services.entry(k.clone()).or_default();
+        let Some(record) = services.get_mut(&k) else {
+            // Most updates of a service without a record leave it without one.
+            let mut record = ServiceMemory::default();
+            let result = f(&mut record);
+            if !record.is_empty() {
+                services.insert(k, record);
+            }
+            return result;
+        };
         let result = f(record);
         if record.is_empty() {
             services.remove(&k);
