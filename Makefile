@@ -33,7 +33,7 @@ down:
 ## test: format and lint checks, then every test from one debug build (scripts/run-tests.sh):
 ## the unit and integration tests, then the end-to-end tests against the real Docker engine
 ## and etcd, their binaries side by side (E2E_JOBS at a time; each test starts its own etcd
-## and daemon; the engine-restart test alone, last); then the doc tests and each fuzz target
+## and daemon; the healing and engine-restart tests alone, last); then the doc tests and each fuzz target
 ## for FUZZ_TEST_SECONDS. One `cargo build` makes the capstan binary and every test with the
 ## features `cargo test` unifies, so nothing is compiled twice. Soaks and measurements are
 ## ignored tests that `make chaos` runs. Measured on fresh clones, 2 cores shared with other
