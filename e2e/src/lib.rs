@@ -985,17 +985,22 @@ impl Drop for StackGuard {
         // Everything labelled with the stack, and anything the test made under its name.
         let by_label = format!("label=capstan.stack={}", self.name);
         let by_name = format!("name=^{}", self.name);
-        let mut ids = lines(&docker(&["ps", "-aq", "--filter", &by_label]));
-        ids.extend(lines(&docker(&["ps", "-aq", "--filter", &by_name])));
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f", "-v"];
-            args.extend(ids.iter().map(String::as_str));
-            docker(&args);
-        }
+        let remove_containers = || {
+            let mut ids = lines(&docker(&["ps", "-aq", "--filter", &by_label]));
+            ids.extend(lines(&docker(&["ps", "-aq", "--filter", &by_name])));
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f", "-v"];
+                args.extend(ids.iter().map(String::as_str));
+                docker(&args);
+            }
+        };
+        remove_containers();
         // The engine can take a moment to let go of the endpoints of containers it just
-        // removed ("has active endpoints"): try again for a while before leaving one.
+        // removed ("has active endpoints"), longer on a busy engine, and a create the killed
+        // daemon had in flight may land late: remove again until nothing is left.
         let networks = || lines(&docker(&["network", "ls", "-q", "--filter", &by_label]));
-        let _ = try_until(Duration::from_secs(10), || {
+        let _ = try_until(Duration::from_secs(30), || {
+            remove_containers();
             let nets = networks();
             for net in &nets {
                 docker(&["network", "rm", net]);
