@@ -55,8 +55,11 @@ run() {
   start=$(date +%s)
   (cd "$dir" && "$exe" "$@") >"$LOGS/$name.log" 2>&1 || rc=$?
   printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - start))" >>"$LOGS/times"
-  printf '%-28s %s in %ss\n' "$name" "$([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)")" \
-    "$(($(date +%s) - start))"
+  # One write per binary (they run side by side): its outcome, then libtest's own closing
+  # line, so that the counts of every binary show in the run's output as `cargo test` shows them.
+  printf '%-28s %s in %ss\n%s\n' "$name" "$([ "$rc" = 0 ] && echo ok || echo "FAILED ($rc)")" \
+    "$(($(date +%s) - start))" \
+    "$(grep -h '^test result:' "$LOGS/$name.log" || echo 'test result: none printed')"
 }
 
 unit=() e2e=()
@@ -103,5 +106,11 @@ for f in $failed; do
 done
 # The tests' own counts, summed over every binary's closing line.
 sed -n 's/^test result: [a-zA-Z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' \
-  "$LOGS"/*.log | awk '{ p += $1; f += $2; i += $3 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }'
+  "$LOGS"/*.log | awk '{ p += $1; f += $2; i += $3 } END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' |
+  tee "$LOGS/total"
+# A run that found nothing to run is not a green run (unless a filter asked for few).
+if [ $# = 0 ] && grep -q '^tests: 0 passed' "$LOGS/total"; then
+  echo "no test ran: is the build's list of test binaries empty? ($LOGS/binaries)"
+  exit 1
+fi
 [ -z "$failed" ] || { echo "failed: $failed"; exit 1; }

@@ -65,7 +65,7 @@ pub async fn observe(ctx: &Context, stack_name: &str, name: &str) -> Result<Seen
         .observe(&ctx.env(), &stack, &service, &replicas)
         .await?;
     Ok(Seen::Present(Box::new(Observation {
-        dependents: dependents(&ctx.desired, &stack, name),
+        dependents: ctx.desired.dependents(&stack, name),
         stack,
         service,
         replicas,
@@ -108,18 +108,6 @@ async fn dependency_gate(
         })
         .collect();
     Ok(deps::gate(&service.spec, &views))
-}
-
-/// The services of `stack` that depend on `name`, or pair with it as its sidecars.
-fn dependents(desired: &Desired, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
-    let depends =
-        |svc: &Service| svc.spec.depends_on.contains_key(name) || svc.spec.pairs_with(name);
-    stack
-        .services
-        .iter()
-        .filter_map(|s| desired.service(&stack.name, s))
-        .filter(|svc| depends(svc))
-        .collect()
 }
 
 /// `service` as it runs: a sidecar with its lead partner's replica count

@@ -46,6 +46,10 @@ struct State {
     listed: bool,
     stacks: HashMap<String, Arc<Stack>>,
     services: HashMap<ServiceKey, Arc<Service>>,
+    /// (stack, service) → the services of that stack that depend on it or pair with it as
+    /// its sidecars: kept with `services`, so that a reconcile finds a service's dependents
+    /// without reading every service of its stack.
+    dependents: HashMap<ServiceKey, BTreeSet<String>>,
     statuses: HashMap<ServiceKey, Arc<ServiceStatus>>,
     endpoints: HashMap<ServiceKey, Arc<Endpoints>>,
 }
@@ -132,7 +136,7 @@ fn commit(
 ) -> BTreeSet<ObjectKey> {
     let mut changed = BTreeSet::new();
     for (svc, value) in services {
-        put(&mut st.services, (name.clone(), svc.clone()), value);
+        put_service(st, (name.clone(), svc.clone()), value);
         changed.insert(ObjectKey::Service(name.clone(), svc));
     }
     let old = match record {
@@ -153,6 +157,39 @@ fn commit(
         changed.insert(ObjectKey::Stack(name));
     }
     changed
+}
+
+/// Stores (or removes) a service and moves its edges in the dependents index with it.
+fn put_service(st: &mut State, key: ServiceKey, value: Option<Service>) {
+    let old = match value {
+        Some(v) => st.services.insert(key.clone(), Arc::new(v)),
+        None => st.services.remove(&key),
+    };
+    if let Some(old) = old {
+        for named in names(&old) {
+            let k = (key.0.clone(), named.to_string());
+            if let Some(set) = st.dependents.get_mut(&k) {
+                set.remove(&key.1);
+                if set.is_empty() {
+                    st.dependents.remove(&k);
+                }
+            }
+        }
+    }
+    if let Some(new) = st.services.get(&key) {
+        for named in names(new) {
+            let k = (key.0.clone(), named.to_string());
+            st.dependents.entry(k).or_default().insert(key.1.clone());
+        }
+    }
+    shrink_if_sparse(&mut st.services);
+    shrink_if_sparse(&mut st.dependents);
+}
+
+/// The services `svc` depends on or pairs with: the edges of the dependents index.
+fn names(svc: &Service) -> impl Iterator<Item = &str> {
+    let spec = &svc.spec;
+    (spec.depends_on.keys().map(String::as_str)).chain(spec.partners().map(|p| p.service.as_str()))
 }
 
 fn put<V>(map: &mut HashMap<ServiceKey, Arc<V>>, key: ServiceKey, value: Option<V>) {
@@ -196,11 +233,19 @@ fn replace(st: &mut State, snap: Snapshot) -> BTreeSet<ObjectKey> {
             changed.insert(ObjectKey::Service(key.0.clone(), key.1.clone()));
         }
     }
+    let mut dependents: HashMap<ServiceKey, BTreeSet<String>> = HashMap::new();
+    for ((stack, name), svc) in &services {
+        for named in names(svc) {
+            let k = (stack.clone(), named.to_string());
+            dependents.entry(k).or_default().insert(name.clone());
+        }
+    }
     *st = State {
         synced: true,
         listed: true,
         stacks,
         services,
+        dependents,
         statuses: snap
             .statuses
             .into_iter()
@@ -252,6 +297,19 @@ impl Desired {
     pub fn service(&self, stack: &str, name: &str) -> Option<Arc<Service>> {
         let st = self.shared.state.read().unwrap();
         st.services.get(&key(stack, name)).cloned()
+    }
+
+    /// The services of `stack` (as it lists them) that depend on `name` or pair with it as
+    /// its sidecars, by name.
+    pub fn dependents(&self, stack: &Stack, name: &str) -> Vec<Arc<Service>> {
+        let st = self.shared.state.read().unwrap();
+        let Some(names) = st.dependents.get(&key(&stack.name, name)) else {
+            return vec![];
+        };
+        (names.iter())
+            .filter(|d| stack.services.contains(d))
+            .filter_map(|d| st.services.get(&key(&stack.name, d)).cloned())
+            .collect()
     }
 
     pub fn status(&self, stack: &str, name: &str) -> Option<Arc<ServiceStatus>> {
@@ -418,6 +476,68 @@ mod tests {
         assert_eq!(r.stack("s").unwrap().resource_version, 3);
         assert_eq!(r.service("s", "web").unwrap().resource_version, 2);
         assert_eq!(r.service("s", "db").unwrap().resource_version, 1);
+    }
+
+    fn depending(stack: &str, name: &str, rv: i64, on: &[&str]) -> Service {
+        let mut svc = service(stack, name, rv);
+        for dep in on {
+            let dependency = capstan_api::spec::Dependency {
+                condition: capstan_api::spec::DependencyCondition::ServiceStarted,
+                required: true,
+                restart: false,
+            };
+            svc.spec.depends_on.insert(dep.to_string(), dependency);
+        }
+        svc
+    }
+
+    fn dependents_of(r: &Desired, name: &str) -> Vec<String> {
+        let stack = r.stack("s").unwrap();
+        let found = r.dependents(&stack, name);
+        found.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn the_dependents_index_follows_commits_and_relists() {
+        let mut w = Writer::default();
+        let r = w.reader();
+        let listed = stack("s", &["db", "web", "worker"], 1);
+        w.apply(Event::Relisted(Snapshot {
+            stacks: vec![listed.clone()],
+            services: vec![
+                service("s", "db", 1),
+                depending("s", "web", 1, &["db"]),
+                depending("s", "worker", 1, &["db", "web"]),
+            ],
+            ..Default::default()
+        }));
+        assert_eq!(dependents_of(&r, "db"), ["web", "worker"]);
+        assert_eq!(dependents_of(&r, "web"), ["worker"]);
+        let web = ("web".to_string(), Some(depending("s", "web", 2, &[])));
+        w.apply(Event::Commit {
+            stack: "s".into(),
+            record: Some(listed),
+            services: vec![web],
+        });
+        assert_eq!(dependents_of(&r, "db"), ["worker"], "web no longer depends");
+        w.apply(commit(
+            "s",
+            Some(stack("s", &["db", "web"], 3)),
+            &[("worker", None)],
+        ));
+        assert!(dependents_of(&r, "db").is_empty() && dependents_of(&r, "web").is_empty());
+    }
+
+    #[test]
+    fn a_dependent_the_stack_no_longer_lists_is_not_a_dependent() {
+        let mut w = Writer::default();
+        let r = w.reader();
+        w.apply(Event::Relisted(Snapshot {
+            stacks: vec![stack("s", &["db"], 1)],
+            services: vec![service("s", "db", 1), depending("s", "web", 1, &["db"])],
+            ..Default::default()
+        }));
+        assert!(dependents_of(&r, "db").is_empty());
     }
 
     #[tokio::test]
