@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use capstan_api::object::{Service, Stack};
 use capstan_controller::controller::BackendFactory;
 use capstan_controller::reconcile::backend::{
-    Backend, Done, Env, Mode, Observation, Proposal, View, Work,
+    Backend, Done, Env, Mode, Observation, Proposal, Shared, StackView, View, Work,
 };
 use capstan_controller::reconcile::containers::{shape, ContainerBackend};
 use capstan_controller::reconcile::memory::ServiceMemory;
@@ -19,7 +19,6 @@ use capstan_controller::reconcile::ReconcileError;
 use capstan_controller::runtime::fake::Call;
 use fixture::*;
 use std::any::Any;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,20 +151,21 @@ impl Backend for Services {
         Ok(())
     }
 
-    async fn ensure_stack(
+    async fn observe_stack(&self, stack: &Stack) -> Result<StackView, ReconcileError> {
+        self.0.observe_stack(stack).await
+    }
+
+    fn propose_stack(
         &self,
         stack: &Stack,
-        services: &[&Service],
-    ) -> Result<bool, ReconcileError> {
-        self.0.ensure_stack(stack, services).await
+        shared: Shared<'_>,
+        view: &StackView,
+    ) -> Vec<Box<dyn Work>> {
+        self.0.propose_stack(stack, shared, view)
     }
 
-    async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError> {
-        self.0.services_left(stack).await
-    }
-
-    async fn remove_stack(&self, stack: &str, volumes: bool) -> Result<(), ReconcileError> {
-        self.0.remove_stack(stack, volumes).await
+    async fn execute_stack(&self, work: &[&dyn Work]) -> Result<bool, ReconcileError> {
+        self.0.execute_stack(work).await
     }
 }
 

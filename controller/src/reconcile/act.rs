@@ -1,9 +1,9 @@
-//! Stage 3, **act**: carries out a plan's steps, in order, and nothing else. Consecutive
-//! backend steps go to the backend together (it runs replicas' work concurrently). A step
-//! that fails ends the reconcile with its error, except a replica that could not be
+//! Stage 3, **act**: carries out a plan's steps, in order, and nothing else: [`act`] for a
+//! present service, [`take_down`] for one that is gone, [`act_stack`] for a stack's key. A
+//! step that fails ends the reconcile with its error, except a replica that could not be
 //! removed: the status names it first.
 
-use capstan_api::object::{HealAction, HealCause, HealEvent, Reason};
+use capstan_api::object::{HealAction, HealCause, HealEvent, Reason, Stack};
 use std::collections::BTreeSet;
 
 use super::backend::Observation;
@@ -12,7 +12,8 @@ use super::context::{Action, Context};
 use super::error::reason_of;
 use super::error::ReconcileError;
 use super::memory::echoed;
-use super::plan::{Plan, Step};
+use super::plan::Step;
+use super::plan::{GonePlan, GoneStep, Plan, StackPlan, StackStep};
 use super::report::{self, Acted};
 use super::status::Problem;
 use crate::key::ObjectKey;
@@ -25,19 +26,7 @@ pub async fn act(ctx: &Context, obs: &Observation, plan: &Plan) -> Result<Action
     };
     acted.done.problems = plan.progress.problems.clone();
     let mut action = plan.next;
-    let mut steps = plan.steps.iter().peekable();
-    while let Some(step) = steps.next() {
-        if let Step::Work(first) = step {
-            let mut work: Vec<&dyn Work> = vec![first.as_ref()];
-            while let Some(Step::Work(w)) = steps.peek() {
-                work.push(w.as_ref());
-                steps.next();
-            }
-            if let Err(e) = work_on(ctx, obs, plan, &work, &mut acted).await {
-                return Err(removal_reported(ctx, obs, plan, acted, e).await);
-            }
-            continue;
-        }
+    for step in &plan.steps {
         if let Some(next) = one(ctx, obs, plan, step, &mut acted).await? {
             action = next;
         }
@@ -86,7 +75,7 @@ async fn removal_reported(
     ctx: &Context,
     obs: &Observation,
     plan: &Plan,
-    mut acted: Acted,
+    acted: &Acted,
     e: ReconcileError,
 ) -> ReconcileError {
     let ReconcileError::Remove { name, source } = &e else {
@@ -95,6 +84,7 @@ async fn removal_reported(
     let ordinal = (obs.replicas.iter())
         .find(|c| c.name == *name)
         .and_then(|c| c.ordinal);
+    let mut acted = acted.clone();
     acted.done.problems = vec![Problem {
         ordinal: ordinal.unwrap_or(0),
         reason: reason_of(source),
@@ -107,7 +97,7 @@ async fn removal_reported(
     e
 }
 
-/// One step that is not the backend's work; `Some`: when to look again.
+/// One step; `Some`: when to look again.
 async fn one(
     ctx: &Context,
     obs: &Observation,
@@ -149,8 +139,12 @@ async fn one(
                 .await
                 .map(Some);
         }
-        Step::Work(_) | Step::Unpublish | Step::TakeDown(_) | Step::DeleteStatus => {}
-        Step::Forget | Step::Enqueue(_) => {}
+        Step::Work(work) => {
+            let work: Vec<&dyn Work> = work.iter().map(|w| w.as_ref()).collect();
+            if let Err(e) = work_on(ctx, obs, plan, &work, acted).await {
+                return Err(removal_reported(ctx, obs, plan, acted, e).await);
+            }
+        }
     }
     Ok(None)
 }
@@ -204,25 +198,55 @@ pub async fn take_down(
     ctx: &Context,
     stack: &str,
     name: &str,
-    plan: &Plan,
+    plan: &GonePlan,
 ) -> Result<Action, ReconcileError> {
     for step in &plan.steps {
         match step {
-            Step::Unpublish => {
+            GoneStep::Unpublish => {
                 let had = ctx.memory.recall(stack, name).endpoints.is_some();
                 ctx.traffic.unpublish(stack, name, had).await?;
             }
-            Step::TakeDown(work) => ctx.backend.take_down_now(&ctx.env(), work.as_ref()).await?,
-            Step::DeleteStatus => {
+            GoneStep::TakeDown(work) => {
+                ctx.backend.take_down_now(&ctx.env(), work.as_ref()).await?
+            }
+            GoneStep::DeleteStatus => {
                 let deleted = ctx.store.delete_status(stack, name).await;
                 deleted.map_err(ReconcileError::Status)?;
             }
-            Step::Forget => forget(ctx, stack, name),
-            Step::Enqueue(key) => ctx.scheduler.enqueue(key.clone()),
-            _ => {}
+            GoneStep::Forget => forget(ctx, stack, name),
+            GoneStep::Enqueue(key) => ctx.scheduler.enqueue(key.clone()),
         }
     }
     Ok(plan.next)
+}
+
+/// Carries out the plan of a stack's key.
+pub async fn act_stack(
+    ctx: &Context,
+    stack: &Stack,
+    plan: &StackPlan,
+) -> Result<Action, ReconcileError> {
+    let mut action = plan.next;
+    for step in &plan.steps {
+        match step {
+            StackStep::Work(work) => {
+                let work: Vec<&dyn Work> = work.iter().map(|w| w.as_ref()).collect();
+                if !ctx.backend.execute_stack(&work).await? {
+                    action = Action::Requeue(std::time::Duration::from_secs(2));
+                }
+            }
+            StackStep::Enqueue(key) => ctx.scheduler.enqueue(key.clone()),
+            StackStep::Finalize => {
+                let finalized = ctx.store.finalize_deletion(stack).await;
+                finalized.map_err(|source| ReconcileError::Finalize {
+                    stack: stack.name.clone(),
+                    source,
+                })?;
+                tracing::info!(stack = %stack.name, "stack deleted");
+            }
+        }
+    }
+    Ok(action)
 }
 
 /// Forgets everything this process keeps for a service that is gone: its memory, its

@@ -85,7 +85,7 @@ pub struct Proposal {
 }
 
 /// What a backend's work did.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Done {
     /// What kept replicas from being made, by ordinal.
     pub problems: Vec<Problem>,
@@ -97,6 +97,24 @@ pub struct Done {
 
 /// What the backend read for its planner, besides the replicas.
 pub type View = Box<dyn Any + Send + Sync>;
+
+/// What a stack's planner reads of the backend.
+pub struct StackView {
+    /// The services of the stack that still run replicas.
+    pub left: BTreeSet<String>,
+    /// What the backend read for its own stack planner.
+    pub view: View,
+}
+
+/// What becomes of what a stack's services share.
+#[derive(Clone, Copy)]
+pub enum Shared<'a> {
+    /// Made and kept for these services; what none of them uses goes.
+    Keep(&'a [&'a Service]),
+    /// The stack is deleted and its replicas are gone: everything goes (its volumes, if
+    /// the deletion asked for them; the backend reads that from the stack).
+    Remove,
+}
 
 /// How much a reconcile may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,17 +178,20 @@ pub trait Backend: Send + Sync {
     /// Carries out a take-down step.
     async fn take_down_now(&self, ctx: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError>;
 
-    /// Makes what the stack's services share (networks, volumes) and removes what they no
-    /// longer use; false when something unused could not be removed yet.
-    async fn ensure_stack(
+    /// What the stack's planner needs: the services that still run replicas, and what
+    /// the backend holds for the stack besides them. Reads only.
+    async fn observe_stack(&self, stack: &Stack) -> Result<StackView, ReconcileError>;
+
+    /// The work on what the stack's services share (networks, volumes): made and kept
+    /// for the services, or removed with a deleted stack. Pure.
+    fn propose_stack(
         &self,
         stack: &Stack,
-        services: &[&Service],
-    ) -> Result<bool, ReconcileError>;
+        shared: Shared<'_>,
+        view: &StackView,
+    ) -> Vec<Box<dyn Work>>;
 
-    /// The services of a stack that still run replicas.
-    async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError>;
-
-    /// Removes what a deleted stack's services shared (and its volumes, if asked).
-    async fn remove_stack(&self, stack: &str, volumes: bool) -> Result<(), ReconcileError>;
+    /// Carries out `work` (steps of its own stack proposal), in order; false when
+    /// something unused could not be removed yet (still attached to a replica going away).
+    async fn execute_stack(&self, work: &[&dyn Work]) -> Result<bool, ReconcileError>;
 }

@@ -1,14 +1,18 @@
-//! Stage 2, **plan**: everything one reconcile of a service will do, as an ordered list of
-//! [`Step`]s, decided purely from the [`Observation`]. Every engine call, etcd write, enqueue
-//! and memory write a reconcile makes is one of its steps, or a backend's [`Work`] step;
-//! `act` carries them out and does nothing else.
+//! Stage 2, **plan**: everything one reconcile will do, as an ordered list of steps, decided
+//! purely from what was observed. Every engine call, etcd write, enqueue and memory write a
+//! reconcile makes is one of its steps, or a backend's [`Work`] step; `act` carries them out
+//! and does nothing else. Three kinds of key, three kinds of plan:
+//!
+//! - [`plan`]: a service present in its stack ([`Step`]s);
+//! - [`take_down`] and [`forget`]: a service that is gone ([`GoneStep`]s);
+//! - [`plan_stack`]: a stack's own part, and a deleted stack's teardown ([`StackStep`]s).
 
 use capstan_api::object::{Service, Stack};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-use super::backend::{Backend, Mode, Work};
+use super::backend::{Backend, Mode, Shared, StackView, Work};
 use super::backoff;
 use super::context::Action;
 use super::memory::{Restarts, ServiceMemory};
@@ -41,36 +45,34 @@ impl Sightings {
     }
 }
 
-/// One thing a reconcile does.
+/// One thing a reconcile of a present service does.
 #[derive(Debug)]
 pub enum Step {
     /// Remember what was seen (the memory is written, nothing else).
     Remember(Sightings),
     /// `failure_action: rollback`: store the previous revision's spec again, saying why.
-    RollBack {
-        reason: String,
-    },
+    RollBack { reason: String },
     /// Point traffic at the ready replicas not `leaving`, and drain those (their ids).
-    Publish {
-        leaving: BTreeSet<String>,
-    },
-    /// A step of the backend's work. What it did is remembered as it is done: restarts
-    /// made, replicas that could not be made, an owed restart carried out.
-    Work(Box<dyn Work>),
+    Publish { leaving: BTreeSet<String> },
+    /// The backend's work, in order; it goes to the backend at once, which runs replicas'
+    /// work concurrently. What it did is remembered as it is done: restarts made,
+    /// replicas that could not be made, an owed restart carried out.
+    Work(Vec<Box<dyn Work>>),
     /// List the replicas again and point traffic at what runs now.
     Republish,
     /// Ask these dependents (of `restart: true`) to restart their replicas: written to
     /// their memory, and their keys queued.
-    RequestRestarts {
-        dependents: Vec<String>,
-    },
+    RequestRestarts { dependents: Vec<String> },
     /// Write the status computed from what runs now, if it changed; then queue these
     /// dependents, which decide on it. The service's clocks move with it (convergence and
     /// rollout times, to the metrics), and the causes of replicas that now exist are
     /// forgotten.
-    WriteStatus {
-        dependents: Vec<String>,
-    },
+    WriteStatus { dependents: Vec<String> },
+}
+
+/// One thing a reconcile of a service that is gone does.
+#[derive(Debug)]
+pub enum GoneStep {
     /// Take the removed service out of traffic: proxy, endpoints, Traefik.
     Unpublish,
     /// A backend step that takes a removed service's replicas down.
@@ -82,6 +84,18 @@ pub enum Step {
     Enqueue(ObjectKey),
 }
 
+/// One thing a reconcile of a stack's key does.
+#[derive(Debug)]
+pub enum StackStep {
+    /// The backend's work on what the services share. When something unused is still
+    /// attached to a replica going away, the stack is looked at again in 2 s.
+    Work(Vec<Box<dyn Work>>),
+    /// Queue a service's key (a deleted stack's services take their replicas down).
+    Enqueue(ObjectKey),
+    /// Remove the deleted stack's records from the store: the deletion is done.
+    Finalize,
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -89,21 +103,45 @@ impl fmt::Display for Step {
             Step::RollBack { .. } => write!(f, "roll back"),
             Step::Publish { leaving } if leaving.is_empty() => write!(f, "publish"),
             Step::Publish { leaving } => write!(f, "publish without {}", leaving.len()),
-            Step::Work(w) | Step::TakeDown(w) => write!(f, "{}", w.describe()),
+            Step::Work(work) => write!(f, "{}", lines(work)),
             Step::Republish => write!(f, "republish"),
             Step::RequestRestarts { dependents } => {
                 write!(f, "request restarts of {}", dependents.join(" "))
             }
             Step::WriteStatus { .. } => write!(f, "write status"),
-            Step::Unpublish => write!(f, "unpublish"),
-            Step::DeleteStatus => write!(f, "delete status"),
-            Step::Forget => write!(f, "forget"),
-            Step::Enqueue(key) => write!(f, "enqueue {key}"),
         }
     }
 }
 
-/// Everything one reconcile of a service does, in order.
+impl fmt::Display for GoneStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GoneStep::Unpublish => write!(f, "unpublish"),
+            GoneStep::TakeDown(w) => write!(f, "{}", w.describe()),
+            GoneStep::DeleteStatus => write!(f, "delete status"),
+            GoneStep::Forget => write!(f, "forget"),
+            GoneStep::Enqueue(key) => write!(f, "enqueue {key}"),
+        }
+    }
+}
+
+impl fmt::Display for StackStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StackStep::Work(work) => write!(f, "{}", lines(work)),
+            StackStep::Enqueue(key) => write!(f, "enqueue {key}"),
+            StackStep::Finalize => write!(f, "finalize deletion"),
+        }
+    }
+}
+
+/// A backend's steps, one line each.
+fn lines(work: &[Box<dyn Work>]) -> String {
+    let lines: Vec<String> = work.iter().map(|w| w.describe()).collect();
+    lines.join("\n")
+}
+
+/// Everything one reconcile of a present service does, in order.
 #[derive(Debug)]
 pub struct Plan {
     pub steps: Vec<Step>,
@@ -113,10 +151,43 @@ pub struct Plan {
     pub next: Action,
 }
 
+/// Everything one reconcile of a service that is gone does, in order.
+#[derive(Debug)]
+pub struct GonePlan {
+    pub steps: Vec<GoneStep>,
+    pub next: Action,
+}
+
+/// Everything one reconcile of a stack's key does, in order.
+#[derive(Debug)]
+pub struct StackPlan {
+    pub steps: Vec<StackStep>,
+    /// When to look again, unless the backend's work says otherwise.
+    pub next: Action,
+}
+
+/// The steps, one line each (a backend's steps one line each too): what a test compares.
+fn describe<S: fmt::Display>(steps: &[S]) -> Vec<String> {
+    let all = steps.iter().map(S::to_string);
+    all.flat_map(|s| s.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
 impl Plan {
-    /// The steps, one line each: what a test compares.
     pub fn describe(&self) -> Vec<String> {
-        self.steps.iter().map(Step::to_string).collect()
+        describe(&self.steps)
+    }
+}
+
+impl GonePlan {
+    pub fn describe(&self) -> Vec<String> {
+        describe(&self.steps)
+    }
+}
+
+impl StackPlan {
+    pub fn describe(&self) -> Vec<String> {
+        describe(&self.steps)
     }
 }
 
@@ -146,7 +217,9 @@ pub fn plan(obs: &Observation, backend: &dyn Backend, mode: Mode) -> Plan {
     }
     let mut progress = proposal.progress;
     if mode == Mode::HealOnly {
-        steps.extend(proposal.work.into_iter().map(Step::Work));
+        if !proposal.work.is_empty() {
+            steps.push(Step::Work(proposal.work));
+        }
         let next = Action::Requeue(Duration::from_secs(2));
         return Plan {
             steps,
@@ -178,7 +251,9 @@ pub fn plan(obs: &Observation, backend: &dyn Backend, mode: Mode) -> Plan {
     steps.push(Step::Publish {
         leaving: proposal.leaving,
     });
-    steps.extend(proposal.work.into_iter().map(Step::Work));
+    if acting {
+        steps.push(Step::Work(proposal.work));
+    }
     if proposal.restarts {
         let dependents = restarting_dependents(&obs.dependents, &obs.service.name);
         if !dependents.is_empty() {
@@ -215,38 +290,67 @@ pub fn take_down(
     service: Option<&Service>,
     replicas: &[Observed],
     has_status: bool,
-) -> Plan {
+) -> GonePlan {
     let grace = service.map_or(capstan_api::spec::DEFAULT_STOP_GRACE, |s| {
         s.spec.stop_grace()
     });
-    let mut steps = vec![Step::Unpublish];
-    steps.push(Step::TakeDown(backend.take_down(
-        &stack.name,
-        name,
-        replicas,
-        grace,
-    )));
+    let work = backend.take_down(&stack.name, name, replicas, grace);
+    let mut steps = vec![GoneStep::Unpublish, GoneStep::TakeDown(work)];
     let deleting = stack.deletion.is_some();
     if has_status && !deleting {
-        steps.push(Step::DeleteStatus);
+        steps.push(GoneStep::DeleteStatus);
     }
-    steps.push(Step::Forget);
+    steps.push(GoneStep::Forget);
     if deleting {
         // The stack's teardown waits for its services' replicas to be gone.
-        steps.push(Step::Enqueue(ObjectKey::Stack(stack.name.clone())));
+        steps.push(GoneStep::Enqueue(ObjectKey::Stack(stack.name.clone())));
     }
-    Plan {
+    GonePlan {
         steps,
-        progress: Progress::default(),
         next: Action::AwaitChange,
     }
 }
 
 /// The plan for a service of a stack etcd has no record of: forget it, touch nothing.
-pub fn forget() -> Plan {
-    Plan {
-        steps: vec![Step::Forget],
-        progress: Progress::default(),
+pub fn forget() -> GonePlan {
+    GonePlan {
+        steps: vec![GoneStep::Forget],
+        next: Action::AwaitChange,
+    }
+}
+
+/// The plan of a stack's key. Pure. A live stack: the backend's work on what its
+/// `services` share. A deleted one: while its services still run replicas, their keys are
+/// queued (each takes its replicas down) and the stack looks again shortly; then what they
+/// shared goes, and the deletion is finalized.
+pub fn plan_stack(
+    backend: &dyn Backend,
+    stack: &Stack,
+    services: &[&Service],
+    view: &StackView,
+) -> StackPlan {
+    let mut steps = vec![];
+    if stack.deletion.is_none() {
+        let work = backend.propose_stack(stack, Shared::Keep(services), view);
+        if !work.is_empty() {
+            steps.push(StackStep::Work(work));
+        }
+        let next = Action::AwaitChange;
+        return StackPlan { steps, next };
+    }
+    if !view.left.is_empty() {
+        let keys = (view.left.iter()).map(|s| ObjectKey::Service(stack.name.clone(), s.clone()));
+        steps.extend(keys.map(StackStep::Enqueue));
+        let next = Action::Requeue(Duration::from_secs(1));
+        return StackPlan { steps, next };
+    }
+    let work = backend.propose_stack(stack, Shared::Remove, view);
+    if !work.is_empty() {
+        steps.push(StackStep::Work(work));
+    }
+    steps.push(StackStep::Finalize);
+    StackPlan {
+        steps,
         next: Action::AwaitChange,
     }
 }

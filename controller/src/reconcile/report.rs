@@ -21,7 +21,7 @@ use crate::store::now_rfc3339;
 pub const UNCONVERGED_RECHECK: Duration = Duration::from_secs(10);
 
 /// What the steps so far did, for the ones after them.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Acted {
     /// The replicas as they run now (as observed, until listed again).
     pub replicas: Vec<Observed>,

@@ -9,11 +9,14 @@
 //! - [`work`]: carries the steps out against the engine, within the daemon's engine slots.
 //! - [`shape`] (the engine objects a spec becomes), [`pull`] (the image made present per
 //!   `pull_policy`), [`pairing`] (a sidecar's replicas beside its partner's).
+//! - [`stack`]: a stack's networks and named volumes, observed, proposed and made the same
+//!   way.
 
 pub mod pairing;
 pub mod pull;
 pub mod replicas;
 pub mod shape;
+pub mod stack;
 pub mod work;
 
 #[cfg(test)]
@@ -26,7 +29,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::backend::{Backend, Done, Env, Mode, Observation, Proposal, View, Work};
+use super::backend::{
+    Backend, Done, Env, Mode, Observation, Proposal, Shared, StackView, View, Work,
+};
 use super::backoff::{ServiceHistory, Timing};
 use super::error::ReconcileError;
 use super::memory::ServiceMemory;
@@ -243,47 +248,21 @@ impl Backend for ContainerBackend {
         Ok(())
     }
 
-    async fn ensure_stack(
+    async fn observe_stack(&self, stack: &Stack) -> Result<StackView, ReconcileError> {
+        stack::observe(self, stack).await
+    }
+
+    fn propose_stack(
         &self,
         stack: &Stack,
-        services: &[&Service],
-    ) -> Result<bool, ReconcileError> {
-        let wanted = ensure_resources(&*self.runtime, stack, services).await?;
-        let mut settled = true;
-        let networks = self.runtime.stack_networks(&stack.name).await;
-        for net in networks.map_err(resource("network", stack.name.clone()))? {
-            if !wanted.iter().any(|w| w.name == net) {
-                if let Err(e) = self.runtime.remove_network(&net).await {
-                    // Still attached to a replica being removed: try again shortly.
-                    tracing::debug!(network = %net, error = %e, "unused network not removed yet");
-                    settled = false;
-                }
-            }
-        }
-        Ok(settled)
+        shared: Shared<'_>,
+        view: &StackView,
+    ) -> Vec<Box<dyn Work>> {
+        stack::propose(stack, shared, view)
     }
 
-    async fn services_left(&self, stack: &str) -> Result<BTreeSet<String>, ReconcileError> {
-        let left = self.runtime.list(Some(stack), None).await;
-        let left = left.map_err(ReconcileError::List)?;
-        Ok(left.into_iter().map(|c| c.service).collect())
-    }
-
-    async fn remove_stack(&self, stack: &str, volumes: bool) -> Result<(), ReconcileError> {
-        let networks = self.runtime.stack_networks(stack).await;
-        for net in networks.map_err(resource("network", stack.into()))? {
-            let removed = self.runtime.remove_network(&net).await;
-            removed.map_err(remove_resource("network", &net))?;
-        }
-        if volumes {
-            let all = self.runtime.stack_volumes(stack).await;
-            for vol in all.map_err(resource("volume", stack.into()))? {
-                let removed = self.runtime.remove_volume(&vol).await;
-                removed.map_err(remove_resource("volume", &vol))?;
-            }
-        }
-        self.files.remove_stack(stack);
-        Ok(())
+    async fn execute_stack(&self, work: &[&dyn Work]) -> Result<bool, ReconcileError> {
+        stack::execute(self, work).await
     }
 }
 

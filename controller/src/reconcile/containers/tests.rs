@@ -1,15 +1,18 @@
 //! The plan of one service key, step by step, given an observation: what a reconcile of
 //! the container backend will do, and nothing it will not.
 
-use capstan_api::object::{ReplicaState, Service, ServiceStatus, Stack};
+use capstan_api::object::{Deletion, ReplicaState, Service, ServiceStatus, Stack};
 use capstan_api::spec::ServiceSpec;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::pull::ImageState;
+use super::stack::Held;
 use super::{ContainerBackend, ContainerView};
 use crate::files::HostFiles;
-use crate::reconcile::backend::Mode;
 use crate::reconcile::backend::Observation;
+use crate::reconcile::backend::{Mode, StackView};
+use crate::reconcile::context::Action;
 use crate::reconcile::deps::Gate;
 use crate::reconcile::memory::ServiceMemory;
 use crate::reconcile::plan::{self, Plan};
@@ -436,6 +439,82 @@ fn a_removed_service_leaves_traffic_then_its_replicas_go_then_its_status_and_mem
             "take down 0 replicas",
             "forget",
             "enqueue stack/s"
+        ]
+    );
+}
+
+/// A stack record of a Compose file, and its services as stored.
+fn stack_of(file: &str) -> (Stack, Vec<Arc<Service>>) {
+    let parsed = capstan_api::parse_stack("s", file).unwrap();
+    let stack = Stack {
+        name: "s".into(),
+        services: parsed.services.keys().cloned().collect(),
+        networks: parsed.networks,
+        volumes: parsed.volumes,
+        ..Default::default()
+    };
+    (stack, services(file))
+}
+
+/// What the engine holds for the stack, as the stack's observation reads it.
+fn held(left: &[&str], networks: &[&str], volumes: &[&str]) -> StackView {
+    let owned = |names: &[&str]| -> Vec<String> { names.iter().map(|n| n.to_string()).collect() };
+    StackView {
+        left: owned(left).into_iter().collect(),
+        view: Box::new(Held {
+            networks: owned(networks),
+            volumes: owned(volumes),
+        }),
+    }
+}
+
+const BACKED: &str = "services: {web: {image: web:1, networks: [back], volumes: [data:/d]}}
+networks: {back: {}}
+volumes: {data: {}}";
+
+#[test]
+fn a_live_stack_makes_what_its_services_share_and_removes_the_networks_none_uses() {
+    let (stack, services) = stack_of(BACKED);
+    let services: Vec<&Service> = services.iter().map(|s| s.as_ref()).collect();
+    let view = held(&[], &["s_back", "s_old"], &[]);
+    let plan = plan::plan_stack(&backend(), &stack, &services, &view);
+    assert_eq!(
+        plan.describe(),
+        [
+            "ensure network s_back",
+            "ensure volume s_data",
+            "remove unused network s_old"
+        ]
+    );
+    assert_eq!(plan.next, Action::AwaitChange);
+}
+
+#[test]
+fn a_deleted_stack_queues_its_services_while_they_run_replicas_and_looks_again() {
+    let (mut stack, _) = stack_of(BACKED);
+    stack.deletion = Some(Default::default());
+    let view = held(&["web"], &["s_back"], &[]);
+    let plan = plan::plan_stack(&backend(), &stack, &[], &view);
+    assert_eq!(plan.describe(), ["enqueue s/web"]);
+    assert_eq!(plan.next, Action::Requeue(Duration::from_secs(1)));
+}
+
+#[test]
+fn a_deleted_stack_without_replicas_removes_what_they_shared_then_its_records() {
+    let (mut stack, _) = stack_of(BACKED);
+    stack.deletion = Some(Deletion {
+        volumes: true,
+        ..Default::default()
+    });
+    let view = held(&[], &["s_back"], &["s_data"]);
+    let plan = plan::plan_stack(&backend(), &stack, &[], &view);
+    assert_eq!(
+        plan.describe(),
+        [
+            "remove network s_back",
+            "remove volume s_data",
+            "remove files of s",
+            "finalize deletion"
         ]
     );
 }
