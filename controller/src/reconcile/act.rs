@@ -176,7 +176,7 @@ async fn publish(
     let service = &obs.service;
     let (stack, name) = (service.stack.as_str(), service.name.as_str());
     let stored = ctx.desired.endpoints(stack, name);
-    let mine = ctx.memory.recall(stack, name).endpoints;
+    let mine = ctx.memory.read(stack, name, |m| m.endpoints.clone());
     let last = super::memory::last_written(mine.as_ref(), stored.clone());
     let published = (ctx.traffic)
         .publish(service, replicas, leaving, obs.started, last)
@@ -203,7 +203,7 @@ pub async fn take_down(
     for step in &plan.steps {
         match step {
             GoneStep::Unpublish => {
-                let had = ctx.memory.recall(stack, name).endpoints.is_some();
+                let had = ctx.memory.read(stack, name, |m| m.endpoints.is_some());
                 ctx.traffic.unpublish(stack, name, had).await?;
             }
             GoneStep::TakeDown(work) => {

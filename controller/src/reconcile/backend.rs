@@ -35,6 +35,23 @@ pub struct Env<'a> {
     pub memory: &'a Memories,
 }
 
+impl Env<'_> {
+    /// Writes a service's status (guarded by the spec it describes) and, if it was
+    /// written, remembers it as the last one written: the one rule for every status write.
+    pub async fn write_status(
+        &self,
+        service: &Service,
+        status: &ServiceStatus,
+    ) -> Result<bool, crate::store::StoreError> {
+        let written = self.store.write_status(service, status).await?;
+        if written {
+            let status = Arc::new(status.clone());
+            (self.memory).update(&service.stack, &service.name, |m| m.status = Some(status));
+        }
+        Ok(written)
+    }
+}
+
 /// Everything the planner decides on.
 pub struct Observation {
     pub stack: Arc<Stack>,

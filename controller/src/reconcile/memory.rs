@@ -110,6 +110,15 @@ impl Memories {
             .unwrap_or_default()
     }
 
+    /// Reads the service's record (an empty one when there is none) without copying it.
+    pub fn read<R>(&self, stack: &str, service: &str, f: impl FnOnce(&ServiceMemory) -> R) -> R {
+        let services = self.services.lock().unwrap();
+        match services.get(&key(stack, service)) {
+            Some(record) => f(record),
+            None => f(&ServiceMemory::default()),
+        }
+    }
+
     /// Changes the service's record; a record left empty is dropped.
     pub fn update<R>(
         &self,

@@ -209,17 +209,8 @@ async fn write(
     service: &capstan_api::object::Service,
     status: &capstan_api::object::ServiceStatus,
 ) -> Result<(), ReconcileError> {
-    let written = ctx
-        .store
-        .write_status(service, status)
-        .await
-        .map_err(ReconcileError::Status)?;
-    if written {
-        let status = std::sync::Arc::new(status.clone());
-        ctx.memory
-            .update(&service.stack, &service.name, |m| m.status = Some(status));
-    }
-    Ok(())
+    let written = ctx.env().write_status(service, status).await;
+    written.map(|_| ()).map_err(ReconcileError::Status)
 }
 
 /// While the engine does not answer: the service's status says so (written once, as it
@@ -234,7 +225,7 @@ pub async fn engine_unreachable(
         return again;
     };
     let stored = ctx.desired.status(stack, name);
-    let mine = ctx.memory.recall(stack, name).status;
+    let mine = ctx.memory.read(stack, name, |m| m.status.clone());
     let previous = last_written(mine.as_ref(), stored);
     let status = status::engine_unreachable(previous.as_deref(), &now_rfc3339());
     if previous.as_deref() != Some(&status) {

@@ -136,14 +136,8 @@ async fn prepare(
 /// visible while it runs. A failed write only costs that visibility.
 async fn announce(ctx: &Env<'_>, obs: &Observation, status: &capstan_api::object::ServiceStatus) {
     let service = &obs.service;
-    match ctx.store.write_status(service, status).await {
-        Ok(true) => ctx.memory.update(&service.stack, &service.name, |m| {
-            m.status = Some(std::sync::Arc::new(status.clone()))
-        }),
-        Ok(false) => {}
-        Err(e) => {
-            tracing::debug!(stack = %service.stack, service = %service.name, error = %e, "the PullingImage status was not written")
-        }
+    if let Err(e) = ctx.write_status(service, status).await {
+        tracing::debug!(stack = %service.stack, service = %service.name, error = %e, "the PullingImage status was not written");
     }
 }
 
