@@ -7,32 +7,13 @@ const CLIENT_SIDE: &[&str] = &["extends", "profiles", "env_file", "include"];
 /// Service keys of the Compose specification that capstan does not honour yet.
 const SERVICE_OPTIONS: &[&str] = &[
     "attach",
-    "blkio_config",
-    "cgroup",
-    "cgroup_parent",
-    "cpu_count",
-    "cpu_percent",
-    "cpu_period",
-    "cpu_quota",
-    "cpu_rt_period",
-    "cpu_rt_runtime",
     "credential_spec",
     "develop",
-    "device_cgroup_rules",
     "driver_opts",
-    "external_links",
     "gpus",
-    "ipc",
     "isolation",
-    "mem_swappiness",
-    "pid",
-    "post_start",
-    "pre_stop",
     "provider",
-    "storage_opt",
     "use_api_socket",
-    "userns_mode",
-    "uts",
     "models",
     "label_file",
 ];
@@ -132,8 +113,8 @@ mod tests {
 
     #[test]
     fn a_refused_key_says_why_without_listing_every_supported_key() {
-        let errs = errors("services: {web: {image: x, ipc: host, imgae: y, profiles: [a]}}");
-        assert_eq!(errs[0].field, "services.web.ipc");
+        let errs = errors("services: {web: {image: x, gpus: all, imgae: y, profiles: [a]}}");
+        assert_eq!(errs[0].field, "services.web.gpus");
         assert!(
             errs[0].reason.contains("does not honour yet"),
             "{}",
