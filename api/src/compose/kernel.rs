@@ -245,9 +245,16 @@ impl Parser {
         out
     }
 
-    /// The CFS options against `cpus`: the engine refuses a period or quota next to
-    /// nano-CPUs (its `cpus`), and a real-time runtime beyond its period.
-    pub(super) fn check_cpu(&mut self, path: &str, o: &ContainerOptions) {
+    /// What the engine would refuse at create: a `hostname` in the host's UTS namespace
+    /// (the host's name is the container's), a CFS period or quota next to nano-CPUs (its
+    /// `cpus`), and a real-time runtime beyond its period.
+    pub(super) fn check_kernel(&mut self, path: &str, o: &ContainerOptions) {
+        if o.uts.as_deref() == Some("host") && o.hostname.is_some() {
+            self.err(
+                join(path, "hostname"),
+                "with `uts: host` the container has the host's name: remove `hostname`",
+            );
+        }
         if o.nano_cpus.is_some() {
             for (key, set) in [
                 ("cpu_period", o.cpu_period.is_some()),
@@ -477,6 +484,14 @@ mod tests {
                 "services.web.external_links[0]",
                 "services.web.storage_opt[0]",
             ]
+        );
+    }
+
+    #[test]
+    fn a_hostname_in_the_hosts_uts_namespace_is_refused_as_the_engine_would() {
+        assert_eq!(
+            fields("services: {web: {image: x, uts: host, hostname: web}}"),
+            vec!["services.web.hostname"]
         );
     }
 

@@ -107,7 +107,7 @@ impl Parser {
             None => self.err(join(path, "image"), missing_image(v)),
         }
         self.check_single_replica_options(path, &s);
-        self.check_cpu(path, &s.options);
+        self.check_kernel(path, &s.options);
         self.check_network_mode(path, &s, networks_given);
         if s.networks.is_empty() && s.options.network_mode.is_none() {
             s.networks.insert(

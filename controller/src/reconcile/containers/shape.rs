@@ -73,10 +73,11 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerConfig 
             host_port: p.host_port_for(ordinal),
         })
         .collect();
-    // On the host's network the container has the host's name, and a sidecar its partner's;
-    // the engine refuses another.
+    // On the host's network (or in its UTS namespace) the container has the host's name, and
+    // a sidecar its partner's; the engine refuses another.
     let hostname = match (&spec.options.hostname, &spec.options.network_mode) {
         (_, Some(NetworkMode::Host | NetworkMode::Partner(_))) => String::new(),
+        _ if spec.options.uts.as_deref() == Some("host") => String::new(),
         (Some(h), _) => h.clone(),
         (None, _) => names::default_hostname(&name),
     };
