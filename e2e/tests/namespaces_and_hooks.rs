@@ -139,7 +139,10 @@ networks:
     let host = |format: &str| inspect(&app, format);
     // The engine keeps the container it resolved the name to.
     let db_id = inspect(&db, "{{.Id}}");
-    assert_eq!(host("{{.HostConfig.IpcMode}}"), format!("container:{db_id}"));
+    assert_eq!(
+        host("{{.HostConfig.IpcMode}}"),
+        format!("container:{db_id}")
+    );
     assert_eq!(
         exec(&app, "readlink /proc/self/ns/ipc"),
         exec(&db, "readlink /proc/self/ns/ipc"),
@@ -152,7 +155,11 @@ networks:
     assert!(cmdline.contains("trap"), "host PID {pid} is {cmdline:?}");
     assert_eq!(host("{{.HostConfig.UTSMode}}"), "host");
     let engine_host = docker(&["info", "--format", "{{.Name}}"]);
-    assert_eq!(exec(&app, "hostname"), engine_host.trim(), "the host's name");
+    assert_eq!(
+        exec(&app, "hostname"),
+        engine_host.trim(),
+        "the host's name"
+    );
     assert_eq!(host("{{.HostConfig.UsernsMode}}"), "host");
     assert_eq!(host("{{.HostConfig.CgroupnsMode}}"), "private");
     assert_eq!(host("{{.HostConfig.CgroupParent}}"), "/docker");

@@ -83,6 +83,19 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
         (_, "<<") => "a YAML merge key that was not expanded: its value must be an alias \
                       (`<<: *name`) or a list of aliases (`<<: [*a, *b]`) to maps"
             .into(),
+        (p, "additional_contexts") if p.starts_with("services.") && p.ends_with(".build") => {
+            "unsupported key \"additional_contexts\": named build contexts are a BuildKit \
+             feature, and capstan builds with the engine's classic builder (BuildKit needs \
+             buildx), which has no such contexts; copy the files into the context, or build \
+             the image with `docker buildx build` and name it in `image`"
+                .into()
+        }
+        (p, "ulimits") if p.starts_with("services.") && p.ends_with(".build") => {
+            "unsupported key \"ulimits\": the engine's classic builder takes build ulimits, \
+             but the Docker client library capstan uses cannot send them yet, so they would \
+             be dropped; set them on the service (`ulimits:`) for its containers"
+                .into()
+        }
         (p, k) if p.starts_with("services.") && p.ends_with(".build") => format!(
             "unsupported key {k:?}: a Compose build option capstan does not honour yet (the \
              engine's classic builder is used), refused rather than ignored"
@@ -148,6 +161,19 @@ mod tests {
         assert!(errs.iter().all(|e| e
             .reason
             .contains("network option capstan does not honour yet")));
+    }
+
+    #[test]
+    fn build_keys_the_classic_builder_cannot_take_from_capstan_say_why() {
+        let errs = errors(
+            "services: {web: {build: {context: ., additional_contexts: {assets: ./a}, ulimits: {nofile: 1024}}}}",
+        );
+        assert!(errs[0].reason.contains("BuildKit"), "{}", errs[0].reason);
+        assert!(
+            errs[1].reason.contains("set them on the service"),
+            "{}",
+            errs[1].reason
+        );
     }
 
     #[test]
