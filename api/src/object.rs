@@ -323,6 +323,9 @@ pub enum Reason {
     /// The engine refused to create a network or volume the service needs (a driver that
     /// fails, a name it rejects); the message names the resource and gives the engine's words.
     ResourceRefused,
+    /// A `post_start` hook failed in a new replica, which was removed again; retried with
+    /// back-off.
+    HookFailed,
 }
 
 impl Reason {
@@ -360,6 +363,7 @@ impl Reason {
             Reason::ErrImageNeverPull => "ErrImageNeverPull",
             Reason::FilesUnavailable => "FilesUnavailable",
             Reason::ResourceRefused => "ResourceRefused",
+            Reason::HookFailed => "HookFailed",
         }
     }
 }

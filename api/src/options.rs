@@ -100,6 +100,95 @@ pub struct ContainerOptions {
     /// `volumes_from`: every volume of a partner's replica, mounted here too.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes_from: Vec<VolumesFrom>,
+    /// `ipc`: `host`, `private`, `shareable`, `none`, `container:NAME` or `service:NAME`
+    /// (that service's first replica), as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<String>,
+    /// `pid`: `host`, `container:NAME` or `service:NAME`, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<String>,
+    /// `uts: host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uts: Option<String>,
+    /// `userns_mode: host`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub userns_mode: Option<String>,
+    /// `cgroup`: `host` or `private` (the cgroup namespace).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_count: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<i64>,
+    /// Microseconds, as the engine takes them (Compose durations are converted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_period: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_quota: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_period: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_rt_runtime: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blkio: Option<Blkio>,
+    /// `c 1:3 mr`, `a *:* rwm`: device cgroup rules, as the engine takes them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_cgroup_rules: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_swappiness: Option<i64>,
+    /// Storage driver options (`size: 1G`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_opt: BTreeMap<String, String>,
+    /// `external_links`: `CONTAINER:ALIAS` (the alias defaults to the container's name), a
+    /// container capstan does not make, reachable under the alias on each network joined.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub external_links: Vec<String>,
+}
+
+/// `blkio_config`: block IO weights and limits, in the engine's units (bytes and operations
+/// per second).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Blkio {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub weight_device: Vec<DeviceRate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_read_bps: Vec<DeviceRate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_write_bps: Vec<DeviceRate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_read_iops: Vec<DeviceRate>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub device_write_iops: Vec<DeviceRate>,
+}
+
+/// A host device and its weight or rate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRate {
+    pub path: String,
+    pub rate: i64,
+}
+
+/// One `post_start` or `pre_stop` hook: a command capstan runs in the container through the
+/// engine's exec API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Hook {
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Added to (or overriding) the service's environment for this command.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
 }
 
 impl ContainerOptions {

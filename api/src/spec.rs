@@ -96,6 +96,13 @@ pub struct ServiceSpec {
     /// `configs`: files mounted read-only at their target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<FileMount>,
+    /// `post_start`: run in each replica, in order, after capstan started it. Part of the
+    /// container hash, as in Compose: a changed hook recreates the replicas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_start: Vec<Hook>,
+    /// `pre_stop`: run in each running replica, in order, before capstan stops it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_stop: Vec<Hook>,
 }
 
 /// What `capstan rollout` changes besides the file's spec, as a Deployment's `paused` and

@@ -340,7 +340,7 @@ fn a_file_with_bad_option_values_is_refused_with_every_field_and_nothing_is_stor
 services:
   web:
     image: {IMAGE}
-    ipc: host
+    ipc: hots
     shm_size: lots
     ulimits: {{nofile: {{soft: 10, hard: 5}}}}
     volumes:

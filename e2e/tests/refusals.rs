@@ -33,33 +33,14 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ("build.isolation", "services: {web: {image: {IMAGE}, build: {context: ., isolation: default}}}", "services.web.build.isolation"),
     ("build.ulimits", "services: {web: {image: {IMAGE}, build: {context: ., ulimits: {nofile: 1024}}}}", "services.web.build.ulimits"),
     ("attach", "services: {web: {image: {IMAGE}, attach: false}}", "services.web.attach"),
-    ("blkio_config", "services: {web: {image: {IMAGE}, blkio_config: {weight: 300}}}", "services.web.blkio_config"),
-    ("cgroup", "services: {web: {image: {IMAGE}, cgroup: host}}", "services.web.cgroup"),
-    ("cgroup_parent", "services: {web: {image: {IMAGE}, cgroup_parent: m-executor}}", "services.web.cgroup_parent"),
-    ("cpu_count", "services: {web: {image: {IMAGE}, cpu_count: 2}}", "services.web.cpu_count"),
-    ("cpu_percent", "services: {web: {image: {IMAGE}, cpu_percent: 50}}", "services.web.cpu_percent"),
-    ("cpu_period", "services: {web: {image: {IMAGE}, cpu_period: 100000}}", "services.web.cpu_period"),
-    ("cpu_quota", "services: {web: {image: {IMAGE}, cpu_quota: 50000}}", "services.web.cpu_quota"),
-    ("cpu_rt_period", "services: {web: {image: {IMAGE}, cpu_rt_period: 1000000}}", "services.web.cpu_rt_period"),
-    ("cpu_rt_runtime", "services: {web: {image: {IMAGE}, cpu_rt_runtime: 950000}}", "services.web.cpu_rt_runtime"),
     ("credential_spec", "services: {web: {image: {IMAGE}, credential_spec: {file: spec.json}}}", "services.web.credential_spec"),
     ("develop", "services: {web: {image: {IMAGE}, develop: {watch: [{path: ./src, action: sync, target: /app}]}}}", "services.web.develop"),
-    ("device_cgroup_rules", "services: {web: {image: {IMAGE}, device_cgroup_rules: ['c 1:3 mr']}}", "services.web.device_cgroup_rules"),
     ("driver_opts", "services: {web: {image: {IMAGE}, driver_opts: {a: b}}}", "services.web.driver_opts"),
-    ("external_links", "services: {web: {image: {IMAGE}, external_links: [redis]}}", "services.web.external_links"),
     ("gpus", "services: {web: {image: {IMAGE}, gpus: all}}", "services.web.gpus"),
-    ("ipc", "services: {web: {image: {IMAGE}, ipc: host}}", "services.web.ipc"),
     ("isolation", "services: {web: {image: {IMAGE}, isolation: default}}", "services.web.isolation"),
-    ("mem_swappiness", "services: {web: {image: {IMAGE}, mem_swappiness: 0}}", "services.web.mem_swappiness"),
-    ("pid", "services: {web: {image: {IMAGE}, pid: host}}", "services.web.pid"),
-    ("post_start", "services: {web: {image: {IMAGE}, post_start: [{command: 'echo up'}]}}", "services.web.post_start"),
-    ("pre_stop", "services: {web: {image: {IMAGE}, pre_stop: [{command: 'echo down'}]}}", "services.web.pre_stop"),
     ("provider", "services: {web: {image: {IMAGE}, provider: {type: model, options: {model: ai/x}}}}", "services.web.provider"),
     ("pull_policy (an unknown value)", "services: {web: {image: {IMAGE}, pull_policy: sometimes}}", "services.web.pull_policy"),
-    ("storage_opt", "services: {web: {image: {IMAGE}, storage_opt: {size: 1G}}}", "services.web.storage_opt"),
     ("use_api_socket", "services: {web: {image: {IMAGE}, use_api_socket: true}}", "services.web.use_api_socket"),
-    ("userns_mode", "services: {web: {image: {IMAGE}, userns_mode: host}}", "services.web.userns_mode"),
-    ("uts", "services: {web: {image: {IMAGE}, uts: host}}", "services.web.uts"),
     ("models", "services: {web: {image: {IMAGE}, models: [llm]}}", "services.web.models"),
     ("label_file", "services: {web: {image: {IMAGE}, label_file: ./web.labels}}", "services.web.label_file"),
     ("services.*.configs: an undeclared config", "services: {web: {image: {IMAGE}, configs: [site]}}", "services.web.configs[0]"),
@@ -459,7 +440,7 @@ fn a_dry_run_of_an_invalid_file_exits_non_zero_naming_every_error_and_writes_not
 services:
   web:
     image: {IMAGE}
-    ipc: host
+    gpus: all
     ports: ["eighty"]
   db:
     image: {IMAGE}
@@ -475,7 +456,7 @@ networks:
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a dry run of an invalid file fails");
     let missing: Vec<&str> = [
-        "services.web.ipc",
+        "services.web.gpus",
         "services.web.ports[0]",
         "services.db.restart",
         "services.db.deploy.resources.reservations.cpus",
@@ -548,7 +529,7 @@ services:
 fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
     let h = Harness::start("invalid");
     let (d, s, etcd) = (&h.d, &h.s, &h.etcd);
-    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    ipc: host\n");
+    let body = format!("services:\n  web:\n    image: {IMAGE}\n    deploy:\n      replicas: three\n    gpus: all\n");
     let resp = d
         .api()
         .put(format!("{API}/v1/stacks/{}", s.name))
@@ -565,7 +546,7 @@ fn an_invalid_file_is_refused_naming_the_field_and_nothing_reaches_etcd() {
         .collect();
     assert_eq!(
         fields,
-        vec!["services.web.ipc", "services.web.deploy.replicas"],
+        vec!["services.web.gpus", "services.web.deploy.replicas"],
         "{err}"
     );
     assert!(err["details"][1]["reason"]

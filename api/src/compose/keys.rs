@@ -7,32 +7,13 @@ const CLIENT_SIDE: &[&str] = &["extends", "profiles", "env_file", "include"];
 /// Service keys of the Compose specification that capstan does not honour yet.
 const SERVICE_OPTIONS: &[&str] = &[
     "attach",
-    "blkio_config",
-    "cgroup",
-    "cgroup_parent",
-    "cpu_count",
-    "cpu_percent",
-    "cpu_period",
-    "cpu_quota",
-    "cpu_rt_period",
-    "cpu_rt_runtime",
     "credential_spec",
     "develop",
-    "device_cgroup_rules",
     "driver_opts",
-    "external_links",
     "gpus",
-    "ipc",
     "isolation",
-    "mem_swappiness",
-    "pid",
-    "post_start",
-    "pre_stop",
     "provider",
-    "storage_opt",
     "use_api_socket",
-    "userns_mode",
-    "uts",
     "models",
     "label_file",
 ];
@@ -102,6 +83,19 @@ pub(super) fn unsupported(path: &str, key: &str) -> String {
         (_, "<<") => "a YAML merge key that was not expanded: its value must be an alias \
                       (`<<: *name`) or a list of aliases (`<<: [*a, *b]`) to maps"
             .into(),
+        (p, "additional_contexts") if p.starts_with("services.") && p.ends_with(".build") => {
+            "unsupported key \"additional_contexts\": named build contexts are a BuildKit \
+             feature, and capstan builds with the engine's classic builder (BuildKit needs \
+             buildx), which has no such contexts; copy the files into the context, or build \
+             the image with `docker buildx build` and name it in `image`"
+                .into()
+        }
+        (p, "ulimits") if p.starts_with("services.") && p.ends_with(".build") => {
+            "unsupported key \"ulimits\": the engine's classic builder takes build ulimits, \
+             but the Docker client library capstan uses cannot send them yet, so they would \
+             be dropped; set them on the service (`ulimits:`) for its containers"
+                .into()
+        }
         (p, k) if p.starts_with("services.") && p.ends_with(".build") => format!(
             "unsupported key {k:?}: a Compose build option capstan does not honour yet (the \
              engine's classic builder is used), refused rather than ignored"
@@ -132,8 +126,8 @@ mod tests {
 
     #[test]
     fn a_refused_key_says_why_without_listing_every_supported_key() {
-        let errs = errors("services: {web: {image: x, ipc: host, imgae: y, profiles: [a]}}");
-        assert_eq!(errs[0].field, "services.web.ipc");
+        let errs = errors("services: {web: {image: x, gpus: all, imgae: y, profiles: [a]}}");
+        assert_eq!(errs[0].field, "services.web.gpus");
         assert!(
             errs[0].reason.contains("does not honour yet"),
             "{}",
@@ -167,6 +161,19 @@ mod tests {
         assert!(errs.iter().all(|e| e
             .reason
             .contains("network option capstan does not honour yet")));
+    }
+
+    #[test]
+    fn build_keys_the_classic_builder_cannot_take_from_capstan_say_why() {
+        let errs = errors(
+            "services: {web: {build: {context: ., additional_contexts: {assets: ./a}, ulimits: {nofile: 1024}}}}",
+        );
+        assert!(errs[0].reason.contains("BuildKit"), "{}", errs[0].reason);
+        assert!(
+            errs[1].reason.contains("set them on the service"),
+            "{}",
+            errs[1].reason
+        );
     }
 
     #[test]

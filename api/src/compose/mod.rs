@@ -28,8 +28,10 @@ mod chars;
 mod deploy;
 pub mod env;
 mod healthcheck;
+mod hooks;
 mod include;
 pub mod interpolate;
+mod kernel;
 mod keys;
 pub mod merge;
 mod networks;
@@ -233,9 +235,9 @@ volumes: {db_data: {}}
 
     #[test]
     fn an_unknown_key_is_an_error_naming_it() {
-        let errs = errors("services: {web: {image: x, ipc: host}}");
-        assert_eq!(errs[0].field, "services.web.ipc");
-        assert!(errs[0].reason.contains("unsupported key \"ipc\""));
+        let errs = errors("services: {web: {image: x, gpus: all}}");
+        assert_eq!(errs[0].field, "services.web.gpus");
+        assert!(errs[0].reason.contains("unsupported key \"gpus\""));
         assert_eq!(
             fields("services: {web: {image: x}}\nmodels: {}"),
             vec!["models"]

@@ -96,7 +96,7 @@ impl Parser {
             "oom_score_adj" => o.oom_score_adj = self.integer(field, v, -1000, 1000),
             "network_mode" => o.network_mode = self.network_mode(field, v),
             "volumes_from" => o.volumes_from = self.volumes_from(field, v),
-            _ => unreachable!("{key} is in OPTION_KEYS"),
+            _ => self.kernel_option(field, key, v, o),
         }
     }
 

@@ -1,6 +1,7 @@
 //! One service: its keys, replica counts, `depends_on` and `restart`.
 
 use super::deploy::Deploy;
+use super::kernel::KERNEL_KEYS;
 use super::options::OPTION_KEYS;
 use super::yaml::Value;
 use super::{describe, join, kind, FieldError, Link, Parser, MAX_REPLICAS};
@@ -29,6 +30,8 @@ impl Parser {
         "pull_policy",
         "secrets",
         "configs",
+        "post_start",
+        "pre_stop",
     ];
 
     pub(super) fn service(&mut self, path: &str, v: &Value) -> Option<ServiceSpec> {
@@ -43,6 +46,7 @@ impl Parser {
         let keys: Vec<&str> = Self::SERVICE_KEYS
             .iter()
             .chain(OPTION_KEYS)
+            .chain(KERNEL_KEYS)
             .copied()
             .collect();
         for (key, val) in self.map(path, v, &keys) {
@@ -84,6 +88,8 @@ impl Parser {
                 "pull_policy" => s.pull_policy = self.pull_policy(&field, val),
                 "secrets" => s.secrets = self.file_mounts(FileKind::Secret, &field, val),
                 "configs" => s.configs = self.file_mounts(FileKind::Config, &field, val),
+                "post_start" => s.post_start = self.hooks(&field, val),
+                "pre_stop" => s.pre_stop = self.hooks(&field, val),
                 other => self.option(&field, other, val, &mut s.options),
             }
         }
@@ -101,6 +107,7 @@ impl Parser {
             None => self.err(join(path, "image"), missing_image(v)),
         }
         self.check_single_replica_options(path, &s);
+        self.check_kernel(path, &s.options);
         self.check_network_mode(path, &s, networks_given);
         if s.networks.is_empty() && s.options.network_mode.is_none() {
             s.networks.insert(

@@ -53,6 +53,7 @@ impl Parser {
         }
         self.apply_links(&mut spec);
         self.pair_sidecars(&mut spec);
+        self.join_namespaces(&mut spec);
         self.settle_files(&mut spec);
         self.cross_check(&spec);
         self.check_stateful(&spec);

@@ -11,8 +11,9 @@
 //! ```yaml
 //! privileged: false          # privileged: true
 //! host_network: false        # network_mode: host, or an external network named `host`
+//! host_namespaces: false     # pid, ipc, uts, userns_mode, cgroup: host; pid/ipc joining another container
 //! cap_add: [NET_ADMIN, SYS_PTRACE]  # capabilities beyond Docker's default set
-//! devices: [/dev/null, /dev/zero, /dev/random, /dev/urandom, /dev/fuse]
+//! devices: [/dev/null, /dev/zero, /dev/random, /dev/urandom, /dev/fuse]  # and device cgroup rules
 //! unconfined: false          # security_opt seccomp=unconfined, apparmor=unconfined, label=disable
 //! sysctls: [net.]            # allowed sysctl prefixes (net.* is per container)
 //! bind_mounts: [/home, /srv, /opt, /mnt, /media, /tmp, /var/tmp, /work, /data]
@@ -39,8 +40,16 @@
 //! [`Policy::check_on_host`] also checks each path as the host resolves it (symlinks).
 //!
 //! Host namespaces: `network_mode: host`, an external network named `host` and
-//! `build.network: host` fall under `host_network`; `pid`, `ipc`, `uts`, `cgroup` and
-//! `userns_mode` are refused by the Compose parser as unsupported. Secrets' and configs'
+//! `build.network: host` fall under `host_network`. `host_namespaces` covers the others:
+//! `pid: host` sees and signals every process of the host, `ipc: host` reaches its shared
+//! memory, `uts: host` may rename it, `userns_mode: host` undoes a remapped root and
+//! `cgroup: host` shows the host's cgroup tree; `pid` or `ipc` joining another container
+//! (`container:NAME`, `service:NAME`) reaches into that one, which may itself be privileged.
+//! A `device_cgroup_rules` entry lets the container use any device node of that number
+//! (`a *:* rwm`: every disk), so it falls under `devices`: allowed only when `devices`
+//! lists the rule itself (`"c 10:229 rwm"`). A `post_start` or `pre_stop` hook with
+//! `privileged: true` runs a privileged process in the container: the `privileged` rule.
+//! Secrets' and configs'
 //! `file:` is read by the client, never by the daemon (the API takes only `content:`), and a
 //! `build:` context is uploaded by the client, never read from the daemon's disk.
 
@@ -90,9 +99,12 @@ pub struct Policy {
     pub privileged: bool,
     /// `network_mode: host`, or an external network whose engine name is `host`.
     pub host_network: bool,
+    /// `pid`, `ipc`, `uts`, `userns_mode` or `cgroup` set to `host`, and `pid` or `ipc`
+    /// joining another container's namespace.
+    pub host_namespaces: bool,
     /// Capabilities beyond Docker's default set that `cap_add` may name (`ALL` for any).
     pub cap_add: Vec<String>,
-    /// Host device paths `devices` may map.
+    /// Host device paths `devices` may map, and the `device_cgroup_rules` allowed as written.
     pub devices: Vec<String>,
     /// `security_opt` that disables seccomp, AppArmor or SELinux labelling.
     pub unconfined: bool,
@@ -132,6 +144,7 @@ impl Default for Policy {
         Policy {
             privileged: false,
             host_network: false,
+            host_namespaces: false,
             cap_add: strings(&["NET_ADMIN", "SYS_PTRACE"]),
             devices: strings(&[
                 "/dev/null",
@@ -318,7 +331,18 @@ impl Policy {
                 "host networking shares the host's network stack".into(),
             );
         }
+        self.check_namespaces(path, o, out);
+        self.check_hooks(path, svc, out);
         self.check_caps(path, &o.cap_add, out);
+        for (i, rule) in o.device_cgroup_rules.iter().enumerate() {
+            if !self.devices.iter().any(|d| d == rule) {
+                out.refuse(
+                    format!("{path}.device_cgroup_rules[{i}]"),
+                    "devices",
+                    format!("device cgroup rule {rule:?} lets the container use the host's devices of that number; allowed only when `devices:` lists the rule itself"),
+                );
+            }
+        }
         for (i, d) in o.devices.iter().enumerate() {
             let host = normalize_path(&d.host).unwrap_or_default();
             if !self.devices.contains(&host) {
@@ -353,6 +377,55 @@ impl Policy {
                 .extend(self.check_build(&format!("{path}.build"), build));
         }
         self.check_ports(path, svc, out);
+    }
+
+    /// `host_namespaces`: the namespaces a container may share with the host or another
+    /// container.
+    fn check_namespaces(
+        &self,
+        path: &str,
+        o: &crate::spec::ContainerOptions,
+        out: &mut Violations,
+    ) {
+        if self.host_namespaces {
+            return;
+        }
+        let modes = [
+            ("pid", &o.pid),
+            ("ipc", &o.ipc),
+            ("uts", &o.uts),
+            ("userns_mode", &o.userns_mode),
+            ("cgroup", &o.cgroup),
+        ];
+        for (key, mode) in modes {
+            let Some(mode) = mode.as_deref() else {
+                continue;
+            };
+            let why = match mode.split_once(':') {
+                _ if mode == "host" => format!("`{key}: host` shares the host's {key} namespace"),
+                Some(("container" | "service", name)) => format!(
+                    "`{key}: {mode}` joins the {key} namespace of {name}, and with it whatever that container may reach"
+                ),
+                _ => continue,
+            };
+            out.refuse(format!("{path}.{key}"), "host_namespaces", why);
+        }
+    }
+
+    /// A privileged hook is a privileged process in the container: the `privileged` rule.
+    fn check_hooks(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
+        if self.privileged {
+            return;
+        }
+        for (key, hooks) in [("post_start", &svc.post_start), ("pre_stop", &svc.pre_stop)] {
+            for (i, _) in hooks.iter().enumerate().filter(|(_, h)| h.privileged) {
+                out.refuse(
+                    format!("{path}.{key}[{i}].privileged"),
+                    "privileged",
+                    "a privileged hook runs as root on the host".into(),
+                );
+            }
+        }
     }
 
     fn check_caps(&self, path: &str, caps: &[String], out: &mut Violations) {
@@ -554,6 +627,71 @@ mod tests {
         );
         let open = Policy::from_yaml("host_network: true").unwrap();
         assert_eq!(refusals(&open, external), vec![]);
+    }
+
+    #[test]
+    fn host_namespaces_and_joined_ones_are_refused_unless_allowed() {
+        let yaml = "services: {web: {image: x, pid: host, ipc: 'service:db', uts: host, userns_mode: host, cgroup: host}, db: {image: x, ipc: shareable, cgroup: private}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                ("services.web.cgroup".into(), "host_namespaces".into()),
+                ("services.web.ipc".into(), "host_namespaces".into()),
+                ("services.web.pid".into(), "host_namespaces".into()),
+                ("services.web.userns_mode".into(), "host_namespaces".into()),
+                ("services.web.uts".into(), "host_namespaces".into()),
+            ]
+        );
+        assert_eq!(
+            refused_by_default("services: {web: {image: x, pid: 'container:other'}}"),
+            one("services.web.pid", "host_namespaces")
+        );
+        let open = Policy::from_yaml("host_namespaces: true").unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
+    }
+
+    #[test]
+    fn device_cgroup_rules_pass_only_when_the_devices_rule_lists_them() {
+        let yaml =
+            "services: {web: {image: x, device_cgroup_rules: ['c 10:229 rwm', 'a *:* rwm']}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                (
+                    "services.web.device_cgroup_rules[0]".into(),
+                    "devices".into()
+                ),
+                (
+                    "services.web.device_cgroup_rules[1]".into(),
+                    "devices".into()
+                ),
+            ]
+        );
+        let fuse = Policy::from_yaml("devices: [/dev/fuse, 'c 10:229 rwm']").unwrap();
+        assert_eq!(
+            refusals(&fuse, yaml),
+            one("services.web.device_cgroup_rules[1]", "devices")
+        );
+    }
+
+    #[test]
+    fn a_privileged_hook_falls_under_the_privileged_rule() {
+        let yaml = "services: {web: {image: x, post_start: [{command: a}, {command: b, privileged: true}], pre_stop: [{command: c, privileged: true}]}}";
+        assert_eq!(
+            refused_by_default(yaml),
+            vec![
+                (
+                    "services.web.post_start[1].privileged".into(),
+                    "privileged".into()
+                ),
+                (
+                    "services.web.pre_stop[0].privileged".into(),
+                    "privileged".into()
+                ),
+            ]
+        );
+        let open = Policy::from_yaml("privileged: true").unwrap();
+        assert_eq!(refusals(&open, yaml), vec![]);
     }
 
     #[test]

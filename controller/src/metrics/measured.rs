@@ -117,6 +117,9 @@ impl Runtime for MeasuredRuntime {
     async fn wait(&self, id: &str) -> Result<i64, RuntimeError> {
         measured!(self, Wait, self.inner.wait(id))
     }
+    async fn exec(&self, id: &str, hook: &capstan_api::spec::Hook) -> Result<i64, RuntimeError> {
+        measured!(self, Exec, self.inner.exec(id, hook))
+    }
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
         measured!(self, ListOneoffs, self.inner.oneoffs())
     }

@@ -61,10 +61,11 @@ pub enum DockerOp {
     Pull,
     Ping,
     Attach,
+    Exec,
 }
 
 impl DockerOp {
-    pub const ALL: [DockerOp; 19] = [
+    pub const ALL: [DockerOp; 20] = [
         DockerOp::List,
         DockerOp::Create,
         DockerOp::Start,
@@ -84,6 +85,7 @@ impl DockerOp {
         DockerOp::Pull,
         DockerOp::Ping,
         DockerOp::Attach,
+        DockerOp::Exec,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +109,7 @@ impl DockerOp {
             DockerOp::Pull => "pull",
             DockerOp::Ping => "ping",
             DockerOp::Attach => "attach",
+            DockerOp::Exec => "exec",
         }
     }
 }
@@ -134,7 +137,7 @@ mod tests {
             match d {
                 List | Create | Start | Restart | Inspect | Remove | Wait | ListOneoffs
                 | Rename | EnsureNetwork | EnsureVolume | ListNetworks | ListVolumes
-                | RemoveNetwork | RemoveVolume | InspectImage | Pull | Ping | Attach => (),
+                | RemoveNetwork | RemoveVolume | InspectImage | Pull | Ping | Attach | Exec => (),
             }
         };
     }

@@ -56,6 +56,7 @@ pub fn reason_of(e: &RuntimeError) -> capstan_api::object::Reason {
         RuntimeError::ExternalMissing { .. } => Reason::ExternalMissing,
         RuntimeError::NotOwned { .. } => Reason::NotOwned,
         RuntimeError::BindRefused { .. } => Reason::BindRefused,
+        RuntimeError::Hook { .. } => Reason::HookFailed,
         e if e.is_port_in_use() => Reason::PortInUse,
         e if e.is_network_error() => Reason::NetworkError,
         RuntimeError::Engine { .. } | RuntimeError::TooOld { .. } | RuntimeError::Fenced { .. } => {

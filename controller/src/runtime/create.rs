@@ -7,12 +7,13 @@
 
 use bollard::models::{
     ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HealthConfig,
-    HostConfig, HostConfigLogConfig, Ipam, IpamConfig, Mount as DockerMount, MountBindOptions,
-    MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType, MountVolumeOptions,
-    NetworkCreateRequest, NetworkingConfig, PortBinding as DockerPortBinding, ResourcesUlimits,
-    RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    HostConfig, HostConfigCgroupnsModeEnum, HostConfigLogConfig, Ipam, IpamConfig,
+    Mount as DockerMount, MountBindOptions, MountBindOptionsPropagationEnum, MountTmpfsOptions,
+    MountType, MountVolumeOptions, NetworkCreateRequest, NetworkingConfig,
+    PortBinding as DockerPortBinding, ResourcesBlkioWeightDevice, ResourcesUlimits, RestartPolicy,
+    RestartPolicyNameEnum, ThrottleDevice, VolumeCreateRequest,
 };
-use capstan_api::spec::{ContainerOptions, NetworkMode};
+use capstan_api::spec::{ContainerOptions, DeviceRate, NetworkMode};
 use std::collections::{BTreeMap, HashMap};
 
 use super::{Addresses, ContainerConfig, Mount, MountOptions, ResourceConfig, RuntimeError};
@@ -157,7 +158,56 @@ fn host_config(plan: &ContainerConfig) -> HostConfig {
         typ: l.driver.clone(),
         config: map(&l.options),
     });
+    kernel(o, &mut host);
     host
+}
+
+/// Namespaces, cgroup settings and storage options, as the engine takes them. `ipc` and
+/// `pid` naming a service were resolved to its first replica's container by the shaper.
+fn kernel(o: &ContainerOptions, host: &mut HostConfig) {
+    host.ipc_mode = o.ipc.clone();
+    host.pid_mode = o.pid.clone();
+    host.uts_mode = o.uts.clone();
+    host.userns_mode = o.userns_mode.clone();
+    host.cgroupns_mode = o.cgroup.as_deref().map(|c| match c {
+        "host" => HostConfigCgroupnsModeEnum::HOST,
+        _ => HostConfigCgroupnsModeEnum::PRIVATE,
+    });
+    host.cgroup_parent = o.cgroup_parent.clone();
+    host.cpu_count = o.cpu_count;
+    host.cpu_percent = o.cpu_percent;
+    host.cpu_period = o.cpu_period;
+    host.cpu_quota = o.cpu_quota;
+    host.cpu_realtime_period = o.cpu_rt_period;
+    host.cpu_realtime_runtime = o.cpu_rt_runtime;
+    host.memory_swappiness = o.mem_swappiness;
+    host.device_cgroup_rules = list(&o.device_cgroup_rules);
+    host.storage_opt = map(&o.storage_opt);
+    if let Some(b) = &o.blkio {
+        let throttles = |rates: &[DeviceRate]| {
+            (!rates.is_empty()).then(|| {
+                (rates.iter())
+                    .map(|r| ThrottleDevice {
+                        path: Some(r.path.clone()),
+                        rate: Some(r.rate),
+                    })
+                    .collect()
+            })
+        };
+        host.blkio_weight = b.weight;
+        host.blkio_weight_device = (!b.weight_device.is_empty()).then(|| {
+            (b.weight_device.iter())
+                .map(|r| ResourcesBlkioWeightDevice {
+                    path: Some(r.path.clone()),
+                    weight: Some(r.rate as usize),
+                })
+                .collect()
+        });
+        host.blkio_device_read_bps = throttles(&b.device_read_bps);
+        host.blkio_device_write_bps = throttles(&b.device_write_bps);
+        host.blkio_device_read_iops = throttles(&b.device_read_iops);
+        host.blkio_device_write_iops = throttles(&b.device_write_iops);
+    }
 }
 
 /// Memory, CPU, pids, ulimits and devices.
@@ -202,14 +252,23 @@ fn endpoints(plan: &ContainerConfig) -> Option<HashMap<String, EndpointSettings>
         return None;
     }
     plan.networks.first().map(|(net, aliases)| {
-        HashMap::from([(net.clone(), endpoint(aliases, plan.addresses.get(net)))])
+        HashMap::from([(
+            net.clone(),
+            endpoint(plan, aliases, plan.addresses.get(net)),
+        )])
     })
 }
 
-/// One network endpoint of a replica.
-pub fn endpoint(aliases: &[String], addresses: Option<&Addresses>) -> EndpointSettings {
+/// One network endpoint of a replica; `external_links` are per endpoint on user networks,
+/// as Compose passes them.
+pub fn endpoint(
+    plan: &ContainerConfig,
+    aliases: &[String],
+    addresses: Option<&Addresses>,
+) -> EndpointSettings {
     EndpointSettings {
         aliases: Some(aliases.to_vec()),
+        links: list(&plan.options.external_links),
         ipam_config: addresses.map(|a| EndpointIpamConfig {
             ipv4_address: a.ipv4.clone(),
             ipv6_address: a.ipv6.clone(),
@@ -611,6 +670,70 @@ volumes: {data: {}}
         let (plan, _, _) =
             shaped("services: {web: {image: w, mac_address: \"02:42:ac:11:00:02\"}}");
         assert!(body(&plan, OLD).is_err());
+    }
+
+    #[test]
+    fn namespace_cgroup_and_storage_options_reach_the_host_config() {
+        let b = create(
+            r#"services: {web: {image: w, ipc: shareable, pid: host, uts: host, userns_mode: host, cgroup: host,
+               cgroup_parent: capstan.slice, cpu_count: 2, cpu_percent: 50, cpu_period: 100ms, cpu_quota: 50000,
+               cpu_rt_period: 1000000, cpu_rt_runtime: 950000, mem_swappiness: 10, storage_opt: {size: 1G},
+               device_cgroup_rules: ["c 1:3 mr"], blkio_config: {weight: 300, weight_device: [{path: /dev/sda, weight: 400}],
+               device_read_bps: [{path: /dev/sda, rate: 1mb}], device_write_bps: [{path: /dev/sda, rate: 2mb}],
+               device_read_iops: [{path: /dev/sda, rate: 100}], device_write_iops: [{path: /dev/sda, rate: 200}]}}}"#,
+        );
+        let h = b.host_config.unwrap();
+        assert_eq!(
+            (
+                h.ipc_mode.as_deref(),
+                h.pid_mode.as_deref(),
+                h.uts_mode.as_deref(),
+                h.userns_mode.as_deref()
+            ),
+            (Some("shareable"), Some("host"), Some("host"), Some("host"))
+        );
+        assert_eq!(h.cgroupns_mode, Some(HostConfigCgroupnsModeEnum::HOST));
+        assert_eq!(h.cgroup_parent.as_deref(), Some("capstan.slice"));
+        assert_eq!((h.cpu_count, h.cpu_percent), (Some(2), Some(50)));
+        assert_eq!((h.cpu_period, h.cpu_quota), (Some(100_000), Some(50_000)));
+        assert_eq!(
+            (h.cpu_realtime_period, h.cpu_realtime_runtime),
+            (Some(1_000_000), Some(950_000))
+        );
+        assert_eq!(h.memory_swappiness, Some(10));
+        assert_eq!(h.storage_opt.unwrap()["size"], "1G");
+        assert_eq!(h.device_cgroup_rules.unwrap(), vec!["c 1:3 mr"]);
+        assert_eq!(h.blkio_weight, Some(300));
+        assert_eq!(h.blkio_weight_device.unwrap()[0].weight, Some(400));
+        let rate = |t: Option<Vec<ThrottleDevice>>| {
+            let t = &t.unwrap()[0];
+            (t.path.clone().unwrap(), t.rate.unwrap())
+        };
+        assert_eq!(rate(h.blkio_device_read_bps), ("/dev/sda".into(), 1 << 20));
+        assert_eq!(rate(h.blkio_device_write_bps), ("/dev/sda".into(), 2 << 20));
+        assert_eq!(rate(h.blkio_device_read_iops), ("/dev/sda".into(), 100));
+        assert_eq!(rate(h.blkio_device_write_iops), ("/dev/sda".into(), 200));
+    }
+
+    #[test]
+    fn a_namespace_of_a_service_is_its_first_replicas_and_external_links_go_to_every_endpoint() {
+        let b = create(
+            "services: {web: {image: w, ipc: 'service:db', pid: 'container:other', external_links: ['cache-1:cache']}, db: {image: d}}",
+        );
+        let h = b.host_config.unwrap();
+        assert_eq!(h.ipc_mode.as_deref(), Some("container:shop-db-1"));
+        assert_eq!(h.pid_mode.as_deref(), Some("container:other"));
+        let ep = &b.networking_config.unwrap().endpoints_config.unwrap()["shop_default"];
+        assert_eq!(
+            ep.links.as_deref(),
+            Some(&["cache-1:cache".to_string()][..])
+        );
+        let plain = create("services: {web: {image: w}}");
+        let h = plain.host_config.unwrap();
+        assert_eq!(
+            (h.ipc_mode, h.cgroupns_mode, h.blkio_weight),
+            (None, None, None)
+        );
     }
 
     #[test]

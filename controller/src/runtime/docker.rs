@@ -423,7 +423,7 @@ impl Runtime for DockerRuntime {
         for (net, aliases) in plan.networks.iter().skip(1) {
             let req = NetworkConnectRequest {
                 container: id.clone(),
-                endpoint_config: Some(create::endpoint(aliases, plan.addresses.get(net))),
+                endpoint_config: Some(create::endpoint(plan, aliases, plan.addresses.get(net))),
             };
             if let Err(e) = self.docker.connect_network(net, req).await {
                 // Do not leave a half-wired container behind.
@@ -518,6 +518,36 @@ impl Runtime for DockerRuntime {
                 message: "the engine closed the wait without an exit code".into(),
             }),
         }
+    }
+
+    async fn exec(&self, id: &str, hook: &capstan_api::spec::Hook) -> Result<i64, RuntimeError> {
+        let config = bollard::models::ExecConfig {
+            cmd: Some(hook.command.clone()),
+            user: hook.user.clone(),
+            privileged: Some(hook.privileged),
+            working_dir: hook.working_dir.clone(),
+            env: (!hook.environment.is_empty()).then(|| {
+                (hook.environment.iter())
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect()
+            }),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self.docker.create_exec(id, config).await;
+        let exec_id = created.map_err(engine("exec"))?.id;
+        let started = self.docker.start_exec(&exec_id, None).await;
+        if let bollard::exec::StartExecResults::Attached { mut output, .. } =
+            started.map_err(engine("exec"))?
+        {
+            // The hook's output is drained, not kept: the hook is done once it closes.
+            while let Some(chunk) = output.next().await {
+                chunk.map_err(engine("exec"))?;
+            }
+        }
+        let done = self.docker.inspect_exec(&exec_id).await;
+        Ok(done.map_err(engine("exec"))?.exit_code.unwrap_or(-1))
     }
 
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {

@@ -81,6 +81,11 @@ pub enum Call {
     Pull {
         name: String,
     },
+    /// A hook run in a container: its name, and the command joined by spaces.
+    Exec {
+        name: String,
+        command: String,
+    },
 }
 
 /// The kind of a [`Call`], to aim a failure at.
@@ -101,6 +106,7 @@ pub enum Op {
     RemoveVolume,
     InspectImage,
     Pull,
+    Exec,
 }
 
 impl Call {
@@ -121,6 +127,7 @@ impl Call {
             Call::RemoveVolume { .. } => Op::RemoveVolume,
             Call::InspectImage { .. } => Op::InspectImage,
             Call::Pull { .. } => Op::Pull,
+            Call::Exec { .. } => Op::Exec,
         }
     }
 
@@ -140,7 +147,8 @@ impl Call {
             | Call::RemoveNetwork { name }
             | Call::RemoveVolume { name }
             | Call::InspectImage { name }
-            | Call::Pull { name } => name,
+            | Call::Pull { name }
+            | Call::Exec { name, .. } => name,
         }
     }
 
@@ -159,6 +167,7 @@ impl Call {
                 | Op::RemoveNetwork
                 | Op::RemoveVolume
                 | Op::Pull
+                | Op::Exec
         )
     }
 }
@@ -233,6 +242,17 @@ fn clone_err(e: &RuntimeError) -> RuntimeError {
             image: image.clone(),
             message: message.clone(),
         },
+        RuntimeError::Hook {
+            hook,
+            index,
+            command,
+            outcome,
+        } => RuntimeError::Hook {
+            hook: *hook,
+            index: *index,
+            command: command.clone(),
+            outcome: *outcome,
+        },
     }
 }
 
@@ -267,6 +287,8 @@ struct Container {
     join: Option<String>,
     /// The containers whose volumes it mounts (`ID[:ro]`).
     volumes_from: Vec<String>,
+    /// The options it was made with (namespaces, resources, ...), as the engine keeps them.
+    options: capstan_api::spec::ContainerOptions,
 }
 
 struct Resource {
@@ -291,6 +313,8 @@ struct Inner {
     /// The engine is gone: every call and ping fails (`set_down`).
     down: bool,
     behaviours: Vec<(String, OnStart)>,
+    /// Exit codes of hooks run in the containers a pattern names (`on_exec`); else 0.
+    exec_codes: Vec<(String, i64)>,
     missing_images: Vec<String>,
     /// Images a pull finds in "the registry" (anything else: `manifest unknown`).
     registry: Vec<String>,
@@ -621,6 +645,29 @@ impl FakeRuntime {
         c.map(|c| c.volumes_from.clone()).unwrap_or_default()
     }
 
+    /// The options the container named `name` was made with, as `docker inspect` shows
+    /// them in its host config (`ipc`/`pid: service:` already resolved to a container).
+    pub fn options_of(&self, name: &str) -> Option<capstan_api::spec::ContainerOptions> {
+        let st = self.shared.lock();
+        let id = st.names.get(name)?;
+        st.containers.get(id).map(|c| c.options.clone())
+    }
+
+    /// The hooks run in the container named `name` (by the name it had then), in order.
+    pub fn execs(&self, name: &str) -> Vec<String> {
+        (self.shared.lock().log.iter())
+            .filter_map(|r| match &r.call {
+                Call::Exec { name: n, command } if n == name && r.ok => Some(command.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Hooks run in containers `pattern` names exit with `code` from now on.
+    pub fn on_exec(&self, pattern: &str, code: i64) {
+        (self.shared.lock().exec_codes).push((pattern.to_string(), code));
+    }
+
     /// The image the container named `name` was created from.
     pub fn image_of(&self, name: &str) -> Option<String> {
         let st = self.shared.lock();
@@ -736,6 +783,7 @@ impl FakeRuntime {
                 oneoff: false,
                 join: None,
                 volumes_from: vec![],
+                options: Default::default(),
             },
         );
         id
@@ -1075,6 +1123,28 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    /// As the engine: only a running container takes an exec (409 otherwise).
+    async fn exec(&self, id: &str, hook: &capstan_api::spec::Hook) -> Result<i64, RuntimeError> {
+        let name = self.name_of(id);
+        self.call(Call::Exec {
+            name: name.clone(),
+            command: hook.command.join(" "),
+        })?;
+        let st = self.shared.lock();
+        let running = st.containers.get(id).map(|c| c.obs.state);
+        if running != Some(State::Running) {
+            drop(st);
+            return self.failed(RuntimeError::Engine {
+                op: "exec",
+                message: format!("Error response from daemon: Container {id} is not running"),
+            });
+        }
+        let code = (st.exec_codes.iter().rev())
+            .find(|(p, _)| matches(p, &name))
+            .map_or(0, |(_, c)| *c);
+        Ok(code)
+    }
+
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
         let st = self.shared.lock();
         let mut found: Vec<OneOff> = (st.containers.iter())
@@ -1390,6 +1460,7 @@ fn new_container(plan: &ContainerConfig, id: &str, n: u64, created: i64) -> Cont
         oneoff: plan.labels.contains_key(names::ONEOFF_STACK),
         join: plan.join.clone(),
         volumes_from: plan.volumes_from.clone(),
+        options: plan.options.clone(),
     }
 }
 

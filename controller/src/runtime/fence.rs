@@ -78,6 +78,11 @@ impl Runtime for FencedRuntime {
         self.check(Verb::Read, "wait")?;
         self.inner.wait(id).await
     }
+    /// A hook is part of starting or stopping a replica: allowed where those are.
+    async fn exec(&self, id: &str, hook: &capstan_api::spec::Hook) -> Result<i64, RuntimeError> {
+        self.check(Verb::Heal, "exec")?;
+        self.inner.exec(id, hook).await
+    }
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError> {
         self.check(Verb::Read, "list_oneoffs")?;
         self.inner.oneoffs().await

@@ -6,6 +6,7 @@ pub mod docker;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod fence;
+pub mod hooks;
 pub mod reflector;
 pub mod registry;
 
@@ -303,6 +304,15 @@ pub enum RuntimeError {
     /// Credentials never appear in it.
     #[error("pulling image {image}: {message}")]
     Pull { image: String, message: String },
+    /// A `post_start` or `pre_stop` hook ran and failed: a non-zero exit, or no exit within
+    /// [`HOOK_TIMEOUT`].
+    #[error("{hook}[{index}] `{command}` {outcome}")]
+    Hook {
+        hook: HookKind,
+        index: usize,
+        command: String,
+        outcome: HookOutcome,
+    },
     /// Any other engine failure; retryable.
     #[error("docker {op} failed: {message}")]
     Engine { op: &'static str, message: String },
@@ -324,6 +334,42 @@ impl RuntimeError {
     }
 }
 
+/// Which of a service's hooks ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookKind {
+    PostStart,
+    PreStop,
+}
+
+impl std::fmt::Display for HookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HookKind::PostStart => "post_start",
+            HookKind::PreStop => "pre_stop",
+        })
+    }
+}
+
+/// How a failed hook ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    Exited(i64),
+    TimedOut(Duration),
+}
+
+impl std::fmt::Display for HookOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HookOutcome::Exited(code) => write!(f, "exited with code {code}"),
+            HookOutcome::TimedOut(d) => write!(f, "did not finish within {}s", d.as_secs()),
+        }
+    }
+}
+
+/// How long one hook may run before it counts as failed: a hook that hangs must not hold a
+/// replica's start, or its removal, forever.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Containers carrying capstan's labels, filtered by stack and service when given.
@@ -344,6 +390,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn rename(&self, id: &str, name: &str) -> Result<(), RuntimeError>;
     /// Waits until container `id` is not running; its exit code.
     async fn wait(&self, id: &str) -> Result<i64, RuntimeError>;
+    /// Runs `hook` in running container `id` through the engine's exec API (the container's
+    /// environment plus the hook's), waits for it, and returns its exit code.
+    async fn exec(&self, id: &str, hook: &capstan_api::spec::Hook) -> Result<i64, RuntimeError>;
     /// The one-off containers of `capstan run` ([`capstan_api::names::ONEOFF_STACK`]).
     async fn oneoffs(&self) -> Result<Vec<OneOff>, RuntimeError>;
     async fn ensure_network(&self, plan: &ResourceConfig) -> Result<(), RuntimeError>;

@@ -230,7 +230,7 @@ impl Backend for ContainerBackend {
         })
     }
 
-    async fn take_down_now(&self, _ctx: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError> {
+    async fn take_down_now(&self, ctx: &Env<'_>, work: &dyn Work) -> Result<(), ReconcileError> {
         let Some(Step::TakeDown {
             stack,
             service,
@@ -241,7 +241,10 @@ impl Backend for ContainerBackend {
             return Ok(());
         };
         if !replicas.is_empty() {
-            work::remove_all(self, replicas, *grace).await?;
+            // The service's last known spec, while the store still has it, says its hooks.
+            let spec = ctx.desired.service(stack, service);
+            let pre_stop = spec.as_ref().map_or(&[][..], |s| &s.spec.pre_stop[..]);
+            work::remove_all(self, replicas, pre_stop, *grace).await?;
             self.replicas(stack, service, true).await?;
         }
         self.files.remove_service(stack, service);

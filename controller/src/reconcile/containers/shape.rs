@@ -3,7 +3,7 @@
 use capstan_api::names;
 use capstan_api::object::{Service, Stack};
 use capstan_api::spec::{
-    MountKind, MountSpec, NetworkMode, NetworkSpec, ServiceNetwork, VolumeSpec,
+    ContainerOptions, MountKind, MountSpec, NetworkMode, NetworkSpec, ServiceNetwork, VolumeSpec,
 };
 use capstan_api::stateful;
 use std::collections::BTreeMap;
@@ -73,10 +73,11 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerConfig 
             host_port: p.host_port_for(ordinal),
         })
         .collect();
-    // On the host's network the container has the host's name, and a sidecar its partner's;
-    // the engine refuses another.
+    // On the host's network (or in its UTS namespace) the container has the host's name, and
+    // a sidecar its partner's; the engine refuses another.
     let hostname = match (&spec.options.hostname, &spec.options.network_mode) {
         (_, Some(NetworkMode::Host | NetworkMode::Partner(_))) => String::new(),
+        _ if spec.options.uts.as_deref() == Some("host") => String::new(),
         (Some(h), _) => h.clone(),
         (None, _) => names::default_hostname(&name),
     };
@@ -103,10 +104,24 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerConfig 
         healthcheck: spec.healthcheck.clone(),
         stop_grace: grace(svc),
         addresses,
-        options: spec.options.clone(),
+        options: joined_namespaces(stack, spec.options.clone()),
         join: None,
         volumes_from: vec![],
     }
+}
+
+/// `ipc`/`pid: service:NAME` joins NAME's first replica, as Compose joins the service's
+/// first container (the parser refused a NAME with a `container_name`).
+fn joined_namespaces(stack: &Stack, mut o: ContainerOptions) -> ContainerOptions {
+    for mode in [&mut o.ipc, &mut o.pid] {
+        if let Some(service) = mode.as_deref().and_then(|m| m.strip_prefix("service:")) {
+            *mode = Some(format!(
+                "container:{}",
+                names::container(&stack.name, service, 1)
+            ));
+        }
+    }
+    o
 }
 
 /// Engine network name → aliases, in joining order.

@@ -12,7 +12,7 @@ use crate::reconcile::backend::{Done, Env, Observation};
 use crate::reconcile::backoff::{self, Timing};
 use crate::reconcile::error::ReconcileError;
 use crate::reconcile::status::Problem;
-use crate::runtime::{Detail, Observed, RuntimeError, State};
+use crate::runtime::{hooks, Detail, HookKind, Observed, RuntimeError, State};
 
 /// Carries out `steps`. Failures to make a replica are problems, reported in the status;
 /// failures to remove one are errors (the key is retried).
@@ -32,7 +32,7 @@ pub async fn execute(
             _ => None,
         })
         .collect();
-    remove_all(b, &removals, shape::grace(service)).await?;
+    remove_all(b, &removals, &service.spec.pre_stop, shape::grace(service)).await?;
     let mut done = Done {
         health_output: (view(obs).details.iter())
             .filter_map(|(n, d)| Some((*n, d.health_output.clone()?)))
@@ -254,6 +254,10 @@ struct Job<'a> {
 impl<'a> Job<'a> {
     async fn start(self, c: &'a Observed) -> JobResult {
         let started = self.b.runtime.start(&c.id).await;
+        let started = match started {
+            Ok(()) => self.post_start(&c.id).await,
+            e => e,
+        };
         let n = c.ordinal.unwrap_or(0);
         (started.err().map(|e| problem(n, e)), None)
     }
@@ -280,6 +284,11 @@ impl<'a> Job<'a> {
             HealAction::Start => self.b.runtime.start(&c.id).await,
             HealAction::Restart => (self.b.runtime).restart(&c.id, shape::grace(service)).await,
             HealAction::Replace => self.replace(c).await,
+        };
+        // The replica started again, so its post_start hooks run again, as Compose's do.
+        let result = match (result, action) {
+            (Ok(()), HealAction::Start | HealAction::Restart) => self.post_start(&c.id).await,
+            (result, _) => result,
         };
         match result {
             Ok(()) => (
@@ -340,8 +349,8 @@ impl<'a> Job<'a> {
         tracing::info!(stack = %service.stack, service = %service.name, replica = %name, successor = %successor.name, "the successor of an outdated replica takes over");
         let promoted = async {
             if let Some(old) = old {
-                (self.b.runtime)
-                    .remove(&old.id, shape::grace(service))
+                let pre_stop = &service.spec.pre_stop;
+                hooks::stop_and_remove(&*self.b.runtime, old, pre_stop, shape::grace(service))
                     .await?;
             }
             self.b.runtime.rename(&successor.id, &name).await
@@ -349,10 +358,18 @@ impl<'a> Job<'a> {
         (promoted.await.err().map(|e| problem(n, e)), None)
     }
 
+    async fn post_start(self, id: &str) -> Result<(), RuntimeError> {
+        let hooks = &self.obs.service.spec.post_start;
+        hooks::run(&*self.b.runtime, id, HookKind::PostStart, hooks).await
+    }
+
     /// Removes `c` and creates its ordinal anew.
     async fn replace(self, c: &Observed) -> Result<(), RuntimeError> {
-        let grace = shape::grace(&self.obs.service);
-        self.b.runtime.remove(&c.id, grace).await?;
+        let (grace, pre_stop) = (
+            shape::grace(&self.obs.service),
+            &self.obs.service.spec.pre_stop,
+        );
+        hooks::stop_and_remove(&*self.b.runtime, c, pre_stop, grace).await?;
         self.create_and_start(c.ordinal.unwrap_or(0), Made::Replica)
             .await
     }
@@ -374,8 +391,13 @@ impl<'a> Job<'a> {
             pairing.attach(&mut plan, ordinal);
         }
         let id = b.runtime.create(&plan).await?;
-        if let Err(e) = b.runtime.start(&id).await {
-            // A replica that cannot start is removed rather than left half-made.
+        let started = match b.runtime.start(&id).await {
+            Ok(()) => self.post_start(&id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
+            // A replica that cannot start, or whose post_start hook failed, is removed
+            // rather than left half-made.
             let _ = b.runtime.remove(&id, Duration::ZERO).await;
             return Err(e);
         }
@@ -433,13 +455,14 @@ fn problem(ordinal: u32, e: RuntimeError) -> Problem {
 pub(super) async fn remove_all(
     b: &ContainerBackend,
     containers: &[Observed],
+    pre_stop: &[capstan_api::spec::Hook],
     grace: Duration,
 ) -> Result<(), ReconcileError> {
     let jobs: Vec<BoxFuture<'_, Result<(), ReconcileError>>> = containers
         .iter()
         .map(|c| -> BoxFuture<'_, _> {
             Box::pin(async move {
-                let removed = b.runtime.remove(&c.id, grace).await;
+                let removed = hooks::stop_and_remove(&*b.runtime, c, pre_stop, grace).await;
                 removed.map_err(|source| ReconcileError::Remove {
                     name: c.name.clone(),
                     source,
