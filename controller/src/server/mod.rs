@@ -190,7 +190,7 @@ mod tests {
             .header("host", "localhost")
             .body(axum::body::Body::empty())
             .unwrap();
-        let peer = caller::Peer::Unix(Some((0, 0)));
+        let peer = caller::Peer::Unix(Some(caller::UnixCred::default()));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let resp = app.clone().oneshot(req).await.unwrap();
@@ -330,7 +330,7 @@ mod tests {
             .header("host", "localhost")
             .body(axum::body::Body::from("services: {web: {image: web:1}}"))
             .unwrap();
-        let peer = caller::Peer::Unix(Some((0, 0)));
+        let peer = caller::Peer::Unix(Some(caller::UnixCred::default()));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let resp = app.oneshot(req).await.unwrap();
