@@ -15,6 +15,8 @@
 //! - [`duration`]: Compose durations (`1m30s`, `500ms`).
 //! - [`files`]: secrets and configs: digests in specs, content kept apart.
 //! - [`options`]: the container options passed through to the engine (`cap_add`, `ulimits`, ...).
+//! - [`policy`]: what a stack may do to the host, by the caller's profile (`privileged`,
+//!   `baseline`, `restricted`), and which caller gets which.
 //! - [`pull`]: `pull_policy`, when the daemon pulls a service's image.
 //! - [`reference`]: image references (`[registry[:port]/]path[:tag][@digest]`), checked at apply.
 //! - [`stateful`]: the stateful guard (one rule for apply and scale) and per-replica volumes.

@@ -34,6 +34,10 @@ pub struct Stack {
     pub networks: BTreeMap<String, NetworkSpec>,
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeSpec>,
+    /// The policy profile that admitted the last apply (`privileged`, `baseline`, ...):
+    /// the controller checks host paths again under it as it makes containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// Set by `delete`: the controller tears the stack down, then removes its keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion: Option<Deletion>,

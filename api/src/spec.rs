@@ -27,6 +27,11 @@ pub struct StackSpec {
     /// Top-level `configs`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub configs: BTreeMap<String, FileObject>,
+    /// The policy profile that admitted this apply: set by the server from its caller,
+    /// never read from the document. The stack record keeps it, so that the controller
+    /// checks host paths again under the same profile.
+    #[serde(skip)]
+    pub profile: Option<String>,
 }
 
 /// One Compose service, replicated `replicas` times.

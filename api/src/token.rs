@@ -1,5 +1,6 @@
 //! API tokens as the HTTP API takes and shows them, and as etcd stores them: a name, a
-//! role, and never the secret itself, only its SHA-256.
+//! role, the policy profile it was created with if any, and never the secret itself, only
+//! its SHA-256.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +37,10 @@ impl Role {
 pub struct TokenRecord {
     pub name: String,
     pub role: Role,
+    /// The policy profile its applies are checked under, whatever its role's default
+    /// (`capstan token create --policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sha256: String,
     /// Seconds since the Unix epoch.
@@ -47,6 +52,9 @@ pub struct TokenRecord {
 pub struct CreateToken {
     pub name: String,
     pub role: Role,
+    /// A policy profile the daemon defines; without it, the role's default profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 /// `POST /v1/tokens`'s answer: the only time the secret is shown.
@@ -54,5 +62,7 @@ pub struct CreateToken {
 pub struct CreatedToken {
     pub name: String,
     pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     pub token: String,
 }

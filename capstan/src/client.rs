@@ -104,10 +104,12 @@ impl Client {
         &self,
         name: &str,
         role: capstan_api::token::Role,
+        policy: Option<String>,
     ) -> anyhow::Result<capstan_api::token::CreatedToken> {
         let body = capstan_api::token::CreateToken {
             name: name.into(),
             role,
+            policy,
         };
         let req = self.http.post(format!("{}/v1/tokens", self.base));
         self.send(req.json(&body)).await

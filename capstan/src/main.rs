@@ -196,9 +196,14 @@ struct ServeArgs {
     /// the answer) to this file, one JSON object per line, whatever RUST_LOG says.
     #[arg(long, env = "CAPSTAN_AUDIT_LOG")]
     audit_log: Option<PathBuf>,
-    /// What stacks may do to the host (privileged, host network, binds, ports, ...): a
-    /// YAML file naming the rules it changes. Without it, the safe default policy
-    /// (`api/src/policy.rs`, README "Policy").
+    /// What stacks may do to the host (privileged, host network, binds, ports, ...), per
+    /// caller: profiles `privileged` (Docker's own semantics), `baseline` (no privileged,
+    /// host namespaces, Docker socket or `/`; any host port) and `restricted` (also no
+    /// binds, a non-root user). Without a file, socket callers who are root or in the
+    /// engine socket's group get `privileged`; other socket callers, tokens and client
+    /// certificates get `baseline`. The YAML file sets `socket:`, `socket_others:`,
+    /// `roles: {deploy: ...}` and tunes or adds `profiles:`; rules at its top level tune
+    /// `baseline` (README "Policy"; `token create --policy` sets one token's).
     #[arg(long, env = "CAPSTAN_POLICY")]
     policy: Option<PathBuf>,
     /// The largest build context `POST /v1/builds` accepts (bytes, or with k/m/g: powers
@@ -228,6 +233,11 @@ enum TokenCommand {
         name: String,
         #[arg(long, value_enum, default_value = "read")]
         role: RoleArg,
+        /// The policy profile its applies are checked under (`privileged`, `baseline`,
+        /// `restricted`, or one of the daemon's policy file); default: its role's, from
+        /// the file's `roles:` (`baseline` unless it says otherwise).
+        #[arg(long)]
+        policy: Option<String>,
     },
     /// List tokens: names, roles, creation times.
     List,
@@ -579,21 +589,23 @@ fn default_state_dir() -> PathBuf {
 /// `capstan token create|list|revoke`.
 async fn token(api: &client::Client, action: TokenCommand) -> anyhow::Result<i32> {
     match action {
-        TokenCommand::Create { name, role } => {
-            let created = api.create_token(&name, role.into()).await?;
+        TokenCommand::Create { name, role, policy } => {
+            let created = api.create_token(&name, role.into(), policy).await?;
+            let profile = (created.policy.as_deref()).unwrap_or("of its role");
             eprintln!(
-                "token {} (role {}) created; it is shown only now:",
+                "token {} (role {}, policy profile {profile}) created; it is shown only now:",
                 created.name,
                 created.role.name()
             );
             println!("{}", created.token);
         }
         TokenCommand::List => {
-            println!("{:<24} {:<8} CREATED", "NAME", "ROLE");
+            println!("{:<24} {:<8} {:<12} CREATED", "NAME", "ROLE", "POLICY");
             for t in api.tokens().await? {
                 let at = std::time::UNIX_EPOCH + Duration::from_secs(t.created);
                 let at = humantime::format_rfc3339_seconds(at);
-                println!("{:<24} {:<8} {at}", t.name, t.role.name());
+                let policy = t.policy.as_deref().unwrap_or("(role's)");
+                println!("{:<24} {:<8} {policy:<12} {at}", t.name, t.role.name());
             }
         }
         TokenCommand::Revoke { name } => {
@@ -648,14 +660,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size: bytes, or a number with k, m or g"))
 }
 
-/// The policy file given to `serve`, or the default policy.
-fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<capstan_api::policy::Policy> {
+/// The policy file given to `serve`, or the default profiles.
+fn load_policy(path: Option<&std::path::Path>) -> anyhow::Result<capstan_api::policy::Profiles> {
     let Some(path) = path else {
-        return Ok(capstan_api::policy::Policy::default());
+        return Ok(capstan_api::policy::Profiles::default());
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the policy file {}", path.display()))?;
-    capstan_api::policy::Policy::from_yaml(&text)
+    capstan_api::policy::Profiles::from_yaml(&text)
         .map_err(|e| anyhow::anyhow!("policy file {}: {e}", path.display()))
 }
 

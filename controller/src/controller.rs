@@ -38,8 +38,9 @@ pub struct Options {
     pub election: Election,
     /// Where secrets and configs are written for the replicas (`serve --state-dir`).
     pub state_dir: Option<std::path::PathBuf>,
-    /// The policy whose bind rule is checked again when a container is made (`--policy`).
-    pub policy: Option<Arc<capstan_api::policy::Policy>>,
+    /// The policy profiles (`--policy`): a container is made only if its host paths, as
+    /// the host resolves them then, pass the bind rule of the profile that admitted its stack.
+    pub policy: Option<Arc<capstan_api::policy::Profiles>>,
     /// Another backend than the engine's containers, made over them (tests plug one in).
     pub backend: Option<BackendFactory>,
 }

@@ -21,7 +21,8 @@ use crate::store::{KvError, Store};
 pub struct Config {
     /// etcd's endpoints and the credentials to reach it (`--etcd`, `--etcd-cacert`, ...).
     pub etcd: EtcdAccess,
-    /// The API's Unix socket (`--socket`); its caller is an admin.
+    /// The API's Unix socket (`--socket`); its caller is an admin, whose policy profile
+    /// depends on whether it can reach the engine anyway (`policy`).
     pub socket: PathBuf,
     /// The socket's group (`--socket-group`): a name or a gid.
     pub socket_group: String,
@@ -51,8 +52,8 @@ pub struct Config {
     pub identity: String,
     /// The leader lease's TTL (`--lease-ttl`).
     pub lease_ttl: Duration,
-    /// What stacks may do to the host (`--policy`).
-    pub policy: capstan_api::policy::Policy,
+    /// What stacks may do to the host, per caller (`--policy`): the profiles.
+    pub policy: capstan_api::policy::Profiles,
     /// Earlier revisions each service keeps (`--revision-history-limit`).
     pub revision_history_limit: usize,
     /// The largest build context accepted (`--max-build-context`), in bytes.
@@ -170,7 +171,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         stop: shutdown.clone(),
         metrics,
         tokens: Arc::default(),
-        policy: Arc::new(config.policy.clone()),
+        policies: Arc::new(config.policy.clone()),
+        engine_gid: engine_socket_gid(),
         builds: crate::server::state::Builds::local(config.max_build_context)
             .map_err(DaemonError::Builds)?,
         files: controller.engine.files.clone(),
@@ -182,6 +184,20 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         tracing::warn!("some tasks did not stop within 30 s");
     }
     Ok(())
+}
+
+/// The group owning the engine's socket (`/var/run/docker.sock`, or a `unix://`
+/// `DOCKER_HOST`): its members can run anything through the engine already. `None` (only
+/// root reaches the engine) when there is no such socket.
+fn engine_socket_gid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let host = std::env::var("DOCKER_HOST").ok();
+    let socket = (host.as_deref())
+        .and_then(|h| h.strip_prefix("unix://"))
+        .unwrap_or("/var/run/docker.sock");
+    let gid = std::fs::metadata(socket).ok().map(|m| m.gid());
+    tracing::info!(socket, gid = ?gid, "socket callers in this group, or root, get the `socket:` policy profile");
+    gid
 }
 
 /// Says once, at start, when etcd would take anyone capstan's way (over TCP, with neither

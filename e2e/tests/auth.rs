@@ -196,7 +196,7 @@ fn on_tcp_a_caller_needs_a_token_and_a_read_token_may_get_but_not_apply() {
 }
 
 #[test]
-fn the_audit_log_records_an_apply_with_the_callers_uid_or_token_name() {
+fn the_audit_log_records_an_apply_with_the_callers_uid_or_token_name_and_its_profile() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let h = Harness::start_with("auth-audit", &["--listen", &listen, "--log-format", "json"]);
@@ -214,9 +214,10 @@ fn the_audit_log_records_an_apply_with_the_callers_uid_or_token_name() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let audit = h.d.audit_records();
-    let applied_by = |caller: &str, summary: &str| {
+    let applied_by = |caller: &str, profile: &str, summary: &str| {
         audit.iter().any(|l| {
             l["caller"] == caller
+                && l["profile"] == profile
                 && l["verb"] == "apply"
                 && l["stack"] == h.s.name.as_str()
                 && l["summary"] == summary
@@ -224,9 +225,12 @@ fn the_audit_log_records_an_apply_with_the_callers_uid_or_token_name() {
                 && l["timestamp"].is_string()
         })
     };
-    assert!(applied_by("uid=0 gid=0", "web=created"), "{audit:#?}");
     assert!(
-        applied_by("token=ci-deploy", "web=configured"),
+        applied_by("uid=0 gid=0", "privileged", "web=created"),
+        "{audit:#?}"
+    );
+    assert!(
+        applied_by("token=ci-deploy", "baseline", "web=configured"),
         "{audit:#?}"
     );
     assert!(

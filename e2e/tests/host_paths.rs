@@ -14,55 +14,55 @@ const REFUSED: &[(&str, &str, &str, &str)] = &[
         "a bind of /, short syntax",
         "services: {web: {image: {IMAGE}, volumes: ['/:/host:ro']}}",
         "services.web.volumes[0]",
-        "policy rule bind_mounts:",
+        "policy rule bind_mounts (profile baseline, caller token \"ci\"):",
     ),
     (
         "a bind of /run, long syntax",
         "services: {web: {image: {IMAGE}, volumes: [{type: bind, source: /run, target: /r}]}}",
         "services.web.volumes[0]",
-        "policy rule bind_mounts:",
+        "policy rule bind_mounts (profile baseline, caller token \"ci\"):",
     ),
     (
         "a named volume binding /",
         "services: {web: {image: {IMAGE}, volumes: ['root:/host:ro']}}\nvolumes: {root: {driver_opts: {type: none, o: bind, device: /}}}",
         "volumes.root.driver_opts.device",
-        "policy rule bind_mounts:",
+        "policy rule bind_mounts (profile baseline, caller token \"ci\"):",
     ),
     (
         "a named volume binding /run (the Docker socket)",
         "services: {web: {image: {IMAGE}, volumes: ['run:/hostrun']}}\nvolumes: {run: {driver: local, driver_opts: {type: none, o: bind, device: /run}}}",
         "volumes.run.driver_opts.device",
-        "policy rule bind_mounts:",
+        "policy rule bind_mounts (profile baseline, caller token \"ci\"):",
     ),
     (
         "a named volume mounting a host disk",
         "services: {web: {image: {IMAGE}, volumes: ['disk:/d']}}\nvolumes: {disk: {driver_opts: {type: ext4, device: /dev/sda1}}}",
         "volumes.disk.driver_opts.device",
-        "policy rule bind_mounts:",
+        "policy rule bind_mounts (profile baseline, caller token \"ci\"):",
     ),
     (
         "a named volume mounting the host's /proc",
         "services: {web: {image: {IMAGE}, volumes: ['p:/p']}}\nvolumes: {p: {driver_opts: {type: proc, device: proc}}}",
         "volumes.p.driver_opts.type",
-        "policy rule volume_types:",
+        "policy rule volume_types (profile baseline, caller token \"ci\"):",
     ),
     (
         "a volume plugin",
         "services: {web: {image: {IMAGE}, volumes: ['v:/v']}}\nvolumes: {v: {driver: local-persist, driver_opts: {mountpoint: /}}}",
         "volumes.v.driver",
-        "policy rule volume_drivers:",
+        "policy rule volume_drivers (profile baseline, caller token \"ci\"):",
     ),
     (
         "a macvlan network",
         "services: {web: {image: {IMAGE}, networks: [lan]}}\nnetworks: {lan: {driver: macvlan, driver_opts: {parent: eth0}}}",
         "networks.lan.driver",
-        "policy rule network_drivers:",
+        "policy rule network_drivers (profile baseline, caller token \"ci\"):",
     ),
     (
         "a build on the host's network",
         "services: {web: {image: capstan.local/s/web:0123456789abcdef, build: {context: /src, network: host}}}",
         "services.web.build.network",
-        "policy rule host_network:",
+        "policy rule host_network (profile baseline, caller token \"ci\"):",
     ),
     (
         "a build in another container's network namespace",
@@ -74,7 +74,7 @@ const REFUSED: &[(&str, &str, &str, &str)] = &[
         "systempaths=unconfined",
         "services: {web: {image: {IMAGE}, security_opt: ['systempaths=unconfined']}}",
         "services.web.security_opt[0]",
-        "policy rule unconfined:",
+        "policy rule unconfined (profile baseline, caller token \"ci\"):",
     ),
     (
         "a secret read from a file by the daemon",
@@ -166,7 +166,8 @@ fn a_named_volume_device_that_is_a_symlink_to_root_is_refused_as_the_root() {
     assert_eq!(status, 400, "{err}");
     let reason = reason_for(&err, "volumes.v.driver_opts.device").expect("the device is named");
     assert!(
-        reason.starts_with("policy rule bind_mounts:") && reason.contains("through a symlink"),
+        reason.starts_with("policy rule bind_mounts (profile baseline, caller token \"ci\"):")
+            && reason.contains("through a symlink"),
         "{reason}"
     );
     assert_eq!(d.h.etcd.revision(), revision);
@@ -188,7 +189,10 @@ fn the_build_route_refuses_a_host_network_and_a_name_capstan_did_not_build() {
     let (status, err) = d.build(request(Some("host"), &[]));
     assert_eq!(status, 400, "{err}");
     let reason = reason_for(&err, "spec.network").expect("the network is named");
-    assert!(reason.starts_with("policy rule host_network:"), "{reason}");
+    assert!(
+        reason.starts_with("policy rule host_network (profile baseline, caller token \"ci\"):"),
+        "{reason}"
+    );
 
     let (status, err) = d.build(request(Some("container:etcd"), &[]));
     assert_eq!(status, 400, "{err}");

@@ -1,9 +1,10 @@
-//! What a stack may do, and hostile input: the default policy refuses stacks
-//! that would own the host, naming the rule, and `serve --policy` can allow them; a host IP
+//! What a stack may do, and hostile input: root on the socket, who can already do anything
+//! through the engine, may apply stacks that would own the host (profile `privileged`);
+//! under `baseline` they are refused, naming the rule, the profile and the caller; a host IP
 //! that is not an IP is a field error; hostile nesting is refused at once while `/healthz`
 //! keeps answering; a foreign `Host:` header is refused.
 //!
-//! Refusals write nothing, and what a permissive policy accepts is checked with a dry run (a
+//! Refusals write nothing, and what `privileged` accepts is checked with a dry run (a
 //! privileged container with the host's `/` must not run on a shared engine). One test
 //! starts a replica with an allowed bind, to show the rule is checked again when the
 //! replica is made anew.
@@ -46,7 +47,8 @@ const HOST_OWNING: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-const PERMISSIVE: &str = "privileged: true\nhost_network: true\nbind_mounts: [/, /var/run/docker.sock, /run/docker.sock]\n";
+/// Root on the socket held to `baseline`, as an operator may choose.
+const SOCKET_BASELINE: &str = "socket: baseline\n";
 
 fn apply(d: &Daemon, s: &StackGuard, yaml: &str, dry_run: bool) -> std::process::Output {
     let file = s.file(&yaml.replace("{IMAGE}", IMAGE));
@@ -58,29 +60,35 @@ fn apply(d: &Daemon, s: &StackGuard, yaml: &str, dry_run: bool) -> std::process:
 }
 
 #[test]
-fn the_default_policy_refuses_host_owning_stacks_naming_the_rule_and_a_policy_file_allows_them() {
+fn root_on_the_socket_may_own_the_host_and_baseline_refuses_it_naming_rule_profile_and_caller() {
     let h = Harness::start("hard-policy");
-    for (what, yaml, field, rule) in HOST_OWNING {
-        let revision = h.etcd.revision();
-        let out = apply(&h.d, &h.s, yaml, false);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{what} was accepted");
-        let line = format!("  {field}: policy rule {rule}: ");
-        assert!(err.contains(&line), "{what}: no {line:?} in:\n{err}");
-        assert_eq!(h.etcd.revision(), revision, "{what}: etcd changed");
-    }
-    let policy = std::env::temp_dir().join(format!("hard-policy-{}.yaml", std::process::id()));
-    std::fs::write(&policy, PERMISSIVE).unwrap();
-    let open = Daemon::start_with(&h.etcd, &["--policy", policy.to_str().unwrap()]);
     for (what, yaml, _, _) in HOST_OWNING {
-        let out = apply(&open, &h.s, yaml, true);
+        let out = apply(&h.d, &h.s, yaml, true);
         assert!(
             out.status.success(),
-            "{what} refused by a policy allowing it:\n{}",
+            "{what} refused to root on the socket:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    let policy = std::env::temp_dir().join(format!("hard-policy-{}.yaml", std::process::id()));
+    std::fs::write(&policy, SOCKET_BASELINE).unwrap();
+    let held = Daemon::start_with(&h.etcd, &["--policy", policy.to_str().unwrap()]);
     std::fs::remove_file(&policy).unwrap();
+    for (what, yaml, field, rule) in HOST_OWNING {
+        let revision = h.etcd.revision();
+        let out = apply(&held, &h.s, yaml, false);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was accepted");
+        let line = format!(
+            "  {field}: policy rule {rule} (profile baseline, caller socket uid 0 gid 0): "
+        );
+        assert!(err.contains(&line), "{what}: no {line:?} in:\n{err}");
+        assert!(
+            err.contains("`socket:`"),
+            "{what}: how to change it:\n{err}"
+        );
+        assert_eq!(h.etcd.revision(), revision, "{what}: etcd changed");
+    }
 }
 
 fn put(d: &Daemon, stack: &str, body: String) -> (u16, serde_json::Value) {
@@ -191,7 +199,8 @@ fn a_bind_path_made_a_symlink_to_root_after_apply_is_refused_when_the_replica_is
     let data = dir.0.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let policy = dir.0.join("policy.yaml");
-    std::fs::write(&policy, format!("bind_mounts: [{}]\n", dir.0.display())).unwrap();
+    let rules = format!("{SOCKET_BASELINE}bind_mounts: [{}]\n", dir.0.display());
+    std::fs::write(&policy, rules).unwrap();
     let h = Harness::start_with("hard-symlink", &["--policy", policy.to_str().unwrap()]);
     let (d, s) = (&h.d, &h.s);
     let yaml = format!(

@@ -1,12 +1,18 @@
-//! What a stack may do to the host: the policy `capstan serve --policy FILE` enforces at
-//! apply (and dry-run), before anything is written.
+//! What a stack may do to the host: the rules one policy profile enforces at apply (and
+//! dry-run), before anything is written, and the profiles each caller gets ([`profiles`]).
 //!
 //! Pure: [`Policy::check`] takes a parsed [`StackSpec`] and returns one [`FieldError`] per
 //! violation, each naming the field and, in its reason, the policy rule that refused it
-//! (`policy rule privileged: ...`).
+//! (`policy rule privileged: ...`); [`profiles::InForce::attribute`] adds the profile in
+//! force, the caller and how an operator changes it.
 //!
-//! # The default policy
-//! Without `--policy`, [`Policy::default`] applies, which is this file:
+//! # The three profiles
+//! Named after Kubernetes' Pod Security levels:
+//! - `privileged` ([`Policy::privileged`]): Docker's own semantics, whatever
+//!   `docker compose up` may do. Its caller can already do anything through the engine.
+//! - `baseline` ([`Policy::baseline`], also [`Policy::default`]): no privileged, no host
+//!   namespaces, no Docker socket and no `/`, binds under allowed prefixes, added
+//!   capabilities from a short list, any host port. As a file:
 //!
 //! ```yaml
 //! privileged: false          # privileged: true
@@ -20,15 +26,23 @@
 //! volume_drivers: [local]    # drivers of the stack's named volumes
 //! volume_types: [tmpfs, nfs, nfs4, cifs, smb3]  # what the local driver may mount, besides binds
 //! network_drivers: [bridge, overlay]  # drivers of the stack's networks
-//! ports: {min: 1024, max: 65535}  # published host ports
+//! ports: {min: 1, max: 65535}  # published host ports
+//! run_as_non_root: false     # every service sets `user:` to a uid other than 0
 //! max_replicas: 100          # per service
 //! max_services: 2000         # per stack (the store is tested with 2,000)
 //! ```
+//! - `restricted` ([`Policy::restricted`]): baseline, plus no binds at all
+//!   (`bind_mounts: []`) and a non-root user (`run_as_non_root: true`).
 //!
-//! A file names only the rules it changes; the others keep their defaults. Whatever
+//! `max_replicas` and `max_services` are capacity, not privilege: every profile keeps them.
+//! In lists, `*` allows any entry (`cap_add` also takes Docker's `ALL`). Whatever
 //! `bind_mounts` says, `/` and the Docker socket (`/var/run/docker.sock`,
 //! `/run/docker.sock`) are refused unless listed themselves, and so is any bind that
 //! contains them (mounting `/run` exposes the socket).
+//!
+//! A new rule that gives the host away (as `host_network` does) is `false` in
+//! [`Policy::baseline`] and `true` in [`Policy::privileged`]; `restricted` inherits
+//! baseline's.
 //!
 //! # Every way to a host path
 //! [`host_paths`] lists, in one place, each host path a stack would have the engine mount:
@@ -55,10 +69,12 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod profiles;
 mod volumes;
 
 use crate::compose::FieldError;
 use crate::spec::{NetworkMode, StackSpec};
+pub use profiles::{InForce, Profile, ProfileError, Profiles, Who};
 pub use volumes::{host_paths, volume_host_path, HostPath};
 
 /// Capabilities the engine grants every container (Docker's default set): adding them is a
@@ -124,6 +140,10 @@ pub struct Policy {
     pub network_drivers: Vec<String>,
     /// Published host ports.
     pub ports: PortRange,
+    /// Every service runs as a user other than root: `user:` names a numeric uid that is
+    /// not 0 (a name is resolved inside the image, so it proves nothing, as Kubernetes'
+    /// `runAsNonRoot` says of a non-numeric user).
+    pub run_as_non_root: bool,
     /// The most replicas one service may have.
     pub max_replicas: u32,
     /// The most services one stack may have.
@@ -138,9 +158,27 @@ pub struct PortRange {
     pub max: u16,
 }
 
+/// The baseline profile: what a caller who cannot reach the engine itself may do.
 impl Default for Policy {
     fn default() -> Self {
-        let strings = |s: &[&str]| s.iter().map(|s| s.to_string()).collect();
+        Policy::baseline()
+    }
+}
+
+/// `names` as owned strings.
+fn strings(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// Whether `list` allows `name`: it names it, or holds `*`.
+fn listed(list: &[String], name: &str) -> bool {
+    list.iter().any(|a| a == "*" || a == name)
+}
+
+impl Policy {
+    /// No privileged, no host namespaces, no Docker socket and no `/`, binds under a few
+    /// data prefixes, a short list of added capabilities, any host port.
+    pub fn baseline() -> Self {
         Policy {
             privileged: false,
             host_network: false,
@@ -161,14 +199,51 @@ impl Default for Policy {
             volume_drivers: strings(&["local"]),
             volume_types: strings(&["tmpfs", "nfs", "nfs4", "cifs", "smb3"]),
             network_drivers: strings(&["bridge", "overlay"]),
-            ports: PortRange {
-                min: 1024,
-                max: 65535,
-            },
+            ports: PortRange { min: 1, max: 65535 },
+            run_as_non_root: false,
             max_replicas: 100,
             max_services: 2000,
         }
     }
+
+    /// Docker's own semantics: whatever `docker compose up` may do (the capacity limits
+    /// aside).
+    pub fn privileged() -> Self {
+        Policy {
+            privileged: true,
+            host_network: true,
+            host_namespaces: true,
+            cap_add: strings(&["ALL"]),
+            devices: strings(&["*"]),
+            unconfined: true,
+            sysctls: strings(&["*"]),
+            bind_mounts: strings(SENSITIVE_PATHS),
+            volume_drivers: strings(&["*"]),
+            volume_types: strings(&["*"]),
+            network_drivers: strings(&["*"]),
+            ..Policy::baseline()
+        }
+    }
+
+    /// Baseline, plus no host path at all and a non-root user.
+    pub fn restricted() -> Self {
+        Policy {
+            bind_mounts: vec![],
+            run_as_non_root: true,
+            ..Policy::baseline()
+        }
+    }
+}
+
+/// Whether `user:` (`uid`, `uid:gid`, `name`, ...) surely runs as a user other than root:
+/// a numeric uid other than 0.
+fn runs_as_non_root(user: Option<&str>) -> bool {
+    let uid = user
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap_or_default();
+    uid.trim().parse::<u32>().is_ok_and(|uid| uid != 0)
 }
 
 /// Whether `path` is `dir` or beneath it (lexically; `/` contains everything).
@@ -207,19 +282,13 @@ pub fn normalize_path(path: &str) -> Option<String> {
 }
 
 impl Policy {
-    /// Reads a policy file (YAML); rules it leaves out keep their defaults.
+    /// Reads one profile's rules (YAML); rules it leaves out keep baseline's.
     pub fn from_yaml(text: &str) -> Result<Policy, String> {
         if text.trim().is_empty() {
             return Ok(Policy::default());
         }
-        let policy: Policy = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
-        if policy.ports.min > policy.ports.max {
-            return Err(format!(
-                "ports: min {} is above max {}",
-                policy.ports.min, policy.ports.max
-            ));
-        }
-        Ok(policy)
+        let rules = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        Policy::tuned(&Policy::baseline(), rules)
     }
 
     /// Every violation of this policy in `spec`, its host paths taken as written; empty
@@ -250,7 +319,7 @@ impl Policy {
         }
         for (name, svc) in &spec.services {
             let path = format!("services.{name}");
-            self.check_service(&path, svc, &mut out);
+            self.service_rules(&path, svc, &mut out);
         }
         for HostPath { field, path } in host_paths(spec) {
             if let Err(why) = self.host_path_allowed(&path, &resolve) {
@@ -314,7 +383,24 @@ impl Policy {
         }
     }
 
-    fn check_service(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
+    /// The rules of one service alone, its binds as written (a one-off container of it, run
+    /// by a caller who may not have applied it).
+    pub fn check_service(&self, name: &str, svc: &crate::spec::ServiceSpec) -> Vec<FieldError> {
+        let mut out = Violations(vec![]);
+        let path = format!("services.{name}");
+        self.service_rules(&path, svc, &mut out);
+        for (i, m) in svc.volumes.iter().enumerate() {
+            if m.kind == crate::spec::MountKind::Bind {
+                let source = m.source.as_deref().unwrap_or_default();
+                if let Err(why) = self.bind_allowed(source) {
+                    out.refuse(format!("{path}.volumes[{i}]"), "bind_mounts", why);
+                }
+            }
+        }
+        out.0
+    }
+
+    fn service_rules(&self, path: &str, svc: &crate::spec::ServiceSpec, out: &mut Violations) {
         let o = &svc.options;
         self.replicas(&format!("{path}.deploy.replicas"), svc.replicas, out);
         if o.privileged == Some(true) && !self.privileged {
@@ -333,9 +419,20 @@ impl Policy {
         }
         self.check_namespaces(path, o, out);
         self.check_hooks(path, svc, out);
+        if self.run_as_non_root && !runs_as_non_root(o.user.as_deref()) {
+            let written = o
+                .user
+                .as_deref()
+                .map_or("unset".to_string(), |u| format!("{u:?}"));
+            out.refuse(
+                format!("{path}.user"),
+                "run_as_non_root",
+                format!("user is {written}; set `user:` to a numeric uid other than 0 (\"1000\" or \"1000:1000\"): a name is resolved inside the image, and may be root"),
+            );
+        }
         self.check_caps(path, &o.cap_add, out);
         for (i, rule) in o.device_cgroup_rules.iter().enumerate() {
-            if !self.devices.iter().any(|d| d == rule) {
+            if !listed(&self.devices, rule) {
                 out.refuse(
                     format!("{path}.device_cgroup_rules[{i}]"),
                     "devices",
@@ -345,7 +442,7 @@ impl Policy {
         }
         for (i, d) in o.devices.iter().enumerate() {
             let host = normalize_path(&d.host).unwrap_or_default();
-            if !self.devices.contains(&host) {
+            if !listed(&self.devices, &host) {
                 out.refuse(
                     format!("{path}.devices[{i}]"),
                     "devices",
@@ -364,7 +461,7 @@ impl Policy {
             }
         }
         for key in o.sysctls.keys() {
-            if !self.sysctls.iter().any(|p| key.starts_with(p.as_str())) {
+            if !(self.sysctls.iter()).any(|p| p == "*" || key.starts_with(p.as_str())) {
                 out.refuse(
                     format!("{path}.sysctls.{key}"),
                     "sysctls",
@@ -454,6 +551,11 @@ impl Policy {
         let Some(path) = normalize_path(source) else {
             return Err(format!("host path {source:?} is not absolute"));
         };
+        if self.bind_mounts.is_empty() {
+            return Err(format!(
+                "{path} is a host path, and this profile allows none (`bind_mounts: []`)"
+            ));
+        }
         let listed = |p: &str| {
             self.bind_mounts
                 .iter()
@@ -502,7 +604,7 @@ impl Policy {
     /// Named volumes: their driver, and what a `local` one would mount besides host paths
     /// (those are checked with the binds).
     fn check_volumes(&self, spec: &StackSpec, out: &mut Violations) {
-        let allowed = |list: &[String], name: &str| list.iter().any(|a| a == name);
+        let allowed = listed;
         for (key, vol) in spec.volumes.iter().filter(|(_, v)| !v.external) {
             if !volumes::is_local(vol) {
                 let driver = vol.driver.as_deref().unwrap_or_default();
@@ -530,7 +632,7 @@ impl Policy {
     fn check_networks(&self, spec: &StackSpec, out: &mut Violations) {
         for (key, net) in spec.networks.iter().filter(|(_, n)| !n.external) {
             let driver = net.driver.as_deref().unwrap_or("bridge");
-            if !self.network_drivers.iter().any(|d| d == driver) {
+            if !listed(&self.network_drivers, driver) {
                 out.refuse(
                     format!("networks.{key}.driver"),
                     "network_drivers",
@@ -879,18 +981,17 @@ volumes: {v: {driver_opts: {type: none, o: bind, device: /tmp/also-link}}}";
     }
 
     #[test]
-    fn published_ports_outside_the_range_are_refused() {
+    fn baseline_takes_any_host_port_and_a_range_refuses_ports_outside_it() {
+        let yaml = "services: {web: {image: x, ports: ['80:80', '443:443', '1023-1025:80']}}";
+        assert_eq!(refused_by_default(yaml), vec![]);
+        let high = Policy::from_yaml("ports: {min: 1024, max: 65535}").unwrap();
         assert_eq!(
-            refused_by_default("services: {web: {image: x, ports: ['80:80', '1023-1025:80']}}"),
+            refusals(&high, yaml),
             vec![
                 ("services.web.ports[0]".into(), "ports".into()),
                 ("services.web.ports[1]".into(), "ports".into()),
+                ("services.web.ports[2]".into(), "ports".into()),
             ]
-        );
-        let low = Policy::from_yaml("ports: {min: 80, max: 90}").unwrap();
-        assert_eq!(
-            refusals(&low, "services: {web: {image: x, ports: ['80:80']}}"),
-            vec![]
         );
     }
 

@@ -105,7 +105,7 @@ impl Listener {
         Ok(match self {
             Listener::Unix(l) => {
                 let (stream, _) = l.accept().await?;
-                let cred = stream.peer_cred().ok().map(|c| (c.uid(), c.gid()));
+                let cred = crate::server::caller::UnixCred::of(&stream);
                 Accepted::Ready(Box::new(stream), Peer::Unix(cred))
             }
             Listener::Tcp(l) => {

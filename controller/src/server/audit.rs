@@ -1,6 +1,7 @@
 //! The audit log: every API request that changes something (any method but GET and HEAD)
 //! is one line under the tracing target `capstan::audit` (time, caller, verb, stack,
-//! summary, the policy rules that refused it if any, result), and every request is counted
+//! summary, the policy profile an apply was checked under, the policy rules that refused it
+//! if any, result), and every request is counted
 //! in `capstan_api_requests_total{verb,result}` (`verb` one of [`Verb`]'s names).
 
 use axum::extract::Request;
@@ -22,6 +23,8 @@ pub struct Noted {
     summary: Option<String>,
     /// The policy rules that refused it ([`refused_by`]), comma-separated.
     refused_by: Option<String>,
+    /// The policy profile the request was checked under ([`profile`]).
+    profile: Option<String>,
 }
 
 impl Noted {
@@ -35,6 +38,12 @@ impl Noted {
 pub fn note(summary: impl Into<String>) {
     let summary = summary.into();
     let _ = NOTE.try_with(|n| n.borrow_mut().summary = Some(summary));
+}
+
+/// Called by a handler that checks its request against a policy profile: the profile's
+/// name, for the audit line.
+pub fn profile(name: &str) {
+    let _ = NOTE.try_with(|n| n.borrow_mut().profile = Some(name.to_string()));
 }
 
 /// Called when a request is refused by policy: the rules that refused it, in order and once
@@ -53,10 +62,11 @@ pub fn refused_by<'a>(rules: impl IntoIterator<Item = &'a str>) {
     let _ = NOTE.try_with(|n| n.borrow_mut().refused_by = Some(named.join(", ")));
 }
 
-/// The rule named by a refusal's reason (`policy rule NAME: why`), if it is a policy's.
+/// The rule named by a refusal's reason (`policy rule NAME: why`, or `policy rule NAME
+/// (profile P, caller C): why`), if it is a policy's.
 pub fn policy_rule(reason: &str) -> Option<&str> {
     let rest = reason.strip_prefix("policy rule ")?;
-    rest.split(':').next().filter(|r| !r.is_empty())
+    rest.split([':', ' ']).next().filter(|r| !r.is_empty())
 }
 
 /// The summary of a one-off run: the service, and the command when the request gave one
@@ -150,6 +160,8 @@ pub struct Entry {
     summary: Option<String>,
     /// The policy rules that refused the request, if policy did.
     refused_by: Option<String>,
+    /// The policy profile the request was checked under, if it was.
+    profile: Option<String>,
 }
 
 impl Entry {
@@ -175,6 +187,7 @@ impl Entry {
             stack: stack.map(str::to_string),
             summary,
             refused_by: None,
+            profile: None,
         }
     }
 
@@ -185,7 +198,13 @@ impl Entry {
             self.summary = noted.summary;
         }
         self.refused_by = noted.refused_by;
+        self.profile = noted.profile;
         self
+    }
+
+    /// The policy profile the request was checked under, if it was.
+    pub fn profile(&self) -> Option<&str> {
+        self.profile.as_deref()
     }
 
     /// Counts the request; logs it if it asked for a change.
@@ -202,6 +221,7 @@ impl Entry {
             verb = self.verb.as_str(),
             stack = self.stack.as_deref().unwrap_or(""),
             summary = self.summary.as_deref().unwrap_or(""),
+            profile = self.profile.as_deref().unwrap_or(""),
             refused_by = self.refused_by.as_deref().unwrap_or(""),
             result = result,
             status = status.as_u16(),
@@ -285,13 +305,16 @@ mod tests {
         let e = entry(Method::PUT, "/v1/stacks/shop").with_summary(n);
         assert_eq!(e.summary.as_deref(), Some("web=created"));
         assert_eq!(e.refused_by, None);
+        let ((), n) = with_note(async { profile("privileged") }).await;
+        let e = entry(Method::PUT, "/v1/stacks/shop").with_summary(n);
+        assert_eq!(e.profile.as_deref(), Some("privileged"));
         note("outside a request: ignored");
     }
 
     #[tokio::test]
     async fn a_policy_refusal_names_each_rule_once_in_order() {
         let reasons = [
-            "policy rule privileged: privileged containers are refused",
+            "policy rule privileged (profile baseline, caller token \"ci\"): privileged containers are refused",
             "policy rule bind_mounts: / is the host's root",
             "policy rule privileged: again",
             "not a policy's reason",

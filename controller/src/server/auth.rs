@@ -1,7 +1,8 @@
 //! Who may call the API. The Unix socket's caller is an admin (the socket's file mode and
 //! group are the check, as for Docker's socket); a TCP caller presents a bearer token,
 //! whose SHA-256 is looked up among the tokens in etcd. Roles: `read` (GETs), `deploy`
-//! (apply, scale, delete), `admin` (tokens). Every request then goes through
+//! (apply, scale, delete), `admin` (tokens). What a caller's stacks may do to the host is
+//! its policy profile's to say ([`super::caller::Caller::profile`]), not its role's. Every request then goes through
 //! [`super::audit`]: counted, and logged when it changes something.
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -71,7 +72,11 @@ async fn identify(
         return Err(error(StatusCode::UNAUTHORIZED, why.into()));
     };
     match st.tokens.lookup(&st.store, &hash(&secret)).await {
-        Ok(Some((name, role))) => Ok(Caller::Token { name, role }),
+        Ok(Some(holder)) => Ok(Caller::Token {
+            name: holder.name,
+            role: holder.role,
+            profile: holder.profile,
+        }),
         Ok(None) => Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid or revoked token".into(),
@@ -99,7 +104,7 @@ fn certificate_caller(cert: ClientCert) -> Result<Caller, String> {
 }
 
 /// The API's middleware: authenticate, authorise by role, then run and audit the request.
-pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+pub async fn guard(State(st): State<ApiState>, mut req: Request, next: Next) -> Response {
     let entry = super::audit::Entry::of(&req);
     let peer = req
         .extensions()
@@ -129,6 +134,8 @@ pub async fn guard(State(st): State<ApiState>, req: Request, next: Next) -> Resp
         entry.record(&st.metrics, Some(&caller), resp.status());
         return resp;
     }
+    // The handlers that check a policy take the profile of this caller.
+    req.extensions_mut().insert(caller.clone());
     let (resp, summary) = super::audit::with_note(next.run(req)).await;
     entry
         .with_summary(summary)
@@ -164,7 +171,7 @@ fn store_error(e: StoreError) -> Response {
     request_body(content = CreateToken),
     responses(
         (status = 201, description = "Created: the secret is shown this once.", body = CreatedToken),
-        (status = 400, description = "The name is not a short lowercase word, or the body is not JSON.", body = ErrorBody),
+        (status = 400, description = "The name is not a short lowercase word, the policy profile is not one the daemon defines, or the body is not JSON.", body = ErrorBody),
         (status = 409, description = "A token of that name exists.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "The JSON is not a `CreateToken`.", body = ErrorBody),
@@ -188,9 +195,21 @@ async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) 
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    if let Some(p) = req
+        .policy
+        .as_deref()
+        .filter(|p| st.policies.get(p).is_none())
+    {
+        let why = format!(
+            "policy {p:?}: the daemon's profiles are {}",
+            st.policies.names()
+        );
+        return error(StatusCode::BAD_REQUEST, why);
+    }
     let record = TokenRecord {
         name: req.name.clone(),
         role: req.role,
+        policy: req.policy.clone(),
         sha256: hash(&secret),
         created,
     };
@@ -198,14 +217,16 @@ async fn create_token(State(st): State<ApiState>, Json(req): Json<CreateToken>) 
         return store_error(e);
     }
     st.tokens.invalidate();
+    let profile = (req.policy.as_deref()).map_or(String::new(), |p| format!(" policy {p}"));
     super::audit::note(format!(
-        "create token {} role {}",
+        "create token {} role {}{profile}",
         req.name,
         req.role.name()
     ));
     let body = CreatedToken {
         name: req.name,
         role: req.role,
+        policy: req.policy,
         token: secret,
     };
     (StatusCode::CREATED, Json(body)).into_response()

@@ -117,6 +117,7 @@ struct BuildQuery {
     ))]
 async fn build(
     State(st): State<ApiState>,
+    axum::Extension(caller): axum::Extension<super::caller::Caller>,
     Query(q): Query<BuildQuery>,
     headers: HeaderMap,
     body: Body,
@@ -128,7 +129,11 @@ async fn build(
     if let Err(reason) = check(&req) {
         return error(StatusCode::BAD_REQUEST, reason);
     }
-    let refused = st.policy.check_build("spec", &req.spec);
+    let (profile, in_force) = match super::stacks::profile_of(&st, &caller) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let refused = in_force.attribute(profile.policy.check_build("spec", &req.spec));
     if !refused.is_empty() {
         let body = ErrorBody {
             error: format!(

@@ -93,7 +93,9 @@ fn api() -> OpenApiRouter<ApiState> {
         description = "Capstan's HTTP API: stacks of Compose services kept converged on a Docker host. \
             Over the Unix socket the caller is an admin; over TCP it sends `Authorization: Bearer <token>` \
             (or a client certificate). Roles: `read` (GETs, diff), `deploy` (writes), `admin` (tokens). \
-            Every error is JSON: an `ErrorBody`."
+            What a stack may do to the host is the caller's policy profile's to say: `privileged` for root \
+            and the engine socket's group on the socket, `baseline` for everyone else unless the daemon's \
+            policy file or the token says otherwise. Every error is JSON: an `ErrorBody`."
     ),
     components(schemas(ErrorBody, capstan_api::build::BuildRequest)),
     tags(
@@ -190,7 +192,7 @@ mod tests {
             .header("host", "localhost")
             .body(axum::body::Body::empty())
             .unwrap();
-        let peer = caller::Peer::Unix(Some((0, 0)));
+        let peer = caller::Peer::Unix(Some(caller::UnixCred::default()));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let resp = app.clone().oneshot(req).await.unwrap();
@@ -330,7 +332,7 @@ mod tests {
             .header("host", "localhost")
             .body(axum::body::Body::from("services: {web: {image: web:1}}"))
             .unwrap();
-        let peer = caller::Peer::Unix(Some((0, 0)));
+        let peer = caller::Peer::Unix(Some(caller::UnixCred::default()));
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let resp = app.oneshot(req).await.unwrap();

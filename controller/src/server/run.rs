@@ -56,7 +56,7 @@ fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal
         (status = 200, description = "The container's life, one JSON `RunRecord` a line (NDJSON): started, its output, its exit.",
             body = RunRecord, content_type = "application/x-ndjson"),
         (status = 400, description = "The body is not a valid `RunRequest`: each field in `details`.", body = ErrorBody),
-        (status = 403, description = "The policy refuses the service's binds.", body = ErrorBody),
+        (status = 403, description = "The caller's policy profile refuses the service (each field in `details`) or its binds as the host now resolves them.", body = ErrorBody),
         (status = 404, description = "No such stack or service.", body = ErrorBody),
         (status = 409, description = "The image or an external resource is missing, a name is taken, or a sidecar's partner cannot take it.", body = ErrorBody),
         (status = 500, description = "The run ended before its container started.", body = ErrorBody),
@@ -64,6 +64,7 @@ fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal
     ))]
 async fn run(
     State(st): State<ApiState>,
+    axum::Extension(caller): axum::Extension<super::caller::Caller>,
     Path((stack, service)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
@@ -79,7 +80,21 @@ async fn run(
         let why = format!("service {service} not found in stack {stack}");
         return error(StatusCode::NOT_FOUND, why, vec![]).into_response();
     };
-    if let Some(refused) = shape::bind_refused(&stack, &service, &st.policy) {
+    // A one-off runs the caller's command with the service's privileges: the caller's
+    // profile must allow the service, whoever applied it.
+    let (profile, in_force) = match super::stacks::profile_of(&st, &caller) {
+        Ok(found) => found,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let refused = in_force.attribute(profile.policy.check_service(&service.name, &service.spec));
+    if !refused.is_empty() {
+        let why = format!(
+            "refused by policy: {} problem(s); nothing was run",
+            refused.len()
+        );
+        return error(StatusCode::FORBIDDEN, why, refused).into_response();
+    }
+    if let Some(refused) = shape::bind_refused(&stack, &service, profile.policy) {
         return error(StatusCode::FORBIDDEN, refused.to_string(), vec![]).into_response();
     }
     let mut plan = oneoff(&stack, &service, &req);

@@ -27,8 +27,11 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::caller::Caller;
 use super::state::{ApiState, READ_TIMEOUT, STALE_HEADER};
 use crate::store::{KvError, RolloutVerb, Snapshot, Store, StoreError};
+use axum::Extension;
+use capstan_api::policy::{InForce, Profile};
 
 /// The stacks, their services and rollouts, the leader, Traefik's provider.
 pub fn routes() -> OpenApiRouter<ApiState> {
@@ -188,15 +191,34 @@ fn refused(what: &str, errors: Vec<capstan_api::FieldError>) -> Result<(), ApiEr
     ))
 }
 
-/// A stack the policy refuses is a 400 naming each field and the rule. Host paths are
-/// checked as written and as this host resolves them (symlinks followed), since the engine
-/// follows them; paths that do not exist yet are checked as written.
+/// A stack the caller's policy profile refuses is a 400 naming each field, the rule, the
+/// profile and the caller. Host paths are checked as written and as this host resolves them
+/// (symlinks followed), since the engine follows them; paths that do not exist yet are
+/// checked as written.
 fn policy_allows(
-    policy: &capstan_api::policy::Policy,
+    profile: &Profile,
+    in_force: &InForce,
     spec: &capstan_api::spec::StackSpec,
 ) -> Result<(), ApiError> {
-    let errors = policy.check_on_host(spec, capstan_api::policy::resolve_on_host);
-    refused("refused by policy", errors)
+    let errors = (profile.policy).check_on_host(spec, capstan_api::policy::resolve_on_host);
+    refused("refused by policy", in_force.attribute(errors))
+}
+
+/// The profile in force for `caller`, noted for the audit line; a 403 when the caller's
+/// token names a profile the policy file no longer defines.
+pub(super) fn profile_of<'p>(
+    st: &'p ApiState,
+    caller: &Caller,
+) -> Result<(Profile<'p>, InForce), ApiError> {
+    let (profile, in_force) = (caller.profile(&st.policies, st.engine_gid)).map_err(|e| {
+        let body = ErrorBody {
+            error: e.to_string(),
+            details: vec![],
+        };
+        ApiError(StatusCode::FORBIDDEN, body)
+    })?;
+    super::audit::profile(profile.name);
+    Ok((profile, in_force))
 }
 
 /// A stack that would own another stack's container, network or volume name is a 400
@@ -339,7 +361,8 @@ struct ApplyQuery {
     request_body(content = String, content_type = "application/yaml", description = "The stack as a Compose file (YAML or JSON), at most 1 MiB."),
     responses(
         (status = 200, description = "Applied (or, with `dryRun`, what would change); per service, what changed.", body = ApplyResult),
-        (status = 400, description = "The document is invalid, refused by policy, or names another stack's containers, networks or volumes: each field in `details`; nothing was written.", body = ErrorBody),
+        (status = 400, description = "The document is invalid, refused by the caller's policy profile, or names another stack's containers, networks or volumes: each field in `details`; nothing was written.", body = ErrorBody),
+        (status = 403, description = "The caller's token names a policy profile the daemon no longer defines: nothing was written.", body = ErrorBody),
         (status = 409, description = "`resourceVersion` is not the stack's, or a concurrent apply won: nothing was written.", body = ErrorBody),
         (status = 413, description = "The document is over 1 MiB.", body = ErrorBody),
         (status = 500, description = "What etcd holds cannot be read (corrupt, dangling or unsealable records), or etcd refused the request.", body = ErrorBody),
@@ -347,12 +370,15 @@ struct ApplyQuery {
     ))]
 async fn apply(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(stack): Path<String>,
     Query(q): Query<ApplyQuery>,
     body: String,
 ) -> ApiResult<capstan_api::object::ApplyResult> {
-    let spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
-    policy_allows(&st.policy, &spec)?;
+    let mut spec = capstan_api::parse_stack(&stack, &body).map_err(StoreError::from)?;
+    let (profile, in_force) = profile_of(&st, &caller)?;
+    policy_allows(&profile, &in_force, &spec)?;
+    spec.profile = Some(profile.name.to_string());
     st.writable()?;
     isolated(&st.store, &spec).await?;
     if q.dry_run {
@@ -505,6 +531,7 @@ async fn get_service(
     ))]
 async fn scale(
     State(st): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<ScaleQuery>,
     Json(req): Json<ScaleRequest>,
@@ -522,15 +549,12 @@ async fn scale(
         })
         .into());
     }
-    if let Some(refused) = st.policy.check_replicas("replicas", req.replicas) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            ErrorBody {
-                error: "refused by policy: 1 problem(s); nothing was applied".into(),
-                details: vec![refused],
-            },
-        ));
-    }
+    let (profile, in_force) = profile_of(&st, &caller)?;
+    let too_many = profile.policy.check_replicas("replicas", req.replicas);
+    refused(
+        "refused by policy",
+        in_force.attribute(too_many.into_iter().collect()),
+    )?;
     st.writable()?;
     (st.store)
         .scale(&stack, &service, req.replicas, q.resource_version)
@@ -794,11 +818,15 @@ mod tests {
         let mut writer = crate::watch::Writer::default();
         st.desired = writer.reader();
         let body = "services: {web: {image: web:1}, db: {image: db:1}}".to_string();
-        assert!(
-            apply(State(st.clone()), Path("shop".into()), query(false), body)
-                .await
-                .is_ok()
-        );
+        assert!(apply(
+            State(st.clone()),
+            deployer(),
+            Path("shop".into()),
+            query(false),
+            body
+        )
+        .await
+        .is_ok());
         let snap = st.store.snapshot().await.unwrap();
         writer.apply(crate::watch::Event::Relisted(snap));
         (st, kv, writer)
@@ -920,9 +948,15 @@ mod tests {
         let (st, _) = state();
         let body = "services: {web: {image: x, privileged: true, volumes: ['/:/host']}}";
         let (resp, noted) = crate::server::audit::with_note(async {
-            apply(State(st), Path("shop".into()), query(false), body.into())
-                .await
-                .into_response()
+            apply(
+                State(st),
+                deployer(),
+                Path("shop".into()),
+                query(false),
+                body.into(),
+            )
+            .await
+            .into_response()
         })
         .await;
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
@@ -933,6 +967,15 @@ mod tests {
         );
     }
 
+    /// A token of role `deploy`: the `baseline` profile.
+    fn deployer() -> Extension<Caller> {
+        Extension(Caller::Token {
+            name: "ci".into(),
+            role: capstan_api::token::Role::Deploy,
+            profile: None,
+        })
+    }
+
     fn query(dry_run: bool) -> Query<ApplyQuery> {
         Query(ApplyQuery {
             resource_version: None,
@@ -941,13 +984,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn root_on_the_socket_applies_traefiks_shape_and_the_stack_keeps_its_profile() {
+        let (st, _) = state();
+        let body = "services: {traefik: {image: x, ports: ['80:80'], volumes: ['/var/run/docker.sock:/var/run/docker.sock']}}";
+        let root = Extension(Caller::Unix(Some(Default::default())));
+        let (applied, noted) = crate::server::audit::with_note(apply(
+            State(st.clone()),
+            root,
+            Path("lb".into()),
+            query(false),
+            body.into(),
+        ))
+        .await;
+        assert!(applied.is_ok(), "refused: {:?}", applied.err().map(|e| e.1));
+        let stacks = st.store.snapshot().await.unwrap().stacks;
+        assert_eq!(stacks[0].profile.as_deref(), Some("privileged"));
+        let e = crate::server::audit::Entry::of(
+            &axum::extract::Request::put("/v1/stacks/lb")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .with_summary(noted);
+        assert_eq!(e.profile(), Some("privileged"));
+        let Err(ApiError(_, err)) = apply(
+            State(st),
+            deployer(),
+            Path("lb".into()),
+            query(true),
+            body.into(),
+        )
+        .await
+        else {
+            panic!("a deploy token mounted the Docker socket");
+        };
+        assert!(
+            err.details[0]
+                .reason
+                .starts_with("policy rule bind_mounts (profile baseline, caller token \"ci\"): "),
+            "{}",
+            err.details[0].reason
+        );
+    }
+
+    #[tokio::test]
     async fn a_dry_run_put_answers_per_service_and_writes_nothing() {
         let (st, kv) = state();
         let body = "services: {web: {image: web:1}, db: {image: db:1}}".to_string();
-        let Json(res) = apply(State(st), Path("shop".into()), query(true), body)
-            .await
-            .ok()
-            .unwrap();
+        let Json(res) = apply(
+            State(st),
+            deployer(),
+            Path("shop".into()),
+            query(true),
+            body,
+        )
+        .await
+        .ok()
+        .unwrap();
         assert!(res.dry_run);
         assert_eq!(res.services["web"], ApplyOutcome::Created);
         assert_eq!(kv.writes(), 0);
@@ -960,6 +1052,7 @@ mod tests {
         for dry_run in [true, false] {
             let Err(ApiError(status, err)) = apply(
                 State(st.clone()),
+                deployer(),
                 Path("shop".into()),
                 query(dry_run),
                 body.into(),
@@ -996,7 +1089,14 @@ mod tests {
             "services: {{web: {{image: x, volumes: ['{}:/host']}}}}",
             link.display()
         );
-        let result = apply(State(st.clone()), Path("shop".into()), query(false), body).await;
+        let result = apply(
+            State(st.clone()),
+            deployer(),
+            Path("shop".into()),
+            query(false),
+            body,
+        )
+        .await;
         let _ = std::fs::remove_file(&link);
         let Err(ApiError(status, err)) = result else {
             panic!("a symlink to / passed the policy as a path under /tmp");
@@ -1018,6 +1118,7 @@ mod tests {
         let first = "services: {web: {image: x}}".to_string();
         let applied = apply(
             State(st.clone()),
+            deployer(),
             Path("s6col-a".into()),
             query(false),
             first,
@@ -1026,8 +1127,14 @@ mod tests {
         assert!(applied.is_ok());
         let writes = kv.writes();
         let body = "services: {a-web: {image: x}}".to_string();
-        let Err(ApiError(status, err)) =
-            apply(State(st), Path("s6col".into()), query(false), body).await
+        let Err(ApiError(status, err)) = apply(
+            State(st),
+            deployer(),
+            Path("s6col".into()),
+            query(false),
+            body,
+        )
+        .await
         else {
             panic!("a colliding stack was accepted");
         };
@@ -1040,8 +1147,14 @@ mod tests {
     async fn an_invalid_dry_run_is_a_400_with_every_error() {
         let (st, kv) = state();
         let body = "services: {web: {imgae: x}, db: {image: db, ports: ['99999']}}".to_string();
-        let Err(ApiError(status, body)) =
-            apply(State(st), Path("shop".into()), query(true), body).await
+        let Err(ApiError(status, body)) = apply(
+            State(st),
+            deployer(),
+            Path("shop".into()),
+            query(true),
+            body,
+        )
+        .await
         else {
             panic!("an invalid stack was accepted");
         };
@@ -1062,10 +1175,16 @@ mod tests {
     async fn a_stale_resource_version_is_a_409_for_apply_scale_and_delete_and_nothing_is_written() {
         let (st, kv) = state();
         let body = || "services: {web: {image: web:1}}".to_string();
-        let Json(first) = apply(State(st.clone()), Path("shop".into()), query(false), body())
-            .await
-            .ok()
-            .unwrap();
+        let Json(first) = apply(
+            State(st.clone()),
+            deployer(),
+            Path("shop".into()),
+            query(false),
+            body(),
+        )
+        .await
+        .ok()
+        .unwrap();
         let svc = st.store.service("shop", "web").await.unwrap().unwrap();
         st.store.scale("shop", "web", 2, None).await.unwrap();
         let writes = kv.writes();
@@ -1073,7 +1192,14 @@ mod tests {
             resource_version: Some(first.resource_version),
             dry_run: false,
         });
-        let applied = apply(State(st.clone()), Path("shop".into()), stale, body()).await;
+        let applied = apply(
+            State(st.clone()),
+            deployer(),
+            Path("shop".into()),
+            stale,
+            body(),
+        )
+        .await;
         assert!(matches!(applied, Err(ApiError(StatusCode::CONFLICT, _))));
         let q = Query(ScaleQuery {
             resource_version: Some(svc.resource_version),
@@ -1081,6 +1207,7 @@ mod tests {
         let path = Path(("shop".to_string(), "web".to_string()));
         let scaled = scale(
             State(st.clone()),
+            deployer(),
             path,
             q,
             Json(ScaleRequest { replicas: 3 }),

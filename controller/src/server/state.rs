@@ -36,8 +36,12 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The API tokens, cached ([`super::tokens`]).
     pub tokens: Arc<super::tokens::Tokens>,
-    /// What stacks may do to the host, checked at apply, dry-run and scale.
-    pub policy: Arc<capstan_api::policy::Policy>,
+    /// What stacks may do to the host, per caller: the policy profiles, checked at apply,
+    /// dry-run, scale, build and run.
+    pub policies: Arc<capstan_api::policy::Profiles>,
+    /// The group owning the engine's socket, read at start: its members on capstan's socket
+    /// can reach the engine anyway, so they get the `socket:` profile, as root does.
+    pub engine_gid: Option<u32>,
     /// The engine `build:` contexts are built on, and their size limit ([`super::build`]).
     pub builds: Builds,
     /// The engine, unfenced: any daemon reads logs ([`super::logs`]) and runs one-off
@@ -105,7 +109,8 @@ impl ApiState {
             stop: tokio::sync::watch::channel(false).1,
             metrics: Arc::default(),
             tokens: Arc::default(),
-            policy: Arc::default(),
+            policies: Arc::default(),
+            engine_gid: None,
             builds: Builds::default(),
             runtime: Arc::new(crate::runtime::fake::FakeRuntime::default()),
             files: Default::default(),

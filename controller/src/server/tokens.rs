@@ -28,8 +28,16 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// daemon sharing the etcd stops working here within this.
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(2);
 
-/// Name and role by SHA-256, as loaded at an instant.
-type ByHash = (Instant, HashMap<String, (String, Role)>);
+/// What a token says of its holder: its name, role and policy profile, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub name: String,
+    pub role: Role,
+    pub profile: Option<String>,
+}
+
+/// The holders by SHA-256, as loaded at an instant.
+type ByHash = (Instant, HashMap<String, Holder>);
 
 /// The tokens by hash, reloaded from etcd when older than [`TOKEN_CACHE_TTL`].
 #[derive(Default)]
@@ -38,19 +46,22 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// The name and role of the token whose SHA-256 is `sha256`, if it exists.
-    pub async fn lookup(
-        &self,
-        store: &Store,
-        sha256: &str,
-    ) -> Result<Option<(String, Role)>, StoreError> {
+    /// The holder of the token whose SHA-256 is `sha256`, if it exists.
+    pub async fn lookup(&self, store: &Store, sha256: &str) -> Result<Option<Holder>, StoreError> {
         if let Some((at, map)) = &*self.cached.read().expect("token cache") {
             if at.elapsed() < TOKEN_CACHE_TTL {
                 return Ok(map.get(sha256).cloned());
             }
         }
         let map: HashMap<_, _> = (store.tokens().await?.into_iter())
-            .map(|t| (t.sha256, (t.name, t.role)))
+            .map(|t| {
+                let holder = Holder {
+                    name: t.name,
+                    role: t.role,
+                    profile: t.policy,
+                };
+                (t.sha256, holder)
+            })
             .collect();
         let found = map.get(sha256).cloned();
         *self.cached.write().expect("token cache") = Some((Instant::now(), map));

@@ -397,7 +397,8 @@ fn next_record(spec: &StackSpec, current: &Current, plan: &Writes, now: String) 
     let own_changed = current.record.is_none()
         || old.services != services
         || old.networks != spec.networks
-        || old.volumes != spec.volumes;
+        || old.volumes != spec.volumes
+        || old.profile != spec.profile;
     if !own_changed && plan.staged.is_empty() && plan.removed.is_empty() {
         return None;
     }
@@ -419,6 +420,7 @@ fn next_record(spec: &StackSpec, current: &Current, plan: &Writes, now: String) 
         versions,
         networks: spec.networks.clone(),
         volumes: spec.volumes.clone(),
+        profile: spec.profile.clone(),
         deletion: None,
     })
 }

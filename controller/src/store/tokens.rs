@@ -61,6 +61,7 @@ mod tests {
 
     fn record(name: &str) -> TokenRecord {
         TokenRecord {
+            policy: None,
             name: name.into(),
             role: Role::Read,
             sha256: "ab".repeat(32),

@@ -57,7 +57,7 @@ pub struct ContainerBackend {
     /// Secrets and configs written on the host for the replicas.
     pub files: HostFiles,
     /// The bind rule checked again when a container is made ([`shape::bind_refused`]).
-    pub policy: Option<Arc<capstan_api::policy::Policy>>,
+    pub policy: Option<Arc<capstan_api::policy::Profiles>>,
 }
 
 /// What the container planner reads besides the containers.

@@ -376,8 +376,9 @@ impl<'a> Job<'a> {
 
     async fn create_and_start(self, ordinal: u32, made: Made) -> Result<(), RuntimeError> {
         let (b, obs) = (self.b, self.obs);
-        let policy = b.policy.as_deref();
-        if let Some(refused) = policy.and_then(|p| shape::bind_refused(&obs.stack, &obs.service, p))
+        let admitted = (b.policy.as_deref()).map(|p| p.for_stack(obs.stack.profile.as_deref()));
+        if let Some(refused) =
+            admitted.and_then(|p| shape::bind_refused(&obs.stack, &obs.service, p.policy))
         {
             return Err(refused);
         }
