@@ -56,7 +56,8 @@ e2e: deps images
 	ONLY=e2e bash scripts/run-tests.sh
 
 ## bench: every benchmark (scale without Docker; convergence, heal, idle cost, proxy and auth
-## against the real engine, rolling updates against Swarm), release build; prints tables and writes
+## against the real engine, rolling updates against Swarm, `capstan config` against
+## `docker-compose config`), release build; prints tables and writes
 ## bench/results/latest.json. Never part of `make test`. Takes about 20 minutes.
 bench: images
 	@bash scripts/deps.sh bench

@@ -17,6 +17,8 @@ command -v htpasswd >/dev/null || missing+=(apache2-utils)
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null || missing+=(wrk)
   command -v haproxy >/dev/null || missing+=(haproxy)
+  # `capstan config` is measured beside Compose 1.29's `docker-compose config`.
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
 fi
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)

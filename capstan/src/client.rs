@@ -518,19 +518,18 @@ pub async fn apply(
     wait: bool,
     timeout: Duration,
 ) -> anyhow::Result<i32> {
-    let mut loaded = crate::project::load(opts)?;
-    for w in &loaded.warnings {
+    // The document `capstan config` shows.
+    let req = crate::config::request(opts)?;
+    for w in &req.warnings {
         eprintln!("warning: {w}");
     }
-    let stack = loaded.stack;
+    let stack = req.stack.clone();
     // Built services: their images are built first (unless the engine has them); a failed
     // build returns here, before anything is applied.
-    let jobs = crate::build::plan(&stack, &loaded.dir, &mut loaded.doc, &[])?;
     if !dry_run {
-        crate::build::ensure(api, &stack, &jobs).await?;
+        crate::build::ensure(api, &stack, &req.jobs).await?;
     }
-    // JSON is YAML, and writes every resolved value exactly.
-    let body = serde_json::to_string(&loaded.doc)?;
+    let body = req.body()?;
     // Parsed here too, for the notices; the server validates again and has the last word.
     if let Ok(spec) = capstan_api::parse_stack(&stack, &body) {
         for n in capstan_api::compose::notices::notices(&spec) {

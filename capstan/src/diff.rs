@@ -48,14 +48,13 @@ pub async fn run(api: &crate::client::Client, opts: &crate::project::Options) ->
 }
 
 async fn diff(api: &crate::client::Client, opts: &crate::project::Options) -> anyhow::Result<bool> {
-    let mut loaded = crate::project::load(opts)?;
-    // Built services are compared by the tag their context would get (nothing is built).
-    crate::build::plan(&loaded.stack, &loaded.dir, &mut loaded.doc, &[])?;
-    let body = serde_json::to_string(&loaded.doc)?;
-    let d = api.diff(&loaded.stack, body).await?;
+    // What apply would send; built services are compared by the tag their context would
+    // get (nothing is built).
+    let req = crate::config::request(opts)?;
+    let d = api.diff(&req.stack, req.body()?).await?;
     print!(
         "{}",
-        render(&loaded.stack, &d, std::io::stdout().is_terminal())
+        render(&req.stack, &d, std::io::stdout().is_terminal())
     );
     Ok(!d.is_empty())
 }

@@ -4,6 +4,7 @@
 mod allocator;
 mod build;
 mod client;
+mod config;
 mod diff;
 mod logs;
 mod output;
@@ -67,7 +68,7 @@ struct Cli {
     command: Command,
 }
 
-/// Which Compose project `apply` and `diff` read, as `docker compose` finds it.
+/// Which Compose project `apply`, `diff`, `build` and `config` read, as `docker compose` finds it.
 #[derive(clap::Args)]
 struct ProjectArgs {
     /// Compose files, merged in order (`-`: standard input); without -f, compose.yaml (or
@@ -97,6 +98,43 @@ impl From<ProjectArgs> for project::Options {
             profiles: a.profile,
             project_directory: a.project_directory,
             stack: a.stack,
+        }
+    }
+}
+
+/// What `capstan config` prints: the document, or one of Compose's lists.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The document's format.
+    #[arg(long, value_enum, default_value = "yaml")]
+    format: config::Format,
+    /// Only validate: print nothing, exit 0 when valid, 1 with every problem otherwise.
+    #[arg(short, long, group = "list")]
+    quiet: bool,
+    /// Print the services in the stack (profiles applied), one per line.
+    #[arg(long, group = "list")]
+    services: bool,
+    /// Print the named volumes, one per line.
+    #[arg(long, group = "list")]
+    volumes: bool,
+    /// Print every profile the services name, one per line.
+    #[arg(long, group = "list")]
+    profiles: bool,
+    /// Print each service's image, one per line (a built one: the tag its context gets).
+    #[arg(long, group = "list")]
+    images: bool,
+}
+
+impl From<ConfigArgs> for config::Show {
+    fn from(a: ConfigArgs) -> Self {
+        use config::Show;
+        match a {
+            ConfigArgs { quiet: true, .. } => Show::Quiet,
+            ConfigArgs { services: true, .. } => Show::Services,
+            ConfigArgs { volumes: true, .. } => Show::Volumes,
+            ConfigArgs { profiles: true, .. } => Show::Profiles,
+            ConfigArgs { images: true, .. } => Show::Images,
+            ConfigArgs { format, .. } => Show::Document(format),
         }
     }
 }
@@ -312,6 +350,15 @@ enum Command {
         wait: bool,
         #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// Print the project resolved exactly as `apply` would send it (as `docker compose
+    /// config`): interpolated, merged, profiles applied, relative paths absolute. Checks it
+    /// as the server would, without a daemon: exit 1 with every problem.
+    Config {
+        #[command(flatten)]
+        project: ProjectArgs,
+        #[command(flatten)]
+        show: ConfigArgs,
     },
     /// Build the images of the project's services that have `build:` (all, or those named),
     /// without applying anything; an image the engine already has is not built again.
@@ -706,11 +753,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", capstan_controller::server::openapi_json());
             return Ok(0);
         }
+        // A local command: it must work with no server reachable.
+        Command::Config { project, show } => return config::run(&project.into(), show.into()),
         _ => {}
     }
     let api = client::Client::new(&cli.server, &creds)?;
     match cli.command {
-        Command::Serve(_) | Command::Openapi => unreachable!("answered above"),
+        Command::Serve(_) | Command::Openapi | Command::Config { .. } => {
+            unreachable!("answered above")
+        }
         Command::Token { action } => token(&api, action).await,
         Command::Apply {
             project,

@@ -45,6 +45,8 @@ pub struct Loaded {
     pub stack: String,
     /// The project folder: relative build contexts are in it.
     pub dir: PathBuf,
+    /// Every profile the services name, active or not (`config --profiles`).
+    pub profiles: Vec<String>,
 }
 
 /// Resolves the project; a Compose error is returned as the server would word it. `-f -`
@@ -62,7 +64,7 @@ pub fn load(opts: &Options) -> anyhow::Result<Loaded> {
 }
 
 /// [`load`], with what standard input held.
-fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Loaded> {
+pub(crate) fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Loaded> {
     let cwd = std::env::current_dir()?;
     let files = compose_files(&cwd, opts)?;
     let stdin_path = cwd.join("-");
@@ -119,6 +121,7 @@ fn load_with_stdin(opts: &Options, stdin: Option<String>) -> anyhow::Result<Load
         warnings: resolved.warnings,
         stack,
         dir,
+        profiles: resolved.profiles,
     })
 }
 

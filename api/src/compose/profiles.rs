@@ -6,15 +6,17 @@
 
 use super::resolve::Resolver;
 use super::yaml::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Resolver<'_, '_> {
-    pub(super) fn profiles(&mut self, doc: &mut Value) {
+    /// Leaves out the services no active profile enables; returns every profile named.
+    pub(super) fn profiles(&mut self, doc: &mut Value) -> Vec<String> {
         let active = &self.project.profiles;
         let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) else {
-            return;
+            return vec![];
         };
         let mut left_out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut declared = BTreeSet::new();
         services.0.retain_mut(|(name, svc)| {
             let Some(profiles) = svc.as_mapping_mut().and_then(|m| m.remove("profiles")) else {
                 return true;
@@ -23,6 +25,7 @@ impl Resolver<'_, '_> {
                 Value::Sequence(items) => items.iter().filter_map(Value::scalar_text).collect(),
                 other => other.scalar_text().into_iter().collect(),
             };
+            declared.extend(names.iter().cloned());
             let on = names
                 .iter()
                 .any(|p| active.iter().any(|a| a == p || a == "*"));
@@ -50,6 +53,7 @@ impl Resolver<'_, '_> {
                 ),
             );
         }
+        declared.into_iter().collect()
     }
 }
 
@@ -141,5 +145,11 @@ services:
         let doc = project_with(FILE, &["test"]).unwrap().doc;
         let lib = doc.get("services").unwrap().get("test_lib").unwrap();
         assert!(lib.get("profiles").is_none());
+    }
+
+    #[test]
+    fn every_profile_a_service_names_is_listed_whether_active_or_not() {
+        let resolved = project_with(FILE, &["test"]).unwrap();
+        assert_eq!(resolved.profiles, vec!["debug", "test", "tools"]);
     }
 }

@@ -34,6 +34,9 @@ pub struct Project<'a> {
 pub struct Resolved {
     pub doc: Value,
     pub warnings: Vec<String>,
+    /// Every profile the services name, active or not, sorted (`capstan config --profiles`,
+    /// as Compose lists them): the document no longer holds them.
+    pub profiles: Vec<String>,
 }
 
 /// Resolves a project into one document, or every error found.
@@ -52,8 +55,9 @@ pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
         }
     }
     yaml::strip_tags(&mut doc);
+    let mut profiles = vec![];
     if r.errors.is_empty() {
-        r.profiles(&mut doc);
+        profiles = r.profiles(&mut doc);
         r.environments(&mut doc);
         r.file_sources(&mut doc);
     }
@@ -61,6 +65,7 @@ pub fn resolve(project: &Project) -> Result<Resolved, InvalidStack> {
         Ok(Resolved {
             doc,
             warnings: r.warnings,
+            profiles,
         })
     } else {
         Err(InvalidStack { errors: r.errors })
