@@ -24,6 +24,7 @@ use crate::spec::*;
 
 mod bounds;
 mod build;
+pub mod casts;
 mod chars;
 mod deploy;
 pub mod env;

@@ -98,12 +98,16 @@ impl Parser {
             .then_some(name)
     }
 
+    /// `true`/`false`; a string with one of the words Compose reads as a boolean (a
+    /// document sent straight to the API may hold them) too.
     pub(super) fn bool(&mut self, path: &str, v: &Value) -> bool {
-        match v {
-            Value::Bool(b) => *b,
-            Value::String(s) if s == "true" || s == "false" => s == "true",
-            other => {
-                self.err(path, format!("must be true or false, got {}", kind(other)));
+        if let Value::Bool(b) = v {
+            return *b;
+        }
+        match v.as_str().and_then(super::casts::boolean) {
+            Some(b) => b,
+            None => {
+                self.err(path, format!("must be true or false, got {}", kind(v)));
                 false
             }
         }
