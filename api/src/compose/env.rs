@@ -195,7 +195,7 @@ impl<'t> Reader<'t> {
     }
 
     /// The text up to the end of the line (not included).
-    fn to_line_end(&mut self) -> &'t str {
+    fn rest_of_line(&mut self) -> &'t str {
         let end = self.rest.find('\n').unwrap_or(self.rest.len());
         self.advance(end)
     }
@@ -216,7 +216,7 @@ impl<'t> Reader<'t> {
             if !self.rest.starts_with('#') {
                 break;
             }
-            self.to_line_end();
+            self.rest_of_line();
         }
         let line = self.line;
         if let Some(after) = self.rest.strip_prefix("export") {
@@ -246,7 +246,7 @@ impl<'t> Reader<'t> {
 
     fn value(&mut self, line: usize) -> Result<RawValue<'t>, EnvFileError> {
         let Some(quote) = self.rest.chars().next().filter(|c| *c == '"' || *c == '\'') else {
-            let text = self.to_line_end();
+            let text = self.rest_of_line();
             let text = text.split(" #").next().unwrap_or_default();
             return Ok(RawValue::Plain(text.trim_end_matches(blank)));
         };
@@ -265,7 +265,7 @@ impl<'t> Reader<'t> {
         };
         let inner = &self.advance(close + 1)[1..close];
         self.skip_blanks();
-        let after = self.to_line_end();
+        let after = self.rest_of_line();
         if !after.is_empty() && !after.starts_with('#') {
             return Err(EnvFileError {
                 line: self.line,
