@@ -151,8 +151,13 @@ impl Resolver<'_, '_> {
                 return None;
             }
         };
-        let mut doc = match yaml::parse(&text) {
-            Ok(doc) => doc,
+        // Several documents in one file are read as Compose reads them: each merged over
+        // the ones before it, as another `-f` file would be.
+        let mut doc = match yaml::parse_documents(&text) {
+            Ok(docs) => docs.into_iter().fold(Value::Null, |mut doc, one| {
+                merge_documents(&mut doc, one);
+                doc
+            }),
             Err(e) => {
                 self.err(field, format!("not valid YAML: {e}"));
                 return None;
@@ -504,5 +509,19 @@ pub(crate) mod tests {
         );
         let r = project_with("services: {web: {image: \"x:$MISSING\"}}", &[]).unwrap();
         assert_eq!(r.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_file_of_several_documents_merges_them_in_order_as_compose_reads_it() {
+        let r = project_with(
+            "services: {web: {image: a, environment: [A=1]}}\n---\nservices: {web: {image: b, environment: [B=2]}, db: {image: d}}\n",
+            &[],
+        )
+        .unwrap();
+        let web = service(&r, "web");
+        assert_eq!(web.get("image").unwrap().as_str(), Some("b"));
+        let env = web.get("environment").unwrap();
+        assert!(env.get("A").is_some() && env.get("B").is_some());
+        assert!(r.doc.get("services").unwrap().get("db").is_some());
     }
 }

@@ -320,17 +320,43 @@ impl Value {
 
 /// Reads one YAML (or JSON) document. The error is a reason fit to follow `(file)`.
 pub fn parse(text: &str) -> Result<Value, String> {
-    read(text).0
+    read(text, 1, |t, o| {
+        serde_saphyr::from_str_with_options::<Value>(t, o)
+    })
+    .0
+}
+
+/// The most documents (`---`) one file may hold.
+pub const MAX_DOCUMENTS: usize = 64;
+
+/// Reads every document of a file (separated by `---`), in order: Compose reads a file of
+/// several as if each were one more `-f` file. The expansion bound is for the whole file.
+pub fn parse_documents(text: &str) -> Result<Vec<Value>, String> {
+    let (read, _) = read(text, MAX_DOCUMENTS, |t, o| {
+        serde_saphyr::from_multiple_with_options::<Value>(t, o)
+    });
+    read.map(|docs| match docs {
+        Value::Sequence(docs) => docs,
+        other => vec![other],
+    })
 }
 
 /// The nodes and string bytes reading `text` builds once its aliases are expanded (for
 /// measurements and tests).
 pub fn expanded_size(text: &str) -> Result<(usize, usize), String> {
-    let (read, used) = read(text);
+    let (read, used) = read(text, 1, |t, o| {
+        serde_saphyr::from_str_with_options::<Value>(t, o)
+    });
     read.map(|_| (used.nodes, used.bytes))
 }
 
-fn read(text: &str) -> (Result<Value, String>, Expansion) {
+/// Reads `text` with `reader` under the bounds for its size; several documents come back
+/// as one sequence.
+fn read<T: IntoValue>(
+    text: &str,
+    documents: usize,
+    reader: impl Fn(&str, serde_saphyr::Options) -> Result<T, serde_saphyr::Error>,
+) -> (Result<Value, String>, Expansion) {
     let bound = Expansion::for_source(text.len());
     if text
         .lines()
@@ -339,9 +365,9 @@ fn read(text: &str) -> (Result<Value, String>, Expansion) {
         return (Ok(Value::Null), bound);
     }
     EXPANSION.with(|cell| cell.set(bound));
-    let read = serde_saphyr::from_str_with_options(text, options(&bound));
+    let read = reader(text, options(&bound, documents));
     let used = EXPANSION.with(|cell| cell.replace(bound));
-    let read = read.map_err(|e| {
+    let read = read.map(IntoValue::into_value).map_err(|e| {
         if used.exceeded || is_replay_limit(&e) {
             too_large(&e, &used)
         } else {
@@ -349,6 +375,23 @@ fn read(text: &str) -> (Result<Value, String>, Expansion) {
         }
     });
     (read, used)
+}
+
+/// One document, or several as a sequence of them.
+trait IntoValue {
+    fn into_value(self) -> Value;
+}
+
+impl IntoValue for Value {
+    fn into_value(self) -> Value {
+        self
+    }
+}
+
+impl IntoValue for Vec<Value> {
+    fn into_value(self) -> Value {
+        Value::Sequence(self)
+    }
 }
 
 fn too_large(e: &serde_saphyr::Error, bound: &Expansion) -> String {
@@ -386,7 +429,7 @@ fn is_replay_limit(e: &serde_saphyr::Error) -> bool {
     )
 }
 
-fn options(bound: &Expansion) -> serde_saphyr::Options {
+fn options(bound: &Expansion, documents: usize) -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_depth = MAX_DEPTH;
     budget.flow_nesting_limit = MAX_DEPTH;
@@ -396,6 +439,7 @@ fn options(bound: &Expansion) -> serde_saphyr::Options {
     // the expansion is bounded by the work it makes, not by that ratio.
     budget.enforce_alias_anchor_ratio = false;
     budget.max_recorded_anchor_events = bound.max_nodes;
+    budget.max_documents = documents;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.alias_limits.max_total_replayed_events = bound.max_nodes;
@@ -425,7 +469,10 @@ fn describe_error(e: &serde_saphyr::Error) -> String {
         Error::Budget {
             breach: BudgetBreach::Documents { .. },
             ..
-        } => format!("{at}holds more than one YAML document (`---`); give one per file"),
+        } => format!(
+            "{at}holds more YAML documents (`---`) than it may: one in a resolved document, \
+             {MAX_DOCUMENTS} in a Compose file"
+        ),
         Error::Budget { .. } => {
             format!("{at}too large: more than {MAX_NODES} nodes as written")
         }
@@ -652,6 +699,16 @@ mod tests {
         assert!(err.contains("line 1"), "{err}");
         let err = parse("a: 1\na: 2\n").unwrap_err();
         assert!(err.contains("duplicate"), "{err}");
+    }
+
+    #[test]
+    fn a_compose_file_may_hold_several_documents_and_a_resolved_one_only_one() {
+        let text = "services: {a: {image: a}}\n---\nservices: {b: {image: b}}\n";
+        let docs = parse_documents(text).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert!(docs[1].get("services").unwrap().get("b").is_some());
+        let err = parse(text).unwrap_err();
+        assert!(err.contains("documents"), "{err}");
     }
 
     #[test]
