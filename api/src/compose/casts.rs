@@ -37,6 +37,7 @@ const TYPED: &[(&[&str], Kind)] = &[
     ),
     (&["services", "*", "depends_on", "*", "restart"], Kind::Bool),
     (&["services", "*", "volumes", "[]", "read_only"], Kind::Bool),
+    (&["services", "*", "env_file", "[]", "required"], Kind::Bool),
     (
         &["services", "*", "volumes", "[]", "volume", "nocopy"],
         Kind::Bool,
