@@ -92,15 +92,15 @@ openapi:
 	$(CARGO) run -q -p capstan -- openapi > docs/openapi.json
 
 ## fuzz: each cargo-fuzz target (fuzz/: the Compose parser, the apply handler's request
-## decoding, the env-file reader, the run stream's framing) for FUZZ_SECONDS, seeded with
+## decoding, the env-file reader, interpolation, the run stream's framing) for FUZZ_SECONDS, seeded with
 ## examples/ and e2e/conformance/, FUZZ_JOBS targets at a time (one core each: on 2 cores, the
-## 4 targets of `make test` take 2 x FUZZ_TEST_SECONDS instead of 4 x, each still fuzzed for
+## 5 targets of `make test` take 3 x FUZZ_TEST_SECONDS instead of 5 x, each still fuzzed for
 ## its full time). Needs the nightly toolchain; installs cargo-fuzz if missing. A crash is
 ## saved under fuzz/artifacts/ and fails the run: turn it into a regression test.
 FUZZ_SECONDS ?= 60
 FUZZ_TEST_SECONDS ?= 30
 FUZZ_JOBS ?= 2
-FUZZ_TARGETS := compose_parse apply_request env_file run_stream
+FUZZ_TARGETS := compose_parse apply_request env_file interpolate run_stream
 
 fuzz-deps:
 	@cargo +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

@@ -22,6 +22,16 @@ for f in $(find ../e2e/conformance -name '.env' -o -name '*.env'); do
 done
 printf '%s\n' '# comment' 'export A=1' "B='lit \$A'" 'C="q \"x\" \\n ${A:-d}"' 'D=v # note' 'E' \
   > corpus/env_file/syntax
+printf '\xef\xbb\xbfFIRST=1\nexport\tT="a\\tb \\$x \\0101"  # c\nM="one\ntwo"\nS='"'"'lit\n$x'"'"'\n' \
+  > corpus/env_file/quotes
+
+# Interpolation: the conformance suite's Compose files, and templates of every operator.
+mkdir -p corpus/interpolate
+for f in $(find ../e2e/conformance -name '*.yaml' -o -name '*.yml'); do
+  cp "$f" "corpus/interpolate/$(echo "$f" | tr '/.' '__')"
+done
+printf '%s' '${HOME:-d} $HOME ${EMPTY-x} ${UNSET:?why} ${A:+alt} $$ $2a$14$x ${J:-{"a":{"b":1}}} ${A:-${B:-$C}}' \
+  > corpus/interpolate/operators
 
 # The target reads its input's first half as a stream, its second half as a recipe.
 mkdir -p corpus/run_stream

@@ -527,4 +527,42 @@ services:
         assert_eq!(web.labels["tier"], "");
         assert_eq!(web.restart, Some(capstan_api::spec::RestartPolicy::No));
     }
+
+    #[test]
+    fn an_anchor_heavy_file_of_real_shape_is_resolved_and_accepted_by_the_server() {
+        let tmp = TempDir::new("self-hosted");
+        tmp.write(
+            "compose.yaml",
+            include_str!("../../api/tests/data/self-hosted.yaml"),
+        );
+        let loaded = load(&options_in(&tmp.0)).unwrap();
+        let body = serde_json::to_string(&loaded.doc).unwrap();
+        let spec = capstan_api::parse_stack("demo", &body).unwrap();
+        assert!(spec.services.len() >= 60, "{}", spec.services.len());
+        let web = &spec.services["web"];
+        assert_eq!(
+            web.restart,
+            Some(capstan_api::spec::RestartPolicy::UnlessStopped)
+        );
+    }
+
+    #[test]
+    fn interpolated_typed_fields_reach_the_server_with_their_type() {
+        let tmp = TempDir::new("typed");
+        tmp.write(
+            "compose.yaml",
+            "services:\n  web:\n    image: x\n    read_only: ${RO:-yes}\n    tty: \"${TTY:-off}\"\n    cpus: ${CPUS:-0.5}\n    mem_limit: ${MEM:-64m}\n    deploy: {replicas: \"${N:-2}\"}\n",
+        );
+        let loaded = load(&options_in(&tmp.0)).unwrap();
+        let web = loaded.doc.get("services").unwrap().get("web").unwrap();
+        assert_eq!(web.get("read_only"), Some(&Value::Bool(true)));
+        assert_eq!(web.get("tty"), Some(&Value::Bool(false)));
+        let body = serde_json::to_string(&loaded.doc).unwrap();
+        let spec = capstan_api::parse_stack("demo", &body).unwrap();
+        let web = &spec.services["web"];
+        assert_eq!(web.replicas, 2);
+        assert_eq!(web.options.read_only, Some(true));
+        assert_eq!(web.options.nano_cpus, Some(500_000_000));
+        assert_eq!(web.options.memory, Some(64 << 20));
+    }
 }

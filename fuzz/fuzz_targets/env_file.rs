@@ -1,4 +1,4 @@
-//! The env-file reader (`.env`, `--env-file`, a service's `env_file`) on any text: never a
+//! The env-file readers (`.env`, `--env-file`, a service's `env_file`, `format: raw`) on any text: never a
 //! panic; what it accepts has keys without whitespace, and reads the same a second time.
 #![no_main]
 
@@ -28,4 +28,10 @@ fuzz_target!(|data: &[u8]| {
         first,
         "the same text reads the same"
     );
+    // `format: raw` on the same text: never a panic, and no key with whitespace either.
+    if let Ok(entries) = capstan_api::compose::env::parse_raw_env_file(text) {
+        for (key, _) in entries {
+            assert!(!key.contains(char::is_whitespace), "{key:?}");
+        }
+    }
 });

@@ -8,12 +8,17 @@
 //!   of `project_directory`, if there is one). The including project's environment wins over
 //!   them, as in Compose.
 //!
-//! A name defined both here and in an included file is an error unless both definitions are
-//! the same.
+//! The including file may define again a service (or network, volume, ...) it includes: its
+//! definition overrides the included one by the rules of several `-f` files, so a project can
+//! tune what it includes (a port, a variable) without copying it. Two included projects that
+//! define one name differently are an error: neither may silently win.
+//!
+//! Relative paths of an included project (bind sources, env files, build contexts, the
+//! `file:` of secrets and configs) point into its `project_directory`.
 
 use super::env::parse_env_file;
 use super::merge::{keyed, merge_documents};
-use super::resolve::{Resolver, MAX_EXTENDS};
+use super::resolve::{lexical, Resolver, MAX_EXTENDS};
 use super::yaml::{Mapping, Value};
 use super::FieldError;
 use std::collections::BTreeMap;
@@ -34,6 +39,10 @@ impl Resolver<'_, '_> {
             Value::Sequence(items) => items.clone(),
             other => vec![other.clone()],
         };
+        // What this file defines itself, as opposed to what an earlier entry brought in.
+        let own = Value::Mapping(Mapping::default());
+        let own = std::mem::replace(doc, own);
+        let mut imported = Value::Null;
         for (i, item) in items.iter().enumerate() {
             let field = format!("include[{i}]");
             let Some(entry) = self.include_entry(&field, item) else {
@@ -44,15 +53,17 @@ impl Resolver<'_, '_> {
                 continue;
             }
             if let Some(included) = self.read_included(&field, &entry, depth) {
-                self.import(&field, &entry.files[0], included, doc);
+                self.import(&field, &entry.files[0], included, &mut imported);
             }
         }
+        *doc = imported;
+        redefine(doc, own);
     }
 
     /// Parses one entry: a path, or a map with `path`, `project_directory`, `env_file`.
     fn include_entry(&mut self, field: &str, item: &Value) -> Option<Entry> {
         let base = self.working_dir();
-        let absolute = |p: &str| base.join(p).components().collect::<PathBuf>();
+        let absolute = |p: &str| lexical(&base.join(p));
         let paths = |v: &Value| -> Option<Vec<PathBuf>> {
             match v {
                 Value::Sequence(items) => items
@@ -145,6 +156,7 @@ impl Resolver<'_, '_> {
                 self.fill_environment(svc);
             }
         }
+        rebase_file_sources(&entry.dir, &mut doc);
         self.dirs.pop();
         self.overlay.pop();
         read_all.then_some(doc)
@@ -243,12 +255,61 @@ impl Resolver<'_, '_> {
                     Some(_) => self.errors.push(FieldError {
                         field: format!("{section}.{key}"),
                         reason: format!(
-                            "is defined both here and in {} ({field}), differently",
+                            "is defined differently by two included projects, one of them {} \
+                             ({field}): define it in the including file to say which it is",
                             from.display()
                         ),
                     }),
                     None => mine.0.push((name.clone(), item.clone())),
                 }
+            }
+        }
+    }
+}
+
+/// The including file's own definitions over what its `include` entries brought in: a
+/// resource it defines again is the included one overridden by its definition, by the merge
+/// rules of several `-f` files (as Compose does since it lets an including file tune what it
+/// includes); a resource of its own stays as it is.
+fn redefine(imported: &mut Value, own: Value) {
+    let Value::Mapping(mut own) = own else {
+        return;
+    };
+    let services = own.remove("services");
+    let mut sections = Mapping::default();
+    for section in ["networks", "volumes", "secrets", "configs"] {
+        if let Some(v) = own.remove(section) {
+            sections.insert(section, v);
+        }
+    }
+    // Top-level keys other than the resources (`name`, `x-*`) are the including file's.
+    let mut base = std::mem::take(imported);
+    if base.is_null() {
+        base = Value::Mapping(Mapping::default());
+    }
+    if let Some(m) = base.as_mapping_mut() {
+        for (k, v) in own.0 {
+            m.0.push((k, v));
+        }
+    }
+    merge_documents(&mut base, Value::Mapping(sections));
+    if let Some(services) = services {
+        let mut s = Mapping::default();
+        s.insert("services", services);
+        merge_documents(&mut base, Value::Mapping(s));
+    }
+    *imported = base;
+}
+
+/// The `file:` of an included project's secrets and configs is relative to its own folder.
+fn rebase_file_sources(dir: &Path, doc: &mut Value) {
+    for section in ["secrets", "configs"] {
+        let Some(Value::Mapping(items)) = doc.get_mut(section) else {
+            continue;
+        };
+        for (_, item) in items.iter_mut() {
+            if let Some(Value::String(file)) = item.get_mut("file") {
+                *file = lexical(&dir.join(&*file)).display().to_string();
             }
         }
     }
@@ -268,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn include_brings_services_from_another_file_and_refuses_a_name_defined_twice() {
+    fn include_brings_services_from_another_file_and_refuses_one_name_from_two_includes() {
         let r = project_files(
             &[
                 ("compose.yaml", "include: [db/compose.yml]\nservices: {web: {image: w, depends_on: [db]}}"),
@@ -288,15 +349,16 @@ mod tests {
             &[
                 (
                     "compose.yaml",
-                    "include: [{path: other.yml}]\nservices: {web: {image: w}}",
+                    "include: [{path: other.yml}, second.yml]\nservices: {web: {image: w}}",
                 ),
-                ("other.yml", "services: {web: {image: other}}"),
+                ("other.yml", "services: {db: {image: other}}"),
+                ("second.yml", "services: {db: {image: second}}"),
             ],
             &[],
         )
         .unwrap_err()
         .errors;
-        assert_eq!(errs[0].field, "services.web");
+        assert_eq!(errs[0].field, "services.db");
         let same = project_files(
             &[
                 (
@@ -407,5 +469,62 @@ mod tests {
             fields,
             vec!["include[0].env_file", "include[1].extra", "include[2].path"]
         );
+    }
+
+    #[test]
+    fn the_including_file_may_redefine_an_included_service_which_it_overrides() {
+        let r = project_files(
+            &[
+                (
+                    "compose.yaml",
+                    "include: [db/compose.yml]\nservices:\n  db:\n    ports: ['5432:5432']\n    environment: {MODE: dev}\nvolumes: {data: {labels: {tier: db}}}",
+                ),
+                (
+                    "db/compose.yml",
+                    "services: {db: {image: pg, environment: [USER=app], volumes: ['./init:/init', 'data:/d']}}\nvolumes: {data: {}}",
+                ),
+            ],
+            &[],
+        )
+        .unwrap();
+        let db = r.doc.get("services").unwrap().get("db").unwrap();
+        assert_eq!(text(db, &["image"]).as_deref(), Some("pg"));
+        assert_eq!(text(db, &["environment", "USER"]).as_deref(), Some("app"));
+        assert_eq!(text(db, &["environment", "MODE"]).as_deref(), Some("dev"));
+        assert_eq!(db.get("ports").unwrap().as_sequence().unwrap().len(), 1);
+        assert_eq!(
+            db.get("volumes").unwrap().as_sequence().unwrap()[0].as_str(),
+            Some("/p/db/init:/init"),
+            "the included paths stay the included folder's"
+        );
+        let data = r.doc.get("volumes").unwrap().get("data").unwrap();
+        assert_eq!(text(data, &["labels", "tier"]).as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn relative_paths_of_an_included_project_point_into_its_folder() {
+        let r = project_files(
+            &[
+                ("compose.yaml", "include: [lib/compose.yml]\nservices: {}"),
+                (
+                    "lib/compose.yml",
+                    "services: {app: {image: a, build: ./src, secrets: [token]}, tool: {image: t, build: {context: ../tools}}}\nsecrets: {token: {file: ./token.txt}}",
+                ),
+                ("lib/token.txt", "s3cret"),
+            ],
+            &[],
+        )
+        .unwrap();
+        let services = r.doc.get("services").unwrap();
+        assert_eq!(
+            text(services.get("app").unwrap(), &["build"]).as_deref(),
+            Some("/p/lib/src")
+        );
+        assert_eq!(
+            text(services.get("tool").unwrap(), &["build", "context"]).as_deref(),
+            Some("/p/tools")
+        );
+        let token = r.doc.get("secrets").unwrap().get("token").unwrap();
+        assert_eq!(text(token, &["content"]).as_deref(), Some("s3cret"));
     }
 }

@@ -3,7 +3,8 @@
 //! for a literal `$`.
 //!
 //! Applied to every string value of a document (never to keys) before any string is parsed,
-//! so `"127.0.0.1:${PORT:-8888}:8888"` is a port like any other. Pure: the values come from a
+//! so `"127.0.0.1:${PORT:-8888}:8888"` is a port like any other; then the strings of typed
+//! fields get their type ([`super::casts`]). Pure: the values come from a
 //! lookup the caller provides (the CLI passes its environment merged with `.env`).
 
 use super::yaml::Value;
@@ -19,6 +20,13 @@ pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 pub fn interpolate(doc: &mut Value, lookup: Lookup) -> (Vec<String>, Vec<FieldError>) {
     let mut out = Outcome::default();
     walk(doc, "", lookup, &mut out);
+    // Compose types the strings of typed fields right after interpolating (a field whose
+    // template failed has its error already).
+    for e in super::casts::apply(doc) {
+        if !out.errors.iter().any(|known| known.field == e.field) {
+            out.errors.push(e);
+        }
+    }
     let warnings = out
         .unset
         .into_iter()
@@ -117,7 +125,12 @@ pub fn expand(text: &str, lookup: Lookup, unset: &mut Vec<String>) -> Result<Str
                 }
                 rest = &after[len..];
             }
-            _ => return Err(invalid(text, "a $ not followed by a name or {")),
+            // As Compose: a `$` that starts neither a name nor `${` is text (`$2a$14$...`
+            // bcrypt hashes, `a $ sign`, a trailing `$`).
+            _ => {
+                out.push('$');
+                rest = after;
+            }
         }
     }
     out.push_str(rest);
@@ -128,13 +141,14 @@ fn invalid(text: &str, what: &str) -> String {
     format!("invalid interpolation in {text:?}: {what} (write $$ for a literal $)")
 }
 
-/// The index of the `}` closing the `{` at the start of `text`, counting nested `${`.
+/// The index of the `}` closing the `{` at the start of `text`. Braces nest whether or not a
+/// `$` opens them, so a default may hold JSON (`${CONF:-{"debug":1}}`) and the closing brace
+/// is the one that balances them, used or not.
 fn closing_brace(text: &str) -> Option<usize> {
     let mut depth = 0usize;
-    let mut prev = '\0';
     for (i, c) in text.char_indices() {
         match c {
-            '{' if i == 0 || prev == '$' => depth += 1,
+            '{' => depth += 1,
             '}' => {
                 depth -= 1;
                 if depth == 0 {
@@ -143,7 +157,6 @@ fn closing_brace(text: &str) -> Option<usize> {
             }
             _ => {}
         }
-        prev = c;
     }
     None
 }
@@ -307,10 +320,49 @@ mod tests {
 
     #[test]
     fn malformed_templates_say_how_to_write_a_dollar() {
-        for bad in ["cost $5", "end $", "${unclosed", "${}", "${SET!x}", "${1A}"] {
+        for bad in ["${unclosed", "${}", "${SET!x}", "${1A}", "${ SET}"] {
             let err = x(bad).unwrap_err();
             assert!(err.contains("$$"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_dollar_before_neither_a_name_nor_a_brace_is_kept_as_text() {
+        assert_eq!(
+            x("$2a$14$9jq8Q7fbtFRQvXpdCq7Jcuy.Rx1h/L4J60Otx.gyNLbAYctGMJ9tK").unwrap(),
+            "$2a$14$9jq8Q7fbtFRQvXpdCq7Jcuy.Rx1h/L4J60Otx.gyNLbAYctGMJ9tK"
+        );
+        // As in Compose, a `$` before a letter still starts a name: `$$` keeps it.
+        let mut unset = vec![];
+        assert_eq!(
+            expand("$2y$10$ab.cd", &env, &mut unset).unwrap(),
+            "$2y$10.cd"
+        );
+        assert_eq!(unset, vec!["ab"]);
+        assert_eq!(x("a $ string").unwrap(), "a $ string");
+        assert_eq!(x("cost $5, end $").unwrap(), "cost $5, end $");
+        assert_eq!(
+            x("$-$SET").unwrap(),
+            "$-value",
+            "the name after it is still read"
+        );
+    }
+
+    #[test]
+    fn braces_in_a_default_nest_and_leave_nothing_behind() {
+        assert_eq!(x(r#"${SET:-{"json":1}}"#).unwrap(), "value");
+        assert_eq!(
+            x(r#"${UNSET:-{"json":{"a":1}}}"#).unwrap(),
+            r#"{"json":{"a":1}}"#
+        );
+        assert_eq!(x(r#"${UNSET:-{"p":${PORT}}}!"#).unwrap(), r#"{"p":9000}!"#);
+        assert_eq!(x("${SET:-a}b}").unwrap(), "valueb}");
+    }
+
+    #[test]
+    fn a_double_dollar_inside_a_default_stays_an_escaped_dollar() {
+        assert_eq!(x("${UNSET:-$$HOME}").unwrap(), "$HOME");
+        assert_eq!(x("${UNSET:-$${x}}").unwrap(), "${x}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! # Where each rule lives
 //! Two stages, both pure:
 //! - **The file layer**, run by the client (`capstan apply`), see [`resolve::resolve`]:
-//!   [`yaml`] (reading, bounded; anchors and `<<`), [`interpolate`] (`${VAR}` and friends),
+//!   [`yaml`] (reading, bounded by the work aliases make; anchors and `<<`; several documents),
+//!   [`interpolate`] (`${VAR}` and friends), [`casts`] (the types of typed fields written as text),
 //!   [`merge`] (override files, `extends`, `!reset`/`!override`), `profiles`, [`env`](mod@env)
 //!   (`.env`, `env_file`, valueless entries), `include` (other projects, with their own folder
 //!   and env files), and [`resolve`] tying them together (`extends`). Its output is one plain
@@ -24,6 +25,7 @@ use crate::spec::*;
 
 mod bounds;
 mod build;
+pub mod casts;
 mod chars;
 mod deploy;
 pub mod env;

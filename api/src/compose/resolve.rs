@@ -156,8 +156,13 @@ impl Resolver<'_, '_> {
                 return None;
             }
         };
-        let mut doc = match yaml::parse(&text) {
-            Ok(doc) => doc,
+        // Several documents in one file are read as Compose reads them: each merged over
+        // the ones before it, as another `-f` file would be.
+        let mut doc = match yaml::parse_documents(&text) {
+            Ok(docs) => docs.into_iter().fold(Value::Null, |mut doc, one| {
+                merge_documents(&mut doc, one);
+                doc
+            }),
             Err(e) => {
                 self.err(field, format!("not valid YAML: {e}"));
                 return None;
@@ -253,7 +258,7 @@ impl Resolver<'_, '_> {
     /// Relative bind sources and env files of a service from another file are relative to
     /// `dir` (that file's folder, or an `include`'s project folder): rewrite them absolute.
     pub(super) fn rebase_paths(&self, dir: &Path, svc: &mut Value) {
-        let absolute = |p: &str| dir.join(p).components().collect::<PathBuf>();
+        let absolute = |p: &str| lexical(&dir.join(p));
         let rebase = |p: &str| -> Option<String> {
             (p.starts_with("./") || p.starts_with("../") || p == ".")
                 .then(|| absolute(p).display().to_string())
@@ -274,6 +279,22 @@ impl Resolver<'_, '_> {
                 }
             }
         }
+        // A build context is a folder even without `./`, unless it is a URL (a Git
+        // repository or a tarball).
+        let context = |p: &mut String| {
+            if !p.contains("://") && !p.starts_with("git@") && !p.starts_with('/') {
+                *p = absolute(p).display().to_string();
+            }
+        };
+        match svc.get_mut("build") {
+            Some(Value::String(p)) => context(p),
+            Some(Value::Mapping(b)) => {
+                if let Some(Value::String(p)) = b.get_mut("context") {
+                    context(p)
+                }
+            }
+            _ => {}
+        }
         // An env file's path is a path even without `./`: `env_file: app.env`, a list of
         // those, or `{path, required}` entries.
         let env_file = |v: &mut Value| {
@@ -291,6 +312,25 @@ impl Resolver<'_, '_> {
             None => {}
         }
     }
+}
+
+/// `path` with `.` and `..` resolved as text (the files need not exist on this machine: the
+/// paths are the server's binds and the client's reads), as Compose writes them.
+pub(super) fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -509,5 +549,19 @@ pub(crate) mod tests {
         );
         let r = project_with("services: {web: {image: \"x:$MISSING\"}}", &[]).unwrap();
         assert_eq!(r.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_file_of_several_documents_merges_them_in_order_as_compose_reads_it() {
+        let r = project_with(
+            "services: {web: {image: a, environment: [A=1]}}\n---\nservices: {web: {image: b, environment: [B=2]}, db: {image: d}}\n",
+            &[],
+        )
+        .unwrap();
+        let web = service(&r, "web");
+        assert_eq!(web.get("image").unwrap().as_str(), Some("b"));
+        let env = web.get("environment").unwrap();
+        assert!(env.get("A").is_some() && env.get("B").is_some());
+        assert!(r.doc.get("services").unwrap().get("db").is_some());
     }
 }

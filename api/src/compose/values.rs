@@ -98,12 +98,16 @@ impl Parser {
             .then_some(name)
     }
 
+    /// `true`/`false`; a string with one of the words Compose reads as a boolean (a
+    /// document sent straight to the API may hold them) too.
     pub(super) fn bool(&mut self, path: &str, v: &Value) -> bool {
-        match v {
-            Value::Bool(b) => *b,
-            Value::String(s) if s == "true" || s == "false" => s == "true",
-            other => {
-                self.err(path, format!("must be true or false, got {}", kind(other)));
+        if let Value::Bool(b) = v {
+            return *b;
+        }
+        match v.as_str().and_then(super::casts::boolean) {
+            Some(b) => b,
+            None => {
+                self.err(path, format!("must be true or false, got {}", kind(v)));
                 false
             }
         }
@@ -164,6 +168,9 @@ impl Parser {
                         continue;
                     };
                     match entry.split_once('=') {
+                        Some((k, _)) if what == "variable" && k.ends_with(char::is_whitespace) => {
+                            self.err(field, trailing_space(k))
+                        }
                         Some((k, val)) if !k.is_empty() => {
                             out.insert(k.to_string(), val.to_string());
                         }
@@ -183,6 +190,8 @@ impl Parser {
                             field,
                             format!("variable name {k:?} must be non-empty and hold no '='"),
                         );
+                    } else if what == "variable" && k.ends_with(char::is_whitespace) {
+                        self.err(field, trailing_space(&k));
                     } else if val.is_null() && what == "label" {
                         out.insert(k, String::new());
                     } else if val.is_null() {
@@ -200,6 +209,15 @@ impl Parser {
         }
         out
     }
+}
+
+/// `- DEBUG = true`: Compose refuses a variable name that ends in a space rather than guess
+/// whether the space belongs to it.
+fn trailing_space(key: &str) -> String {
+    format!(
+        "variable name {key:?} ends with a space: write {}=VALUE, without spaces around '='",
+        key.trim_end()
+    )
 }
 
 /// A valueless entry reaching the server: only the client has the environment to fill it.
@@ -288,6 +306,20 @@ mod tests {
             fields("services: {web: {image: x, environment: {\"A=B\": 1, \"\": 2}}}"),
             vec!["services.web.environment.A=B", "services.web.environment."]
         );
+    }
+
+    #[test]
+    fn an_environment_key_with_a_trailing_space_is_an_error() {
+        assert_eq!(
+            fields("services: {web: {image: x, environment: [\"DEBUG = true\", \"OK=1\"]}}"),
+            vec!["services.web.environment[0]"]
+        );
+        assert_eq!(
+            fields("services: {web: {image: x, environment: {\"DEBUG \": \" true\"}}}"),
+            vec!["services.web.environment.DEBUG "]
+        );
+        let errs = errors("services: {web: {image: x, environment: [\"DEBUG =1\"]}}");
+        assert!(errs[0].reason.contains("DEBUG=VALUE"), "{}", errs[0].reason);
     }
 
     #[test]
