@@ -80,25 +80,47 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> Result<(String, SocketAddr), St
     }
 }
 
+/// What the replica says it sees of a client, and the client's own address and port as the
+/// replica would print them.
+fn peer_seen(addr: SocketAddr) -> Result<(String, String), String> {
+    let (answer, client) = exchange(addr, b"GET /cgi-bin/addr HTTP/1.0\r\n\r\n")?;
+    let seen = answer.lines().last().unwrap_or_default().trim().to_string();
+    Ok((seen, format!("[::ffff:{}] {}", client.ip(), client.port())))
+}
+
 #[test]
 fn a_one_replica_service_on_a_fixed_port_sees_the_clients_real_address() {
     let h = Harness::start("addr-engine");
     let (d, s) = (&h.d, &h.s);
     let (host, port) = (outside_address(), free_port());
+    let listen = SocketAddr::from((host, port));
+    let web =
+        |port_entry: &str| format!("services:\n  web:\n{REPORTS_PEER}    ports: [{port_entry}]\n");
+
+    // Behind capstan's proxy, declared, the replica sees the proxy, not the client.
     d.apply(
         s,
-        &format!("services:\n  web:\n{REPORTS_PEER}    ports: [\"{port}:80\"]\n"),
+        &web(&format!(
+            "{{target: 80, published: {port}, x-capstan-proxy: true}}"
+        )),
     );
-    let request = b"GET /cgi-bin/addr HTTP/1.0\r\n\r\n";
-    let (answer, client) = wait_for(ANSWER, "the service to answer", || {
-        exchange(SocketAddr::from((host, port)), request)
+    let (seen, client) = wait_for(ANSWER, "the proxied service to answer", || {
+        peer_seen(listen)
     });
-    let seen = answer.lines().last().unwrap_or_default().trim().to_string();
-    assert_eq!(
-        seen,
-        format!("[::ffff:{}] {}", client.ip(), client.port()),
-        "the replica sees this client's own address and port: {answer}"
+    assert_ne!(seen, client, "the proxy hides the client");
+
+    // As Compose writes it, the engine publishes the port: the proxy hands it over and the
+    // replica sees this client's own address and port.
+    d.apply(s, &web(&format!("\"{port}:80\"")));
+    let (seen, client) = wait_for(
+        ANSWER,
+        "the engine to publish the port",
+        || match peer_seen(listen)? {
+            (seen, client) if seen == client => Ok((seen, client)),
+            (seen, client) => Err(format!("saw {seen}, the client is {client}")),
+        },
     );
+    assert_eq!(seen, client);
     assert_ne!(
         docker(&["port", &s.replica("web", 1)]).trim(),
         "",
