@@ -190,10 +190,62 @@ pub struct PortSpec {
     pub host_ports: Option<(u16, u16)>,
     pub container_port: u16,
     pub protocol: String,
-    /// `ingress` (the default): a single TCP host port is served by capstan's proxy,
-    /// balanced over the ready replicas. `host`: the engine publishes it directly.
+    /// `ingress` (the default): a single TCP host port is served by capstan's proxy when
+    /// several replicas share it or the port opts in, else by the engine. `host`: the engine
+    /// publishes it directly.
     #[serde(default, skip_serializing_if = "PortMode::is_ingress")]
     pub mode: PortMode,
+    /// `x-capstan-proxy`: true has capstan's proxy serve the port at any replica count, false
+    /// never; unset leaves it to the count, so that one replica keeps Compose's meaning (the
+    /// engine publishes it and the client's address reaches it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<bool>,
+    /// `x-capstan-proxy-protocol`: the proxy opens each connection to a replica with a PROXY
+    /// protocol header carrying the client's address, which the proxy would otherwise hide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol version a proxied port speaks to its replicas (HAProxy's
+/// specification; Traefik, nginx and HAProxy accept both).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// The text header, `PROXY TCP4 <client> <local> <client port> <local port>\r\n`.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// Who serves a published port at a given replica count (ordered as notices list them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Serving {
+    /// The engine publishes it through NAT, as Compose does: the replica sees the client's
+    /// address.
+    Engine,
+    /// Capstan's proxy balances it over the ready replicas; they see the proxy's address,
+    /// or the client's in a PROXY protocol header when the port declares one.
+    Proxy(Option<ProxyProtocol>),
+}
+
+impl Serving {
+    /// How a notice or a refusal names this way of serving.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Serving::Engine => "published by the engine, the client's address kept",
+            Serving::Proxy(None) => {
+                "served by capstan's proxy, balanced over the replicas, which see the proxy's address"
+            }
+            Serving::Proxy(Some(ProxyProtocol::V1)) => {
+                "served by capstan's proxy, balanced, the client's address passed on with the PROXY protocol v1"
+            }
+            Serving::Proxy(Some(ProxyProtocol::V2)) => {
+                "served by capstan's proxy, balanced, the client's address passed on with the PROXY protocol v2"
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -211,11 +263,24 @@ impl PortMode {
 }
 
 impl PortSpec {
-    /// Served by capstan's proxy: one TCP host port for all replicas, in ingress mode.
-    pub fn proxied(&self) -> bool {
-        self.mode == PortMode::Ingress
+    /// Who serves this port while the service runs `replicas` replicas. Only one TCP host
+    /// port in ingress mode can be proxied; it is when the port opts in (`x-capstan-proxy:
+    /// true`, or a PROXY protocol), or, undeclared, when several replicas share it: one
+    /// replica is published by the engine, as `docker compose up` would.
+    pub fn serving(&self, replicas: u32) -> Serving {
+        let proxiable = self.mode == PortMode::Ingress
             && self.protocol == "tcp"
-            && self.host_port_count() == Some(1)
+            && self.host_port_count() == Some(1);
+        let wanted = self.proxy_protocol.is_some() || self.proxy.unwrap_or(replicas > 1);
+        match proxiable && wanted {
+            true => Serving::Proxy(self.proxy_protocol),
+            false => Serving::Engine,
+        }
+    }
+
+    /// Served by capstan's proxy at `replicas` replicas (see [`PortSpec::serving`]).
+    pub fn proxied(&self, replicas: u32) -> bool {
+        matches!(self.serving(replicas), Serving::Proxy(_))
     }
 
     /// The host port replica `ordinal` publishes on: a single port for everyone, or its own
@@ -235,24 +300,46 @@ impl PortSpec {
     }
 
     /// The port rule, in one place for apply and scale: every replica needs a host port of
-    /// its own unless the proxy serves the port. `None` when `replicas` replicas of `service`
-    /// can publish this mapping; otherwise why not, for the field error.
-    pub fn replicas_problem(&self, service: &str, replicas: u32) -> Option<String> {
+    /// its own unless the proxy serves the port, and a change of the replica count from
+    /// `previous` (None: a new service) must not move the port between the engine and the
+    /// proxy, since it would not answer while it moves. `None` when `replicas` replicas of
+    /// `service` can publish this mapping; otherwise why not, for the field error.
+    pub fn replicas_problem(
+        &self,
+        service: &str,
+        replicas: u32,
+        previous: Option<u32>,
+    ) -> Option<String> {
+        let port = self.host_ports.map_or(0, |(start, _)| start);
         match self.host_port_count() {
-            Some(1) if replicas > 1 && !self.proxied() => {
-                let port = self.host_ports.map_or(0, |(start, _)| start);
-                Some(format!(
-                    "host port {port} can be published by one replica only, and {service} has {replicas} replicas; use ingress mode (capstan's proxy balances it), a range with one port per replica (\"{port}-{}:{}\"), or let the engine pick (\"{}\")",
+            Some(1) if replicas > 1 && !self.proxied(replicas) => {
+                return Some(format!(
+                    "host port {port} can be published by one replica only, and {service} has {replicas} replicas; let capstan's proxy balance it (TCP in ingress mode, without `x-capstan-proxy: false`), use a range with one port per replica (\"{port}-{}:{}\"), or let the engine pick (\"{}\")",
                     port as u32 + replicas - 1,
                     self.container_port,
                     self.container_port
-                ))
+                ));
             }
-            Some(n) if n > 1 && n < replicas => Some(format!(
-                "the range has {n} host ports but service {service} has {replicas} replicas: each replica needs its own port"
-            )),
-            _ => None,
+            Some(n) if n > 1 && n < replicas => {
+                return Some(format!(
+                    "the range has {n} host ports but service {service} has {replicas} replicas: each replica needs its own port"
+                ));
+            }
+            _ => {}
         }
+        let from = previous.filter(|&n| n > 0 && replicas > 0)?;
+        let (before, after) = (self.serving(from), self.serving(replicas));
+        let who = |s: Serving| match s {
+            Serving::Engine => "the engine (which keeps the client's address, as Compose)",
+            Serving::Proxy(_) => "capstan's proxy (which balances the replicas)",
+        };
+        (before != after).then(|| {
+            format!(
+                "going from {from} to {replicas} replicas would move host port {port} of {service} from {} to {}, and the port would not answer while it moves; declare `x-capstan-proxy: true` on this port (long syntax) to have the proxy serve it at any replica count (add `x-capstan-proxy-protocol: v1` or `v2` to pass the client's address on), then scale",
+                who(before),
+                who(after)
+            )
+        })
     }
 }
 
@@ -637,7 +724,7 @@ impl ServiceSpec {
         if self.options.network_mode == Some(NetworkMode::Host) {
             return Some("on the host's network both would listen on the same ports".into());
         }
-        let bound = self.ports.iter().filter(|p| !p.proxied());
+        let bound = self.ports.iter().filter(|p| !p.proxied(self.replicas));
         if let Some((port, _)) = bound.filter_map(|p| p.host_ports).next() {
             return Some(format!(
                 "host port {port} is bound by one container at a time"
@@ -712,6 +799,18 @@ impl ServiceSpec {
         out
     }
 
+    /// Each port's problem with this replica count, coming from `previous` replicas (None: a
+    /// new service), as (field under the service, reason): [`PortSpec::replicas_problem`]
+    /// for every port, the one rule apply and scale keep.
+    pub fn port_problems(&self, service: &str, previous: Option<u32>) -> Vec<(String, String)> {
+        (self.ports.iter().enumerate())
+            .filter_map(|(i, p)| {
+                let reason = p.replicas_problem(service, self.replicas, previous)?;
+                Some((format!("ports[{i}]"), reason))
+            })
+            .collect()
+    }
+
     /// The effective restart policy.
     pub fn restart_policy(&self) -> RestartPolicy {
         self.restart.unwrap_or(RestartPolicy::Always)
@@ -737,6 +836,14 @@ impl ServiceSpec {
     /// and gets recreated.
     pub fn container_hash(&self) -> String {
         let mut shape = self.clone();
+        // Where the count decides who serves a port, the decision shapes the container (a
+        // host binding or none), so it is part of the hash; marked only where the engine
+        // publishes, so that proxied replicas made before the choice existed are kept.
+        for p in shape.ports.iter_mut().filter(|p| p.proxy.is_none()) {
+            if p.serving(self.replicas) == Serving::Engine && p.serving(2) != Serving::Engine {
+                p.proxy = Some(false);
+            }
+        }
         shape.replicas = 0;
         shape.restart = None;
         shape.depends_on.clear();
@@ -876,6 +983,8 @@ mod tests {
             container_port: 80,
             protocol: "tcp".into(),
             mode: PortMode::Ingress,
+            proxy: None,
+            proxy_protocol: None,
         };
         assert_eq!(p.host_port_for(1), Some(8080));
         assert_eq!(p.host_port_for(3), Some(8082));
@@ -913,34 +1022,119 @@ mod tests {
         );
     }
 
-    #[test]
-    fn one_port_rule_for_apply_and_scale() {
-        let port = |host_ports, mode| PortSpec {
+    fn port(host_ports: Option<(u16, u16)>, mode: PortMode) -> PortSpec {
+        PortSpec {
             host_ip: None,
             host_ports,
             container_port: 80,
             protocol: "tcp".into(),
             mode,
-        };
+            proxy: None,
+            proxy_protocol: None,
+        }
+    }
+
+    #[test]
+    fn one_port_rule_for_apply_and_scale() {
         let proxied = port(Some((8080, 8080)), PortMode::Ingress);
         let host = port(Some((8080, 8080)), PortMode::Host);
         let range = port(Some((8080, 8081)), PortMode::Ingress);
         let ephemeral = port(None, PortMode::Ingress);
         assert_eq!(
-            proxied.replicas_problem("web", 5),
+            proxied.replicas_problem("web", 5, None),
             None,
             "the proxy serves it"
         );
-        assert_eq!(ephemeral.replicas_problem("web", 5), None);
-        assert_eq!(host.replicas_problem("web", 1), None);
+        assert_eq!(ephemeral.replicas_problem("web", 5, Some(1)), None);
+        assert_eq!(host.replicas_problem("web", 1, None), None);
         assert!(host
-            .replicas_problem("web", 2)
+            .replicas_problem("web", 2, None)
             .unwrap()
             .contains("8080-8081:80"));
-        assert_eq!(range.replicas_problem("web", 2), None);
+        assert_eq!(range.replicas_problem("web", 2, Some(1)), None);
         assert!(range
-            .replicas_problem("web", 3)
+            .replicas_problem("web", 3, None)
             .unwrap()
             .contains("2 host ports"));
+    }
+
+    #[test]
+    fn one_replica_on_a_fixed_port_is_published_by_the_engine_and_several_by_the_proxy() {
+        let p = port(Some((8080, 8080)), PortMode::Ingress);
+        assert_eq!(p.serving(1), Serving::Engine, "as docker compose up");
+        assert_eq!(p.serving(3), Serving::Proxy(None));
+        let udp = PortSpec {
+            protocol: "udp".into(),
+            ..p.clone()
+        };
+        assert_eq!(udp.serving(3), Serving::Engine, "UDP is never proxied");
+    }
+
+    #[test]
+    fn a_port_that_opts_into_the_proxy_is_proxied_at_any_count() {
+        let opted = PortSpec {
+            proxy: Some(true),
+            ..port(Some((8080, 8080)), PortMode::Ingress)
+        };
+        assert_eq!(opted.serving(1), Serving::Proxy(None));
+        let v2 = PortSpec {
+            proxy_protocol: Some(ProxyProtocol::V2),
+            ..port(Some((8080, 8080)), PortMode::Ingress)
+        };
+        assert_eq!(
+            v2.serving(1),
+            Serving::Proxy(Some(ProxyProtocol::V2)),
+            "a PROXY header needs the proxy"
+        );
+        let never = PortSpec {
+            proxy: Some(false),
+            ..port(Some((8080, 8080)), PortMode::Ingress)
+        };
+        assert_eq!(never.serving(3), Serving::Engine);
+        assert!(never.replicas_problem("web", 3, None).is_some());
+    }
+
+    #[test]
+    fn scaling_between_one_replica_and_several_is_refused_unless_the_port_opts_into_the_proxy() {
+        let p = port(Some((8080, 8080)), PortMode::Ingress);
+        for (from, to) in [(1, 3), (3, 1)] {
+            let reason = p.replicas_problem("s/web", to, Some(from)).unwrap();
+            assert!(reason.contains("host port 8080"), "{reason}");
+            assert!(reason.contains("x-capstan-proxy: true"), "{reason}");
+        }
+        assert_eq!(p.replicas_problem("s/web", 3, Some(2)), None);
+        assert_eq!(p.replicas_problem("s/web", 3, None), None, "a new service");
+        assert_eq!(p.replicas_problem("s/web", 0, Some(3)), None, "to nothing");
+        assert_eq!(
+            p.replicas_problem("s/web", 1, Some(0)),
+            None,
+            "from nothing"
+        );
+        let opted = PortSpec {
+            proxy: Some(true),
+            ..p
+        };
+        assert_eq!(opted.replicas_problem("s/web", 3, Some(1)), None);
+        assert_eq!(opted.replicas_problem("s/web", 1, Some(3)), None);
+    }
+
+    #[test]
+    fn an_engine_published_port_shapes_the_container_hash_and_a_proxied_one_does_not() {
+        let svc = |replicas, proxy| ServiceSpec {
+            image: "web:1".into(),
+            replicas,
+            ports: vec![PortSpec {
+                proxy,
+                ..port(Some((8080, 8080)), PortMode::Ingress)
+            }],
+            ..Default::default()
+        };
+        assert_ne!(svc(1, None).container_hash(), svc(3, None).container_hash());
+        assert_eq!(svc(3, None).container_hash(), svc(2, None).container_hash());
+        assert_eq!(
+            svc(1, None).container_hash(),
+            svc(1, Some(false)).container_hash(),
+            "the same shape, declared or not"
+        );
     }
 }

@@ -474,8 +474,8 @@ networks:
 }
 
 /// Where capstan gives a file another meaning than `docker compose up` (a service without
-/// `restart` is restarted; a fixed host port is served by the proxy), `apply` says so once
-/// per difference, naming exactly the services it affects.
+/// `restart` is restarted), `apply` says so once per difference, naming exactly the services
+/// it affects; and it says which way each fixed host port is served (here, by the engine).
 #[test]
 fn apply_prints_a_notice_naming_the_services_whose_meaning_differs_from_compose() {
     let h = Harness::start("notices");

@@ -352,9 +352,10 @@ fn the_proxy_fails_no_request_during_an_update_two_at_a_time_and_during_an_autom
     }
 }
 
-/// Start-first with one replica: its successor serves next to it until ready, so an update
-/// of a single replica behind the proxy fails no request, and the successor ends with the
-/// replica's name.
+/// Start-first with one replica behind the proxy (declared, since one replica on a fixed
+/// port is otherwise the engine's): its successor serves next to it until ready, so an
+/// update of a single replica fails no request, and the successor ends with the replica's
+/// name.
 #[test]
 fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes_its_name() {
     let h = Harness::start("roll-surge");
@@ -362,7 +363,7 @@ fn a_single_replica_updated_start_first_fails_no_request_and_its_successor_takes
     let port = free_port();
     let yaml = |image: &str| {
         format!(
-            "services:\n  web:\n    image: {image}\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 2s\n    deploy:\n      update_config: {{order: start-first}}\n"
+            "services:\n  web:\n    image: {image}\n    ports: [{{target: 80, published: {port}, host_ip: 127.0.0.1, x-capstan-proxy: true}}]\n    stop_grace_period: 2s\n    deploy:\n      update_config: {{order: start-first}}\n"
         )
     };
     d.apply(s, &yaml(IMAGE));

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(90);
 
+/// A service whose port the proxy serves at any replica count, so that it keeps answering
+/// while the service scales down to one replica and back up.
 fn proxied_web(port: u16, replicas: u32, image: &str) -> String {
-    format!("services:\n  web:\n    image: {image}\n    scale: {replicas}\n    ports: [\"127.0.0.1:{port}:80\"]\n    stop_grace_period: 2s\n")
+    format!("services:\n  web:\n    image: {image}\n    scale: {replicas}\n    ports: [{{target: 80, published: {port}, host_ip: 127.0.0.1, x-capstan-proxy: true}}]\n    stop_grace_period: 2s\n")
 }
 
 fn bodies(url: &str, n: usize) -> Vec<String> {

@@ -72,12 +72,80 @@ impl Parser {
         short.push('/');
         short.push_str(&protocol);
         match parse_port(&short) {
-            Ok(p) => Some(PortSpec { mode, ..p }),
+            Ok(p) => {
+                let p = PortSpec { mode, ..p };
+                let (proxy, proxy_protocol) = self.proxy_extensions(path, v, &p);
+                Some(PortSpec {
+                    proxy,
+                    proxy_protocol,
+                    ..p
+                })
+            }
             Err(reason) => {
                 self.err(path, reason);
                 None
             }
         }
+    }
+
+    /// `x-capstan-proxy` and `x-capstan-proxy-protocol` of a long-syntax port (Compose
+    /// ignores `x-` keys, so the file keeps its meaning there): whether capstan's proxy
+    /// serves the port, and whether it passes the client's address on. A PROXY protocol
+    /// needs the proxy, so it implies it.
+    fn proxy_extensions(
+        &mut self,
+        path: &str,
+        v: &Value,
+        port: &PortSpec,
+    ) -> (Option<bool>, Option<ProxyProtocol>) {
+        let (proxy_key, protocol_key) = ("x-capstan-proxy", "x-capstan-proxy-protocol");
+        let proxy = v.get(proxy_key).map(|val| {
+            let field = join(path, proxy_key);
+            self.bool(&field, val)
+        });
+        let protocol_field = join(path, protocol_key);
+        let protocol = match v.get(protocol_key) {
+            None => None,
+            Some(val) => match self.string(&protocol_field, val).as_deref() {
+                Some("v1") => Some(ProxyProtocol::V1),
+                Some("v2") => Some(ProxyProtocol::V2),
+                Some(other) => {
+                    self.err(&protocol_field, format!("{other:?} is not a PROXY protocol version: use v1 (text) or v2 (binary)"));
+                    None
+                }
+                None => None,
+            },
+        };
+        if protocol.is_some() && proxy == Some(false) {
+            self.err(&protocol_field, "the PROXY protocol is spoken by capstan's proxy, and `x-capstan-proxy: false` leaves this port to the engine; remove one of them");
+        }
+        if protocol.is_some() || proxy == Some(true) {
+            let field = if protocol.is_some() {
+                protocol_field
+            } else {
+                join(path, proxy_key)
+            };
+            if let Some(reason) = unproxiable(port) {
+                self.err(
+                    field,
+                    format!("capstan's proxy cannot serve this port: {reason}"),
+                );
+            }
+        }
+        (proxy, protocol)
+    }
+}
+
+/// Why capstan's proxy cannot serve `port`, if it cannot.
+fn unproxiable(port: &PortSpec) -> Option<&'static str> {
+    if port.mode == PortMode::Host {
+        Some("`mode: host` has the engine publish it")
+    } else if port.protocol != "tcp" {
+        Some("it relays TCP only")
+    } else if port.host_port_count() != Some(1) {
+        Some("it listens on one fixed host port (`published`), not a range or a port the engine picks")
+    } else {
+        None
     }
 }
 
@@ -138,6 +206,8 @@ fn parse_port(text: &str) -> Result<PortSpec, String> {
         container_port,
         protocol,
         mode: PortMode::Ingress,
+        proxy: None,
+        proxy_protocol: None,
     })
 }
 #[cfg(test)]
@@ -177,7 +247,7 @@ mod tests {
             "services: {web: {image: x, ports: [\"8080:80\"], deploy: {replicas: 3}}}",
         )
         .unwrap();
-        assert!(spec.services["web"].ports[0].proxied());
+        assert!(spec.services["web"].ports[0].proxied(3));
         let errs = errors("services: {web: {image: x, ports: [{target: 80, published: 8080, mode: host}], deploy: {replicas: 3}}}");
         assert_eq!(errs[0].field, "services.web.ports[0]");
         assert!(
@@ -246,5 +316,50 @@ mod tests {
     fn two_services_cannot_publish_the_same_host_port() {
         let f = fields("services: {a: {image: x, ports: [\"8080:80\"]}, b: {image: x, ports: [\"8079-8081:80\"], scale: 3}}");
         assert_eq!(f, vec!["services.b.ports[0]"]);
+    }
+
+    #[test]
+    fn a_long_syntax_port_opts_into_the_proxy_and_its_protocol_with_extension_fields() {
+        let spec = parse_stack(
+            "s",
+            "services: {web: {image: x, ports: [{target: 80, published: 8080, x-capstan-proxy: true}, {target: 443, published: 8443, x-capstan-proxy-protocol: v2}, {target: 81, published: 8081, x-capstan-proxy-protocol: v1, x-capstan-proxy: 'true'}]}}",
+        )
+        .unwrap();
+        let ports = &spec.services["web"].ports;
+        assert_eq!(ports[0].serving(1), Serving::Proxy(None));
+        assert_eq!(ports[1].serving(1), Serving::Proxy(Some(ProxyProtocol::V2)));
+        assert_eq!(ports[2].serving(1), Serving::Proxy(Some(ProxyProtocol::V1)));
+        let other = parse_stack(
+            "s",
+            "services: {web: {image: x, ports: [{target: 80, published: 8080, x-other: 1}]}}",
+        )
+        .unwrap();
+        assert_eq!(
+            other.services["web"].ports[0].proxy, None,
+            "other x- keys mean nothing"
+        );
+    }
+
+    #[test]
+    fn a_bad_proxy_extension_is_a_field_error_naming_it() {
+        let cases = [
+            ("{target: 80, published: 8080, x-capstan-proxy-protocol: v3}", "x-capstan-proxy-protocol", "v1 (text) or v2"),
+            ("{target: 80, published: 8080, x-capstan-proxy: maybe}", "x-capstan-proxy", "true or false"),
+            ("{target: 80, published: 8080, x-capstan-proxy: false, x-capstan-proxy-protocol: v1}", "x-capstan-proxy-protocol", "remove one"),
+            ("{target: 80, published: 8080, mode: host, x-capstan-proxy: true}", "x-capstan-proxy", "mode: host"),
+            ("{target: 53, published: 53, protocol: udp, x-capstan-proxy-protocol: v1}", "x-capstan-proxy-protocol", "TCP only"),
+            ("{target: 80, published: 8080-8081, x-capstan-proxy: true}", "x-capstan-proxy", "one fixed host port"),
+            ("{target: 80, x-capstan-proxy: true}", "x-capstan-proxy", "one fixed host port"),
+        ];
+        for (port, key, why) in cases {
+            let errs = errors(&format!("services: {{web: {{image: x, ports: [{port}]}}}}"));
+            assert_eq!(errs.len(), 1, "{port}: {errs:?}");
+            assert_eq!(
+                errs[0].field,
+                format!("services.web.ports[0].{key}"),
+                "{port}"
+            );
+            assert!(errs[0].reason.contains(why), "{port}: {}", errs[0].reason);
+        }
     }
 }

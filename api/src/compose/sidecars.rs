@@ -92,12 +92,7 @@ impl Parser {
             &scaled,
             &spec.volumes,
         ));
-        for (i, p) in scaled.ports.iter().enumerate() {
-            problems.extend(
-                p.replicas_problem(name, scaled.replicas)
-                    .map(|r| (format!("ports[{i}]"), r)),
-            );
-        }
+        problems.extend(scaled.port_problems(name, None));
         for (field, reason) in problems {
             self.err(join(path, &field), format!("a sidecar scales with {lead}, so it must allow more than one replica: {reason}"));
         }

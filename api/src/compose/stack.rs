@@ -181,11 +181,11 @@ impl Parser {
                     }
                 }
             }
+            for (field, reason) in svc.port_problems(name, None) {
+                self.err(join(&path, &field), reason);
+            }
             for (i, p) in svc.ports.iter().enumerate() {
                 let field = format!("{path}.ports[{i}]");
-                if let Some(reason) = p.replicas_problem(name, svc.replicas) {
-                    self.err(&field, reason);
-                }
                 if let Some((start, end)) = p.host_ports {
                     for port in start..=end {
                         if let Some(other) =

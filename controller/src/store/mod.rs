@@ -353,7 +353,7 @@ impl Store {
                 }
                 let mut spec = prev.spec.clone();
                 spec.replicas = replicas;
-                check_ports(stack, service, &spec)?;
+                check_ports(stack, service, &spec, Some(prev.spec.replicas))?;
                 if prev.spec.replicas == replicas {
                     return Ok(None);
                 }
@@ -710,7 +710,7 @@ fn check_applicable(
             spec.name
         )));
     }
-    Ok(())
+    check_rescaled_ports(spec, current)
 }
 
 /// A 409 when the caller named a version other than `current`.
@@ -749,35 +749,57 @@ fn scale_target<'a>(
     Ok((record, prev))
 }
 
-/// The rules a scale must keep: as many host ports as replicas, and one replica for a
-/// service with a `container_name` or a fixed address.
+/// The rules a scale must keep: as many host ports as replicas, a port that stays with
+/// the engine or the proxy (coming from `previous` replicas), and one replica for a service
+/// with a `container_name` or a fixed address.
 fn check_ports(
     stack: &str,
     service: &str,
     spec: &capstan_api::spec::ServiceSpec,
+    previous: Option<u32>,
 ) -> Result<(), StoreError> {
-    let single: Vec<capstan_api::FieldError> = spec
-        .single_replica_problems()
-        .into_iter()
-        .map(|(field, reason)| capstan_api::FieldError {
-            field: format!("services.{service}.{field}"),
-            reason,
-        })
-        .collect();
-    if !single.is_empty() {
-        return Err(StoreError::Invalid(InvalidStack { errors: single }));
+    let field = |(field, reason): (String, String)| capstan_api::FieldError {
+        field: format!("services.{service}.{field}"),
+        reason,
+    };
+    let mut errors: Vec<capstan_api::FieldError> =
+        (spec.single_replica_problems().into_iter().map(field)).collect();
+    if errors.is_empty() {
+        let ports = spec.port_problems(&format!("{stack}/{service}"), previous);
+        errors.extend(ports.into_iter().map(field));
     }
-    for (i, p) in spec.ports.iter().enumerate() {
-        if let Some(reason) = p.replicas_problem(&format!("{stack}/{service}"), spec.replicas) {
-            return Err(StoreError::Invalid(InvalidStack {
-                errors: vec![capstan_api::FieldError {
-                    field: format!("services.{service}.ports[{i}]"),
-                    reason,
-                }],
-            }));
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(StoreError::Invalid(InvalidStack { errors })),
+    }
+}
+
+/// An apply that changes a service's replica count keeps the rule a scale keeps for its
+/// ports (the rest of the count's rules need no stored state and were checked already).
+fn check_rescaled_ports(spec: &StackSpec, current: &Current) -> Result<(), StoreError> {
+    let mut errors = vec![];
+    for prev in &current.services {
+        let Some(next) = spec.services.get(&prev.name) else {
+            continue;
+        };
+        if next.replicas == prev.spec.replicas {
+            continue;
         }
+        let label = format!("{}/{}", spec.name, prev.name);
+        let problems = next.port_problems(&label, Some(prev.spec.replicas));
+        errors.extend(
+            problems
+                .into_iter()
+                .map(|(field, reason)| capstan_api::FieldError {
+                    field: format!("services.{}.{field}", prev.name),
+                    reason,
+                }),
+        );
     }
-    Ok(())
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(StoreError::Invalid(InvalidStack { errors })),
+    }
 }
 
 /// The stateful guard, the same rule apply keeps (`capstan_api::stateful`): checked when a
@@ -1001,6 +1023,46 @@ mod tests {
             store.scale("shop", "nope", 3, None).await.unwrap_err(),
             StoreError::NotFound(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn apply_and_scale_refuse_to_move_a_port_between_the_engine_and_the_proxy() {
+        let (store, _) = store();
+        let file = |n: u32, extra: &str| {
+            let yaml = format!("services: {{web: {{image: w, scale: {n}, ports: [{{target: 80, published: 8080{extra}}}]}}}}");
+            parse_stack("shop", &yaml).unwrap()
+        };
+        store.apply(&file(1, ""), None).await.unwrap();
+        let refused = |e: StoreError| match e {
+            StoreError::Invalid(e) => {
+                assert_eq!(e.errors[0].field, "services.web.ports[0]");
+                assert!(
+                    e.errors[0].reason.contains("x-capstan-proxy: true"),
+                    "{e:?}"
+                );
+            }
+            other => panic!("not a field error: {other:?}"),
+        };
+        refused(store.scale("shop", "web", 3, None).await.unwrap_err());
+        refused(store.apply(&file(3, ""), None).await.unwrap_err());
+        refused(store.dry_run(&file(3, ""), None).await.unwrap_err());
+        assert_eq!(
+            store
+                .service("shop", "web")
+                .await
+                .unwrap()
+                .unwrap()
+                .spec
+                .replicas,
+            1
+        );
+        let opted = ", x-capstan-proxy: true";
+        store.apply(&file(3, opted), None).await.unwrap();
+        store.scale("shop", "web", 1, None).await.unwrap();
+        store.scale("shop", "web", 0, None).await.unwrap();
+        store.apply(&file(0, ""), None).await.unwrap();
+        store.apply(&file(3, ""), None).await.unwrap();
+        store.scale("shop", "web", 2, None).await.unwrap();
     }
 
     #[tokio::test]

@@ -128,7 +128,7 @@ impl Store {
                         })?,
                 };
                 let spec = self.restored(prev, to);
-                check_ports(stack, service, &spec)?;
+                check_ports(stack, service, &spec, Some(prev.spec.replicas))?;
                 let why = format!("rollout undo to revision {}", to.meta.number);
                 Ok(Some(self.back_to(prev, to, spec, why)))
             })

@@ -25,7 +25,7 @@ pub fn compute(service: &Service, observed: &[Observed], leaving: &BTreeSet<Stri
                     .map(|p| EndpointPort {
                         container_port: p.container_port,
                         protocol: p.protocol.clone(),
-                        host_port: if p.proxied() {
+                        host_port: if p.proxied(service.spec.replicas) {
                             None
                         } else {
                             c.published
@@ -69,6 +69,8 @@ mod tests {
             container_port: 80,
             protocol: "tcp".into(),
             mode: PortMode::Ingress,
+            proxy: None,
+            proxy_protocol: None,
         };
         Service {
             stack: "s".into(),

@@ -5,10 +5,12 @@
 //!
 //! - [`endpoints`]: which replicas are endpoints, with addresses and ports. Pure.
 //! - [`proxy`]: one listener per proxied host port, balancing over the endpoints.
+//! - [`proxy_protocol`]: the PROXY protocol header that passes the client's address on. Pure.
 //! - [`traefik`]: Traefik's HTTP-provider configuration and etcd KV layout. Pure.
 
 pub mod endpoints;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod traefik;
 
 use capstan_api::object::{Endpoints, Service};
@@ -157,7 +159,8 @@ impl Traffic {
     async fn serve_proxies(&self, service: &Service, eps: &Endpoints) -> Vec<Unserved> {
         let mut unserved = vec![];
         let mut keep = vec![];
-        for p in service.spec.ports.iter().filter(|p| p.proxied()) {
+        let replicas = service.spec.replicas;
+        for p in service.spec.ports.iter().filter(|p| p.proxied(replicas)) {
             let (host_port, _) = p.host_ports.unwrap_or_default();
             keep.push(host_port);
             // Never a wider address than the file says: a host IP stored before it was
@@ -180,7 +183,13 @@ impl Traffic {
             let backends = endpoints::backends(eps, p.container_port);
             if let Err(error) = self
                 .proxies
-                .serve(&service.stack, &service.name, bind, backends)
+                .serve(
+                    &service.stack,
+                    &service.name,
+                    bind,
+                    backends,
+                    p.proxy_protocol,
+                )
                 .await
             {
                 unserved.push(Unserved { bind, error });
@@ -222,7 +231,7 @@ impl Traffic {
                     .spec
                     .ports
                     .iter()
-                    .filter(|p| p.proxied())
+                    .filter(|p| p.proxied(service.spec.replicas))
                     .filter_map(move |p| Some(SocketAddr::new(ip?, p.container_port)))
             })
             .collect();

@@ -65,7 +65,7 @@ pub fn container(stack: &Stack, svc: &Service, ordinal: u32) -> ContainerConfig 
     let ports = spec
         .ports
         .iter()
-        .filter(|p| !p.proxied())
+        .filter(|p| !p.proxied(spec.replicas))
         .map(|p| PortBinding {
             container_port: p.container_port,
             protocol: p.protocol.clone(),
