@@ -173,6 +173,7 @@ fn store_error(e: StoreError) -> Response {
         (status = 201, description = "Created: the secret is shown this once.", body = CreatedToken),
         (status = 400, description = "The name is not a short lowercase word, the policy profile is not one the daemon defines, or the body is not JSON.", body = ErrorBody),
         (status = 409, description = "A token of that name exists.", body = ErrorBody),
+        (status = 413, description = "The request is over 1 MiB.", body = ErrorBody),
         (status = 415, description = "The body is not `application/json`.", body = ErrorBody),
         (status = 422, description = "The JSON is not a `CreateToken`.", body = ErrorBody),
         (status = 500, description = "No randomness for the secret.", body = ErrorBody),

@@ -72,7 +72,7 @@ pub fn openapi_json() -> &'static str {
     })
 }
 
-/// Every route with its documentation; documents are limited to [`MAX_BODY`], build
+/// Every route with its documentation; request bodies are limited to [`MAX_BODY`], build
 /// contexts to their own limit.
 fn api() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -80,10 +80,10 @@ fn api() -> OpenApiRouter<ApiState> {
         .routes(routes!(serve_openapi))
         .merge(auth::routes())
         .merge(stacks::routes())
+        .merge(run::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .merge(build::routes())
         .merge(logs::routes())
-        .merge(run::routes())
 }
 
 #[derive(OpenApi)]

@@ -58,6 +58,7 @@ fn error(status: StatusCode, error: String, details: Vec<FieldError>) -> Refusal
         (status = 400, description = "The body is not a valid `RunRequest`: each field in `details`.", body = ErrorBody),
         (status = 403, description = "The caller's policy profile refuses the service (each field in `details`) or its binds as the host now resolves them.", body = ErrorBody),
         (status = 404, description = "No such stack or service.", body = ErrorBody),
+        (status = 413, description = "The request is over 1 MiB.", body = ErrorBody),
         (status = 409, description = "The image or an external resource is missing, a name is taken, or a sidecar's partner cannot take it.", body = ErrorBody),
         (status = 500, description = "The run ended before its container started.", body = ErrorBody),
         (status = 502, description = "The engine failed.", body = ErrorBody),
