@@ -224,8 +224,17 @@ networks:
 }
 
 #[test]
-fn host_namespaces_and_device_rules_are_refused_by_the_default_policy_naming_the_rule() {
-    let h = Harness::start("namespaces-refused");
+fn host_namespaces_and_device_rules_are_refused_by_the_baseline_profile_naming_the_rule() {
+    // Root on the socket gets `privileged` by default, which allows all of this: the
+    // operator puts socket callers under `baseline`.
+    let policy =
+        std::env::temp_dir().join(format!("namespaces-policy-{}.yaml", std::process::id()));
+    std::fs::write(&policy, "socket: baseline\n").unwrap();
+    let h = Harness::start_with(
+        "namespaces-refused",
+        &["--policy", policy.to_str().unwrap()],
+    );
+    std::fs::remove_file(&policy).unwrap();
     let (d, s) = (&h.d, &h.s);
     let file = s.file(&format!(
         r#"
@@ -248,7 +257,7 @@ services:
         ("services.web.post_start[0].privileged", "privileged"),
     ] {
         assert!(
-            err.contains(&format!("{field}: policy rule {rule}:")),
+            err.contains(&format!("{field}: policy rule {rule} (profile baseline,")),
             "{field} ({rule}) missing from:\n{err}"
         );
     }
