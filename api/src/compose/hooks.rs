@@ -73,12 +73,7 @@ mod tests {
     use crate::spec::*;
 
     fn service(yaml: &str) -> ServiceSpec {
-        let text = format!("services: {{web: {{image: x, {yaml}}}}}");
-        parse_stack("s", &text)
-            .unwrap()
-            .services
-            .remove("web")
-            .unwrap()
+        web(yaml)
     }
 
     #[test]

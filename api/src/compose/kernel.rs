@@ -355,16 +355,11 @@ mod tests {
     use super::*;
 
     fn service(yaml: &str) -> ServiceSpec {
-        let text = format!("services: {{web: {{image: x, {yaml}}}, db: {{image: x}}}}");
-        parse_stack("s", &text)
-            .unwrap()
-            .services
-            .remove("web")
-            .unwrap()
+        web(yaml)
     }
 
     fn options(yaml: &str) -> ContainerOptions {
-        service(yaml).options
+        web(yaml).options
     }
 
     #[test]

@@ -172,6 +172,13 @@ pub(crate) mod testing {
     pub fn fields(text: &str) -> Vec<String> {
         errors(text).into_iter().map(|e| e.field).collect()
     }
+
+    /// Service `web` (image `x`, plus `yaml`), parsed beside a plain service `db`.
+    pub fn web(yaml: &str) -> crate::spec::ServiceSpec {
+        let text = format!("services: {{web: {{image: x, {yaml}}}, db: {{image: x}}}}");
+        let mut parsed = parse_stack("s", &text).unwrap();
+        parsed.services.remove("web").unwrap()
+    }
 }
 
 #[cfg(test)]

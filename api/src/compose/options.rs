@@ -452,13 +452,7 @@ mod tests {
     use super::*;
 
     fn options(yaml: &str) -> ContainerOptions {
-        let text = format!("services: {{web: {{image: x, {yaml}}}}}");
-        parse_stack("s", &text)
-            .unwrap()
-            .services
-            .remove("web")
-            .unwrap()
-            .options
+        web(yaml).options
     }
 
     #[test]

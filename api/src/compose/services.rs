@@ -95,16 +95,8 @@ impl Parser {
         }
         self.take_count(path, &mut s, &replicas_from, deploy.global);
         self.settle_deploy(path, &mut s, deploy, replicas_from.is_some());
-        match image {
-            Some(i) if !i.trim().is_empty() => match crate::reference::parse(&i) {
-                Ok(_) => s.image = i,
-                Err(e) => self.err(
-                    join(path, "image"),
-                    format!("{i:?} is not an image reference ([registry[:port]/]path[:tag][@digest]): {e}"),
-                ),
-            },
-            Some(_) => self.err(join(path, "image"), "must not be empty"),
-            None => self.err(join(path, "image"), missing_image(v)),
+        if let Some(i) = self.image(path, image, v) {
+            s.image = i;
         }
         self.check_single_replica_options(path, &s);
         self.check_kernel(path, &s.options);
@@ -116,6 +108,24 @@ impl Parser {
             );
         }
         Some(s)
+    }
+
+    /// The service's `image`, if it is a valid reference; else an error naming why (the
+    /// service `v` has none, or an empty or malformed one).
+    fn image(&mut self, path: &str, image: Option<String>, v: &Value) -> Option<String> {
+        let field = join(path, "image");
+        match image {
+            Some(i) if !i.trim().is_empty() => match crate::reference::parse(&i) {
+                Ok(_) => return Some(i),
+                Err(e) => self.err(
+                    field,
+                    format!("{i:?} is not an image reference ([registry[:port]/]path[:tag][@digest]): {e}"),
+                ),
+            },
+            Some(_) => self.err(field, "must not be empty"),
+            None => self.err(field, missing_image(v)),
+        }
+        None
     }
 
     /// The replica count given (`scale` or `deploy.replicas`), and which field gave the
